@@ -1,0 +1,1 @@
+"""The waker: control plane of the inference gateway (container lifecycle, readiness, routing data)."""

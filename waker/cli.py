@@ -1,0 +1,98 @@
+"""`waker` command line: check, nginx-config, serve, run."""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import sys
+from pathlib import Path
+
+import tomli_w
+
+from waker import logs
+from waker.config import Config, ConfigError, load_config
+from waker.nginx_render import render_nginx_conf
+from waker.units import format_duration, format_size
+
+EXIT_CONFIG = 2
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="waker", description="Control plane of the LLM inference gateway.")
+    sub = parser.add_subparsers(dest="command", required=True)
+    check = sub.add_parser("check", help="validate the config and print one line per model")
+    check.add_argument("--resolved", action="store_true", help="print the effective config (defaults applied) as TOML")
+    sub.add_parser("nginx-config", help="print the rendered nginx config")
+    sub.add_parser("serve", help="run the control plane (nginx runs elsewhere)")
+    sub.add_parser("run", help="run nginx and the control plane in the foreground")
+    for command in sub.choices.values():
+        command.add_argument("--config", type=Path, default=None,
+                             help="config file (default: $WAKER_CONFIG or config/models.toml)")
+    args = parser.parse_args(argv)
+
+    try:
+        config = load_config(args.config)
+    except ConfigError as exc:
+        print(f"waker: the config has {len(exc.problems)} problem(s):", file=sys.stderr)
+        for problem in exc.problems:
+            print(f"  {problem}", file=sys.stderr)
+        return EXIT_CONFIG
+
+    if args.command == "check":
+        return _check(config, args.resolved)
+    if args.command == "nginx-config":
+        sys.stdout.write(render_nginx_conf(config, config.waker.runtime_dir))
+        return 0
+    logs.configure()
+    from waker.service import serve
+
+    try:
+        return asyncio.run(serve(config, with_nginx=args.command == "run"))
+    except KeyboardInterrupt:
+        return 130
+
+
+def _check(config: Config, resolved: bool) -> int:
+    if resolved:
+        sys.stdout.write(tomli_w.dumps(resolved_config(config)))
+        return 0
+    print(f"{config.path}: {len(config.models)} model(s), gateway on {config.gateway.listen}, "
+          f"waker on {config.waker.listen}")
+    for m in config.models:
+        aliases = f" (aliases: {', '.join(m.aliases)})" if m.aliases else ""
+        gpu = f"gpu {m.gpu_memory:g}" if m.gpu_memory else "no gpu budget"
+        print(f"  {m.id}{aliases}: {m.image}, port {m.port} -> 127.0.0.1:{m.host_port}, {gpu}, "
+              f"start_timeout {format_duration(m.start_timeout)}, idle_timeout {format_duration(m.idle_timeout)}")
+    return 0
+
+
+def resolved_config(config: Config) -> dict:
+    g, w, s = config.gateway, config.waker, config.scheduler
+    models = []
+    for m in config.models:
+        entry = {
+            "id": m.id, "aliases": list(m.aliases), "image": m.image, "command": list(m.command),
+            "port": m.port, "health": m.health, "env": dict(m.env), "volumes": list(m.volumes),
+            "gpus": m.gpus, "gpu_memory": m.gpu_memory, "ulimits": dict(m.ulimits), "host_port": m.host_port,
+            "start_timeout": format_duration(m.start_timeout), "stop_timeout": format_duration(m.stop_timeout),
+            "idle_timeout": format_duration(m.idle_timeout),
+        }
+        if m.entrypoint is not None:
+            entry["entrypoint"] = list(m.entrypoint)
+        if m.shm_size:
+            entry["shm_size"] = format_size(m.shm_size)
+        models.append(entry)
+    return {
+        "gateway": {"listen": str(g.listen), "max_body": format_size(g.max_body),
+                    "read_timeout": format_duration(g.read_timeout), "nginx": g.nginx, "njs_module": g.njs_module},
+        "waker": {"listen": str(w.listen), "docker_host": w.docker_host, "name": w.name,
+                  "model_port_base": w.model_port_base, "runtime_dir": str(w.runtime_dir)},
+        "scheduler": {"start_timeout": format_duration(s.start_timeout),
+                      "stop_timeout": format_duration(s.stop_timeout),
+                      "idle_timeout": format_duration(s.idle_timeout)},
+        "model": models,
+    }
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,66 @@
+"""The Docker container a model runs in, as a pure function of its config.
+
+The spec hash is stored as a label, so a container whose config changed is recognised and recreated.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import re
+from typing import Any
+
+from waker.config import ModelConfig
+
+LABEL_MANAGED = "io.waker.managed"
+LABEL_STACK = "io.waker.stack"
+LABEL_MODEL = "io.waker.model"
+LABEL_SPEC = "io.waker.spec-hash"
+
+
+def container_name(stack: str, model_id: str) -> str:
+    """A Docker-legal, collision-free name: characters Docker refuses are replaced and a hash added."""
+    safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model_id)
+    if safe != model_id:
+        safe += "-" + hashlib.sha256(model_id.encode()).hexdigest()[:6]
+    return f"{stack}-{safe}"
+
+
+def container_spec(model: ModelConfig, stack: str) -> dict[str, Any]:
+    """The body of Docker's container-create call, labels and spec hash included."""
+    port_key = f"{model.port}/tcp"
+    host_config: dict[str, Any] = {
+        "PortBindings": {port_key: [{"HostIp": "127.0.0.1", "HostPort": str(model.host_port)}]},
+        "Binds": list(model.volumes),
+        "RestartPolicy": {"Name": "no"},
+        "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
+    }
+    if model.shm_size:
+        host_config["ShmSize"] = model.shm_size
+    if model.ulimits:
+        host_config["Ulimits"] = [{"Name": n, "Soft": v, "Hard": v} for n, v in model.ulimits]
+    if model.gpus:
+        request: dict[str, Any] = {"Driver": "nvidia", "Capabilities": [["gpu"]]}
+        if model.gpus == "all":
+            request["Count"] = -1
+        else:
+            request["DeviceIDs"] = model.gpus.split(",")
+        host_config["DeviceRequests"] = [request]
+    spec: dict[str, Any] = {
+        "Image": model.image,
+        "Env": [f"{k}={v}" for k, v in model.env],
+        "ExposedPorts": {port_key: {}},
+        "HostConfig": host_config,
+        "Labels": {LABEL_MANAGED: "true", LABEL_STACK: stack, LABEL_MODEL: model.id},
+    }
+    if model.command:
+        spec["Cmd"] = list(model.command)
+    if model.entrypoint is not None:
+        spec["Entrypoint"] = list(model.entrypoint)
+    spec["Labels"][LABEL_SPEC] = spec_hash(spec)
+    return spec
+
+
+def spec_hash(spec: dict[str, Any]) -> str:
+    canonical = json.dumps(spec, sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(canonical.encode()).hexdigest()[:16]

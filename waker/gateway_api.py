@@ -1,0 +1,97 @@
+"""The waker's HTTP face towards nginx: wake a model, list models, health, request counters.
+
+nginx calls `/_wake/<id>` only when it could not reach a model; the answer is an empty 204 whose
+X-Accel-Redirect sends nginx back to the model with the original request. No model response byte
+ever passes through here.
+"""
+
+from __future__ import annotations
+
+import time
+
+import structlog
+from aiohttp import web
+
+from waker.config import Config
+from waker.errors import error_response
+from waker.nginx_render import location_key
+from waker.supervisor import StartError, Supervisor
+
+log = structlog.get_logger("waker.gateway_api")
+
+CONFIG = web.AppKey("config", Config)
+SUPERVISOR = web.AppKey("supervisor", Supervisor)
+STATS = web.AppKey("stats", dict)
+
+
+@web.middleware
+async def count_requests(request: web.Request, handler):
+    """Counts what reaches the waker, so tests can prove which requests never do."""
+    stats = request.app[STATS]
+    if request.path != "/_stats":
+        stats["requests"] += 1
+    try:
+        response = await handler(request)
+    except web.HTTPException as exc:
+        return error_response(exc.status, "not_found" if exc.status == 404 else "bad_request", exc.reason)
+    except Exception:
+        log.exception("internal_error", path=request.path)
+        return error_response(500, "internal_error", "the waker failed on this request; its log has the details")
+    if request.path != "/_stats" and response.body is not None:
+        stats["response_body_bytes"] += len(response.body)
+    return response
+
+
+async def wake(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    model = config.model(request.match_info["model"])
+    if model is None:
+        return error_response(404, "model_not_found", f"unknown model {request.match_info['model']!r}")
+    request.app[STATS]["wakes"] += 1
+    began = time.monotonic()
+    try:
+        await request.app[SUPERVISOR].ensure_ready(model)
+    except StartError as exc:
+        log.warning("wake_failed", model=model.id, status=exc.status, error=exc.message)
+        return error_response(exc.status, exc.code, exc.message)
+    log.info("wake_served", model=model.id, held_seconds=round(time.monotonic() - began, 3),
+             uri=request.headers.get("X-Original-URI"))
+    return web.Response(status=204, headers={"X-Accel-Redirect": f"@retry_{location_key(model.id)}"})
+
+
+async def list_models(request: web.Request) -> web.Response:
+    config = request.app[CONFIG]
+    statuses = request.app[SUPERVISOR].statuses
+    created = int(config.path.stat().st_mtime) if config.path.exists() else 0
+    data = [
+        {
+            "id": model.id,
+            "object": "model",
+            "created": created,
+            "owned_by": "waker",
+            "aliases": list(model.aliases),
+            "state": statuses[model.id].state.value,
+        }
+        for model in config.models
+    ]
+    return web.json_response({"object": "list", "data": data})
+
+
+async def healthz(request: web.Request) -> web.Response:
+    return web.json_response({"status": "ok"})
+
+
+async def stats(request: web.Request) -> web.Response:
+    return web.json_response(request.app[STATS])
+
+
+def make_app(config: Config, supervisor: Supervisor) -> web.Application:
+    app = web.Application(middlewares=[count_requests])
+    app[CONFIG] = config
+    app[SUPERVISOR] = supervisor
+    app[STATS] = {"requests": 0, "wakes": 0, "response_body_bytes": 0}
+    app.router.add_get("/_wake/{model}", wake)
+    app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/healthz", healthz)
+    app.router.add_get("/_stats", stats)
+    return app

@@ -1,0 +1,188 @@
+"""Renders the gateway's nginx configuration and its njs body router from the config (pure).
+
+Per model M the config has:
+- `location /v1/<name>/` for its id and every alias: path routing, straight to the container;
+- `@model_M`: where the njs body router jumps for body-routed requests;
+- `@wake_M`: on 502 (nothing listens yet), a body-less GET to the waker, held until M is ready;
+- `@retry_M`: where the waker's X-Accel-Redirect sends the original request (method and body kept).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from dataclasses import dataclass
+from pathlib import Path
+
+from waker.config import RESERVED_NAMES, Config, ModelConfig
+from waker.errors import error_body
+from waker.units import format_size
+
+# Body-routed endpoints outside /v1/ that vLLM serves (all of /v1/ goes through the router already).
+BODY_ROUTES_OUTSIDE_V1 = ("tokenize", "detokenize", "rerank", "score", "pooling", "classify", "invocations",
+                          "v2/rerank")
+
+# Statuses nginx itself may produce, each answered with an OpenAI error body instead of an HTML page.
+NGINX_ERRORS: dict[int, tuple[str, str]] = {
+    400: ("bad_request", "the request is malformed HTTP"),
+    404: ("not_found", "no such route: the API is under /v1/ (for example POST /v1/chat/completions)"),
+    405: ("method_not_allowed", "this method is not allowed on this route"),
+    408: ("request_timeout", "the client sent the request too slowly"),
+    413: ("body_too_large", "the request body is larger than the gateway accepts ([gateway] max_body is {max_body})"),
+    414: ("uri_too_long", "the request URI is too long"),
+    494: ("headers_too_large", "the request headers are too large"),
+    500: ("gateway_error", "the gateway failed to handle the request"),
+    502: ("model_unreachable", "the model server could not be reached; retry the request"),
+    503: ("unavailable", "the gateway is overloaded; retry later"),
+    504: ("model_timeout", "the model server did not answer within [gateway] read_timeout ({read_timeout})"),
+}
+WAKER_DOWN = ("waker_unavailable", "the waker (control plane) is not reachable, so models that are not running "
+              "cannot be started; check that `waker run` or `waker serve` is running")
+
+NJS_SOURCE_CANDIDATES = (
+    Path(__file__).with_name("_nginx") / "route.js",  # installed wheel
+    Path(__file__).resolve().parent.parent / "nginx" / "route.js",  # source checkout
+)
+
+
+@dataclass(frozen=True, slots=True)
+class Rendered:
+    nginx_conf: str
+    route_js: str
+
+
+def location_key(model_id: str) -> str:
+    """An nginx-safe, injective name for a model id: characters other than [A-Za-z0-9-] become _XX."""
+    return re.sub(r"[^A-Za-z0-9-]", lambda m: f"_{ord(m.group()):02x}", model_id)
+
+
+def render(config: Config, runtime_dir: Path, worker_user: str | None = None, njs_source: str | None = None) -> Rendered:
+    return Rendered(
+        nginx_conf=render_nginx_conf(config, runtime_dir, worker_user),
+        route_js=render_route_js(config, njs_source if njs_source is not None else read_njs_source()),
+    )
+
+
+def read_njs_source() -> str:
+    for candidate in NJS_SOURCE_CANDIDATES:
+        if candidate.exists():
+            return candidate.read_text(encoding="utf-8")
+    raise FileNotFoundError("nginx/route.js is missing from this installation; reinstall the waker package")
+
+
+def render_route_js(config: Config, source: str) -> str:
+    routes = {name: location_key(m.id) for m in config.models for name in m.names}
+    ids = [m.id for m in config.models]
+    reserved = {name: True for name in sorted(RESERVED_NAMES)}
+    for placeholder, value in (("var ROUTES = {};", routes), ("var MODEL_IDS = [];", ids),
+                               ("var RESERVED = {};", reserved)):
+        if placeholder not in source:
+            raise ValueError(f"nginx/route.js lacks the line {placeholder!r} the renderer fills in")
+        source = source.replace(placeholder, f"var {placeholder.split()[1]} = {json.dumps(value)};", 1)
+    return source
+
+
+def _quote(text: str) -> str:
+    """An nginx string literal. `$` cannot be escaped in nginx strings, so it must not appear."""
+    assert "$" not in text, text
+    return "'" + text.replace("\\", "\\\\").replace("'", "\\'") + "'"
+
+
+def _error_locations(config: Config) -> list[str]:
+    values = {"max_body": format_size(config.gateway.max_body),
+              "read_timeout": f"{int(config.gateway.read_timeout)}s"}
+    lines = []
+    for status, (code, message) in NGINX_ERRORS.items():
+        reply = 400 if status == 494 else status
+        body = json.dumps(error_body(message.format(**values), code, reply))
+        lines.append(f"        location @error_{status} {{ default_type application/json; "
+                     f"return {reply} {_quote(body)}; }}")
+    body = json.dumps(error_body(WAKER_DOWN[1], WAKER_DOWN[0], 503))
+    lines.append(f"        location @waker_down {{ default_type application/json; return 503 {_quote(body)}; }}")
+    return lines
+
+
+def _error_pages(overrides: dict[int, str] | None = None) -> str:
+    """error_page lines for a location: a location that sets any error_page inherits none, so all repeat."""
+    pages = {status: f"@error_{status}" for status in NGINX_ERRORS}
+    pages.update(overrides or {})
+    return " ".join(f"error_page {status} = {target};" for status, target in pages.items())
+
+
+_MODEL_PROXY = ("proxy_pass http://127.0.0.1:{port}; "
+                # Only the waker may steer nginx: a model's own X-Accel-* headers are ignored.
+                "proxy_ignore_headers X-Accel-Redirect X-Accel-Expires X-Accel-Limit-Rate X-Accel-Charset;")
+
+
+def _model_locations(model: ModelConfig) -> list[str]:
+    key = location_key(model.id)
+    proxy = _MODEL_PROXY.format(port=model.host_port)
+    wake = _error_pages({502: f"@wake_{key}"})
+    wake_timeout = int(model.start_timeout) + 60
+    lines = [f"        # model {model.id}"]
+    for name in model.names:
+        lines.append(f"        location /v1/{name}/ {{ rewrite ^/v1/[^/]+/(.*)$ /v1/$1 break; {proxy} {wake} }}")
+    lines += [
+        f"        location @model_{key} {{ {proxy} {wake} }}",
+        f"        location @wake_{key} {{ set $wake_uri /_wake/{model.id}; proxy_pass http://waker$wake_uri; "
+        "proxy_pass_request_body off; proxy_set_header Content-Length ''; proxy_set_header Connection ''; "
+        "proxy_set_header X-Original-URI $request_uri; proxy_method GET; "
+        f"proxy_read_timeout {wake_timeout}s; {_error_pages({502: '@waker_down', 504: '@waker_down'})} }}",
+        f"        location @retry_{key} {{ {proxy} {_error_pages()} }}",
+    ]
+    return lines
+
+
+def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None = None) -> str:
+    gateway, waker = config.gateway, config.waker
+    body_routes = "|".join(re.escape(r) for r in BODY_ROUTES_OUTSIDE_V1)
+    to_waker = f"proxy_pass http://waker; {_error_pages({502: '@waker_down', 504: '@waker_down'})}"
+    lines = [
+        "# Rendered by `waker` from " + str(config.path) + "; edit the TOML, not this file.",
+        f"load_module {gateway.njs_module};",
+        *( [f"user {worker_user};"] if worker_user else [] ),
+        "daemon off;",
+        "worker_processes auto;",
+        "worker_rlimit_nofile 65536;",
+        f"pid {runtime_dir / 'nginx.pid'};",
+        f"error_log {runtime_dir / 'logs' / 'error.log'} warn;",
+        "events { worker_connections 8192; }",
+        "http {",
+        "    access_log off;",
+        "    server_tokens off;",
+        "    default_type application/json;",
+        f"    client_body_temp_path {runtime_dir / 'tmp' / 'body'};",
+        f"    proxy_temp_path {runtime_dir / 'tmp' / 'proxy'};",
+        f"    fastcgi_temp_path {runtime_dir / 'tmp' / 'fastcgi'};",
+        f"    uwsgi_temp_path {runtime_dir / 'tmp' / 'uwsgi'};",
+        f"    scgi_temp_path {runtime_dir / 'tmp' / 'scgi'};",
+        f"    js_import route from {runtime_dir / 'route.js'};",
+        "    upstream waker {",
+        f"        server {waker.listen};",
+        "        keepalive 32;",
+        "    }",
+        "    server {",
+        f"        listen {gateway.listen};",
+        # The body must stay in one memory buffer: njs reads it to route, and nginx replays it after a wake.
+        f"        client_max_body_size {gateway.max_body};",
+        f"        client_body_buffer_size {gateway.max_body};",
+        "        client_body_in_single_buffer on;",
+        "        proxy_http_version 1.1;",
+        "        proxy_set_header Connection '';",
+        "        proxy_buffering off;",
+        "        proxy_request_buffering on;",
+        "        proxy_connect_timeout 5s;",
+        f"        proxy_read_timeout {int(gateway.read_timeout)}s;",
+        f"        proxy_send_timeout {int(gateway.read_timeout)}s;",
+        f"        {_error_pages()}",
+        f"        location = /healthz {{ {to_waker} }}",
+        f"        location = /v1/models {{ {to_waker} }}",
+        f"        location /v1/ {{ js_content route.dispatch; {_error_pages()} }}",
+        f"        location ~ ^/({body_routes})$ {{ js_content route.dispatch; {_error_pages()} }}",
+        "        location / { return 404; }",
+        *_error_locations(config),
+    ]
+    for model in config.models:
+        lines += _model_locations(model)
+    lines += ["    }", "}", ""]
+    return "\n".join(lines)

@@ -1,0 +1,60 @@
+"""The long-running processes: `waker serve` (control plane) and `waker run` (nginx + control plane)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+
+import structlog
+from aiohttp import web
+
+from waker.config import Config
+from waker.docker_runtime import DockerError, DockerRuntime
+from waker.gateway_api import make_app
+from waker.nginx_process import NginxError, NginxProcess
+from waker.supervisor import Supervisor
+
+log = structlog.get_logger("waker.service")
+
+
+async def serve(config: Config, with_nginx: bool) -> int:
+    """Runs until SIGINT/SIGTERM (exit 0) or until nginx dies (exit 1)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    runtime = DockerRuntime(config.waker.name, config.waker.docker_host)
+    supervisor = Supervisor(config, runtime)
+    runner = web.AppRunner(make_app(config, supervisor), access_log=None)
+    nginx = NginxProcess(config) if with_nginx else None
+    code = 0
+    try:
+        await runner.setup()
+        await web.TCPSite(runner, config.waker.listen.host, config.waker.listen.port, reuse_address=True).start()
+        log.info("waker_listening", listen=str(config.waker.listen), models=len(config.models))
+        try:
+            await supervisor.adopt()
+        except DockerError as exc:
+            log.error("docker_unreachable", error=str(exc))
+        watchers = [asyncio.create_task(stop.wait())]
+        if nginx is not None:
+            await nginx.start()
+            watchers.append(asyncio.create_task(nginx.wait()))
+        done, pending = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if not stop.is_set():
+            log.error("nginx_exited", code=nginx.proc.returncode if nginx and nginx.proc else None)
+            code = 1
+    except (NginxError, OSError) as exc:
+        log.error("startup_failed", error=str(exc))
+        code = 1
+    finally:
+        log.info("shutting_down")
+        if nginx is not None:
+            await nginx.stop()
+        await runner.cleanup()
+        await supervisor.close()
+        await runtime.close()
+    return code
