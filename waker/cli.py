@@ -73,7 +73,7 @@ def resolved_config(config: Config) -> dict:
         entry = {
             "id": m.id, "aliases": list(m.aliases), "image": m.image, "command": list(m.command),
             "port": m.port, "health": m.health, "env": dict(m.env), "volumes": list(m.volumes),
-            "gpus": m.gpus, "gpu_memory": m.gpu_memory, "ulimits": dict(m.ulimits), "host_port": m.host_port,
+            "gpus": m.gpus, "ulimits": dict(m.ulimits), "host_port": m.host_port,
             "start_timeout": format_duration(m.start_timeout), "stop_timeout": format_duration(m.stop_timeout),
             "idle_timeout": format_duration(m.idle_timeout),
         }
@@ -81,6 +81,8 @@ def resolved_config(config: Config) -> dict:
             entry["entrypoint"] = list(m.entrypoint)
         if m.shm_size:
             entry["shm_size"] = format_size(m.shm_size)
+        if m.gpu_memory:  # 0 means "no GPU budget", which the file expresses by leaving it out
+            entry["gpu_memory"] = m.gpu_memory
         models.append(entry)
     return {
         "gateway": {"listen": str(g.listen), "max_body": format_size(g.max_body),

@@ -37,8 +37,8 @@ async def count_requests(request: web.Request, handler):
     except Exception:
         log.exception("internal_error", path=request.path)
         return error_response(500, "internal_error", "the waker failed on this request; its log has the details")
-    if request.path != "/_stats" and response.body is not None:
-        stats["response_body_bytes"] += len(response.body)
+    if request.path.startswith("/_wake/") and response.body is not None:
+        stats["wake_response_body_bytes"] += len(response.body)
     return response
 
 
@@ -89,7 +89,7 @@ def make_app(config: Config, supervisor: Supervisor) -> web.Application:
     app = web.Application(middlewares=[count_requests])
     app[CONFIG] = config
     app[SUPERVISOR] = supervisor
-    app[STATS] = {"requests": 0, "wakes": 0, "response_body_bytes": 0}
+    app[STATS] = {"requests": 0, "wakes": 0, "wake_response_body_bytes": 0}
     app.router.add_get("/_wake/{model}", wake)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/healthz", healthz)

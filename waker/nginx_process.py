@@ -6,6 +6,7 @@ import asyncio
 import grp
 import os
 import pwd
+import shutil
 import signal
 from pathlib import Path
 
@@ -49,9 +50,14 @@ def write_files(config: Config) -> Path:
     return conf
 
 
+def _binary(name: str) -> str:
+    """nginx lives in /usr/sbin on Debian, which is not on a normal user's PATH."""
+    return shutil.which(name) or shutil.which(name, path="/usr/sbin:/usr/local/sbin:/sbin") or name
+
+
 def _args(config: Config, conf: Path) -> list[str]:
     root = config.waker.runtime_dir
-    return [config.gateway.nginx, "-p", str(root), "-c", str(conf), "-e", str(root / "logs" / "error.log")]
+    return [_binary(config.gateway.nginx), "-p", str(root), "-c", str(conf), "-e", str(root / "logs" / "error.log")]
 
 
 async def test_config(config: Config, conf: Path) -> None:

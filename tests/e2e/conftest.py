@@ -1,0 +1,34 @@
+import shutil
+import subprocess
+
+import pytest
+
+from tests.e2e.stack import FAKE_IMAGE, Stack
+
+
+@pytest.fixture(scope="session", autouse=True)
+def docker_engine():
+    """End-to-end tests need a real Docker engine and the fake vLLM image: fail loudly, never skip."""
+    info = subprocess.run(["docker", "info", "--format", "{{.ServerVersion}}"], capture_output=True, text=True)
+    if info.returncode != 0:
+        pytest.fail(f"no Docker engine: {info.stderr.strip()} (start dockerd; .ci/run shows how)", pytrace=False)
+    image = subprocess.run(["docker", "image", "inspect", FAKE_IMAGE], capture_output=True, text=True)
+    if image.returncode != 0:
+        pytest.fail(f"image {FAKE_IMAGE} is missing: run scripts/build-test-images", pytrace=False)
+    if shutil.which("nginx", path="/usr/sbin:/usr/local/sbin:/usr/bin:/usr/local/bin") is None:
+        pytest.fail("nginx is not installed (apt-get install nginx libnginx-mod-http-js)", pytrace=False)
+
+
+@pytest.fixture
+def make_stack(tmp_path):
+    stacks = []
+
+    def make(models, **kwargs) -> Stack:
+        stack = Stack(models=models, tmp=tmp_path / f"stack{len(stacks)}", **kwargs)
+        stack.tmp.mkdir()
+        stacks.append(stack)
+        return stack.start()
+
+    yield make
+    for stack in stacks:
+        stack.stop()

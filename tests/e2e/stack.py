@@ -1,0 +1,155 @@
+"""A real stack for end-to-end tests: `waker run` (nginx + waker) as a child process, a real Docker
+engine, and the fake vLLM image. Each stack has its own name, ports and runtime dir, and removes its
+containers when it stops."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+FAKE_IMAGE = "waker-fake-vllm:test"
+REPO = Path(__file__).resolve().parents[2]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def free_port_range(count: int) -> int:
+    """A base port such that base .. base+count-1 are all free now."""
+    for _ in range(200):
+        base = free_port()
+        if base + count > 65000:
+            continue
+        ok = True
+        for port in range(base, base + count):
+            with socket.socket() as s:
+                try:
+                    s.bind(("127.0.0.1", port))
+                except OSError:
+                    ok = False
+                    break
+        if ok:
+            return base
+    raise RuntimeError("no free port range")
+
+
+def docker(*args: str, check: bool = True) -> str:
+    result = subprocess.run(["docker", *args], capture_output=True, text=True, timeout=120)
+    if check and result.returncode != 0:
+        raise RuntimeError(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
+    return result.stdout
+
+
+def fake_model(model_id: str, *, load_delay: float = 0.5, extra: list[str] | None = None, **keys) -> dict:
+    """A [[model]] table running the fake vLLM server."""
+    command = ["serve", f"fake/{model_id}", "--port", "8000", "--served-model-name", model_id,
+               "--load-delay", str(load_delay), *(extra or [])]
+    return {"id": model_id, "image": FAKE_IMAGE, "command": command, **keys}
+
+
+def toml_value(value) -> str:
+    if isinstance(value, dict):
+        return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
+    return json.dumps(value)
+
+
+@dataclass
+class Stack:
+    models: list[dict]
+    tmp: Path
+    scheduler: dict = field(default_factory=lambda: {"start_timeout": "60s", "stop_timeout": "2s"})
+    name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
+    proc: subprocess.Popen | None = None
+
+    def __post_init__(self) -> None:
+        self.gateway_port = free_port()
+        self.waker_port = free_port()
+        self.model_port_base = free_port_range(max(1, len(self.models)))
+        # nginx workers run as nobody when the tests run as root: the runtime dir must be reachable.
+        self.runtime_dir = Path("/tmp") / f"waker-test-{self.name}"
+        self.config_path = self.tmp / "models.toml"
+        self.log_path = self.tmp / "waker.log"
+
+    @property
+    def url(self) -> str:
+        return f"http://127.0.0.1:{self.gateway_port}"
+
+    @property
+    def waker_url(self) -> str:
+        return f"http://127.0.0.1:{self.waker_port}"
+
+    def write_config(self) -> Path:
+        lines = [
+            "[gateway]", f'listen = "127.0.0.1:{self.gateway_port}"',
+            "[waker]", f'listen = "127.0.0.1:{self.waker_port}"', f'name = "{self.name}"',
+            f'runtime_dir = "{self.runtime_dir}"', f"model_port_base = {self.model_port_base}",
+            "[scheduler]", *(f"{k} = {toml_value(v)}" for k, v in self.scheduler.items()),
+        ]
+        for model in self.models:
+            lines.append("[[model]]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in model.items()]
+        self.config_path.write_text("\n".join(lines) + "\n")
+        return self.config_path
+
+    def start(self) -> "Stack":
+        self.write_config()
+        self.started_at = getattr(self, "started_at", time.time())
+        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        self.proc = subprocess.Popen(
+            [sys.executable, "-m", "waker.cli", "run", "--config", str(self.config_path)],
+            stdout=self.log_path.open("w"), stderr=subprocess.STDOUT, env=env, cwd=REPO,
+        )
+        deadline = time.monotonic() + 20
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                raise RuntimeError(f"waker run exited with {self.proc.returncode}:\n{self.log()}")
+            try:
+                with socket.create_connection(("127.0.0.1", self.gateway_port), timeout=0.2):
+                    return self
+            except OSError:
+                time.sleep(0.05)
+        raise RuntimeError(f"the stack did not open its gateway port:\n{self.log()}")
+
+    def restart_waker(self) -> None:
+        """Stops `waker run` and starts it again on the current config; containers stay as they are."""
+        self._terminate()
+        self.start()
+
+    def _terminate(self) -> None:
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.send_signal(signal.SIGTERM)
+            try:
+                self.proc.wait(timeout=20)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+
+    def stop(self) -> None:
+        self._terminate()
+        ids = docker("ps", "-aq", "--filter", f"label=io.waker.stack={self.name}").split()
+        if ids:
+            docker("rm", "-f", *ids)
+
+    def log(self) -> str:
+        return self.log_path.read_text() if self.log_path.exists() else ""
+
+    def containers(self) -> list[str]:
+        return docker("ps", "-aq", "--filter", f"label=io.waker.stack={self.name}").split()
+
+    def docker_events(self, event: str) -> list[dict]:
+        """Docker's own record of container `event`s (create, start, ...) for this stack so far."""
+        out = docker("events", "--since", f"{self.started_at - 1:.3f}", "--until", f"{time.time():.3f}",
+                     "--filter", "type=container", "--filter", f"event={event}",
+                     "--filter", f"label=io.waker.stack={self.name}", "--format", "{{json .}}")
+        return [json.loads(line) for line in out.splitlines() if line.strip()]

@@ -1,0 +1,170 @@
+import subprocess
+import sys
+import textwrap
+import tomllib
+from pathlib import Path
+
+import pytest
+
+from waker.config import ConfigError, load_config
+
+ISSUE_EXAMPLE = """
+[gateway]
+listen = "127.0.0.1:8009"
+
+[waker]
+listen = "127.0.0.1:18080"
+
+[scheduler]
+start_timeout = "15m"
+stop_timeout = "5s"
+idle_timeout = "20m"
+
+[defaults]
+shm_size = "16g"
+env = { VLLM_NO_USAGE_STATS = "1" }
+
+[[model]]
+id = "qwen2.5-1.5b-instruct"
+aliases = ["small"]
+image = "avarok/vllm-dgx-spark:v11"
+command = ["serve", "Qwen/Qwen2.5-1.5B-Instruct", "--port", "8000"]
+port = 8000
+health = "/health"
+env = { HF_HOME = "/root/.cache/huggingface" }
+volumes = ["./models:/models"]
+gpus = "all"
+gpu_memory = 0.04
+
+[[model]]
+id = "gpt-oss-20b"
+image = "christopherowen/vllm-dgx-spark:v12"
+idle_timeout = "0"
+start_timeout = 5400
+"""
+
+
+def write(tmp_path: Path, text: str) -> Path:
+    path = tmp_path / "models.toml"
+    path.write_text(textwrap.dedent(text))
+    return path
+
+
+def test_issue_example_parses_with_defaults_applied(tmp_path):
+    config = load_config(write(tmp_path, ISSUE_EXAMPLE))
+    small, big = config.models
+    assert str(config.gateway.listen) == "127.0.0.1:8009"
+    assert config.waker.listen.port == 18080
+    assert small.id == "qwen2.5-1.5b-instruct" and small.aliases == ("small",)
+    assert small.command == ("serve", "Qwen/Qwen2.5-1.5B-Instruct", "--port", "8000")
+    assert small.shm_size == 16 * 1024**3 and big.shm_size == 16 * 1024**3
+    assert dict(small.env) == {"HF_HOME": "/root/.cache/huggingface", "VLLM_NO_USAGE_STATS": "1"}
+    assert dict(big.env) == {"VLLM_NO_USAGE_STATS": "1"}
+    assert small.volumes == (f"{tmp_path.resolve()}/models:/models",)
+    assert small.gpus == "all" and small.gpu_memory == 0.04
+    assert small.start_timeout == 900 and small.stop_timeout == 5 and small.idle_timeout == 1200
+    assert big.idle_timeout == 0 and big.start_timeout == 5400
+    assert big.port == 8000 and big.health == "/health" and big.gpus == "" and big.gpu_memory == 0
+    assert small.host_port != big.host_port
+    assert config.resolve("small") is small and config.resolve("nope") is None
+
+
+def test_minimal_config_uses_documented_defaults(tmp_path):
+    config = load_config(write(tmp_path, '[[model]]\nid = "m"\nimage = "i"\n'))
+    assert str(config.gateway.listen) == "127.0.0.1:8009"
+    assert str(config.waker.listen) == "127.0.0.1:18080"
+    assert config.scheduler.start_timeout == 900
+    assert config.models[0].host_port == 18100
+
+
+BROKEN = [
+    # (config text, what the one-line error must say)
+    ('[[model]]\nid = "a b"\nimage = "i"', ["model 'a b'", "field 'id'", "not a valid name"]),
+    ('[[model]]\nid = "m"', ["model 'm'", "field 'image' is required"]),
+    ('[[model]]\nid = "m"\nimage = "i"\ngpu_memory = 1.5', ["model 'm'", "field 'gpu_memory'", "(0, 1]"]),
+    ('[[model]]\nid = "m"\nimage = "i"\ngpu_memory = 0', ["field 'gpu_memory'"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nidle_timeout = "-5s"', ["field 'idle_timeout'", "positive"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nstart_timeout = "soon"', ["field 'start_timeout'", "duration"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nstart_timeout = 0', ["field 'start_timeout'", "longer than zero"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nport = 70000', ["field 'port'", "65535"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nport = "8000"', ["field 'port'"]),
+    ('[[model]]\nid = "m"\nimage = "i"\ncommand = "serve x"', ["field 'command'", "array"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nenv = { 1X = "a" }', ["field 'env'", "1X"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nvolumes = ["relative"]', ["field 'volumes'", "HOST_PATH"]),
+    ('[[model]]\nid = "m"\nimage = "i"\ngpus = "some"', ["field 'gpus'", "all"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nhealth = "health"', ["field 'health'", "'/'"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nshm_size = "big"', ["field 'shm_size'", "size"]),
+    ('[[model]]\nid = "m"\nimage = "i"\ncolour = "red"', ["model 'm'", "unknown field 'colour'"]),
+    ('[[model]]\nid = "m"\nimage = "i"\n[[model]]\nid = "m"\nimage = "j"', ["id 'm' is already used"]),
+    ('[[model]]\nid = "m"\nimage = "i"\n[[model]]\nid = "n"\nimage = "j"\naliases = ["m"]',
+     ["model 'n'", "alias 'm' is already used by model 'm'"]),
+    ('[[model]]\nid = "chat"\nimage = "i"', ["'chat' is reserved"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nhost_port = 8009', ["field 'host_port'", "8009"]),
+    ('[gateway]\nlisten = "nowhere"', ["[gateway]", "field 'listen'", "HOST:PORT"]),
+    ('[gateway]\ncolour = 1', ["[gateway]", "unknown field 'colour'"]),
+    ('[waker]\nname = "Has Spaces"', ["[waker]", "field 'name'"]),
+    ('[scheduler]\nidle_timeout = true', ["[scheduler]", "field 'idle_timeout'"]),
+    ('[gpu]\nx = 1', ["unknown section [gpu]"]),
+    ('[defaults]\nid = "x"', ["[defaults]", "'id' is per model"]),
+    ('model = "x"', ["[[model]]"]),
+    ('[[model]\nid = "m"', ["not valid TOML"]),
+]
+
+
+@pytest.mark.parametrize("text, needles", BROKEN, ids=[n[-1][:40] for _, n in BROKEN])
+def test_each_mistake_is_explained(tmp_path, text, needles):
+    path = write(tmp_path, text)
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    message = "\n".join(caught.value.problems)
+    assert str(path) in message
+    for needle in needles:
+        assert needle in message
+
+
+def test_every_problem_is_reported_at_once(tmp_path):
+    path = write(tmp_path, '[[model]]\nid = "m"\ngpu_memory = 2\nport = 0\nwhat = 1\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path)
+    assert len(caught.value.problems) == 4
+
+
+def test_missing_file_is_a_config_error(tmp_path):
+    with pytest.raises(ConfigError, match="cannot read"):
+        load_config(tmp_path / "absent.toml")
+
+
+def run_cli(*args: str) -> subprocess.CompletedProcess:
+    return subprocess.run([sys.executable, "-m", "waker.cli", *args], capture_output=True, text=True, timeout=30)
+
+
+def test_check_on_broken_config_exits_2_naming_file_model_and_field(tmp_path):
+    path = write(tmp_path, '[[model]]\nid = "m"\nimage = "i"\ngpu_memory = 3\n')
+    result = run_cli("check", "--config", str(path))
+    assert result.returncode == 2
+    assert str(path) in result.stderr and "model 'm'" in result.stderr and "field 'gpu_memory'" in result.stderr
+    assert "Traceback" not in result.stderr + result.stdout
+
+
+def test_check_on_good_config_prints_a_line_per_model(tmp_path):
+    result = run_cli("check", "--config", str(write(tmp_path, ISSUE_EXAMPLE)))
+    assert result.returncode == 0, result.stderr
+    lines = result.stdout.splitlines()
+    assert "2 model(s)" in lines[0]
+    assert lines[1].strip().startswith("qwen2.5-1.5b-instruct (aliases: small)")
+    assert lines[2].strip().startswith("gpt-oss-20b")
+
+
+def test_resolved_config_is_toml_that_loads_to_the_same_config(tmp_path):
+    original = load_config(write(tmp_path, ISSUE_EXAMPLE))
+    result = run_cli("check", "--resolved", "--config", str(original.path))
+    assert result.returncode == 0, result.stderr
+    resolved = tomllib.loads(result.stdout)
+    assert resolved["model"][0]["shm_size"] == "16g"
+    assert resolved["model"][1]["idle_timeout"] == "0s"
+    again_path = tmp_path / "again" / "models.toml"
+    again_path.parent.mkdir()
+    again_path.write_text(result.stdout)
+    again = load_config(again_path)
+    assert again.models == original.models
+    assert again.gateway == original.gateway and again.scheduler == original.scheduler

@@ -1,0 +1,42 @@
+from pathlib import Path
+
+from waker.config import parse_config
+from waker.container_spec import LABEL_MANAGED, LABEL_MODEL, LABEL_SPEC, LABEL_STACK, container_name, container_spec
+
+
+def model(**keys):
+    raw = {"model": [{"id": "qwen:7b", "image": "img:1", **keys}]}
+    return parse_config(raw, Path("/etc/waker/models.toml")).models[0]
+
+
+def test_spec_carries_everything_the_config_says():
+    spec = container_spec(model(command=["serve", "x"], env={"A": "1"}, volumes=["/data:/models:ro"],
+                                gpus="all", shm_size="16g", ulimits={"memlock": -1}, port=8001), "spark")
+    host = spec["HostConfig"]
+    assert spec["Image"] == "img:1" and spec["Cmd"] == ["serve", "x"] and spec["Env"] == ["A=1"]
+    assert host["PortBindings"] == {"8001/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18100"}]}
+    assert host["Binds"] == ["/data:/models:ro"] and host["ShmSize"] == 16 * 1024**3
+    assert host["DeviceRequests"] == [{"Driver": "nvidia", "Capabilities": [["gpu"]], "Count": -1}]
+    assert host["Ulimits"] == [{"Name": "memlock", "Soft": -1, "Hard": -1}]
+    assert host["RestartPolicy"] == {"Name": "no"}
+    labels = spec["Labels"]
+    assert labels[LABEL_MANAGED] == "true" and labels[LABEL_STACK] == "spark" and labels[LABEL_MODEL] == "qwen:7b"
+
+
+def test_no_gpu_request_without_gpus_and_device_ids_when_listed():
+    assert "DeviceRequests" not in container_spec(model(), "s")["HostConfig"]
+    request = container_spec(model(gpus="0,1"), "s")["HostConfig"]["DeviceRequests"][0]
+    assert request["DeviceIDs"] == ["0", "1"] and "Count" not in request
+
+
+def test_spec_hash_changes_with_the_spec_only():
+    base = container_spec(model(), "s")["Labels"][LABEL_SPEC]
+    assert container_spec(model(), "s")["Labels"][LABEL_SPEC] == base
+    assert container_spec(model(env={"X": "1"}), "s")["Labels"][LABEL_SPEC] != base
+    assert container_spec(model(image="img:2"), "s")["Labels"][LABEL_SPEC] != base
+
+
+def test_container_names_are_docker_legal_and_distinct():
+    assert container_name("spark", "gpt-oss-20b") == "spark-gpt-oss-20b"
+    colon, underscore = container_name("spark", "qwen:7b"), container_name("spark", "qwen_7b")
+    assert ":" not in colon and colon != underscore

@@ -1,0 +1,66 @@
+"""The rendered nginx config is checked by the real nginx binary (`nginx -t`), not by string matching alone."""
+
+import json
+import shutil
+import subprocess
+from pathlib import Path
+
+from waker.config import parse_config
+from waker.nginx_render import location_key, render
+
+NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin:/usr/local/sbin")
+
+
+def config(tmp_path, models):
+    raw = {"waker": {"runtime_dir": str(tmp_path)}, "model": models}
+    return parse_config(raw, tmp_path / "models.toml")
+
+
+def nginx_test(tmp_path: Path, cfg) -> subprocess.CompletedProcess:
+    assert NGINX, "nginx is not installed: apt-get install nginx libnginx-mod-http-js"
+    rendered = render(cfg, tmp_path)
+    for sub in ("logs", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
+        (tmp_path / sub).mkdir(parents=True, exist_ok=True)
+    (tmp_path / "nginx.conf").write_text(rendered.nginx_conf)
+    (tmp_path / "route.js").write_text(rendered.route_js)
+    return subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
+                           "-e", str(tmp_path / "logs/error.log")], capture_output=True, text=True)
+
+
+def test_location_keys_are_injective_and_nginx_safe():
+    ids = ["qwen2.5-7b", "qwen2_5-7b", "a:b", "a_b", "a.b"]
+    keys = [location_key(i) for i in ids]
+    assert len(set(keys)) == len(keys)
+    assert all(k.replace("_", "").replace("-", "").isalnum() for k in keys)
+
+
+def test_rendered_config_is_accepted_by_nginx(tmp_path):
+    cfg = config(tmp_path, [
+        {"id": "qwen2.5-1.5b-instruct", "aliases": ["small", "q:1"], "image": "i"},
+        {"id": "gpt-oss-20b", "image": "i", "start_timeout": "90m"},
+    ])
+    result = nginx_test(tmp_path, cfg)
+    assert result.returncode == 0, result.stderr
+
+
+def test_two_hundred_models_render_and_pass_nginx(tmp_path):
+    cfg = config(tmp_path, [{"id": f"model-{i}", "aliases": [f"m{i}"], "image": "i"} for i in range(200)])
+    assert nginx_test(tmp_path, cfg).returncode == 0
+
+
+def test_every_name_routes_to_its_model_and_waker_only_on_502(tmp_path):
+    cfg = config(tmp_path, [{"id": "alpha", "aliases": ["a"], "image": "i", "host_port": 19001}])
+    conf = render(cfg, tmp_path).nginx_conf
+    for name in ("alpha", "a"):
+        line = next(l for l in conf.splitlines() if f"location /v1/{name}/ " in l)
+        assert "proxy_pass http://127.0.0.1:19001;" in line and "error_page 502 = @wake_alpha;" in line
+        assert "X-Accel-Redirect" in line  # models may not steer nginx
+    wake = next(l for l in conf.splitlines() if "location @wake_alpha" in l)
+    assert "proxy_pass_request_body off" in wake and "proxy_method GET" in wake
+
+
+def test_router_table_maps_ids_and_aliases(tmp_path):
+    cfg = config(tmp_path, [{"id": "alpha", "aliases": ["a"], "image": "i"}, {"id": "b:1", "image": "i"}])
+    js = render(cfg, tmp_path).route_js
+    line = next(l for l in js.splitlines() if l.startswith("var ROUTES"))
+    assert json.loads(line.split("=", 1)[1].split(";  //")[0]) == {"alpha": "alpha", "a": "alpha", "b:1": "b_3a1"}
