@@ -109,14 +109,14 @@ def _error_pages(overrides: dict[int, str] | None = None) -> str:
     return " ".join(f"error_page {status} = {target};" for status, target in pages.items())
 
 
-_MODEL_PROXY = ("proxy_pass http://127.0.0.1:{port}; "
+_MODEL_PROXY = ("proxy_pass http://model_{key}; "
                 # Only the waker may steer nginx: a model's own X-Accel-* headers are ignored.
                 "proxy_ignore_headers X-Accel-Redirect X-Accel-Expires X-Accel-Limit-Rate X-Accel-Charset;")
 
 
 def _model_locations(model: ModelConfig) -> list[str]:
     key = location_key(model.id)
-    proxy = _MODEL_PROXY.format(port=model.host_port)
+    proxy = _MODEL_PROXY.format(key=key)
     wake = _error_pages({502: f"@wake_{key}"})
     wake_timeout = int(model.start_timeout) + 60
     lines = [f"        # model {model.id}"]
@@ -184,5 +184,10 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
     ]
     for model in config.models:
         lines += _model_locations(model)
-    lines += ["    }", "}", ""]
+    lines.append("    }")
+    for model in config.models:
+        # Kept-alive connections spare a TCP handshake (and a docker-proxy hop) per request.
+        lines.append(f"    upstream model_{location_key(model.id)} {{ server 127.0.0.1:{model.host_port} max_fails=0; "
+                     "keepalive 16; }")
+    lines += ["}", ""]
     return "\n".join(lines)

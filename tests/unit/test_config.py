@@ -168,3 +168,8 @@ def test_resolved_config_is_toml_that_loads_to_the_same_config(tmp_path):
     again = load_config(again_path)
     assert again.models == original.models
     assert again.gateway == original.gateway and again.scheduler == original.scheduler
+
+
+def test_shipped_config_is_valid():
+    result = run_cli("check", "--config", str(Path(__file__).resolve().parents[2] / "config" / "models.toml"))
+    assert result.returncode == 0, result.stderr

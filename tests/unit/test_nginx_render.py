@@ -53,8 +53,9 @@ def test_every_name_routes_to_its_model_and_waker_only_on_502(tmp_path):
     conf = render(cfg, tmp_path).nginx_conf
     for name in ("alpha", "a"):
         line = next(l for l in conf.splitlines() if f"location /v1/{name}/ " in l)
-        assert "proxy_pass http://127.0.0.1:19001;" in line and "error_page 502 = @wake_alpha;" in line
+        assert "proxy_pass http://model_alpha;" in line and "error_page 502 = @wake_alpha;" in line
         assert "X-Accel-Redirect" in line  # models may not steer nginx
+    assert "upstream model_alpha { server 127.0.0.1:19001 " in conf
     wake = next(l for l in conf.splitlines() if "location @wake_alpha" in l)
     assert "proxy_pass_request_body off" in wake and "proxy_method GET" in wake
 
