@@ -6,10 +6,13 @@ container checks the labels first, so the waker cannot stop or remove anything i
 
 from __future__ import annotations
 
+import asyncio
+from contextlib import contextmanager
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, Iterator
 
 import aiodocker
+import aiohttp
 
 from waker.container_spec import LABEL_MANAGED, LABEL_MODEL, LABEL_SPEC, LABEL_STACK
 
@@ -38,6 +41,18 @@ class ContainerInfo:
     error: str
 
 
+@contextmanager
+def _docker_errors(what: str, ignore: tuple[int, ...] = ()) -> Iterator[None]:
+    """Turns every failure of a Docker call into DockerError, saying what was being done."""
+    try:
+        yield
+    except aiodocker.DockerError as exc:
+        if exc.status not in ignore:
+            raise DockerError(f"{what}: {exc.message}") from None
+    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+        raise DockerError(f"{what}: the Docker engine is not reachable ({exc or type(exc).__name__})") from None
+
+
 class DockerRuntime:
     def __init__(self, stack: str, docker_host: str = "") -> None:
         self.stack = stack
@@ -47,87 +62,71 @@ class DockerRuntime:
         await self._docker.close()
 
     async def ping(self) -> None:
-        try:
-            await self._docker._query_json("_ping", method="GET", response_type="text")
-        except (aiodocker.DockerError, OSError) as exc:
-            raise DockerError(f"the Docker engine is not reachable: {exc}") from None
+        with _docker_errors("Docker ping"):
+            await self._docker.version()
 
     async def managed_containers(self) -> list[ContainerInfo]:
-        filters = {"label": [f"{LABEL_MANAGED}=true", f"{LABEL_STACK}={self.stack}"]}
-        try:
-            listed = await self._docker.containers.list(all=True, filters=filters)
-        except (aiodocker.DockerError, OSError) as exc:
-            raise DockerError(f"cannot list containers: {exc}") from None
+        with _docker_errors("cannot list containers"):
+            listed = await self._docker.containers.list(all=True, filters=self._filters())
         return [await self._inspect(c.id) for c in listed]
 
     async def find(self, model_id: str) -> ContainerInfo | None:
-        filters = {
-            "label": [f"{LABEL_MANAGED}=true", f"{LABEL_STACK}={self.stack}", f"{LABEL_MODEL}={model_id}"]
-        }
-        try:
-            listed = await self._docker.containers.list(all=True, filters=filters)
-        except (aiodocker.DockerError, OSError) as exc:
-            raise DockerError(f"cannot list containers: {exc}") from None
+        with _docker_errors("cannot list containers"):
+            listed = await self._docker.containers.list(all=True, filters=self._filters(model_id))
         return await self._inspect(listed[0].id) if listed else None
+
+    def _filters(self, model_id: str | None = None) -> dict[str, list[str]]:
+        labels = [f"{LABEL_MANAGED}=true", f"{LABEL_STACK}={self.stack}"]
+        if model_id is not None:
+            labels.append(f"{LABEL_MODEL}={model_id}")
+        return {"label": labels}
 
     async def inspect(self, container_id: str) -> ContainerInfo:
         return await self._inspect(container_id)
 
     async def check_image(self, image: str) -> None:
-        try:
+        with _docker_errors(f"cannot inspect image {image!r}", ignore=(404,)):
             await self._docker.images.inspect(image)
-        except aiodocker.DockerError as exc:
-            if exc.status == 404:
-                raise ImageMissing(
-                    f"image {image!r} is not present on this Docker host; pull it (docker pull {image}) "
-                    "or build it (scripts/build-images), then retry"
-                ) from None
-            raise DockerError(f"cannot inspect image {image!r}: {exc.message}") from None
+            return
+        raise ImageMissing(
+            f"image {image!r} is not present on this Docker host; pull it (docker pull {image}) "
+            "or build it (scripts/build-images), then retry"
+        )
 
     async def create(self, name: str, spec: dict[str, Any]) -> str:
-        try:
+        with _docker_errors(f"cannot create container {name!r}"):
             container = await self._docker.containers.create(config=spec, name=name)
-        except aiodocker.DockerError as exc:
-            raise DockerError(f"cannot create container {name!r}: {exc.message}") from None
         return container.id
 
     async def start(self, container_id: str) -> None:
         await self._inspect(container_id)  # raises NotManaged
-        try:
+        with _docker_errors(f"cannot start container {container_id[:12]}"):
             await self._docker.containers.container(container_id).start()
-        except aiodocker.DockerError as exc:
-            raise DockerError(f"cannot start container {container_id[:12]}: {exc.message}") from None
 
     async def stop(self, container_id: str, timeout: float) -> None:
         await self._inspect(container_id)  # raises NotManaged
-        try:
+        with _docker_errors(f"cannot stop container {container_id[:12]}", ignore=(304, 404)):
             await self._docker.containers.container(container_id).stop(t=max(0, round(timeout)))
-        except aiodocker.DockerError as exc:
-            if exc.status not in (304, 404):
-                raise DockerError(f"cannot stop container {container_id[:12]}: {exc.message}") from None
 
     async def remove(self, container_id: str) -> None:
         await self._inspect(container_id)  # raises NotManaged
-        try:
+        with _docker_errors(f"cannot remove container {container_id[:12]}", ignore=(404,)):
             await self._docker.containers.container(container_id).delete(force=True)
-        except aiodocker.DockerError as exc:
-            if exc.status != 404:
-                raise DockerError(f"cannot remove container {container_id[:12]}: {exc.message}") from None
 
     async def logs_tail(self, container_id: str, lines: int = 20) -> str:
         try:
-            chunks = await self._docker.containers.container(container_id).log(
-                stdout=True, stderr=True, tail=lines
-            )
-        except aiodocker.DockerError:
-            return ""
-        return "".join(chunks).strip()
+            with _docker_errors("cannot read container logs"):
+                chunks = await self._docker.containers.container(container_id).log(
+                    stdout=True, stderr=True, tail=lines
+                )
+                return "".join(chunks).strip()
+        except DockerError:
+            pass  # the logs only decorate an error message that is already on its way
+        return ""
 
     async def _inspect(self, container_id: str) -> ContainerInfo:
-        try:
+        with _docker_errors(f"cannot inspect container {container_id[:12]}"):
             data = await self._docker.containers.container(container_id).show()
-        except aiodocker.DockerError as exc:
-            raise DockerError(f"cannot inspect container {container_id[:12]}: {exc.message}") from None
         labels = data["Config"].get("Labels") or {}
         if labels.get(LABEL_MANAGED) != "true" or labels.get(LABEL_STACK) != self.stack:
             raise NotManaged(

@@ -81,6 +81,7 @@ class NginxProcess:
         self.proc: asyncio.subprocess.Process | None = None
 
     async def start(self) -> None:
+        await self._retire_stale()
         conf = write_files(self.config)
         await test_config(self.config, conf)
         self.proc = await asyncio.create_subprocess_exec(*_args(self.config, conf))
@@ -98,6 +99,25 @@ class NginxProcess:
             except OSError:
                 await asyncio.sleep(0.05)
         raise NginxError(f"nginx did not open {listen} within 10 s")
+
+    async def _retire_stale(self) -> None:
+        """An nginx left by a waker that was killed still serves running models; it holds the port, so
+        it is asked to finish its requests and quit before ours starts."""
+        pid_file = self.config.waker.runtime_dir / "nginx.pid"
+        try:
+            pid = int(pid_file.read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return
+        if b"nginx" not in cmdline:
+            return
+        log.warning("nginx_stale", pid=pid, action="graceful quit")
+        os.kill(pid, signal.SIGQUIT)
+        for _ in range(200):
+            if not Path(f"/proc/{pid}").exists():
+                return
+            await asyncio.sleep(0.05)
+        os.kill(pid, signal.SIGKILL)
 
     async def wait(self) -> int:
         assert self.proc is not None

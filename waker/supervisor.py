@@ -93,6 +93,11 @@ class Supervisor:
         except asyncio.CancelledError:
             self._transition(model, Event.FAIL, error="start cancelled (waker shutting down)")
             raise
+        except Exception as exc:  # a bug must not leave the model stuck in "starting"
+            log.exception("start_crashed", model=model.id)
+            self._transition(model, Event.FAIL, error=f"internal error: {exc!r}")
+            raise StartError(500, "internal_error", f"model {model.id!r}: the waker failed while starting it; "
+                             "its log has the details") from None
         self._transition(model, Event.READY, container_id=container_id)
         log.info("model_ready", model=model.id, seconds=round(self.clock() - begun, 3))
 

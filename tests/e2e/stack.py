@@ -11,6 +11,7 @@ import socket
 import subprocess
 import sys
 import time
+import urllib.request
 import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -114,12 +115,17 @@ class Stack:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"waker run exited with {self.proc.returncode}:\n{self.log()}")
-            try:
-                with socket.create_connection(("127.0.0.1", self.gateway_port), timeout=0.2):
-                    return self
-            except OSError:
-                time.sleep(0.05)
-        raise RuntimeError(f"the stack did not open its gateway port:\n{self.log()}")
+            if self._answers("/healthz") and "nginx_started" in self.log():
+                return self
+            time.sleep(0.05)
+        raise RuntimeError(f"the stack did not come up:\n{self.log()}")
+
+    def _answers(self, path: str) -> bool:
+        try:
+            with urllib.request.urlopen(self.url + path, timeout=1) as response:
+                return response.status == 200
+        except OSError:
+            return False
 
     def restart_waker(self) -> None:
         """Stops `waker run` and starts it again on the current config; containers stay as they are."""

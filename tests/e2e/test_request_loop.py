@@ -192,3 +192,27 @@ async def test_changed_spec_recreates_the_container_on_next_start(make_stack):
     assert len(second) == 1 and second != first
     env = json.loads(docker("inspect", "--format", "{{json .Config.Env}}", second[0]))
     assert "CHANGED=1" in env
+
+
+async def test_running_models_keep_serving_when_the_waker_dies_and_a_new_one_adopts_them(make_stack):
+    stack = make_stack([fake_model("alpha", load_delay=0.2)])
+    async with aiohttp.ClientSession() as session:
+        status, headers, _ = await post(session, f"{stack.url}/v1/alpha/completions", b'{"prompt": "x"}')
+        assert status == 200
+        instance = headers["x-fake-instance"]
+        stack.proc.kill()  # SIGKILL: no clean-up at all
+        stack.proc.wait()
+        for _ in range(10):
+            status, _, _ = await post(session, f"{stack.url}/v1/completions", b'{"model": "alpha", "prompt": "x"}')
+            assert status == 200
+        stack.restart_waker()
+        for _ in range(50):
+            async with session.get(f"{stack.url}/v1/models") as response:
+                state = (await response.json())["data"][0]["state"]
+            if state == "ready":
+                break
+            await asyncio.sleep(0.1)
+        assert state == "ready"
+        status, headers, _ = await post(session, f"{stack.url}/v1/alpha/completions", b'{"prompt": "x"}')
+    assert status == 200 and headers["x-fake-instance"] == instance
+    assert len(stack.docker_events("start")) == 1
