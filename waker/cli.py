@@ -61,6 +61,7 @@ def _check(config: Config, resolved: bool) -> int:
     for m in config.models:
         aliases = f" (aliases: {', '.join(m.aliases)})" if m.aliases else ""
         gpu = f"gpu {m.gpu_memory:g}" if m.gpu_memory else "no gpu budget"
+        gpu += "".join(f", {flag}" for flag in ("exclusive", "keep_warm") if getattr(m, flag))
         print(f"  {m.id}{aliases}: {m.image}, port {m.port} -> 127.0.0.1:{m.host_port}, {gpu}, "
               f"start_timeout {format_duration(m.start_timeout)}, idle_timeout {format_duration(m.idle_timeout)}")
     return 0
@@ -74,8 +75,9 @@ def resolved_config(config: Config) -> dict:
             "id": m.id, "aliases": list(m.aliases), "image": m.image, "command": list(m.command),
             "port": m.port, "health": m.health, "env": dict(m.env), "volumes": list(m.volumes),
             "gpus": m.gpus, "ulimits": dict(m.ulimits), "host_port": m.host_port,
+            "exclusive": m.exclusive, "keep_warm": m.keep_warm,
             "start_timeout": format_duration(m.start_timeout), "stop_timeout": format_duration(m.stop_timeout),
-            "idle_timeout": format_duration(m.idle_timeout),
+            "idle_timeout": format_duration(m.idle_timeout), "min_uptime": format_duration(m.min_uptime),
         }
         if m.entrypoint is not None:
             entry["entrypoint"] = list(m.entrypoint)
@@ -91,7 +93,11 @@ def resolved_config(config: Config) -> dict:
                   "model_port_base": w.model_port_base, "runtime_dir": str(w.runtime_dir)},
         "scheduler": {"start_timeout": format_duration(s.start_timeout),
                       "stop_timeout": format_duration(s.stop_timeout),
-                      "idle_timeout": format_duration(s.idle_timeout)},
+                      "idle_timeout": format_duration(s.idle_timeout),
+                      "min_uptime": format_duration(s.min_uptime), "gpu_capacity": s.gpu_capacity,
+                      "on_busy": s.on_busy, "queue_timeout": format_duration(s.queue_timeout),
+                      "max_start_failures": s.max_start_failures,
+                      "start_backoff": format_duration(s.start_backoff)},
         "model": models,
     }
 

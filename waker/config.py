@@ -73,6 +73,12 @@ class SchedulerConfig:
     start_timeout: float
     stop_timeout: float
     idle_timeout: float
+    min_uptime: float
+    gpu_capacity: float
+    on_busy: str
+    queue_timeout: float
+    max_start_failures: int
+    start_backoff: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,9 +97,12 @@ class ModelConfig:
     shm_size: int | None
     ulimits: tuple[tuple[str, int], ...]
     host_port: int
+    exclusive: bool
+    keep_warm: bool
     start_timeout: float
     stop_timeout: float
     idle_timeout: float
+    min_uptime: float
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -160,6 +169,12 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         start_timeout=scheduler.get("start_timeout", _positive_duration, "15m"),
         stop_timeout=scheduler.get("stop_timeout", parse_duration, "10s"),
         idle_timeout=scheduler.get("idle_timeout", parse_duration, "20m"),
+        min_uptime=scheduler.get("min_uptime", parse_duration, "30s"),
+        gpu_capacity=scheduler.get("gpu_capacity", _capacity, 1.0),
+        on_busy=scheduler.get("on_busy", _choice("queue", "reject"), "queue"),
+        queue_timeout=scheduler.get("queue_timeout", _positive_duration, "10m"),
+        max_start_failures=scheduler.get("max_start_failures", _positive_int, 3),
+        start_backoff=scheduler.get("start_backoff", parse_duration, "2m"),
     )
     for table in (gateway, waker, scheduler):
         table.reject_unknown()
@@ -224,7 +239,8 @@ class _Table:
 
 _MODEL_KEYS = {
     "id", "aliases", "image", "command", "entrypoint", "port", "health", "env", "volumes", "gpus",
-    "gpu_memory", "shm_size", "ulimits", "host_port", "start_timeout", "stop_timeout", "idle_timeout",
+    "gpu_memory", "shm_size", "ulimits", "host_port", "exclusive", "keep_warm", "start_timeout", "stop_timeout",
+    "idle_timeout", "min_uptime",
 }
 _MERGED_TABLES = ("env", "ulimits")
 
@@ -261,11 +277,20 @@ def _parse_model(
         shm_size=model.get("shm_size", parse_size),
         ulimits=tuple(sorted(model.get("ulimits", _ulimits, {}).items())),
         host_port=model.get("host_port", _port, waker.model_port_base + index),
+        exclusive=model.get("exclusive", _bool, False),
+        keep_warm=model.get("keep_warm", _bool, False),
         start_timeout=model.get("start_timeout", _positive_duration, scheduler.start_timeout),
         stop_timeout=model.get("stop_timeout", parse_duration, scheduler.stop_timeout),
         idle_timeout=model.get("idle_timeout", parse_duration, scheduler.idle_timeout),
+        min_uptime=model.get("min_uptime", parse_duration, scheduler.min_uptime),
     )
     model.reject_unknown(_MODEL_KEYS)
+    where = f"{path}: model '{result.id}'"
+    if result.keep_warm and result.exclusive:
+        problems.append(f"{where}: a keep_warm model cannot be exclusive: it would keep every other model out")
+    if scheduler.gpu_capacity is not None and result.gpu_memory > scheduler.gpu_capacity:
+        problems.append(f"{where}: field 'gpu_memory': {result.gpu_memory:g} is more than [scheduler] "
+                        f"gpu_capacity ({scheduler.gpu_capacity:g}), so it could never start")
     return result
 
 
@@ -404,6 +429,32 @@ def _ulimits(value: Any) -> dict[str, int]:
         if isinstance(item, bool) or not isinstance(item, int):
             raise ValueError(f"ulimit {key!r}: expected an integer (-1 for unlimited), got {item!r}")
     return dict(value)
+
+
+def _bool(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def _positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
+    return value
+
+
+def _capacity(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"expected a positive number (1.0 = the whole GPU), got {value!r}")
+    return float(value)
+
+
+def _choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(repr(o) for o in options)}, got {value!r}")
+        return value
+    return parse
 
 
 def _positive_duration(value: Any) -> float:

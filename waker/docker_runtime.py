@@ -7,9 +7,10 @@ container checks the labels first, so the waker cannot stop or remove anything i
 from __future__ import annotations
 
 import asyncio
-from contextlib import contextmanager
+import json
+from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, Iterator
+from typing import Any, AsyncIterator, Iterator
 
 import aiodocker
 import aiohttp
@@ -113,6 +114,20 @@ class DockerRuntime:
         with _docker_errors(f"cannot remove container {container_id[:12]}", ignore=(404,)):
             await self._docker.containers.container(container_id).delete(force=True)
 
+    @asynccontextmanager
+    async def event_stream(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
+        """Docker's events for this stack's containers, as they happen. The stream is open (no event
+        is missed from here on) when the context is entered; it ends when the engine goes away."""
+        filters = {"type": ["container"], "label": [f"{LABEL_MANAGED}=true", f"{LABEL_STACK}={self.stack}"]}
+        forever = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
+        with _docker_errors("cannot open the Docker events stream"):
+            query = self._docker._query("events", params={"filters": json.dumps(filters)}, timeout=forever)
+            response = await query.__aenter__()
+        try:
+            yield _json_lines(response)
+        finally:
+            await query.__aexit__(None, None, None)
+
     async def logs_tail(self, container_id: str, lines: int = 20) -> str:
         try:
             with _docker_errors("cannot read container logs"):
@@ -144,3 +159,9 @@ class DockerRuntime:
             exit_code=int(state.get("ExitCode") or 0),
             error=state.get("Error") or "",
         )
+
+
+async def _json_lines(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
+    async for line in response.content:
+        if line.strip():
+            yield json.loads(line)

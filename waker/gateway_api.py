@@ -15,7 +15,7 @@ from aiohttp import web
 from waker.config import Config
 from waker.errors import error_response
 from waker.nginx_render import location_key
-from waker.supervisor import StartError, Supervisor
+from waker.supervisor import RequestRefused, Supervisor
 
 log = structlog.get_logger("waker.gateway_api")
 
@@ -50,10 +50,13 @@ async def wake(request: web.Request) -> web.Response:
     request.app[STATS]["wakes"] += 1
     began = time.monotonic()
     try:
-        await request.app[SUPERVISOR].ensure_ready(model)
-    except StartError as exc:
-        log.warning("wake_failed", model=model.id, status=exc.status, error=exc.message)
-        return error_response(exc.status, exc.code, exc.message)
+        await request.app[SUPERVISOR].acquire(model)
+    except RequestRefused as exc:
+        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
+        holders = exc.details.get("holders")
+        if holders:
+            headers["X-Busy-Model"] = ",".join(h["model"] for h in holders)
+        return error_response(exc.status, exc.code, exc.message, headers, exc.details)
     log.info("wake_served", model=model.id, held_seconds=round(time.monotonic() - began, 3),
              uri=request.headers.get("X-Original-URI"))
     return web.Response(status=204, headers={"X-Accel-Redirect": f"@retry_{location_key(model.id)}"})
@@ -61,7 +64,7 @@ async def wake(request: web.Request) -> web.Response:
 
 async def list_models(request: web.Request) -> web.Response:
     config = request.app[CONFIG]
-    statuses = request.app[SUPERVISOR].statuses
+    slots = request.app[SUPERVISOR].slots
     created = int(config.path.stat().st_mtime) if config.path.exists() else 0
     data = [
         {
@@ -70,7 +73,7 @@ async def list_models(request: web.Request) -> web.Response:
             "created": created,
             "owned_by": "waker",
             "aliases": list(model.aliases),
-            "state": statuses[model.id].state.value,
+            "state": slots[model.id].state.value,
         }
         for model in config.models
     ]
@@ -78,7 +81,11 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    return web.json_response({"status": "ok"})
+    """200 when the waker can do its job; 503 saying why when it cannot reach Docker."""
+    problem = request.app[SUPERVISOR].docker_error
+    if problem:
+        return web.json_response({"status": "degraded", "docker": problem}, status=503)
+    return web.json_response({"status": "ok", "docker": "connected"})
 
 
 async def stats(request: web.Request) -> web.Response:

@@ -14,7 +14,8 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from waker.config import RESERVED_NAMES, Config, ModelConfig
+from waker.activity import BEGIN_PREFIX
+from waker.config import RESERVED_NAMES, Address, Config, ModelConfig
 from waker.errors import error_body
 from waker.units import format_size
 
@@ -114,16 +115,20 @@ _MODEL_PROXY = ("proxy_pass http://model_{key}; "
                 "proxy_ignore_headers X-Accel-Redirect X-Accel-Expires X-Accel-Limit-Rate X-Accel-Charset;")
 
 
-def _model_locations(model: ModelConfig) -> list[str]:
+def _model_locations(model: ModelConfig, config: Config) -> list[str]:
     key = location_key(model.id)
     proxy = _MODEL_PROXY.format(key=key)
     wake = _error_pages({502: f"@wake_{key}"})
-    wake_timeout = int(model.start_timeout) + 60
+    # Where a request enters a model: it is counted in flight from here to its access log line.
+    enter = (f"set $inflight 1; set $inflight_model {model.id}; "
+             f"mirror {BEGIN_PREFIX}{model.id}; mirror_request_body off;")
+    # A held request may wait for room in the queue, then for the start itself.
+    wake_timeout = int(config.scheduler.queue_timeout + model.start_timeout) + 60
     lines = [f"        # model {model.id}"]
     for name in model.names:
-        lines.append(f"        location /v1/{name}/ {{ rewrite ^/v1/[^/]+/(.*)$ /v1/$1 break; {proxy} {wake} }}")
+        lines.append(f"        location /v1/{name}/ {{ {enter} rewrite ^/v1/[^/]+/(.*)$ /v1/$1 break; {proxy} {wake} }}")
     lines += [
-        f"        location @model_{key} {{ {proxy} {wake} }}",
+        f"        location @model_{key} {{ {enter} {proxy} {wake} }}",
         f"        location @wake_{key} {{ set $wake_uri /_wake/{model.id}; proxy_pass http://waker$wake_uri; "
         "proxy_pass_request_body off; proxy_set_header Content-Length ''; proxy_set_header Connection ''; "
         "proxy_set_header X-Original-URI $request_uri; proxy_method GET; "
@@ -133,22 +138,32 @@ def _model_locations(model: ModelConfig) -> list[str]:
     return lines
 
 
+def _reachable(address: Address) -> str:
+    """The address nginx can send to when the waker listens on a wildcard address."""
+    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(address.host)
+    return f"{host}:{address.port}" if host else str(address)
+
+
 def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None = None) -> str:
     gateway, waker = config.gateway, config.waker
     body_routes = "|".join(re.escape(r) for r in BODY_ROUTES_OUTSIDE_V1)
     to_waker = f"proxy_pass http://waker; {_error_pages({502: '@waker_down', 504: '@waker_down'})}"
+    syslog = f"syslog:server={_reachable(waker.listen)},tag=waker,nohostname"
     lines = [
         "# Rendered by `waker` from " + str(config.path) + "; edit the TOML, not this file.",
         f"load_module {gateway.njs_module};",
         *( [f"user {worker_user};"] if worker_user else [] ),
         "daemon off;",
         "worker_processes auto;",
-        "worker_rlimit_nofile 65536;",
         f"pid {runtime_dir / 'nginx.pid'};",
         f"error_log {runtime_dir / 'logs' / 'error.log'} warn;",
         "events { worker_connections 8192; }",
         "http {",
-        "    access_log off;",
+        # Activity marks for the waker (see waker/activity.py): a datagram when a model request
+        # begins (mirror subrequest) and one when it ends (its access log line).
+        "    log_format inflight_begin 'begin $uri $pid-$connection-$connection_requests';",
+        "    log_format inflight_end 'end $inflight_model $pid-$connection-$connection_requests $status';",
+        f"    access_log {syslog} inflight_end if=$inflight;",
         "    server_tokens off;",
         "    default_type application/json;",
         f"    client_body_temp_path {runtime_dir / 'tmp' / 'body'};",
@@ -175,6 +190,11 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         f"        proxy_read_timeout {int(gateway.read_timeout)}s;",
         f"        proxy_send_timeout {int(gateway.read_timeout)}s;",
         f"        {_error_pages()}",
+        # Only model locations set $inflight. No server-level `set` default: the mirror subrequest
+        # shares the request's variables and would run it again, erasing them.
+        "        uninitialized_variable_warn off;",
+        f"        location ^~ {BEGIN_PREFIX} {{ internal; log_subrequest on; access_log {syslog} inflight_begin; "
+        "return 204; }",
         f"        location = /healthz {{ {to_waker} }}",
         f"        location = /v1/models {{ {to_waker} }}",
         f"        location /v1/ {{ js_content route.dispatch; {_error_pages()} }}",
@@ -183,7 +203,7 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         *_error_locations(config),
     ]
     for model in config.models:
-        lines += _model_locations(model)
+        lines += _model_locations(model, config)
     lines.append("    }")
     for model in config.models:
         # Kept-alive connections spare a TCP handshake (and a docker-proxy hop) per request.

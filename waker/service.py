@@ -9,7 +9,9 @@ import structlog
 from aiohttp import web
 
 from waker.config import Config
-from waker.docker_runtime import DockerError, DockerRuntime
+from waker.activity import listen as listen_for_activity
+from waker.docker_runtime import DockerRuntime
+from waker.events import EventBus
 from waker.gateway_api import make_app
 from waker.nginx_process import NginxError, NginxProcess
 from waker.supervisor import Supervisor
@@ -25,18 +27,19 @@ async def serve(config: Config, with_nginx: bool) -> int:
         loop.add_signal_handler(sig, stop.set)
 
     runtime = DockerRuntime(config.waker.name, config.waker.docker_host)
-    supervisor = Supervisor(config, runtime)
-    runner = web.AppRunner(make_app(config, supervisor), access_log=None)
+    supervisor = Supervisor(config, runtime, EventBus())
+    # A client that hangs up while its request is held must be noticed: the handler is cancelled.
+    runner = web.AppRunner(make_app(config, supervisor), access_log=None, handler_cancellation=True)
     nginx = NginxProcess(config) if with_nginx else None
+    activity = None
     code = 0
     try:
         await runner.setup()
-        await web.TCPSite(runner, config.waker.listen.host, config.waker.listen.port, reuse_address=True).start()
-        log.info("waker_listening", listen=str(config.waker.listen), models=len(config.models))
-        try:
-            await supervisor.adopt()
-        except DockerError as exc:
-            log.error("docker_unreachable", error=str(exc))
+        listen = config.waker.listen
+        await web.TCPSite(runner, listen.host, listen.port, reuse_address=True).start()
+        activity = await listen_for_activity(listen.host, listen.port, supervisor.on_activity)
+        log.info("waker_listening", listen=str(listen), models=len(config.models))
+        await supervisor.open()
         watchers = [asyncio.create_task(stop.wait())]
         if nginx is not None:
             await nginx.start()
@@ -54,6 +57,8 @@ async def serve(config: Config, with_nginx: bool) -> int:
         log.info("shutting_down")
         if nginx is not None:
             await nginx.stop()
+        if activity is not None:
+            activity.close()
         await runner.cleanup()
         await supervisor.close()
         await runtime.close()

@@ -1,159 +1,317 @@
-"""Brings models up: one start per model however many requests wait, readiness, failure reporting.
+"""The imperative shell around the scheduler: holds the state, feeds it to `scheduler.decide`, and
+carries out the plan (container starts and stops, answers to waiting requests).
 
-This is the imperative shell around `lifecycle`: Docker calls, health polling and the clock live here.
+Inputs: wake requests from nginx (`acquire`), activity marks from nginx (`on_activity`), the Docker
+events stream, and timers that `decide` asks for. Nothing polls: at idle the waker sleeps.
 """
 
 from __future__ import annotations
 
 import asyncio
-import time
-from typing import Callable
+from dataclasses import asdict, replace
+from typing import Any
 
-import aiohttp
 import structlog
 
+from waker import docker_events
+from waker.activity import Mark
 from waker.config import Config, ModelConfig
-from waker.container_spec import LABEL_SPEC, container_name, container_spec
+from waker.container_spec import LABEL_MODEL
 from waker.docker_runtime import DockerError, DockerRuntime
-from waker.lifecycle import Event, ModelStatus, apply
-from waker.units import format_duration
+from waker.events import EventBus
+from waker.launcher import Launcher, StartError
+from waker.lifecycle import Event, State, next_state
+from waker.scheduler import Grant, Plan, Policy, Refuse, Slot, Start, Stop, Waiter, decide
 
 log = structlog.get_logger("waker.supervisor")
 
-HEALTH_POLL_INTERVAL = 0.05
-EXIT_CHECK_INTERVAL = 0.25
-LOG_TAIL_LINES = 20
+STOP_RETRY_SECONDS = 5.0
+MEAN_WEIGHT = 0.2  # weight of the newest request in the running mean of request durations
 
 
-class StartError(Exception):
-    """A model could not be made ready; carries the HTTP status and error code clients get."""
+class RequestRefused(Exception):
+    """What a waiting request gets instead of the model: an HTTP status, code, message, details."""
 
-    def __init__(self, status: int, code: str, message: str) -> None:
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None,
+                 details: dict[str, Any] | None = None) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
+        self.retry_after, self.details = retry_after, details or {}
 
 
 class Supervisor:
-    def __init__(self, config: Config, runtime: DockerRuntime, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, config: Config, runtime: DockerRuntime, bus: EventBus) -> None:
         self.config = config
         self.runtime = runtime
-        self.clock = clock
-        self.statuses: dict[str, ModelStatus] = {m.id: ModelStatus(since=clock()) for m in config.models}
-        self._starts: dict[str, asyncio.Task[None]] = {}
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+        self.bus = bus
+        self.launcher = Launcher(config.waker.name, runtime, self.now)
+        s = config.scheduler
+        self.policy = Policy(s.gpu_capacity, s.on_busy, s.queue_timeout, s.max_start_failures, s.start_backoff)
+        self.slots: dict[str, Slot] = {m.id: _slot(m) for m in config.models}
+        self.containers: dict[str, str] = {}
+        self.queue: list[Waiter] = []
+        self.docker_error: str | None = "not connected yet"
+        self._futures: dict[int, asyncio.Future[None]] = {}
+        self._next_waiter = 0
+        self._in_flight: dict[str, dict[str, float]] = {m.id: {} for m in config.models}
+        self._died: dict[str, asyncio.Event] = {m.id: asyncio.Event() for m in config.models}
+        self._tasks: set[asyncio.Task[None]] = set()
+        self._timer: asyncio.TimerHandle | None = None
+        self._reconcile_pending = False
+        self._synced = False
+
+    @staticmethod
+    def now() -> float:
+        return asyncio.get_running_loop().time()
+
+    async def open(self) -> None:
+        self._spawn(docker_events.follow(self.runtime, self._on_docker_event, self._resync, self._on_docker_lost))
 
     async def close(self) -> None:
-        for task in list(self._starts.values()):
+        if self._timer is not None:
+            self._timer.cancel()
+        for task in list(self._tasks):
             task.cancel()
-        await asyncio.gather(*self._starts.values(), return_exceptions=True)
-        await self._http.close()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
+        await self.launcher.close()
 
-    async def adopt(self) -> None:
-        """Take over the containers a previous waker left: running ones are waited on until ready."""
-        for info in await self.runtime.managed_containers():
-            model = self.config.model(info.model_id)
-            if model is None or not info.running:
-                continue
-            log.info("container_adopted", model=model.id, container=info.name)
-            self._start_task(model)
+    # ---- requests -------------------------------------------------------------------------------
 
-    async def ensure_ready(self, model: ModelConfig) -> None:
-        """Returns once the model answers its health check; raises StartError otherwise."""
-        await asyncio.shield(self._start_task(model))
-
-    def _start_task(self, model: ModelConfig) -> asyncio.Task[None]:
-        task = self._starts.get(model.id)
-        if task is None:
-            task = asyncio.create_task(self._start(model), name=f"start:{model.id}")
-            self._starts[model.id] = task
-            task.add_done_callback(lambda t: self._starts.pop(model.id, None))
-            # Waiters may all be gone by the time it fails; the failure is logged and kept in status.
-            task.add_done_callback(lambda t: t.cancelled() or t.exception())
-        return task
-
-    def _transition(self, model: ModelConfig, event: Event, **details: str) -> None:
-        before = self.statuses[model.id]
-        after = apply(before, event, self.clock(), **details)
-        self.statuses[model.id] = after
-        log.info("model_state", model=model.id, trigger=event.value, state=after.state.value,
-                 previous=before.state.value, error=after.last_error or None)
-
-    async def _start(self, model: ModelConfig) -> None:
-        begun = self.clock()
-        self._transition(model, Event.START)
+    async def acquire(self, model: ModelConfig) -> None:
+        """Returns when `model` is ready to serve; raises RequestRefused otherwise. nginx only asks
+        when it could not reach the model, so a model believed ready is checked first."""
+        if self.slots[model.id].state is State.READY:
+            if await self.launcher.healthy(model):
+                return
+            if self.slots[model.id].state is State.READY:
+                self.bus.publish("model_unreachable", model=model.id)
+                self._stop(model.id, "unreachable")
+        waiter = Waiter(self._next_waiter, model.id, self.now())
+        self._next_waiter += 1
+        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.queue.append(waiter)
+        self._futures[waiter.id] = future
+        self.bus.publish("request_queued", model=model.id, waiter=waiter.id, queue_length=len(self.queue))
+        self.reconcile()
         try:
-            container_id = await self._bring_up(model)
-            await self._wait_healthy(model, container_id, begun + model.start_timeout)
-        except StartError as exc:
-            self._transition(model, Event.FAIL, error=exc.message)
-            raise
-        except DockerError as exc:
-            self._transition(model, Event.FAIL, error=str(exc))
-            raise StartError(503, "model_start_failed", f"model {model.id!r} could not be started: {exc}") from None
+            await future
         except asyncio.CancelledError:
-            self._transition(model, Event.FAIL, error="start cancelled (waker shutting down)")
+            if waiter in self.queue:  # the client went away while queued: forget it, start nothing for it
+                self._drop(waiter)
+                self.bus.publish("request_abandoned", model=model.id, waiter=waiter.id)
+                self.reconcile()
+            raise
+
+    def on_activity(self, mark: Mark) -> None:
+        requests = self._in_flight.get(mark.model)
+        if requests is None:
+            return
+        now = self.now()
+        if mark.kind == "begin":
+            requests[mark.request] = now
+            return
+        began = requests.pop(mark.request, None)
+        slot = self.slots[mark.model]
+        mean = slot.mean_request_seconds
+        if began is not None:
+            duration = now - began
+            mean = duration if mean is None else (1 - MEAN_WEIGHT) * mean + MEAN_WEIGHT * duration
+        self.slots[mark.model] = replace(slot, last_active=now, mean_request_seconds=mean)
+        due = now + slot.idle_timeout
+        if self.queue or (not requests and (self._timer is None or self._timer.when() > due)):
+            self._reconcile_soon()
+
+    # ---- the plan -------------------------------------------------------------------------------
+
+    def reconcile(self) -> None:
+        self._reconcile_pending = False
+        if not self._synced:
+            return  # until Docker has told us what runs, deciding would be guessing
+        now = self.now()
+        plan = decide(self._current_slots(), tuple(self.queue), self.policy, now)
+        self._carry_out(plan)
+        if self._timer is not None:
+            self._timer.cancel()
+            self._timer = None
+        if plan.wake_at is not None:
+            self._timer = asyncio.get_running_loop().call_at(plan.wake_at, self.reconcile)
+
+    def _reconcile_soon(self) -> None:
+        if not self._reconcile_pending:
+            self._reconcile_pending = True
+            asyncio.get_running_loop().call_soon(self.reconcile)
+
+    def _current_slots(self) -> dict[str, Slot]:
+        slots = {}
+        for model_id, slot in self.slots.items():
+            requests = self._in_flight[model_id]
+            slots[model_id] = replace(slot, in_flight=len(requests),
+                                      oldest_request_since=min(requests.values()) if requests else None)
+        return slots
+
+    def _carry_out(self, plan: Plan) -> None:
+        for action in plan.actions:
+            if isinstance(action, Start):
+                self._transition(action.model, Event.START, starting_since=self.now())
+                self._spawn(self._run_start(self._model(action.model)))
+            elif isinstance(action, Stop):
+                self._stop(action.model, action.reason)
+            elif isinstance(action, Grant):
+                self._answer(action.waiter, None)
+            elif isinstance(action, Refuse):
+                details = {"holders": [asdict(h) for h in action.holders]} if action.holders else {}
+                self._answer(action.waiter, RequestRefused(action.status, action.code, action.message,
+                                                           action.retry_after, details))
+
+    def _answer(self, waiter_id: int, error: RequestRefused | None) -> None:
+        waiter = next(w for w in self.queue if w.id == waiter_id)
+        future = self._drop(waiter)
+        if error is not None:
+            self.bus.publish("request_refused", model=waiter.model, status=error.status, error=error.message)
+            future.set_exception(error)
+        else:
+            future.set_result(None)
+
+    def _drop(self, waiter: Waiter) -> asyncio.Future[None]:
+        self.queue.remove(waiter)
+        return self._futures.pop(waiter.id)
+
+    def _transition(self, model_id: str, event: Event, **changes: Any) -> None:
+        slot = self.slots[model_id]
+        state = next_state(slot.state, event)
+        self.slots[model_id] = replace(slot, state=state, **changes)
+        self.bus.publish("model_state", model=model_id, state=state.value, previous=slot.state.value,
+                         trigger=event.value, error=changes.get("last_error") or None)
+
+    # ---- side effects ---------------------------------------------------------------------------
+
+    async def _run_start(self, model: ModelConfig, container_id: str | None = None) -> None:
+        began = self.now()
+        died = self._died[model.id]
+        died.clear()
+        try:
+            if container_id is None:
+                container_id = await self.launcher.up(model, died)
+            else:  # adopting a container that is already running
+                await self.launcher.wait_healthy(model, container_id, began + model.start_timeout, died)
+        except StartError as exc:
+            self._start_failed(model, exc)
+        except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not leave the model stuck in "starting"
             log.exception("start_crashed", model=model.id)
-            self._transition(model, Event.FAIL, error=f"internal error: {exc!r}")
-            raise StartError(500, "internal_error", f"model {model.id!r}: the waker failed while starting it; "
-                             "its log has the details") from None
-        self._transition(model, Event.READY, container_id=container_id)
-        log.info("model_ready", model=model.id, seconds=round(self.clock() - begun, 3))
-
-    async def _bring_up(self, model: ModelConfig) -> str:
-        """Creates (or recreates, when its spec changed) and starts the container; returns its id."""
-        stack = self.config.waker.name
-        spec = container_spec(model, stack)
-        info = await self.runtime.find(model.id)
-        if info is not None and info.spec_hash != spec["Labels"][LABEL_SPEC]:
-            log.info("container_recreate", model=model.id, container=info.name, reason="spec changed")
-            if info.running:
-                await self.runtime.stop(info.id, model.stop_timeout)
-            await self.runtime.remove(info.id)
-            info = None
-        if info is None:
-            await self.runtime.check_image(model.image)
-            container_id = await self.runtime.create(container_name(stack, model.id), spec)
-            log.info("container_created", model=model.id, container=container_id[:12])
+            self._start_failed(model, StartError(500, "internal_error", f"model {model.id!r}: the waker failed "
+                                                 f"while starting it ({exc!r}); its log has the details"))
         else:
-            container_id = info.id
-        if info is None or not info.running:
-            await self.runtime.start(container_id)
-            log.info("container_started", model=model.id, container=container_id[:12])
-        return container_id
+            now = self.now()
+            self.containers[model.id] = container_id
+            self._transition(model.id, Event.READY, ready_since=now, last_active=now, failures=0, retry_at=0.0,
+                             last_error="", expected_start_seconds=now - began)
+            self.bus.publish("model_ready", model=model.id, seconds=round(now - began, 3))
+        self.reconcile()
 
-    async def _wait_healthy(self, model: ModelConfig, container_id: str, deadline: float) -> None:
-        url = f"http://127.0.0.1:{model.host_port}{model.health}"
-        next_exit_check = self.clock()
-        while True:
-            if await self._healthy(url):
+    def _start_failed(self, model: ModelConfig, exc: StartError) -> None:
+        failures = self.slots[model.id].failures + 1
+        backoff = failures >= self.policy.max_start_failures
+        retry_at = self.now() + self.policy.start_backoff if backoff else 0.0
+        self._transition(model.id, Event.FAIL, failures=failures, retry_at=retry_at, last_error=exc.message)
+        if backoff:
+            self.bus.publish("model_backoff", model=model.id, failures=failures,
+                             seconds=self.policy.start_backoff)
+        for waiter in [w for w in self.queue if w.model == model.id]:
+            self._answer(waiter.id, RequestRefused(exc.status, exc.code, exc.message))
+
+    def _stop(self, model_id: str, reason: str) -> None:
+        self._transition(model_id, Event.STOP)
+        self._spawn(self._run_stop(self._model(model_id), reason))
+
+    async def _run_stop(self, model: ModelConfig, reason: str) -> None:
+        if reason == "idle":
+            busy = await self.launcher.busy_requests(model)
+            if busy:  # the server is working on requests nginx never told us about (waker restart)
+                self._transition(model.id, Event.RESUME, last_active=self.now())
+                self.bus.publish("idle_stop_postponed", model=model.id, server_requests=busy)
+                self.reconcile()
                 return
-            now = self.clock()
-            if now >= next_exit_check:
-                info = await self.runtime.inspect(container_id)
-                if not info.running:
-                    tail = await self.runtime.logs_tail(container_id, LOG_TAIL_LINES)
-                    raise StartError(
-                        503, "model_exited",
-                        f"model {model.id!r} exited with code {info.exit_code} while loading"
-                        + (f" ({info.error})" if info.error else "")
-                        + (f"; last log lines:\n{tail}" if tail else "; it printed nothing"),
-                    )
-                next_exit_check = now + EXIT_CHECK_INTERVAL
-            if now >= deadline:
-                tail = await self.runtime.logs_tail(container_id, LOG_TAIL_LINES)
-                await self.runtime.stop(container_id, model.stop_timeout)
-                raise StartError(
-                    504, "model_start_timeout",
-                    f"model {model.id!r} was not ready after {format_duration(model.start_timeout)} "
-                    f"(start_timeout); it was stopped. Last log lines:\n{tail}",
-                )
-            await asyncio.sleep(HEALTH_POLL_INTERVAL)
-
-    async def _healthy(self, url: str) -> bool:
         try:
-            async with self._http.get(url) as response:
-                return response.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
-            return False
+            container_id = self.containers.get(model.id) or await self._find(model.id)
+            if container_id:
+                await self.launcher.down(model, container_id)
+        except DockerError as exc:
+            log.error("stop_failed", model=model.id, error=str(exc), retry_in=STOP_RETRY_SECONDS)
+            await asyncio.sleep(STOP_RETRY_SECONDS)
+            self._spawn(self._run_stop(model, reason))
+            return
+        self._transition(model.id, Event.STOPPED)
+        self.bus.publish("model_stopped", model=model.id, reason=reason)
+        self.reconcile()
+
+    async def _find(self, model_id: str) -> str | None:
+        info = await self.runtime.find(model_id)
+        return info.id if info else None
+
+    def _spawn(self, coroutine) -> None:
+        task = asyncio.create_task(coroutine)
+        self._tasks.add(task)
+        task.add_done_callback(self._task_done)
+
+    def _task_done(self, task: asyncio.Task[None]) -> None:
+        self._tasks.discard(task)
+        if not task.cancelled() and task.exception() is not None:
+            log.error("task_failed", task=task.get_coro().__qualname__, error=repr(task.exception()),
+                      exc_info=task.exception())
+
+    def _model(self, model_id: str) -> ModelConfig:
+        model = self.config.model(model_id)
+        assert model is not None
+        return model
+
+    # ---- Docker's view --------------------------------------------------------------------------
+
+    async def _resync(self) -> None:
+        """Rebuilds what runs from the containers' labels: running ones are adopted (never restarted),
+        models believed up whose container is gone are marked stopped."""
+        running = {}
+        for info in await self.runtime.managed_containers():
+            if info.running and info.model_id in self.slots:
+                running[info.model_id] = info.id
+        for model_id, slot in self.slots.items():
+            if model_id in running and slot.state in (State.STOPPED, State.FAILED):
+                self._adopt(model_id, running[model_id])
+            elif model_id not in running and slot.state is State.READY:
+                self._transition(model_id, Event.EXITED)
+        self.docker_error = None
+        self._synced = True
+        self.reconcile()
+
+    def _on_docker_lost(self, reason: str) -> None:
+        self.docker_error = reason
+
+    def _on_docker_event(self, event: dict[str, Any]) -> None:
+        attributes = event.get("Actor", {}).get("Attributes", {})
+        model_id = attributes.get(LABEL_MODEL)
+        if model_id not in self.slots:
+            return
+        action = event.get("Action") or event.get("status")
+        state = self.slots[model_id].state
+        if action == "die":
+            if state is State.STARTING:
+                self._died[model_id].set()
+            elif state is State.READY:
+                self._transition(model_id, Event.EXITED)
+                self.bus.publish("model_exited", model=model_id, exit_code=attributes.get("exitCode"))
+                self.reconcile()
+        elif action == "oom":
+            self.bus.publish("model_oom", model=model_id)
+        elif action == "start" and state in (State.STOPPED, State.FAILED):  # started by hand
+            self._adopt(model_id, event.get("id") or event.get("Actor", {}).get("ID", ""))
+
+    def _adopt(self, model_id: str, container_id: str) -> None:
+        self.bus.publish("container_adopted", model=model_id, container=container_id[:12])
+        self._transition(model_id, Event.START, starting_since=self.now())
+        self._spawn(self._run_start(self._model(model_id), container_id))
+
+
+def _slot(model: ModelConfig) -> Slot:
+    return Slot(id=model.id, gpu_memory=model.gpu_memory, exclusive=model.exclusive, keep_warm=model.keep_warm,
+                idle_timeout=model.idle_timeout, min_uptime=model.min_uptime)

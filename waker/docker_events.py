@@ -1,0 +1,44 @@
+"""Follows Docker's events stream for the stack's containers, reconnecting when the engine goes away.
+
+Each (re)connection first opens the stream, then calls `on_connect` (a full resync from a container
+listing), so no event is lost between the listing and the stream. At idle this is one open HTTP
+stream and no API calls.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any, Awaitable, Callable
+
+import aiohttp
+import structlog
+
+from waker.docker_runtime import DockerError, DockerRuntime
+
+log = structlog.get_logger("waker.docker_events")
+
+MAX_BACKOFF = 30.0
+
+
+async def follow(
+    runtime: DockerRuntime,
+    on_event: Callable[[dict[str, Any]], None],
+    on_connect: Callable[[], Awaitable[None]],
+    on_disconnect: Callable[[str], None],
+) -> None:
+    backoff = 0.5
+    while True:
+        try:
+            async with runtime.event_stream() as events:
+                await on_connect()
+                log.info("docker_events_connected")
+                backoff = 0.5
+                async for event in events:
+                    on_event(event)
+            reason = "the Docker events stream ended"
+        except (DockerError, aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+            reason = str(exc) or type(exc).__name__
+        on_disconnect(reason)
+        log.warning("docker_events_lost", error=reason, retry_in=backoff)
+        await asyncio.sleep(backoff)
+        backoff = min(backoff * 2, MAX_BACKOFF)

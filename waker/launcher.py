@@ -1,0 +1,140 @@
+"""Brings one model's container up (create or recreate, start, wait until healthy) and down.
+
+Side effects only: what to start or stop, and when, is the scheduler's decision.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import re
+import time
+from typing import Callable
+
+import aiohttp
+import structlog
+
+from waker.config import ModelConfig
+from waker.container_spec import LABEL_SPEC, container_name, container_spec
+from waker.docker_runtime import DockerError, DockerRuntime
+from waker.units import format_duration
+
+log = structlog.get_logger("waker.launcher")
+
+HEALTH_POLL_INTERVAL = 0.05
+# The Docker events stream reports an exit at once; this inspect is only the fallback if it is down.
+EXIT_CHECK_INTERVAL = 2.0
+LOG_TAIL_LINES = 20
+_RUNNING_METRIC = re.compile(r"^vllm:num_requests_(?:running|waiting)(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.M)
+
+
+class StartError(Exception):
+    """A model could not be made ready; carries the HTTP status and error code clients get."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
+class Launcher:
+    def __init__(self, stack: str, runtime: DockerRuntime, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stack = stack
+        self.runtime = runtime
+        self.clock = clock
+        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+
+    async def close(self) -> None:
+        await self._http.close()
+
+    async def up(self, model: ModelConfig, died: asyncio.Event) -> str:
+        """Creates (or recreates, when its spec changed) and starts the container, then waits until
+        the model answers its health check. Returns the container id; raises StartError."""
+        deadline = self.clock() + model.start_timeout
+        try:
+            container_id = await self._create_and_start(model)
+        except DockerError as exc:
+            raise StartError(503, "model_start_failed", f"model {model.id!r} could not be started: {exc}") from None
+        await self.wait_healthy(model, container_id, deadline, died)
+        return container_id
+
+    async def _create_and_start(self, model: ModelConfig) -> str:
+        spec = container_spec(model, self.stack)
+        info = await self.runtime.find(model.id)
+        if info is not None and info.spec_hash != spec["Labels"][LABEL_SPEC]:
+            log.info("container_recreate", model=model.id, container=info.name, reason="spec changed")
+            if info.running:
+                await self.runtime.stop(info.id, model.stop_timeout)
+            await self.runtime.remove(info.id)
+            info = None
+        if info is None:
+            await self.runtime.check_image(model.image)
+            container_id = await self.runtime.create(container_name(self.stack, model.id), spec)
+            log.info("container_created", model=model.id, container=container_id[:12])
+        else:
+            container_id = info.id
+        if info is None or not info.running:
+            await self.runtime.start(container_id)
+            log.info("container_started", model=model.id, container=container_id[:12])
+        return container_id
+
+    async def wait_healthy(self, model: ModelConfig, container_id: str, deadline: float, died: asyncio.Event) -> None:
+        url = f"http://127.0.0.1:{model.host_port}{model.health}"
+        next_exit_check = self.clock() + EXIT_CHECK_INTERVAL
+        while True:
+            if await self.healthy(model):
+                return
+            now = self.clock()
+            if died.is_set() or now >= next_exit_check:
+                await self._fail_if_exited(model, container_id)
+                died.clear()
+                next_exit_check = now + EXIT_CHECK_INTERVAL
+            if now >= deadline:
+                tail = await self.runtime.logs_tail(container_id, LOG_TAIL_LINES)
+                await self.down(model, container_id)
+                raise StartError(
+                    504, "model_start_timeout",
+                    f"model {model.id!r} was not ready after {format_duration(model.start_timeout)} "
+                    f"(start_timeout; its health check is {url}); it was stopped. Last log lines:\n{tail}",
+                )
+            try:
+                await asyncio.wait_for(died.wait(), HEALTH_POLL_INTERVAL)
+            except asyncio.TimeoutError:
+                pass
+
+    async def _fail_if_exited(self, model: ModelConfig, container_id: str) -> None:
+        try:
+            info = await self.runtime.inspect(container_id)
+        except DockerError as exc:
+            raise StartError(503, "model_start_failed", f"model {model.id!r}: {exc}") from None
+        if info.running:
+            return
+        tail = await self.runtime.logs_tail(container_id, LOG_TAIL_LINES)
+        raise StartError(
+            503, "model_exited",
+            f"model {model.id!r} exited with code {info.exit_code} while loading"
+            + (f" ({info.error})" if info.error else "")
+            + (f"; last log lines:\n{tail}" if tail else "; it printed nothing"),
+        )
+
+    async def healthy(self, model: ModelConfig) -> bool:
+        try:
+            async with self._http.get(f"http://127.0.0.1:{model.host_port}{model.health}") as response:
+                return response.status == 200
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return False
+
+    async def busy_requests(self, model: ModelConfig) -> int | None:
+        """Requests the model server itself reports running or waiting (vLLM's /metrics), or None
+        when it does not say. Asked once before an idle stop, as a check on the gateway's own count."""
+        try:
+            async with self._http.get(f"http://127.0.0.1:{model.host_port}/metrics") as response:
+                if response.status != 200:
+                    return None
+                text = await response.text()
+        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+            return None
+        values = [float(v) for v in _RUNNING_METRIC.findall(text)]
+        return int(sum(values)) if values else None
+
+    async def down(self, model: ModelConfig, container_id: str) -> None:
+        """Stops the container; returns once it has exited (Docker's stop waits for the exit)."""
+        await self.runtime.stop(container_id, model.stop_timeout)

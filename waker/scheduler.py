@@ -1,0 +1,308 @@
+"""GPU scheduling as a pure function: `decide(slots, queue, policy, now) -> Plan`.
+
+No I/O and no clock inside: the shell (`supervisor`) passes the state and the time, then carries out
+the plan (start or stop containers, answer waiting requests) and calls `decide` again when something
+changes or when `Plan.wake_at` comes.
+
+Rules, in the order they apply:
+1. A waiter whose model is ready is granted. One whose model is in its failure back-off is refused
+   at once with the last error. One that waited longer than `queue_timeout` for room is refused.
+2. Models with waiters are considered in the order of their oldest waiter (queue collation: A B A B
+   makes two swaps, not four). One start at a time: vLLM sizes its memory from what is free when it
+   starts, so two concurrent starts would race for the same memory.
+3. A model starts when its `gpu_memory` fits beside what runs (sum within `capacity`, and nothing
+   beside an `exclusive` model). Otherwise idle models are evicted, least recently used first and
+   `keep_warm` models last; models with requests in flight, pinned models and starting models are
+   never evicted. The start waits until the evicted containers have exited.
+4. When room cannot be made, the request waits (`on_busy = "queue"`) or is refused with 429 and a
+   Retry-After estimated from the holders' state (`on_busy = "reject"`).
+5. With no one waiting for room, `keep_warm` models that are down are started again when they fit.
+6. Ready models idle for `idle_timeout` (counted from the end of their last request, never before
+   `min_uptime`) are stopped; `keep_warm`, pinned and `idle_timeout = 0` models never are.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field, replace
+
+from waker.lifecycle import State
+
+EPSILON = 1e-9
+OCCUPYING = (State.STARTING, State.READY, State.STOPPING)
+
+
+@dataclass(frozen=True, slots=True)
+class Policy:
+    capacity: float = 1.0
+    on_busy: str = "queue"
+    queue_timeout: float = 600.0
+    max_start_failures: int = 3
+    start_backoff: float = 120.0
+
+
+@dataclass(frozen=True, slots=True)
+class Slot:
+    """What the scheduler knows of one model."""
+
+    id: str
+    gpu_memory: float = 0.0
+    exclusive: bool = False
+    keep_warm: bool = False
+    pinned: bool = False
+    idle_timeout: float = 0.0
+    min_uptime: float = 0.0
+    state: State = State.STOPPED
+    in_flight: int = 0
+    last_active: float = 0.0  # end of the last request, or when the model became ready
+    ready_since: float = 0.0
+    starting_since: float = 0.0
+    expected_start_seconds: float | None = None  # how long its last successful start took
+    oldest_request_since: float | None = None  # start of its oldest in-flight request
+    mean_request_seconds: float | None = None
+    failures: int = 0  # consecutive failed starts
+    retry_at: float = 0.0  # while now < retry_at (after too many failures), requests fail fast
+    last_error: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class Waiter:
+    id: int
+    model: str
+    since: float
+
+
+@dataclass(frozen=True, slots=True)
+class Start:
+    model: str
+
+
+@dataclass(frozen=True, slots=True)
+class Stop:
+    model: str
+    reason: str
+
+
+@dataclass(frozen=True, slots=True)
+class Grant:
+    waiter: int
+
+
+@dataclass(frozen=True, slots=True)
+class Holder:
+    """A model standing between a request and the GPU, as reported to the refused client."""
+
+    model: str
+    state: str
+    in_flight: int
+    idle_seconds: int
+    expected_release_seconds: int | None
+
+
+@dataclass(frozen=True, slots=True)
+class Refuse:
+    waiter: int
+    status: int
+    code: str
+    message: str
+    retry_after: int | None = None
+    holders: tuple[Holder, ...] = ()
+
+
+Action = Start | Stop | Grant | Refuse
+
+
+@dataclass(frozen=True, slots=True)
+class Plan:
+    actions: tuple[Action, ...] = ()
+    wake_at: float | None = None  # call decide again at this time even if nothing else happens
+
+    def of(self, kind: type) -> list:
+        return [a for a in self.actions if isinstance(a, kind)]
+
+
+@dataclass
+class _Planner:
+    slots: dict[str, Slot]
+    policy: Policy
+    now: float
+    actions: list[Action] = field(default_factory=list)
+    wake_at: float = math.inf
+    stopping: set[str] = field(default_factory=set)
+
+    def later(self, when: float) -> None:
+        self.wake_at = min(self.wake_at, when)
+
+    def occupying(self) -> list[Slot]:
+        return [s for s in self.slots.values() if s.state in OCCUPYING]
+
+    def start(self, slot: Slot) -> None:
+        self.actions.append(Start(slot.id))
+        self.slots[slot.id] = replace(slot, state=State.STARTING, starting_since=self.now)
+
+    def stop(self, slot: Slot, reason: str) -> None:
+        self.actions.append(Stop(slot.id, reason))
+        self.slots[slot.id] = replace(slot, state=State.STOPPING)
+
+
+def fits(candidate: Slot, staying: list[Slot], capacity: float) -> bool:
+    others = [s for s in staying if s.id != candidate.id]
+    if others and (candidate.exclusive or any(s.exclusive for s in others)):
+        return False
+    return sum(s.gpu_memory for s in others) + candidate.gpu_memory <= capacity + EPSILON
+
+
+def evictable(slot: Slot) -> bool:
+    return slot.state is State.READY and slot.in_flight == 0 and not slot.pinned
+
+
+def victims_for(candidate: Slot, occupying: list[Slot], capacity: float) -> list[Slot] | None:
+    """The fewest idle models to stop (LRU first, keep_warm last) so that `candidate` fits; None if
+    even stopping every evictable model would not make room."""
+    staying = [s for s in occupying if s.id != candidate.id and s.state is not State.STOPPING]
+    order = sorted((s for s in staying if evictable(s)), key=lambda s: (s.keep_warm, s.last_active))
+    chosen: list[Slot] = []
+    for slot in order:
+        if fits(candidate, staying, capacity):
+            break
+        chosen.append(slot)
+        staying = [s for s in staying if s.id != slot.id]
+    return chosen if fits(candidate, staying, capacity) else None
+
+
+def release_estimate(slot: Slot, now: float) -> int | None:
+    """Seconds until `slot` could give its memory back, from what is known of it; None if unknowable."""
+    if slot.pinned:
+        return None
+    if slot.state is State.STOPPING or evictable(slot):
+        return 1
+    if slot.state is State.STARTING:
+        elapsed = now - slot.starting_since
+        expected = slot.expected_start_seconds or elapsed * 2  # no history: assume half-way
+        return max(1, math.ceil(expected - elapsed))
+    if slot.oldest_request_since is None:
+        return 1
+    elapsed = now - slot.oldest_request_since
+    # With a history, a request lasts about as long as the mean; without one, about twice its age.
+    expected = slot.mean_request_seconds if slot.mean_request_seconds else elapsed * 2
+    return max(1, math.ceil(max(expected - elapsed, 1.0)))
+
+
+def holders_of(candidate: Slot, occupying: list[Slot], now: float) -> tuple[Holder, ...]:
+    """The models that keep `candidate` out: the non-evictable ones among those it would displace."""
+    staying = [s for s in occupying if s.id != candidate.id]
+    blocking = [s for s in staying if not evictable(s) and s.state is not State.STOPPING]
+    return tuple(
+        Holder(
+            model=s.id,
+            state="pinned" if s.pinned else s.state.value,
+            in_flight=s.in_flight,
+            idle_seconds=int(now - s.last_active) if s.in_flight == 0 and s.state is State.READY else 0,
+            expected_release_seconds=release_estimate(s, now),
+        )
+        for s in blocking
+    )
+
+
+def _busy_refusal(waiter: Waiter, candidate: Slot, holders: tuple[Holder, ...], reason: str) -> Refuse:
+    known = [h.expected_release_seconds for h in holders if h.expected_release_seconds is not None]
+    retry_after = max(known) if known else None
+    described = "; ".join(
+        f"{h.model!r} ({h.state}, {h.in_flight} request(s) in flight, idle {h.idle_seconds} s, "
+        + (f"expected release in ~{h.expected_release_seconds} s)" if h.expected_release_seconds is not None
+           else "no release expected)")
+        for h in holders
+    ) or "other models"
+    return Refuse(
+        waiter.id, 429, "model_busy",
+        f"model {candidate.id!r} cannot start {reason}: the GPU is held by {described}",
+        retry_after, holders,
+    )
+
+
+def decide(slots: dict[str, Slot], queue: tuple[Waiter, ...] | list[Waiter], policy: Policy, now: float) -> Plan:
+    p = _Planner(dict(slots), policy, now)
+    waiting: list[Waiter] = []
+
+    for waiter in queue:
+        slot = p.slots[waiter.model]
+        if slot.state is State.READY:
+            p.actions.append(Grant(waiter.id))
+        elif slot.state is State.FAILED and now < slot.retry_at:
+            p.actions.append(Refuse(
+                waiter.id, 503, "model_failed",
+                f"model {slot.id!r} failed to start {slot.failures} times in a row; next attempt in "
+                f"{math.ceil(slot.retry_at - now)} s. Last error: {slot.last_error}",
+                math.ceil(slot.retry_at - now),
+            ))
+        elif slot.state is not State.STARTING and now - waiter.since >= policy.queue_timeout:
+            holders = holders_of(slot, p.occupying(), now)
+            p.actions.append(_busy_refusal(waiter, slot, holders, f"within queue_timeout ({policy.queue_timeout:g} s)"))
+        else:
+            waiting.append(waiter)
+
+    blocked = _start_for_waiters(p, waiting)
+    if not blocked and not any(s.state is State.STARTING for s in p.slots.values()):
+        _restore_keep_warm(p)
+    _stop_idle(p)
+    return Plan(tuple(p.actions), None if p.wake_at == math.inf else p.wake_at)
+
+
+def _start_for_waiters(p: _Planner, waiting: list[Waiter]) -> bool:
+    """Starts or makes room for the models waiters need; True if some waiter still waits for room."""
+    order: dict[str, list[Waiter]] = {}
+    for waiter in waiting:
+        order.setdefault(waiter.model, []).append(waiter)
+    blocked = False
+    for model, waiters in order.items():
+        slot = p.slots[model]
+        if slot.state is State.STARTING:
+            continue  # they join the start in progress
+        blocked = True
+        if slot.state is State.STOPPING:
+            break  # it starts again once its container has exited
+        if any(s.state is State.STARTING for s in p.slots.values()):
+            break  # one start at a time; FIFO holds the rest
+        occupying = p.occupying()
+        if fits(slot, occupying, p.policy.capacity):
+            p.start(slot)
+            blocked = False
+            continue
+        victims = victims_for(slot, occupying, p.policy.capacity)
+        if victims is not None:
+            for victim in victims:
+                p.stop(victim, f"evicted for {model}")
+            break  # wait for the evicted containers to exit
+        if p.policy.on_busy == "reject":
+            holders = holders_of(slot, occupying, p.now)
+            p.actions += [_busy_refusal(w, slot, holders, "now") for w in waiters]
+            blocked = False
+            continue
+        for waiter in waiters:
+            p.later(waiter.since + p.policy.queue_timeout)
+        break
+    return blocked
+
+
+def _restore_keep_warm(p: _Planner) -> None:
+    for slot in sorted(p.slots.values(), key=lambda s: s.id):
+        if not slot.keep_warm or slot.state not in (State.STOPPED, State.FAILED):
+            continue
+        if slot.state is State.FAILED and p.now < slot.retry_at:
+            p.later(slot.retry_at)
+            continue
+        if fits(slot, p.occupying(), p.policy.capacity):
+            p.start(slot)
+            return
+
+
+def _stop_idle(p: _Planner) -> None:
+    for slot in list(p.slots.values()):
+        if (slot.state is not State.READY or slot.keep_warm or slot.pinned or slot.idle_timeout <= 0
+                or slot.in_flight > 0):
+            continue
+        due = max(slot.last_active + slot.idle_timeout, slot.ready_since + slot.min_uptime)
+        if p.now >= due:
+            p.stop(slot, "idle")
+        else:
+            p.later(due)
