@@ -76,61 +76,86 @@ async def test_config(config: Config, conf: Path) -> None:
 
 
 class NginxProcess:
+    """The gateway's nginx. If a live nginx from an earlier `waker run` (killed without clean-up)
+    still serves this runtime dir, it is adopted and reloaded instead of replaced, so requests to
+    running models never see the port closed."""
+
     def __init__(self, config: Config) -> None:
         self.config = config
         self.proc: asyncio.subprocess.Process | None = None
+        self.pid: int | None = None
 
     async def start(self) -> None:
-        await self._retire_stale()
+        stale = self._live_pid()
         conf = write_files(self.config)
         await test_config(self.config, conf)
+        if stale is not None:
+            os.kill(stale, signal.SIGHUP)  # re-reads the config just written, graceful for requests
+            self.pid = stale
+            log.info("nginx_adopted", pid=stale, listen=str(self.config.gateway.listen))
+            return
         self.proc = await asyncio.create_subprocess_exec(*_args(self.config, conf))
+        self.pid = self.proc.pid
+        await self._wait_listening()
+        log.info("nginx_started", pid=self.pid, listen=str(self.config.gateway.listen))
+
+    def _live_pid(self) -> int | None:
+        try:
+            pid = int((self.config.waker.runtime_dir / "nginx.pid").read_text().strip())
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except (OSError, ValueError):
+            return None
+        return pid if b"nginx" in cmdline and b"master" in cmdline else None
+
+    async def _wait_listening(self) -> None:
         listen = self.config.gateway.listen
         host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else ("::1" if listen.host == "::" else listen.host)
         for _ in range(200):
-            if self.proc.returncode is not None:
+            if self.proc is not None and self.proc.returncode is not None:
                 raise NginxError(f"nginx exited with code {self.proc.returncode} at start; see "
                                  f"{self.config.waker.runtime_dir / 'logs' / 'error.log'}")
             try:
                 _, writer = await asyncio.open_connection(host, listen.port)
                 writer.close()
-                log.info("nginx_started", pid=self.proc.pid, listen=str(listen))
                 return
             except OSError:
                 await asyncio.sleep(0.05)
         raise NginxError(f"nginx did not open {listen} within 10 s")
 
-    async def _retire_stale(self) -> None:
-        """An nginx left by a waker that was killed still serves running models; it holds the port, so
-        it is asked to finish its requests and quit before ours starts."""
-        pid_file = self.config.waker.runtime_dir / "nginx.pid"
-        try:
-            pid = int(pid_file.read_text().strip())
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except (OSError, ValueError):
-            return
-        if b"nginx" not in cmdline:
-            return
-        log.warning("nginx_stale", pid=pid, action="graceful quit")
-        os.kill(pid, signal.SIGQUIT)
-        for _ in range(200):
-            if not Path(f"/proc/{pid}").exists():
-                return
-            await asyncio.sleep(0.05)
-        os.kill(pid, signal.SIGKILL)
-
-    async def wait(self) -> int:
-        assert self.proc is not None
-        return await self.proc.wait()
+    async def wait(self) -> int | None:
+        """Returns when nginx exits: its exit code, or None for an adopted one (not our child)."""
+        if self.proc is not None:
+            return await self.proc.wait()
+        assert self.pid is not None
+        await _exited(self.pid)
+        return None
 
     async def stop(self, timeout: float = 10.0) -> None:
         """Graceful stop (SIGQUIT lets requests in progress finish), then SIGKILL after `timeout`."""
-        if self.proc is None or self.proc.returncode is not None:
+        if self.pid is None or not Path(f"/proc/{self.pid}").exists():
             return
-        self.proc.send_signal(signal.SIGQUIT)
+        if self.proc is not None and self.proc.returncode is not None:
+            return
+        os.kill(self.pid, signal.SIGQUIT)
         try:
-            await asyncio.wait_for(self.proc.wait(), timeout)
+            await asyncio.wait_for(self.wait(), timeout)
         except asyncio.TimeoutError:
-            self.proc.kill()
-            await self.proc.wait()
-        log.info("nginx_stopped", code=self.proc.returncode)
+            os.kill(self.pid, signal.SIGKILL)
+            await self.wait()
+        log.info("nginx_stopped", pid=self.pid)
+
+
+async def _exited(pid: int) -> None:
+    """Waits for a process that is not our child to exit, without polling (a pidfd turns readable)."""
+    try:
+        fd = os.pidfd_open(pid)
+    except ProcessLookupError:
+        return
+    loop = asyncio.get_running_loop()
+    done = loop.create_future()
+    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+    try:
+        await done
+    finally:
+        loop.remove_reader(fd)
+        os.close(fd)

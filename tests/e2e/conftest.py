@@ -3,6 +3,7 @@ import subprocess
 
 import pytest
 
+from tests.e2e.docker_proxy import DockerCallCounter
 from tests.e2e.stack import FAKE_IMAGE, Stack
 
 
@@ -32,3 +33,10 @@ def make_stack(tmp_path):
     yield make
     for stack in stacks:
         stack.stop()
+
+
+@pytest.fixture
+def docker_call_counter(tmp_path):
+    counter = DockerCallCounter(tmp_path / "docker.sock").start()
+    yield counter
+    counter.stop()

@@ -70,6 +70,7 @@ class Stack:
     models: list[dict]
     tmp: Path
     scheduler: dict = field(default_factory=lambda: {"start_timeout": "60s", "stop_timeout": "2s"})
+    docker_host: str = ""
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     proc: subprocess.Popen | None = None
 
@@ -95,6 +96,7 @@ class Stack:
             "[gateway]", f'listen = "127.0.0.1:{self.gateway_port}"',
             "[waker]", f'listen = "127.0.0.1:{self.waker_port}"', f'name = "{self.name}"',
             f'runtime_dir = "{self.runtime_dir}"', f"model_port_base = {self.model_port_base}",
+            *([f'docker_host = "{self.docker_host}"'] if self.docker_host else []),
             "[scheduler]", *(f"{k} = {toml_value(v)}" for k, v in self.scheduler.items()),
         ]
         for model in self.models:
@@ -115,7 +117,7 @@ class Stack:
         while time.monotonic() < deadline:
             if self.proc.poll() is not None:
                 raise RuntimeError(f"waker run exited with {self.proc.returncode}:\n{self.log()}")
-            if self._answers("/healthz") and "nginx_started" in self.log():
+            if self._answers("/healthz") and ("nginx_started" in self.log() or "nginx_adopted" in self.log()):
                 return self
             time.sleep(0.05)
         raise RuntimeError(f"the stack did not come up:\n{self.log()}")

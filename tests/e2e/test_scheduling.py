@@ -1,0 +1,216 @@
+"""GPU scheduling end to end: swaps, queueing behind streams, reject mode, the keep_warm lane, idle
+stops that respect streams, waker restarts, back-off, and a waker that sleeps at idle."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import time
+
+import aiohttp
+import pytest
+
+from tests.e2e.stack import docker, fake_model
+
+pytestmark = pytest.mark.e2e
+
+SCHED = {"start_timeout": "60s", "stop_timeout": "2s", "min_uptime": "0s"}
+
+
+async def states(session, stack) -> dict[str, str]:
+    async with session.get(f"{stack.url}/v1/models") as response:
+        return {m["id"]: m["state"] for m in (await response.json())["data"]}
+
+
+async def wait_state(session, stack, model, state, timeout=20.0) -> float:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if (await states(session, stack))[model] == state:
+            return time.monotonic()
+        await asyncio.sleep(0.05)
+    raise AssertionError(f"{model} never became {state}: {await states(session, stack)}\n{stack.log()}")
+
+
+async def complete(session, stack, model, timeout=None, **body) -> tuple[int, dict, dict]:
+    payload = json.dumps({"model": model, "prompt": "hi", **body}).encode()
+    async with session.post(f"{stack.url}/v1/completions", data=payload, timeout=timeout) as response:
+        return response.status, dict(response.headers), await response.json(content_type=None)
+
+
+async def stream(session, stack, model, tokens: int) -> list[float]:
+    """Streams `tokens` chunks; returns the arrival time of each, and checks the stream completed."""
+    payload = json.dumps({"model": model, "prompt": "count", "stream": True, "max_tokens": tokens}).encode()
+    arrivals, done = [], False
+    async with session.post(f"{stack.url}/v1/completions", data=payload) as response:
+        assert response.status == 200
+        async for line in response.content:
+            if line.startswith(b"data: {"):
+                arrivals.append(time.monotonic())
+            done = done or line.startswith(b"data: [DONE]")
+    assert done and len(arrivals) == tokens
+    return arrivals
+
+
+def running(stack, model) -> bool:
+    out = docker("ps", "-q", "--filter", f"label=io.waker.stack={stack.name}",
+                 "--filter", f"label=io.waker.model={model}")
+    return bool(out.strip())
+
+
+async def test_swap_evicts_the_idle_model_and_waits_for_its_exit(make_stack):
+    stack = make_stack([fake_model("a", load_delay=0.3, gpu_memory=0.6),
+                        fake_model("b", load_delay=0.3, gpu_memory=0.6)], scheduler=SCHED)
+    async with aiohttp.ClientSession() as session:
+        assert (await complete(session, stack, "a"))[0] == 200
+        status, headers, body = await complete(session, stack, "b")
+        assert status == 200 and body["model"] == "b"
+        assert await states(session, stack) == {"a": "stopped", "b": "ready"}
+    assert not running(stack, "a") and running(stack, "b")
+    dies = [e for e in stack.docker_events("die") if e["Actor"]["Attributes"]["io.waker.model"] == "a"]
+    b_start = [e for e in stack.docker_events("start") if e["Actor"]["Attributes"]["io.waker.model"] == "b"]
+    assert dies[0]["timeNano"] <= b_start[0]["timeNano"]  # A had exited before B started
+
+
+async def test_a_request_for_b_waits_while_a_streams_then_runs(make_stack):
+    stack = make_stack([fake_model("a", load_delay=0.2, gpu_memory=0.6, extra=["--tokens-per-second", "10"]),
+                        fake_model("b", load_delay=0.2, gpu_memory=0.6)], scheduler=SCHED)
+    async with aiohttp.ClientSession() as session:
+        await complete(session, stack, "a", max_tokens=1)
+        streaming = asyncio.create_task(stream(session, stack, "a", 25))
+        await asyncio.sleep(0.5)
+        status, _, _ = await complete(session, stack, "b")
+        b_done = time.monotonic()
+        arrivals = await streaming
+    assert status == 200
+    assert b_done > arrivals[-1]  # B was served only after A's stream had ended, and it ended whole
+
+
+async def test_reject_mode_answers_429_with_retry_after_naming_the_busy_model(make_stack):
+    stack = make_stack([fake_model("a", load_delay=0.2, gpu_memory=0.6, extra=["--tokens-per-second", "10"]),
+                        fake_model("b", load_delay=0.2, gpu_memory=0.6)],
+                       scheduler={**SCHED, "on_busy": "reject"})
+    async with aiohttp.ClientSession() as session:
+        await complete(session, stack, "a", max_tokens=1)
+        streaming = asyncio.create_task(stream(session, stack, "a", 30))
+        await asyncio.sleep(1.0)
+        status, headers, body = await complete(session, stack, "b")
+        await streaming
+    assert status == 429
+    assert headers["X-Busy-Model"] == "a"
+    retry_after = int(headers["Retry-After"])
+    assert 1 <= retry_after <= 10  # the stream is ~1 s old; with no history it is assumed half-way
+    error = body["error"]
+    assert error["code"] == "model_busy" and "'a'" in error["message"]
+    assert error["holders"][0]["model"] == "a" and error["holders"][0]["in_flight"] == 1
+    assert error["holders"][0]["expected_release_seconds"] == retry_after
+    assert not running(stack, "b")
+
+
+async def test_keep_warm_yields_to_an_exclusive_model_and_comes_back(make_stack):
+    stack = make_stack([fake_model("util", load_delay=0.2, gpu_memory=0.04, keep_warm=True),
+                        fake_model("big", load_delay=0.2, gpu_memory=0.8, exclusive=True, idle_timeout="2s")],
+                       scheduler=SCHED)
+    async with aiohttp.ClientSession() as session:
+        await wait_state(session, stack, "util", "ready")  # started with the waker, unasked
+        status, _, _ = await complete(session, stack, "big")
+        assert status == 200
+        assert (await states(session, stack))["util"] == "stopped"
+        assert not running(stack, "util")
+        await wait_state(session, stack, "big", "stopped", timeout=10)
+        await wait_state(session, stack, "util", "ready", timeout=10)
+
+
+async def test_a_stream_longer_than_idle_timeout_finishes_and_only_then_the_model_stops(make_stack):
+    stack = make_stack([fake_model("a", load_delay=0.2, idle_timeout="1s", extra=["--tokens-per-second", "10"])],
+                       scheduler=SCHED)
+    async with aiohttp.ClientSession() as session:
+        arrivals = await stream(session, stack, "a", 30)  # 3 s of stream, three idle timeouts long
+        assert arrivals[-1] - arrivals[0] > 2.5
+        assert (await states(session, stack))["a"] == "ready"
+        stopped_at = await wait_state(session, stack, "a", "stopped", timeout=10)
+    assert 0.8 < stopped_at - arrivals[-1] < 4
+
+
+async def test_waker_kill_and_restart_under_traffic_loses_no_request_and_stops_nothing(make_stack):
+    stack = make_stack([fake_model("a", load_delay=0.2)], scheduler=SCHED)
+    statuses: list[int] = []
+    async with aiohttp.ClientSession() as session:
+        await complete(session, stack, "a", max_tokens=1)
+        stop = asyncio.Event()
+
+        async def traffic():
+            while not stop.is_set():
+                statuses.append((await complete(session, stack, "a", max_tokens=1))[0])
+
+        clients = [asyncio.create_task(traffic()) for _ in range(4)]
+        await asyncio.sleep(0.5)
+        stack.proc.kill()
+        stack.proc.wait()
+        await asyncio.sleep(0.5)
+        await asyncio.to_thread(stack.restart_waker)
+        await asyncio.sleep(1.0)
+        stop.set()
+        await asyncio.gather(*clients)
+        assert (await states(session, stack))["a"] == "ready"
+    assert len(statuses) > 50 and set(statuses) == {200}
+    assert len(stack.docker_events("start")) == 1 and len(stack.docker_events("die")) == 0
+    assert "nginx_adopted" in stack.log()
+
+
+async def test_a_model_that_keeps_crashing_backs_off_and_fails_fast(make_stack):
+    stack = make_stack([fake_model("crashy", load_delay=0.2, extra=["--fail", "exit_during_load"])],
+                       scheduler={**SCHED, "max_start_failures": 2, "start_backoff": "60s"})
+    async with aiohttp.ClientSession() as session:
+        for _ in range(2):
+            status, _, body = await complete(session, stack, "crashy")
+            assert status == 503 and body["error"]["code"] == "model_exited"
+        began = time.monotonic()
+        status, headers, body = await complete(session, stack, "crashy")
+        assert time.monotonic() - began < 0.5
+    assert status == 503 and body["error"]["code"] == "model_failed"
+    assert "2 times in a row" in body["error"]["message"] and "CUDA out of memory" in body["error"]["message"]
+    assert 55 <= int(headers["Retry-After"]) <= 60
+    assert len(stack.docker_events("start")) == 2
+
+
+async def test_a_client_that_gives_up_while_queued_starts_nothing(make_stack):
+    stack = make_stack([fake_model("a", load_delay=0.2, gpu_memory=0.6, idle_timeout="1h",
+                                   extra=["--tokens-per-second", "10"]),
+                        fake_model("b", load_delay=0.2, gpu_memory=0.6)], scheduler=SCHED)
+    async with aiohttp.ClientSession() as session:
+        await complete(session, stack, "a", max_tokens=1)
+        streaming = asyncio.create_task(stream(session, stack, "a", 20))
+        await asyncio.sleep(0.3)
+        with pytest.raises(asyncio.TimeoutError):
+            await complete(session, stack, "b", timeout=aiohttp.ClientTimeout(total=0.5))
+        await streaming
+        await asyncio.sleep(1.0)
+        assert await states(session, stack) == {"a": "ready", "b": "stopped"}
+    assert "request_abandoned" in stack.log()
+    assert not any(e["Actor"]["Attributes"]["io.waker.model"] == "b" for e in stack.docker_events("create"))
+
+
+async def test_a_container_that_dies_while_ready_is_noticed_and_restarted_on_demand(make_stack):
+    stack = make_stack([fake_model("a", load_delay=0.2)], scheduler=SCHED)
+    async with aiohttp.ClientSession() as session:
+        _, first, _ = await complete(session, stack, "a")
+        docker("kill", stack.containers()[0])
+        await wait_state(session, stack, "a", "stopped", timeout=5)  # from the events stream
+        status, second, _ = await complete(session, stack, "a")
+    assert status == 200 and second["x-fake-instance"] != first["x-fake-instance"]
+    assert "model_exited" in stack.log()
+
+
+async def test_the_waker_makes_no_docker_calls_at_idle(make_stack, docker_call_counter):
+    stack = make_stack([fake_model("a", load_delay=0.2), fake_model("b", load_delay=0.2)],
+                       scheduler=SCHED, docker_host=docker_call_counter.url)
+    async with aiohttp.ClientSession() as session:
+        await complete(session, stack, "a")
+        await complete(session, stack, "b")
+        await asyncio.sleep(0.5)
+        before = docker_call_counter.calls()
+        await asyncio.sleep(5)
+        after = docker_call_counter.calls()
+    assert after == before, [c for c in docker_call_counter.log[len(before):]]
+    assert any(re.search(r"GET /[^ ]*events", c) for c in before)  # it follows the events stream
