@@ -75,6 +75,7 @@ def resolved_config(config: Config) -> dict:
             "id": m.id, "aliases": list(m.aliases), "image": m.image, "command": list(m.command),
             "port": m.port, "health": m.health, "env": dict(m.env), "volumes": list(m.volumes),
             "gpus": m.gpus, "ulimits": dict(m.ulimits), "host_port": m.host_port,
+            "vision": m.vision, "tools": m.tools, "description": m.description,
             "exclusive": m.exclusive, "keep_warm": m.keep_warm,
             "start_timeout": format_duration(m.start_timeout), "stop_timeout": format_duration(m.stop_timeout),
             "idle_timeout": format_duration(m.idle_timeout), "min_uptime": format_duration(m.min_uptime),
@@ -85,6 +86,8 @@ def resolved_config(config: Config) -> dict:
             entry["shm_size"] = format_size(m.shm_size)
         if m.gpu_memory:  # 0 means "no GPU budget", which the file expresses by leaving it out
             entry["gpu_memory"] = m.gpu_memory
+        if m.context_length:
+            entry["context_length"] = m.context_length
         models.append(entry)
     return {
         "gateway": {"listen": str(g.listen), "max_body": format_size(g.max_body),

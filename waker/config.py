@@ -7,15 +7,15 @@ naming the file, the model and the field, so that one `waker check` run shows th
 from __future__ import annotations
 
 import os
-import re
+
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable
 
+from waker import config_fields as fields
+from waker.config_fields import Address
 from waker.units import parse_duration, parse_size
-
-MODEL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
 # First path segments of the OpenAI and vLLM routes: a model named like one would shadow the route
 # in path routing (/v1/<model>/...), so such ids are refused.
@@ -38,19 +38,6 @@ class ConfigError(Exception):
 
 
 @dataclass(frozen=True, slots=True)
-class Address:
-    host: str
-    port: int
-
-    def __str__(self) -> str:
-        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
-
-    @property
-    def url(self) -> str:
-        return f"http://{self}"
-
-
-@dataclass(frozen=True, slots=True)
 class GatewayConfig:
     listen: Address
     max_body: int
@@ -66,6 +53,7 @@ class WakerConfig:
     name: str
     model_port_base: int
     runtime_dir: Path
+    admin_token: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -97,6 +85,10 @@ class ModelConfig:
     shm_size: int | None
     ulimits: tuple[tuple[str, int], ...]
     host_port: int
+    context_length: int | None
+    vision: bool
+    tools: bool
+    description: str
     exclusive: bool
     keep_warm: bool
     start_timeout: float
@@ -151,29 +143,30 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     scheduler = _Table(raw, "scheduler", path, f"{path}: [scheduler]", problems)
 
     gateway_cfg = GatewayConfig(
-        listen=gateway.get("listen", _address, "127.0.0.1:8009"),
+        listen=gateway.get("listen", fields.address, "127.0.0.1:8009"),
         max_body=gateway.get("max_body", parse_size, "64m"),
-        read_timeout=gateway.get("read_timeout", _positive_duration, "30m"),
-        nginx=gateway.get("nginx", _text, "nginx"),
-        njs_module=gateway.get("njs_module", _text, "/usr/lib/nginx/modules/ngx_http_js_module.so"),
+        read_timeout=gateway.get("read_timeout", fields.positive_duration, "30m"),
+        nginx=gateway.get("nginx", fields.string, "nginx"),
+        njs_module=gateway.get("njs_module", fields.string, "/usr/lib/nginx/modules/ngx_http_js_module.so"),
     )
-    name = waker.get("name", _stack_name, "spark")
+    name = waker.get("name", fields.stack_name, "spark")
     waker_cfg = WakerConfig(
-        listen=waker.get("listen", _address, "127.0.0.1:18080"),
-        docker_host=waker.get("docker_host", _text, os.environ.get("DOCKER_HOST", "")),
+        listen=waker.get("listen", fields.address, "127.0.0.1:18080"),
+        docker_host=waker.get("docker_host", fields.string, os.environ.get("DOCKER_HOST", "")),
         name=name,
-        model_port_base=waker.get("model_port_base", _port, 18100),
-        runtime_dir=Path(waker.get("runtime_dir", _text, _default_runtime_dir(name))),
+        model_port_base=waker.get("model_port_base", fields.port, 18100),
+        runtime_dir=Path(waker.get("runtime_dir", fields.string, _default_runtime_dir(name))),
+        admin_token=_secret(waker, "admin_token", path),
     )
     scheduler_cfg = SchedulerConfig(
-        start_timeout=scheduler.get("start_timeout", _positive_duration, "15m"),
+        start_timeout=scheduler.get("start_timeout", fields.positive_duration, "15m"),
         stop_timeout=scheduler.get("stop_timeout", parse_duration, "10s"),
         idle_timeout=scheduler.get("idle_timeout", parse_duration, "20m"),
         min_uptime=scheduler.get("min_uptime", parse_duration, "30s"),
-        gpu_capacity=scheduler.get("gpu_capacity", _capacity, 1.0),
-        on_busy=scheduler.get("on_busy", _choice("queue", "reject"), "queue"),
-        queue_timeout=scheduler.get("queue_timeout", _positive_duration, "10m"),
-        max_start_failures=scheduler.get("max_start_failures", _positive_int, 3),
+        gpu_capacity=scheduler.get("gpu_capacity", fields.capacity, 1.0),
+        on_busy=scheduler.get("on_busy", fields.choice("queue", "reject"), "queue"),
+        queue_timeout=scheduler.get("queue_timeout", fields.positive_duration, "10m"),
+        max_start_failures=scheduler.get("max_start_failures", fields.positive_int, 3),
         start_backoff=scheduler.get("start_backoff", parse_duration, "2m"),
     )
     for table in (gateway, waker, scheduler):
@@ -198,6 +191,26 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     if problems:
         raise ConfigError(path, problems)
     return Config(path, gateway_cfg, waker_cfg, scheduler_cfg, models)
+
+
+def _secret(table: "_Table", key: str, path: Path) -> str:
+    """A secret given inline (`key`, "${ENV}" allowed) or in a file (`key_file`, first line)."""
+    inline = table.get(key, fields.secret, "")
+    file_name = table.get(f"{key}_file", fields.string, "")
+    if inline and file_name:
+        table.problems.append(f"{table.where}: set '{key}' or '{key}_file', not both")
+    if not file_name:
+        return inline
+    source = (path.parent / file_name) if not Path(file_name).is_absolute() else Path(file_name)
+    try:
+        value = source.read_text(encoding="utf-8").strip().splitlines()
+    except OSError as exc:
+        table.problems.append(f"{table.where}: field '{key}_file': cannot read {source}: {exc.strerror or exc}")
+        return ""
+    if not value or not value[0].strip():
+        table.problems.append(f"{table.where}: field '{key}_file': {source} is empty")
+        return ""
+    return value[0].strip()
 
 
 def _default_runtime_dir(name: str) -> str:
@@ -239,7 +252,7 @@ class _Table:
 
 _MODEL_KEYS = {
     "id", "aliases", "image", "command", "entrypoint", "port", "health", "env", "volumes", "gpus",
-    "gpu_memory", "shm_size", "ulimits", "host_port", "exclusive", "keep_warm", "start_timeout", "stop_timeout",
+    "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "vision", "tools", "description", "exclusive", "keep_warm", "start_timeout", "stop_timeout",
     "idle_timeout", "min_uptime",
 }
 _MERGED_TABLES = ("env", "ulimits")
@@ -260,26 +273,30 @@ def _parse_model(
             merged[key] = {**defaults[key], **entry[key]}
     label = entry.get("id") if isinstance(entry.get("id"), str) else f"#{index + 1}"
     model = _Table(merged, None, path, f"{path}: model '{label}'", problems)
-    model_id = model.get("id", _model_id, required=True)
+    model_id = model.get("id", fields.model_id, required=True)
     config_dir = path.parent.resolve()
     result = ModelConfig(
         id=model_id if model_id is not None else label,  # an invalid id is reported; the label names it
-        aliases=tuple(model.get("aliases", _list_of(_model_id), [])),
-        image=model.get("image", _text, required=True),
-        command=tuple(model.get("command", _list_of(_text), [])),
-        entrypoint=_tuple_or_none(model.get("entrypoint", _list_of(_text))),
-        port=model.get("port", _port, 8000),
-        health=model.get("health", _http_path, "/health"),
-        env=tuple(sorted(model.get("env", _env, {}).items())),
-        volumes=tuple(_resolve_volume(v, config_dir) for v in model.get("volumes", _list_of(_volume), [])),
-        gpus=model.get("gpus", _gpus, ""),
-        gpu_memory=model.get("gpu_memory", _fraction, 0.0),
+        aliases=tuple(model.get("aliases", fields.list_of(fields.model_id), [])),
+        image=model.get("image", fields.string, required=True),
+        command=tuple(model.get("command", fields.list_of(fields.string), [])),
+        entrypoint=fields.tuple_or_none(model.get("entrypoint", fields.list_of(fields.string))),
+        port=model.get("port", fields.port, 8000),
+        health=model.get("health", fields.http_path, "/health"),
+        env=tuple(sorted(model.get("env", fields.env, {}).items())),
+        volumes=tuple(fields.resolve_volume(v, config_dir) for v in model.get("volumes", fields.list_of(fields.volume), [])),
+        gpus=model.get("gpus", fields.gpus, ""),
+        gpu_memory=model.get("gpu_memory", fields.fraction, 0.0),
         shm_size=model.get("shm_size", parse_size),
-        ulimits=tuple(sorted(model.get("ulimits", _ulimits, {}).items())),
-        host_port=model.get("host_port", _port, waker.model_port_base + index),
-        exclusive=model.get("exclusive", _bool, False),
-        keep_warm=model.get("keep_warm", _bool, False),
-        start_timeout=model.get("start_timeout", _positive_duration, scheduler.start_timeout),
+        ulimits=tuple(sorted(model.get("ulimits", fields.ulimits, {}).items())),
+        host_port=model.get("host_port", fields.port, waker.model_port_base + index),
+        context_length=model.get("context_length", fields.positive_int),
+        vision=model.get("vision", fields.boolean, False),
+        tools=model.get("tools", fields.boolean, False),
+        description=model.get("description", fields.string, ""),
+        exclusive=model.get("exclusive", fields.boolean, False),
+        keep_warm=model.get("keep_warm", fields.boolean, False),
+        start_timeout=model.get("start_timeout", fields.positive_duration, scheduler.start_timeout),
         stop_timeout=model.get("stop_timeout", parse_duration, scheduler.stop_timeout),
         idle_timeout=model.get("idle_timeout", parse_duration, scheduler.idle_timeout),
         min_uptime=model.get("min_uptime", parse_duration, scheduler.min_uptime),
@@ -322,148 +339,3 @@ def _check_across_models(
                     f"{ports[model.host_port]}; set another host_port or [waker] model_port_base"
                 )
             ports.setdefault(model.host_port, f"model '{model.id}'")
-
-
-def _text(value: Any) -> str:
-    if not isinstance(value, str):
-        raise ValueError(f"expected a string, got {_type_name(value)}")
-    return value
-
-
-def _model_id(value: Any) -> str:
-    text = _text(value)
-    if not MODEL_ID.fullmatch(text):
-        raise ValueError(
-            f"{text!r} is not a valid name: use 1 to 128 of the characters A-Z a-z 0-9 . _ : -"
-        )
-    return text
-
-
-def _stack_name(value: Any) -> str:
-    text = _text(value)
-    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,30}", text):
-        raise ValueError(f"{text!r} is not a valid name: 1 to 31 of a-z 0-9 _ . -, starting with a letter or digit")
-    return text
-
-
-def _list_of(item: Callable[[Any], Any]) -> Callable[[Any], list[Any]]:
-    def parse(value: Any) -> list[Any]:
-        if not isinstance(value, list):
-            raise ValueError(f"expected an array, got {_type_name(value)}")
-        return [item(v) for v in value]
-    return parse
-
-
-def _tuple_or_none(value: list[str] | None) -> tuple[str, ...] | None:
-    return None if value is None else tuple(value)
-
-
-def _port(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
-        raise ValueError(f"expected a port number between 1 and 65535, got {value!r}")
-    return value
-
-
-def _address(value: Any) -> Address:
-    text = _text(value)
-    match = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]*)):(\d+)", text)
-    if not match:
-        raise ValueError(f"expected HOST:PORT such as \"127.0.0.1:8009\", got {text!r}")
-    host = match.group(1) or match.group(2) or "0.0.0.0"
-    return Address(host, _port(int(match.group(3))))
-
-
-def _http_path(value: Any) -> str:
-    text = _text(value)
-    if not text.startswith("/") or any(c.isspace() for c in text):
-        raise ValueError(f"expected an HTTP path starting with '/', got {text!r}")
-    return text
-
-
-def _env(value: Any) -> dict[str, str]:
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a table of NAME = \"value\", got {_type_name(value)}")
-    for key, item in value.items():
-        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
-            raise ValueError(f"{key!r} is not a valid environment variable name")
-        if not isinstance(item, (str, int, float)) or isinstance(item, bool):
-            raise ValueError(f"variable {key!r}: expected a string, got {_type_name(item)}")
-    return {key: str(item) for key, item in value.items()}
-
-
-def _volume(value: Any) -> str:
-    text = _text(value)
-    parts = text.split(":")
-    if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("/"):
-        raise ValueError(f"expected \"HOST_PATH_OR_VOLUME:/container/path[:ro]\", got {text!r}")
-    if len(parts) == 3 and not set(parts[2].split(",")) <= {"ro", "rw", "z", "Z", "shared", "slave", "private"}:
-        raise ValueError(f"unknown volume option {parts[2]!r} in {text!r}")
-    return text
-
-
-def _resolve_volume(volume: str, config_dir: Path) -> str:
-    """Relative host paths are relative to the config file, as in compose files."""
-    source, rest = volume.split(":", 1)
-    if source.startswith((".", "~")):
-        source = str((config_dir / Path(source).expanduser()).resolve())
-    return f"{source}:{rest}"
-
-
-def _gpus(value: Any) -> str:
-    text = _text(value).strip()
-    if text and text != "all" and not re.fullmatch(r"\d+(,\d+)*", text):
-        raise ValueError(f"expected \"all\", a list of device indexes such as \"0,1\", or \"\", got {text!r}")
-    return text
-
-
-def _fraction(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
-        raise ValueError(f"expected a fraction of the GPU in (0, 1], such as 0.5, got {value!r}")
-    return float(value)
-
-
-def _ulimits(value: Any) -> dict[str, int]:
-    if not isinstance(value, dict):
-        raise ValueError(f"expected a table such as {{ memlock = -1 }}, got {_type_name(value)}")
-    for key, item in value.items():
-        if isinstance(item, bool) or not isinstance(item, int):
-            raise ValueError(f"ulimit {key!r}: expected an integer (-1 for unlimited), got {item!r}")
-    return dict(value)
-
-
-def _bool(value: Any) -> bool:
-    if not isinstance(value, bool):
-        raise ValueError(f"expected true or false, got {value!r}")
-    return value
-
-
-def _positive_int(value: Any) -> int:
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
-    return value
-
-
-def _capacity(value: Any) -> float:
-    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
-        raise ValueError(f"expected a positive number (1.0 = the whole GPU), got {value!r}")
-    return float(value)
-
-
-def _choice(*options: str) -> Callable[[Any], str]:
-    def parse(value: Any) -> str:
-        if value not in options:
-            raise ValueError(f"expected one of {', '.join(repr(o) for o in options)}, got {value!r}")
-        return value
-    return parse
-
-
-def _positive_duration(value: Any) -> float:
-    seconds = parse_duration(value)
-    if seconds <= 0:
-        raise ValueError(f"must be longer than zero, got {value!r}")
-    return seconds
-
-
-def _type_name(value: Any) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
-            dict: "a table"}.get(type(value), type(value).__name__)

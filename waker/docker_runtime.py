@@ -94,6 +94,10 @@ class DockerRuntime:
             "or build it (scripts/build-images), then retry"
         )
 
+    async def pull(self, image: str, timeout: float = 1800.0) -> None:
+        with _docker_errors(f"cannot pull image {image!r}"):
+            await asyncio.wait_for(self._docker.images.pull(image), timeout)
+
     async def create(self, name: str, spec: dict[str, Any]) -> str:
         with _docker_errors(f"cannot create container {name!r}"):
             container = await self._docker.containers.create(config=spec, name=name)
@@ -127,6 +131,13 @@ class DockerRuntime:
             yield _json_lines(response)
         finally:
             await query.__aexit__(None, None, None)
+
+    async def follow_logs(self, container_id: str, tail: int) -> AsyncIterator[str]:
+        """The container's last `tail` log lines, then every new one as it is written."""
+        with _docker_errors("cannot follow container logs"):
+            container = self._docker.containers.container(container_id)
+            async for line in container.log(stdout=True, stderr=True, follow=True, tail=tail):
+                yield line.rstrip("\n")
 
     async def logs_tail(self, container_id: str, lines: int = 20) -> str:
         try:

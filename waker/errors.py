@@ -1,4 +1,4 @@
-"""OpenAI-shaped error bodies: what every client of the gateway gets instead of a bare status."""
+"""Errors clients and operators get: the domain errors, and OpenAI-shaped bodies for them."""
 
 from __future__ import annotations
 
@@ -21,3 +21,21 @@ def error_response(status: int, code: str, message: str, headers: dict[str, str]
         content_type="application/json",
         headers=headers,
     )
+
+
+class RequestRefused(Exception):
+    """What a waiting request gets instead of the model: an HTTP status, code, message, details."""
+
+    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None,
+                 details: dict[str, Any] | None = None) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+        self.retry_after, self.details = retry_after, details or {}
+
+
+class AdminError(Exception):
+    """A manual operation that cannot be done now; carries the HTTP status for the admin API."""
+
+    def __init__(self, status: int, message: str) -> None:
+        super().__init__(message)
+        self.status, self.message = status, message

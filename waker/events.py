@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 
@@ -18,10 +18,17 @@ QUEUE_SIZE = 1000
 class EventBus:
     def __init__(self) -> None:
         self._listeners: set[asyncio.Queue[dict[str, Any]]] = set()
+        self._sinks: list[Callable[[dict[str, Any]], None]] = []
+
+    def add_sink(self, sink: Callable[[dict[str, Any]], None]) -> None:
+        """A synchronous observer of every event (the metrics counters)."""
+        self._sinks.append(sink)
 
     def publish(self, kind: str, **fields: Any) -> None:
         event = {"type": kind, "time": time.time(), **fields}
         log.info(kind, **fields)
+        for sink in self._sinks:
+            sink(event)
         for queue in self._listeners:
             if queue.full():
                 queue.get_nowait()

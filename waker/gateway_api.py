@@ -12,14 +12,12 @@ import time
 import structlog
 from aiohttp import web
 
-from waker.config import Config
-from waker.errors import error_response
 from waker.nginx_render import location_key
-from waker.supervisor import RequestRefused, Supervisor
+from waker.errors import RequestRefused, error_response
+from waker.supervisor import Supervisor
 
 log = structlog.get_logger("waker.gateway_api")
 
-CONFIG = web.AppKey("config", Config)
 SUPERVISOR = web.AppKey("supervisor", Supervisor)
 STATS = web.AppKey("stats", dict)
 
@@ -33,7 +31,10 @@ async def count_requests(request: web.Request, handler):
     try:
         response = await handler(request)
     except web.HTTPException as exc:
-        return error_response(exc.status, "not_found" if exc.status == 404 else "bad_request", exc.reason)
+        if exc.content_type == "application/json":
+            return web.Response(status=exc.status, text=exc.text, content_type="application/json")
+        return error_response(exc.status, "not_found" if exc.status == 404 else "bad_request",
+                              f"{exc.reason}: {request.method} {request.path}")
     except Exception:
         log.exception("internal_error", path=request.path)
         return error_response(500, "internal_error", "the waker failed on this request; its log has the details")
@@ -43,8 +44,7 @@ async def count_requests(request: web.Request, handler):
 
 
 async def wake(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
-    model = config.model(request.match_info["model"])
+    model = request.app[SUPERVISOR].config.model(request.match_info["model"])
     if model is None:
         return error_response(404, "model_not_found", f"unknown model {request.match_info['model']!r}")
     request.app[STATS]["wakes"] += 1
@@ -63,20 +63,20 @@ async def wake(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    config = request.app[CONFIG]
-    slots = request.app[SUPERVISOR].slots
+    """The OpenAI model list, each entry with its live state and what clients need to pick one."""
+    supervisor = request.app[SUPERVISOR]
+    config = supervisor.config
     created = int(config.path.stat().st_mtime) if config.path.exists() else 0
-    data = [
-        {
-            "id": model.id,
-            "object": "model",
-            "created": created,
-            "owned_by": "waker",
-            "aliases": list(model.aliases),
-            "state": slots[model.id].state.value,
-        }
-        for model in config.models
-    ]
+    data = []
+    for model in config.models:
+        entry = {"id": model.id, "object": "model", "created": created, "owned_by": "waker",
+                 "aliases": list(model.aliases), "state": supervisor.slots[model.id].state.value,
+                 "capabilities": {"vision": model.vision, "tools": model.tools}}
+        if model.context_length:
+            entry["context_length"] = entry["max_model_len"] = model.context_length
+        if model.description:
+            entry["description"] = model.description
+        data.append(entry)
     return web.json_response({"object": "list", "data": data})
 
 
@@ -92,9 +92,8 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATS])
 
 
-def make_app(config: Config, supervisor: Supervisor) -> web.Application:
+def make_app(supervisor: Supervisor) -> web.Application:
     app = web.Application(middlewares=[count_requests])
-    app[CONFIG] = config
     app[SUPERVISOR] = supervisor
     app[STATS] = {"requests": 0, "wakes": 0, "wake_response_body_bytes": 0}
     app.router.add_get("/_wake/{model}", wake)

@@ -15,7 +15,7 @@ import structlog
 
 from waker.config import ModelConfig
 from waker.container_spec import LABEL_SPEC, container_name, container_spec
-from waker.docker_runtime import DockerError, DockerRuntime
+from waker.docker_runtime import DockerError, DockerRuntime, ImageMissing
 from waker.units import format_duration
 
 log = structlog.get_logger("waker.launcher")
@@ -134,6 +134,36 @@ class Launcher:
             return None
         values = [float(v) for v in _RUNNING_METRIC.findall(text)]
         return int(sum(values)) if values else None
+
+    async def prepare(self, model: ModelConfig) -> dict[str, str]:
+        """Makes a model ready to start fast: its image present (pulled if a registry is reachable)
+        and its container created, not started. Reports what it found and did."""
+        report: dict[str, str] = {}
+        try:
+            try:
+                await self.runtime.check_image(model.image)
+                report["image"] = "present"
+            except ImageMissing:
+                try:
+                    await self.runtime.pull(model.image)
+                except DockerError as exc:
+                    return {"image": "missing", "error": f"image {model.image!r} is not present and could "
+                                                         f"not be pulled: {exc}"}
+                report["image"] = "pulled"
+            spec = container_spec(model, self.stack)
+            info = await self.runtime.find(model.id)
+            if info is not None and info.spec_hash == spec["Labels"][LABEL_SPEC]:
+                report["container"] = "exists"
+            elif info is not None and info.running:
+                report["container"] = "outdated, running: recreated at its next start"
+            else:
+                if info is not None:
+                    await self.runtime.remove(info.id)
+                await self.runtime.create(container_name(self.stack, model.id), spec)
+                report["container"] = "recreated" if info is not None else "created"
+        except DockerError as exc:
+            report["error"] = str(exc)
+        return report
 
     async def down(self, model: ModelConfig, container_id: str) -> None:
         """Stops the container; returns once it has exited (Docker's stop waits for the exit)."""

@@ -3,6 +3,7 @@
     stopped ──start──► starting ──ready──► ready ──stop──► stopping ──stopped──► stopped
                           │                  │  ▲             │
                           └─fail─► failed    │  └──resume─────┘ (an idle stop called off: it was busy)
+                                     └─reset─► stopped (cleared by hand)
                                              └─exited─► stopped (the container died on its own)
 """
 
@@ -27,6 +28,7 @@ class Event(StrEnum):
     STOP = "stop"
     STOPPED = "stopped"
     RESUME = "resume"
+    RESET = "reset"
 
 
 _NEXT: dict[tuple[State, Event], State] = {
@@ -38,6 +40,8 @@ _NEXT: dict[tuple[State, Event], State] = {
     (State.READY, Event.STOP): State.STOPPING,
     (State.STOPPING, Event.STOPPED): State.STOPPED,
     (State.STOPPING, Event.RESUME): State.READY,
+    # An operator clears a failure (and its back-off) by stopping the model.
+    (State.FAILED, Event.RESET): State.STOPPED,
     # A container found running (adopted after a waker restart, or started by hand) is a start.
     (State.FAILED, Event.EXITED): State.FAILED,
     (State.STOPPED, Event.EXITED): State.STOPPED,

@@ -32,8 +32,9 @@ def worker_user() -> str | None:
     return f"nobody {grp.getgrgid(nobody.pw_gid).gr_name}"
 
 
-def write_files(config: Config) -> Path:
-    """Writes nginx.conf and route.js under [waker] runtime_dir; returns the nginx.conf path."""
+def write_files(config: Config, files_dir: Path | None = None) -> Path:
+    """Writes nginx.conf and route.js (in `files_dir`, default [waker] runtime_dir) and the
+    directories nginx needs; returns the nginx.conf path."""
     root = config.waker.runtime_dir
     user = worker_user()
     for sub in ("logs", "tmp", *(f"tmp/{t}" for t in TEMP_DIRS)):
@@ -43,11 +44,18 @@ def write_files(config: Config) -> Path:
         nobody = pwd.getpwnam("nobody")
         for sub in ("tmp", *(f"tmp/{t}" for t in TEMP_DIRS)):
             os.chown(root / sub, nobody.pw_uid, nobody.pw_gid)
-    rendered = render(config, root, user)
-    conf = root / "nginx.conf"
-    (root / "route.js").write_text(rendered.route_js, encoding="utf-8")
+    target = files_dir or root
+    target.mkdir(parents=True, exist_ok=True)
+    rendered = render(config, root, user, files_dir=target)
+    conf = target / "nginx.conf"
+    (target / "route.js").write_text(rendered.route_js, encoding="utf-8")
     conf.write_text(rendered.nginx_conf, encoding="utf-8")
     return conf
+
+
+def _files(root: Path) -> tuple[bytes, ...]:
+    """The rendered files' contents, to tell whether a config change reaches nginx at all."""
+    return tuple((root / name).read_bytes() if (root / name).exists() else b"" for name in ("nginx.conf", "route.js"))
 
 
 def _binary(name: str) -> str:
@@ -87,12 +95,17 @@ class NginxProcess:
 
     async def start(self) -> None:
         stale = self._live_pid()
+        before = _files(self.config.waker.runtime_dir)
         conf = write_files(self.config)
         await test_config(self.config, conf)
         if stale is not None:
-            os.kill(stale, signal.SIGHUP)  # re-reads the config just written, graceful for requests
             self.pid = stale
-            log.info("nginx_adopted", pid=stale, listen=str(self.config.gateway.listen))
+            changed = _files(self.config.waker.runtime_dir) != before
+            # A reload closes idle keep-alive connections, which races with clients reusing them:
+            # only when the config really changed is that worth it.
+            if changed:
+                os.kill(stale, signal.SIGHUP)
+            log.info("nginx_adopted", pid=stale, listen=str(self.config.gateway.listen), reloaded=changed)
             return
         self.proc = await asyncio.create_subprocess_exec(*_args(self.config, conf))
         self.pid = self.proc.pid
@@ -121,6 +134,20 @@ class NginxProcess:
             except OSError:
                 await asyncio.sleep(0.05)
         raise NginxError(f"nginx did not open {listen} within 10 s")
+
+    async def check(self, config: Config) -> None:
+        """Has nginx test the config that `config` renders to, leaving the running one in place."""
+        await test_config(config, write_files(config, config.waker.runtime_dir / "staging"))
+
+    async def reload(self, config: Config) -> None:
+        """Switches nginx to `config` gracefully: new workers take new requests, old ones finish theirs."""
+        self.config = config
+        before = _files(config.waker.runtime_dir)
+        await test_config(config, write_files(config))
+        assert self.pid is not None
+        if _files(config.waker.runtime_dir) != before:
+            os.kill(self.pid, signal.SIGHUP)
+            log.info("nginx_reloaded", pid=self.pid)
 
     async def wait(self) -> int | None:
         """Returns when nginx exits: its exit code, or None for an adopted one (not our child)."""

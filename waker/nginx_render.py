@@ -57,9 +57,12 @@ def location_key(model_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9-]", lambda m: f"_{ord(m.group()):02x}", model_id)
 
 
-def render(config: Config, runtime_dir: Path, worker_user: str | None = None, njs_source: str | None = None) -> Rendered:
+def render(config: Config, runtime_dir: Path, worker_user: str | None = None, njs_source: str | None = None,
+           files_dir: Path | None = None) -> Rendered:
+    """`files_dir` is where nginx.conf and route.js go (default: the runtime dir); a staging dir
+    lets a new config be tested by nginx before it replaces the running one."""
     return Rendered(
-        nginx_conf=render_nginx_conf(config, runtime_dir, worker_user),
+        nginx_conf=render_nginx_conf(config, runtime_dir, worker_user, files_dir),
         route_js=render_route_js(config, njs_source if njs_source is not None else read_njs_source()),
     )
 
@@ -144,7 +147,8 @@ def _reachable(address: Address) -> str:
     return f"{host}:{address.port}" if host else str(address)
 
 
-def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None = None) -> str:
+def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None = None,
+                      files_dir: Path | None = None) -> str:
     gateway, waker = config.gateway, config.waker
     body_routes = "|".join(re.escape(r) for r in BODY_ROUTES_OUTSIDE_V1)
     to_waker = f"proxy_pass http://waker; {_error_pages({502: '@waker_down', 504: '@waker_down'})}"
@@ -171,7 +175,7 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         f"    fastcgi_temp_path {runtime_dir / 'tmp' / 'fastcgi'};",
         f"    uwsgi_temp_path {runtime_dir / 'tmp' / 'uwsgi'};",
         f"    scgi_temp_path {runtime_dir / 'tmp' / 'scgi'};",
-        f"    js_import route from {runtime_dir / 'route.js'};",
+        f"    js_import route from {(files_dir or runtime_dir) / 'route.js'};",
         "    upstream waker {",
         f"        server {waker.listen};",
         "        keepalive 32;",
@@ -197,6 +201,10 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         "return 204; }",
         f"        location = /healthz {{ {to_waker} }}",
         f"        location = /v1/models {{ {to_waker} }}",
+        # The admin API and the dashboard; the waker checks the admin token when one is set.
+        f"        location /admin/ {{ proxy_pass http://waker; proxy_read_timeout 1d; {_error_pages({502: '@waker_down', 504: '@waker_down'})} }}",
+        f"        location /ui/ {{ {to_waker} }}",
+        "        location = /ui { return 301 /ui/; }",
         f"        location /v1/ {{ js_content route.dispatch; {_error_pages()} }}",
         f"        location ~ ^/({body_routes})$ {{ js_content route.dispatch; {_error_pages()} }}",
         "        location / { return 404; }",

@@ -17,6 +17,7 @@ Rules, in the order they apply:
 4. When room cannot be made, the request waits (`on_busy = "queue"`) or is refused with 429 and a
    Retry-After estimated from the holders' state (`on_busy = "reject"`).
 5. With no one waiting for room, `keep_warm` models that are down are started again when they fit.
+   A keep_warm model stopped by hand stays down until a request or a manual start asks for it.
 6. Ready models idle for `idle_timeout` (counted from the end of their last request, never before
    `min_uptime`) are stopped; `keep_warm`, pinned and `idle_timeout = 0` models never are.
 """
@@ -50,9 +51,11 @@ class Slot:
     exclusive: bool = False
     keep_warm: bool = False
     pinned: bool = False
+    suspended: bool = False  # a keep_warm model stopped by hand stays down until asked for
     idle_timeout: float = 0.0
     min_uptime: float = 0.0
     state: State = State.STOPPED
+    since: float = 0.0  # when it entered its state
     in_flight: int = 0
     last_active: float = 0.0  # end of the last request, or when the model became ready
     ready_since: float = 0.0
@@ -286,7 +289,7 @@ def _start_for_waiters(p: _Planner, waiting: list[Waiter]) -> bool:
 
 def _restore_keep_warm(p: _Planner) -> None:
     for slot in sorted(p.slots.values(), key=lambda s: s.id):
-        if not slot.keep_warm or slot.state not in (State.STOPPED, State.FAILED):
+        if not slot.keep_warm or slot.suspended or slot.state not in (State.STOPPED, State.FAILED):
             continue
         if slot.state is State.FAILED and p.now < slot.retry_at:
             p.later(slot.retry_at)

@@ -4,19 +4,52 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from pathlib import Path
 
 import structlog
 from aiohttp import web
 
-from waker.config import Config
+from waker import admin_api
 from waker.activity import listen as listen_for_activity
+from waker.config import Config, load_config
 from waker.docker_runtime import DockerRuntime
 from waker.events import EventBus
 from waker.gateway_api import make_app
+from waker.gpu import GpuMemory
+from waker.metrics import Counters, render
 from waker.nginx_process import NginxError, NginxProcess
 from waker.supervisor import Supervisor
 
 log = structlog.get_logger("waker.service")
+
+UI_DIR = Path(__file__).with_name("ui")
+
+
+def build_app(supervisor: Supervisor, counters: Counters, nginx: NginxProcess | None) -> web.Application:
+    app = make_app(supervisor)
+
+    async def reload() -> dict[str, list[str]]:
+        new = load_config(supervisor.config.path)  # ConfigError: refused, nothing changes
+        if nginx is not None:
+            await nginx.check(new)  # NginxError: refused, nothing changes
+        changes = supervisor.reload(new)  # AdminError: refused, nothing changes
+        if nginx is not None:
+            await nginx.reload(new)
+        return changes
+
+    admin_api.add_routes(app, supervisor, reload)
+    gpu = GpuMemory()
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=render(supervisor, counters, gpu), content_type="text/plain",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    async def dashboard(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(UI_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/ui/", dashboard)
+    return app
 
 
 async def serve(config: Config, with_nginx: bool) -> int:
@@ -26,11 +59,13 @@ async def serve(config: Config, with_nginx: bool) -> int:
     for sig in (signal.SIGINT, signal.SIGTERM):
         loop.add_signal_handler(sig, stop.set)
 
+    bus, counters = EventBus(), Counters()
+    bus.add_sink(counters.observe)
     runtime = DockerRuntime(config.waker.name, config.waker.docker_host)
-    supervisor = Supervisor(config, runtime, EventBus())
-    # A client that hangs up while its request is held must be noticed: the handler is cancelled.
-    runner = web.AppRunner(make_app(config, supervisor), access_log=None, handler_cancellation=True)
+    supervisor = Supervisor(config, runtime, bus)
     nginx = NginxProcess(config) if with_nginx else None
+    # A client that hangs up while its request is held must be noticed: the handler is cancelled.
+    runner = web.AppRunner(build_app(supervisor, counters, nginx), access_log=None, handler_cancellation=True)
     activity = None
     code = 0
     try:

@@ -18,6 +18,8 @@ from waker.activity import Mark
 from waker.config import Config, ModelConfig
 from waker.container_spec import LABEL_MODEL
 from waker.docker_runtime import DockerError, DockerRuntime
+from waker.control import ManualControl, slot_for
+from waker.errors import RequestRefused
 from waker.events import EventBus
 from waker.launcher import Launcher, StartError
 from waker.lifecycle import Event, State, next_state
@@ -29,17 +31,7 @@ STOP_RETRY_SECONDS = 5.0
 MEAN_WEIGHT = 0.2  # weight of the newest request in the running mean of request durations
 
 
-class RequestRefused(Exception):
-    """What a waiting request gets instead of the model: an HTTP status, code, message, details."""
-
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None,
-                 details: dict[str, Any] | None = None) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-        self.retry_after, self.details = retry_after, details or {}
-
-
-class Supervisor:
+class Supervisor(ManualControl):
     def __init__(self, config: Config, runtime: DockerRuntime, bus: EventBus) -> None:
         self.config = config
         self.runtime = runtime
@@ -47,7 +39,7 @@ class Supervisor:
         self.launcher = Launcher(config.waker.name, runtime, self.now)
         s = config.scheduler
         self.policy = Policy(s.gpu_capacity, s.on_busy, s.queue_timeout, s.max_start_failures, s.start_backoff)
-        self.slots: dict[str, Slot] = {m.id: _slot(m) for m in config.models}
+        self.slots: dict[str, Slot] = {m.id: slot_for(m) for m in config.models}
         self.containers: dict[str, str] = {}
         self.queue: list[Waiter] = []
         self.docker_error: str | None = "not connected yet"
@@ -59,6 +51,8 @@ class Supervisor:
         self._timer: asyncio.TimerHandle | None = None
         self._reconcile_pending = False
         self._synced = False
+        self._changed = asyncio.Condition()
+        self.requests_total: dict[str, int] = {m.id: 0 for m in config.models}
 
     @staticmethod
     def now() -> float:
@@ -80,6 +74,8 @@ class Supervisor:
     async def acquire(self, model: ModelConfig) -> None:
         """Returns when `model` is ready to serve; raises RequestRefused otherwise. nginx only asks
         when it could not reach the model, so a model believed ready is checked first."""
+        if self.slots[model.id].suspended:
+            self.slots[model.id] = replace(self.slots[model.id], suspended=False)
         if self.slots[model.id].state is State.READY:
             if await self.launcher.healthy(model):
                 return
@@ -111,6 +107,7 @@ class Supervisor:
             requests[mark.request] = now
             return
         began = requests.pop(mark.request, None)
+        self.requests_total[mark.model] += 1
         slot = self.slots[mark.model]
         mean = slot.mean_request_seconds
         if began is not None:
@@ -179,9 +176,10 @@ class Supervisor:
     def _transition(self, model_id: str, event: Event, **changes: Any) -> None:
         slot = self.slots[model_id]
         state = next_state(slot.state, event)
-        self.slots[model_id] = replace(slot, state=state, **changes)
+        self.slots[model_id] = replace(slot, state=state, since=self.now(), **changes)
         self.bus.publish("model_state", model=model_id, state=state.value, previous=slot.state.value,
                          trigger=event.value, error=changes.get("last_error") or None)
+        self._spawn(self._notify())
 
     # ---- side effects ---------------------------------------------------------------------------
 
@@ -244,6 +242,8 @@ class Supervisor:
             return
         self._transition(model.id, Event.STOPPED)
         self.bus.publish("model_stopped", model=model.id, reason=reason)
+        if self.config.model(model.id) is None:  # removed by a reload
+            self._forget(model.id)
         self.reconcile()
 
     async def _find(self, model_id: str) -> str | None:
@@ -310,8 +310,3 @@ class Supervisor:
         self.bus.publish("container_adopted", model=model_id, container=container_id[:12])
         self._transition(model_id, Event.START, starting_since=self.now())
         self._spawn(self._run_start(self._model(model_id), container_id))
-
-
-def _slot(model: ModelConfig) -> Slot:
-    return Slot(id=model.id, gpu_memory=model.gpu_memory, exclusive=model.exclusive, keep_warm=model.keep_warm,
-                idle_timeout=model.idle_timeout, min_uptime=model.min_uptime)

@@ -1,0 +1,244 @@
+"""The admin REST API under /admin/: see and steer the models, follow events and logs, reload.
+
+JSON everywhere; errors are OpenAI-shaped error bodies. When `[waker] admin_token` is set, every
+/admin/ call needs `Authorization: Bearer <token>`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+from typing import Any, Awaitable, Callable
+
+import structlog
+from aiohttp import web
+
+from waker.config import ConfigError, ModelConfig
+from waker.docker_runtime import DockerError
+from waker.errors import AdminError, RequestRefused, error_body, error_response
+from waker.lifecycle import State
+from waker.nginx_process import NginxError
+from waker.supervisor import Supervisor
+
+log = structlog.get_logger("waker.admin_api")
+
+SUPERVISOR = web.AppKey("admin_supervisor", Supervisor)
+RELOAD = web.AppKey("reload", Callable[[], Awaitable[dict[str, list[str]]]])
+HEARTBEAT_SECONDS = 15.0
+
+
+@web.middleware
+async def require_token(request: web.Request, handler):
+    token = request.app[SUPERVISOR].config.waker.admin_token
+    if token and request.path.startswith("/admin/"):
+        given = request.headers.get("Authorization", "")
+        if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
+            return error_response(401, "unauthorized", "missing or wrong admin token: send "
+                                  "'Authorization: Bearer <token>' with [waker] admin_token")
+    return await handler(request)
+
+
+def _model(request: web.Request) -> ModelConfig:
+    supervisor = request.app[SUPERVISOR]
+    name = request.match_info["model"]
+    model = supervisor.config.model(name) or supervisor.config.resolve(name)
+    if model is None:
+        raise _http_error(404, "model_not_found", f"unknown model {name!r}; the models are: "
+                          + ", ".join(m.id for m in supervisor.config.models))
+    return model
+
+
+def _flag(request: web.Request, name: str, default: bool) -> bool:
+    value = request.query.get(name)
+    if value is None:
+        return default
+    if value.lower() in ("1", "true", "yes"):
+        return True
+    if value.lower() in ("0", "false", "no"):
+        return False
+    raise _http_error(400, "invalid_parameter", f"query parameter {name!r} must be true or false, got {value!r}")
+
+
+def _http_error(status: int, code: str, message: str) -> web.HTTPException:
+    """An OpenAI error body raised from deep inside a handler (404 or 400)."""
+    kind = web.HTTPNotFound if status == 404 else web.HTTPBadRequest
+    return kind(text=json.dumps(error_body(message, code, status)), content_type="application/json")
+
+
+def describe(supervisor: Supervisor, model: ModelConfig) -> dict[str, Any]:
+    now = supervisor.now()
+    slot = supervisor._current_slots()[model.id]
+    ready = slot.state is State.READY
+    entry: dict[str, Any] = {
+        "id": model.id, "aliases": list(model.aliases), "state": slot.state.value,
+        "state_seconds": round(now - slot.since, 1),
+        "uptime_seconds": round(now - slot.ready_since, 1) if ready else None,
+        "idle_seconds": round(now - slot.last_active, 1) if ready and not slot.in_flight else None,
+        "in_flight": slot.in_flight, "queued": sum(1 for w in supervisor.queue if w.model == model.id),
+        "requests_total": supervisor.requests_total.get(model.id, 0),
+        "gpu_memory": model.gpu_memory, "exclusive": model.exclusive, "keep_warm": model.keep_warm,
+        "pinned": slot.pinned, "idle_timeout": model.idle_timeout, "last_error": slot.last_error or None,
+        "failures": slot.failures,
+        "retry_in_seconds": round(slot.retry_at - now, 1) if slot.retry_at > now else None,
+        "image": model.image, "container_id": supervisor.containers.get(model.id),
+        "host_port": model.host_port, "context_length": model.context_length,
+        "vision": model.vision, "tools": model.tools,
+        "last_start_seconds": round(slot.expected_start_seconds, 1) if slot.expected_start_seconds else None,
+    }
+    if slot.state is State.STARTING:
+        entry["loading"] = {"elapsed_seconds": round(now - slot.starting_since, 1),
+                            "expected_seconds": entry["last_start_seconds"]}
+    return entry
+
+
+async def list_models(request: web.Request) -> web.Response:
+    supervisor = request.app[SUPERVISOR]
+    return web.json_response({
+        "models": [describe(supervisor, m) for m in supervisor.config.models],
+        "queue_length": len(supervisor.queue),
+        "docker": supervisor.docker_error or "connected",
+    })
+
+
+async def get_model(request: web.Request) -> web.Response:
+    return web.json_response(describe(request.app[SUPERVISOR], _model(request)))
+
+
+async def start(request: web.Request) -> web.Response:
+    supervisor, model = request.app[SUPERVISOR], _model(request)
+    wait = _flag(request, "wait", True)
+    preload = asyncio.ensure_future(supervisor.acquire(model))
+    if not wait:
+        preload.add_done_callback(lambda t: t.cancelled() or t.exception())
+        return web.json_response(describe(supervisor, model), status=202)
+    try:
+        await preload
+    except RequestRefused as exc:
+        return error_response(exc.status, exc.code, exc.message, details=exc.details)
+    return web.json_response(describe(supervisor, model))
+
+
+async def stop(request: web.Request) -> web.Response:
+    supervisor, model = request.app[SUPERVISOR], _model(request)
+    force, wait = _flag(request, "force", False), _flag(request, "wait", True)
+    try:
+        outcome = supervisor.stop_by_hand(model.id, force)
+    except AdminError as exc:
+        return error_response(exc.status, "conflict", exc.message)
+    if wait and outcome == "stopping":
+        await supervisor.wait_until(model.id, (State.STOPPED,), model.stop_timeout + 30)
+    return web.json_response({"outcome": outcome, **describe(supervisor, model)})
+
+
+async def pin(request: web.Request) -> web.Response:
+    supervisor, model = request.app[SUPERVISOR], _model(request)
+    supervisor.set_pinned(model.id, request.path.endswith("/pin"))
+    return web.json_response(describe(supervisor, model))
+
+
+async def unload(request: web.Request) -> web.Response:
+    supervisor = request.app[SUPERVISOR]
+    outcome = supervisor.unload(_flag(request, "force", False))
+    if _flag(request, "wait", True):
+        await asyncio.gather(*(supervisor.wait_until(model_id, (State.STOPPED,), 60)
+                               for model_id, what in outcome.items() if what == "stopping"))
+    return web.json_response({"models": outcome})
+
+
+async def logs(request: web.Request) -> web.StreamResponse:
+    supervisor, model = request.app[SUPERVISOR], _model(request)
+    try:
+        tail = int(request.query.get("tail", "100"))
+        if not 0 <= tail <= 100_000:
+            raise ValueError
+    except ValueError:
+        return error_response(400, "invalid_parameter", "tail must be a whole number from 0 to 100000")
+    info = await supervisor.runtime.find(model.id)
+    if info is None:
+        return error_response(404, "no_container", f"model {model.id!r} has no container yet; start it first")
+    if not _flag(request, "follow", False):
+        text = await supervisor.runtime.logs_tail(info.id, tail)
+        return web.json_response({"model": model.id, "container_id": info.id, "lines": text.splitlines()})
+    response = await _sse(request)
+    async for line in supervisor.runtime.follow_logs(info.id, tail):
+        await response.write(_event("log", {"line": line}))
+    return response
+
+
+async def events(request: web.Request) -> web.StreamResponse:
+    bus = request.app[SUPERVISOR].bus
+    queue = bus.listen()
+    try:
+        response = await _sse(request)
+        while True:
+            try:
+                event = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
+            except asyncio.TimeoutError:
+                await response.write(b": heartbeat\n\n")
+                continue
+            await response.write(_event(event["type"], event))
+    finally:
+        bus.unlisten(queue)
+
+
+async def reload(request: web.Request) -> web.Response:
+    try:
+        changes = await request.app[RELOAD]()
+    except ConfigError as exc:
+        return error_response(400, "invalid_config", "the new config was refused; the running one stays: "
+                              + "; ".join(exc.problems), details={"problems": exc.problems})
+    except AdminError as exc:
+        return error_response(exc.status, "conflict", exc.message)
+    except NginxError as exc:
+        return error_response(500, "nginx_refused", str(exc))
+    return web.json_response({"reloaded": True, **changes})
+
+
+async def prepare(request: web.Request) -> web.Response:
+    supervisor = request.app[SUPERVISOR]
+    ids: list[str] = []
+    if request.can_read_body:
+        try:
+            body = await request.json()
+        except (json.JSONDecodeError, UnicodeDecodeError):
+            return error_response(400, "invalid_json", "the body must be JSON such as {\"models\": [\"id\"]}")
+        if not isinstance(body, dict) or not isinstance(body.get("models", []), list):
+            return error_response(400, "invalid_body", "the body must be {\"models\": [\"id\", ...]}")
+        ids = body.get("models", [])
+    unknown = [i for i in ids if not isinstance(i, str) or supervisor.config.model(i) is None]
+    if unknown:
+        return error_response(404, "model_not_found", f"unknown model(s) {unknown!r}")
+    models = [supervisor.config.model(i) for i in ids] if ids else list(supervisor.config.models)
+    report = {m.id: await supervisor.launcher.prepare(m) for m in models}
+    ready = all("error" not in r for r in report.values())
+    return web.json_response({"ok": ready, "models": report}, status=200 if ready else 207)
+
+
+async def _sse(request: web.Request) -> web.StreamResponse:
+    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
+                                           "X-Accel-Buffering": "no"})
+    await response.prepare(request)
+    return response
+
+
+def _event(kind: str, data: dict[str, Any]) -> bytes:
+    return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
+
+
+def add_routes(app: web.Application, supervisor: Supervisor,
+               reloader: Callable[[], Awaitable[dict[str, list[str]]]]) -> None:
+    app[SUPERVISOR] = supervisor
+    app[RELOAD] = reloader
+    app.middlewares.append(require_token)
+    app.router.add_get("/admin/models", list_models)
+    app.router.add_get("/admin/models/{model}", get_model)
+    app.router.add_post("/admin/models/{model}/start", start)
+    app.router.add_post("/admin/models/{model}/stop", stop)
+    app.router.add_post("/admin/models/{model}/pin", pin)
+    app.router.add_post("/admin/models/{model}/unpin", pin)
+    app.router.add_get("/admin/models/{model}/logs", logs)
+    app.router.add_post("/admin/unload", unload)
+    app.router.add_get("/admin/events", events)
+    app.router.add_post("/admin/reload", reload)
+    app.router.add_post("/admin/prepare", prepare)

@@ -1,0 +1,185 @@
+"""Parsers for single config values: each returns the typed value or raises ValueError with a
+message that says what was expected."""
+
+from __future__ import annotations
+
+import os
+import re
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Callable
+
+from waker.units import parse_duration
+
+MODEL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
+
+
+@dataclass(frozen=True, slots=True)
+class Address:
+    host: str
+    port: int
+
+    def __str__(self) -> str:
+        return f"[{self.host}]:{self.port}" if ":" in self.host else f"{self.host}:{self.port}"
+
+    @property
+    def url(self) -> str:
+        return f"http://{self}"
+
+
+def string(value: Any) -> str:
+    if not isinstance(value, str):
+        raise ValueError(f"expected a string, got {type_name(value)}")
+    return value
+
+
+def secret(value: Any) -> str:
+    """A string in which "${NAME}" is replaced by the environment variable NAME, which must be set."""
+    text = string(value)
+
+    def expand(match: re.Match[str]) -> str:
+        name = match.group(1)
+        if name not in os.environ:
+            raise ValueError(f"environment variable {name} is not set")
+        return os.environ[name]
+
+    return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", expand, text)
+
+
+def model_id(value: Any) -> str:
+    text = string(value)
+    if not MODEL_ID.fullmatch(text):
+        raise ValueError(
+            f"{text!r} is not a valid name: use 1 to 128 of the characters A-Z a-z 0-9 . _ : -"
+        )
+    return text
+
+
+def stack_name(value: Any) -> str:
+    text = string(value)
+    if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,30}", text):
+        raise ValueError(f"{text!r} is not a valid name: 1 to 31 of a-z 0-9 _ . -, starting with a letter or digit")
+    return text
+
+
+def list_of(item: Callable[[Any], Any]) -> Callable[[Any], list[Any]]:
+    def parse(value: Any) -> list[Any]:
+        if not isinstance(value, list):
+            raise ValueError(f"expected an array, got {type_name(value)}")
+        return [item(v) for v in value]
+    return parse
+
+
+def tuple_or_none(value: list[str] | None) -> tuple[str, ...] | None:
+    return None if value is None else tuple(value)
+
+
+def port(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or not 1 <= value <= 65535:
+        raise ValueError(f"expected a port number between 1 and 65535, got {value!r}")
+    return value
+
+
+def address(value: Any) -> Address:
+    text = string(value)
+    match = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]*)):(\d+)", text)
+    if not match:
+        raise ValueError(f"expected HOST:PORT such as \"127.0.0.1:8009\", got {text!r}")
+    host = match.group(1) or match.group(2) or "0.0.0.0"
+    return Address(host, port(int(match.group(3))))
+
+
+def http_path(value: Any) -> str:
+    text = string(value)
+    if not text.startswith("/") or any(c.isspace() for c in text):
+        raise ValueError(f"expected an HTTP path starting with '/', got {text!r}")
+    return text
+
+
+def env(value: Any) -> dict[str, str]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table of NAME = \"value\", got {type_name(value)}")
+    for key, item in value.items():
+        if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
+            raise ValueError(f"{key!r} is not a valid environment variable name")
+        if not isinstance(item, (str, int, float)) or isinstance(item, bool):
+            raise ValueError(f"variable {key!r}: expected a string, got {type_name(item)}")
+    return {key: str(item) for key, item in value.items()}
+
+
+def volume(value: Any) -> str:
+    text = string(value)
+    parts = text.split(":")
+    if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("/"):
+        raise ValueError(f"expected \"HOST_PATH_OR_VOLUME:/container/path[:ro]\", got {text!r}")
+    if len(parts) == 3 and not set(parts[2].split(",")) <= {"ro", "rw", "z", "Z", "shared", "slave", "private"}:
+        raise ValueError(f"unknown volume option {parts[2]!r} in {text!r}")
+    return text
+
+
+def resolve_volume(volume: str, config_dir: Path) -> str:
+    """Relative host paths are relative to the config file, as in compose files."""
+    source, rest = volume.split(":", 1)
+    if source.startswith((".", "~")):
+        source = str((config_dir / Path(source).expanduser()).resolve())
+    return f"{source}:{rest}"
+
+
+def gpus(value: Any) -> str:
+    text = string(value).strip()
+    if text and text != "all" and not re.fullmatch(r"\d+(,\d+)*", text):
+        raise ValueError(f"expected \"all\", a list of device indexes such as \"0,1\", or \"\", got {text!r}")
+    return text
+
+
+def fraction(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not 0 < value <= 1:
+        raise ValueError(f"expected a fraction of the GPU in (0, 1], such as 0.5, got {value!r}")
+    return float(value)
+
+
+def ulimits(value: Any) -> dict[str, int]:
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table such as {{ memlock = -1 }}, got {type_name(value)}")
+    for key, item in value.items():
+        if isinstance(item, bool) or not isinstance(item, int):
+            raise ValueError(f"ulimit {key!r}: expected an integer (-1 for unlimited), got {item!r}")
+    return dict(value)
+
+
+def boolean(value: Any) -> bool:
+    if not isinstance(value, bool):
+        raise ValueError(f"expected true or false, got {value!r}")
+    return value
+
+
+def positive_int(value: Any) -> int:
+    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
+        raise ValueError(f"expected a whole number of at least 1, got {value!r}")
+    return value
+
+
+def capacity(value: Any) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+        raise ValueError(f"expected a positive number (1.0 = the whole GPU), got {value!r}")
+    return float(value)
+
+
+def choice(*options: str) -> Callable[[Any], str]:
+    def parse(value: Any) -> str:
+        if value not in options:
+            raise ValueError(f"expected one of {', '.join(repr(o) for o in options)}, got {value!r}")
+        return value
+    return parse
+
+
+def positive_duration(value: Any) -> float:
+    seconds = parse_duration(value)
+    if seconds <= 0:
+        raise ValueError(f"must be longer than zero, got {value!r}")
+    return seconds
+
+
+def type_name(value: Any) -> str:
+    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
+            dict: "a table"}.get(type(value), type(value).__name__)

@@ -1,0 +1,98 @@
+"""Prometheus text exposition of the waker's state and history (GET /metrics).
+
+Counters follow the event bus; gauges are read from the supervisor when scraped."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from typing import Any
+
+from waker.gpu import GpuMemory
+from waker.lifecycle import State
+from waker.supervisor import Supervisor
+
+START_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 2400, 5400)
+
+
+class Counters:
+    """Everything counted from the events the supervisor publishes."""
+
+    def __init__(self) -> None:
+        self.starts: dict[str, int] = defaultdict(int)
+        self.start_failures: dict[str, int] = defaultdict(int)
+        self.stops: dict[tuple[str, str], int] = defaultdict(int)
+        self.busy_refusals: dict[str, int] = defaultdict(int)
+        self.start_buckets: dict[str, list[int]] = defaultdict(lambda: [0] * len(START_BUCKETS))
+        self.start_sum: dict[str, float] = defaultdict(float)
+
+    def observe(self, event: dict[str, Any]) -> None:
+        kind, model = event["type"], event.get("model", "")
+        if kind == "model_ready":
+            self.starts[model] += 1
+            self.start_sum[model] += event["seconds"]
+            for i, bound in enumerate(START_BUCKETS):
+                if event["seconds"] <= bound:
+                    self.start_buckets[model][i] += 1
+        elif kind == "model_state" and event.get("trigger") == "fail":
+            self.start_failures[model] += 1
+        elif kind == "model_stopped":
+            self.stops[(model, event["reason"])] += 1
+        elif kind == "model_exited":
+            self.stops[(model, "exited")] += 1
+        elif kind == "request_refused" and event.get("status") == 429:
+            self.busy_refusals[model] += 1
+
+
+def _labels(**labels: str) -> str:
+    inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
+    return "{" + inner + "}" if inner else ""
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
+
+
+def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
+    out: list[str] = []
+
+    def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
+        out.append(f"# HELP {name} {help_text}")
+        out.append(f"# TYPE {name} {kind}")
+        out.extend(f"{name}{_labels(**labels)} {value:g}" for labels, value in samples)
+
+    slots = supervisor._current_slots()
+    models = [m.id for m in supervisor.config.models]
+    metric("waker_model_state", "gauge", "1 for the state each model is in.",
+           [({"model": m, "state": s.value}, float(slots[m].state is s)) for m in models for s in State])
+    metric("waker_requests_in_flight", "gauge", "Requests in flight per model, streams included.",
+           [({"model": m}, slots[m].in_flight) for m in models])
+    metric("waker_requests_total", "counter", "Requests served per model (ended).",
+           [({"model": m}, supervisor.requests_total.get(m, 0)) for m in models])
+    metric("waker_queue_length", "gauge", "Requests held waiting for a model to start or for room.",
+           [({}, len(supervisor.queue))])
+    metric("waker_model_starts_total", "counter", "Successful model starts.",
+           [({"model": m}, counters.starts[m]) for m in models])
+    metric("waker_model_start_failures_total", "counter", "Failed model starts.",
+           [({"model": m}, counters.start_failures[m]) for m in models])
+    out.append("# HELP waker_model_start_seconds Time from start to the first healthy answer.")
+    out.append("# TYPE waker_model_start_seconds histogram")
+    for m in models:
+        for bound, count in zip(START_BUCKETS, counters.start_buckets[m]):
+            out.append(f"waker_model_start_seconds_bucket{_labels(model=m, le=str(bound))} {count}")
+        out.append(f"waker_model_start_seconds_bucket{_labels(model=m, le='+Inf')} {counters.starts[m]}")
+        out.append(f"waker_model_start_seconds_sum{_labels(model=m)} {counters.start_sum[m]:g}")
+        out.append(f"waker_model_start_seconds_count{_labels(model=m)} {counters.starts[m]}")
+    metric("waker_model_stops_total", "counter", "Model stops by reason (idle, evicted, manual, exited, ...).",
+           [({"model": m, "reason": r.split(" for ")[0]}, n) for (m, r), n in sorted(counters.stops.items())])
+    metric("waker_busy_refusals_total", "counter", "Requests refused with 429 because the GPU was busy.",
+           [({"model": m}, counters.busy_refusals[m]) for m in models])
+    metric("waker_docker_connected", "gauge", "1 while the waker follows the Docker events stream.",
+           [({}, float(supervisor.docker_error is None))])
+    readings = gpu.read()
+    if readings:
+        metric("waker_gpu_memory_used_bytes", "gauge", "GPU memory in use; source=system where the GPU "
+               "shares system memory and NVML has no figure.",
+               [({"device": r.device, "source": r.source}, r.used_bytes) for r in readings])
+        metric("waker_gpu_memory_total_bytes", "gauge", "GPU memory in all.",
+               [({"device": r.device, "source": r.source}, r.total_bytes) for r in readings])
+    return "\n".join(out) + "\n"
