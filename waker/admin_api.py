@@ -9,13 +9,14 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+from dataclasses import asdict
 from typing import Any, Awaitable, Callable
 
 import structlog
 from aiohttp import web
 
 from waker.config import ConfigError, ModelConfig
-from waker.docker_runtime import DockerError
+from waker.gpu import GpuMemory
 from waker.errors import AdminError, RequestRefused, error_body, error_response
 from waker.lifecycle import State
 from waker.nginx_process import NginxError
@@ -25,6 +26,7 @@ log = structlog.get_logger("waker.admin_api")
 
 SUPERVISOR = web.AppKey("admin_supervisor", Supervisor)
 RELOAD = web.AppKey("reload", Callable[[], Awaitable[dict[str, list[str]]]])
+GPU = web.AppKey("gpu", GpuMemory)
 HEARTBEAT_SECONDS = 15.0
 
 
@@ -98,6 +100,8 @@ async def list_models(request: web.Request) -> web.Response:
         "models": [describe(supervisor, m) for m in supervisor.config.models],
         "queue_length": len(supervisor.queue),
         "docker": supervisor.docker_error or "connected",
+        "gpu_capacity": supervisor.policy.capacity,
+        "gpu": [asdict(reading) for reading in request.app[GPU].read()],
     })
 
 
@@ -227,9 +231,10 @@ def _event(kind: str, data: dict[str, Any]) -> bytes:
 
 
 def add_routes(app: web.Application, supervisor: Supervisor,
-               reloader: Callable[[], Awaitable[dict[str, list[str]]]]) -> None:
+               reloader: Callable[[], Awaitable[dict[str, list[str]]]], gpu: GpuMemory) -> None:
     app[SUPERVISOR] = supervisor
     app[RELOAD] = reloader
+    app[GPU] = gpu
     app.middlewares.append(require_token)
     app.router.add_get("/admin/models", list_models)
     app.router.add_get("/admin/models/{model}", get_model)

@@ -1,4 +1,4 @@
-"""`waker` command line: check, nginx-config, serve, run."""
+"""`waker` command line: check, nginx-config, serve, run, and the admin commands (admin_client)."""
 
 from __future__ import annotations
 
@@ -9,9 +9,9 @@ from pathlib import Path
 
 import tomli_w
 
-from waker import logs
+from waker import admin_client, logs
 from waker.config import Config, ConfigError, load_config
-from waker.nginx_render import render_nginx_conf
+from waker.nginx_render import render
 from waker.units import format_duration, format_size
 
 EXIT_CONFIG = 2
@@ -25,10 +25,13 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("nginx-config", help="print the rendered nginx config")
     sub.add_parser("serve", help="run the control plane (nginx runs elsewhere)")
     sub.add_parser("run", help="run nginx and the control plane in the foreground")
+    admin_client.add_commands(sub)
     for command in sub.choices.values():
         command.add_argument("--config", type=Path, default=None,
                              help="config file (default: $WAKER_CONFIG or config/models.toml)")
     args = parser.parse_args(argv)
+    if getattr(args, "remote", False):
+        return admin_client.run(args)
 
     try:
         config = load_config(args.config)
@@ -41,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
     if args.command == "check":
         return _check(config, args.resolved)
     if args.command == "nginx-config":
-        sys.stdout.write(render_nginx_conf(config, config.waker.runtime_dir))
+        sys.stdout.write(render(config, config.waker.runtime_dir).nginx_conf)
         return 0
     logs.configure()
     from waker.service import serve

@@ -13,7 +13,7 @@ from pathlib import Path
 import structlog
 
 from waker.config import Config
-from waker.nginx_render import render
+from waker.nginx_render import GENERATION_PATH, Rendered, render
 
 log = structlog.get_logger("waker.nginx")
 
@@ -32,9 +32,9 @@ def worker_user() -> str | None:
     return f"nobody {grp.getgrgid(nobody.pw_gid).gr_name}"
 
 
-def write_files(config: Config, files_dir: Path | None = None) -> Path:
+def write_files(config: Config, files_dir: Path | None = None) -> Rendered:
     """Writes nginx.conf and route.js (in `files_dir`, default [waker] runtime_dir) and the
-    directories nginx needs; returns the nginx.conf path."""
+    directories nginx needs."""
     root = config.waker.runtime_dir
     user = worker_user()
     for sub in ("logs", "tmp", *(f"tmp/{t}" for t in TEMP_DIRS)):
@@ -47,10 +47,9 @@ def write_files(config: Config, files_dir: Path | None = None) -> Path:
     target = files_dir or root
     target.mkdir(parents=True, exist_ok=True)
     rendered = render(config, root, user, files_dir=target)
-    conf = target / "nginx.conf"
     (target / "route.js").write_text(rendered.route_js, encoding="utf-8")
-    conf.write_text(rendered.nginx_conf, encoding="utf-8")
-    return conf
+    (target / "nginx.conf").write_text(rendered.nginx_conf, encoding="utf-8")
+    return rendered
 
 
 def _files(root: Path) -> tuple[bytes, ...]:
@@ -96,7 +95,8 @@ class NginxProcess:
     async def start(self) -> None:
         stale = self._live_pid()
         before = _files(self.config.waker.runtime_dir)
-        conf = write_files(self.config)
+        rendered = write_files(self.config)
+        conf = self.config.waker.runtime_dir / "nginx.conf"
         await test_config(self.config, conf)
         if stale is not None:
             self.pid = stale
@@ -105,6 +105,7 @@ class NginxProcess:
             # only when the config really changed is that worth it.
             if changed:
                 os.kill(stale, signal.SIGHUP)
+                await self._wait_generation(rendered.generation)
             log.info("nginx_adopted", pid=stale, listen=str(self.config.gateway.listen), reloaded=changed)
             return
         self.proc = await asyncio.create_subprocess_exec(*_args(self.config, conf))
@@ -121,33 +122,58 @@ class NginxProcess:
         return pid if b"nginx" in cmdline and b"master" in cmdline else None
 
     async def _wait_listening(self) -> None:
-        listen = self.config.gateway.listen
-        host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else ("::1" if listen.host == "::" else listen.host)
+        host, port = self._loopback()
         for _ in range(200):
             if self.proc is not None and self.proc.returncode is not None:
                 raise NginxError(f"nginx exited with code {self.proc.returncode} at start; see "
                                  f"{self.config.waker.runtime_dir / 'logs' / 'error.log'}")
             try:
-                _, writer = await asyncio.open_connection(host, listen.port)
+                _, writer = await asyncio.open_connection(host, port)
                 writer.close()
                 return
             except OSError:
                 await asyncio.sleep(0.05)
-        raise NginxError(f"nginx did not open {listen} within 10 s")
+        raise NginxError(f"nginx did not open {self.config.gateway.listen} within 10 s")
 
     async def check(self, config: Config) -> None:
         """Has nginx test the config that `config` renders to, leaving the running one in place."""
-        await test_config(config, write_files(config, config.waker.runtime_dir / "staging"))
+        staging = config.waker.runtime_dir / "staging"
+        write_files(config, staging)
+        await test_config(config, staging / "nginx.conf")
 
     async def reload(self, config: Config) -> None:
-        """Switches nginx to `config` gracefully: new workers take new requests, old ones finish theirs."""
+        """Switches nginx to `config` gracefully (new workers take new connections, old ones finish
+        their requests) and returns once the new config answers."""
         self.config = config
         before = _files(config.waker.runtime_dir)
-        await test_config(config, write_files(config))
+        rendered = write_files(config)
+        await test_config(config, config.waker.runtime_dir / "nginx.conf")
         assert self.pid is not None
         if _files(config.waker.runtime_dir) != before:
             os.kill(self.pid, signal.SIGHUP)
-            log.info("nginx_reloaded", pid=self.pid)
+            await self._wait_generation(rendered.generation)
+            log.info("nginx_reloaded", pid=self.pid, generation=rendered.generation)
+
+    async def _wait_generation(self, generation: str, timeout: float = 10.0) -> None:
+        host, port = self._loopback()
+        deadline = asyncio.get_running_loop().time() + timeout
+        while asyncio.get_running_loop().time() < deadline:
+            try:
+                reader, writer = await asyncio.open_connection(host, port)
+                writer.write(f"GET {GENERATION_PATH} HTTP/1.0\r\nHost: waker\r\n\r\n".encode())
+                answer = await reader.read()
+                writer.close()
+                if answer.endswith(generation.encode()):
+                    return
+            except OSError:
+                pass
+            await asyncio.sleep(0.02)
+        raise NginxError(f"nginx did not take the new config within {timeout:g} s; see its error log")
+
+    def _loopback(self) -> tuple[str, int]:
+        listen = self.config.gateway.listen
+        host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else ("::1" if listen.host == "::" else listen.host)
+        return host, listen.port
 
     async def wait(self) -> int | None:
         """Returns when nginx exits: its exit code, or None for an adopted one (not our child)."""

@@ -9,6 +9,7 @@ Per model M the config has:
 
 from __future__ import annotations
 
+import hashlib
 import json
 import re
 from dataclasses import dataclass
@@ -26,6 +27,7 @@ BODY_ROUTES_OUTSIDE_V1 = ("tokenize", "detokenize", "rerank", "score", "pooling"
 # Statuses nginx itself may produce, each answered with an OpenAI error body instead of an HTML page.
 NGINX_ERRORS: dict[int, tuple[str, str]] = {
     400: ("bad_request", "the request is malformed HTTP"),
+    403: ("forbidden", "this route is not open to this client"),
     404: ("not_found", "no such route: the API is under /v1/ (for example POST /v1/chat/completions)"),
     405: ("method_not_allowed", "this method is not allowed on this route"),
     408: ("request_timeout", "the client sent the request too slowly"),
@@ -40,6 +42,9 @@ NGINX_ERRORS: dict[int, tuple[str, str]] = {
 WAKER_DOWN = ("waker_unavailable", "the waker (control plane) is not reachable, so models that are not running "
               "cannot be started; check that `waker run` or `waker serve` is running")
 
+GENERATION_PATH = "/_waker/generation"
+_GENERATION_PLACEHOLDER = "@GENERATION@"
+
 NJS_SOURCE_CANDIDATES = (
     Path(__file__).with_name("_nginx") / "route.js",  # installed wheel
     Path(__file__).resolve().parent.parent / "nginx" / "route.js",  # source checkout
@@ -50,6 +55,7 @@ NJS_SOURCE_CANDIDATES = (
 class Rendered:
     nginx_conf: str
     route_js: str
+    generation: str  # answered at GENERATION_PATH, so a reload can be seen to have taken effect
 
 
 def location_key(model_id: str) -> str:
@@ -61,10 +67,10 @@ def render(config: Config, runtime_dir: Path, worker_user: str | None = None, nj
            files_dir: Path | None = None) -> Rendered:
     """`files_dir` is where nginx.conf and route.js go (default: the runtime dir); a staging dir
     lets a new config be tested by nginx before it replaces the running one."""
-    return Rendered(
-        nginx_conf=render_nginx_conf(config, runtime_dir, worker_user, files_dir),
-        route_js=render_route_js(config, njs_source if njs_source is not None else read_njs_source()),
-    )
+    conf = render_nginx_conf(config, runtime_dir, worker_user, files_dir)
+    route_js = render_route_js(config, njs_source if njs_source is not None else read_njs_source())
+    generation = hashlib.sha256((conf + route_js).encode()).hexdigest()[:16]
+    return Rendered(conf.replace(_GENERATION_PLACEHOLDER, generation), route_js, generation)
 
 
 def read_njs_source() -> str:
@@ -199,6 +205,8 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         "        uninitialized_variable_warn off;",
         f"        location ^~ {BEGIN_PREFIX} {{ internal; log_subrequest on; access_log {syslog} inflight_begin; "
         "return 204; }",
+        f"        location = {GENERATION_PATH} {{ allow 127.0.0.0/8; allow ::1; deny all; "
+        f"return 200 '{_GENERATION_PLACEHOLDER}'; }}",
         f"        location = /healthz {{ {to_waker} }}",
         f"        location = /v1/models {{ {to_waker} }}",
         # The admin API and the dashboard; the waker checks the admin token when one is set.

@@ -37,8 +37,8 @@ def build_app(supervisor: Supervisor, counters: Counters, nginx: NginxProcess | 
             await nginx.reload(new)
         return changes
 
-    admin_api.add_routes(app, supervisor, reload)
     gpu = GpuMemory()
+    admin_api.add_routes(app, supervisor, reload, gpu)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(text=render(supervisor, counters, gpu), content_type="text/plain",

@@ -71,6 +71,7 @@ class Stack:
     tmp: Path
     scheduler: dict = field(default_factory=lambda: {"start_timeout": "60s", "stop_timeout": "2s"})
     docker_host: str = ""
+    waker: dict = field(default_factory=dict)  # extra [waker] keys
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     proc: subprocess.Popen | None = None
 
@@ -97,6 +98,7 @@ class Stack:
             "[waker]", f'listen = "127.0.0.1:{self.waker_port}"', f'name = "{self.name}"',
             f'runtime_dir = "{self.runtime_dir}"', f"model_port_base = {self.model_port_base}",
             *([f'docker_host = "{self.docker_host}"'] if self.docker_host else []),
+            *(f"{k} = {toml_value(v)}" for k, v in self.waker.items()),
             "[scheduler]", *(f"{k} = {toml_value(v)}" for k, v in self.scheduler.items()),
         ]
         for model in self.models:
@@ -148,6 +150,11 @@ class Stack:
         ids = docker("ps", "-aq", "--filter", f"label=io.waker.stack={self.name}").split()
         if ids:
             docker("rm", "-f", *ids)
+
+    def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
+        """Runs the `waker` command against this stack, finding it through the config file."""
+        return subprocess.run([sys.executable, "-m", "waker.cli", *args, "--config", str(self.config_path)],
+                              capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""

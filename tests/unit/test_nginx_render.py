@@ -52,16 +52,16 @@ def test_every_name_routes_to_its_model_and_waker_only_on_502(tmp_path):
     cfg = config(tmp_path, [{"id": "alpha", "aliases": ["a"], "image": "i", "host_port": 19001}])
     conf = render(cfg, tmp_path).nginx_conf
     for name in ("alpha", "a"):
-        line = next(l for l in conf.splitlines() if f"location /v1/{name}/ " in l)
+        line = next(line_ for line_ in conf.splitlines() if f"location /v1/{name}/ " in line_)
         assert "proxy_pass http://model_alpha;" in line and "error_page 502 = @wake_alpha;" in line
         assert "X-Accel-Redirect" in line  # models may not steer nginx
     assert "upstream model_alpha { server 127.0.0.1:19001 " in conf
-    wake = next(l for l in conf.splitlines() if "location @wake_alpha" in l)
+    wake = next(line_ for line_ in conf.splitlines() if "location @wake_alpha" in line_)
     assert "proxy_pass_request_body off" in wake and "proxy_method GET" in wake
 
 
 def test_router_table_maps_ids_and_aliases(tmp_path):
     cfg = config(tmp_path, [{"id": "alpha", "aliases": ["a"], "image": "i"}, {"id": "b:1", "image": "i"}])
     js = render(cfg, tmp_path).route_js
-    line = next(l for l in js.splitlines() if l.startswith("var ROUTES"))
+    line = next(line_ for line_ in js.splitlines() if line_.startswith("var ROUTES"))
     assert json.loads(line.split("=", 1)[1].split(";  //")[0]) == {"alpha": "alpha", "a": "alpha", "b:1": "b_3a1"}
