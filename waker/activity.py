@@ -10,60 +10,99 @@ So a 10-minute stream is in flight for 10 minutes, and the waker sees no HTTP re
 from __future__ import annotations
 
 import asyncio
-import re
 import socket
-from dataclasses import dataclass
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import structlog
 
 log = structlog.get_logger("waker.activity")
 
 BEGIN_PREFIX = "/_inflight/"
-# "<190>Nov 27 10:51:39 waker: begin /_inflight/alpha 488-1-1"  /  "... waker: end alpha 488-1-1 200"
-_MESSAGE = re.compile(r"waker: (begin|end) (\S+) (\S+)")
 
-
-@dataclass(frozen=True, slots=True)
-class Mark:
+class Mark(NamedTuple):  # a tuple: it is made twice per model request
     kind: str  # "begin" or "end"
     model: str
-    request: str
+    request: bytes
 
 
 def parse(datagram: bytes) -> Mark | None:
-    """The activity mark in one nginx syslog datagram, or None for anything else."""
-    match = _MESSAGE.search(datagram.decode("utf-8", "replace"))
-    if match is None:
+    """The activity mark in one nginx syslog datagram, or None for anything else.
+
+    "<190>Nov 27 10:51:39 waker: begin /_inflight/alpha 488-1-1"  /  "... waker: end alpha 488-1-1 200"
+    """
+    at = datagram.find(b"waker: ")
+    if at < 0:
         return None
-    kind, model, request = match.groups()
-    if kind == "begin":
-        if not model.startswith(BEGIN_PREFIX):
-            return None
-        model = model[len(BEGIN_PREFIX):]
-    return Mark(kind, model, request)
+    parts = datagram[at + 7:].split(b" ")
+    if len(parts) < 3:
+        return None
+    kind, model, request = parts[0], parts[1].decode("utf-8", "replace"), parts[2]
+    if kind == b"begin" and model.startswith(BEGIN_PREFIX):
+        return Mark("begin", model[len(BEGIN_PREFIX):], request)
+    if kind == b"end":
+        return Mark("end", model, request)
+    return None
 
 
-class _Protocol(asyncio.DatagramProtocol):
-    def __init__(self, on_mark: Callable[[Mark], None]) -> None:
-        self.on_mark = on_mark
+class ModelActivity:
+    """One model's requests in flight and its recent history, as the marks tell it."""
 
-    def datagram_received(self, data: bytes, addr) -> None:
-        mark = parse(data)
-        if mark is not None:
-            self.on_mark(mark)
+    MEAN_WEIGHT = 0.2  # weight of the newest request in the running mean of request durations
 
-    def error_received(self, exc: Exception) -> None:
-        log.warning("activity_socket_error", error=str(exc))
+    __slots__ = ("requests", "last_end", "mean_seconds", "total")
+
+    def __init__(self) -> None:
+        self.requests: dict[bytes, float] = {}
+        self.last_end = 0.0
+        self.mean_seconds: float | None = None
+        self.total = 0
+
+    def begin(self, request: bytes, now: float) -> None:
+        self.requests[request] = now
+
+    def end(self, request: bytes, now: float) -> None:
+        """A request ended; one whose begin was never seen (the waker restarted) only counts as activity."""
+        began = self.requests.pop(request, None)
+        self.total += 1
+        self.last_end = now
+        if began is not None:
+            duration = now - began
+            self.mean_seconds = duration if self.mean_seconds is None else (
+                (1 - self.MEAN_WEIGHT) * self.mean_seconds + self.MEAN_WEIGHT * duration)
+
+    @property
+    def in_flight(self) -> int:
+        return len(self.requests)
+
+    @property
+    def oldest(self) -> float | None:
+        return min(self.requests.values()) if self.requests else None
 
 
-async def listen(host: str, port: int, on_mark: Callable[[Mark], None]) -> asyncio.DatagramTransport:
+async def listen(host: str, port: int, on_mark: Callable[[Mark], None]) -> socket.socket:
+    """Receives marks on UDP host:port. Datagrams are drained in batches: at thousands of requests
+    per second, one event-loop wake-up per datagram would cost the waker real CPU."""
     loop = asyncio.get_running_loop()
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     sock = socket.socket(family, socket.SOCK_DGRAM)
     # A burst of short requests must not overflow the buffer: a lost "end" would keep a model busy.
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4 * 1024 * 1024)
     sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    sock.setblocking(False)
     sock.bind((host, port))
-    transport, _ = await loop.create_datagram_endpoint(lambda: _Protocol(on_mark), sock=sock)
-    return transport
+
+    def drain() -> None:
+        for _ in range(1024):
+            try:
+                data = sock.recv(2048)
+            except (BlockingIOError, InterruptedError):
+                return
+            except OSError as exc:
+                log.warning("activity_socket_error", error=str(exc))
+                return
+            mark = parse(data)
+            if mark is not None:
+                on_mark(mark)
+
+    loop.add_reader(sock, drain)
+    return sock

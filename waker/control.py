@@ -6,6 +6,7 @@ from __future__ import annotations
 import asyncio
 from dataclasses import replace
 
+from waker.activity import ModelActivity
 from waker.config import Config, ModelConfig
 from waker.errors import AdminError, RequestRefused
 from waker.lifecycle import Event, State
@@ -83,8 +84,7 @@ class ManualControl:
             before = old.model(model.id)
             if before is None:
                 self.slots[model.id] = replace(slot_for(model), since=self.now())
-                self._in_flight[model.id], self._died[model.id] = {}, asyncio.Event()
-                self.requests_total[model.id] = 0
+                self.activity[model.id], self._died[model.id] = ModelActivity(), asyncio.Event()
                 changes["added"].append(model.id)
             elif before != model:
                 fresh = slot_for(model)
@@ -105,7 +105,7 @@ class ManualControl:
         return changes
 
     def _forget(self, model_id: str) -> None:
-        for table in (self.slots, self._in_flight, self._died, self.requests_total):
+        for table in (self.slots, self.activity, self._died):
             table.pop(model_id, None)
 
     def unload(self, force: bool = False) -> dict[str, str]:

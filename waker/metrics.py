@@ -67,7 +67,7 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
     metric("waker_requests_in_flight", "gauge", "Requests in flight per model, streams included.",
            [({"model": m}, slots[m].in_flight) for m in models])
     metric("waker_requests_total", "counter", "Requests served per model (ended).",
-           [({"model": m}, supervisor.requests_total.get(m, 0)) for m in models])
+           [({"model": m}, supervisor.activity[m].total) for m in models])
     metric("waker_queue_length", "gauge", "Requests held waiting for a model to start or for room.",
            [({}, len(supervisor.queue))])
     metric("waker_model_starts_total", "counter", "Successful model starts.",

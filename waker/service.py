@@ -93,6 +93,7 @@ async def serve(config: Config, with_nginx: bool) -> int:
         if nginx is not None:
             await nginx.stop()
         if activity is not None:
+            asyncio.get_running_loop().remove_reader(activity)
             activity.close()
         await runner.cleanup()
         await supervisor.close()

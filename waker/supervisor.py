@@ -14,7 +14,7 @@ from typing import Any
 import structlog
 
 from waker import docker_events
-from waker.activity import Mark
+from waker.activity import Mark, ModelActivity
 from waker.config import Config, ModelConfig
 from waker.container_spec import LABEL_MODEL
 from waker.docker_runtime import DockerError, DockerRuntime
@@ -28,7 +28,6 @@ from waker.scheduler import Grant, Plan, Policy, Refuse, Slot, Start, Stop, Wait
 log = structlog.get_logger("waker.supervisor")
 
 STOP_RETRY_SECONDS = 5.0
-MEAN_WEIGHT = 0.2  # weight of the newest request in the running mean of request durations
 
 
 class Supervisor(ManualControl):
@@ -45,14 +44,13 @@ class Supervisor(ManualControl):
         self.docker_error: str | None = "not connected yet"
         self._futures: dict[int, asyncio.Future[None]] = {}
         self._next_waiter = 0
-        self._in_flight: dict[str, dict[str, float]] = {m.id: {} for m in config.models}
+        self.activity: dict[str, ModelActivity] = {m.id: ModelActivity() for m in config.models}
         self._died: dict[str, asyncio.Event] = {m.id: asyncio.Event() for m in config.models}
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: asyncio.TimerHandle | None = None
         self._reconcile_pending = False
         self._synced = False
         self._changed = asyncio.Condition()
-        self.requests_total: dict[str, int] = {m.id: 0 for m in config.models}
 
     @staticmethod
     def now() -> float:
@@ -99,23 +97,18 @@ class Supervisor(ManualControl):
             raise
 
     def on_activity(self, mark: Mark) -> None:
-        requests = self._in_flight.get(mark.model)
-        if requests is None:
+        """Hot path (every model request, twice): bookkeeping only, and a decision only when one
+        may be due: someone waits for room, or the model just went idle and no timer covers it."""
+        activity = self.activity.get(mark.model)
+        if activity is None:
             return
         now = self.now()
         if mark.kind == "begin":
-            requests[mark.request] = now
+            activity.begin(mark.request, now)
             return
-        began = requests.pop(mark.request, None)
-        self.requests_total[mark.model] += 1
-        slot = self.slots[mark.model]
-        mean = slot.mean_request_seconds
-        if began is not None:
-            duration = now - began
-            mean = duration if mean is None else (1 - MEAN_WEIGHT) * mean + MEAN_WEIGHT * duration
-        self.slots[mark.model] = replace(slot, last_active=now, mean_request_seconds=mean)
-        due = now + slot.idle_timeout
-        if self.queue or (not requests and (self._timer is None or self._timer.when() > due)):
+        activity.end(mark.request, now)
+        due = now + self.slots[mark.model].idle_timeout
+        if self.queue or (not activity.requests and (self._timer is None or self._timer.when() > due)):
             self._reconcile_soon()
 
     # ---- the plan -------------------------------------------------------------------------------
@@ -139,11 +132,13 @@ class Supervisor(ManualControl):
             asyncio.get_running_loop().call_soon(self.reconcile)
 
     def _current_slots(self) -> dict[str, Slot]:
+        """The slots with what the activity marks say merged in, as `decide` needs them."""
         slots = {}
         for model_id, slot in self.slots.items():
-            requests = self._in_flight[model_id]
-            slots[model_id] = replace(slot, in_flight=len(requests),
-                                      oldest_request_since=min(requests.values()) if requests else None)
+            activity = self.activity[model_id]
+            slots[model_id] = replace(slot, in_flight=activity.in_flight, oldest_request_since=activity.oldest,
+                                      last_active=max(slot.last_active, activity.last_end),
+                                      mean_request_seconds=activity.mean_seconds)
         return slots
 
     def _carry_out(self, plan: Plan) -> None:

@@ -128,10 +128,21 @@ class Fake:
             {"error": {"message": f"no route {request.path}", "type": "NotFoundError", "code": 404}}, status=404))
 
 
+def process_age():
+    """Seconds since this process started: the interpreter's own start-up is part of the load delay,
+    as vLLM's import time is part of its start."""
+    try:
+        start_ticks = int(open("/proc/self/stat").read().rsplit(")", 1)[1].split()[19])
+        uptime = float(open("/proc/uptime").read().split()[0])
+        return max(0.0, uptime - start_ticks / os.sysconf("SC_CLK_TCK"))
+    except (OSError, ValueError, IndexError):
+        return 0.0
+
+
 def main():
     args = parse_args(sys.argv[1:])
     print(f"fake-vllm {INSTANCE}: loading model {args.model_path} ({args.load_delay}s)", file=sys.stderr, flush=True)
-    time.sleep(args.load_delay)
+    time.sleep(max(0.0, args.load_delay - process_age()))
     if args.fail == "exit_during_load":
         print("fake-vllm: RuntimeError: CUDA out of memory while loading weights", file=sys.stderr, flush=True)
         sys.exit(args.exit_code)
