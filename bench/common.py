@@ -54,11 +54,13 @@ _WRK_LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, body: dict, seconds: float, connections: int = 16) -> dict[str, float]:
+def wrk(url: str, body: dict, seconds: float, connections: int = 16,
+        headers: dict[str, str] | None = None) -> dict[str, float]:
     """Requests/s and p50/p99 latency (ms) of POSTing `body` to `url` with wrk."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
+    extra = "".join(f"wrk.headers['{k}'] = '{v}'\n" for k, v in (headers or {}).items())
     script.write_text(f"wrk.method = 'POST'\nwrk.body = [[{json.dumps(body)}]]\n"
-                      "wrk.headers['Content-Type'] = 'application/json'\n")
+                      "wrk.headers['Content-Type'] = 'application/json'\n" + extra)
     out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
                          capture_output=True, text=True, timeout=seconds + 60).stdout
     script.unlink()

@@ -15,6 +15,7 @@ from pathlib import Path
 from bench.common import Row, Section, admin, container_ip, fake_model, median, start_stack, wrk
 
 BODY = {"messages": [{"role": "user", "content": "Say hi"}], "max_tokens": 1}
+LITELLM_KEY = "sk-waker-bench"
 PLAIN_NGINX = """daemon off; worker_processes auto; pid {dir}/nginx.pid; error_log {dir}/error.log warn;
 events {{ worker_connections 4096; }}
 http {{ access_log off; client_body_temp_path {dir}/body; proxy_temp_path {dir}/proxy;
@@ -41,7 +42,7 @@ def _litellm(litellm: str, model_port: int, listen: int) -> subprocess.Popen | N
                       f"      api_base: http://127.0.0.1:{model_port}/v1\n      api_key: none\n")
     proc = subprocess.Popen([litellm, "--config", str(config), "--host", "127.0.0.1", "--port", str(listen),
                              "--num_workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "LITELLM_LOG": "ERROR"})
+                            env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": LITELLM_KEY})
     for _ in range(240):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{listen}/health/liveliness", timeout=1)
@@ -81,11 +82,12 @@ def run(quick: bool, litellm: str | None) -> Section:
         else:
             section.notes.append("LiteLLM not measured in this run (pass --litellm PATH to its `litellm` command).")
         samples: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
+        auth = {"Authorization": f"Bearer {LITELLM_KEY}"}
         for name, (url, body) in targets.items():  # warm-up
-            wrk(url, body, 1)
+            wrk(url, body, 1, headers=auth)
         for _ in range(rounds):  # interleaved rounds: the machine's noise hits every target alike
             for name, (url, body) in targets.items():
-                samples[name].append(wrk(url, body, seconds))
+                samples[name].append(wrk(url, body, seconds, headers=auth))
         result = {name: {k: median([s[k] for s in runs]) for k in ("rps", "p50", "p99")}
                   for name, runs in samples.items()}
         for name, r in result.items():

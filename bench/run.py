@@ -54,7 +54,8 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short runs, to prove the benchmarks work")
     parser.add_argument("--litellm", help="path to LiteLLM's `litellm` command, to measure its proxy too")
     parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="run only these scenarios")
-    parser.add_argument("--out", type=Path, help="write the results (markdown) to this file")
+    parser.add_argument("--out", type=Path, help="write the results (markdown) into this file, between its "
+                        "results markers (docs/performance.md)")
     args = parser.parse_args()
     began = time.monotonic()
     sections = []
@@ -64,8 +65,18 @@ def main() -> int:
     text = report(sections, args, time.monotonic() - began)
     print(text)
     if args.out:
-        args.out.write_text(text + "\n")
+        write_results(args.out, text)
     return 0
+
+
+def write_results(path: Path, text: str) -> None:
+    """Replaces what stands between the results markers, keeping the analysis around them."""
+    start, end = "<!-- results: written by python -m bench.run --out -->", "<!-- /results -->"
+    old = path.read_text() if path.exists() else f"{start}\n{end}\n"
+    if start not in old or end not in old:
+        old = f"{old.rstrip()}\n\n{start}\n{end}\n"
+    head, rest = old.split(start, 1)
+    path.write_text(f"{head}{start}\n{text}\n{rest[rest.index(end):]}")
 
 
 if __name__ == "__main__":

@@ -77,7 +77,7 @@ def describe(supervisor: Supervisor, model: ModelConfig) -> dict[str, Any]:
         "state_seconds": round(now - slot.since, 1),
         "uptime_seconds": round(now - slot.ready_since, 1) if ready else None,
         "idle_seconds": round(now - slot.last_active, 1) if ready and not slot.in_flight else None,
-        "in_flight": slot.in_flight, "queued": sum(1 for w in supervisor.queue if w.model == model.id),
+        "in_flight": slot.in_flight, "queued": sum(1 for w in supervisor.queue.values() if w.model == model.id),
         "requests_total": supervisor.activity[model.id].total,
         "gpu_memory": model.gpu_memory, "exclusive": model.exclusive, "keep_warm": model.keep_warm,
         "pinned": slot.pinned, "idle_timeout": model.idle_timeout, "last_error": slot.last_error or None,

@@ -93,7 +93,7 @@ class ManualControl:
                                                idle_timeout=fresh.idle_timeout, min_uptime=fresh.min_uptime)
                 changes["changed"].append(model.id)
         for model in removed:
-            for waiter in [w for w in self.queue if w.model == model.id]:
+            for waiter in [w for w in self.queue.values() if w.model == model.id]:
                 self._answer(waiter.id, RequestRefused(404, "model_not_found", f"model {model.id!r} was removed"))
             if current[model.id].state is State.READY:
                 self._transition(model.id, Event.STOP)

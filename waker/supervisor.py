@@ -40,7 +40,7 @@ class Supervisor(ManualControl):
         self.policy = Policy(s.gpu_capacity, s.on_busy, s.queue_timeout, s.max_start_failures, s.start_backoff)
         self.slots: dict[str, Slot] = {m.id: slot_for(m) for m in config.models}
         self.containers: dict[str, str] = {}
-        self.queue: list[Waiter] = []
+        self.queue: dict[int, Waiter] = {}  # in arrival order; by id, so answering one is O(1)
         self.docker_error: str | None = "not connected yet"
         self._futures: dict[int, asyncio.Future[None]] = {}
         self._next_waiter = 0
@@ -83,14 +83,14 @@ class Supervisor(ManualControl):
         waiter = Waiter(self._next_waiter, model.id, self.now())
         self._next_waiter += 1
         future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.queue.append(waiter)
+        self.queue[waiter.id] = waiter
         self._futures[waiter.id] = future
         self.bus.publish("request_queued", model=model.id, waiter=waiter.id, queue_length=len(self.queue))
-        self.reconcile()
+        self._reconcile_soon()  # a burst of requests makes one decision, not one each
         try:
             await future
         except asyncio.CancelledError:
-            if waiter in self.queue:  # the client went away while queued: forget it, start nothing for it
+            if waiter.id in self.queue:  # the client went away while queued: forget it, start nothing for it
                 self._drop(waiter)
                 self.bus.publish("request_abandoned", model=model.id, waiter=waiter.id)
                 self.reconcile()
@@ -118,7 +118,7 @@ class Supervisor(ManualControl):
         if not self._synced:
             return  # until Docker has told us what runs, deciding would be guessing
         now = self.now()
-        plan = decide(self._current_slots(), tuple(self.queue), self.policy, now)
+        plan = decide(self._current_slots(), tuple(self.queue.values()), self.policy, now)
         self._carry_out(plan)
         if self._timer is not None:
             self._timer.cancel()
@@ -156,7 +156,7 @@ class Supervisor(ManualControl):
                                                            action.retry_after, details))
 
     def _answer(self, waiter_id: int, error: RequestRefused | None) -> None:
-        waiter = next(w for w in self.queue if w.id == waiter_id)
+        waiter = self.queue[waiter_id]
         future = self._drop(waiter)
         if error is not None:
             self.bus.publish("request_refused", model=waiter.model, status=error.status, error=error.message)
@@ -165,7 +165,7 @@ class Supervisor(ManualControl):
             future.set_result(None)
 
     def _drop(self, waiter: Waiter) -> asyncio.Future[None]:
-        self.queue.remove(waiter)
+        del self.queue[waiter.id]
         return self._futures.pop(waiter.id)
 
     def _transition(self, model_id: str, event: Event, **changes: Any) -> None:
@@ -211,7 +211,7 @@ class Supervisor(ManualControl):
         if backoff:
             self.bus.publish("model_backoff", model=model.id, failures=failures,
                              seconds=self.policy.start_backoff)
-        for waiter in [w for w in self.queue if w.model == model.id]:
+        for waiter in [w for w in self.queue.values() if w.model == model.id]:
             self._answer(waiter.id, RequestRefused(exc.status, exc.code, exc.message))
 
     def _stop(self, model_id: str, reason: str) -> None:
