@@ -70,7 +70,7 @@ def _http_error(status: int, code: str, message: str) -> web.HTTPException:
 
 def describe(supervisor: Supervisor, model: ModelConfig) -> dict[str, Any]:
     now = supervisor.now()
-    slot = supervisor._current_slots()[model.id]
+    slot = supervisor.current_slots()[model.id]
     ready = slot.state is State.READY
     entry: dict[str, Any] = {
         "id": model.id, "aliases": list(model.aliases), "state": slot.state.value,

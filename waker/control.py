@@ -35,7 +35,7 @@ class ManualControl:
 
     def stop_by_hand(self, model_id: str, force: bool = False) -> str:
         """Stops a model now; returns what happened. A keep_warm model stays down until asked for."""
-        slot = self._current_slots()[model_id]
+        slot = self.current_slots()[model_id]
         if slot.state is State.FAILED:
             self._transition(model_id, Event.RESET, failures=0, retry_at=0.0)
             self.reconcile()
@@ -59,7 +59,7 @@ class ManualControl:
     def reload(self, new: Config) -> dict[str, list[str]]:
         """Takes a new config in without stopping what keeps running; returns the models added,
         changed and removed. Raises AdminError, changing nothing, for what cannot change live."""
-        old, current = self.config, self._current_slots()
+        old, current = self.config, self.current_slots()
         problems = [f"[waker] {key} changed: restart the waker to apply it"
                     for key in ("listen", "name", "docker_host", "runtime_dir")
                     if getattr(old.waker, key) != getattr(new.waker, key)]
@@ -111,7 +111,7 @@ class ManualControl:
     def unload(self, force: bool = False) -> dict[str, str]:
         """Stops every running model that is not pinned; busy ones only with `force`."""
         outcome = {}
-        for model_id, slot in self._current_slots().items():
+        for model_id, slot in self.current_slots().items():
             if slot.state is State.READY and not slot.pinned:
                 try:
                     outcome[model_id] = self.stop_by_hand(model_id, force)

@@ -60,7 +60,7 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
         out.append(f"# TYPE {name} {kind}")
         out.extend(f"{name}{_labels(**labels)} {value:g}" for labels, value in samples)
 
-    slots = supervisor._current_slots()
+    slots = supervisor.current_slots()
     models = [m.id for m in supervisor.config.models]
     metric("waker_model_state", "gauge", "1 for the state each model is in.",
            [({"model": m, "state": s.value}, float(slots[m].state is s)) for m in models for s in State])

@@ -118,7 +118,7 @@ class Supervisor(ManualControl):
         if not self._synced:
             return  # until Docker has told us what runs, deciding would be guessing
         now = self.now()
-        plan = decide(self._current_slots(), tuple(self.queue.values()), self.policy, now)
+        plan = decide(self.current_slots(), tuple(self.queue.values()), self.policy, now)
         self._carry_out(plan)
         if self._timer is not None:
             self._timer.cancel()
@@ -131,7 +131,7 @@ class Supervisor(ManualControl):
             self._reconcile_pending = True
             asyncio.get_running_loop().call_soon(self.reconcile)
 
-    def _current_slots(self) -> dict[str, Slot]:
+    def current_slots(self) -> dict[str, Slot]:
         """The slots with what the activity marks say merged in, as `decide` needs them."""
         slots = {}
         for model_id, slot in self.slots.items():
