@@ -5,6 +5,7 @@
 var ROUTES = {};  // ROUTES: name (id or alias) -> location key
 var MODEL_IDS = [];  // MODEL_IDS
 var RESERVED = {};  // RESERVED: first path segments of API routes
+var DISABLED = {};  // DISABLED: name of a model declared but disabled -> why
 
 function fail(r, status, code, message) {
     var kind = status < 500 ? 'invalid_request_error' : 'server_error';
@@ -13,6 +14,10 @@ function fail(r, status, code, message) {
 }
 
 function unknownModel(r, name, where) {
+    if (Object.prototype.hasOwnProperty.call(DISABLED, name)) {
+        return fail(r, 404, 'model_disabled', 'model ' + JSON.stringify(name) + ' is disabled in the config: '
+                    + DISABLED[name] + '; the models served are: ' + MODEL_IDS.join(', '));
+    }
     fail(r, 404, 'model_not_found',
          'unknown model ' + JSON.stringify(name) + ' in ' + where + '; the models are: ' + MODEL_IDS.join(', '));
 }

@@ -59,26 +59,31 @@ def _check(config: Config, resolved: bool) -> int:
     if resolved:
         sys.stdout.write(tomli_w.dumps(resolved_config(config)))
         return 0
-    print(f"{config.path}: {len(config.models)} model(s), gateway on {config.gateway.listen}, "
+    disabled = f" ({len(config.disabled)} more disabled)" if config.disabled else ""
+    print(f"{config.path}: {len(config.models)} model(s){disabled}, gateway on {config.gateway.listen}, "
           f"waker on {config.waker.listen}")
     for m in config.models:
         aliases = f" (aliases: {', '.join(m.aliases)})" if m.aliases else ""
         gpu = f"gpu {m.gpu_memory:g}" if m.gpu_memory else "no gpu budget"
         gpu += "".join(f", {flag}" for flag in ("exclusive", "keep_warm") if getattr(m, flag))
         print(f"  {m.id}{aliases}: {m.image}, port {m.port} -> 127.0.0.1:{m.host_port}, {gpu}, "
-              f"start_timeout {format_duration(m.start_timeout)}, idle_timeout {format_duration(m.idle_timeout)}")
+              f"start_timeout {format_duration(m.start_timeout)}, idle_timeout {format_duration(m.idle_timeout)}"
+              + (", experimental" if m.status == "experimental" else ""))
+    for m in config.disabled:
+        print(f"  {m.id}: disabled ({m.notes})")
     return 0
 
 
 def resolved_config(config: Config) -> dict:
     g, w, s = config.gateway, config.waker, config.scheduler
     models = []
-    for m in config.models:
+    for m in sorted((*config.models, *config.disabled), key=lambda m: m.host_port):
         entry = {
             "id": m.id, "aliases": list(m.aliases), "image": m.image, "command": list(m.command),
             "port": m.port, "health": m.health, "env": dict(m.env), "volumes": list(m.volumes),
             "gpus": m.gpus, "ulimits": dict(m.ulimits), "host_port": m.host_port,
-            "vision": m.vision, "tools": m.tools, "description": m.description,
+            "vision": m.vision, "tools": m.tools, "description": m.description, "status": m.status,
+            "notes": m.notes,
             "exclusive": m.exclusive, "keep_warm": m.keep_warm,
             "start_timeout": format_duration(m.start_timeout), "stop_timeout": format_duration(m.stop_timeout),
             "idle_timeout": format_duration(m.idle_timeout), "min_uptime": format_duration(m.min_uptime),

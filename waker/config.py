@@ -26,6 +26,7 @@ RESERVED_NAMES = frozenset({
 })
 
 DEFAULT_CONFIG_PATH = Path("config/models.toml")
+MODEL_STATUSES = ("validated", "experimental", "disabled")
 
 
 class ConfigError(Exception):
@@ -89,6 +90,8 @@ class ModelConfig:
     vision: bool
     tools: bool
     description: str
+    status: str
+    notes: str
     exclusive: bool
     keep_warm: bool
     start_timeout: float
@@ -107,7 +110,8 @@ class Config:
     gateway: GatewayConfig
     waker: WakerConfig
     scheduler: SchedulerConfig
-    models: tuple[ModelConfig, ...]
+    models: tuple[ModelConfig, ...]  # the models served
+    disabled: tuple[ModelConfig, ...] = ()  # declared with status = "disabled": kept for the record, not served
 
     def model(self, model_id: str) -> ModelConfig | None:
         return next((m for m in self.models if m.id == model_id), None)
@@ -190,7 +194,9 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
     _check_across_models(models, gateway_cfg, waker_cfg, path, problems)
     if problems:
         raise ConfigError(path, problems)
-    return Config(path, gateway_cfg, waker_cfg, scheduler_cfg, models)
+    served = tuple(m for m in models if m.status != "disabled")
+    disabled = tuple(m for m in models if m.status == "disabled")
+    return Config(path, gateway_cfg, waker_cfg, scheduler_cfg, served, disabled)
 
 
 def _secret(table: "_Table", key: str, path: Path) -> str:
@@ -252,7 +258,7 @@ class _Table:
 
 _MODEL_KEYS = {
     "id", "aliases", "image", "command", "entrypoint", "port", "health", "env", "volumes", "gpus",
-    "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "vision", "tools", "description", "exclusive", "keep_warm", "start_timeout", "stop_timeout",
+    "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "vision", "tools", "description", "status", "notes", "exclusive", "keep_warm", "start_timeout", "stop_timeout",
     "idle_timeout", "min_uptime",
 }
 _MERGED_TABLES = ("env", "ulimits")
@@ -294,6 +300,8 @@ def _parse_model(
         vision=model.get("vision", fields.boolean, False),
         tools=model.get("tools", fields.boolean, False),
         description=model.get("description", fields.string, ""),
+        status=model.get("status", fields.choice(*MODEL_STATUSES), "validated"),
+        notes=model.get("notes", fields.string, ""),
         exclusive=model.get("exclusive", fields.boolean, False),
         keep_warm=model.get("keep_warm", fields.boolean, False),
         start_timeout=model.get("start_timeout", fields.positive_duration, scheduler.start_timeout),
@@ -303,6 +311,8 @@ def _parse_model(
     )
     model.reject_unknown(_MODEL_KEYS)
     where = f"{path}: model '{result.id}'"
+    if result.status == "disabled" and not result.notes:
+        problems.append(f"{where}: a disabled model needs 'notes' saying why, so that users know")
     if result.keep_warm and result.exclusive:
         problems.append(f"{where}: a keep_warm model cannot be exclusive: it would keep every other model out")
     if scheduler.gpu_capacity is not None and result.gpu_memory > scheduler.gpu_capacity:

@@ -84,8 +84,9 @@ def render_route_js(config: Config, source: str) -> str:
     routes = {name: location_key(m.id) for m in config.models for name in m.names}
     ids = [m.id for m in config.models]
     reserved = {name: True for name in sorted(RESERVED_NAMES)}
+    disabled = {name: m.notes for m in config.disabled for name in m.names}
     for placeholder, value in (("var ROUTES = {};", routes), ("var MODEL_IDS = [];", ids),
-                               ("var RESERVED = {};", reserved)):
+                               ("var RESERVED = {};", reserved), ("var DISABLED = {};", disabled)):
         if placeholder not in source:
             raise ValueError(f"nginx/route.js lacks the line {placeholder!r} the renderer fills in")
         source = source.replace(placeholder, f"var {placeholder.split()[1]} = {json.dumps(value)};", 1)

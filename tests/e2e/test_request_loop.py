@@ -216,3 +216,16 @@ async def test_running_models_keep_serving_when_the_waker_dies_and_a_new_one_ado
         status, headers, _ = await post(session, f"{stack.url}/v1/alpha/completions", b'{"prompt": "x"}')
     assert status == 200 and headers["x-fake-instance"] == instance
     assert len(stack.docker_events("start")) == 1
+
+
+async def test_a_disabled_model_is_not_served_and_says_why(make_stack):
+    stack = make_stack([fake_model("alpha"), fake_model("old", status="disabled", notes="crashes on GB10")])
+    async with aiohttp.ClientSession() as session:
+        for url, body in ((f"{stack.url}/v1/chat/completions", b'{"model": "old"}'),
+                          (f"{stack.url}/v1/old/chat/completions", b'{}')):
+            status, _, reply = await post(session, url, body)
+            error = json.loads(reply)["error"]
+            assert status == 404 and error["code"] == "model_disabled" and "crashes on GB10" in error["message"]
+        async with session.get(f"{stack.url}/v1/models") as response:
+            assert [m["id"] for m in (await response.json())["data"]] == ["alpha"]
+    assert stack.containers() == []

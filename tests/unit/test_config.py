@@ -181,3 +181,22 @@ def test_resolved_config_is_toml_that_loads_to_the_same_config(tmp_path):
 def test_shipped_config_is_valid():
     result = run_cli("check", "--config", str(Path(__file__).resolve().parents[2] / "config" / "models.toml"))
     assert result.returncode == 0, result.stderr
+
+
+def test_models_doc_matches_the_catalogue():
+    from waker.model_docs import render
+
+    root = Path(__file__).resolve().parents[2]
+    expected = render(load_config(root / "config" / "models.toml"))
+    assert (root / "docs" / "models.md").read_text() == expected, "run scripts/gen-models-doc"
+
+
+def test_catalogue_covers_the_original_stack():
+    config = load_config(Path(__file__).resolve().parents[2] / "config" / "models.toml")
+    ids = {m.id for m in (*config.models, *config.disabled)}
+    for expected in ("gpt-oss-20b", "gpt-oss-120b", "qwen2.5-1.5b-instruct", "qwen3-coder-30b-a3b-instruct",
+                     "glm-4.7-flash-awq", "llama-3.3-70b-instruct-fp4", "nemotron-3-nano-30b-nvfp4"):
+        assert expected in ids
+    assert [m.id for m in config.models if m.keep_warm] == ["qwen2.5-1.5b-instruct"]
+    assert config.model("gpt-oss-120b").exclusive
+    assert "nemotron-3-nano-30b-nvfp4" in {m.id for m in config.disabled}
