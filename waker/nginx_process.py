@@ -135,6 +135,10 @@ class NginxProcess:
                 await asyncio.sleep(0.05)
         raise NginxError(f"nginx did not open {self.config.gateway.listen} within 10 s")
 
+    def alive(self) -> bool:
+        return self.pid is not None and Path(f"/proc/{self.pid}").exists() and (
+            self.proc is None or self.proc.returncode is None)
+
     async def check(self, config: Config) -> None:
         """Has nginx test the config that `config` renders to, leaving the running one in place."""
         staging = config.waker.runtime_dir / "staging"

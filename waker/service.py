@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from waker import admin_api
+from waker import admin_api, systemd
 from waker.activity import listen as listen_for_activity
 from waker.config import Config, load_config
 from waker.docker_runtime import DockerRuntime
@@ -79,8 +79,10 @@ async def serve(config: Config, with_nginx: bool) -> int:
         if nginx is not None:
             await nginx.start()
             watchers.append(asyncio.create_task(nginx.wait()))
+        systemd.notify(f"READY=1\nSTATUS=serving {len(config.models)} models on {config.gateway.listen}")
+        watchdog = asyncio.create_task(systemd.feed_watchdog(lambda: nginx is None or nginx.alive()))
         done, pending = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
-        for task in pending:
+        for task in (*pending, watchdog):
             task.cancel()
         if not stop.is_set():
             log.error("nginx_exited", code=nginx.proc.returncode if nginx and nginx.proc else None)
@@ -90,6 +92,7 @@ async def serve(config: Config, with_nginx: bool) -> int:
         code = 1
     finally:
         log.info("shutting_down")
+        systemd.notify("STOPPING=1")
         if nginx is not None:
             await nginx.stop()
         if activity is not None:

@@ -72,6 +72,7 @@ class Stack:
     scheduler: dict = field(default_factory=lambda: {"start_timeout": "60s", "stop_timeout": "2s"})
     docker_host: str = ""
     waker: dict = field(default_factory=dict)  # extra [waker] keys
+    env: dict = field(default_factory=dict)  # extra environment for `waker run`
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     proc: subprocess.Popen | None = None
 
@@ -110,7 +111,7 @@ class Stack:
     def start(self) -> "Stack":
         self.write_config()
         self.started_at = getattr(self, "started_at", time.time())
-        env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+        env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "waker.cli", "run", "--config", str(self.config_path)],
             stdout=self.log_path.open("w"), stderr=subprocess.STDOUT, env=env, cwd=REPO,
