@@ -45,6 +45,9 @@ class GatewayConfig:
     read_timeout: float
     nginx: str
     njs_module: str
+    api_keys: tuple[str, ...]
+    allow_no_keys: bool
+    cors_origins: tuple[str, ...]
 
 
 @dataclass(frozen=True, slots=True)
@@ -152,6 +155,10 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         read_timeout=gateway.get("read_timeout", fields.positive_duration, "30m"),
         nginx=gateway.get("nginx", fields.string, "nginx"),
         njs_module=gateway.get("njs_module", fields.string, "/usr/lib/nginx/modules/ngx_http_js_module.so"),
+        api_keys=tuple(dict.fromkeys([*gateway.get("api_keys", fields.list_of(fields.api_key), []),
+                                      *_secret_file(gateway, "api_keys_file", path, fields.api_key)])),
+        allow_no_keys=gateway.get("allow_no_keys", fields.boolean, False),
+        cors_origins=tuple(gateway.get("cors_origins", fields.list_of(fields.origin), [])),
     )
     name = waker.get("name", fields.stack_name, "spark")
     waker_cfg = WakerConfig(
@@ -202,21 +209,35 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
 def _secret(table: "_Table", key: str, path: Path) -> str:
     """A secret given inline (`key`, "${ENV}" allowed) or in a file (`key_file`, first line)."""
     inline = table.get(key, fields.secret, "")
-    file_name = table.get(f"{key}_file", fields.string, "")
-    if inline and file_name:
+    from_file = _secret_file(table, f"{key}_file", path, fields.secret)
+    if inline and from_file:
         table.problems.append(f"{table.where}: set '{key}' or '{key}_file', not both")
+    return inline or (from_file[0] if from_file else "")
+
+
+def _secret_file(table: "_Table", key: str, path: Path, parse: Callable[[Any], str]) -> list[str]:
+    """The secrets in the file named by `key`: one a line, "#" comments and blank lines skipped,
+    "${ENV}" allowed. A relative name is relative to the config file."""
+    file_name = table.get(key, fields.string, "")
     if not file_name:
-        return inline
-    source = (path.parent / file_name) if not Path(file_name).is_absolute() else Path(file_name)
+        return []
+    source = path.parent / file_name
     try:
-        value = source.read_text(encoding="utf-8").strip().splitlines()
+        lines = source.read_text(encoding="utf-8").splitlines()
     except OSError as exc:
-        table.problems.append(f"{table.where}: field '{key}_file': cannot read {source}: {exc.strerror or exc}")
-        return ""
-    if not value or not value[0].strip():
-        table.problems.append(f"{table.where}: field '{key}_file': {source} is empty")
-        return ""
-    return value[0].strip()
+        table.problems.append(f"{table.where}: field '{key}': cannot read {source}: {exc.strerror or exc}")
+        return []
+    secrets = []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            try:
+                secrets.append(parse(line))
+            except ValueError as exc:
+                table.problems.append(f"{table.where}: field '{key}': {source} line {number}: {exc}")
+    if not secrets:
+        table.problems.append(f"{table.where}: field '{key}': {source} holds no secret")
+    return secrets
 
 
 def _default_runtime_dir(name: str) -> str:

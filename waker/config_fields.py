@@ -46,6 +46,23 @@ def secret(value: Any) -> str:
     return re.sub(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}", expand, text)
 
 
+def api_key(value: Any) -> str:
+    """A client API key ("${ENV}" allowed): 8 or more characters that need no quoting anywhere."""
+    key = secret(value)
+    if not re.fullmatch(r"[A-Za-z0-9._~+/=:-]{8,512}", key):
+        raise ValueError("an API key must be 8 to 512 characters of A-Z a-z 0-9 . _ ~ + / = : - "
+                         f"(got {len(key)} characters{', with others' if len(key) >= 8 else ''})")
+    return key
+
+
+def origin(value: Any) -> str:
+    """A CORS origin such as "http://localhost:3000", or a prefix ending in "*" ("vscode-webview://*")."""
+    text = string(value)
+    if not re.fullmatch(r"[a-z][a-z0-9+.-]*://[A-Za-z0-9.:\[\]-]*\*?", text) or text.endswith("/"):
+        raise ValueError(f"expected an origin such as \"http://localhost:3000\" or \"vscode-webview://*\", got {text!r}")
+    return text
+
+
 def model_id(value: Any) -> str:
     text = string(value)
     if not MODEL_ID.fullmatch(text):

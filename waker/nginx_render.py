@@ -15,6 +15,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
+from waker import nginx_access
 from waker.activity import BEGIN_PREFIX
 from waker.config import RESERVED_NAMES, Address, Config, ModelConfig
 from waker.errors import error_body
@@ -27,7 +28,10 @@ BODY_ROUTES_OUTSIDE_V1 = ("tokenize", "detokenize", "rerank", "score", "pooling"
 # Statuses nginx itself may produce, each answered with an OpenAI error body instead of an HTML page.
 NGINX_ERRORS: dict[int, tuple[str, str]] = {
     400: ("bad_request", "the request is malformed HTTP"),
-    403: ("forbidden", "this route is not open to this client"),
+    401: ("invalid_api_key", "missing or wrong API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' "
+                             "with a key from [gateway] api_keys"),
+    403: ("forbidden", "this route is not open to this client (the admin API and dashboard answer other hosts "
+                       "only when [waker] admin_token is set)"),
     404: ("not_found", "no such route: the API is under /v1/ (for example POST /v1/chat/completions)"),
     405: ("method_not_allowed", "this method is not allowed on this route"),
     408: ("request_timeout", "the client sent the request too slowly"),
@@ -106,7 +110,8 @@ def _error_locations(config: Config) -> list[str]:
     for status, (code, message) in NGINX_ERRORS.items():
         reply = 400 if status == 494 else status
         body = json.dumps(error_body(message.format(**values), code, reply))
-        lines.append(f"        location @error_{status} {{ default_type application/json; "
+        challenge = "add_header WWW-Authenticate Bearer always; " if status == 401 else ""
+        lines.append(f"        location @error_{status} {{ default_type application/json; {challenge}"
                      f"return {reply} {_quote(body)}; }}")
     body = json.dumps(error_body(WAKER_DOWN[1], WAKER_DOWN[0], 503))
     lines.append(f"        location @waker_down {{ default_type application/json; return 503 {_quote(body)}; }}")
@@ -160,6 +165,7 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
     body_routes = "|".join(re.escape(r) for r in BODY_ROUTES_OUTSIDE_V1)
     to_waker = f"proxy_pass http://waker; {_error_pages({502: '@waker_down', 504: '@waker_down'})}"
     syslog = f"syslog:server={_reachable(waker.listen)},tag=waker,nohostname"
+    admin_only = nginx_access.admin_restriction(config)
     lines = [
         "# Rendered by `waker` from " + str(config.path) + "; edit the TOML, not this file.",
         f"load_module {gateway.njs_module};",
@@ -183,12 +189,13 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         f"    uwsgi_temp_path {runtime_dir / 'tmp' / 'uwsgi'};",
         f"    scgi_temp_path {runtime_dir / 'tmp' / 'scgi'};",
         f"    js_import route from {(files_dir or runtime_dir) / 'route.js'};",
+        *nginx_access.http_lines(config),
         "    upstream waker {",
         f"        server {waker.listen};",
         "        keepalive 32;",
         "    }",
         "    server {",
-        f"        listen {gateway.listen};",
+        f"        listen {nginx_access.listen_address(config)};",
         # The body must stay in one memory buffer: njs reads it to route, and nginx replays it after a wake.
         f"        client_max_body_size {gateway.max_body};",
         f"        client_body_buffer_size {gateway.max_body};",
@@ -204,6 +211,7 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         # Only model locations set $inflight. No server-level `set` default: the mirror subrequest
         # shares the request's variables and would run it again, erasing them.
         "        uninitialized_variable_warn off;",
+        *nginx_access.server_lines(config),
         f"        location ^~ {BEGIN_PREFIX} {{ internal; log_subrequest on; access_log {syslog} inflight_begin; "
         "return 204; }",
         f"        location = {GENERATION_PATH} {{ allow 127.0.0.0/8; allow ::1; deny all; "
@@ -211,8 +219,9 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         f"        location = /healthz {{ {to_waker} }}",
         f"        location = /v1/models {{ {to_waker} }}",
         # The admin API and the dashboard; the waker checks the admin token when one is set.
-        f"        location /admin/ {{ proxy_pass http://waker; proxy_read_timeout 1d; {_error_pages({502: '@waker_down', 504: '@waker_down'})} }}",
-        f"        location /ui/ {{ {to_waker} }}",
+        f"        location /admin/ {{ {admin_only}proxy_pass http://waker; proxy_read_timeout 1d; "
+        f"{_error_pages({502: '@waker_down', 504: '@waker_down'})} }}",
+        f"        location /ui/ {{ {admin_only}{to_waker} }}",
         "        location = /ui { return 301 /ui/; }",
         f"        location /v1/ {{ js_content route.dispatch; {_error_pages()} }}",
         f"        location ~ ^/({body_routes})$ {{ js_content route.dispatch; {_error_pages()} }}",

@@ -9,7 +9,7 @@ from pathlib import Path
 import structlog
 from aiohttp import web
 
-from waker import admin_api, systemd
+from waker import admin_api, nginx_access, systemd
 from waker.activity import listen as listen_for_activity
 from waker.config import Config, load_config
 from waker.docker_runtime import DockerRuntime
@@ -74,6 +74,8 @@ async def serve(config: Config, with_nginx: bool) -> int:
         await web.TCPSite(runner, listen.host, listen.port, reuse_address=True).start()
         activity = await listen_for_activity(listen.host, listen.port, supervisor.on_activity)
         log.info("waker_listening", listen=str(listen), models=len(config.models))
+        if (exposure := nginx_access.exposure_warning(config)) is not None:
+            log.warning("no_api_keys", warning=exposure)
         await supervisor.open()
         watchers = [asyncio.create_task(stop.wait())]
         if nginx is not None:

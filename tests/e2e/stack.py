@@ -72,6 +72,7 @@ class Stack:
     scheduler: dict = field(default_factory=lambda: {"start_timeout": "60s", "stop_timeout": "2s"})
     docker_host: str = ""
     waker: dict = field(default_factory=dict)  # extra [waker] keys
+    gateway: dict = field(default_factory=dict)  # extra [gateway] keys
     env: dict = field(default_factory=dict)  # extra environment for `waker run`
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     proc: subprocess.Popen | None = None
@@ -96,6 +97,7 @@ class Stack:
     def write_config(self) -> Path:
         lines = [
             "[gateway]", f'listen = "127.0.0.1:{self.gateway_port}"',
+            *(f"{k} = {toml_value(v)}" for k, v in self.gateway.items()),
             "[waker]", f'listen = "127.0.0.1:{self.waker_port}"', f'name = "{self.name}"',
             f'runtime_dir = "{self.runtime_dir}"', f"model_port_base = {self.model_port_base}",
             *([f'docker_host = "{self.docker_host}"'] if self.docker_host else []),

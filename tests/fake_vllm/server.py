@@ -46,6 +46,8 @@ class Fake:
         self.crash_after = int(args.fail.split(":")[1]) if args.fail.startswith("crash_after:") else None
 
     def stamp(self, request, body, response):
+        if "Origin" in request.headers:  # vLLM's CORS middleware allows every origin by default
+            response.headers["Access-Control-Allow-Origin"] = "*"
         response.headers["x-fake-instance"] = INSTANCE
         response.headers["x-fake-method"] = request.method
         response.headers["x-fake-path"] = request.path_qs

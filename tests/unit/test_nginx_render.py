@@ -65,3 +65,31 @@ def test_router_table_maps_ids_and_aliases(tmp_path):
     js = render(cfg, tmp_path).route_js
     line = next(line_ for line_ in js.splitlines() if line_.startswith("var ROUTES"))
     assert json.loads(line.split("=", 1)[1].split(";  //")[0]) == {"alpha": "alpha", "a": "alpha", "b:1": "b_3a1"}
+
+
+def test_access_control_config_is_accepted_by_nginx(tmp_path):
+    raw = {"waker": {"runtime_dir": str(tmp_path), "admin_token": "admin-secret"},
+           "gateway": {"listen": "0.0.0.0:8009", "api_keys": ["sk-abcdefgh", "key:with/odd+chars="],
+                       "cors_origins": ["http://localhost:3000", "vscode-webview://*"]},
+           "model": [{"id": "alpha", "image": "i"}]}
+    cfg = parse_config(raw, tmp_path / "models.toml")
+    assert nginx_test(tmp_path, cfg).returncode == 0
+    conf = render(cfg, tmp_path).nginx_conf
+    assert "listen 0.0.0.0:8009;" in conf and "'Bearer sk-abcdefgh' 1;" in conf
+    assert "location /admin/ { proxy_pass" in conf  # the admin token guards it, from any host
+
+
+def test_without_keys_the_gateway_falls_back_to_loopback_and_says_so(tmp_path):
+    from waker.nginx_access import exposure_warning
+
+    open_cfg = parse_config({"waker": {"runtime_dir": str(tmp_path)}, "gateway": {"listen": "0.0.0.0:8009"},
+                             "model": [{"id": "alpha", "image": "i"}]}, tmp_path / "models.toml")
+    conf = render(open_cfg, tmp_path).nginx_conf
+    assert "listen 127.0.0.1:8009;" in conf and "$key_denied" not in conf
+    assert "listens on 127.0.0.1:8009 only" in exposure_warning(open_cfg)
+    assert "location /admin/ { allow 127.0.0.0/8; allow ::1; deny all;" in conf
+    allowed = parse_config({"waker": {"runtime_dir": str(tmp_path)},
+                            "gateway": {"listen": "0.0.0.0:8009", "allow_no_keys": True},
+                            "model": [{"id": "alpha", "image": "i"}]}, tmp_path / "models.toml")
+    assert "listen 0.0.0.0:8009;" in render(allowed, tmp_path).nginx_conf
+    assert "anyone who reaches" in exposure_warning(allowed)
