@@ -7,6 +7,8 @@ var MODEL_IDS = [];  // MODEL_IDS
 var RESERVED = {};  // RESERVED: first path segments of API routes
 var DISABLED = {};  // DISABLED: name of a model declared but disabled -> why
 
+var UTF8 = new TextDecoder('utf-8', {fatal: true});
+
 function fail(r, status, code, message) {
     var kind = status < 500 ? 'invalid_request_error' : 'server_error';
     r.headersOut['Content-Type'] = 'application/json';
@@ -33,9 +35,15 @@ function dispatch(r) {
                     r.method + ' ' + r.uri + ' does not name a model: send a POST with "model" in the JSON '
                     + 'body, or use /v1/<model>' + r.uri.replace(/^\/v1/, '') + '');
     }
-    var body = r.requestText;
-    if (!body) {
+    var raw = r.requestBuffer;
+    if (!raw || !raw.length) {
         return fail(r, 400, 'missing_body', 'the request has no body: send a JSON object with a "model" field');
+    }
+    var body;
+    try {
+        body = UTF8.decode(raw);
+    } catch (e) {
+        return fail(r, 400, 'invalid_utf8', 'the request body is not valid UTF-8; JSON must be sent as UTF-8');
     }
     var doc;
     try {

@@ -99,6 +99,8 @@ def resolved_config(config: Config) -> dict:
         models.append(entry)
     return {
         "gateway": {"listen": str(g.listen), "max_body": format_size(g.max_body),
+                    "client_timeout": format_duration(g.client_timeout), "allow_no_keys": g.allow_no_keys,
+                    "cors_origins": list(g.cors_origins),
                     "read_timeout": format_duration(g.read_timeout), "nginx": g.nginx, "njs_module": g.njs_module},
         "waker": {"listen": str(w.listen), "docker_host": w.docker_host, "name": w.name,
                   "model_port_base": w.model_port_base, "runtime_dir": str(w.runtime_dir)},

@@ -45,6 +45,7 @@ class GatewayConfig:
     read_timeout: float
     nginx: str
     njs_module: str
+    client_timeout: float
     api_keys: tuple[str, ...]
     allow_no_keys: bool
     cors_origins: tuple[str, ...]
@@ -155,6 +156,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         read_timeout=gateway.get("read_timeout", fields.positive_duration, "30m"),
         nginx=gateway.get("nginx", fields.string, "nginx"),
         njs_module=gateway.get("njs_module", fields.string, "/usr/lib/nginx/modules/ngx_http_js_module.so"),
+        client_timeout=gateway.get("client_timeout", fields.positive_duration, "60s"),
         api_keys=tuple(dict.fromkeys([*gateway.get("api_keys", fields.list_of(fields.api_key), []),
                                       *_secret_file(gateway, "api_keys_file", path, fields.api_key)])),
         allow_no_keys=gateway.get("allow_no_keys", fields.boolean, False),

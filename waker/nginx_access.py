@@ -10,9 +10,10 @@ from waker.config import Config
 from waker.config_fields import Address
 
 LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
-# Paths that answer without a client key: health, the loopback-only reload probe, and the admin
-# API and dashboard, which have their own token (or answer loopback clients only).
-KEY_EXEMPT = ("/healthz", "/_waker/generation", "~^/admin/", "~^/ui/?")
+# Paths that answer without a client key: health, the gateway's internal pages (error bodies, the
+# loopback-only reload probe), and the admin API and dashboard, which have their own token (or
+# answer loopback clients only).
+KEY_EXEMPT = ("/healthz", "~^/_waker/", "~^/admin/", "~^/ui/?")
 CORS_HEADERS = "Authorization, Content-Type, X-Api-Key, OpenAI-Organization, OpenAI-Project, OpenAI-Beta"
 UPSTREAM_CORS = ("Access-Control-Allow-Origin", "Access-Control-Allow-Credentials",
                  "Access-Control-Allow-Methods", "Access-Control-Allow-Headers", "Access-Control-Expose-Headers")

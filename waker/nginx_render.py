@@ -42,11 +42,17 @@ NGINX_ERRORS: dict[int, tuple[str, str]] = {
     502: ("model_unreachable", "the model server could not be reached; retry the request"),
     503: ("unavailable", "the gateway is overloaded; retry later"),
     504: ("model_timeout", "the model server did not answer within [gateway] read_timeout ({read_timeout})"),
+    505: ("http_version_not_supported", "this HTTP version is not supported: use HTTP/1.1"),
 }
 WAKER_DOWN = ("waker_unavailable", "the waker (control plane) is not reachable, so models that are not running "
               "cannot be started; check that `waker run` or `waker serve` is running")
 
 GENERATION_PATH = "/_waker/generation"
+ERROR_PREFIX = "/_waker/error/"
+# Errors nginx can raise before it has parsed a URI: it cannot jump from those to a named location,
+# so their bodies live at internal URIs. The others stay named: a jump to a URI would run the
+# server-level checks (the API key) again.
+EARLY_ERRORS = frozenset({400, 414, 494, 505})
 _GENERATION_PLACEHOLDER = "@GENERATION@"
 
 NJS_SOURCE_CANDIDATES = (
@@ -111,7 +117,8 @@ def _error_locations(config: Config) -> list[str]:
         reply = 400 if status == 494 else status
         body = json.dumps(error_body(message.format(**values), code, reply))
         challenge = "add_header WWW-Authenticate Bearer always; " if status == 401 else ""
-        lines.append(f"        location @error_{status} {{ default_type application/json; {challenge}"
+        name = f"= {ERROR_PREFIX}{status} {{ internal;" if status in EARLY_ERRORS else f"@error_{status} {{"
+        lines.append(f"        location {name} default_type application/json; {challenge}"
                      f"return {reply} {_quote(body)}; }}")
     body = json.dumps(error_body(WAKER_DOWN[1], WAKER_DOWN[0], 503))
     lines.append(f"        location @waker_down {{ default_type application/json; return 503 {_quote(body)}; }}")
@@ -120,7 +127,8 @@ def _error_locations(config: Config) -> list[str]:
 
 def _error_pages(overrides: dict[int, str] | None = None) -> str:
     """error_page lines for a location: a location that sets any error_page inherits none, so all repeat."""
-    pages = {status: f"@error_{status}" for status in NGINX_ERRORS}
+    pages = {status: f"{ERROR_PREFIX}{status}" if status in EARLY_ERRORS else f"@error_{status}"
+             for status in NGINX_ERRORS}
     pages.update(overrides or {})
     return " ".join(f"error_page {status} = {target};" for status, target in pages.items())
 
@@ -200,6 +208,10 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         f"        client_max_body_size {gateway.max_body};",
         f"        client_body_buffer_size {gateway.max_body};",
         "        client_body_in_single_buffer on;",
+        # A client that sends its request too slowly is cut off, not given a worker (slowloris).
+        f"        client_header_timeout {int(gateway.client_timeout)}s;",
+        f"        client_body_timeout {int(gateway.client_timeout)}s;",
+        f"        send_timeout {int(gateway.client_timeout)}s;",
         "        proxy_http_version 1.1;",
         "        proxy_set_header Connection '';",
         "        proxy_buffering off;",

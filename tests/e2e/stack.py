@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
@@ -153,6 +154,7 @@ class Stack:
         ids = docker("ps", "-aq", "--filter", f"label=io.waker.stack={self.name}").split()
         if ids:
             docker("rm", "-f", *ids)
+        shutil.rmtree(self.runtime_dir, ignore_errors=True)
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Runs the `waker` command against this stack, finding it through the config file."""
