@@ -25,6 +25,9 @@ def main(argv: list[str] | None = None) -> int:
     sub.add_parser("nginx-config", help="print the rendered nginx config")
     sub.add_parser("serve", help="run the control plane (nginx runs elsewhere)")
     sub.add_parser("run", help="run nginx and the control plane in the foreground")
+    proxy = sub.add_parser("socket-proxy", help="serve a Docker socket that allows only the calls the waker makes")
+    proxy.add_argument("--listen", type=Path, required=True, help="socket to create, for the waker's docker_host")
+    proxy.add_argument("--docker", type=Path, default=Path("/var/run/docker.sock"), help="the real Docker socket")
     admin_client.add_commands(sub)
     for command in sub.choices.values():
         command.add_argument("--config", type=Path, default=None,
@@ -32,6 +35,11 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     if getattr(args, "remote", False):
         return admin_client.run(args)
+    if args.command == "socket-proxy":
+        from waker import socket_proxy
+
+        logs.configure()
+        return asyncio.run(socket_proxy.run(args.listen, args.docker))
 
     try:
         config = load_config(args.config)

@@ -1,0 +1,178 @@
+"""A filtering proxy for the Docker socket: the waker gets a socket that allows only the calls it
+makes, on containers it manages, and nothing that could take over the host.
+
+    waker socket-proxy --listen /run/waker/docker.sock [--docker /var/run/docker.sock]
+
+Each request is read whole (line, headers, body), checked, then forwarded; answers stream back
+untouched (events and log follows included). A refused call gets 403 with a JSON message and the
+connection is closed.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import re
+import signal
+from pathlib import Path
+from typing import Any
+
+import structlog
+
+from waker.container_spec import LABEL_MANAGED
+
+log = structlog.get_logger("waker.socket_proxy")
+
+_VERSION = r"(?:/v[0-9.]+)?"
+_ID = r"[A-Za-z0-9_.-]+"
+ALLOWED = [(method, re.compile(f"^{_VERSION}{path}(?:\\?.*)?$")) for method, path in (
+    ("GET", "/_ping"), ("HEAD", "/_ping"), ("GET", "/version"), ("GET", "/events"),
+    ("GET", "/containers/json"), ("GET", f"/containers/{_ID}/json"), ("GET", f"/containers/{_ID}/logs"),
+    ("GET", "/images/[^?]+/json"), ("POST", "/images/create"),
+    ("POST", "/containers/create"), ("POST", f"/containers/{_ID}/start"), ("POST", f"/containers/{_ID}/stop"),
+    ("DELETE", f"/containers/{_ID}"),
+)]
+# Calls that change or read out a container: allowed on managed containers only.
+ON_CONTAINER = re.compile(
+    f"^(?:POST|DELETE|GET) {_VERSION}/containers/(?!(?:create|json)(?:[?/]|$))({_ID})(?:/(start|stop|logs))?(?:\\?.*)?$")
+MAX_HEAD, MAX_BODY = 64 * 1024, 4 * 1024 * 1024
+
+
+class Refused(Exception):
+    pass
+
+
+def check(method: str, target: str, body: bytes) -> None:
+    """Raises Refused unless the call is one the waker makes, with a body it would send."""
+    if not any(method == m and pattern.match(target) for m, pattern in ALLOWED):
+        raise Refused(f"{method} {target.split('?')[0]} is not a call the waker makes")
+    if method == "POST" and re.match(f"^{_VERSION}/containers/create", target):
+        _check_create(body)
+
+
+def _check_create(body: bytes) -> None:
+    try:
+        spec: dict[str, Any] = json.loads(body)
+    except ValueError:
+        raise Refused("container create: the body is not JSON") from None
+    if (spec.get("Labels") or {}).get(LABEL_MANAGED) != "true":
+        raise Refused(f"container create: only containers labelled {LABEL_MANAGED}=true may be created")
+    host = spec.get("HostConfig") or {}
+    if host.get("Privileged") or host.get("CapAdd") or host.get("Devices"):
+        raise Refused("container create: privileged containers, added capabilities and devices are refused")
+    for key in ("NetworkMode", "PidMode", "IpcMode", "UsernsMode", "UTSMode"):
+        if str(host.get(key, "")).startswith("host"):
+            raise Refused(f"container create: {key}=host is refused")
+    for bind in host.get("Binds") or []:
+        if bind.split(":", 1)[0] in ("/", "/var/run/docker.sock", "/run/docker.sock"):
+            raise Refused(f"container create: mounting {bind.split(':', 1)[0]} is refused")
+
+
+async def managed(docker: Path, container: str) -> bool:
+    """Whether the container carries the managed label (asked of Docker on a connection of its own)."""
+    reader, writer = await asyncio.open_unix_connection(str(docker))
+    try:
+        writer.write(f"GET /containers/{container}/json HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
+        await writer.drain()
+        answer = await reader.read()
+    finally:
+        writer.close()
+    head, _, body = answer.partition(b"\r\n\r\n")
+    if b" 200 " not in head.split(b"\r\n", 1)[0]:
+        return False
+    labels = (json.loads(body).get("Config") or {}).get("Labels") or {}
+    return labels.get(LABEL_MANAGED) == "true"
+
+
+async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, str, str, bytes] | None:
+    """(head, method, target, body) of the next request, or None at the end of the connection."""
+    try:
+        head = await reader.readuntil(b"\r\n\r\n")
+    except asyncio.IncompleteReadError:
+        return None
+    except asyncio.LimitOverrunError:
+        raise Refused("request head too large") from None
+    if len(head) > MAX_HEAD:
+        raise Refused("request head too large")
+    lines = head.decode("latin-1").split("\r\n")
+    method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
+    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
+    if "chunked" in headers.get("transfer-encoding", "").lower():
+        raise Refused("chunked request bodies are not accepted")
+    length = int(headers.get("content-length", "0") or 0)
+    if length > MAX_BODY:
+        raise Refused("request body too large")
+    body = await reader.readexactly(length) if length else b""
+    return head, method, target, body
+
+
+async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+    try:
+        while data := await reader.read(65536):
+            writer.write(data)
+            await writer.drain()
+    except (ConnectionError, asyncio.CancelledError):
+        pass
+    finally:
+        writer.close()
+
+
+class SocketProxy:
+    def __init__(self, listen: Path, docker: Path) -> None:
+        self.listen, self.docker = listen, docker
+        self.server: asyncio.AbstractServer | None = None
+
+    async def start(self) -> None:
+        self.listen.unlink(missing_ok=True)
+        self.server = await asyncio.start_unix_server(self._serve, path=str(self.listen), limit=MAX_HEAD)
+        os.chmod(self.listen, 0o660)
+        log.info("socket_proxy_listening", listen=str(self.listen), docker=str(self.docker))
+
+    async def close(self) -> None:
+        if self.server is not None:
+            self.server.close()
+            await self.server.wait_closed()
+
+    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
+        docker_writer = None
+        relay = None
+        try:
+            docker_reader, docker_writer = await asyncio.open_unix_connection(str(self.docker))
+            relay = asyncio.create_task(_relay(docker_reader, client_writer))
+            while (request := await _read_request(client_reader)) is not None:
+                head, method, target, body = request
+                check(method, target, body)
+                target_container = ON_CONTAINER.match(f"{method} {target}")
+                if (target_container and not (method == "GET" and target_container.group(2) is None)
+                        and not await managed(self.docker, target_container.group(1))):
+                    raise Refused(f"container {target_container.group(1)[:12]} is not managed by the waker")
+                docker_writer.write(head + body)
+                await docker_writer.drain()
+        except Refused as exc:
+            log.warning("docker_call_refused", reason=str(exc))
+            body = json.dumps({"message": f"refused by the waker's Docker socket proxy: {exc}"}).encode()
+            if relay is not None:
+                relay.cancel()
+            client_writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+        except (ConnectionError, OSError, asyncio.IncompleteReadError):
+            pass
+        finally:
+            if relay is not None:
+                relay.cancel()
+                await asyncio.gather(relay, return_exceptions=True)
+            if docker_writer is not None:
+                docker_writer.close()
+            client_writer.close()
+
+
+async def run(listen: Path, docker: Path) -> int:
+    proxy = SocketProxy(listen, docker)
+    await proxy.start()
+    stop = asyncio.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        asyncio.get_running_loop().add_signal_handler(sig, stop.set)
+    await stop.wait()
+    await proxy.close()
+    return 0
