@@ -16,7 +16,7 @@ import os
 import re
 import signal
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import structlog
 
@@ -107,9 +107,13 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, str, str, 
     return head, method, target, body
 
 
-async def _relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
+                observe: Callable[[bytes], None] | None = None) -> None:
+    """Copies bytes from reader to writer until either side ends; `observe` sees each chunk."""
     try:
         while data := await reader.read(65536):
+            if observe is not None:
+                observe(data)
             writer.write(data)
             await writer.drain()
     except (ConnectionError, asyncio.CancelledError):
@@ -136,10 +140,10 @@ class SocketProxy:
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         docker_writer = None
-        relay = None
+        responses = None
         try:
             docker_reader, docker_writer = await asyncio.open_unix_connection(str(self.docker))
-            relay = asyncio.create_task(_relay(docker_reader, client_writer))
+            responses = asyncio.create_task(relay(docker_reader, client_writer))
             while (request := await _read_request(client_reader)) is not None:
                 head, method, target, body = request
                 check(method, target, body)
@@ -152,16 +156,16 @@ class SocketProxy:
         except Refused as exc:
             log.warning("docker_call_refused", reason=str(exc))
             body = json.dumps({"message": f"refused by the waker's Docker socket proxy: {exc}"}).encode()
-            if relay is not None:
-                relay.cancel()
+            if responses is not None:
+                responses.cancel()
             client_writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nConnection: close\r\n"
                                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
         finally:
-            if relay is not None:
-                relay.cancel()
-                await asyncio.gather(relay, return_exceptions=True)
+            if responses is not None:
+                responses.cancel()
+                await asyncio.gather(responses, return_exceptions=True)
             if docker_writer is not None:
                 docker_writer.close()
             client_writer.close()

@@ -8,6 +8,8 @@ import re
 import threading
 from pathlib import Path
 
+from waker.socket_proxy import relay
+
 REQUEST_LINE = re.compile(rb"^(GET|POST|PUT|DELETE|HEAD) (\S+) HTTP/1\.[01]\r\n")
 
 
@@ -53,17 +55,9 @@ class DockerCallCounter:
 
     async def _serve(self, client_reader, client_writer) -> None:
         docker_reader, docker_writer = await asyncio.open_unix_connection(self.upstream)
-        await asyncio.gather(self._pipe(client_reader, docker_writer, count=True),
-                             self._pipe(docker_reader, client_writer, count=False), return_exceptions=True)
+        await asyncio.gather(relay(client_reader, docker_writer, self._count),
+                             relay(docker_reader, client_writer), return_exceptions=True)
 
-    async def _pipe(self, reader, writer, count: bool) -> None:
-        try:
-            while data := await reader.read(65536):
-                if count and (match := REQUEST_LINE.match(data)):
-                    self.log.append(f"{match.group(1).decode()} {match.group(2).decode()}")
-                writer.write(data)
-                await writer.drain()
-        except (ConnectionError, asyncio.CancelledError):
-            pass
-        finally:
-            writer.close()
+    def _count(self, data: bytes) -> None:
+        if match := REQUEST_LINE.match(data):
+            self.log.append(f"{match.group(1).decode()} {match.group(2).decode()}")
