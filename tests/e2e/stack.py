@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import json
 import os
+import random
 import shutil
 import signal
 import socket
@@ -21,29 +22,37 @@ FAKE_IMAGE = "waker-fake-vllm:test"
 REPO = Path(__file__).resolve().parents[2]
 
 
-def free_port() -> int:
+def _ephemeral_range() -> tuple[int, int]:
+    try:
+        low, high = Path("/proc/sys/net/ipv4/ip_local_port_range").read_text().split()
+        return int(low), int(high)
+    except (OSError, ValueError):
+        return 32768, 60999
+
+
+def _bindable(port: int) -> bool:
     with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+        try:
+            s.bind(("127.0.0.1", port))
+            return True
+        except OSError:
+            return False
 
 
 def free_port_range(count: int) -> int:
-    """A base port such that base .. base+count-1 are all free now."""
-    for _ in range(200):
-        base = free_port()
-        if base + count > 65000:
-            continue
-        ok = True
-        for port in range(base, base + count):
-            with socket.socket() as s:
-                try:
-                    s.bind(("127.0.0.1", port))
-                except OSError:
-                    ok = False
-                    break
-        if ok:
+    """A base port such that base .. base+count-1 are free now. Ports come from below the kernel's
+    ephemeral range, so that a client's outgoing connection cannot take one while its server is
+    down (a restarted waker must get its port back)."""
+    low, _ = _ephemeral_range()
+    for _ in range(500):
+        base = random.randrange(10000, max(10001, low - count))
+        if all(_bindable(port) for port in range(base, base + count)):
             return base
     raise RuntimeError("no free port range")
+
+
+def free_port() -> int:
+    return free_port_range(1)
 
 
 def docker(*args: str, check: bool = True) -> str:
@@ -79,9 +88,8 @@ class Stack:
     proc: subprocess.Popen | None = None
 
     def __post_init__(self) -> None:
-        self.gateway_port = free_port()
-        self.waker_port = free_port()
-        self.model_port_base = free_port_range(max(1, len(self.models)))
+        base = free_port_range(2 + len(self.models) + 20)  # room for models added by a reload
+        self.gateway_port, self.waker_port, self.model_port_base = base, base + 1, base + 2
         # nginx workers run as nobody when the tests run as root: the runtime dir must be reachable.
         self.runtime_dir = Path("/tmp") / f"waker-test-{self.name}"
         self.config_path = self.tmp / "models.toml"
