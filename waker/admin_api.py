@@ -20,6 +20,7 @@ from waker.gpu import GpuMemory
 from waker.errors import AdminError, RequestRefused, error_body, error_response
 from waker.lifecycle import State
 from waker.nginx_process import NginxError
+from waker.scheduler import Slot
 from waker.supervisor import Supervisor
 
 log = structlog.get_logger("waker.admin_api")
@@ -68,9 +69,10 @@ def _http_error(status: int, code: str, message: str) -> web.HTTPException:
     return kind(text=json.dumps(error_body(message, code, status)), content_type="application/json")
 
 
-def describe(supervisor: Supervisor, model: ModelConfig) -> dict[str, Any]:
+def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] | None = None) -> dict[str, Any]:
+    """One model's state for the API; `slots` lets a listing merge the activity into them once."""
     now = supervisor.now()
-    slot = supervisor.current_slots()[model.id]
+    slot = (slots or supervisor.current_slots())[model.id]
     ready = slot.state is State.READY
     entry: dict[str, Any] = {
         "id": model.id, "aliases": list(model.aliases), "state": slot.state.value,
@@ -96,8 +98,9 @@ def describe(supervisor: Supervisor, model: ModelConfig) -> dict[str, Any]:
 
 async def list_models(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
+    slots = supervisor.current_slots()
     return web.json_response({
-        "models": [describe(supervisor, m) for m in supervisor.config.models],
+        "models": [describe(supervisor, m, slots) for m in supervisor.config.models],
         "queue_length": len(supervisor.queue),
         "docker": supervisor.docker_error or "connected",
         "gpu_capacity": supervisor.policy.capacity,

@@ -23,8 +23,9 @@ STATS = web.AppKey("stats", dict)
 
 
 @web.middleware
-async def count_requests(request: web.Request, handler):
-    """Counts what reaches the waker, so tests can prove which requests never do."""
+async def count_and_shield(request: web.Request, handler):
+    """Counts what reaches the waker (so tests can prove which requests never do), and turns any
+    failure into an OpenAI-shaped JSON error: nginx passes the waker's answers on to clients."""
     stats = request.app[STATS]
     if request.path != "/_stats":
         stats["requests"] += 1
@@ -93,7 +94,7 @@ async def stats(request: web.Request) -> web.Response:
 
 
 def make_app(supervisor: Supervisor) -> web.Application:
-    app = web.Application(middlewares=[count_requests])
+    app = web.Application(middlewares=[count_and_shield])
     app[SUPERVISOR] = supervisor
     app[STATS] = {"requests": 0, "wakes": 0, "wake_response_body_bytes": 0}
     app.router.add_get("/_wake/{model}", wake)
