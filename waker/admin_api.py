@@ -86,7 +86,7 @@ def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] 
         "failures": slot.failures,
         "retry_in_seconds": round(slot.retry_at - now, 1) if slot.retry_at > now else None,
         "image": model.image, "container_id": supervisor.containers.get(model.id),
-        "host_port": model.host_port, "context_length": model.context_length,
+        "host_port": model.host_port, "address": str(model.address), "context_length": model.context_length,
         "vision": model.vision, "tools": model.tools,
         "last_start_seconds": round(slot.expected_start_seconds, 1) if slot.expected_start_seconds else None,
     }

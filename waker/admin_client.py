@@ -15,7 +15,7 @@ import urllib.parse
 import urllib.request
 from typing import Any, Iterator
 
-from waker.config import ConfigError, load_config
+from waker.config import ConfigError, load_config, overrides_or_env
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 
@@ -73,7 +73,7 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
     if url and token is not None:
         return url, token
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, overrides_or_env(args.overrides))
     except ConfigError as exc:
         if url:
             return url, token or ""

@@ -10,7 +10,7 @@ from pathlib import Path
 import tomli_w
 
 from waker import admin_client, logs
-from waker.config import Config, ConfigError, load_config
+from waker.config import Config, ConfigError, load_config, overrides_or_env
 from waker.nginx_render import render
 from waker.units import format_duration, format_size
 
@@ -28,10 +28,15 @@ def main(argv: list[str] | None = None) -> int:
     proxy = sub.add_parser("socket-proxy", help="serve a Docker socket that allows only the calls the waker makes")
     proxy.add_argument("--listen", type=Path, required=True, help="socket to create, for the waker's docker_host")
     proxy.add_argument("--docker", type=Path, default=Path("/var/run/docker.sock"), help="the real Docker socket")
+    proxy.add_argument("--owner", type=int, default=None,
+                       help="user id to own the socket (the waker's, when it runs as another user)")
     admin_client.add_commands(sub)
     for command in sub.choices.values():
         command.add_argument("--config", type=Path, default=None,
                              help="config file (default: $WAKER_CONFIG or config/models.toml)")
+        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
+                             help="override one [gateway], [waker] or [scheduler] setting (repeatable; "
+                                  "default: $WAKER_SET, overrides separated by spaces)")
     args = parser.parse_args(argv)
     if getattr(args, "remote", False):
         return admin_client.run(args)
@@ -39,10 +44,10 @@ def main(argv: list[str] | None = None) -> int:
         from waker import socket_proxy
 
         logs.configure()
-        return asyncio.run(socket_proxy.run(args.listen, args.docker))
+        return asyncio.run(socket_proxy.run(args.listen, args.docker, args.owner))
 
     try:
-        config = load_config(args.config)
+        config = load_config(args.config, overrides_or_env(args.overrides))
     except ConfigError as exc:
         print(f"waker: the config has {len(exc.problems)} problem(s):", file=sys.stderr)
         for problem in exc.problems:
@@ -74,7 +79,7 @@ def _check(config: Config, resolved: bool) -> int:
         aliases = f" (aliases: {', '.join(m.aliases)})" if m.aliases else ""
         gpu = f"gpu {m.gpu_memory:g}" if m.gpu_memory else "no gpu budget"
         gpu += "".join(f", {flag}" for flag in ("exclusive", "keep_warm") if getattr(m, flag))
-        print(f"  {m.id}{aliases}: {m.image}, port {m.port} -> 127.0.0.1:{m.host_port}, {gpu}, "
+        print(f"  {m.id}{aliases}: {m.image}, port {m.port} -> {m.address}, {gpu}, "
               f"start_timeout {format_duration(m.start_timeout)}, idle_timeout {format_duration(m.idle_timeout)}"
               + (", experimental" if m.status == "experimental" else ""))
     for m in config.disabled:
@@ -111,7 +116,9 @@ def resolved_config(config: Config) -> dict:
                     "cors_origins": list(g.cors_origins),
                     "read_timeout": format_duration(g.read_timeout), "nginx": g.nginx, "njs_module": g.njs_module},
         "waker": {"listen": str(w.listen), "docker_host": w.docker_host, "name": w.name,
-                  "model_port_base": w.model_port_base, "runtime_dir": str(w.runtime_dir)},
+                  "model_port_base": w.model_port_base, "runtime_dir": str(w.runtime_dir),
+                  **({"network": w.network, "model_ip_base": w.model_ip_base} if w.network else {}),
+                  **({"egress_network": w.egress_network} if w.egress_network else {})},
         "scheduler": {"start_timeout": format_duration(s.start_timeout),
                       "stop_timeout": format_duration(s.stop_timeout),
                       "idle_timeout": format_duration(s.idle_timeout),

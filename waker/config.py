@@ -6,6 +6,7 @@ naming the file, the model and the field, so that one `waker check` run shows th
 
 from __future__ import annotations
 
+import ipaddress
 import os
 
 import tomllib
@@ -59,6 +60,9 @@ class WakerConfig:
     model_port_base: int
     runtime_dir: Path
     admin_token: str
+    network: str  # "" = models publish on 127.0.0.1:host_port; else they join this Docker network
+    model_ip_base: str
+    egress_network: str
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +94,7 @@ class ModelConfig:
     shm_size: int | None
     ulimits: tuple[tuple[str, int], ...]
     host_port: int
+    address: Address  # where nginx and the waker reach the model server
     context_length: int | None
     vision: bool
     tools: bool
@@ -116,6 +121,7 @@ class Config:
     scheduler: SchedulerConfig
     models: tuple[ModelConfig, ...]  # the models served
     disabled: tuple[ModelConfig, ...] = ()  # declared with status = "disabled": kept for the record, not served
+    overrides: tuple[str, ...] = ()  # `--set` values, applied again on every reload
 
     def model(self, model_id: str) -> ModelConfig | None:
         return next((m for m in self.models if m.id == model_id), None)
@@ -125,7 +131,7 @@ class Config:
         return next((m for m in self.models if name in m.names), None)
 
 
-def load_config(path: Path | str | None = None) -> Config:
+def load_config(path: Path | str | None = None, overrides: tuple[str, ...] = ()) -> Config:
     path = Path(path or os.environ.get("WAKER_CONFIG") or DEFAULT_CONFIG_PATH)
     try:
         text = path.read_text(encoding="utf-8")
@@ -137,10 +143,46 @@ def load_config(path: Path | str | None = None) -> Config:
         raw = tomllib.loads(text)
     except tomllib.TOMLDecodeError as exc:
         raise ConfigError(path, [f"{path}: not valid TOML: {exc}"]) from None
-    return parse_config(raw, path)
+    problems: list[str] = []
+    for override in overrides:
+        _apply_override(raw, override, problems)
+    if problems:
+        raise ConfigError(path, problems)
+    return parse_config(raw, path, overrides)
 
 
-def parse_config(raw: dict[str, Any], path: Path) -> Config:
+OVERRIDABLE = ("gateway", "waker", "scheduler")
+
+
+def overrides_or_env(given: list[str]) -> tuple[str, ...]:
+    """--set values, else $WAKER_SET (space-separated): a container deployment sets them once for
+    every command, so `docker compose exec gateway waker status` sees the config the waker runs."""
+    return tuple(given or os.environ.get("WAKER_SET", "").split())
+
+
+def _apply_override(raw: dict[str, Any], override: str, problems: list[str]) -> None:
+    """`section.key=value` replaces one deployment setting, so that a container deployment can adapt
+    the same file (listen addresses, network) without a copy of it. The value is read as TOML when it
+    parses as a TOML value, else taken as a string: `gateway.allow_no_keys=true`, `waker.network=models`."""
+    name, sep, value = override.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not key:
+        problems.append(f"--set {override!r}: expected SECTION.KEY=VALUE, such as gateway.listen=0.0.0.0:8009")
+        return
+    if section not in OVERRIDABLE:
+        problems.append(f"--set {override!r}: only {', '.join(OVERRIDABLE)} settings can be set this way; "
+                        "models are declared in the file")
+        return
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    table = raw.setdefault(section, {})
+    if isinstance(table, dict):
+        table[key] = parsed
+
+
+def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = ()) -> Config:
     problems: list[str] = []
     known = {"gateway", "waker", "scheduler", "defaults", "model"}
     for key in raw:
@@ -170,7 +212,16 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         model_port_base=waker.get("model_port_base", fields.port, 18100),
         runtime_dir=Path(waker.get("runtime_dir", fields.string, _default_runtime_dir(name))),
         admin_token=_secret(waker, "admin_token", path),
+        network=waker.get("network", fields.docker_network, ""),
+        model_ip_base=waker.get("model_ip_base", fields.ipv4) or "",
+        egress_network=waker.get("egress_network", fields.docker_network, ""),
     )
+    if waker_cfg.network and not waker_cfg.model_ip_base:
+        problems.append(f"{path}: [waker]: 'network' is set, so 'model_ip_base' is needed too: the first model's "
+                        "address in that network's subnet, outside its dynamic ip_range (see compose.yaml)")
+    if waker_cfg.egress_network and not waker_cfg.network:
+        problems.append(f"{path}: [waker]: 'egress_network' needs 'network' (the network the gateway reaches "
+                        "models on)")
     scheduler_cfg = SchedulerConfig(
         start_timeout=scheduler.get("start_timeout", fields.positive_duration, "15m"),
         stop_timeout=scheduler.get("stop_timeout", parse_duration, "10s"),
@@ -205,7 +256,7 @@ def parse_config(raw: dict[str, Any], path: Path) -> Config:
         raise ConfigError(path, problems)
     served = tuple(m for m in models if m.status != "disabled")
     disabled = tuple(m for m in models if m.status == "disabled")
-    return Config(path, gateway_cfg, waker_cfg, scheduler_cfg, served, disabled)
+    return Config(path, gateway_cfg, waker_cfg, scheduler_cfg, served, disabled, overrides)
 
 
 def _secret(table: "_Table", key: str, path: Path) -> str:
@@ -304,13 +355,15 @@ def _parse_model(
     model = _Table(merged, None, path, f"{path}: model '{label}'", problems)
     model_id = model.get("id", fields.model_id, required=True)
     config_dir = path.parent.resolve()
+    port = model.get("port", fields.port, 8000)
+    host_port = model.get("host_port", fields.port, waker.model_port_base + index)
     result = ModelConfig(
         id=model_id if model_id is not None else label,  # an invalid id is reported; the label names it
         aliases=tuple(model.get("aliases", fields.list_of(fields.model_id), [])),
         image=model.get("image", fields.string, required=True),
         command=tuple(model.get("command", fields.list_of(fields.string), [])),
         entrypoint=fields.tuple_or_none(model.get("entrypoint", fields.list_of(fields.string))),
-        port=model.get("port", fields.port, 8000),
+        port=port,
         health=model.get("health", fields.http_path, "/health"),
         env=tuple(sorted(model.get("env", fields.env, {}).items())),
         volumes=tuple(fields.resolve_volume(v, config_dir) for v in model.get("volumes", fields.list_of(fields.volume), [])),
@@ -318,7 +371,8 @@ def _parse_model(
         gpu_memory=model.get("gpu_memory", fields.fraction, 0.0),
         shm_size=model.get("shm_size", parse_size),
         ulimits=tuple(sorted(model.get("ulimits", fields.ulimits, {}).items())),
-        host_port=model.get("host_port", fields.port, waker.model_port_base + index),
+        host_port=host_port,
+        address=_model_address(index, host_port, port, waker, f"{path}: model '{label}'", problems),
         context_length=model.get("context_length", fields.positive_int),
         vision=model.get("vision", fields.boolean, False),
         tools=model.get("tools", fields.boolean, False),
@@ -342,6 +396,20 @@ def _parse_model(
         problems.append(f"{where}: field 'gpu_memory': {result.gpu_memory:g} is more than [scheduler] "
                         f"gpu_capacity ({scheduler.gpu_capacity:g}), so it could never start")
     return result
+
+
+def _model_address(index: int, host_port: int, port: int, waker: WakerConfig, where: str,
+                   problems: list[str]) -> Address:
+    """Host deployment: the published loopback port. Network deployment: a fixed address per model
+    (model_ip_base + position), so that nginx needs no DNS and keeps its upstream connections."""
+    if not waker.network or not waker.model_ip_base:
+        return Address("127.0.0.1", host_port)
+    base = ipaddress.IPv4Address(waker.model_ip_base)
+    try:
+        return Address(str(base + index), port)
+    except ValueError:
+        problems.append(f"{where}: [waker] model_ip_base {base} leaves no address for this model: pick a lower one")
+        return Address(str(base), port)
 
 
 def _check_across_models(

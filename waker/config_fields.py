@@ -4,6 +4,7 @@ message that says what was expected."""
 from __future__ import annotations
 
 import os
+import ipaddress
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -104,6 +105,21 @@ def address(value: Any) -> Address:
         raise ValueError(f"expected HOST:PORT such as \"127.0.0.1:8009\", got {text!r}")
     host = match.group(1) or match.group(2) or "0.0.0.0"
     return Address(host, port(int(match.group(3))))
+
+
+def ipv4(value: Any) -> str:
+    text = string(value)
+    try:
+        return str(ipaddress.IPv4Address(text))
+    except ValueError:
+        raise ValueError(f"expected an IPv4 address such as \"172.30.92.128\", got {text!r}") from None
+
+
+def docker_network(value: Any) -> str:
+    text = string(value)
+    if text and not re.fullmatch(r"[A-Za-z0-9][A-Za-z0-9_.-]*", text):
+        raise ValueError(f"expected a Docker network name (letters, digits, '_', '.', '-'), got {text!r}")
+    return text
 
 
 def http_path(value: Any) -> str:

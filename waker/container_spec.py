@@ -16,6 +16,7 @@ LABEL_MANAGED = "io.waker.managed"
 LABEL_STACK = "io.waker.stack"
 LABEL_MODEL = "io.waker.model"
 LABEL_SPEC = "io.waker.spec-hash"
+LABEL_EGRESS = "io.waker.egress-network"
 
 
 def container_name(stack: str, model_id: str) -> str:
@@ -26,15 +27,22 @@ def container_name(stack: str, model_id: str) -> str:
     return f"{stack}-{safe}"
 
 
-def container_spec(model: ModelConfig, stack: str) -> dict[str, Any]:
-    """The body of Docker's container-create call, labels and spec hash included."""
+def container_spec(model: ModelConfig, stack: str, network: str = "", egress_network: str = "") -> dict[str, Any]:
+    """The body of Docker's container-create call, labels and spec hash included.
+
+    Without `network` the model publishes its port on 127.0.0.1 (host deployment); with it, the model
+    publishes nothing and joins that network at its fixed address, where only the gateway reaches it.
+    The egress network (joined after create: one network per create call) only lets it download."""
     port_key = f"{model.port}/tcp"
     host_config: dict[str, Any] = {
-        "PortBindings": {port_key: [{"HostIp": "127.0.0.1", "HostPort": str(model.host_port)}]},
         "Binds": list(model.volumes),
         "RestartPolicy": {"Name": "no"},
         "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
     }
+    if not network:
+        host_config["PortBindings"] = {port_key: [{"HostIp": "127.0.0.1", "HostPort": str(model.host_port)}]}
+    else:
+        host_config["NetworkMode"] = network
     if model.shm_size:
         host_config["ShmSize"] = model.shm_size
     if model.ulimits:
@@ -53,6 +61,10 @@ def container_spec(model: ModelConfig, stack: str) -> dict[str, Any]:
         "HostConfig": host_config,
         "Labels": {LABEL_MANAGED: "true", LABEL_STACK: stack, LABEL_MODEL: model.id},
     }
+    if network:
+        spec["NetworkingConfig"] = {"EndpointsConfig": {network: {"IPAMConfig": {"IPv4Address": model.address.host}}}}
+    if egress_network:
+        spec["Labels"][LABEL_EGRESS] = egress_network
     if model.command:
         spec["Cmd"] = list(model.command)
     if model.entrypoint is not None:

@@ -61,13 +61,15 @@ class ManualControl:
         changed and removed. Raises AdminError, changing nothing, for what cannot change live."""
         old, current = self.config, self.current_slots()
         problems = [f"[waker] {key} changed: restart the waker to apply it"
-                    for key in ("listen", "name", "docker_host", "runtime_dir")
+                    for key in ("listen", "name", "docker_host", "runtime_dir", "network", "model_ip_base",
+                                "egress_network")
                     if getattr(old.waker, key) != getattr(new.waker, key)]
         for model in new.models:
             before = old.model(model.id)
-            if before and current[model.id].state in OCCUPYING and before.host_port != model.host_port:
-                problems.append(f"model {model.id!r} runs on 127.0.0.1:{before.host_port} and the new config moves "
-                                f"it to {model.host_port}: set host_port = {before.host_port} for it, or stop it first")
+            if before and current[model.id].state in OCCUPYING and before.address != model.address:
+                problems.append(f"model {model.id!r} runs at {before.address} and the new config moves it to "
+                                f"{model.address}: keep its position (add new models at the end; with host ports, "
+                                f"set host_port = {before.host_port}), or stop it first")
         removed = [m for m in old.models if new.model(m.id) is None]
         for model in removed:
             if current[model.id].in_flight or current[model.id].state is State.STARTING:

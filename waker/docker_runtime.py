@@ -14,6 +14,7 @@ from typing import Any, AsyncIterator, Iterator
 
 import aiodocker
 import aiohttp
+from aiodocker.networks import DockerNetwork
 
 from waker.container_spec import LABEL_MANAGED, LABEL_MODEL, LABEL_SPEC, LABEL_STACK
 
@@ -102,6 +103,11 @@ class DockerRuntime:
         with _docker_errors(f"cannot create container {name!r}"):
             container = await self._docker.containers.create(config=spec, name=name)
         return container.id
+
+    async def connect(self, network: str, container_id: str) -> None:
+        await self._inspect(container_id)  # raises NotManaged
+        with _docker_errors(f"cannot connect container {container_id[:12]} to network {network!r}"):
+            await DockerNetwork(self._docker, network).connect({"Container": container_id})
 
     async def start(self, container_id: str) -> None:
         await self._inspect(container_id)  # raises NotManaged

@@ -13,8 +13,8 @@ from typing import Callable
 import aiohttp
 import structlog
 
-from waker.config import ModelConfig
-from waker.container_spec import LABEL_SPEC, container_name, container_spec
+from waker.config import ModelConfig, WakerConfig
+from waker.container_spec import LABEL_EGRESS, LABEL_SPEC, container_name, container_spec
 from waker.docker_runtime import DockerError, DockerRuntime, ImageMissing
 from waker.units import format_duration
 
@@ -36,8 +36,9 @@ class StartError(Exception):
 
 
 class Launcher:
-    def __init__(self, stack: str, runtime: DockerRuntime, clock: Callable[[], float] = time.monotonic) -> None:
-        self.stack = stack
+    def __init__(self, waker: WakerConfig, runtime: DockerRuntime, clock: Callable[[], float] = time.monotonic) -> None:
+        self.stack = waker.name
+        self.network, self.egress_network = waker.network, waker.egress_network
         self.runtime = runtime
         self.clock = clock
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
@@ -57,7 +58,7 @@ class Launcher:
         return container_id
 
     async def _create_and_start(self, model: ModelConfig) -> str:
-        spec = container_spec(model, self.stack)
+        spec = self._spec(model)
         info = await self.runtime.find(model.id)
         if info is not None and info.spec_hash != spec["Labels"][LABEL_SPEC]:
             log.info("container_recreate", model=model.id, container=info.name, reason="spec changed")
@@ -67,7 +68,7 @@ class Launcher:
             info = None
         if info is None:
             await self.runtime.check_image(model.image)
-            container_id = await self.runtime.create(container_name(self.stack, model.id), spec)
+            container_id = await self._create(model, spec)
             log.info("container_created", model=model.id, container=container_id[:12])
         else:
             container_id = info.id
@@ -76,8 +77,17 @@ class Launcher:
             log.info("container_started", model=model.id, container=container_id[:12])
         return container_id
 
+    def _spec(self, model: ModelConfig) -> dict:
+        return container_spec(model, self.stack, self.network, self.egress_network)
+
+    async def _create(self, model: ModelConfig, spec: dict) -> str:
+        container_id = await self.runtime.create(container_name(self.stack, model.id), spec)
+        if LABEL_EGRESS in spec["Labels"]:
+            await self.runtime.connect(spec["Labels"][LABEL_EGRESS], container_id)
+        return container_id
+
     async def wait_healthy(self, model: ModelConfig, container_id: str, deadline: float, died: asyncio.Event) -> None:
-        url = f"http://127.0.0.1:{model.host_port}{model.health}"
+        url = f"{model.address.url}{model.health}"
         next_exit_check = self.clock() + EXIT_CHECK_INTERVAL
         while True:
             if await self.healthy(model):
@@ -117,7 +127,7 @@ class Launcher:
 
     async def healthy(self, model: ModelConfig) -> bool:
         try:
-            async with self._http.get(f"http://127.0.0.1:{model.host_port}{model.health}") as response:
+            async with self._http.get(f"{model.address.url}{model.health}") as response:
                 return response.status == 200
         except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
             return False
@@ -126,7 +136,7 @@ class Launcher:
         """Requests the model server itself reports running or waiting (vLLM's /metrics), or None
         when it does not say. Asked once before an idle stop, as a check on the gateway's own count."""
         try:
-            async with self._http.get(f"http://127.0.0.1:{model.host_port}/metrics") as response:
+            async with self._http.get(f"{model.address.url}/metrics") as response:
                 if response.status != 200:
                     return None
                 text = await response.text()
@@ -150,7 +160,7 @@ class Launcher:
                     return {"image": "missing", "error": f"image {model.image!r} is not present and could "
                                                          f"not be pulled: {exc}"}
                 report["image"] = "pulled"
-            spec = container_spec(model, self.stack)
+            spec = self._spec(model)
             info = await self.runtime.find(model.id)
             if info is not None and info.spec_hash == spec["Labels"][LABEL_SPEC]:
                 report["container"] = "exists"
@@ -159,7 +169,7 @@ class Launcher:
             else:
                 if info is not None:
                     await self.runtime.remove(info.id)
-                await self.runtime.create(container_name(self.stack, model.id), spec)
+                await self._create(model, spec)
                 report["container"] = "recreated" if info is not None else "created"
         except DockerError as exc:
             report["error"] = str(exc)

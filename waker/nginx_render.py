@@ -245,7 +245,7 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
     lines.append("    }")
     for model in config.models:
         # Kept-alive connections spare a TCP handshake (and a docker-proxy hop) per request.
-        lines.append(f"    upstream model_{location_key(model.id)} {{ server 127.0.0.1:{model.host_port} max_fails=0; "
+        lines.append(f"    upstream model_{location_key(model.id)} {{ server {model.address} max_fails=0; "
                      "keepalive 16; }")
     lines += ["}", ""]
     return "\n".join(lines)

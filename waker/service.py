@@ -29,7 +29,7 @@ def build_app(supervisor: Supervisor, counters: Counters, nginx: NginxProcess | 
     app = make_app(supervisor)
 
     async def reload() -> dict[str, list[str]]:
-        new = load_config(supervisor.config.path)  # ConfigError: refused, nothing changes
+        new = load_config(supervisor.config.path, supervisor.config.overrides)  # ConfigError: refused, nothing changes
         if nginx is not None:
             await nginx.check(new)  # NginxError: refused, nothing changes
         changes = supervisor.reload(new)  # AdminError: refused, nothing changes

@@ -1,7 +1,7 @@
 """A filtering proxy for the Docker socket: the waker gets a socket that allows only the calls it
 makes, on containers it manages, and nothing that could take over the host.
 
-    waker socket-proxy --listen /run/waker/docker.sock [--docker /var/run/docker.sock]
+    waker socket-proxy --listen /run/waker/docker.sock [--docker /var/run/docker.sock] [--owner UID]
 
 Each request is read whole (line, headers, body), checked, then forwarded; answers stream back
 untouched (events and log follows included). A refused call gets 403 with a JSON message and the
@@ -31,16 +31,30 @@ ALLOWED = [(method, re.compile(f"^{_VERSION}{path}(?:\\?.*)?$")) for method, pat
     ("GET", "/containers/json"), ("GET", f"/containers/{_ID}/json"), ("GET", f"/containers/{_ID}/logs"),
     ("GET", "/images/[^?]+/json"), ("POST", "/images/create"),
     ("POST", "/containers/create"), ("POST", f"/containers/{_ID}/start"), ("POST", f"/containers/{_ID}/stop"),
-    ("DELETE", f"/containers/{_ID}"),
+    ("DELETE", f"/containers/{_ID}"), ("POST", f"/networks/{_ID}/connect"),
 )]
 # Calls that change or read out a container: allowed on managed containers only.
 ON_CONTAINER = re.compile(
     f"^(?:POST|DELETE|GET) {_VERSION}/containers/(?!(?:create|json)(?:[?/]|$))({_ID})(?:/(start|stop|logs))?(?:\\?.*)?$")
+NETWORK_CONNECT = re.compile(f"^POST {_VERSION}/networks/{_ID}/connect(?:\\?.*)?$")
 MAX_HEAD, MAX_BODY = 64 * 1024, 4 * 1024 * 1024
 
 
 class Refused(Exception):
     pass
+
+
+def connected_container(body: bytes) -> str:
+    """The container a network connect call names; only the container, no endpoint settings."""
+    try:
+        request = json.loads(body)
+    except ValueError:
+        raise Refused("network connect: the body is not JSON") from None
+    if not isinstance(request, dict) or set(request) != {"Container"} or not isinstance(request["Container"], str):
+        raise Refused("network connect: only {\"Container\": ID} is accepted")
+    if not re.fullmatch(_ID, request["Container"]):
+        raise Refused("network connect: not a container id")
+    return request["Container"]
 
 
 def check(method: str, target: str, body: bytes) -> None:
@@ -62,8 +76,8 @@ def _check_create(body: bytes) -> None:
     if host.get("Privileged") or host.get("CapAdd") or host.get("Devices"):
         raise Refused("container create: privileged containers, added capabilities and devices are refused")
     for key in ("NetworkMode", "PidMode", "IpcMode", "UsernsMode", "UTSMode"):
-        if str(host.get(key, "")).startswith("host"):
-            raise Refused(f"container create: {key}=host is refused")
+        if str(host.get(key, "")).startswith(("host", "container:")):
+            raise Refused(f"container create: {key}={host[key]} is refused (it shares another namespace)")
     for bind in host.get("Binds") or []:
         if bind.split(":", 1)[0] in ("/", "/var/run/docker.sock", "/run/docker.sock"):
             raise Refused(f"container create: mounting {bind.split(':', 1)[0]} is refused")
@@ -123,20 +137,26 @@ async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
 
 
 class SocketProxy:
-    def __init__(self, listen: Path, docker: Path) -> None:
-        self.listen, self.docker = listen, docker
+    def __init__(self, listen: Path, docker: Path, owner: int | None = None) -> None:
+        self.listen, self.docker, self.owner = listen, docker, owner
         self.server: asyncio.AbstractServer | None = None
 
     async def start(self) -> None:
         self.listen.unlink(missing_ok=True)
         self.server = await asyncio.start_unix_server(self._serve, path=str(self.listen), limit=MAX_HEAD)
         os.chmod(self.listen, 0o660)
+        if self.owner is not None:
+            os.chown(self.listen, self.owner, -1)
         log.info("socket_proxy_listening", listen=str(self.listen), docker=str(self.docker))
 
     async def close(self) -> None:
         if self.server is not None:
             self.server.close()
             await self.server.wait_closed()
+
+    async def _check_managed(self, container: str) -> None:
+        if not await managed(self.docker, container):
+            raise Refused(f"container {container[:12]} is not managed by the waker")
 
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         docker_writer = None
@@ -147,10 +167,12 @@ class SocketProxy:
             while (request := await _read_request(client_reader)) is not None:
                 head, method, target, body = request
                 check(method, target, body)
-                target_container = ON_CONTAINER.match(f"{method} {target}")
-                if (target_container and not (method == "GET" and target_container.group(2) is None)
-                        and not await managed(self.docker, target_container.group(1))):
-                    raise Refused(f"container {target_container.group(1)[:12]} is not managed by the waker")
+                call = f"{method} {target}"
+                target_container = ON_CONTAINER.match(call)
+                if target_container and not (method == "GET" and target_container.group(2) is None):
+                    await self._check_managed(target_container.group(1))
+                elif NETWORK_CONNECT.match(call):
+                    await self._check_managed(connected_container(body))
                 docker_writer.write(head + body)
                 await docker_writer.drain()
         except Refused as exc:
@@ -171,8 +193,8 @@ class SocketProxy:
             client_writer.close()
 
 
-async def run(listen: Path, docker: Path) -> int:
-    proxy = SocketProxy(listen, docker)
+async def run(listen: Path, docker: Path, owner: int | None = None) -> int:
+    proxy = SocketProxy(listen, docker, owner)
     await proxy.start()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -35,7 +35,7 @@ class Supervisor(ManualControl):
         self.config = config
         self.runtime = runtime
         self.bus = bus
-        self.launcher = Launcher(config.waker.name, runtime, self.now)
+        self.launcher = Launcher(config.waker, runtime, self.now)
         s = config.scheduler
         self.policy = Policy(s.gpu_capacity, s.on_busy, s.queue_timeout, s.max_start_failures, s.start_backoff)
         self.slots: dict[str, Slot] = {m.id: slot_for(m) for m in config.models}

@@ -1,3 +1,5 @@
+import os
+import re
 import subprocess
 import sys
 import textwrap
@@ -119,6 +121,12 @@ BROKEN = [
      ["field 'gpu_memory'", "could never start"]),
     ('[defaults]\nid = "x"', ["[defaults]", "'id' is per model"]),
     ('model = "x"', ["[[model]]"]),
+    ('[waker]\nnetwork = "models"', ["'network' is set", "'model_ip_base' is needed"]),
+    ('[waker]\nnetwork = "bad name!"', ["field 'network'", "Docker network name"]),
+    ('[waker]\nnetwork = "m"\nmodel_ip_base = "172.30.1.300"', ["field 'model_ip_base'", "IPv4"]),
+    ('[waker]\negress_network = "out"', ["'egress_network' needs 'network'"]),
+    ('[waker]\nnetwork = "m"\nmodel_ip_base = "255.255.255.255"\n[[model]]\nid = "a"\nimage = "i"\n'
+     '[[model]]\nid = "b"\nimage = "i"', ["model 'b'", "leaves no address"]),
     ('[[model]\nid = "m"', ["not valid TOML"]),
 ]
 
@@ -204,3 +212,70 @@ def test_catalogue_covers_the_original_stack():
     assert [m.id for m in config.models if m.keep_warm] == ["qwen2.5-1.5b-instruct"]
     assert config.model("gpt-oss-120b").exclusive
     assert "nemotron-3-nano-30b-nvfp4" in {m.id for m in config.disabled}
+
+
+def test_models_reached_on_loopback_ports_or_at_fixed_addresses_in_a_network(tmp_path):
+    text = '[[model]]\nid = "a"\nimage = "i"\n[[model]]\nid = "b"\nimage = "i"\nport = 8080\n'
+    host = load_config(write(tmp_path, text))
+    assert [str(m.address) for m in host.models] == ["127.0.0.1:18100", "127.0.0.1:18101"]
+    network = load_config(write(tmp_path, '[waker]\nnetwork = "models"\nmodel_ip_base = "172.30.92.128"\n' + text))
+    assert [str(m.address) for m in network.models] == ["172.30.92.128:8000", "172.30.92.129:8080"]
+
+
+def test_set_overrides_deployment_settings_and_is_kept_for_reloads(tmp_path):
+    path = write(tmp_path, '[gateway]\nlisten = "127.0.0.1:8009"\n[[model]]\nid = "a"\nimage = "i"\n')
+    overrides = ("gateway.listen=0.0.0.0:8009", "gateway.allow_no_keys=true", "waker.network=models",
+                 "waker.model_ip_base=172.30.92.128", "scheduler.on_busy=reject")
+    config = load_config(path, overrides)
+    assert str(config.gateway.listen) == "0.0.0.0:8009" and config.gateway.allow_no_keys is True
+    assert str(config.models[0].address) == "172.30.92.128:8000" and config.scheduler.on_busy == "reject"
+    assert config.overrides == overrides
+
+
+@pytest.mark.parametrize("override, needle", [
+    ("gateway.listen", "expected SECTION.KEY=VALUE"), ("listen=1", "expected SECTION.KEY=VALUE"),
+    ("model.image=x", "only gateway, waker, scheduler"), ("gateway.colour=red", "unknown field 'colour'"),
+    ("gateway.allow_no_keys=maybe", "field 'allow_no_keys'"),
+])
+def test_bad_overrides_are_explained(tmp_path, override, needle):
+    path = write(tmp_path, '[[model]]\nid = "a"\nimage = "i"\n')
+    with pytest.raises(ConfigError) as caught:
+        load_config(path, (override,))
+    assert needle in "\n".join(caught.value.problems)
+
+
+def test_cli_takes_overrides_from_set_or_waker_set(tmp_path):
+    path = write(tmp_path, '[[model]]\nid = "a"\nimage = "i"\n')
+    flag = run_cli("check", "--config", str(path), "--set", "gateway.listen=0.0.0.0:9000")
+    assert flag.returncode == 0 and "gateway on 0.0.0.0:9000" in flag.stdout
+    env = subprocess.run([sys.executable, "-m", "waker.cli", "check", "--config", str(path)], capture_output=True,
+                         text=True, timeout=30, env={**os.environ, "WAKER_SET": "waker.listen=0.0.0.0:9001 x=1"})
+    assert env.returncode == 2 and "--set 'x=1'" in env.stderr
+
+
+def test_the_configuration_reference_documents_every_key():
+    """docs/configuration.md is checked against the schema: each section's table lists each field."""
+    from dataclasses import fields as dataclass_fields
+
+    from waker.config import _MODEL_KEYS, GatewayConfig, ModelConfig, SchedulerConfig, WakerConfig
+
+    doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
+    sections = {title: body for title, body in
+                (part.split("\n", 1) for part in doc.split("\n## ")[1:])}
+
+    def documented(heading: str) -> set[str]:
+        body = next(b for t, b in sections.items() if t.startswith(heading))
+        first_cells = re.findall(r"^\| ((?:`[a-z_]+`(?:, )?)+) \|", body, re.M)
+        return {name for cell in first_cells for name in re.findall(r"`([a-z_]+)`", cell)}
+
+    computed = {"address"}  # derived from host_port or model_ip_base, not a key
+    secrets_from_files = {"api_keys_file", "admin_token_file"}
+    expected = {
+        "`[gateway]`": {f.name for f in dataclass_fields(GatewayConfig)} | {"api_keys_file"},
+        "`[waker]`": {f.name for f in dataclass_fields(WakerConfig)} | {"admin_token_file"},
+        "`[scheduler]`": {f.name for f in dataclass_fields(SchedulerConfig)},
+        "`[[model]]`": (_MODEL_KEYS | {f.name for f in dataclass_fields(ModelConfig)}) - computed,
+    }
+    for heading, keys in expected.items():
+        assert documented(heading) == keys, heading
+    assert secrets_from_files <= documented("`[gateway]`") | documented("`[waker]`")

@@ -1,11 +1,11 @@
 from pathlib import Path
 
 from waker.config import parse_config
-from waker.container_spec import LABEL_MANAGED, LABEL_MODEL, LABEL_SPEC, LABEL_STACK, container_name, container_spec
+from waker.container_spec import LABEL_EGRESS, LABEL_MANAGED, LABEL_MODEL, LABEL_SPEC, LABEL_STACK, container_name, container_spec
 
 
-def model(**keys):
-    raw = {"model": [{"id": "qwen:7b", "image": "img:1", **keys}]}
+def model(waker=None, **keys):
+    raw = {"model": [{"id": "qwen:7b", "image": "img:1", **keys}], "waker": waker or {}}
     return parse_config(raw, Path("/etc/waker/models.toml")).models[0]
 
 
@@ -40,3 +40,14 @@ def test_container_names_are_docker_legal_and_distinct():
     assert container_name("spark", "gpt-oss-20b") == "spark-gpt-oss-20b"
     colon, underscore = container_name("spark", "qwen:7b"), container_name("spark", "qwen_7b")
     assert ":" not in colon and colon != underscore
+
+
+def test_in_a_network_the_model_publishes_nothing_and_has_its_fixed_address():
+    networked = model(waker={"network": "models", "model_ip_base": "172.30.92.128"})
+    spec = container_spec(networked, "s", "models", "egress")
+    assert "PortBindings" not in spec["HostConfig"] and spec["HostConfig"]["NetworkMode"] == "models"
+    assert spec["NetworkingConfig"] == {"EndpointsConfig": {"models": {"IPAMConfig": {"IPv4Address": "172.30.92.128"}}}}
+    assert spec["Labels"][LABEL_EGRESS] == "egress"
+    without_egress = container_spec(networked, "s", "models")
+    assert LABEL_EGRESS not in without_egress["Labels"]
+    assert without_egress["Labels"][LABEL_SPEC] != spec["Labels"][LABEL_SPEC]

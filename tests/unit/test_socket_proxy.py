@@ -2,7 +2,7 @@ import json
 
 import pytest
 
-from waker.socket_proxy import ON_CONTAINER, Refused, check
+from waker.socket_proxy import NETWORK_CONNECT, ON_CONTAINER, Refused, check, connected_container
 
 MANAGED = {"Image": "i", "Labels": {"io.waker.managed": "true"}, "HostConfig": {"Binds": ["/data:/models"]}}
 
@@ -12,7 +12,7 @@ MANAGED = {"Image": "i", "Labels": {"io.waker.managed": "true"}, "HostConfig": {
     ("GET", "/v1.41/containers/abc123/json"), ("GET", "/v1.41/containers/abc/logs?tail=5"),
     ("POST", "/v1.41/containers/abc/start"), ("POST", "/v1.41/containers/abc/stop?t=5"),
     ("DELETE", "/v1.41/containers/abc?force=1"), ("GET", "/v1.41/images/waker-fake-vllm:test/json"),
-    ("POST", "/v1.41/images/create?fromImage=x"),
+    ("POST", "/v1.41/images/create?fromImage=x"), ("POST", "/v1.41/networks/egress/connect"),
 ])
 def test_the_calls_the_waker_makes_pass(method, target):
     check(method, target, b"")
@@ -23,6 +23,7 @@ def test_the_calls_the_waker_makes_pass(method, target):
     ("POST", "/v1.41/containers/abc/kill"), ("DELETE", "/v1.41/images/x"), ("POST", "/v1.41/build"),
     ("POST", "/v1.41/swarm/init"), ("GET", "/v1.41/secrets"), ("POST", "/v1.41/containers/abc/attach"),
     ("PUT", "/v1.41/containers/abc/archive"), ("GET", "/v1.41/containers/abc/archive?path=/"),
+    ("POST", "/v1.41/networks/create"), ("POST", "/v1.41/networks/abc/disconnect"), ("DELETE", "/v1.41/networks/abc"),
 ])
 def test_anything_else_is_refused(method, target):
     with pytest.raises(Refused, match="not a call the waker makes"):
@@ -34,6 +35,8 @@ def test_anything_else_is_refused(method, target):
     ({"HostConfig": {"CapAdd": ["SYS_ADMIN"]}}, "capabilities"), ({"HostConfig": {"PidMode": "host"}}, "PidMode"),
     ({"HostConfig": {"NetworkMode": "host"}}, "NetworkMode"), ({"HostConfig": {"Binds": ["/:/host"]}}, "mounting /"),
     ({"HostConfig": {"Binds": ["/var/run/docker.sock:/s"]}}, "docker.sock"),
+    ({"HostConfig": {"NetworkMode": "container:gateway"}}, "shares another namespace"),
+    ({"HostConfig": {"PidMode": "container:abc"}}, "shares another namespace"),
 ])
 def test_dangerous_creates_are_refused(change, reason):
     check("POST", "/v1.41/containers/create?name=x", json.dumps(MANAGED).encode())
@@ -46,3 +49,12 @@ def test_container_calls_name_their_container_but_create_and_list_do_not():
     assert ON_CONTAINER.match("DELETE /v1.41/containers/abc?force=1").group(1) == "abc"
     assert ON_CONTAINER.match("POST /v1.41/containers/create?name=x") is None
     assert ON_CONTAINER.match("GET /v1.41/containers/json?all=1") is None
+
+
+def test_network_connect_names_one_container_and_nothing_else():
+    assert NETWORK_CONNECT.match("POST /v1.41/networks/egress/connect")
+    assert connected_container(b'{"Container": "abc123"}') == "abc123"
+    for body in (b"[]", b"nope", b'{"Container": "abc", "EndpointConfig": {"IPAMConfig": {}}}', b'{"Container": 1}',
+                 b'{"Container": "../x"}'):
+        with pytest.raises(Refused, match="network connect"):
+            connected_container(body)
