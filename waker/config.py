@@ -12,7 +12,7 @@ import os
 import tomllib
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from waker import config_fields as fields
 from waker.config_fields import Address
@@ -188,9 +188,9 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
     for key in raw:
         if key not in known:
             problems.append(f"{path}: unknown section [{key}]; the sections are {', '.join(sorted(known))}")
-    gateway = _Table(raw, "gateway", path, f"{path}: [gateway]", problems)
-    waker = _Table(raw, "waker", path, f"{path}: [waker]", problems)
-    scheduler = _Table(raw, "scheduler", path, f"{path}: [scheduler]", problems)
+    gateway = fields.Table(raw, "gateway", path, f"{path}: [gateway]", problems)
+    waker = fields.Table(raw, "waker", path, f"{path}: [waker]", problems)
+    scheduler = fields.Table(raw, "scheduler", path, f"{path}: [scheduler]", problems)
 
     gateway_cfg = GatewayConfig(
         listen=gateway.get("listen", fields.address, "127.0.0.1:8009"),
@@ -200,7 +200,7 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         njs_module=gateway.get("njs_module", fields.string, "/usr/lib/nginx/modules/ngx_http_js_module.so"),
         client_timeout=gateway.get("client_timeout", fields.positive_duration, "60s"),
         api_keys=tuple(dict.fromkeys([*gateway.get("api_keys", fields.list_of(fields.api_key), []),
-                                      *_secret_file(gateway, "api_keys_file", path, fields.api_key)])),
+                                      *fields.secret_file_field(gateway, "api_keys_file", path, fields.api_key)])),
         allow_no_keys=gateway.get("allow_no_keys", fields.boolean, False),
         cors_origins=tuple(gateway.get("cors_origins", fields.list_of(fields.origin), [])),
     )
@@ -211,7 +211,7 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         name=name,
         model_port_base=waker.get("model_port_base", fields.port, 18100),
         runtime_dir=Path(waker.get("runtime_dir", fields.string, _default_runtime_dir(name))),
-        admin_token=_secret(waker, "admin_token", path),
+        admin_token=fields.secret_field(waker, "admin_token", path),
         network=waker.get("network", fields.docker_network, ""),
         model_ip_base=waker.get("model_ip_base", fields.ipv4) or "",
         egress_network=waker.get("egress_network", fields.docker_network, ""),
@@ -259,75 +259,9 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
     return Config(path, gateway_cfg, waker_cfg, scheduler_cfg, served, disabled, overrides)
 
 
-def _secret(table: "_Table", key: str, path: Path) -> str:
-    """A secret given inline (`key`, "${ENV}" allowed) or in a file (`key_file`, first line)."""
-    inline = table.get(key, fields.secret, "")
-    from_file = _secret_file(table, f"{key}_file", path, fields.secret)
-    if inline and from_file:
-        table.problems.append(f"{table.where}: set '{key}' or '{key}_file', not both")
-    return inline or (from_file[0] if from_file else "")
-
-
-def _secret_file(table: "_Table", key: str, path: Path, parse: Callable[[Any], str]) -> list[str]:
-    """The secrets in the file named by `key`: one a line, "#" comments and blank lines skipped,
-    "${ENV}" allowed. A relative name is relative to the config file."""
-    file_name = table.get(key, fields.string, "")
-    if not file_name:
-        return []
-    source = path.parent / file_name
-    try:
-        lines = source.read_text(encoding="utf-8").splitlines()
-    except OSError as exc:
-        table.problems.append(f"{table.where}: field '{key}': cannot read {source}: {exc.strerror or exc}")
-        return []
-    secrets = []
-    for number, line in enumerate(lines, start=1):
-        line = line.strip()
-        if line and not line.startswith("#"):
-            try:
-                secrets.append(parse(line))
-            except ValueError as exc:
-                table.problems.append(f"{table.where}: field '{key}': {source} line {number}: {exc}")
-    if not secrets:
-        table.problems.append(f"{table.where}: field '{key}': {source} holds no secret")
-    return secrets
-
-
 def _default_runtime_dir(name: str) -> str:
     base = os.environ.get("XDG_RUNTIME_DIR") or "/tmp"
     return str(Path(base) / f"waker-{name}")
-
-
-class _Table:
-    """Reads typed fields from one TOML table, recording problems instead of stopping at the first."""
-
-    def __init__(self, raw: Any, key: str | None, path: Path, where: str, problems: list[str]) -> None:
-        table = raw.get(key, {}) if key is not None else raw
-        if not isinstance(table, dict):
-            problems.append(f"{where} must be a table")
-            table = {}
-        self.table, self.path, self.where, self.problems = table, path, where, problems
-        self.seen: set[str] = set()
-
-    def get(self, key: str, parse: Callable[[Any], Any], default: Any = None, required: bool = False) -> Any:
-        """The parsed value, or the default (parsed when it is text) when absent or wrong."""
-        self.seen.add(key)
-        if key in self.table:
-            try:
-                return parse(self.table[key])
-            except ValueError as exc:
-                self.problems.append(f"{self.where}: field '{key}': {exc}")
-        elif required:
-            self.problems.append(f"{self.where}: field '{key}' is required")
-        return parse(default) if isinstance(default, str) else default
-
-    def reject_unknown(self, allowed: set[str] | None = None) -> None:
-        allowed = allowed if allowed is not None else self.seen
-        for key in self.table:
-            if key not in allowed:
-                self.problems.append(
-                    f"{self.where}: unknown field '{key}'; the fields are {', '.join(sorted(allowed))}"
-                )
 
 
 _MODEL_KEYS = {
@@ -352,7 +286,7 @@ def _parse_model(
         if isinstance(defaults.get(key), dict) and isinstance(entry.get(key), dict):
             merged[key] = {**defaults[key], **entry[key]}
     label = entry.get("id") if isinstance(entry.get("id"), str) else f"#{index + 1}"
-    model = _Table(merged, None, path, f"{path}: model '{label}'", problems)
+    model = fields.Table(merged, None, path, f"{path}: model '{label}'", problems)
     model_id = model.get("id", fields.model_id, required=True)
     config_dir = path.parent.resolve()
     port = model.get("port", fields.port, 8000)

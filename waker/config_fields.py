@@ -1,10 +1,11 @@
-"""Parsers for single config values: each returns the typed value or raises ValueError with a
-message that says what was expected."""
+"""Reading config values: parsers for single values (each returns the typed value or raises
+ValueError saying what was expected), the table reader that records problems instead of stopping at
+the first, and secrets given inline or in files."""
 
 from __future__ import annotations
 
-import os
 import ipaddress
+import os
 import re
 from dataclasses import dataclass
 from pathlib import Path
@@ -216,3 +217,69 @@ def positive_duration(value: Any) -> float:
 def type_name(value: Any) -> str:
     return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
             dict: "a table"}.get(type(value), type(value).__name__)
+
+
+class Table:
+    """Reads typed fields from one TOML table, recording problems instead of stopping at the first."""
+
+    def __init__(self, raw: Any, key: str | None, path: Path, where: str, problems: list[str]) -> None:
+        table = raw.get(key, {}) if key is not None else raw
+        if not isinstance(table, dict):
+            problems.append(f"{where} must be a table")
+            table = {}
+        self.table, self.path, self.where, self.problems = table, path, where, problems
+        self.seen: set[str] = set()
+
+    def get(self, key: str, parse: Callable[[Any], Any], default: Any = None, required: bool = False) -> Any:
+        """The parsed value, or the default (parsed when it is text) when absent or wrong."""
+        self.seen.add(key)
+        if key in self.table:
+            try:
+                return parse(self.table[key])
+            except ValueError as exc:
+                self.problems.append(f"{self.where}: field '{key}': {exc}")
+        elif required:
+            self.problems.append(f"{self.where}: field '{key}' is required")
+        return parse(default) if isinstance(default, str) else default
+
+    def reject_unknown(self, allowed: set[str] | None = None) -> None:
+        allowed = allowed if allowed is not None else self.seen
+        for key in self.table:
+            if key not in allowed:
+                self.problems.append(
+                    f"{self.where}: unknown field '{key}'; the fields are {', '.join(sorted(allowed))}"
+                )
+
+
+def secret_field(table: "Table", key: str, path: Path) -> str:
+    """A secret given inline (`key`, "${ENV}" allowed) or in a file (`key_file`, first line)."""
+    inline = table.get(key, secret, "")
+    from_file = secret_file_field(table, f"{key}_file", path, secret)
+    if inline and from_file:
+        table.problems.append(f"{table.where}: set '{key}' or '{key}_file', not both")
+    return inline or (from_file[0] if from_file else "")
+
+
+def secret_file_field(table: "Table", key: str, path: Path, parse: Callable[[Any], str]) -> list[str]:
+    """The secrets in the file named by `key`: one a line, "#" comments and blank lines skipped,
+    "${ENV}" allowed. A relative name is relative to the config file."""
+    file_name = table.get(key, string, "")
+    if not file_name:
+        return []
+    source = path.parent / file_name
+    try:
+        lines = source.read_text(encoding="utf-8").splitlines()
+    except OSError as exc:
+        table.problems.append(f"{table.where}: field '{key}': cannot read {source}: {exc.strerror or exc}")
+        return []
+    secrets = []
+    for number, line in enumerate(lines, start=1):
+        line = line.strip()
+        if line and not line.startswith("#"):
+            try:
+                secrets.append(parse(line))
+            except ValueError as exc:
+                table.problems.append(f"{table.where}: field '{key}': {source} line {number}: {exc}")
+    if not secrets:
+        table.problems.append(f"{table.where}: field '{key}': {source} holds no secret")
+    return secrets
