@@ -279,3 +279,18 @@ def test_the_configuration_reference_documents_every_key():
     for heading, keys in expected.items():
         assert documented(heading) == keys, heading
     assert secrets_from_files <= documented("`[gateway]`") | documented("`[waker]`")
+
+
+def test_the_demo_model_runs_without_a_gpu_and_keeps_its_download():
+    """The README's first request: the CPU demo cannot run here (no registry, no model hub), so its
+    config is what is checked: llama.cpp's server, no GPU request or budget, health and port as that
+    server has them, the download kept in data/, and appended last so that no model's port moves."""
+    config = load_config(Path(__file__).resolve().parents[2] / "config" / "models.toml")
+    demo = config.model("demo-cpu")
+    assert demo.image.startswith("ghcr.io/ggml-org/llama.cpp:server") and demo.entrypoint == ("/app/llama-server",)
+    assert demo.gpus == "" and demo.gpu_memory == 0 and not demo.exclusive
+    assert demo.port == 8080 and "--port" in demo.command and demo.command[demo.command.index("--port") + 1] == "8080"
+    assert demo.health == "/health" and "-hf" in demo.command and demo.command[demo.command.index("--alias") + 1] == "demo-cpu"
+    cache = dict(demo.env)["LLAMA_CACHE"]
+    assert any(v.endswith(f"/data/llama.cpp:{cache}") for v in demo.volumes)
+    assert max(m.host_port for m in (*config.models, *config.disabled)) == demo.host_port
