@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import os
 import subprocess
 import sys
 import time
@@ -107,3 +108,18 @@ async def test_the_proxy_refuses_privileged_or_unlabelled_creates(proxy):
                 assert response.status == 403, spec
                 assert "refused" in (await response.json())["message"]
     await asyncio.sleep(0)
+
+
+async def test_the_proxy_connects_only_managed_containers_to_networks(proxy, unmanaged):
+    network = f"waker-test-net-{os.getpid()}"
+    docker("network", "create", network)
+    try:
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(proxy))) as session:
+            async with session.post(f"http://docker/networks/{network}/connect",
+                                    data=json.dumps({"Container": unmanaged}),
+                                    headers={"Content-Type": "application/json"}) as response:
+                assert response.status == 403
+                assert "not managed by the waker" in (await response.json())["message"]
+        assert json.loads(docker("network", "inspect", network))[0]["Containers"] == {}
+    finally:
+        docker("network", "rm", network, check=False)
