@@ -72,9 +72,24 @@ class Launcher:
             log.info("container_created", model=model.id, container=container_id[:12])
         else:
             container_id = info.id
-        if info is None or not info.running:
+        if info is not None and info.running:
+            return container_id
+        try:
             await self.runtime.start(container_id)
-            log.info("container_started", model=model.id, container=container_id[:12])
+        except DockerError as exc:
+            # A container that cannot start is not kept: the next start would find its spec hash
+            # matching and fail the same way (say it still names a network recreated since).
+            await self.runtime.remove(container_id)
+            if info is None:
+                raise
+            log.info("container_recreate", model=model.id, container=info.name, reason=f"start failed: {exc}")
+            container_id = await self._create(model, spec)
+            try:
+                await self.runtime.start(container_id)
+            except DockerError:
+                await self.runtime.remove(container_id)
+                raise
+        log.info("container_started", model=model.id, container=container_id[:12])
         return container_id
 
     def _spec(self, model: ModelConfig) -> dict:
@@ -83,7 +98,11 @@ class Launcher:
     async def _create(self, model: ModelConfig, spec: dict) -> str:
         container_id = await self.runtime.create(container_name(self.stack, model.id), spec)
         if LABEL_EGRESS in spec["Labels"]:
-            await self.runtime.connect(spec["Labels"][LABEL_EGRESS], container_id)
+            try:
+                await self.runtime.connect(spec["Labels"][LABEL_EGRESS], container_id)
+            except DockerError:
+                await self.runtime.remove(container_id)  # else the next start would run it unconnected
+                raise
         return container_id
 
     async def wait_healthy(self, model: ModelConfig, container_id: str, deadline: float, died: asyncio.Event) -> None:

@@ -158,3 +158,30 @@ def test_nginx_reloads_under_load_drop_no_request(make_stack):
         worker.join()
     assert failures == [] and served[0] > 50
     assert stack.log().count("nginx_reloaded") == 5
+
+
+async def test_a_missing_egress_network_is_a_clear_error_and_leaves_no_half_made_container(make_stack):
+    """Network addressing (as in compose), on a host-routable network so the host's nginx reaches
+    the model: with the egress network gone, the start fails naming it, and no unconnected container
+    is left behind for the next start to run."""
+    network, subnet = f"waker-test-models-{int(time.time() * 1000) % 100000}", "172.30.194"
+    docker("network", "create", "--subnet", f"{subnet}.0/24", "--ip-range", f"{subnet}.0/25", network)
+    try:
+        waker = {"network": network, "model_ip_base": f"{subnet}.128", "egress_network": f"{network}-absent"}
+        stack = make_stack([fake_model("alpha", load_delay=0.2)], scheduler=SCHED, waker=waker)
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{stack.url}/v1/alpha/completions", data=b"{}") as response:
+                message = (await response.json())["error"]["message"]
+                assert response.status == 503 and f"{network}-absent" in message
+        assert docker("ps", "-aq", "--filter", f"label=io.waker.stack={stack.name}").split() == []
+        stack.stop()
+        working = make_stack([fake_model("alpha", load_delay=0.2)], scheduler=SCHED,
+                             waker={"network": network, "model_ip_base": f"{subnet}.128"})
+        async with aiohttp.ClientSession() as session:
+            async with session.post(f"{working.url}/v1/alpha/completions", data=b"{}") as response:
+                assert response.status == 200
+        info = json.loads(docker("inspect", f"{working.name}-alpha"))[0]
+        assert info["NetworkSettings"]["Networks"][network]["IPAddress"] == f"{subnet}.128"
+        working.stop()
+    finally:
+        docker("network", "rm", network, check=False)
