@@ -2,9 +2,10 @@
 
     stopped ──start──► starting ──ready──► ready ──stop──► stopping ──stopped──► stopped
                           │                  │  ▲             │
-                          └─fail─► failed    │  └──resume─────┘ (an idle stop called off: it was busy)
+                          └─fail─► failed ◄──┤  └──resume─────┘ (an idle stop called off: it was busy)
+                                     │       │ fail: it exited on its own while serving (a crash)
+                                     │       └─exited─► stopped (its container is gone, found on a resync)
                                      └─reset─► stopped (cleared by hand)
-                                             └─exited─► stopped (the container died on its own)
 """
 
 from __future__ import annotations
@@ -37,6 +38,10 @@ _NEXT: dict[tuple[State, Event], State] = {
     (State.STARTING, Event.READY): State.READY,
     (State.STARTING, Event.FAIL): State.FAILED,
     (State.READY, Event.EXITED): State.STOPPED,
+    # An exit while serving that the waker did not ask for is a failed run, like a failed start: it
+    # counts towards the back-off, so an engine that dies on its first request is not restarted for
+    # every request forever.
+    (State.READY, Event.FAIL): State.FAILED,
     (State.READY, Event.STOP): State.STOPPING,
     (State.STOPPING, Event.STOPPED): State.STOPPED,
     (State.STOPPING, Event.RESUME): State.READY,

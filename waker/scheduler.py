@@ -63,7 +63,7 @@ class Slot:
     expected_start_seconds: float | None = None  # how long its last successful start took
     oldest_request_since: float | None = None  # start of its oldest in-flight request
     mean_request_seconds: float | None = None
-    failures: int = 0  # consecutive failed starts
+    failures: int = 0  # consecutive failed runs: starts that failed, or crashes while serving
     retry_at: float = 0.0  # while now < retry_at (after too many failures), requests fail fast
     last_error: str = ""
 
@@ -234,7 +234,7 @@ def decide(slots: dict[str, Slot], queue: tuple[Waiter, ...] | list[Waiter], pol
         elif slot.state is State.FAILED and now < slot.retry_at:
             p.actions.append(Refuse(
                 waiter.id, 503, "model_failed",
-                f"model {slot.id!r} failed to start {slot.failures} times in a row; next attempt in "
+                f"model {slot.id!r} failed {slot.failures} times in a row (at start or while serving); next attempt in "
                 f"{math.ceil(slot.retry_at - now)} s. Last error: {slot.last_error}",
                 math.ceil(slot.retry_at - now),
             ))

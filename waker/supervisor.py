@@ -21,7 +21,7 @@ from waker.docker_runtime import DockerError, DockerRuntime
 from waker.control import ManualControl, slot_for
 from waker.errors import RequestRefused
 from waker.events import EventBus
-from waker.launcher import Launcher, StartError
+from waker.launcher import LOG_TAIL_LINES, Launcher, StartError
 from waker.lifecycle import Event, State, next_state
 from waker.scheduler import Grant, Plan, Policy, Refuse, Slot, Start, Stop, Waiter, decide
 
@@ -198,12 +198,15 @@ class Supervisor(ManualControl):
         else:
             now = self.now()
             self.containers[model.id] = container_id
-            self._transition(model.id, Event.READY, ready_since=now, last_active=now, failures=0, retry_at=0.0,
+            # `failures` stays: a run only counts as good once it ends by our stop, not by a crash.
+            self._transition(model.id, Event.READY, ready_since=now, last_active=now, retry_at=0.0,
                              last_error="", expected_start_seconds=now - began)
             self.bus.publish("model_ready", model=model.id, seconds=round(now - began, 3))
         self.reconcile()
 
     def _start_failed(self, model: ModelConfig, exc: StartError) -> None:
+        """A failed run (its start failed, or it crashed while serving): counts towards the back-off
+        and answers everyone waiting for the model with the reason."""
         failures = self.slots[model.id].failures + 1
         backoff = failures >= self.policy.max_start_failures
         retry_at = self.now() + self.policy.start_backoff if backoff else 0.0
@@ -235,7 +238,7 @@ class Supervisor(ManualControl):
             await asyncio.sleep(STOP_RETRY_SECONDS)
             self._spawn(self._run_stop(model, reason))
             return
-        self._transition(model.id, Event.STOPPED)
+        self._transition(model.id, Event.STOPPED, failures=0)  # a run we ended is a good run
         self.bus.publish("model_stopped", model=model.id, reason=reason)
         if self.config.model(model.id) is None:  # removed by a reload
             self._forget(model.id)
@@ -293,13 +296,28 @@ class Supervisor(ManualControl):
             if state is State.STARTING:
                 self._died[model_id].set()
             elif state is State.READY:
-                self._transition(model_id, Event.EXITED)
-                self.bus.publish("model_exited", model=model_id, exit_code=attributes.get("exitCode"))
+                # Unasked-for, whatever the code: vLLM exits 0 after its engine core died.
+                exit_code = attributes.get("exitCode", "?")
+                self.bus.publish("model_exited", model=model_id, exit_code=exit_code)
+                message = f"model {model_id!r} exited with code {exit_code} while serving"
+                self._start_failed(self._model(model_id), StartError(503, "model_exited", message))
+                self._spawn(self._add_log_tail(model_id, event.get("id") or "", message))
                 self.reconcile()
         elif action == "oom":
             self.bus.publish("model_oom", model=model_id)
         elif action == "start" and state in (State.STOPPED, State.FAILED):  # started by hand
             self._adopt(model_id, event.get("id") or event.get("Actor", {}).get("ID", ""))
+
+    async def _add_log_tail(self, model_id: str, container_id: str, message: str) -> None:
+        """Completes a crash's message with the container's last log lines (fetched after the fact, so
+        the state changes at once), unless something newer has replaced the message meanwhile."""
+        try:
+            tail = await self.runtime.logs_tail(container_id, LOG_TAIL_LINES)
+        except DockerError:
+            return
+        slot = self.slots.get(model_id)
+        if tail and slot is not None and slot.state is State.FAILED and slot.last_error == message:
+            self.slots[model_id] = replace(slot, last_error=f"{message}; last log lines:\n{tail}")
 
     def _adopt(self, model_id: str, container_id: str) -> None:
         self.bus.publish("container_adopted", model=model_id, container=container_id[:12])

@@ -196,8 +196,11 @@ async def test_a_container_that_dies_while_ready_is_noticed_and_restarted_on_dem
     async with aiohttp.ClientSession() as session:
         _, first, _ = await complete(session, stack, "a")
         docker("kill", stack.containers()[0])
-        await wait_state(session, stack, "a", "stopped", timeout=5)  # from the events stream
-        status, second, _ = await complete(session, stack, "a")
+        await wait_state(session, stack, "a", "failed", timeout=5)  # from the events stream: a crash
+        async with session.get(f"{stack.waker_url}/admin/models/a") as response:
+            model = await response.json()
+        assert model["failures"] == 1 and "exited with code 137 while serving" in model["last_error"], model
+        status, second, _ = await complete(session, stack, "a")  # one crash is below max_start_failures
     assert status == 200 and second["x-fake-instance"] != first["x-fake-instance"]
     assert "model_exited" in stack.log()
 

@@ -18,8 +18,9 @@ def test_failure_and_retry():
     assert next_state(State.FAILED, Event.START) is State.STARTING
 
 
-def test_a_ready_model_that_died_is_stopped_and_an_idle_stop_can_be_called_off():
-    assert next_state(State.READY, Event.EXITED) is State.STOPPED
+def test_a_ready_model_that_died_is_stopped_or_failed_and_an_idle_stop_can_be_called_off():
+    assert next_state(State.READY, Event.EXITED) is State.STOPPED  # a clean exit
+    assert next_state(State.READY, Event.FAIL) is State.FAILED  # a crash while serving
     assert next_state(State.STOPPING, Event.RESUME) is State.READY
 
 
