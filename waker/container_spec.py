@@ -18,6 +18,13 @@ LABEL_MODEL = "io.waker.model"
 LABEL_SPEC = "io.waker.spec-hash"
 LABEL_EGRESS = "io.waker.egress-network"
 
+# vLLM answers 404 to a request whose `model` is none of its served names. Clients name a model by
+# an alias (body routing) or by anything at all (path routing: the URL chose the model), so for a
+# vLLM command the aliases join the served names (every vLLM version) and name validation is off
+# (vLLM >= 0.32 reads the variable; older ones ignore it).
+SERVED_NAME_FLAG = "--served-model-name"
+SKIP_NAME_VALIDATION = "VLLM_SKIP_MODEL_NAME_VALIDATION"
+
 
 def container_name(stack: str, model_id: str) -> str:
     """A Docker-legal, collision-free name: characters Docker refuses are replaced and a hash added."""
@@ -54,9 +61,13 @@ def container_spec(model: ModelConfig, stack: str, network: str = "", egress_net
         else:
             request["DeviceIDs"] = model.gpus.split(",")
         host_config["DeviceRequests"] = [request]
+    command, env = model.command, dict(model.env)
+    if _served_names_index(command) is not None:
+        command = served_names_command(command, model.names)
+        env.setdefault(SKIP_NAME_VALIDATION, "1")
     spec: dict[str, Any] = {
         "Image": model.image,
-        "Env": [f"{k}={v}" for k, v in model.env],
+        "Env": [f"{k}={v}" for k, v in sorted(env.items())],
         "ExposedPorts": {port_key: {}},
         "HostConfig": host_config,
         "Labels": {LABEL_MANAGED: "true", LABEL_STACK: stack, LABEL_MODEL: model.id},
@@ -65,12 +76,35 @@ def container_spec(model: ModelConfig, stack: str, network: str = "", egress_net
         spec["NetworkingConfig"] = {"EndpointsConfig": {network: {"IPAMConfig": {"IPv4Address": model.address.host}}}}
     if egress_network:
         spec["Labels"][LABEL_EGRESS] = egress_network
-    if model.command:
-        spec["Cmd"] = list(model.command)
+    if command:
+        spec["Cmd"] = list(command)
     if model.entrypoint is not None:
         spec["Entrypoint"] = list(model.entrypoint)
     spec["Labels"][LABEL_SPEC] = spec_hash(spec)
     return spec
+
+
+def _served_names_index(command: tuple[str, ...]) -> int | None:
+    return next((i for i, word in enumerate(command)
+                 if word == SERVED_NAME_FLAG or word.startswith(SERVED_NAME_FLAG + "=")), None)
+
+
+def served_names_command(command: tuple[str, ...], names: tuple[str, ...]) -> tuple[str, ...]:
+    """`command` with every name in `names` among the values of its --served-model-name (vLLM takes
+    several), the names already there first and in their order: the first is the one vLLM reports."""
+    index = _served_names_index(command)
+    if index is None:
+        return command
+    flag = command[index]
+    if flag.startswith(SERVED_NAME_FLAG + "="):
+        given, end = [flag.split("=", 1)[1]], index + 1
+    else:
+        end = index + 1
+        while end < len(command) and not command[end].startswith("-"):
+            end += 1
+        given = list(command[index + 1:end])
+    served = given + [name for name in names if name not in given]
+    return (*command[:index], SERVED_NAME_FLAG, *served, *command[end:])
 
 
 def spec_hash(spec: dict[str, Any]) -> str:

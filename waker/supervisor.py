@@ -17,8 +17,8 @@ from waker import docker_events
 from waker.activity import Mark, ModelActivity
 from waker.config import Config, ModelConfig
 from waker.container_spec import LABEL_MODEL
-from waker.docker_runtime import DockerError, DockerRuntime
 from waker.control import ManualControl, slot_for
+from waker.docker_runtime import DockerError, DockerRuntime
 from waker.errors import RequestRefused
 from waker.events import EventBus
 from waker.launcher import LOG_TAIL_LINES, Launcher, StartError

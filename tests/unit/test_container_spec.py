@@ -1,7 +1,16 @@
 from pathlib import Path
 
 from waker.config import parse_config
-from waker.container_spec import LABEL_EGRESS, LABEL_MANAGED, LABEL_MODEL, LABEL_SPEC, LABEL_STACK, container_name, container_spec
+from waker.container_spec import (
+    LABEL_EGRESS,
+    LABEL_MANAGED,
+    LABEL_MODEL,
+    LABEL_SPEC,
+    LABEL_STACK,
+    container_name,
+    container_spec,
+    served_names_command,
+)
 
 
 def model(waker=None, **keys):
@@ -51,3 +60,27 @@ def test_in_a_network_the_model_publishes_nothing_and_has_its_fixed_address():
     without_egress = container_spec(networked, "s", "models")
     assert LABEL_EGRESS not in without_egress["Labels"]
     assert without_egress["Labels"][LABEL_SPEC] != spec["Labels"][LABEL_SPEC]
+
+
+def test_a_vllm_command_serves_the_aliases_too_and_any_name_on_its_path():
+    spec = container_spec(model(aliases=["q", "talk"], env={"A": "1"},
+                                command=["serve", "Qwen/Q", "--served-model-name", "qwen:7b", "--port", "8000"]), "s")
+    assert spec["Cmd"] == ["serve", "Qwen/Q", "--served-model-name", "qwen:7b", "q", "talk", "--port", "8000"]
+    assert spec["Env"] == ["A=1", "VLLM_SKIP_MODEL_NAME_VALIDATION=1"]
+
+
+def test_served_names_keep_the_given_ones_first_in_either_flag_form():
+    names = ("m", "alias")
+    assert served_names_command(("serve", "x", "--served-model-name=other"), names) == (
+        "serve", "x", "--served-model-name", "other", "m", "alias")
+    assert served_names_command(("serve", "--served-model-name", "alias", "m"), names) == (
+        "serve", "--served-model-name", "alias", "m")
+    assert served_names_command(("serve", "x"), names) == ("serve", "x")  # not vLLM's flag: left alone
+
+
+def test_an_explicit_name_validation_setting_is_kept_and_other_servers_are_left_alone():
+    kept = container_spec(model(env={"VLLM_SKIP_MODEL_NAME_VALIDATION": "0"},
+                                command=["serve", "x", "--served-model-name", "m"]), "s")
+    assert kept["Env"] == ["VLLM_SKIP_MODEL_NAME_VALIDATION=0"]
+    llama_cpp = container_spec(model(aliases=["q"], command=["-m", "/m.gguf", "--alias", "m"]), "s")
+    assert llama_cpp["Cmd"] == ["-m", "/m.gguf", "--alias", "m"] and llama_cpp["Env"] == []
