@@ -19,6 +19,10 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 FAKE_IMAGE = "waker-fake-vllm:test"
+REAL_IMAGE = "waker-real-vllm:test"  # the real vLLM, CPU build (tests/real_vllm/)
+# What the real engine needs on these machines (shared/real-vllm.md): a KV cache size, and more shared
+# memory than Docker's default 64 MiB. Starts take 20-40 s on two cores, more under load.
+REAL_SCHEDULER = {"start_timeout": "300s", "stop_timeout": "30s", "min_uptime": "0s"}
 REPO = Path(__file__).resolve().parents[2]
 
 
@@ -69,6 +73,15 @@ def fake_model(model_id: str, *, load_delay: float = 0.5, extra: list[str] | Non
     return {"id": model_id, "image": FAKE_IMAGE, "command": command, **keys}
 
 
+def real_model(model_id: str, *, weights: str = "/models/tiny-llama", max_model_len: int = 1024,
+               extra: list[str] | None = None, env: dict | None = None, **keys) -> dict:
+    """A [[model]] table running the real vLLM on the CPU with a tiny local model."""
+    command = [weights, "--host", "0.0.0.0", "--port", "8000", "--served-model-name", model_id,
+               "--max-model-len", str(max_model_len), "--enforce-eager", *(extra or [])]
+    return {"id": model_id, "image": REAL_IMAGE, "command": command, "shm_size": "1g",
+            "env": {"VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}, "context_length": max_model_len, **keys}
+
+
 def toml_value(value) -> str:
     if isinstance(value, dict):
         return "{ " + ", ".join(f"{k} = {toml_value(v)}" for k, v in value.items()) + " }"
@@ -102,6 +115,11 @@ class Stack:
     @property
     def waker_url(self) -> str:
         return f"http://127.0.0.1:{self.waker_port}"
+
+    def model_url(self, model_id: str) -> str:
+        """The model server itself, on its published port, bypassing nginx and the waker."""
+        index = next(i for i, m in enumerate(self.models) if m["id"] == model_id)
+        return f"http://127.0.0.1:{self.models[index].get('host_port', self.model_port_base + index)}"
 
     def write_config(self) -> Path:
         lines = [

@@ -1,0 +1,357 @@
+"""The real engine in the loop: real nginx, the real waker, a real Docker engine and the real vLLM
+(CPU build, tests/real_vllm/) serving a tiny local model. Each start takes 20-40 s here, so tests
+share a stack where their configs agree and check what they need first."""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import re
+import socket
+import subprocess
+import time
+
+import aiohttp
+import openai
+import pytest
+
+from tests.e2e.stack import REAL_IMAGE, REAL_SCHEDULER, Stack, docker, real_model
+from tests.eventually import eventually, eventually_async
+
+pytestmark = pytest.mark.e2e
+
+READY_TIMEOUT = 300  # a cold start under a loaded CI machine, with margin
+LONG = 1800  # tokens of a stream that outlasts the short idle timeouts below (250-400 tokens/s here)
+
+
+@pytest.fixture(scope="module", autouse=True)
+def real_image():
+    if subprocess.run(["docker", "image", "inspect", REAL_IMAGE], capture_output=True).returncode != 0:
+        pytest.fail(f"image {REAL_IMAGE} is missing: run scripts/build-test-images", pytrace=False)
+
+
+@pytest.fixture(scope="module")
+def module_stacks(tmp_path_factory):
+    """Stacks kept for the whole module, one per config, so tests do not each pay a cold start."""
+    stacks: dict[str, Stack] = {}
+
+    def get(key: str, models: list[dict], **kwargs) -> Stack:
+        if key not in stacks:
+            tmp = tmp_path_factory.mktemp(key)
+            stacks[key] = Stack(models=models, tmp=tmp, scheduler={**REAL_SCHEDULER, **kwargs.pop("scheduler", {})},
+                                **kwargs).start()
+        return stacks[key]
+
+    yield get
+    for stack in stacks.values():
+        stack.stop()
+
+
+@pytest.fixture
+def main_stack(module_stacks) -> Stack:
+    """One real model, "tiny" (alias "tiny-alias"), with --max-num-seqs 1 so that parallel requests
+    make a queue inside the engine, a drain on SIGTERM shorter than stop_timeout, and an idle timeout
+    no test reaches by accident."""
+    return module_stacks("main", [real_model("tiny", aliases=["tiny-alias"], max_model_len=2048,
+                                             extra=["--max-num-seqs", "1", "--shutdown-timeout", "10"],
+                                             idle_timeout="1h")])
+
+
+def chat(model: str, max_tokens: int, **extra) -> dict:
+    return {"model": model, "messages": [{"role": "user", "content": "say something"}],
+            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, **extra}
+
+
+async def admin(session, stack: Stack, model: str) -> dict:
+    async with session.get(f"{stack.waker_url}/admin/models/{model}") as response:
+        return await response.json()
+
+
+async def engine_metrics(session, stack: Stack, model: str) -> dict[str, float]:
+    """vLLM's own running/waiting gauges, read from the engine's port."""
+    async with session.get(f"{stack.model_url(model)}/metrics") as response:
+        text = await response.text()
+    return {name: float(value) for name, value in
+            re.findall(r"^vllm:num_requests_(running|waiting)\{[^}]*\}\s+(\S+)", text, re.MULTILINE)}
+
+
+def container_running(stack: Stack, model: str) -> bool:
+    return bool(docker("ps", "-q", "--filter", f"label=io.waker.stack={stack.name}",
+                       "--filter", f"label=io.waker.model={model}").strip())
+
+
+def sdk_chat(client: openai.OpenAI, model: str, max_tokens: int, **extra):
+    """A chat completion of exactly `max_tokens` tokens through the official SDK."""
+    return client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "say something"}], max_tokens=max_tokens,
+        temperature=0, extra_body={"ignore_eos": True}, **extra)
+
+
+def ensure_ready(stack: Stack, model: str) -> None:
+    sdk_chat(openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", timeout=READY_TIMEOUT), model, 1)
+
+
+async def read_stream(response, pace: float = 0.0) -> tuple[list[dict], bool]:
+    """The JSON chunks of an SSE response and whether `[DONE]` ended it; `pace` seconds per chunk
+    make a slow reader."""
+    chunks, done = [], False
+    async for line in response.content:
+        if line.startswith(b"data: [DONE]"):
+            done = True
+        elif line.startswith(b"data: "):
+            chunks.append(json.loads(line[6:]))
+            if pace:
+                await asyncio.sleep(pace)
+    return chunks, done
+
+
+# ---- 1. cold start through the gateway, both routings, the official SDK --------------------------
+
+def test_cold_start_body_and_path_routed_with_the_openai_sdk(main_stack):
+    stack = main_stack
+    if container_running(stack, "tiny"):
+        assert stack.cli("stop", "tiny").returncode == 0
+    body_routed = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", timeout=READY_TIMEOUT)
+    reply = sdk_chat(body_routed, "tiny", 12)
+    assert reply.model == "tiny"
+    assert reply.usage.completion_tokens == 12 and reply.choices[0].finish_reason == "length"
+
+    assert stack.cli("stop", "tiny").returncode == 0
+    assert not container_running(stack, "tiny")
+    path_routed = openai.OpenAI(base_url=f"{stack.url}/v1/tiny-alias", api_key="unused", timeout=READY_TIMEOUT)
+    chunks = list(sdk_chat(path_routed, "tiny", 40, stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    assert chunks[-1].usage.completion_tokens == 40
+    assert [c.choices[0].finish_reason for c in chunks if c.choices][-1] == "length"
+    # Both cold starts were real container starts, one each.
+    assert len(stack.docker_events("start")) >= 2
+
+
+# ---- 2. vLLM's own errors reach the client unchanged ---------------------------------------------
+
+@pytest.mark.parametrize("case, body", [
+    ("max_tokens over the context", chat("tiny", 5000)),
+    ("prompt over the context", {"model": "tiny", "prompt": "hello " * 2100, "max_tokens": 4}),
+    ("a parameter vLLM rejects", chat("tiny", 4, n=0)),
+])
+async def test_engine_errors_reach_the_client_unchanged(main_stack, case, body):
+    stack = main_stack
+    await asyncio.to_thread(ensure_ready, stack, "tiny")
+    path = "/v1/completions" if "prompt" in body else "/v1/chat/completions"
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{stack.url}{path}", json=body) as through_gateway:
+            gateway = through_gateway.status, await through_gateway.json()
+        async with session.post(f"{stack.model_url('tiny')}{path}", json=body) as direct:
+            engine = direct.status, await direct.json()
+    assert gateway[0] == 400, (case, gateway)
+    assert gateway == engine, case
+    assert gateway[1]["error"]["message"]
+
+
+# ---- 3. idle stop counted from the end of a long stream -------------------------------------------
+
+async def slow_stream(stack: Stack, body: dict, per_read: int, pause: float) -> tuple[bytes, float]:
+    """Reads a response `per_read` bytes at a time with a pause between reads, through a socket whose
+    receive buffer is small, so that nginx (and behind it the engine's socket) cannot run ahead of the
+    reader: the request stays open at the gateway as long as the reader reads, as with a slow client
+    on a slow link. HTTP/1.0, so the body arrives unchunked. Returns the body and when it ended."""
+    sock = socket.socket()
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)
+    sock.setblocking(False)
+    await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", stack.gateway_port))
+    reader, writer = await asyncio.open_connection(sock=sock)
+    payload = json.dumps(body).encode()
+    writer.write(b"POST /v1/chat/completions HTTP/1.0\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+                 b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+    received = bytearray()
+    while chunk := await reader.read(per_read):
+        received += chunk
+        await asyncio.sleep(pause)
+    writer.close()
+    return bytes(received), time.time()
+
+
+async def test_idle_stop_waits_for_a_long_slow_stream(module_stacks):
+    stack = module_stacks("idle", [real_model("tiny", max_model_len=2048, idle_timeout="2s")])
+    await asyncio.to_thread(ensure_ready, stack, "tiny")
+    began = time.time()
+    received, ended = await slow_stream(stack, chat("tiny", LONG, stream=True), per_read=1500, pause=0.02)
+    assert received.startswith(b"HTTP/1.1 200"), received[:300]
+    assert received.count(b"data: {") >= LONG and received.rstrip().endswith(b"data: [DONE]"), received[-300:]
+    assert ended - began > 2 * 2, "the stream must outlast the idle timeout for this test to mean anything"
+    stopped = eventually(lambda: stack.docker_events("die"), 30, "the idle stop", stack.log)
+    died = stopped[0]["timeNano"] / 1e9
+    assert died >= ended, f"the model stopped {ended - died:.1f} s before its stream ended"
+    assert died - ended < 2 + 10, "the idle stop came far later than idle_timeout after the stream"
+    eventually(lambda: '"reason": "idle"' in stack.log(), 30, "the stop logged as an idle stop", stack.log)
+
+
+# ---- 4. swap between two real models that do not fit together -------------------------------------
+
+async def test_swap_between_two_real_models(module_stacks):
+    stack = module_stacks("swap", [real_model("left", gpu_memory=0.6), real_model("right", gpu_memory=0.6)])
+    for model in ("left", "right", "left"):
+        await asyncio.to_thread(ensure_ready, stack, model)
+        assert container_running(stack, model)
+        assert not container_running(stack, "right" if model == "left" else "left")
+    starts = [(e["timeNano"], e["Actor"]["Attributes"]["io.waker.model"]) for e in stack.docker_events("start")]
+    dies = [(e["timeNano"], e["Actor"]["Attributes"]["io.waker.model"]) for e in stack.docker_events("die")]
+    assert [m for _, m in sorted(starts)] == ["left", "right", "left"]
+    # Each start came after the other model had exited: they never ran together.
+    assert sorted(dies)[0] < sorted(starts)[1] and sorted(dies)[1] < sorted(starts)[2]
+
+
+# ---- 5. the container killed mid-stream -----------------------------------------------------------
+
+async def test_container_killed_mid_stream_ends_the_stream_and_the_next_request_restarts_it(main_stack):
+    stack = main_stack
+    await asyncio.to_thread(ensure_ready, stack, "tiny")
+    starts_before = len(stack.docker_events("start"))
+    killed_at: list[float] = []
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", LONG, stream=True)) as r:
+            assert r.status == 200
+            received, done = 0, False
+            try:
+                async for line in r.content:
+                    done = done or line.startswith(b"data: [DONE]")
+                    received += line.startswith(b"data: {")
+                    if received == 20 and not killed_at:
+                        await asyncio.to_thread(docker, "kill", stack.containers()[0])
+                        killed_at.append(time.monotonic())
+            except aiohttp.ClientPayloadError:
+                pass  # nginx cuts the chunked response short: the client knows it is incomplete
+            ended = time.monotonic()
+    assert killed_at and not done and received < LONG
+    assert ended - killed_at[0] < 5, f"the client's stream went on {ended - killed_at[0]:.1f} s after the kill"
+    await asyncio.to_thread(ensure_ready, stack, "tiny")
+    assert len(stack.docker_events("start")) == starts_before + 1
+
+
+# ---- 6. in-flight and queued requests as the engine reports them ----------------------------------
+
+async def test_waker_in_flight_count_agrees_with_the_engine_queue(main_stack):
+    stack = main_stack
+    await asyncio.to_thread(ensure_ready, stack, "tiny")
+    async with aiohttp.ClientSession() as session:
+        async def one_stream():
+            async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", 600, stream=True)) as r:
+                return await read_stream(r)
+
+        streams = [asyncio.create_task(one_stream()) for _ in range(3)]
+
+        async def both_views():
+            waker = (await admin(session, stack, "tiny"))["in_flight"]
+            engine = await engine_metrics(session, stack, "tiny")
+            return (waker, engine) if waker == 3 and engine == {"running": 1.0, "waiting": 2.0} else None
+
+        waker, engine = await eventually_async(both_views, 30, "3 in flight at the waker, 1 running + 2 waiting "
+                                               "in the engine", lambda: stack.log()[-2000:])
+        assert waker == engine["running"] + engine["waiting"]
+        results = await asyncio.gather(*streams)
+        assert all(done for _, done in results)
+        assert (await admin(session, stack, "tiny"))["in_flight"] == 0
+
+
+async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
+    """Requests sent to the engine's own port (bypassing nginx) are invisible to the gateway's count;
+    the engine's /metrics, asked before an idle stop, keeps the model up until they end."""
+    stack = module_stacks("postpone", [real_model("tiny", max_model_len=2048, idle_timeout="1s")])
+    await asyncio.to_thread(ensure_ready, stack, "tiny")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{stack.model_url('tiny')}/v1/chat/completions",
+                                json=chat("tiny", LONG, stream=True)) as r:
+            eventually(lambda: "idle_stop_postponed" in stack.log(), 20, "an idle stop called off", stack.log)
+            assert container_running(stack, "tiny")
+            _, done = await read_stream(r)
+        assert done, "the direct stream was cut: the model was stopped under it"
+        ended = time.time()
+        stopped = eventually(lambda: stack.docker_events("die"), 30, "the idle stop after the work ended", stack.log)
+    assert stopped[0]["timeNano"] / 1e9 >= ended
+
+
+# ---- 7. failures as vLLM really fails -------------------------------------------------------------
+
+async def test_start_that_exits_gives_the_exit_code_and_the_real_log_tail(module_stacks):
+    no_kv_cache = real_model("nokv", env={"VLLM_CPU_KVCACHE_SPACE": ""})
+    stack = module_stacks("exits", [no_kv_cache], scheduler={"max_start_failures": 1, "start_backoff": "1h"})
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{stack.url}/v1/chat/completions", json=chat("nokv", 4),
+                                timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT)) as r:
+            status, body = r.status, await r.json()
+            answered = time.time()
+        assert status == 503, body
+        assert body["error"]["code"] == "model_exited"
+        assert "exited with code 1" in body["error"]["message"]
+        died = stack.docker_events("die")
+        assert died, "the engine did not exit"
+        assert answered - died[0]["timeNano"] / 1e9 < 5, "the client waited long after the engine had exited"
+        message = body["error"]["message"]
+        tail = [line for line in message.split("last log lines:\n", 1)[-1].splitlines() if line.strip()]
+        logs = await asyncio.to_thread(subprocess.run, ["docker", "logs", stack.containers()[0]],
+                                       capture_output=True, text=True, check=True)
+        assert len(tail) >= 3 and all(line in logs.stdout + logs.stderr for line in tail), message
+        assert "RuntimeError" in message, "the tail shows vLLM's own reason"
+        # Back-off as configured: the next request fails at once, naming the cause, without a new start.
+        async with session.post(f"{stack.url}/v1/chat/completions", json=chat("nokv", 4)) as again:
+            assert again.status == 503
+            assert "exited with code 1" in (await again.json())["error"]["message"]
+        assert len(stack.docker_events("start")) == 1
+
+
+async def test_model_that_dies_after_becoming_healthy_is_noticed_and_backs_off(module_stacks):
+    """Head size 16: vLLM starts and says healthy, its first request fails, then it exits."""
+    stack = module_stacks("dies", [real_model("h16", weights="/models/tiny-llama-h16")],
+                          scheduler={"max_start_failures": 2, "start_backoff": "1h"})
+    async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT)) as session:
+        statuses = []
+        for attempt in range(2):
+            async with session.post(f"{stack.url}/v1/chat/completions", json=chat("h16", 4)) as r:
+                statuses.append((r.status, await r.json(content_type=None)))
+            # The engine exits after its failed request; the waker learns it from Docker's events.
+            await eventually_async(lambda: admin_state(session, stack, "h16", ("failed", "stopped")), 60,
+                                   "the exit noticed", stack.log)
+        assert all(status >= 500 and body["error"]["message"] for status, body in statuses), statuses
+        model = await admin(session, stack, "h16")
+        assert model["failures"] == 2 and model["retry_in_seconds"] is not None, model
+        assert "exited with code" in model["last_error"]
+        async with session.post(f"{stack.url}/v1/chat/completions", json=chat("h16", 4)) as r:
+            body = await r.json()
+            assert r.status == 503 and "exited with code" in body["error"]["message"], body
+    assert len(stack.docker_events("start")) == 2
+
+
+async def admin_state(session, stack: Stack, model: str, states: tuple[str, ...]) -> bool:
+    return (await admin(session, stack, model))["state"] in states
+
+
+# ---- 8. SIGTERM with a stream in flight ----------------------------------------------------------
+
+async def test_stop_with_a_stream_in_flight_drains_it_cleanly(main_stack):
+    """vLLM drains in-flight requests on SIGTERM for --shutdown-timeout seconds; a stop_timeout longer
+    than that lets the stream end as vLLM ends it (complete, or finish_reason "abort" at the drain's
+    end) instead of a reset by SIGKILL. Without --shutdown-timeout, vLLM 0.32 in a container either ends
+    the stream with an "EngineCore encountered an issue" error event or stalls until SIGKILL (measured
+    here; docs/reliability.md)."""
+    stack = main_stack
+    await asyncio.to_thread(ensure_ready, stack, "tiny")
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", LONG, stream=True)) as r:
+            assert r.status == 200
+            for _ in range(20):  # well into the stream
+                assert (await r.content.readline()).startswith(b"data: {")
+                await r.content.readline()
+            container = stack.containers()[0]
+            # The admin API, not the CLI: a Python start-up crawls while the engine holds both cores.
+            asked = time.monotonic()
+            stopping = asyncio.create_task(session.post(f"{stack.waker_url}/admin/models/tiny/stop?force=true"))
+            chunks, done = await read_stream(r)
+        async with await stopping as stopped:
+            assert stopped.status == 200, await stopped.text()
+        await eventually_async(lambda: admin_state(session, stack, "tiny", ("stopped",)), 60, "the stop", stack.log)
+        took = time.monotonic() - asked
+    assert done, "the client saw a reset, not vLLM's end of stream"
+    finish = [c["choices"][0]["finish_reason"] for c in chunks if c["choices"] and c["choices"][0]["finish_reason"]]
+    assert finish in (["length"], ["abort"]), finish
+    assert docker("inspect", "--format", "{{.State.ExitCode}}", container).strip() == "0", "killed, not drained"
+    assert took < 30, f"the stop took {took:.1f} s, past stop_timeout"
