@@ -1,7 +1,8 @@
 """Runs the benchmarks and writes docs/performance.md:  python -m bench.run [--quick] [--litellm PATH]
 
 --quick runs every scenario briefly (CI proves they still run); the figures in docs/ come from a
-full run. Each scenario starts its own stack (real nginx, waker, Docker, the fake vLLM image).
+full run. Each scenario starts its own stack (real nginx, waker, Docker, the fake vLLM image; the
+real-* scenarios the real vLLM image).
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import footprint, hot_path, latency, streaming
+from bench import footprint, hot_path, latency, real_engine, streaming
 from bench.common import Section
 
 SCENARIOS = {
@@ -25,6 +26,8 @@ SCENARIOS = {
     "burst": lambda a: latency.burst(a.quick),
     "idle": lambda a: footprint.idle_cost(a.quick),
     "scale": lambda a: footprint.scale(a.quick),
+    "real-cold": lambda a: real_engine.cold_start(a.quick),
+    "real-swap": lambda a: real_engine.swap(a.quick),
 }
 
 
