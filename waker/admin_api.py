@@ -93,6 +93,9 @@ def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] 
     if slot.state is State.STARTING:
         entry["loading"] = {"elapsed_seconds": round(now - slot.starting_since, 1),
                             "expected_seconds": entry["last_start_seconds"]}
+        pulling = supervisor.launcher.images.pulling.get(model.image)
+        if pulling is not None:
+            entry["loading"]["pull"] = {**asdict(pulling), "text": pulling.describe()}
     return entry
 
 

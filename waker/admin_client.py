@@ -151,6 +151,8 @@ def status(client: Client, args: argparse.Namespace) -> int:
         state = m["state"]
         if m.get("loading"):
             state += f" {_seconds(m['loading']['elapsed_seconds'])}/{_seconds(m['loading']['expected_seconds'])}"
+            if m["loading"].get("pull"):
+                state += f" ({m['loading']['pull']['text']})"
         error = (m["last_error"] or "-").splitlines()[0][:60]
         rows.append((m["id"], state, str(m["in_flight"]), str(m["queued"]), _seconds(m["uptime_seconds"]),
                      _seconds(m["idle_seconds"]), f"{m['gpu_memory']:g}", flags, error))

@@ -11,6 +11,7 @@ import os
 
 import tomllib
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +29,12 @@ RESERVED_NAMES = frozenset({
 
 DEFAULT_CONFIG_PATH = Path("config/models.toml")
 MODEL_STATUSES = ("validated", "experimental", "disabled")
+
+
+class PullPolicy(StrEnum):
+    MISSING = "missing"  # pull when the image is not on the Docker host
+    ALWAYS = "always"  # pull before every start; fall back to the local image if the pull fails
+    NEVER = "never"  # never pull: a missing image is an error naming how to get it
 
 
 class ConfigError(Exception):
@@ -83,6 +90,7 @@ class ModelConfig:
     id: str
     aliases: tuple[str, ...]
     image: str
+    pull: PullPolicy
     command: tuple[str, ...]
     entrypoint: tuple[str, ...] | None
     port: int
@@ -265,7 +273,7 @@ def _default_runtime_dir(name: str) -> str:
 
 
 _MODEL_KEYS = {
-    "id", "aliases", "image", "command", "entrypoint", "port", "health", "env", "volumes", "gpus",
+    "id", "aliases", "image", "pull", "command", "entrypoint", "port", "health", "env", "volumes", "gpus",
     "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "vision", "tools", "description", "status", "notes", "exclusive", "keep_warm", "start_timeout", "stop_timeout",
     "idle_timeout", "min_uptime",
 }
@@ -295,6 +303,7 @@ def _parse_model(
         id=model_id if model_id is not None else label,  # an invalid id is reported; the label names it
         aliases=tuple(model.get("aliases", fields.list_of(fields.model_id), [])),
         image=model.get("image", fields.string, required=True),
+        pull=PullPolicy(model.get("pull", fields.choice(*(p.value for p in PullPolicy)), PullPolicy.MISSING.value)),
         command=tuple(model.get("command", fields.list_of(fields.string), [])),
         entrypoint=fields.tuple_or_none(model.get("entrypoint", fields.list_of(fields.string))),
         port=port,

@@ -10,13 +10,14 @@ import asyncio
 import json
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Iterator
+from typing import Any, AsyncIterator, Callable, Iterator
 
 import aiodocker
 import aiohttp
 from aiodocker.networks import DockerNetwork
 
 from waker.container_spec import LABEL_MANAGED, LABEL_MODEL, LABEL_SPEC, LABEL_STACK
+from waker.image_pull import PullFailed, PullProgress, PullTracker
 
 
 class DockerError(Exception):
@@ -24,6 +25,10 @@ class DockerError(Exception):
 
 
 class ImageMissing(DockerError):
+    pass
+
+
+class ImagePullFailed(DockerError):
     pass
 
 
@@ -37,6 +42,7 @@ class ContainerInfo:
     name: str
     model_id: str
     spec_hash: str
+    image_id: str
     running: bool
     status: str
     exit_code: int
@@ -86,18 +92,24 @@ class DockerRuntime:
     async def inspect(self, container_id: str) -> ContainerInfo:
         return await self._inspect(container_id)
 
-    async def check_image(self, image: str) -> None:
+    async def image_id(self, image: str) -> str | None:
+        """The id of the image `image` names on this host, or None when it is not here."""
         with _docker_errors(f"cannot inspect image {image!r}", ignore=(404,)):
-            await self._docker.images.inspect(image)
-            return
-        raise ImageMissing(
-            f"image {image!r} is not present on this Docker host; pull it (docker pull {image}) "
-            "or build it (scripts/build-images), then retry"
-        )
+            return str((await self._docker.images.inspect(image))["Id"])
+        return None
 
-    async def pull(self, image: str, timeout: float = 1800.0) -> None:
-        with _docker_errors(f"cannot pull image {image!r}"):
-            await asyncio.wait_for(self._docker.images.pull(image), timeout)
+    async def pull(self, image: str, auth: dict[str, str] | None = None,
+                   on_progress: Callable[[PullProgress], None] = lambda progress: None) -> None:
+        """Pulls `image`, reporting progress as Docker streams it; raises DockerError with the
+        registry's own words when the pull fails."""
+        tracker = PullTracker(image)
+        try:
+            with _docker_errors(f"cannot pull image {image!r}"):
+                async for message in self._docker.images.pull(image, auth=auth, stream=True):
+                    tracker.feed(message)
+                    on_progress(tracker.snapshot())
+        except PullFailed as exc:
+            raise DockerError(f"cannot pull image {image!r}: {exc}") from None
 
     async def create(self, name: str, spec: dict[str, Any]) -> str:
         with _docker_errors(f"cannot create container {name!r}"):
@@ -171,6 +183,7 @@ class DockerRuntime:
             name=data["Name"].lstrip("/"),
             model_id=labels.get(LABEL_MODEL, ""),
             spec_hash=labels.get(LABEL_SPEC, ""),
+            image_id=data.get("Image", ""),
             running=bool(state.get("Running")),
             status=state.get("Status", ""),
             exit_code=int(state.get("ExitCode") or 0),

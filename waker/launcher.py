@@ -15,7 +15,8 @@ import structlog
 
 from waker.config import ModelConfig, WakerConfig
 from waker.container_spec import LABEL_EGRESS, LABEL_SPEC, container_name, container_spec
-from waker.docker_runtime import DockerError, DockerRuntime, ImageMissing
+from waker.docker_runtime import DockerError, DockerRuntime, ImageMissing, ImagePullFailed
+from waker.images import Images
 from waker.units import format_duration
 
 log = structlog.get_logger("waker.launcher")
@@ -36,10 +37,12 @@ class StartError(Exception):
 
 
 class Launcher:
-    def __init__(self, waker: WakerConfig, runtime: DockerRuntime, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(self, waker: WakerConfig, runtime: DockerRuntime, images: Images,
+                 clock: Callable[[], float] = time.monotonic) -> None:
         self.stack = waker.name
         self.network, self.egress_network = waker.network, waker.egress_network
         self.runtime = runtime
+        self.images = images
         self.clock = clock
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
 
@@ -51,23 +54,34 @@ class Launcher:
         the model answers its health check. Returns the container id; raises StartError."""
         deadline = self.clock() + model.start_timeout
         try:
-            container_id = await self._create_and_start(model)
+            image_id = await asyncio.wait_for(self.images.ensure(model), deadline - self.clock())
+            container_id = await self._create_and_start(model, image_id)
+        except asyncio.TimeoutError:
+            pulling = self.images.pulling.get(model.image)
+            raise StartError(504, "model_start_timeout", f"model {model.id!r}: its image was still being pulled "
+                             f"after {format_duration(model.start_timeout)} (start_timeout)"
+                             + (f"; {pulling.describe()}" if pulling else "")) from None
+        except ImageMissing as exc:
+            raise StartError(503, "image_missing", f"model {model.id!r} could not be started: {exc}") from None
+        except ImagePullFailed as exc:
+            raise StartError(503, "image_pull_failed", f"model {model.id!r} could not be started: {exc}") from None
         except DockerError as exc:
             raise StartError(503, "model_start_failed", f"model {model.id!r} could not be started: {exc}") from None
         await self.wait_healthy(model, container_id, deadline, died)
         return container_id
 
-    async def _create_and_start(self, model: ModelConfig) -> str:
+    async def _create_and_start(self, model: ModelConfig, image_id: str) -> str:
         spec = self._spec(model)
         info = await self.runtime.find(model.id)
-        if info is not None and info.spec_hash != spec["Labels"][LABEL_SPEC]:
-            log.info("container_recreate", model=model.id, container=info.name, reason="spec changed")
+        outdated = "spec changed" if info is not None and info.spec_hash != spec["Labels"][LABEL_SPEC] else (
+            "image updated" if info is not None and not info.running and info.image_id != image_id else "")
+        if info is not None and outdated:
+            log.info("container_recreate", model=model.id, container=info.name, reason=outdated)
             if info.running:
                 await self.runtime.stop(info.id, model.stop_timeout)
             await self.runtime.remove(info.id)
             info = None
         if info is None:
-            await self.runtime.check_image(model.image)
             container_id = await self._create(model, spec)
             log.info("container_created", model=model.id, container=container_id[:12])
         else:
@@ -165,23 +179,19 @@ class Launcher:
         return int(sum(values)) if values else None
 
     async def prepare(self, model: ModelConfig) -> dict[str, str]:
-        """Makes a model ready to start fast: its image present (pulled if a registry is reachable)
-        and its container created, not started. Reports what it found and did."""
+        """Makes a model ready to start fast: its image present (pulled as its policy allows) and its
+        container created, not started. Reports what it found and did."""
         report: dict[str, str] = {}
         try:
+            before = await self.runtime.image_id(model.image)
             try:
-                await self.runtime.check_image(model.image)
-                report["image"] = "present"
-            except ImageMissing:
-                try:
-                    await self.runtime.pull(model.image)
-                except DockerError as exc:
-                    return {"image": "missing", "error": f"image {model.image!r} is not present and could "
-                                                         f"not be pulled: {exc}"}
-                report["image"] = "pulled"
+                image_id = await self.images.ensure(model)
+            except (ImageMissing, ImagePullFailed) as exc:
+                return {"image": "missing", "error": str(exc)}
+            report["image"] = "present" if before == image_id else "pulled"
             spec = self._spec(model)
             info = await self.runtime.find(model.id)
-            if info is not None and info.spec_hash == spec["Labels"][LABEL_SPEC]:
+            if info is not None and info.spec_hash == spec["Labels"][LABEL_SPEC] and info.image_id == image_id:
                 report["container"] = "exists"
             elif info is not None and info.running:
                 report["container"] = "outdated, running: recreated at its next start"

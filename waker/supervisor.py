@@ -21,6 +21,8 @@ from waker.control import ManualControl, slot_for
 from waker.docker_runtime import DockerError, DockerRuntime
 from waker.errors import RequestRefused
 from waker.events import EventBus
+from waker.image_pull import PullProgress
+from waker.images import Images
 from waker.launcher import LOG_TAIL_LINES, Launcher, StartError
 from waker.lifecycle import Event, State, next_state
 from waker.scheduler import Grant, Plan, Policy, Refuse, Slot, Start, Stop, Waiter, decide
@@ -35,7 +37,7 @@ class Supervisor(ManualControl):
         self.config = config
         self.runtime = runtime
         self.bus = bus
-        self.launcher = Launcher(config.waker, runtime, self.now)
+        self.launcher = Launcher(config.waker, runtime, Images(runtime, self._on_pull_progress), self.now)
         s = config.scheduler
         self.policy = Policy(s.gpu_capacity, s.on_busy, s.queue_timeout, s.max_start_failures, s.start_backoff)
         self.slots: dict[str, Slot] = {m.id: slot_for(m) for m in config.models}
@@ -110,6 +112,12 @@ class Supervisor(ManualControl):
         due = now + self.slots[mark.model].idle_timeout
         if self.queue or (not activity.requests and (self._timer is None or self._timer.when() > due)):
             self._reconcile_soon()
+
+    def _on_pull_progress(self, image: str, progress: PullProgress) -> None:
+        models = [m.id for m in self.config.models if m.image == image]
+        self.bus.publish("image_pull", image=image, models=models, layers_done=progress.layers_done,
+                         layers_total=progress.layers_total, bytes_done=progress.bytes_done,
+                         bytes_total=progress.bytes_total)
 
     # ---- the plan -------------------------------------------------------------------------------
 
