@@ -125,9 +125,18 @@ BROKEN = [
     ('[waker]\nnetwork = "bad name!"', ["field 'network'", "Docker network name"]),
     ('[waker]\nnetwork = "m"\nmodel_ip_base = "172.30.1.300"', ["field 'model_ip_base'", "IPv4"]),
     ('[waker]\negress_network = "out"', ["'egress_network' needs 'network'"]),
-    ('[waker]\nnetwork = "m"\nmodel_ip_base = "255.255.255.255"\n[[model]]\nid = "a"\nimage = "i"\n'
-     '[[model]]\nid = "b"\nimage = "i"', ["model 'b'", "leaves no address"]),
+    (('[waker]\nnetwork = "m"\nmodel_ip_base = "255.255.255.255"\n[[model]]\nid = "a"\nimage = "i"\n'
+      '[[model]]\nid = "b"\nimage = "i"'), ["model 'b'", "leaves no address"]),
     ('[[model]\nid = "m"', ["not valid TOML"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nsource = "github"', ["model 'm'", "field 'source'", "repo = ..."]),
+    ('[[model]]\nid = "m"\nimage = "i"\nsource = { repo = "https://github.com/o/r", commit = "a686d89" }',
+     ["field 'source'", "missing: file"]),
+    (('[defaults]\nsource = { repo = "https://github.com/o/r" }\n[[model]]\nid = "m"\nimage = "i"\n'
+      'source = { commit = "HEAD", file = "x.yml" }'), ["model 'm'", "field 'source'", "commit", "hex"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nsource = { repo = "github.com/o/r", commit = "a686d89", file = "f" }',
+     ["field 'source'", "repository URL"]),
+    ('[[model]]\nid = "m"\nimage = "i"\npicks = ["coding", "poetry"]', ["field 'picks'", "'poetry'", "'ocr'"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nknown_issues = "none"', ["field 'known_issues'", "array"]),
 ]
 
 
@@ -155,7 +164,8 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "waker.cli", *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run([sys.executable, "-m", "waker.cli", *args], capture_output=True, text=True, timeout=30,
+                          check=False)
 
 
 def test_check_on_broken_config_exits_2_naming_file_model_and_field(tmp_path):
@@ -214,6 +224,27 @@ def test_catalogue_covers_the_original_stack():
     assert "nemotron-3-nano-30b-nvfp4" in {m.id for m in config.disabled}
 
 
+def test_the_catalogue_guide_fields_are_typed_and_the_source_merges_with_defaults(tmp_path):
+    config = load_config(write(tmp_path, """
+        [defaults]
+        source = { repo = "https://github.com/jdaln/dgx-spark-inference-stack", commit = "86b747b", file = "x" }
+        [[model]]
+        id = "m"
+        image = "i"
+        source = { commit = "a686d89", file = "compose/models-gpt.yml" }
+        best_for = "everyday chat"
+        known_issues = ["no tools"]
+        picks = ["chat", "opencode", "chat"]
+        [[model]]
+        id = "n"
+        image = "i"
+        """))
+    m, n = config.models
+    assert str(m.source) == "https://github.com/jdaln/dgx-spark-inference-stack a686d89 compose/models-gpt.yml"
+    assert m.best_for == "everyday chat" and m.tradeoffs == "" and m.known_issues == ("no tools",)
+    assert m.picks == ("chat", "opencode") and n.picks == () and n.source.commit == "86b747b"
+
+
 def test_models_reached_on_loopback_ports_or_at_fixed_addresses_in_a_network(tmp_path):
     text = '[[model]]\nid = "a"\nimage = "i"\n[[model]]\nid = "b"\nimage = "i"\nport = 8080\n'
     host = load_config(write(tmp_path, text))
@@ -249,7 +280,7 @@ def test_cli_takes_overrides_from_set_or_waker_set(tmp_path):
     flag = run_cli("check", "--config", str(path), "--set", "gateway.listen=0.0.0.0:9000")
     assert flag.returncode == 0 and "gateway on 0.0.0.0:9000" in flag.stdout
     env = subprocess.run([sys.executable, "-m", "waker.cli", "check", "--config", str(path)], capture_output=True,
-                         text=True, timeout=30, env={**os.environ, "WAKER_SET": "waker.listen=0.0.0.0:9001 x=1"})
+                         text=True, timeout=30, env={**os.environ, "WAKER_SET": "waker.listen=0.0.0.0:9001 x=1"}, check=False)
     assert env.returncode == 2 and "--set 'x=1'" in env.stderr
 
 
@@ -257,7 +288,13 @@ def test_the_configuration_reference_documents_every_key():
     """docs/configuration.md is checked against the schema: each section's table lists each field."""
     from dataclasses import fields as dataclass_fields
 
-    from waker.config import _MODEL_KEYS, GatewayConfig, ModelConfig, SchedulerConfig, WakerConfig
+    from waker.config import (
+        _MODEL_KEYS,
+        GatewayConfig,
+        ModelConfig,
+        SchedulerConfig,
+        WakerConfig,
+    )
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     sections = {title: body for title, body in
@@ -265,7 +302,7 @@ def test_the_configuration_reference_documents_every_key():
 
     def documented(heading: str) -> set[str]:
         body = next(b for t, b in sections.items() if t.startswith(heading))
-        first_cells = re.findall(r"^\| ((?:`[a-z_]+`(?:, )?)+) \|", body, re.M)
+        first_cells = re.findall(r"^\| ((?:`[a-z_]+`(?:, )?)+) \|", body, re.MULTILINE)
         return {name for cell in first_cells for name in re.findall(r"`([a-z_]+)`", cell)}
 
     computed = {"address"}  # derived from host_port or model_ip_base, not a key
