@@ -275,8 +275,7 @@ _MODEL_KEYS = {
     "status", "notes", "source", "best_for", "tradeoffs", "known_issues", "picks", "exclusive", "keep_warm",
     "start_timeout", "stop_timeout", "idle_timeout", "min_uptime",
 }
-# `source` merges too, so that [defaults] can name the repository once and each model its commit and file.
-_MERGED_TABLES = ("env", "ulimits", "source")
+_MERGED_TABLES = ("env", "ulimits")
 
 
 def _parse_model(
