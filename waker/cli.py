@@ -10,7 +10,7 @@ from pathlib import Path
 import tomli_w
 
 from waker import admin_client, logs
-from waker.config import Config, ConfigError, load_config, overrides_or_env
+from waker.config import Config, ConfigError, ModelConfig, load_config, overrides_or_env
 from waker.nginx_render import render
 from waker.units import format_duration, format_size
 
@@ -87,6 +87,18 @@ def _check(config: Config, resolved: bool) -> int:
     return 0
 
 
+def _guide_fields(m: ModelConfig) -> dict:
+    """The catalogue-guide keys a model sets (unset ones stay out, as the file would leave them)."""
+    entry: dict = {key: value for key, value in (("best_for", m.best_for), ("tradeoffs", m.tradeoffs)) if value}
+    if m.known_issues:
+        entry["known_issues"] = list(m.known_issues)
+    if m.picks:
+        entry["picks"] = list(m.picks)
+    if m.source is not None:
+        entry["source"] = {"repo": m.source.repo, "commit": m.source.commit, "file": m.source.file}
+    return entry
+
+
 def resolved_config(config: Config) -> dict:
     g, w, s = config.gateway, config.waker, config.scheduler
     models = []
@@ -109,6 +121,7 @@ def resolved_config(config: Config) -> dict:
             entry["gpu_memory"] = m.gpu_memory
         if m.context_length:
             entry["context_length"] = m.context_length
+        entry.update(_guide_fields(m))
         models.append(entry)
     return {
         "gateway": {"listen": str(g.listen), "max_body": format_size(g.max_body),

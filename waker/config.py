@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import ipaddress
 import os
-
 import tomllib
 from dataclasses import dataclass
 from enum import StrEnum
@@ -16,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from waker import config_fields as fields
-from waker.config_fields import Address
+from waker.config_fields import Address, Source
 from waker.units import parse_duration, parse_size
 
 # First path segments of the OpenAI and vLLM routes: a model named like one would shadow the route
@@ -109,6 +108,12 @@ class ModelConfig:
     description: str
     status: str
     notes: str
+    # The catalogue guide (docs/models.md): where the recipe comes from and what the model is for.
+    source: Source | None
+    best_for: str
+    tradeoffs: str
+    known_issues: tuple[str, ...]
+    picks: tuple[str, ...]
     exclusive: bool
     keep_warm: bool
     start_timeout: float
@@ -274,8 +279,9 @@ def _default_runtime_dir(name: str) -> str:
 
 _MODEL_KEYS = {
     "id", "aliases", "image", "pull", "command", "entrypoint", "port", "health", "env", "volumes", "gpus",
-    "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "vision", "tools", "description", "status", "notes", "exclusive", "keep_warm", "start_timeout", "stop_timeout",
-    "idle_timeout", "min_uptime",
+    "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "vision", "tools", "description",
+    "status", "notes", "source", "best_for", "tradeoffs", "known_issues", "picks", "exclusive", "keep_warm",
+    "start_timeout", "stop_timeout", "idle_timeout", "min_uptime",
 }
 _MERGED_TABLES = ("env", "ulimits")
 
@@ -322,6 +328,11 @@ def _parse_model(
         description=model.get("description", fields.string, ""),
         status=model.get("status", fields.choice(*MODEL_STATUSES), "validated"),
         notes=model.get("notes", fields.string, ""),
+        source=model.get("source", fields.source),
+        best_for=model.get("best_for", fields.string, ""),
+        tradeoffs=model.get("tradeoffs", fields.string, ""),
+        known_issues=tuple(model.get("known_issues", fields.list_of(fields.string), [])),
+        picks=tuple(dict.fromkeys(model.get("picks", fields.list_of(fields.choice(*fields.PICKS)), []))),
         exclusive=model.get("exclusive", fields.boolean, False),
         keep_warm=model.get("keep_warm", fields.boolean, False),
         start_timeout=model.get("start_timeout", fields.positive_duration, scheduler.start_timeout),

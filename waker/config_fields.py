@@ -7,9 +7,10 @@ from __future__ import annotations
 import ipaddress
 import os
 import re
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
 
 from waker.units import parse_duration
 
@@ -27,6 +28,22 @@ class Address:
     @property
     def url(self) -> str:
         return f"http://{self}"
+
+
+@dataclass(frozen=True, slots=True)
+class Source:
+    """Where a catalogue entry's recipe comes from: a file of a repository at a commit."""
+
+    repo: str
+    commit: str
+    file: str
+
+    def __str__(self) -> str:
+        return f"{self.repo} {self.commit} {self.file}"
+
+
+# The quick picker's use cases, in the order docs/models.md shows them.
+PICKS = ("chat", "reasoning", "coding", "opencode", "vision", "ocr", "european", "utility")
 
 
 def string(value: Any) -> str:
@@ -199,6 +216,26 @@ def capacity(value: Any) -> float:
     return float(value)
 
 
+def source(value: Any) -> Source:
+    """{ repo = URL, commit = hex, file = path in the repository }, all three required."""
+    if not isinstance(value, dict):
+        raise ValueError(f"expected a table {{ repo = ..., commit = ..., file = ... }}, got {type_name(value)}")
+    unknown = set(value) - {"repo", "commit", "file"}
+    missing = {"repo", "commit", "file"} - set(value)
+    if unknown or missing:
+        raise ValueError(f"expected exactly the keys repo, commit and file"
+                         f"{'; unknown: ' + ', '.join(sorted(unknown)) if unknown else ''}"
+                         f"{'; missing: ' + ', '.join(sorted(missing)) if missing else ''}")
+    repo, commit, file = string(value["repo"]), string(value["commit"]), string(value["file"])
+    if not re.fullmatch(r"https://[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", repo):
+        raise ValueError(f"repo: expected a repository URL such as \"https://github.com/owner/name\", got {repo!r}")
+    if not re.fullmatch(r"[0-9a-f]{7,40}", commit):
+        raise ValueError(f"commit: expected 7 to 40 lowercase hex digits, got {commit!r}")
+    if not file or file.startswith("/") or ".." in file.split("/"):
+        raise ValueError(f"file: expected a path inside the repository, got {file!r}")
+    return Source(repo, commit, file)
+
+
 def choice(*options: str) -> Callable[[Any], str]:
     def parse(value: Any) -> str:
         if value not in options:
@@ -251,7 +288,7 @@ class Table:
                 )
 
 
-def secret_field(table: "Table", key: str, path: Path) -> str:
+def secret_field(table: Table, key: str, path: Path) -> str:
     """A secret given inline (`key`, "${ENV}" allowed) or in a file (`key_file`, first line)."""
     inline = table.get(key, secret, "")
     from_file = secret_file_field(table, f"{key}_file", path, secret)
@@ -260,7 +297,7 @@ def secret_field(table: "Table", key: str, path: Path) -> str:
     return inline or (from_file[0] if from_file else "")
 
 
-def secret_file_field(table: "Table", key: str, path: Path, parse: Callable[[Any], str]) -> list[str]:
+def secret_file_field(table: Table, key: str, path: Path, parse: Callable[[Any], str]) -> list[str]:
     """The secrets in the file named by `key`: one a line, "#" comments and blank lines skipped,
     "${ENV}" allowed. A relative name is relative to the config file."""
     file_name = table.get(key, string, "")

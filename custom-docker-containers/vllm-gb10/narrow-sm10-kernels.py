@@ -1,14 +1,19 @@
-"""Narrows the CUDA arch lists of vLLM's FP4, scaled_mm and blockwise grouped-MM kernels to SM10.x.
+"""Narrows the CUDA arch lists of vLLM's FP4 and scaled_mm kernels to SM10.x, as the original stack does.
 
 Built for SM12.x, those kernels failed at run time on GB10 (DGX Spark); without them vLLM falls back
-to kernels that work there. Fails loudly when nothing matches, so that a vLLM version whose
-CMakeLists.txt changed cannot slip through unpatched.
+to kernels that work there. Only the two variables of jdaln/dgx-spark-inference-stack's
+custom-docker-containers/avarok/vllm_cmakelists.patch (86b747b and a686d89) are touched: every FP4_ARCHS
+and SCALED_MM_ARCHS list that holds SM10.x and later archs keeps only its SM10.x ones ("10.0f;11.0f;12.0f"
+-> "10.0f"), at each place it occurs, as the original's MXFP4 recipe does with `sed .../g` (the patch
+itself names line numbers of one vLLM version); lists of SM9.0 or SM12.x alone stay as they are. Fails
+loudly when nothing matches, so that a vLLM whose CMakeLists.txt changed cannot slip through unpatched.
 """
 
 import re
 import sys
+from pathlib import Path
 
-KERNELS = ("FP4_ARCHS", "SCALED_MM_ARCHS", "SCALED_MM_3X_ARCHS", "CUTLASS_MOE_DATA_ARCHS")
+KERNELS = ("FP4_ARCHS", "SCALED_MM_ARCHS")
 INTERSECTION = re.compile(r'(cuda_archs_loose_intersection\((' + "|".join(KERNELS) + r')\s+")([^"]*)(")')
 
 
@@ -17,7 +22,7 @@ def narrow(arch_list: str) -> str:
 
 
 def main(path: str) -> int:
-    text = open(path, encoding="utf-8").read()
+    text = Path(path).read_text(encoding="utf-8")
     changed = 0
 
     def rewrite(match: re.Match) -> str:
@@ -32,7 +37,7 @@ def main(path: str) -> int:
     if not changed:
         print(f"{path}: no arch list of {', '.join(KERNELS)} with SM10.x and others found", file=sys.stderr)
         return 1
-    open(path, "w", encoding="utf-8").write(text)
+    Path(path).write_text(text, encoding="utf-8")
     print(f"{path}: {changed} arch list(s) narrowed to SM10.x")
     return 0
 

@@ -125,9 +125,19 @@ BROKEN = [
     ('[waker]\nnetwork = "bad name!"', ["field 'network'", "Docker network name"]),
     ('[waker]\nnetwork = "m"\nmodel_ip_base = "172.30.1.300"', ["field 'model_ip_base'", "IPv4"]),
     ('[waker]\negress_network = "out"', ["'egress_network' needs 'network'"]),
-    ('[waker]\nnetwork = "m"\nmodel_ip_base = "255.255.255.255"\n[[model]]\nid = "a"\nimage = "i"\n'
-     '[[model]]\nid = "b"\nimage = "i"', ["model 'b'", "leaves no address"]),
+    (('[waker]\nnetwork = "m"\nmodel_ip_base = "255.255.255.255"\n[[model]]\nid = "a"\nimage = "i"\n'
+      '[[model]]\nid = "b"\nimage = "i"'), ["model 'b'", "leaves no address"]),
     ('[[model]\nid = "m"', ["not valid TOML"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nsource = "github"', ["model 'm'", "field 'source'", "repo = ..."]),
+    ('[[model]]\nid = "m"\nimage = "i"\nsource = { repo = "https://github.com/o/r", commit = "a686d89" }',
+     ["field 'source'", "missing: file"]),
+    (('[[model]]\nid = "m"\nimage = "i"\n'
+      'source = { repo = "https://github.com/o/r", commit = "HEAD", file = "x.yml" }'),
+     ["model 'm'", "field 'source'", "commit", "hex"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nsource = { repo = "github.com/o/r", commit = "a686d89", file = "f" }',
+     ["field 'source'", "repository URL"]),
+    ('[[model]]\nid = "m"\nimage = "i"\npicks = ["coding", "poetry"]', ["field 'picks'", "'poetry'", "'ocr'"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nknown_issues = "none"', ["field 'known_issues'", "array"]),
 ]
 
 
@@ -155,7 +165,8 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "waker.cli", *args], capture_output=True, text=True, timeout=30)
+    return subprocess.run([sys.executable, "-m", "waker.cli", *args], capture_output=True, text=True, timeout=30,
+                          check=False)
 
 
 def test_check_on_broken_config_exits_2_naming_file_model_and_field(tmp_path):
@@ -209,9 +220,27 @@ def test_catalogue_covers_the_original_stack():
     for expected in ("gpt-oss-20b", "gpt-oss-120b", "qwen2.5-1.5b-instruct", "qwen3-coder-30b-a3b-instruct",
                      "glm-4.7-flash-awq", "llama-3.3-70b-instruct-fp4", "nemotron-3-nano-30b-nvfp4"):
         assert expected in ids
-    assert [m.id for m in config.models if m.keep_warm] == ["qwen2.5-1.5b-instruct"]
-    assert config.model("gpt-oss-120b").exclusive
+    assert {"deepseek-ocr", "gemma4-26b-a4b", "qwen3.6-35b-a3b-fp8", "qwen3.5-0.8b"} <= ids
     assert "nemotron-3-nano-30b-nvfp4" in {m.id for m in config.disabled}
+
+
+def test_the_catalogue_guide_fields_are_typed(tmp_path):
+    config = load_config(write(tmp_path, """
+        [[model]]
+        id = "m"
+        image = "i"
+        source = { repo = "https://github.com/jdaln/dgx-spark-inference-stack", commit = "a686d89", file = "compose/models-gpt.yml" }
+        best_for = "everyday chat"
+        known_issues = ["no tools"]
+        picks = ["chat", "opencode", "chat"]
+        [[model]]
+        id = "n"
+        image = "i"
+        """))
+    m, n = config.models
+    assert str(m.source) == "https://github.com/jdaln/dgx-spark-inference-stack a686d89 compose/models-gpt.yml"
+    assert m.best_for == "everyday chat" and m.tradeoffs == "" and m.known_issues == ("no tools",)
+    assert m.picks == ("chat", "opencode") and n.picks == () and n.source is None
 
 
 def test_models_reached_on_loopback_ports_or_at_fixed_addresses_in_a_network(tmp_path):
@@ -249,7 +278,7 @@ def test_cli_takes_overrides_from_set_or_waker_set(tmp_path):
     flag = run_cli("check", "--config", str(path), "--set", "gateway.listen=0.0.0.0:9000")
     assert flag.returncode == 0 and "gateway on 0.0.0.0:9000" in flag.stdout
     env = subprocess.run([sys.executable, "-m", "waker.cli", "check", "--config", str(path)], capture_output=True,
-                         text=True, timeout=30, env={**os.environ, "WAKER_SET": "waker.listen=0.0.0.0:9001 x=1"})
+                         text=True, timeout=30, env={**os.environ, "WAKER_SET": "waker.listen=0.0.0.0:9001 x=1"}, check=False)
     assert env.returncode == 2 and "--set 'x=1'" in env.stderr
 
 
@@ -257,7 +286,13 @@ def test_the_configuration_reference_documents_every_key():
     """docs/configuration.md is checked against the schema: each section's table lists each field."""
     from dataclasses import fields as dataclass_fields
 
-    from waker.config import _MODEL_KEYS, GatewayConfig, ModelConfig, SchedulerConfig, WakerConfig
+    from waker.config import (
+        _MODEL_KEYS,
+        GatewayConfig,
+        ModelConfig,
+        SchedulerConfig,
+        WakerConfig,
+    )
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     sections = {title: body for title, body in
@@ -265,7 +300,7 @@ def test_the_configuration_reference_documents_every_key():
 
     def documented(heading: str) -> set[str]:
         body = next(b for t, b in sections.items() if t.startswith(heading))
-        first_cells = re.findall(r"^\| ((?:`[a-z_]+`(?:, )?)+) \|", body, re.M)
+        first_cells = re.findall(r"^\| ((?:`[a-z_]+`(?:, )?)+) \|", body, re.MULTILINE)
         return {name for cell in first_cells for name in re.findall(r"`([a-z_]+)`", cell)}
 
     computed = {"address"}  # derived from host_port or model_ip_base, not a key

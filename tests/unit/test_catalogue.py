@@ -1,0 +1,88 @@
+"""The shipped catalogue against what a DGX Spark owner can run: every enabled model's image is one that
+scripts/build-images builds (with that exact tag) or one a registry serves as is; every entry says where
+its recipe comes from; the statuses and the GPU budget are the original stack's."""
+
+import re
+import subprocess
+from pathlib import Path
+
+import pytest
+
+from waker.config import PullPolicy, load_config
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIG = load_config(ROOT / "config" / "models.toml")
+# An image reference whose first component names a registry host is pulled from there (Docker's rule:
+# a component with a "." or ":", or "localhost").
+REGISTRY_HOST = re.compile(r"^(localhost|[^/]*[.:][^/]*)/")
+# Models the original validated (release 0.9.0's models.json); all other served models are experimental.
+VALIDATED = {"gpt-oss-20b", "gpt-oss-120b", "glm-4.7-flash-awq", "qwen3.5-0.8b"}
+ORIGINAL_REPO = "https://github.com/jdaln/dgx-spark-inference-stack"
+
+
+def built_images() -> set[str]:
+    listed = subprocess.run([str(ROOT / "scripts" / "build-images"), "--list"], capture_output=True, text=True,
+                            check=True)
+    return set(listed.stdout.split())
+
+
+def test_every_enabled_model_names_an_image_that_is_built_here_or_pullable():
+    built = built_images()
+    unprovided = [f"{m.id}: {m.image}" for m in CONFIG.models
+                  if m.image not in built and not REGISTRY_HOST.match(m.image)]
+    assert not unprovided, ("these images are neither built by scripts/build-images (--list) nor on a registry:\n"
+                            + "\n".join(unprovided))
+    # An image built here is on no registry: a pull would only fail, slowly, before naming the script.
+    pulled_in_vain = [m.id for m in CONFIG.models if m.image in built and m.pull is not PullPolicy.NEVER]
+    assert not pulled_in_vain, f"set pull = \"never\" for the models on images built here: {pulled_in_vain}"
+    never_pulled = [m.id for m in CONFIG.models if REGISTRY_HOST.match(m.image) and m.pull is PullPolicy.NEVER]
+    assert not never_pulled, f"these registry images would never be pulled: {never_pulled}"
+
+
+@pytest.mark.parametrize("image, provided", [
+    ("waker/vllm-gb10:v11", True), ("waker/vllm-gb10:20261130", False), ("avarok/vllm-dgx-spark:v11", False),
+    ("nvcr.io/nvidia/vllm:25.10-py3", True), ("docker.io/scitrera/dgx-spark-sglang:0.5.9-t5", True),
+    ("localhost:5000/x:1", True),
+])
+def test_the_provenance_rule_tells_built_pullable_and_neither(image, provided):
+    assert (image in built_images() or bool(REGISTRY_HOST.match(image))) is provided
+
+
+def test_every_gpu_model_says_where_its_recipe_comes_from():
+    for model in (*CONFIG.models, *CONFIG.disabled):
+        if model.gpus:
+            assert model.source is not None and model.source.repo == ORIGINAL_REPO, model.id
+            assert model.source.commit in ("86b747b", "a686d89"), model.id
+            assert model.source.file.startswith("compose/models-"), model.id
+        assert "UNCONFIRMED" not in " ".join(model.command), model.id
+
+
+def test_statuses_claim_no_more_than_the_original_validated():
+    assert {m.id for m in CONFIG.models if m.status == "validated"} == VALIDATED
+    assert all(m.notes for m in CONFIG.disabled)
+
+
+def test_the_utility_sits_beside_every_main_model_in_the_measured_budget():
+    assert CONFIG.scheduler.gpu_capacity == 0.94
+    utility = [m for m in CONFIG.models if m.keep_warm]
+    assert [m.id for m in utility] == ["qwen3.5-0.8b"]
+    mains = [m for m in CONFIG.models if m.gpu_memory and not m.keep_warm]
+    assert not any(m.exclusive for m in CONFIG.models)
+    for model in mains:
+        assert model.gpu_memory + utility[0].gpu_memory <= CONFIG.scheduler.gpu_capacity, model.id
+    assert CONFIG.model("gpt-oss-120b").gpu_memory == 0.8
+
+
+def test_gpt_oss_keeps_the_mxfp4_tuning_its_image_exists_for():
+    for model_id in ("gpt-oss-20b", "gpt-oss-120b"):
+        command = " ".join(CONFIG.model(model_id).command)
+        for flag in ("--mxfp4-backend CUTLASS", "--mxfp4-layers moe,qkv,o,lm_head", "--max-num-seqs 2",
+                     "--max-num-batched-tokens 8192", "--enable-prefix-caching", "--quantization mxfp4"):
+            assert flag in command, (model_id, flag)
+        assert dict(CONFIG.model(model_id).env)["VLLM_USE_FLASHINFER_MOE_MXFP4_BF16"] == "1"
+
+
+def test_a_reasoning_parser_plugin_is_given_a_file():
+    for model in (*CONFIG.models, *CONFIG.disabled):
+        if "--reasoning-parser-plugin" in model.command:
+            assert model.command[model.command.index("--reasoning-parser-plugin") + 1].endswith(".py"), model.id
