@@ -74,12 +74,14 @@ def fake_model(model_id: str, *, load_delay: float = 0.5, extra: list[str] | Non
 
 
 def real_model(model_id: str, *, weights: str = "/models/tiny-llama", max_model_len: int = 1024,
-               extra: list[str] | None = None, env: dict | None = None, **keys) -> dict:
-    """A [[model]] table running the real vLLM on the CPU with a tiny local model."""
+               extra: list[str] | None = None, kv_cache_gib: int | None = 1, **keys) -> dict:
+    """A [[model]] table running the real vLLM on the CPU with a tiny local model. Without a KV-cache
+    size (kv_cache_gib=None) vLLM exits at start, as it does on these machines."""
     command = [weights, "--host", "0.0.0.0", "--port", "8000", "--served-model-name", model_id,
                "--max-model-len", str(max_model_len), "--enforce-eager", *(extra or [])]
-    return {"id": model_id, "image": REAL_IMAGE, "command": command, "shm_size": "1g",
-            "env": {"VLLM_CPU_KVCACHE_SPACE": "1", **(env or {})}, "context_length": max_model_len, **keys}
+    env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)} if kv_cache_gib is not None else {}
+    return {"id": model_id, "image": REAL_IMAGE, "command": command, "shm_size": "1g", "env": env,
+            "context_length": max_model_len, **keys}
 
 
 def toml_value(value) -> str:

@@ -255,13 +255,21 @@ async def test_waker_in_flight_count_agrees_with_the_engine_queue(main_stack):
 
 async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
     """Requests sent to the engine's own port (bypassing nginx) are invisible to the gateway's count;
-    the engine's /metrics, asked before an idle stop, keeps the model up until they end."""
-    stack = module_stacks("postpone", [real_model("tiny", max_model_len=2048, idle_timeout="1s")])
+    the engine's /metrics, asked before an idle stop, keeps the model up until they end. vLLM's gauges
+    follow a new request with a lag, so the idle timeout leaves room for them to show it."""
+    stack = module_stacks("postpone", [real_model("tiny", max_model_len=2048, idle_timeout="4s")])
     await asyncio.to_thread(ensure_ready, stack, "tiny")
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{stack.model_url('tiny')}/v1/chat/completions",
-                                json=chat("tiny", LONG, stream=True)) as r:
-            eventually(lambda: "idle_stop_postponed" in stack.log(), 20, "an idle stop called off", stack.log)
+                                json=chat("tiny", 2000, stream=True)) as r:
+            async def engine_busy() -> bool:
+                return (await engine_metrics(session, stack, "tiny")).get("running", 0) >= 1
+
+            async def postponed() -> bool:
+                return "idle_stop_postponed" in stack.log()
+
+            await eventually_async(engine_busy, 10, "the engine counting the direct request", stack.log)
+            await eventually_async(postponed, 20, "an idle stop called off", stack.log)
             assert container_running(stack, "tiny")
             _, done = await read_stream(r)
         assert done, "the direct stream was cut: the model was stopped under it"
@@ -273,7 +281,7 @@ async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
 # ---- 7. failures as vLLM really fails -------------------------------------------------------------
 
 async def test_start_that_exits_gives_the_exit_code_and_the_real_log_tail(module_stacks):
-    no_kv_cache = real_model("nokv", env={"VLLM_CPU_KVCACHE_SPACE": ""})
+    no_kv_cache = real_model("nokv", kv_cache_gib=None)
     stack = module_stacks("exits", [no_kv_cache], scheduler={"max_start_failures": 1, "start_backoff": "1h"})
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{stack.url}/v1/chat/completions", json=chat("nokv", 4),
