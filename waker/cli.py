@@ -1,4 +1,4 @@
-"""`waker` command line: check, nginx-config, serve, run, and the admin commands (admin_client)."""
+"""`waker` command line: check, nginx-config, serve, run, gateway, and the admin commands (admin_client)."""
 
 from __future__ import annotations
 
@@ -23,8 +23,14 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate the config and print one line per model")
     check.add_argument("--resolved", action="store_true", help="print the effective config (defaults applied) as TOML")
     sub.add_parser("nginx-config", help="print the rendered nginx config")
-    sub.add_parser("serve", help="run the control plane (nginx runs elsewhere)")
+    serve = sub.add_parser("serve", help="run the control plane (nginx runs elsewhere)")
+    serve.add_argument("--nginx", choices=("none", "container"), default="none",
+                       help="none: leave nginx alone (default); container: render its config into the runtime dir "
+                            "and reload it in the gateway container whose network namespace this one shares "
+                            "(the compose deployment)")
     sub.add_parser("run", help="run nginx and the control plane in the foreground")
+    sub.add_parser("gateway", help="render the nginx config, then become nginx in the foreground (the compose "
+                                   "gateway; a `waker serve --nginx container` beside it reloads it)")
     proxy = sub.add_parser("socket-proxy", help="serve a Docker socket that allows only the calls the waker makes")
     proxy.add_argument("--listen", type=Path, required=True, help="socket to create, for the waker's docker_host")
     proxy.add_argument("--docker", type=Path, default=Path("/var/run/docker.sock"), help="the real Docker socket")
@@ -60,10 +66,14 @@ def main(argv: list[str] | None = None) -> int:
         sys.stdout.write(render(config, config.waker.runtime_dir).nginx_conf)
         return 0
     logs.configure()
+    if args.command == "gateway":
+        from waker.nginx_process import exec_nginx
+
+        exec_nginx(config)
     from waker.service import serve
 
     try:
-        return asyncio.run(serve(config, with_nginx=args.command == "run"))
+        return asyncio.run(serve(config, "child" if args.command == "run" else args.nginx))
     except KeyboardInterrupt:
         return 130
 

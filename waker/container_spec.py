@@ -17,6 +17,10 @@ LABEL_STACK = "io.waker.stack"
 LABEL_MODEL = "io.waker.model"
 LABEL_SPEC = "io.waker.spec-hash"
 LABEL_EGRESS = "io.waker.egress-network"
+# The compose gateway (nginx) carries io.waker.role=gateway and never the managed label: the waker does
+# not stop, start or remove it; it may only ask it to reload (SIGHUP), through the socket proxy.
+LABEL_ROLE = "io.waker.role"
+ROLE_GATEWAY = "gateway"
 
 # vLLM answers 404 to a request whose `model` is none of its served names. Clients name a model by
 # an alias (body routing) or by anything at all (path routing: the URL chose the model), so for a

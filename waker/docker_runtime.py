@@ -8,15 +8,24 @@ from __future__ import annotations
 
 import asyncio
 import json
+import socket
+from collections.abc import AsyncIterator, Callable, Iterator
 from contextlib import asynccontextmanager, contextmanager
 from dataclasses import dataclass
-from typing import Any, AsyncIterator, Callable, Iterator
+from typing import Any
 
 import aiodocker
 import aiohttp
 from aiodocker.networks import DockerNetwork
 
-from waker.container_spec import LABEL_MANAGED, LABEL_MODEL, LABEL_SPEC, LABEL_STACK
+from waker.container_spec import (
+    LABEL_MANAGED,
+    LABEL_MODEL,
+    LABEL_ROLE,
+    LABEL_SPEC,
+    LABEL_STACK,
+    ROLE_GATEWAY,
+)
 from waker.image_pull import PullFailed, PullProgress, PullTracker
 
 
@@ -57,7 +66,7 @@ def _docker_errors(what: str, ignore: tuple[int, ...] = ()) -> Iterator[None]:
     except aiodocker.DockerError as exc:
         if exc.status not in ignore:
             raise DockerError(f"{what}: {exc.message}") from None
-    except (aiohttp.ClientError, OSError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
         raise DockerError(f"{what}: the Docker engine is not reachable ({exc or type(exc).__name__})") from None
 
 
@@ -135,6 +144,31 @@ class DockerRuntime:
         await self._inspect(container_id)  # raises NotManaged
         with _docker_errors(f"cannot remove container {container_id[:12]}", ignore=(404,)):
             await self._docker.containers.container(container_id).delete(force=True)
+
+    async def gateway_container(self) -> str:
+        """The id of the gateway container whose network namespace this process shares (compose:
+        `network_mode: service:gateway`). Docker gives a container that joins another's network
+        namespace that container's hostname, which is how the one gateway among several stacks'
+        is told apart without naming it in the config."""
+        hostname = socket.gethostname()
+        with _docker_errors("cannot find the gateway container"):
+            listed = await self._docker.containers.list(filters={"label": [f"{LABEL_ROLE}={ROLE_GATEWAY}"]})
+            matches = [c.id for c in listed if (await c.show())["Config"].get("Hostname") == hostname]
+        if len(matches) != 1:
+            raise DockerError(
+                f"{len(matches) or 'no'} running container(s) labelled {LABEL_ROLE}={ROLE_GATEWAY} with this "
+                f"container's hostname {hostname!r}: run the waker in the gateway's network namespace "
+                "(compose: network_mode: service:gateway), next to exactly one gateway"
+            )
+        return matches[0]
+
+    async def reload_gateway(self, container_id: str) -> None:
+        """SIGHUP to the gateway container (tini passes it to nginx: a graceful reload)."""
+        with _docker_errors(f"cannot reload the gateway {container_id[:12]}"):
+            container = self._docker.containers.container(container_id)
+            if ((await container.show())["Config"].get("Labels") or {}).get(LABEL_ROLE) != ROLE_GATEWAY:
+                raise NotManaged(f"container {container_id[:12]} is not labelled {LABEL_ROLE}={ROLE_GATEWAY}")
+            await container.kill(signal="HUP")
 
     @asynccontextmanager
     async def event_stream(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:

@@ -1,4 +1,7 @@
-"""nginx as a child process of `waker run`: files on disk, config test, start, graceful stop."""
+"""nginx as a child process of `waker run`: files on disk, config test, start, graceful stop.
+
+Also what every way of running nginx shares: the rendered files, `nginx -t`, the generation probe
+(nginx_container runs the same steps against an nginx in another container)."""
 
 from __future__ import annotations
 
@@ -9,6 +12,7 @@ import pwd
 import shutil
 import signal
 from pathlib import Path
+from typing import NoReturn, Protocol
 
 import structlog
 
@@ -82,6 +86,73 @@ async def test_config(config: Config, conf: Path) -> None:
         raise NginxError(f"nginx refused the rendered config {conf}:\n{output.decode(errors='replace').strip()}")
 
 
+async def write_and_test(config: Config) -> Rendered:
+    """Writes the files `config` renders to into the runtime dir, then has nginx test them."""
+    rendered = write_files(config)
+    await test_config(config, config.waker.runtime_dir / "nginx.conf")
+    return rendered
+
+
+async def check_config(config: Config) -> None:
+    """Has nginx test the config that `config` renders to, leaving the running one in place."""
+    staging = config.waker.runtime_dir / "staging"
+    write_files(config, staging)
+    await test_config(config, staging / "nginx.conf")
+
+
+def exec_nginx(config: Config) -> NoReturn:
+    """Writes the files, then becomes nginx in the foreground (nginx.conf says `daemon off;`): the
+    compose gateway's main process, which a waker in another container reloads with SIGHUP."""
+    write_files(config)
+    args = _args(config, config.waker.runtime_dir / "nginx.conf")
+    log.info("nginx_exec", args=args)
+    os.execv(args[0], args)
+
+
+def loopback(config: Config) -> tuple[str, int]:
+    """Where the gateway answers from this host (or network namespace) when it listens on a wildcard."""
+    listen = config.gateway.listen
+    host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else ("::1" if listen.host == "::" else listen.host)
+    return host, listen.port
+
+
+async def current_generation(config: Config) -> str | None:
+    """The generation of the config nginx runs (GENERATION_PATH), or None when nothing answers."""
+    host, port = loopback(config)
+    try:
+        reader, writer = await asyncio.open_connection(host, port)
+        try:
+            writer.write(f"GET {GENERATION_PATH} HTTP/1.0\r\nHost: waker\r\n\r\n".encode())
+            answer = await asyncio.wait_for(reader.read(), 5)
+        finally:
+            writer.close()
+    except (TimeoutError, OSError):
+        return None
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return body.decode(errors="replace") if b" 200 " in head.split(b"\r\n", 1)[0] else None
+
+
+async def wait_generation(config: Config, generation: str, timeout: float = 10.0) -> None:
+    """Returns once nginx answers with `generation`: a reload has taken effect."""
+    deadline = asyncio.get_running_loop().time() + timeout
+    while asyncio.get_running_loop().time() < deadline:
+        if await current_generation(config) == generation:
+            return
+        await asyncio.sleep(0.02)
+    raise NginxError(f"nginx did not take the new config within {timeout:g} s; see its error log")
+
+
+class Nginx(Protocol):
+    """The gateway's nginx as the waker drives it, wherever it runs."""
+
+    async def start(self) -> None: ...
+    def alive(self) -> bool: ...
+    async def check(self, config: Config) -> None: ...
+    async def reload(self, config: Config) -> None: ...
+    async def wait(self) -> int | None: ...
+    async def stop(self) -> None: ...
+
+
 class NginxProcess:
     """The gateway's nginx. If a live nginx from an earlier `waker run` (killed without clean-up)
     still serves this runtime dir, it is adopted and reloaded instead of replaced, so requests to
@@ -95,9 +166,7 @@ class NginxProcess:
     async def start(self) -> None:
         stale = self._live_pid()
         before = _files(self.config.waker.runtime_dir)
-        rendered = write_files(self.config)
-        conf = self.config.waker.runtime_dir / "nginx.conf"
-        await test_config(self.config, conf)
+        rendered = await write_and_test(self.config)
         if stale is not None:
             self.pid = stale
             changed = _files(self.config.waker.runtime_dir) != before
@@ -105,9 +174,10 @@ class NginxProcess:
             # only when the config really changed is that worth it.
             if changed:
                 os.kill(stale, signal.SIGHUP)
-                await self._wait_generation(rendered.generation)
+                await wait_generation(self.config, rendered.generation)
             log.info("nginx_adopted", pid=stale, listen=str(self.config.gateway.listen), reloaded=changed)
             return
+        conf = self.config.waker.runtime_dir / "nginx.conf"
         self.proc = await asyncio.create_subprocess_exec(*_args(self.config, conf))
         self.pid = self.proc.pid
         await self._wait_listening()
@@ -122,7 +192,7 @@ class NginxProcess:
         return pid if b"nginx" in cmdline and b"master" in cmdline else None
 
     async def _wait_listening(self) -> None:
-        host, port = self._loopback()
+        host, port = loopback(self.config)
         for _ in range(200):
             if self.proc is not None and self.proc.returncode is not None:
                 raise NginxError(f"nginx exited with code {self.proc.returncode} at start; see "
@@ -140,44 +210,19 @@ class NginxProcess:
             self.proc is None or self.proc.returncode is None)
 
     async def check(self, config: Config) -> None:
-        """Has nginx test the config that `config` renders to, leaving the running one in place."""
-        staging = config.waker.runtime_dir / "staging"
-        write_files(config, staging)
-        await test_config(config, staging / "nginx.conf")
+        await check_config(config)
 
     async def reload(self, config: Config) -> None:
         """Switches nginx to `config` gracefully (new workers take new connections, old ones finish
         their requests) and returns once the new config answers."""
         self.config = config
         before = _files(config.waker.runtime_dir)
-        rendered = write_files(config)
-        await test_config(config, config.waker.runtime_dir / "nginx.conf")
+        rendered = await write_and_test(config)
         assert self.pid is not None
         if _files(config.waker.runtime_dir) != before:
             os.kill(self.pid, signal.SIGHUP)
-            await self._wait_generation(rendered.generation)
+            await wait_generation(config, rendered.generation)
             log.info("nginx_reloaded", pid=self.pid, generation=rendered.generation)
-
-    async def _wait_generation(self, generation: str, timeout: float = 10.0) -> None:
-        host, port = self._loopback()
-        deadline = asyncio.get_running_loop().time() + timeout
-        while asyncio.get_running_loop().time() < deadline:
-            try:
-                reader, writer = await asyncio.open_connection(host, port)
-                writer.write(f"GET {GENERATION_PATH} HTTP/1.0\r\nHost: waker\r\n\r\n".encode())
-                answer = await reader.read()
-                writer.close()
-                if answer.endswith(generation.encode()):
-                    return
-            except OSError:
-                pass
-            await asyncio.sleep(0.02)
-        raise NginxError(f"nginx did not take the new config within {timeout:g} s; see its error log")
-
-    def _loopback(self) -> tuple[str, int]:
-        listen = self.config.gateway.listen
-        host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else ("::1" if listen.host == "::" else listen.host)
-        return host, listen.port
 
     async def wait(self) -> int | None:
         """Returns when nginx exits: its exit code, or None for an adopted one (not our child)."""
@@ -196,7 +241,7 @@ class NginxProcess:
         os.kill(self.pid, signal.SIGQUIT)
         try:
             await asyncio.wait_for(self.wait(), timeout)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             os.kill(self.pid, signal.SIGKILL)
             await self.wait()
         log.info("nginx_stopped", pid=self.pid)

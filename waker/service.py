@@ -1,10 +1,12 @@
-"""The long-running processes: `waker serve` (control plane) and `waker run` (nginx + control plane)."""
+"""The long-running processes: `waker serve` (control plane; nginx elsewhere, or in another container)
+and `waker run` (nginx as a child + control plane)."""
 
 from __future__ import annotations
 
 import asyncio
 import signal
 from pathlib import Path
+from typing import Literal
 
 import structlog
 from aiohttp import web
@@ -12,20 +14,25 @@ from aiohttp import web
 from waker import admin_api, nginx_access, systemd
 from waker.activity import listen as listen_for_activity
 from waker.config import Config, load_config
-from waker.docker_runtime import DockerRuntime
+from waker.docker_runtime import DockerError, DockerRuntime
 from waker.events import EventBus
 from waker.gateway_api import make_app
 from waker.gpu import GpuMemory
 from waker.metrics import Counters, render
-from waker.nginx_process import NginxError, NginxProcess
+from waker.nginx_container import NginxContainer
+from waker.nginx_process import Nginx, NginxError, NginxProcess
 from waker.supervisor import Supervisor
 
 log = structlog.get_logger("waker.service")
 
 UI_DIR = Path(__file__).with_name("ui")
 
+# Where nginx runs: "child" (`waker run`), "container" (the compose gateway, reloaded through Docker),
+# "none" (managed by someone else; the waker never touches it).
+NginxMode = Literal["child", "container", "none"]
 
-def build_app(supervisor: Supervisor, counters: Counters, nginx: NginxProcess | None) -> web.Application:
+
+def build_app(supervisor: Supervisor, counters: Counters, nginx: Nginx | None) -> web.Application:
     app = make_app(supervisor)
 
     async def reload() -> dict[str, list[str]]:
@@ -52,8 +59,16 @@ def build_app(supervisor: Supervisor, counters: Counters, nginx: NginxProcess | 
     return app
 
 
-async def serve(config: Config, with_nginx: bool) -> int:
-    """Runs until SIGINT/SIGTERM (exit 0) or until nginx dies (exit 1)."""
+def _nginx(mode: NginxMode, config: Config, runtime: DockerRuntime) -> Nginx | None:
+    if mode == "child":
+        return NginxProcess(config)
+    if mode == "container":
+        return NginxContainer(config, runtime)
+    return None
+
+
+async def serve(config: Config, nginx_mode: NginxMode) -> int:
+    """Runs until SIGINT/SIGTERM (exit 0) or until nginx dies or stops answering (exit 1)."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -63,7 +78,7 @@ async def serve(config: Config, with_nginx: bool) -> int:
     bus.add_sink(counters.observe)
     runtime = DockerRuntime(config.waker.name, config.waker.docker_host)
     supervisor = Supervisor(config, runtime, bus)
-    nginx = NginxProcess(config) if with_nginx else None
+    nginx = _nginx(nginx_mode, config, runtime)
     # A client that hangs up while its request is held must be noticed: the handler is cancelled.
     runner = web.AppRunner(build_app(supervisor, counters, nginx), access_log=None, handler_cancellation=True)
     activity = None
@@ -77,7 +92,7 @@ async def serve(config: Config, with_nginx: bool) -> int:
         if (exposure := nginx_access.exposure_warning(config)) is not None:
             log.warning("no_api_keys", warning=exposure)
         await supervisor.open()
-        watchers = [asyncio.create_task(stop.wait())]
+        watchers: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait())]
         if nginx is not None:
             await nginx.start()
             watchers.append(asyncio.create_task(nginx.wait()))
@@ -87,9 +102,9 @@ async def serve(config: Config, with_nginx: bool) -> int:
         for task in (*pending, watchdog):
             task.cancel()
         if not stop.is_set():
-            log.error("nginx_exited", code=nginx.proc.returncode if nginx and nginx.proc else None)
+            log.error("nginx_exited", mode=nginx_mode, code=next(iter(done)).result())
             code = 1
-    except (NginxError, OSError) as exc:
+    except (NginxError, DockerError, OSError) as exc:
         log.error("startup_failed", error=str(exc))
         code = 1
     finally:

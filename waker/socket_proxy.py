@@ -3,6 +3,9 @@ makes, on containers it manages, and nothing that could take over the host.
 
     waker socket-proxy --listen /run/waker/docker.sock [--docker /var/run/docker.sock] [--owner UID]
 
+One call reaches a container the waker does not manage: SIGHUP (an nginx reload, nothing else) to
+the compose gateway, the container labelled io.waker.role=gateway.
+
 Each request is read whole (line, headers, body), checked, then forwarded; answers stream back
 untouched (events and log follows included). A refused call gets 403 with a JSON message and the
 connection is closed.
@@ -15,12 +18,14 @@ import json
 import os
 import re
 import signal
+from collections.abc import Callable
 from pathlib import Path
-from typing import Any, Callable
+from typing import Any
+from urllib.parse import parse_qsl
 
 import structlog
 
-from waker.container_spec import LABEL_MANAGED
+from waker.container_spec import LABEL_MANAGED, LABEL_ROLE, ROLE_GATEWAY
 
 log = structlog.get_logger("waker.socket_proxy")
 
@@ -37,6 +42,9 @@ ALLOWED = [(method, re.compile(f"^{_VERSION}{path}(?:\\?.*)?$")) for method, pat
 ON_CONTAINER = re.compile(
     f"^(?:POST|DELETE|GET) {_VERSION}/containers/(?!(?:create|json)(?:[?/]|$))({_ID})(?:/(start|stop|logs))?(?:\\?.*)?$")
 NETWORK_CONNECT = re.compile(f"^POST {_VERSION}/networks/{_ID}/connect(?:\\?.*)?$")
+# The gateway's reload: the query must be exactly one SIGHUP (checked in `check`).
+KILL = re.compile(f"^POST {_VERSION}/containers/({_ID})/kill(?:\\?(.*))?$")
+RELOAD_SIGNALS = ("HUP", "SIGHUP")
 MAX_HEAD, MAX_BODY = 64 * 1024, 4 * 1024 * 1024
 
 
@@ -59,6 +67,11 @@ def connected_container(body: bytes) -> str:
 
 def check(method: str, target: str, body: bytes) -> None:
     """Raises Refused unless the call is one the waker makes, with a body it would send."""
+    if kill := KILL.match(f"{method} {target}"):
+        query = parse_qsl(kill.group(2) or "", keep_blank_values=True)
+        if query not in [[("signal", name)] for name in RELOAD_SIGNALS]:
+            raise Refused("container kill: only signal=HUP (an nginx reload) is allowed, and only to the gateway")
+        return
     if not any(method == m and pattern.match(target) for m, pattern in ALLOWED):
         raise Refused(f"{method} {target.split('?')[0]} is not a call the waker makes")
     if method == "POST" and re.match(f"^{_VERSION}/containers/create", target):
@@ -70,8 +83,12 @@ def _check_create(body: bytes) -> None:
         spec: dict[str, Any] = json.loads(body)
     except ValueError:
         raise Refused("container create: the body is not JSON") from None
-    if (spec.get("Labels") or {}).get(LABEL_MANAGED) != "true":
+    spec_labels = spec.get("Labels") or {}
+    if spec_labels.get(LABEL_MANAGED) != "true":
         raise Refused(f"container create: only containers labelled {LABEL_MANAGED}=true may be created")
+    if LABEL_ROLE in spec_labels:
+        # Only the operator names the gateway: the waker cannot make itself a container it may signal.
+        raise Refused(f"container create: the {LABEL_ROLE} label is the operator's, not the waker's")
     host = spec.get("HostConfig") or {}
     if host.get("Privileged") or host.get("CapAdd") or host.get("Devices"):
         raise Refused("container create: privileged containers, added capabilities and devices are refused")
@@ -83,8 +100,8 @@ def _check_create(body: bytes) -> None:
             raise Refused(f"container create: mounting {bind.split(':', 1)[0]} is refused")
 
 
-async def managed(docker: Path, container: str) -> bool:
-    """Whether the container carries the managed label (asked of Docker on a connection of its own)."""
+async def labels(docker: Path, container: str) -> dict[str, str] | None:
+    """The container's labels (asked of Docker on a connection of its own), None if there is no such container."""
     reader, writer = await asyncio.open_unix_connection(str(docker))
     try:
         writer.write(f"GET /containers/{container}/json HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
@@ -94,9 +111,18 @@ async def managed(docker: Path, container: str) -> bool:
         writer.close()
     head, _, body = answer.partition(b"\r\n\r\n")
     if b" 200 " not in head.split(b"\r\n", 1)[0]:
-        return False
-    labels = (json.loads(body).get("Config") or {}).get("Labels") or {}
-    return labels.get(LABEL_MANAGED) == "true"
+        return None
+    return (json.loads(body).get("Config") or {}).get("Labels") or {}
+
+
+async def managed(docker: Path, container: str) -> bool:
+    """Whether the container carries the managed label."""
+    return ((await labels(docker, container)) or {}).get(LABEL_MANAGED) == "true"
+
+
+async def gateway(docker: Path, container: str) -> bool:
+    """Whether the container is the compose gateway (the label set in compose.yaml)."""
+    return ((await labels(docker, container)) or {}).get(LABEL_ROLE) == ROLE_GATEWAY
 
 
 async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, str, str, bytes] | None:
@@ -158,6 +184,11 @@ class SocketProxy:
         if not await managed(self.docker, container):
             raise Refused(f"container {container[:12]} is not managed by the waker")
 
+    async def _check_gateway(self, container: str) -> None:
+        if not await gateway(self.docker, container):
+            raise Refused(f"container {container[:12]} is not the gateway ({LABEL_ROLE}={ROLE_GATEWAY}): "
+                          "no signal may be sent to it")
+
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         docker_writer = None
         responses = None
@@ -169,7 +200,9 @@ class SocketProxy:
                 check(method, target, body)
                 call = f"{method} {target}"
                 target_container = ON_CONTAINER.match(call)
-                if target_container and not (method == "GET" and target_container.group(2) is None):
+                if kill := KILL.match(call):
+                    await self._check_gateway(kill.group(1))
+                elif target_container and not (method == "GET" and target_container.group(2) is None):
                     await self._check_managed(target_container.group(1))
                 elif NETWORK_CONNECT.match(call):
                     await self._check_managed(connected_container(body))

@@ -69,7 +69,8 @@ def proxy(tmp_path):
 
 
 def through(sock, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker", "-H", f"unix://{sock}", *args], capture_output=True, text=True, timeout=60)
+    return subprocess.run(["docker", "-H", f"unix://{sock}", *args], capture_output=True, text=True, timeout=60,
+                          check=False)
 
 
 async def test_the_whole_lifecycle_works_through_the_proxy(make_stack, proxy):
@@ -89,7 +90,9 @@ async def test_the_whole_lifecycle_works_through_the_proxy(make_stack, proxy):
 
 def test_forbidden_docker_calls_are_refused_by_the_proxy(proxy, unmanaged):
     for args in (["exec", unmanaged, "true"], ["stop", unmanaged], ["rm", "-f", unmanaged],
-                 ["run", "--rm", FAKE_IMAGE, "true"], ["volume", "ls"], ["image", "rm", "nothing:1"]):
+                 ["run", "--rm", FAKE_IMAGE, "true"], ["volume", "ls"], ["image", "rm", "nothing:1"],
+                 # SIGHUP passes only to the compose gateway (io.waker.role=gateway), no other signal at all.
+                 ["kill", unmanaged], ["kill", "-s", "HUP", unmanaged], ["kill", "-s", "TERM", unmanaged]):
         result = through(proxy, *args)
         assert result.returncode != 0 and "refused by the waker's Docker socket proxy" in result.stderr, args
     assert running(unmanaged)
@@ -114,12 +117,11 @@ async def test_the_proxy_connects_only_managed_containers_to_networks(proxy, unm
     network = f"waker-test-net-{os.getpid()}"
     docker("network", "create", network)
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(proxy))) as session:
-            async with session.post(f"http://docker/networks/{network}/connect",
-                                    data=json.dumps({"Container": unmanaged}),
-                                    headers={"Content-Type": "application/json"}) as response:
-                assert response.status == 403
-                assert "not managed by the waker" in (await response.json())["message"]
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(proxy))) as session, \
+                session.post(f"http://docker/networks/{network}/connect", data=json.dumps({"Container": unmanaged}),
+                             headers={"Content-Type": "application/json"}) as response:
+            assert response.status == 403
+            assert "not managed by the waker" in (await response.json())["message"]
         assert json.loads(docker("network", "inspect", network))[0]["Containers"] == {}
     finally:
         docker("network", "rm", network, check=False)

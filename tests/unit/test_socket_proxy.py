@@ -2,7 +2,14 @@ import json
 
 import pytest
 
-from waker.socket_proxy import NETWORK_CONNECT, ON_CONTAINER, Refused, check, connected_container
+from waker.socket_proxy import (
+    KILL,
+    NETWORK_CONNECT,
+    ON_CONTAINER,
+    Refused,
+    check,
+    connected_container,
+)
 
 MANAGED = {"Image": "i", "Labels": {"io.waker.managed": "true"}, "HostConfig": {"Binds": ["/data:/models"]}}
 
@@ -13,6 +20,7 @@ MANAGED = {"Image": "i", "Labels": {"io.waker.managed": "true"}, "HostConfig": {
     ("POST", "/v1.41/containers/abc/start"), ("POST", "/v1.41/containers/abc/stop?t=5"),
     ("DELETE", "/v1.41/containers/abc?force=1"), ("GET", "/v1.41/images/waker-fake-vllm:test/json"),
     ("POST", "/v1.41/images/create?fromImage=x"), ("POST", "/v1.41/networks/egress/connect"),
+    ("POST", "/v1.41/containers/gw/kill?signal=HUP"), ("POST", "/v1.41/containers/gw/kill?signal=SIGHUP"),
 ])
 def test_the_calls_the_waker_makes_pass(method, target):
     check(method, target, b"")
@@ -20,7 +28,7 @@ def test_the_calls_the_waker_makes_pass(method, target):
 
 @pytest.mark.parametrize("method, target", [
     ("POST", "/v1.41/containers/abc/exec"), ("POST", "/v1.41/exec/abc/start"), ("GET", "/v1.41/volumes"),
-    ("POST", "/v1.41/containers/abc/kill"), ("DELETE", "/v1.41/images/x"), ("POST", "/v1.41/build"),
+    ("DELETE", "/v1.41/images/x"), ("POST", "/v1.41/build"),
     ("POST", "/v1.41/swarm/init"), ("GET", "/v1.41/secrets"), ("POST", "/v1.41/containers/abc/attach"),
     ("PUT", "/v1.41/containers/abc/archive"), ("GET", "/v1.41/containers/abc/archive?path=/"),
     ("POST", "/v1.41/networks/create"), ("POST", "/v1.41/networks/abc/disconnect"), ("DELETE", "/v1.41/networks/abc"),
@@ -30,6 +38,24 @@ def test_anything_else_is_refused(method, target):
         check(method, target, b"")
 
 
+@pytest.mark.parametrize("target", [
+    "/v1.41/containers/gw/kill", "/v1.41/containers/gw/kill?signal=KILL", "/v1.41/containers/gw/kill?signal=TERM",
+    "/v1.41/containers/gw/kill?signal=9", "/v1.41/containers/gw/kill?signal=1", "/v1.41/containers/gw/kill?signal=hup",
+    "/v1.41/containers/gw/kill?signal=HUP&signal=KILL", "/v1.41/containers/gw/kill?signal=HUP&x=1",
+    "/v1.41/containers/gw/kill?signal=", "/v1.41/containers/gw/kill?signal=HUP%00",
+])
+def test_kill_is_refused_for_every_signal_but_hup(target):
+    with pytest.raises(Refused, match="only signal=HUP"):
+        check("POST", target, b"")
+
+
+def test_a_kill_names_its_container_for_the_gateway_check():
+    """The proxy then asks Docker whether that container is labelled io.waker.role=gateway."""
+    assert KILL.match("POST /v1.41/containers/abc123/kill?signal=HUP").group(1) == "abc123"
+    assert KILL.match("POST /containers/abc123/kill?signal=HUP").group(1) == "abc123"
+    assert ON_CONTAINER.match("POST /v1.41/containers/abc123/kill?signal=HUP") is None  # not a managed-only call
+
+
 @pytest.mark.parametrize("change, reason", [
     ({"Labels": {}}, "labelled"), ({"HostConfig": {"Privileged": True}}, "privileged"),
     ({"HostConfig": {"CapAdd": ["SYS_ADMIN"]}}, "capabilities"), ({"HostConfig": {"PidMode": "host"}}, "PidMode"),
@@ -37,6 +63,7 @@ def test_anything_else_is_refused(method, target):
     ({"HostConfig": {"Binds": ["/var/run/docker.sock:/s"]}}, "docker.sock"),
     ({"HostConfig": {"NetworkMode": "container:gateway"}}, "shares another namespace"),
     ({"HostConfig": {"PidMode": "container:abc"}}, "shares another namespace"),
+    ({"Labels": {"io.waker.managed": "true", "io.waker.role": "gateway"}}, "operator's"),
 ])
 def test_dangerous_creates_are_refused(change, reason):
     check("POST", "/v1.41/containers/create?name=x", json.dumps(MANAGED).encode())
