@@ -4,7 +4,8 @@ makes, on containers it manages, and nothing that could take over the host.
     waker socket-proxy --listen /run/waker/docker.sock [--docker /var/run/docker.sock] [--owner UID]
 
 One call reaches a container the waker does not manage: SIGHUP (an nginx reload, nothing else) to
-the compose gateway, the container labelled io.waker.role=gateway.
+the compose gateway, the container labelled io.waker.role=gateway. Image pulls get the registry
+credentials `docker login` left on the host, read here, so that the waker never holds them.
 
 Each request is read whole (line, headers, body), checked, then forwarded; answers stream back
 untouched (events and log follows included). A refused call gets 403 with a JSON message and the
@@ -14,6 +15,7 @@ connection is closed.
 from __future__ import annotations
 
 import asyncio
+import base64
 import json
 import os
 import re
@@ -25,6 +27,7 @@ from urllib.parse import parse_qsl
 
 import structlog
 
+from waker import registry_auth
 from waker.container_spec import LABEL_MANAGED, LABEL_ROLE, ROLE_GATEWAY
 
 log = structlog.get_logger("waker.socket_proxy")
@@ -98,6 +101,22 @@ def _check_create(body: bytes) -> None:
     for bind in host.get("Binds") or []:
         if bind.split(":", 1)[0] in ("/", "/var/run/docker.sock", "/run/docker.sock"):
             raise Refused(f"container create: mounting {bind.split(':', 1)[0]} is refused")
+
+
+IMAGE_PULL = re.compile(f"^POST {_VERSION}/images/create\\?(.*)$")
+
+
+def pulled_image(query: str) -> str:
+    """The image a pull call names, as `fromImage[:tag]` (its registry decides the credentials)."""
+    params = dict(parse_qsl(query))
+    image, tag = params.get("fromImage", ""), params.get("tag", "")
+    return f"{image}:{tag}" if tag and "@" not in image else image
+
+
+def with_registry_auth(head: bytes, auth: dict[str, str]) -> bytes:
+    """The request head with Docker's X-Registry-Auth header (base64url of the JSON credentials)."""
+    header = base64.urlsafe_b64encode(json.dumps(auth).encode()).decode()
+    return head[:-2] + f"X-Registry-Auth: {header}\r\n\r\n".encode()
 
 
 async def labels(docker: Path, container: str) -> dict[str, str] | None:
@@ -189,6 +208,12 @@ class SocketProxy:
             raise Refused(f"container {container[:12]} is not the gateway ({LABEL_ROLE}={ROLE_GATEWAY}): "
                           "no signal may be sent to it")
 
+    async def _add_credentials(self, head: bytes, image: str) -> bytes:
+        """The proxy, not the waker, holds what `docker login` wrote on the host (compose mounts it
+        here): a pull that comes without credentials gets them, and the waker never sees them."""
+        auth = await asyncio.to_thread(registry_auth.credentials, image)
+        return with_registry_auth(head, auth) if auth else head
+
     async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
         docker_writer = None
         responses = None
@@ -206,6 +231,8 @@ class SocketProxy:
                     await self._check_managed(target_container.group(1))
                 elif NETWORK_CONNECT.match(call):
                     await self._check_managed(connected_container(body))
+                elif (pull := IMAGE_PULL.match(call)) and b"\r\nx-registry-auth:" not in head.lower():
+                    head = await self._add_credentials(head, pulled_image(pull.group(1)))
                 docker_writer.write(head + body)
                 await docker_writer.drain()
         except Refused as exc:

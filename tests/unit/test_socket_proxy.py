@@ -1,3 +1,5 @@
+import asyncio
+import base64
 import json
 
 import pytest
@@ -7,8 +9,10 @@ from waker.socket_proxy import (
     NETWORK_CONNECT,
     ON_CONTAINER,
     Refused,
+    SocketProxy,
     check,
     connected_container,
+    pulled_image,
 )
 
 MANAGED = {"Image": "i", "Labels": {"io.waker.managed": "true"}, "HostConfig": {"Binds": ["/data:/models"]}}
@@ -85,3 +89,39 @@ def test_network_connect_names_one_container_and_nothing_else():
                  b'{"Container": "../x"}'):
         with pytest.raises(Refused, match="network connect"):
             connected_container(body)
+
+
+def test_a_pull_names_its_image_with_its_tag():
+    assert pulled_image("fromImage=nvcr.io%2Fnvidia%2Fvllm&tag=25.10-py3") == "nvcr.io/nvidia/vllm:25.10-py3"
+    assert pulled_image("fromImage=reg.io%2Fa%40sha256%3Aab&tag=") == "reg.io/a@sha256:ab"
+
+
+async def test_a_pull_without_credentials_gets_the_hosts_docker_login(tmp_path, monkeypatch):
+    """Through a real proxy to a stand-in Docker socket that records what reaches it."""
+    (tmp_path / "config.json").write_text(json.dumps(
+        {"auths": {"reg.io": {"auth": base64.b64encode(b"me:pw").decode()}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    seen: list[bytes] = []
+
+    async def docker(reader, writer):
+        seen.append(await reader.readuntil(b"\r\n\r\n"))
+        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
+        await writer.drain()
+        writer.close()
+
+    upstream = await asyncio.start_unix_server(docker, path=str(tmp_path / "docker.sock"))
+    proxy = SocketProxy(tmp_path / "proxy.sock", tmp_path / "docker.sock")
+    await proxy.start()
+    try:
+        for image in ("reg.io%2Fa%2Fb", "other.io%2Fa%2Fb"):
+            reader, writer = await asyncio.open_unix_connection(str(tmp_path / "proxy.sock"))
+            writer.write(f"POST /v1.41/images/create?fromImage={image}&tag=1 HTTP/1.1\r\nHost: d\r\n\r\n".encode())
+            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
+            writer.close()
+    finally:
+        await proxy.close()
+        upstream.close()
+    header = [line for line in seen[0].split(b"\r\n") if line.lower().startswith(b"x-registry-auth:")]
+    assert json.loads(base64.urlsafe_b64decode(header[0].split(b":", 1)[1].strip())) == {
+        "username": "me", "password": "pw", "serveraddress": "reg.io"}
+    assert b"x-registry-auth" not in seen[1].lower()  # no login for that registry: anonymous
