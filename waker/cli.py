@@ -23,8 +23,8 @@ def main(argv: list[str] | None = None) -> int:
     check = sub.add_parser("check", help="validate the config and print one line per model")
     check.add_argument("--resolved", action="store_true", help="print the effective config (defaults applied) as TOML")
     sub.add_parser("nginx-config", help="print the rendered nginx config")
-    serve = sub.add_parser("serve", help="run the control plane (nginx runs elsewhere)")
-    serve.add_argument("--nginx", choices=("none", "container"), default="none",
+    serve_command = sub.add_parser("serve", help="run the control plane (nginx runs elsewhere)")
+    serve_command.add_argument("--nginx", choices=("none", "container"), default="none",
                        help="none: leave nginx alone (default); container: render its config into the runtime dir "
                             "and reload it in the gateway container whose network namespace this one shares "
                             "(the compose deployment)")
