@@ -25,6 +25,7 @@ HEALTH_POLL_INTERVAL = 0.02  # a refused connection costs next to nothing; waiti
 # The Docker events stream reports an exit at once; this inspect is only the fallback if it is down.
 EXIT_CHECK_INTERVAL = 2.0
 LOG_TAIL_LINES = 20
+METRICS_TIMEOUT = 10.0  # off the request path: an idle stop can wait for a loaded server's answer
 _RUNNING_METRIC = re.compile(r"^vllm:num_requests_(?:running|waiting)(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.M)
 
 
@@ -167,9 +168,12 @@ class Launcher:
 
     async def busy_requests(self, model: ModelConfig) -> int | None:
         """Requests the model server itself reports running or waiting (vLLM's /metrics), or None
-        when it does not say. Asked once before an idle stop, as a check on the gateway's own count."""
+        when it does not say. Asked once before an idle stop, as a check on the gateway's own count.
+        vLLM's API server answers /metrics slowly while it streams (seconds on a loaded CPU), hence a
+        longer wait than a health check's; one that never answers (wedged) does not keep its model up."""
         try:
-            async with self._http.get(f"{model.address.url}/metrics") as response:
+            async with self._http.get(f"{model.address.url}/metrics",
+                                      timeout=aiohttp.ClientTimeout(total=METRICS_TIMEOUT)) as response:
                 if response.status != 200:
                     return None
                 text = await response.text()

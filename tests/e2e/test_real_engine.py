@@ -255,27 +255,37 @@ async def test_waker_in_flight_count_agrees_with_the_engine_queue(main_stack):
 
 async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
     """Requests sent to the engine's own port (bypassing nginx) are invisible to the gateway's count;
-    the engine's /metrics, asked before an idle stop, keeps the model up until they end. vLLM's gauges
-    follow a new request with a lag, so the idle timeout leaves room for them to show it."""
-    stack = module_stacks("postpone", [real_model("tiny", max_model_len=2048, idle_timeout="4s")])
+    the engine's /metrics, asked before an idle stop, keeps the model up while they run. The engine
+    is kept busy by two clients sending back-to-back direct requests (so that it is never idle between
+    two of them) until an idle stop has been called off, however fast it generates; then left alone:
+    the idle stop comes after the last one."""
+    stack = module_stacks("postpone", [real_model("tiny", max_model_len=2048, idle_timeout="2s")])
     await asyncio.to_thread(ensure_ready, stack, "tiny")
+    enough = asyncio.Event()
+    finished: list[float] = []
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{stack.model_url('tiny')}/v1/chat/completions",
-                                json=chat("tiny", 2000, stream=True)) as r:
-            async def engine_busy() -> bool:
-                return (await engine_metrics(session, stack, "tiny")).get("running", 0) >= 1
+        async def keep_busy() -> None:
+            for _ in range(30):  # bounded: 30 requests of 500 tokens are over a minute of work
+                async with session.post(f"{stack.model_url('tiny')}/v1/chat/completions",
+                                        json=chat("tiny", 500, stream=True)) as r:
+                    _, done = await read_stream(r)
+                assert done, "a direct stream was cut: the model was stopped under it"
+                finished.append(time.time())
+                if enough.is_set():
+                    return
 
-            async def postponed() -> bool:
-                return "idle_stop_postponed" in stack.log()
+        async def postponed() -> bool:
+            return "idle_stop_postponed" in stack.log()
 
-            await eventually_async(engine_busy, 10, "the engine counting the direct request", stack.log)
-            await eventually_async(postponed, 20, "an idle stop called off", stack.log)
-            assert container_running(stack, "tiny")
-            _, done = await read_stream(r)
-        assert done, "the direct stream was cut: the model was stopped under it"
-        ended = time.time()
+        work = [asyncio.create_task(keep_busy()) for _ in range(2)]
+        try:
+            await eventually_async(postponed, 60, "an idle stop called off", stack.log)
+        finally:
+            enough.set()
+            await asyncio.gather(*work)
+        assert container_running(stack, "tiny")
         stopped = eventually(lambda: stack.docker_events("die"), 30, "the idle stop after the work ended", stack.log)
-    assert stopped[0]["timeNano"] / 1e9 >= ended
+    assert stopped[0]["timeNano"] / 1e9 >= finished[-1]
 
 
 # ---- 7. failures as vLLM really fails -------------------------------------------------------------
