@@ -12,8 +12,8 @@ import time
 import structlog
 from aiohttp import web
 
-from waker.nginx_render import location_key
 from waker.errors import RequestRefused, error_response
+from waker.nginx_render import location_key
 from waker.supervisor import Supervisor
 
 log = structlog.get_logger("waker.gateway_api")
