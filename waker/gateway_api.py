@@ -13,6 +13,7 @@ import structlog
 from aiohttp import web
 
 from waker.errors import RequestRefused, error_response
+from waker.model_listing import openai_entry
 from waker.nginx_render import location_key
 from waker.supervisor import Supervisor
 
@@ -64,20 +65,13 @@ async def wake(request: web.Request) -> web.Response:
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """The OpenAI model list, each entry with its live state and what clients need to pick one."""
+    """The OpenAI model list with each model's live state. Answers from memory at once, waking
+    nothing: Open WebUI gives the model list a short timeout of its own. Served at `/models` too,
+    where llama.cpp's router (and so Open WebUI's llama.cpp connection) asks for the same list."""
     supervisor = request.app[SUPERVISOR]
     config = supervisor.config
     created = int(config.path.stat().st_mtime) if config.path.exists() else 0
-    data = []
-    for model in config.models:
-        entry = {"id": model.id, "object": "model", "created": created, "owned_by": "waker",
-                 "aliases": list(model.aliases), "state": supervisor.slots[model.id].state.value,
-                 "capabilities": {"vision": model.vision, "tools": model.tools}}
-        if model.context_length:
-            entry["context_length"] = entry["max_model_len"] = model.context_length
-        if model.description:
-            entry["description"] = model.description
-        data.append(entry)
+    data = [openai_entry(model, supervisor.slots[model.id].state, created) for model in config.models]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -99,6 +93,7 @@ def make_app(supervisor: Supervisor) -> web.Application:
     app[STATS] = {"requests": 0, "wakes": 0, "wake_response_body_bytes": 0}
     app.router.add_get("/_wake/{model}", wake)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/_stats", stats)
     return app

@@ -230,6 +230,8 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
          f"return 200 '{_GENERATION_PLACEHOLDER}'; }}"),
         f"        location = /healthz {{ {to_waker} }}",
         f"        location = /v1/models {{ {to_waker} }}",
+        # llama.cpp's router serves the same list without the /v1 prefix; Open WebUI asks there.
+        f"        location = /models {{ {to_waker} }}",
         # The admin API and the dashboard; the waker checks the admin token when one is set.
         (f"        location /admin/ {{ {admin_only}proxy_pass http://waker; proxy_read_timeout 1d; "
          f"{_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"),
