@@ -54,11 +54,7 @@ async def wake(request: web.Request) -> web.Response:
     try:
         await request.app[SUPERVISOR].acquire(model)
     except RequestRefused as exc:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
-        holders = exc.details.get("holders")
-        if holders:
-            headers["X-Busy-Model"] = ",".join(h["model"] for h in holders)
-        return error_response(exc.status, exc.code, exc.message, headers, exc.details)
+        return error_response(exc.status, exc.code, exc.message, exc.headers(), exc.details)
     log.info("wake_served", model=model.id, held_seconds=round(time.monotonic() - began, 3),
              uri=request.headers.get("X-Original-URI"))
     return web.Response(status=204, headers={"X-Accel-Redirect": f"@retry_{location_key(model.id)}"})
