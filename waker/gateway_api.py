@@ -12,6 +12,7 @@ import time
 import structlog
 from aiohttp import web
 
+from waker import model_controls
 from waker.errors import RequestRefused, error_response
 from waker.model_listing import openai_entry
 from waker.nginx_render import location_key
@@ -92,4 +93,5 @@ def make_app(supervisor: Supervisor) -> web.Application:
     app.router.add_get("/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/_stats", stats)
+    model_controls.add_routes(app, supervisor)
     return app

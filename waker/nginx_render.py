@@ -174,6 +174,8 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
     to_waker = f"proxy_pass http://waker; {_error_pages({502: '@waker_down', 504: '@waker_down'})}"
     syslog = f"syslog:server={_reachable(waker.listen)},tag=waker,nohostname"
     admin_only = nginx_access.admin_restriction(config)
+    longest_start = max((m.start_timeout for m in config.models), default=config.scheduler.start_timeout)
+    load_timeout = int(config.scheduler.queue_timeout + longest_start) + 60
     lines = [
         "# Rendered by `waker` from " + str(config.path) + "; edit the TOML, not this file.",
         f"load_module {gateway.njs_module};",
@@ -232,6 +234,11 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         f"        location = /v1/models {{ {to_waker} }}",
         # llama.cpp's router serves the same list without the /v1 prefix; Open WebUI asks there.
         f"        location = /models {{ {to_waker} }}",
+        # Its load and unload (the waker refuses them unless [gateway] client_model_control is on).
+        # A load is held like a wake: through the queue, then the start.
+        (f"        location = /models/load {{ proxy_pass http://waker; proxy_read_timeout {load_timeout}s; "
+         f"{_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"),
+        f"        location = /models/unload {{ {to_waker} }}",
         # The admin API and the dashboard; the waker checks the admin token when one is set.
         (f"        location /admin/ {{ {admin_only}proxy_pass http://waker; proxy_read_timeout 1d; "
          f"{_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"),
