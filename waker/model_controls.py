@@ -27,6 +27,7 @@ from waker.config import ModelConfig
 from waker.errors import RequestRefused, error_response
 from waker.lifecycle import State
 from waker.model_listing import client_status, openai_entry
+from waker.nginx_render import NGINX_ERRORS
 from waker.supervisor import Supervisor
 
 log = structlog.get_logger("waker.model_controls")
@@ -56,12 +57,11 @@ async def _requested_model(request: web.Request) -> ModelConfig:
     """The model the request names, once it may be acted on; raises _Refused, changing nothing."""
     config = request.app[SUPERVISOR].config
     if config.gateway.api_keys and not _carries_client_key(request, config.gateway.api_keys):
-        raise _Refused(401, "invalid_api_key", "missing or wrong API key: send 'Authorization: Bearer <key>' or "
-                       "'x-api-key: <key>' with a key from [gateway] api_keys")
+        raise _Refused(401, *NGINX_ERRORS[401])  # the answer nginx gives the same mistake
     if not config.gateway.client_model_control:
         raise _Refused(403, "client_model_control_disabled",
-                       f"loading and unloading models from the client port is off: set [gateway] "
-                       f"client_model_control = true to allow it (the operator can use `waker start` and "
+                       "loading and unloading models from the client port is off: set [gateway] "
+                       "client_model_control = true to allow it (the operator can use `waker start` and "
                        f"`waker stop`); {request.path} changed nothing")
     ids = ", ".join(m.id for m in config.models)
     try:
