@@ -56,6 +56,7 @@ class GatewayConfig:
     api_keys: tuple[str, ...]
     allow_no_keys: bool
     cors_origins: tuple[str, ...]
+    client_model_control: bool  # clients may load and unload models (POST /models/load, /models/unload)
 
 
 @dataclass(frozen=True, slots=True)
@@ -216,6 +217,7 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
                                       *fields.secret_file_field(gateway, "api_keys_file", path, fields.api_key)])),
         allow_no_keys=gateway.get("allow_no_keys", fields.boolean, False),
         cors_origins=tuple(gateway.get("cors_origins", fields.list_of(fields.origin), [])),
+        client_model_control=gateway.get("client_model_control", fields.boolean, False),
     )
     name = waker.get("name", fields.stack_name, "spark")
     waker_cfg = WakerConfig(

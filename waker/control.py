@@ -28,13 +28,14 @@ class ManualControl:
         try:
             await asyncio.wait_for(reached(), timeout)
             return True
-        except asyncio.TimeoutError:
+        except TimeoutError:
             return False
 
     # ---- manual control (the admin API) ---------------------------------------------------------
 
-    def stop_by_hand(self, model_id: str, force: bool = False) -> str:
-        """Stops a model now; returns what happened. A keep_warm model stays down until asked for."""
+    def stop_by_hand(self, model_id: str, force: bool = False, reason: str = "manual") -> str:
+        """Stops a model now; returns what happened. A keep_warm model stays down until asked for.
+        `reason` names who asked, in the stop's event and metrics ("client": a client's unload)."""
         slot = self.current_slots()[model_id]
         if slot.state is State.FAILED:
             self._transition(model_id, Event.RESET, failures=0, retry_at=0.0)
@@ -48,7 +49,7 @@ class ManualControl:
             raise AdminError(409, f"model {model_id!r} has {slot.in_flight} request(s) in flight; "
                                   "stopping it would cut them off (force=true does it anyway)")
         self.slots[model_id] = replace(self.slots[model_id], suspended=slot.keep_warm)
-        self._stop(model_id, "manual")
+        self._stop(model_id, reason)
         return "stopping"
 
     def set_pinned(self, model_id: str, pinned: bool) -> None:

@@ -32,6 +32,14 @@ class RequestRefused(Exception):
         self.status, self.code, self.message = status, code, message
         self.retry_after, self.details = retry_after, details or {}
 
+    def headers(self) -> dict[str, str]:
+        """Retry-After when a retry may succeed later, and X-Busy-Model naming the models that hold the GPU."""
+        headers = {"Retry-After": str(self.retry_after)} if self.retry_after is not None else {}
+        holders = self.details.get("holders")
+        if holders:
+            headers["X-Busy-Model"] = ",".join(h["model"] for h in holders)
+        return headers
+
 
 class AdminError(Exception):
     """A manual operation that cannot be done now; carries the HTTP status for the admin API."""

@@ -12,8 +12,10 @@ import time
 import structlog
 from aiohttp import web
 
-from waker.nginx_render import location_key
+from waker import model_controls
 from waker.errors import RequestRefused, error_response
+from waker.model_listing import openai_entry
+from waker.nginx_render import location_key
 from waker.supervisor import Supervisor
 
 log = structlog.get_logger("waker.gateway_api")
@@ -53,31 +55,20 @@ async def wake(request: web.Request) -> web.Response:
     try:
         await request.app[SUPERVISOR].acquire(model)
     except RequestRefused as exc:
-        headers = {"Retry-After": str(exc.retry_after)} if exc.retry_after is not None else {}
-        holders = exc.details.get("holders")
-        if holders:
-            headers["X-Busy-Model"] = ",".join(h["model"] for h in holders)
-        return error_response(exc.status, exc.code, exc.message, headers, exc.details)
+        return error_response(exc.status, exc.code, exc.message, exc.headers(), exc.details)
     log.info("wake_served", model=model.id, held_seconds=round(time.monotonic() - began, 3),
              uri=request.headers.get("X-Original-URI"))
     return web.Response(status=204, headers={"X-Accel-Redirect": f"@retry_{location_key(model.id)}"})
 
 
 async def list_models(request: web.Request) -> web.Response:
-    """The OpenAI model list, each entry with its live state and what clients need to pick one."""
+    """The OpenAI model list with each model's live state. Answers from memory at once, waking
+    nothing: Open WebUI gives the model list a short timeout of its own. Served at `/models` too,
+    where llama.cpp's router (and so Open WebUI's llama.cpp connection) asks for the same list."""
     supervisor = request.app[SUPERVISOR]
     config = supervisor.config
     created = int(config.path.stat().st_mtime) if config.path.exists() else 0
-    data = []
-    for model in config.models:
-        entry = {"id": model.id, "object": "model", "created": created, "owned_by": "waker",
-                 "aliases": list(model.aliases), "state": supervisor.slots[model.id].state.value,
-                 "capabilities": {"vision": model.vision, "tools": model.tools}}
-        if model.context_length:
-            entry["context_length"] = entry["max_model_len"] = model.context_length
-        if model.description:
-            entry["description"] = model.description
-        data.append(entry)
+    data = [openai_entry(model, supervisor.slots[model.id].state, created) for model in config.models]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -99,6 +90,8 @@ def make_app(supervisor: Supervisor) -> web.Application:
     app[STATS] = {"requests": 0, "wakes": 0, "wake_response_body_bytes": 0}
     app.router.add_get("/_wake/{model}", wake)
     app.router.add_get("/v1/models", list_models)
+    app.router.add_get("/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/_stats", stats)
+    model_controls.add_routes(app, supervisor)
     return app

@@ -28,10 +28,10 @@ BODY_ROUTES_OUTSIDE_V1 = ("tokenize", "detokenize", "rerank", "score", "pooling"
 # Statuses nginx itself may produce, each answered with an OpenAI error body instead of an HTML page.
 NGINX_ERRORS: dict[int, tuple[str, str]] = {
     400: ("bad_request", "the request is malformed HTTP"),
-    401: ("invalid_api_key", "missing or wrong API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' "
-                             "with a key from [gateway] api_keys"),
-    403: ("forbidden", "this route is not open to this client (the admin API and dashboard answer other hosts "
-                       "only when [waker] admin_token is set)"),
+    401: ("invalid_api_key", ("missing or wrong API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' "
+                              "with a key from [gateway] api_keys")),
+    403: ("forbidden", ("this route is not open to this client (the admin API and dashboard answer other hosts "
+                        "only when [waker] admin_token is set)")),
     404: ("not_found", "no such route: the API is under /v1/ (for example POST /v1/chat/completions)"),
     405: ("method_not_allowed", "this method is not allowed on this route"),
     408: ("request_timeout", "the client sent the request too slowly"),
@@ -44,8 +44,8 @@ NGINX_ERRORS: dict[int, tuple[str, str]] = {
     504: ("model_timeout", "the model server did not answer within [gateway] read_timeout ({read_timeout})"),
     505: ("http_version_not_supported", "this HTTP version is not supported: use HTTP/1.1"),
 }
-WAKER_DOWN = ("waker_unavailable", "the waker (control plane) is not reachable, so models that are not running "
-              "cannot be started; check that `waker run` or `waker serve` is running")
+WAKER_DOWN = ("waker_unavailable", ("the waker (control plane) is not reachable, so models that are not running "
+                                    "cannot be started; check that `waker run` or `waker serve` is running"))
 
 GENERATION_PATH = "/_waker/generation"
 ERROR_PREFIX = "/_waker/error/"
@@ -152,10 +152,10 @@ def _model_locations(model: ModelConfig, config: Config) -> list[str]:
         lines.append(f"        location /v1/{name}/ {{ {enter} rewrite ^/v1/[^/]+/(.*)$ /v1/$1 break; {proxy} {wake} }}")
     lines += [
         f"        location @model_{key} {{ {enter} {proxy} {wake} }}",
-        f"        location @wake_{key} {{ set $wake_uri /_wake/{model.id}; proxy_pass http://waker$wake_uri; "
-        "proxy_pass_request_body off; proxy_set_header Content-Length ''; proxy_set_header Connection ''; "
-        "proxy_set_header X-Original-URI $request_uri; proxy_method GET; "
-        f"proxy_read_timeout {wake_timeout}s; {_error_pages({502: '@waker_down', 504: '@waker_down'})} }}",
+        (f"        location @wake_{key} {{ set $wake_uri /_wake/{model.id}; proxy_pass http://waker$wake_uri; "
+         "proxy_pass_request_body off; proxy_set_header Content-Length ''; proxy_set_header Connection ''; "
+         "proxy_set_header X-Original-URI $request_uri; proxy_method GET; "
+         f"proxy_read_timeout {wake_timeout}s; {_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"),
         f"        location @retry_{key} {{ {proxy} {_error_pages()} }}",
     ]
     return lines
@@ -174,6 +174,8 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
     to_waker = f"proxy_pass http://waker; {_error_pages({502: '@waker_down', 504: '@waker_down'})}"
     syslog = f"syslog:server={_reachable(waker.listen)},tag=waker,nohostname"
     admin_only = nginx_access.admin_restriction(config)
+    longest_start = max((m.start_timeout for m in config.models), default=config.scheduler.start_timeout)
+    load_timeout = int(config.scheduler.queue_timeout + longest_start) + 60
     lines = [
         "# Rendered by `waker` from " + str(config.path) + "; edit the TOML, not this file.",
         f"load_module {gateway.njs_module};",
@@ -224,15 +226,22 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         # shares the request's variables and would run it again, erasing them.
         "        uninitialized_variable_warn off;",
         *nginx_access.server_lines(config),
-        f"        location ^~ {BEGIN_PREFIX} {{ internal; log_subrequest on; access_log {syslog} inflight_begin; "
-        "return 204; }",
-        f"        location = {GENERATION_PATH} {{ allow 127.0.0.0/8; allow ::1; deny all; "
-        f"return 200 '{_GENERATION_PLACEHOLDER}'; }}",
+        (f"        location ^~ {BEGIN_PREFIX} {{ internal; log_subrequest on; access_log {syslog} inflight_begin; "
+         "return 204; }"),
+        (f"        location = {GENERATION_PATH} {{ allow 127.0.0.0/8; allow ::1; deny all; "
+         f"return 200 '{_GENERATION_PLACEHOLDER}'; }}"),
         f"        location = /healthz {{ {to_waker} }}",
         f"        location = /v1/models {{ {to_waker} }}",
+        # llama.cpp's router serves the same list without the /v1 prefix; Open WebUI asks there.
+        f"        location = /models {{ {to_waker} }}",
+        # Its load and unload (the waker refuses them unless [gateway] client_model_control is on).
+        # A load is held like a wake: through the queue, then the start.
+        (f"        location = /models/load {{ proxy_pass http://waker; proxy_read_timeout {load_timeout}s; "
+         f"{_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"),
+        f"        location = /models/unload {{ {to_waker} }}",
         # The admin API and the dashboard; the waker checks the admin token when one is set.
-        f"        location /admin/ {{ {admin_only}proxy_pass http://waker; proxy_read_timeout 1d; "
-        f"{_error_pages({502: '@waker_down', 504: '@waker_down'})} }}",
+        (f"        location /admin/ {{ {admin_only}proxy_pass http://waker; proxy_read_timeout 1d; "
+         f"{_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"),
         f"        location /ui/ {{ {admin_only}{to_waker} }}",
         "        location = /ui { return 301 /ui/; }",
         f"        location /v1/ {{ js_content route.dispatch; {_error_pages()} }}",

@@ -77,6 +77,7 @@ def test_minimal_config_uses_documented_defaults(tmp_path):
     assert str(config.waker.listen) == "127.0.0.1:18080"
     assert config.scheduler.start_timeout == 900
     assert config.models[0].host_port == 18100
+    assert config.gateway.client_model_control is False  # clients may not stop models unless allowed
 
 
 BROKEN = [
@@ -111,6 +112,7 @@ BROKEN = [
     ('[gateway]\napi_keys = ["${WAKER_UNSET_VARIABLE_X}"]', ["WAKER_UNSET_VARIABLE_X is not set"]),
     ('[gateway]\napi_keys_file = "absent-keys.txt"', ["field 'api_keys_file'", "cannot read"]),
     ('[gateway]\ncors_origins = ["localhost:3000/"]', ["field 'cors_origins'", "origin"]),
+    ('[gateway]\nclient_model_control = "yes"', ["[gateway]", "field 'client_model_control'", "true or false"]),
     ('[scheduler]\non_busy = "wait"', ["[scheduler]", "field 'on_busy'", "'queue', 'reject'"]),
     ('[scheduler]\nmax_start_failures = 0', ["field 'max_start_failures'", "at least 1"]),
     ('[scheduler]\ngpu_capacity = -1', ["field 'gpu_capacity'", "positive"]),

@@ -24,7 +24,7 @@ def nginx_test(tmp_path: Path, cfg) -> subprocess.CompletedProcess:
     (tmp_path / "nginx.conf").write_text(rendered.nginx_conf)
     (tmp_path / "route.js").write_text(rendered.route_js)
     return subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
-                           "-e", str(tmp_path / "logs/error.log")], capture_output=True, text=True)
+                           "-e", str(tmp_path / "logs/error.log")], capture_output=True, text=True, check=False)
 
 
 def test_location_keys_are_injective_and_nginx_safe():
@@ -93,3 +93,12 @@ def test_without_keys_the_gateway_falls_back_to_loopback_and_says_so(tmp_path):
                             "model": [{"id": "alpha", "image": "i"}]}, tmp_path / "models.toml")
     assert "listen 0.0.0.0:8009;" in render(allowed, tmp_path).nginx_conf
     assert "anyone who reaches" in exposure_warning(allowed)
+
+
+def test_model_controls_go_to_the_waker_and_a_load_may_wait_as_long_as_a_wake(tmp_path):
+    cfg = config(tmp_path, [{"id": "alpha", "image": "i"}, {"id": "big", "image": "i", "start_timeout": "90m"}])
+    lines = render(cfg, tmp_path).nginx_conf.splitlines()
+    load = next(line for line in lines if "location = /models/load " in line)
+    assert "proxy_pass http://waker;" in load and "proxy_read_timeout 6060s;" in load  # 10m queue + 90m + 60 s
+    for path in ("/models", "/models/unload"):
+        assert "proxy_pass http://waker;" in next(line for line in lines if f"location = {path} " in line)

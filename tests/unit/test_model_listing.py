@@ -1,0 +1,34 @@
+"""The model list's entries and the llama.cpp-router status each of our states shows as."""
+
+from __future__ import annotations
+
+import pytest
+
+from waker.config import parse_config
+from waker.lifecycle import State
+from waker.model_listing import ClientStatus, client_status, openai_entry
+
+
+@pytest.mark.parametrize(("state", "status"), [
+    (State.STOPPED, "unloaded"),
+    (State.STARTING, "loading"),
+    (State.READY, "loaded"),
+    (State.STOPPING, "unloaded"),
+    (State.FAILED, "failed"),
+])
+def test_each_state_has_the_status_llama_cpp_clients_read(state, status):
+    assert client_status(state) == status
+
+
+def test_the_status_set_is_llama_cpp_routers_plus_failed_and_sleeping_is_not_used_yet():
+    assert {s.value for s in ClientStatus} == {"loaded", "loading", "unloaded", "failed", "sleeping"}
+    assert ClientStatus.SLEEPING not in {client_status(state) for state in State}
+
+
+def test_an_entry_carries_state_status_and_metadata(tmp_path):
+    config = parse_config({"model": [{"id": "alpha", "aliases": ["a"], "image": "i", "context_length": 8192,
+                                      "tools": True}]}, tmp_path / "models.toml")
+    entry = openai_entry(config.models[0], State.STARTING, 1700000000)
+    assert entry == {"id": "alpha", "object": "model", "created": 1700000000, "owned_by": "waker", "aliases": ["a"],
+                     "state": "starting", "status": {"value": "loading"},
+                     "capabilities": {"vision": False, "tools": True}, "context_length": 8192, "max_model_len": 8192}
