@@ -173,8 +173,7 @@ class NginxProcess:
             # A reload closes idle keep-alive connections, which races with clients reusing them:
             # only when the config really changed is that worth it.
             if changed:
-                os.kill(stale, signal.SIGHUP)
-                await wait_generation(self.config, rendered.generation)
+                await self._reload(rendered.generation)
             log.info("nginx_adopted", pid=stale, listen=str(self.config.gateway.listen), reloaded=changed)
             return
         conf = self.config.waker.runtime_dir / "nginx.conf"
@@ -220,9 +219,23 @@ class NginxProcess:
         rendered = await write_and_test(config)
         assert self.pid is not None
         if _files(config.waker.runtime_dir) != before:
-            os.kill(self.pid, signal.SIGHUP)
-            await wait_generation(config, rendered.generation)
+            await self._reload(rendered.generation)
             log.info("nginx_reloaded", pid=self.pid, generation=rendered.generation)
+
+    async def _reload(self, generation: str, timeout: float = 10.0) -> None:
+        """SIGHUP, then wait until the new config answers and every old worker has stopped taking
+        connections: until then a new connection can still land on an old worker and get the old
+        config (a model a reload had just added answered 404 once, on a loaded machine)."""
+        assert self.pid is not None
+        old = _workers(self.pid)
+        os.kill(self.pid, signal.SIGHUP)
+        await wait_generation(self.config, generation, timeout)
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() + timeout
+        while any(_accepting(worker) for worker in old):
+            if loop.time() >= deadline:
+                raise NginxError(f"nginx's old workers still took connections {timeout:g} s after the reload")
+            await asyncio.sleep(0.01)
 
     async def wait(self) -> int | None:
         """Returns when nginx exits: its exit code, or None for an adopted one (not our child)."""
@@ -245,6 +258,29 @@ class NginxProcess:
             os.kill(self.pid, signal.SIGKILL)
             await self.wait()
         log.info("nginx_stopped", pid=self.pid)
+
+
+def _workers(master: int) -> list[int]:
+    """The pids of the master's children (its workers), from /proc."""
+    children = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            fields = stat.read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
+            continue
+        if fields[1] == str(master):
+            children.append(int(stat.parent.name))
+    return children
+
+
+def _accepting(pid: int) -> bool:
+    """Whether an nginx worker still takes new connections: an old one renames itself "worker process
+    is shutting down" as it closes its listening sockets."""
+    try:
+        title = Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+    return b"worker process" in title and b"shutting down" not in title
 
 
 async def _exited(pid: int) -> None:
