@@ -239,8 +239,10 @@ async def test_waker_in_flight_count_agrees_with_the_engine_queue(main_stack):
     stack = main_stack
     await asyncio.to_thread(ensure_ready, stack, "tiny")
     async with aiohttp.ClientSession() as session:
+        # Long enough (each 4-6 s) that vLLM's /metrics, slow to answer while it streams, is read
+        # while the first one still runs and the other two wait.
         async def one_stream():
-            async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", 600, stream=True)) as r:
+            async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", 1500, stream=True)) as r:
                 return await read_stream(r)
 
         streams = [asyncio.create_task(one_stream()) for _ in range(3)]
