@@ -14,7 +14,7 @@ from aiohttp import web
 
 from waker import model_controls
 from waker.errors import RequestRefused, error_response
-from waker.model_listing import openai_entry
+from waker.model_listing import created, openai_entry
 from waker.nginx_render import location_key
 from waker.supervisor import Supervisor
 
@@ -67,8 +67,8 @@ async def list_models(request: web.Request) -> web.Response:
     where llama.cpp's router (and so Open WebUI's llama.cpp connection) asks for the same list."""
     supervisor = request.app[SUPERVISOR]
     config = supervisor.config
-    created = int(config.path.stat().st_mtime) if config.path.exists() else 0
-    data = [openai_entry(model, supervisor.slots[model.id].state, created) for model in config.models]
+    written = created(config)
+    data = [openai_entry(model, supervisor.slots[model.id].state, written) for model in config.models]
     return web.json_response({"object": "list", "data": data})
 
 

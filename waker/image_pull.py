@@ -8,6 +8,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any
 
+from waker.units import format_bytes
+
 
 @dataclass(frozen=True, slots=True)
 class PullProgress:
@@ -19,15 +21,8 @@ class PullProgress:
 
     def describe(self) -> str:
         """One line for people: `waker status`, the dashboard, the loading feedback."""
-        sizes = f", {_size(self.bytes_done)} of {_size(self.bytes_total)}" if self.bytes_total else ""
+        sizes = f", {format_bytes(self.bytes_done)} of {format_bytes(self.bytes_total)}" if self.bytes_total else ""
         return f"pulling {self.image}: {self.layers_done}/{self.layers_total} layers{sizes}"
-
-
-def _size(size: int) -> str:
-    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
-        if size >= scale:
-            return f"{size / scale:.1f} {unit}"
-    return f"{size} B"
 
 
 class PullFailed(Exception):

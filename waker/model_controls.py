@@ -26,7 +26,7 @@ from aiohttp import web
 from waker.config import ModelConfig
 from waker.errors import RequestRefused, error_response
 from waker.lifecycle import State
-from waker.model_listing import client_status, openai_entry
+from waker.model_listing import client_status, created, openai_entry
 from waker.nginx_render import NGINX_ERRORS
 from waker.supervisor import Supervisor
 
@@ -83,8 +83,7 @@ async def _requested_model(request: web.Request) -> ModelConfig:
 
 
 def _entry(supervisor: Supervisor, model: ModelConfig) -> dict[str, Any]:
-    created = int(supervisor.config.path.stat().st_mtime) if supervisor.config.path.exists() else 0
-    return openai_entry(model, supervisor.slots[model.id].state, created)
+    return openai_entry(model, supervisor.slots[model.id].state, created(supervisor.config))
 
 
 async def load(request: web.Request) -> web.Response:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
-from waker.config import ModelConfig
+from waker.config import Config, ModelConfig
 from waker.lifecycle import State
 
 
@@ -42,6 +42,11 @@ _STATUS: dict[State, ClientStatus] = {
 
 def client_status(state: State) -> ClientStatus:
     return _STATUS[state]
+
+
+def created(config: Config) -> int:
+    """OpenAI's `created` for every entry: when the catalogue was last written (0 if it is gone)."""
+    return int(config.path.stat().st_mtime) if config.path.exists() else 0
 
 
 def openai_entry(model: ModelConfig, state: State, created: int) -> dict[str, Any]:

@@ -85,3 +85,11 @@ def format_size(size: int) -> str:
         if size % _SIZE_UNITS[unit] == 0:
             return f"{size // _SIZE_UNITS[unit]}{unit}"
     return str(size)
+
+
+def format_bytes(size: int) -> str:
+    """A byte count for people, to one decimal ("4.0 kB", "1.2 GB"); not a config value."""
+    for unit, scale in (("GB", 1e9), ("MB", 1e6), ("kB", 1e3)):
+        if size >= scale:
+            return f"{size / scale:.1f} {unit}"
+    return f"{size} B"
