@@ -10,15 +10,17 @@ import asyncio
 import hmac
 import json
 from dataclasses import asdict
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from waker.config import ConfigError, ModelConfig
+from waker.docker_runtime import DockerRuntime
 from waker.gpu import GpuMemory
 from waker.errors import AdminError, RequestRefused, error_body, error_response
 from waker.lifecycle import State
+from waker.manual_control import ManualControl, StopOutcome
 from waker.nginx_process import NginxError
 from waker.scheduler import Slot
 from waker.supervisor import Supervisor
@@ -26,7 +28,8 @@ from waker.supervisor import Supervisor
 log = structlog.get_logger("waker.admin_api")
 
 SUPERVISOR = web.AppKey("admin_supervisor", Supervisor)
-RELOAD = web.AppKey("reload", Callable[[], Awaitable[dict[str, list[str]]]])
+CONTROL = web.AppKey("admin_control", ManualControl)
+RUNTIME = web.AppKey("runtime", DockerRuntime)
 GPU = web.AppKey("gpu", GpuMemory)
 HEARTBEAT_SECONDS = 15.0
 
@@ -79,13 +82,13 @@ def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] 
         "state_seconds": round(now - slot.since, 1),
         "uptime_seconds": round(now - slot.ready_since, 1) if ready else None,
         "idle_seconds": round(now - slot.last_active, 1) if ready and not slot.in_flight else None,
-        "in_flight": slot.in_flight, "queued": sum(1 for w in supervisor.queue.values() if w.model == model.id),
-        "requests_total": supervisor.activity[model.id].total,
+        "in_flight": slot.in_flight, "queued": len(supervisor.waiting.for_model(model.id)),
+        "requests_total": supervisor.records[model.id].activity.total,
         "gpu_memory": model.gpu_memory, "exclusive": model.exclusive, "keep_warm": model.keep_warm,
         "pinned": slot.pinned, "idle_timeout": model.idle_timeout, "last_error": slot.last_error or None,
         "failures": slot.failures,
         "retry_in_seconds": round(slot.retry_at - now, 1) if slot.retry_at > now else None,
-        "image": model.image, "container_id": supervisor.containers.get(model.id),
+        "image": model.image, "container_id": supervisor.records[model.id].container,
         "host_port": model.host_port, "address": str(model.address), "context_length": model.context_length,
         "vision": model.vision, "tools": model.tools,
         "last_start_seconds": round(slot.expected_start_seconds, 1) if slot.expected_start_seconds else None,
@@ -93,7 +96,7 @@ def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] 
     if slot.state is State.STARTING:
         entry["loading"] = {"elapsed_seconds": round(now - slot.starting_since, 1),
                             "expected_seconds": entry["last_start_seconds"]}
-        pulling = supervisor.launcher.images.pulling.get(model.image)
+        pulling = supervisor.driver.pulling(model.image)
         if pulling is not None:
             entry["loading"]["pull"] = {**asdict(pulling), "text": pulling.describe()}
     return entry
@@ -104,7 +107,7 @@ async def list_models(request: web.Request) -> web.Response:
     slots = supervisor.current_slots()
     return web.json_response({
         "models": [describe(supervisor, m, slots) for m in supervisor.config.models],
-        "queue_length": len(supervisor.queue),
+        "queue_length": len(supervisor.waiting),
         "docker": supervisor.docker_error or "connected",
         "gpu_capacity": supervisor.policy.capacity,
         "gpu": [asdict(reading) for reading in request.app[GPU].read()],
@@ -133,26 +136,26 @@ async def stop(request: web.Request) -> web.Response:
     supervisor, model = request.app[SUPERVISOR], _model(request)
     force, wait = _flag(request, "force", False), _flag(request, "wait", True)
     try:
-        outcome = supervisor.stop_by_hand(model.id, force)
+        outcome = request.app[CONTROL].stop_by_hand(model.id, force)
     except AdminError as exc:
         return error_response(exc.status, "conflict", exc.message)
-    if wait and outcome == "stopping":
+    if wait and outcome is StopOutcome.STOPPING:
         await supervisor.wait_until(model.id, (State.STOPPED,), model.stop_timeout + 30)
-    return web.json_response({"outcome": outcome, **describe(supervisor, model)})
+    return web.json_response({"outcome": outcome.value, **describe(supervisor, model)})
 
 
 async def pin(request: web.Request) -> web.Response:
     supervisor, model = request.app[SUPERVISOR], _model(request)
-    supervisor.set_pinned(model.id, request.path.endswith("/pin"))
+    request.app[CONTROL].set_pinned(model.id, request.path.endswith("/pin"))
     return web.json_response(describe(supervisor, model))
 
 
 async def unload(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
-    outcome = supervisor.unload(_flag(request, "force", False))
+    outcome = request.app[CONTROL].unload(_flag(request, "force", False))
     if _flag(request, "wait", True):
         await asyncio.gather(*(supervisor.wait_until(model_id, (State.STOPPED,), 60)
-                               for model_id, what in outcome.items() if what == "stopping"))
+                               for model_id, what in outcome.items() if what == StopOutcome.STOPPING))
     return web.json_response({"models": outcome})
 
 
@@ -164,14 +167,15 @@ async def logs(request: web.Request) -> web.StreamResponse:
             raise ValueError
     except ValueError:
         return error_response(400, "invalid_parameter", "tail must be a whole number from 0 to 100000")
-    info = await supervisor.runtime.find(model.id)
+    runtime = request.app[RUNTIME]
+    info = await runtime.find(model.id)
     if info is None:
         return error_response(404, "no_container", f"model {model.id!r} has no container yet; start it first")
     if not _flag(request, "follow", False):
-        text = await supervisor.runtime.logs_tail(info.id, tail)
+        text = await runtime.logs_tail(info.id, tail)
         return web.json_response({"model": model.id, "container_id": info.id, "lines": text.splitlines()})
     response = await _sse(request)
-    async for line in supervisor.runtime.follow_logs(info.id, tail):
+    async for line in runtime.follow_logs(info.id, tail):
         await response.write(_event("log", {"line": line}))
     return response
 
@@ -194,7 +198,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def reload(request: web.Request) -> web.Response:
     try:
-        changes = await request.app[RELOAD]()
+        change = await request.app[CONTROL].reload()
     except ConfigError as exc:
         return error_response(400, "invalid_config", "the new config was refused; the running one stays: "
                               + "; ".join(exc.problems), details={"problems": exc.problems})
@@ -202,7 +206,7 @@ async def reload(request: web.Request) -> web.Response:
         return error_response(exc.status, "conflict", exc.message)
     except NginxError as exc:
         return error_response(500, "nginx_refused", str(exc))
-    return web.json_response({"reloaded": True, **changes})
+    return web.json_response({"reloaded": True, **change.as_dict()})
 
 
 async def prepare(request: web.Request) -> web.Response:
@@ -220,7 +224,7 @@ async def prepare(request: web.Request) -> web.Response:
     if unknown:
         return error_response(404, "model_not_found", f"unknown model(s) {unknown!r}")
     models = [supervisor.config.model(i) for i in ids] if ids else list(supervisor.config.models)
-    report = {m.id: await supervisor.launcher.prepare(m) for m in models}
+    report = {m.id: await supervisor.driver.prepare(m) for m in models}
     ready = all("error" not in r for r in report.values())
     return web.json_response({"ok": ready, "models": report}, status=200 if ready else 207)
 
@@ -236,10 +240,11 @@ def _event(kind: str, data: dict[str, Any]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-def add_routes(app: web.Application, supervisor: Supervisor,
-               reloader: Callable[[], Awaitable[dict[str, list[str]]]], gpu: GpuMemory) -> None:
+def add_routes(app: web.Application, supervisor: Supervisor, control: ManualControl, runtime: DockerRuntime,
+               gpu: GpuMemory) -> None:
     app[SUPERVISOR] = supervisor
-    app[RELOAD] = reloader
+    app[CONTROL] = control
+    app[RUNTIME] = runtime
     app[GPU] = gpu
     app.middlewares.append(require_token)
     app.router.add_get("/admin/models", list_models)

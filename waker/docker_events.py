@@ -8,21 +8,37 @@ stream and no API calls.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+import json
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import structlog
 
+from waker.container_spec import LABEL_MODEL
 from waker.docker_runtime import DockerError, DockerRuntime
+from waker.driver import ContainerChange, ContainerEvent
 
 log = structlog.get_logger("waker.docker_events")
 
 MAX_BACKOFF = 30.0
+_CHANGES = {"start": ContainerChange.STARTED, "die": ContainerChange.DIED, "oom": ContainerChange.OOM}
+
+
+def container_event(raw: dict[str, Any]) -> ContainerEvent | None:
+    """The change a Docker event reports for a model's container, or None for any other event."""
+    actor = raw.get("Actor", {})
+    attributes = actor.get("Attributes", {})
+    model_id = attributes.get(LABEL_MODEL)
+    change = _CHANGES.get(raw.get("Action") or raw.get("status") or "")
+    if model_id is None or change is None:
+        return None
+    return ContainerEvent(change, model_id, raw.get("id") or actor.get("ID", ""), attributes.get("exitCode", "?"))
 
 
 async def follow(
     runtime: DockerRuntime,
-    on_event: Callable[[dict[str, Any]], None],
+    on_event: Callable[[ContainerEvent], None],
     on_connect: Callable[[], Awaitable[None]],
     on_disconnect: Callable[[str], None],
 ) -> None:
@@ -33,10 +49,11 @@ async def follow(
                 await on_connect()
                 log.info("docker_events_connected")
                 backoff = 0.5
-                async for event in events:
-                    on_event(event)
+                async for raw in events:
+                    if (event := container_event(raw)) is not None:
+                        on_event(event)
             reason = "the Docker events stream ended"
-        except (DockerError, aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, DockerError, aiohttp.ClientError, OSError, json.JSONDecodeError) as exc:
             reason = str(exc) or type(exc).__name__
         on_disconnect(reason)
         log.warning("docker_events_lost", error=reason, retry_in=backoff)

@@ -41,6 +41,15 @@ class RequestRefused(Exception):
         return headers
 
 
+class StartError(Exception):
+    """A model could not be made ready (or its run ended in a crash); carries the HTTP status and the
+    error code clients get."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message
+
+
 class AdminError(Exception):
     """A manual operation that cannot be done now; carries the HTTP status for the admin API."""
 

@@ -6,13 +6,36 @@ from __future__ import annotations
 
 import asyncio
 import time
-from typing import Any, Callable
+from collections.abc import Callable
+from enum import StrEnum
+from typing import Any
 
 import structlog
 
 log = structlog.get_logger("waker.events")
 
 QUEUE_SIZE = 1000
+
+
+class EventKind(StrEnum):
+    """Everything the waker publishes (the `type` of an admin event, the name of its log line)."""
+
+    MODEL_STATE = "model_state"  # every transition, with `previous` and `trigger`
+    MODEL_READY = "model_ready"
+    MODEL_STOPPED = "model_stopped"
+    MODEL_EXITED = "model_exited"
+    MODEL_OOM = "model_oom"
+    MODEL_BACKOFF = "model_backoff"
+    MODEL_UNREACHABLE = "model_unreachable"
+    MODEL_PINNED = "model_pinned"
+    MODEL_UNPINNED = "model_unpinned"
+    REQUEST_QUEUED = "request_queued"
+    REQUEST_REFUSED = "request_refused"
+    REQUEST_ABANDONED = "request_abandoned"
+    CONTAINER_ADOPTED = "container_adopted"
+    IDLE_STOP_POSTPONED = "idle_stop_postponed"
+    IMAGE_PULL = "image_pull"
+    CONFIG_RELOADED = "config_reloaded"
 
 
 class EventBus:
@@ -24,9 +47,9 @@ class EventBus:
         """A synchronous observer of every event (the metrics counters)."""
         self._sinks.append(sink)
 
-    def publish(self, kind: str, **fields: Any) -> None:
-        event = {"type": kind, "time": time.time(), **fields}
-        log.info(kind, **fields)
+    def publish(self, kind: EventKind, **fields: Any) -> None:
+        event = {"type": kind.value, "time": time.time(), **fields}
+        log.info(kind.value, **fields)
         for sink in self._sinks:
             sink(event)
         for queue in self._listeners:

@@ -14,6 +14,7 @@ from aiohttp import web
 
 from waker import model_controls
 from waker.errors import RequestRefused, error_response
+from waker.manual_control import ManualControl
 from waker.model_listing import created, openai_entry
 from waker.nginx_render import location_key
 from waker.supervisor import Supervisor
@@ -68,7 +69,7 @@ async def list_models(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
     config = supervisor.config
     written = created(config)
-    data = [openai_entry(model, supervisor.slots[model.id].state, written) for model in config.models]
+    data = [openai_entry(model, supervisor.state(model.id), written) for model in config.models]
     return web.json_response({"object": "list", "data": data})
 
 
@@ -84,7 +85,7 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATS])
 
 
-def make_app(supervisor: Supervisor) -> web.Application:
+def make_app(supervisor: Supervisor, control: ManualControl) -> web.Application:
     app = web.Application(middlewares=[count_and_shield])
     app[SUPERVISOR] = supervisor
     app[STATS] = {"requests": 0, "wakes": 0, "wake_response_body_bytes": 0}
@@ -93,5 +94,5 @@ def make_app(supervisor: Supervisor) -> web.Application:
     app.router.add_get("/models", list_models)
     app.router.add_get("/healthz", healthz)
     app.router.add_get("/_stats", stats)
-    model_controls.add_routes(app, supervisor)
+    model_controls.add_routes(app, supervisor, control)
     return app

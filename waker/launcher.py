@@ -1,4 +1,5 @@
-"""Brings one model's container up (create or recreate, start, wait until healthy) and down.
+"""The driver for a local (or `docker_host`) Docker engine: brings a model's container up (create or
+recreate, start, wait until healthy) and down, and reports what Docker says happens to them.
 
 Side effects only: what to start or stop, and when, is the scheduler's decision.
 """
@@ -8,14 +9,18 @@ from __future__ import annotations
 import asyncio
 import re
 import time
-from typing import Callable
+from collections.abc import Awaitable, Callable
 
 import aiohttp
 import structlog
 
+from waker import docker_events
 from waker.config import ModelConfig, WakerConfig
 from waker.container_spec import LABEL_EGRESS, LABEL_SPEC, container_name, container_spec
 from waker.docker_runtime import DockerError, DockerRuntime, ImageMissing, ImagePullFailed
+from waker.driver import ContainerEvent
+from waker.errors import StartError
+from waker.image_pull import PullProgress
 from waker.images import Images
 from waker.units import format_duration
 
@@ -29,15 +34,9 @@ METRICS_TIMEOUT = 10.0  # off the request path: an idle stop can wait for a load
 _RUNNING_METRIC = re.compile(r"^vllm:num_requests_(?:running|waiting)(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.M)
 
 
-class StartError(Exception):
-    """A model could not be made ready; carries the HTTP status and error code clients get."""
-
-    def __init__(self, status: int, code: str, message: str) -> None:
-        super().__init__(message)
-        self.status, self.code, self.message = status, code, message
-
-
 class Launcher:
+    """Implements `driver.Driver` over one Docker engine."""
+
     def __init__(self, waker: WakerConfig, runtime: DockerRuntime, images: Images,
                  clock: Callable[[], float] = time.monotonic) -> None:
         self.stack = waker.name
@@ -57,7 +56,7 @@ class Launcher:
         try:
             image_id = await asyncio.wait_for(self.images.ensure(model), deadline - self.clock())
             container_id = await self._create_and_start(model, image_id)
-        except asyncio.TimeoutError:
+        except TimeoutError:
             pulling = self.images.pulling.get(model.image)
             raise StartError(504, "model_start_timeout", f"model {model.id!r}: its image was still being pulled "
                              f"after {format_duration(model.start_timeout)} (start_timeout)"
@@ -68,7 +67,7 @@ class Launcher:
             raise StartError(503, "image_pull_failed", f"model {model.id!r} could not be started: {exc}") from None
         except DockerError as exc:
             raise StartError(503, "model_start_failed", f"model {model.id!r} could not be started: {exc}") from None
-        await self.wait_healthy(model, container_id, deadline, died)
+        await self._wait_healthy(model, container_id, deadline, died)
         return container_id
 
     async def _create_and_start(self, model: ModelConfig, image_id: str) -> str:
@@ -120,7 +119,23 @@ class Launcher:
                 raise
         return container_id
 
-    async def wait_healthy(self, model: ModelConfig, container_id: str, deadline: float, died: asyncio.Event) -> None:
+    async def adopt(self, model: ModelConfig, container_id: str, deadline: float, died: asyncio.Event) -> None:
+        await self._wait_healthy(model, container_id, deadline, died)
+
+    async def running(self) -> dict[str, str]:
+        return {info.model_id: info.id for info in await self.runtime.managed_containers() if info.running}
+
+    async def follow(self, on_event: Callable[[ContainerEvent], None], on_connect: Callable[[], Awaitable[None]],
+                     on_lost: Callable[[str], None]) -> None:
+        await docker_events.follow(self.runtime, on_event, on_connect, on_lost)
+
+    async def log_tail(self, container_id: str) -> str:
+        return await self.runtime.logs_tail(container_id, LOG_TAIL_LINES)
+
+    def pulling(self, image: str) -> PullProgress | None:
+        return self.images.pulling.get(image)
+
+    async def _wait_healthy(self, model: ModelConfig, container_id: str, deadline: float, died: asyncio.Event) -> None:
         url = f"{model.address.url}{model.health}"
         next_exit_check = self.clock() + EXIT_CHECK_INTERVAL
         while True:
@@ -141,7 +156,7 @@ class Launcher:
                 )
             try:
                 await asyncio.wait_for(died.wait(), HEALTH_POLL_INTERVAL)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 pass
 
     async def _fail_if_exited(self, model: ModelConfig, container_id: str) -> None:
@@ -163,10 +178,10 @@ class Launcher:
         try:
             async with self._http.get(f"{model.address.url}{model.health}") as response:
                 return response.status == 200
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return False
 
-    async def busy_requests(self, model: ModelConfig) -> int | None:
+    async def busy(self, model: ModelConfig) -> int | None:
         """Requests the model server itself reports running or waiting (vLLM's /metrics), or None
         when it does not say. Asked once before an idle stop, as a check on the gateway's own count.
         vLLM's API server answers /metrics slowly while it streams (seconds on a loaded CPU), hence a
@@ -177,7 +192,7 @@ class Launcher:
                 if response.status != 200:
                     return None
                 text = await response.text()
-        except (aiohttp.ClientError, asyncio.TimeoutError, OSError):
+        except (TimeoutError, aiohttp.ClientError, OSError):
             return None
         values = [float(v) for v in _RUNNING_METRIC.findall(text)]
         return int(sum(values)) if values else None
@@ -208,6 +223,11 @@ class Launcher:
             report["error"] = str(exc)
         return report
 
-    async def down(self, model: ModelConfig, container_id: str) -> None:
+    async def down(self, model: ModelConfig, container_id: str | None) -> None:
         """Stops the container; returns once it has exited (Docker's stop waits for the exit)."""
+        if container_id is None:
+            info = await self.runtime.find(model.id)
+            if info is None:
+                return
+            container_id = info.id
         await self.runtime.stop(container_id, model.stop_timeout)

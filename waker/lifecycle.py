@@ -21,6 +21,17 @@ class State(StrEnum):
     FAILED = "failed"
 
 
+class StopReason(StrEnum):
+    """Why a model was stopped: the `reason` of its stop event and its metrics label."""
+
+    IDLE = "idle"
+    EVICTED = "evicted"  # for another model that needed the room
+    MANUAL = "manual"  # `waker stop`, the admin API or an unload
+    CLIENT = "client"  # a client's unload on the client port
+    UNREACHABLE = "unreachable"  # believed ready, but its health check failed
+    REMOVED = "removed"  # a reload took it out of the config
+
+
 class Event(StrEnum):
     START = "start"
     READY = "ready"
@@ -47,9 +58,6 @@ _NEXT: dict[tuple[State, Event], State] = {
     (State.STOPPING, Event.RESUME): State.READY,
     # An operator clears a failure (and its back-off) by stopping the model.
     (State.FAILED, Event.RESET): State.STOPPED,
-    # A container found running (adopted after a waker restart, or started by hand) is a start.
-    (State.FAILED, Event.EXITED): State.FAILED,
-    (State.STOPPED, Event.EXITED): State.STOPPED,
 }
 
 
@@ -64,6 +72,3 @@ def next_state(state: State, event: Event) -> State:
         raise IllegalTransition(f"event {event.value!r} is not allowed in state {state.value!r}")
     return target
 
-
-def allowed(state: State, event: Event) -> bool:
-    return (state, event) in _NEXT

@@ -7,8 +7,9 @@ from __future__ import annotations
 from collections import defaultdict
 from typing import Any
 
+from waker.events import EventKind
 from waker.gpu import GpuMemory
-from waker.lifecycle import State
+from waker.lifecycle import Event, State
 from waker.supervisor import Supervisor
 
 START_BUCKETS = (1, 5, 15, 30, 60, 120, 300, 600, 1200, 2400, 5400)
@@ -27,19 +28,19 @@ class Counters:
 
     def observe(self, event: dict[str, Any]) -> None:
         kind, model = event["type"], event.get("model", "")
-        if kind == "model_ready":
+        if kind == EventKind.MODEL_READY:
             self.starts[model] += 1
             self.start_sum[model] += event["seconds"]
             for i, bound in enumerate(START_BUCKETS):
                 if event["seconds"] <= bound:
                     self.start_buckets[model][i] += 1
-        elif kind == "model_state" and event.get("trigger") == "fail":
+        elif kind == EventKind.MODEL_STATE and event.get("trigger") == Event.FAIL:
             self.start_failures[model] += 1
-        elif kind == "model_stopped":
+        elif kind == EventKind.MODEL_STOPPED:
             self.stops[(model, event["reason"])] += 1
-        elif kind == "model_exited":
+        elif kind == EventKind.MODEL_EXITED:
             self.stops[(model, "exited")] += 1
-        elif kind == "request_refused" and event.get("status") == 429:
+        elif kind == EventKind.REQUEST_REFUSED and event.get("status") == 429:
             self.busy_refusals[model] += 1
 
 
@@ -67,9 +68,9 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
     metric("waker_requests_in_flight", "gauge", "Requests in flight per model, streams included.",
            [({"model": m}, slots[m].in_flight) for m in models])
     metric("waker_requests_total", "counter", "Requests served per model (ended).",
-           [({"model": m}, supervisor.activity[m].total) for m in models])
+           [({"model": m}, supervisor.records[m].activity.total) for m in models])
     metric("waker_queue_length", "gauge", "Requests held waiting for a model to start or for room.",
-           [({}, len(supervisor.queue))])
+           [({}, len(supervisor.waiting))])
     metric("waker_model_starts_total", "counter", "Successful model starts.",
            [({"model": m}, counters.starts[m]) for m in models])
     metric("waker_model_start_failures_total", "counter", "Failed model starts.",
@@ -77,13 +78,13 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
     out.append("# HELP waker_model_start_seconds Time from start to the first healthy answer.")
     out.append("# TYPE waker_model_start_seconds histogram")
     for m in models:
-        for bound, count in zip(START_BUCKETS, counters.start_buckets[m]):
+        for bound, count in zip(START_BUCKETS, counters.start_buckets[m], strict=True):
             out.append(f"waker_model_start_seconds_bucket{_labels(model=m, le=str(bound))} {count}")
         out.append(f"waker_model_start_seconds_bucket{_labels(model=m, le='+Inf')} {counters.starts[m]}")
         out.append(f"waker_model_start_seconds_sum{_labels(model=m)} {counters.start_sum[m]:g}")
         out.append(f"waker_model_start_seconds_count{_labels(model=m)} {counters.starts[m]}")
     metric("waker_model_stops_total", "counter", "Model stops by reason (idle, evicted, manual, exited, ...).",
-           [({"model": m, "reason": r.split(" for ")[0]}, n) for (m, r), n in sorted(counters.stops.items())])
+           [({"model": m, "reason": r}, n) for (m, r), n in sorted(counters.stops.items())])
     metric("waker_busy_refusals_total", "counter", "Requests refused with 429 because the GPU was busy.",
            [({"model": m}, counters.busy_refusals[m]) for m in models])
     metric("waker_docker_connected", "gauge", "1 while the waker follows the Docker events stream.",

@@ -25,7 +25,8 @@ from aiohttp import web
 
 from waker.config import ModelConfig
 from waker.errors import RequestRefused, error_response
-from waker.lifecycle import State
+from waker.lifecycle import State, StopReason
+from waker.manual_control import ManualControl, StopOutcome
 from waker.model_listing import client_status, created, openai_entry
 from waker.nginx_render import NGINX_ERRORS
 from waker.supervisor import Supervisor
@@ -33,6 +34,7 @@ from waker.supervisor import Supervisor
 log = structlog.get_logger("waker.model_controls")
 
 SUPERVISOR = web.AppKey("controls_supervisor", Supervisor)
+CONTROL = web.AppKey("controls_control", ManualControl)
 
 
 class _Refused(Exception):
@@ -83,7 +85,7 @@ async def _requested_model(request: web.Request) -> ModelConfig:
 
 
 def _entry(supervisor: Supervisor, model: ModelConfig) -> dict[str, Any]:
-    return openai_entry(model, supervisor.slots[model.id].state, created(supervisor.config))
+    return openai_entry(model, supervisor.state(model.id), created(supervisor.config))
 
 
 async def load(request: web.Request) -> web.Response:
@@ -98,7 +100,7 @@ async def load(request: web.Request) -> web.Response:
         # [scheduler] on_busy, a model in back-off fails fast, a failed start answers its reason.
         await supervisor.acquire(model)
     except RequestRefused as exc:
-        state = supervisor.slots[model.id].state
+        state = supervisor.state(model.id)
         log.info("client_load_refused", model=model.id, status=exc.status, code=exc.code)
         return error_response(exc.status, exc.code, exc.message, exc.headers(),
                               {**exc.details, "model": model.id, "state": state.value,
@@ -130,14 +132,15 @@ async def unload(request: web.Request) -> web.Response:
         # nobody sees; the client can simply ask again.
         return error_response(409, "model_busy", f"model {model.id!r} has {slot.in_flight} request(s) in flight; "
                               "unloading it would cut them off; nothing was changed, ask again when they are done")
-    outcome = supervisor.stop_by_hand(model.id, reason="client")
-    if outcome == "stopping":
+    outcome = request.app[CONTROL].stop_by_hand(model.id, reason=StopReason.CLIENT)
+    if outcome is StopOutcome.STOPPING:
         await supervisor.wait_until(model.id, (State.STOPPED,), model.stop_timeout + 30)
     log.info("client_unload", model=model.id, outcome=outcome)
-    return web.json_response({"success": True, "outcome": outcome, **_entry(supervisor, model)})
+    return web.json_response({"success": True, "outcome": outcome.value, **_entry(supervisor, model)})
 
 
-def add_routes(app: web.Application, supervisor: Supervisor) -> None:
+def add_routes(app: web.Application, supervisor: Supervisor, control: ManualControl) -> None:
     app[SUPERVISOR] = supervisor
+    app[CONTROL] = control
     app.router.add_post("/models/load", load)
     app.router.add_post("/models/unload", unload)

@@ -27,7 +27,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from waker.lifecycle import State
+from waker.lifecycle import State, StopReason
 
 EPSILON = 1e-9
 OCCUPYING = (State.STARTING, State.READY, State.STOPPING)
@@ -83,7 +83,8 @@ class Start:
 @dataclass(frozen=True, slots=True)
 class Stop:
     model: str
-    reason: str
+    reason: StopReason
+    for_model: str | None = None  # the model an eviction makes room for
 
 
 @dataclass(frozen=True, slots=True)
@@ -143,8 +144,8 @@ class _Planner:
         self.actions.append(Start(slot.id))
         self.slots[slot.id] = replace(slot, state=State.STARTING, starting_since=self.now)
 
-    def stop(self, slot: Slot, reason: str) -> None:
-        self.actions.append(Stop(slot.id, reason))
+    def stop(self, slot: Slot, reason: StopReason, for_model: str | None = None) -> None:
+        self.actions.append(Stop(slot.id, reason, for_model))
         self.slots[slot.id] = replace(slot, state=State.STOPPING)
 
 
@@ -274,7 +275,7 @@ def _start_for_waiters(p: _Planner, waiting: list[Waiter]) -> bool:
         victims = victims_for(slot, occupying, p.policy.capacity)
         if victims is not None:
             for victim in victims:
-                p.stop(victim, f"evicted for {model}")
+                p.stop(victim, StopReason.EVICTED, model)
             break  # wait for the evicted containers to exit
         if p.policy.on_busy == "reject":
             holders = holders_of(slot, occupying, p.now)
@@ -306,6 +307,6 @@ def _stop_idle(p: _Planner) -> None:
             continue
         due = max(slot.last_active + slot.idle_timeout, slot.ready_since + slot.min_uptime)
         if p.now >= due:
-            p.stop(slot, "idle")
+            p.stop(slot, StopReason.IDLE)
         else:
             p.later(due)

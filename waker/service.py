@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import asyncio
 import signal
+from collections.abc import Callable
 from pathlib import Path
 from typing import Literal
 
@@ -13,11 +14,16 @@ from aiohttp import web
 
 from waker import admin_api, nginx_access, systemd
 from waker.activity import listen as listen_for_activity
-from waker.config import Config, load_config
+from waker.config import Config, WakerConfig
 from waker.docker_runtime import DockerError, DockerRuntime
-from waker.events import EventBus
+from waker.driver import LoopClock
+from waker.events import EventBus, EventKind
 from waker.gateway_api import make_app
 from waker.gpu import GpuMemory
+from waker.image_pull import PullProgress
+from waker.images import Images
+from waker.launcher import Launcher
+from waker.manual_control import ManualControl
 from waker.metrics import Counters, render
 from waker.nginx_container import NginxContainer
 from waker.nginx_process import Nginx, NginxError, NginxProcess
@@ -32,20 +38,11 @@ UI_DIR = Path(__file__).with_name("ui")
 NginxMode = Literal["child", "container", "none"]
 
 
-def build_app(supervisor: Supervisor, counters: Counters, nginx: Nginx | None) -> web.Application:
-    app = make_app(supervisor)
-
-    async def reload() -> dict[str, list[str]]:
-        new = load_config(supervisor.config.path, supervisor.config.overrides)  # ConfigError: refused, nothing changes
-        if nginx is not None:
-            await nginx.check(new)  # NginxError: refused, nothing changes
-        changes = supervisor.reload(new)  # AdminError: refused, nothing changes
-        if nginx is not None:
-            await nginx.reload(new)
-        return changes
-
+def build_app(supervisor: Supervisor, control: ManualControl, runtime: DockerRuntime,
+              counters: Counters) -> web.Application:
+    app = make_app(supervisor, control)
     gpu = GpuMemory()
-    admin_api.add_routes(app, supervisor, reload, gpu)
+    admin_api.add_routes(app, supervisor, control, runtime, gpu)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(text=render(supervisor, counters, gpu), content_type="text/plain",
@@ -57,6 +54,18 @@ def build_app(supervisor: Supervisor, counters: Counters, nginx: Nginx | None) -
     app.router.add_get("/metrics", metrics)
     app.router.add_get("/ui/", dashboard)
     return app
+
+
+def docker_driver(waker: WakerConfig, config: Callable[[], Config], runtime: DockerRuntime, bus: EventBus,
+                  clock: LoopClock) -> Launcher:
+    """The models' driver: Docker, with image pulls reported as `image_pull` events naming the models
+    of the config in force (`config`, read at each report: a reload may add models)."""
+    def pull_progress(image: str, progress: PullProgress) -> None:
+        models = [m.id for m in config().models if m.image == image]
+        bus.publish(EventKind.IMAGE_PULL, image=image, models=models, layers_done=progress.layers_done,
+                    layers_total=progress.layers_total, bytes_done=progress.bytes_done,
+                    bytes_total=progress.bytes_total)
+    return Launcher(waker, runtime, Images(runtime, pull_progress), clock.now)
 
 
 def _nginx(mode: NginxMode, config: Config, runtime: DockerRuntime) -> Nginx | None:
@@ -77,10 +86,14 @@ async def serve(config: Config, nginx_mode: NginxMode) -> int:
     bus, counters = EventBus(), Counters()
     bus.add_sink(counters.observe)
     runtime = DockerRuntime(config.waker.name, config.waker.docker_host)
-    supervisor = Supervisor(config, runtime, bus)
+    clock = LoopClock()
+    driver = docker_driver(config.waker, lambda: supervisor.config, runtime, bus, clock)
+    supervisor = Supervisor(config, driver, bus, clock)
     nginx = _nginx(nginx_mode, config, runtime)
+    control = ManualControl(supervisor, nginx)
     # A client that hangs up while its request is held must be noticed: the handler is cancelled.
-    runner = web.AppRunner(build_app(supervisor, counters, nginx), access_log=None, handler_cancellation=True)
+    runner = web.AppRunner(build_app(supervisor, control, runtime, counters), access_log=None,
+                           handler_cancellation=True)
     activity = None
     code = 0
     try:

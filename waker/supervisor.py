@@ -1,65 +1,64 @@
 """The imperative shell around the scheduler: holds the state, feeds it to `scheduler.decide`, and
-carries out the plan (container starts and stops, answers to waiting requests).
+carries out the plan (engine starts and stops through the driver, answers to waiting requests).
 
-Inputs: wake requests from nginx (`acquire`), activity marks from nginx (`on_activity`), the Docker
-events stream, and timers that `decide` asks for. Nothing polls: at idle the waker sleeps.
+Inputs: wake requests from nginx (`acquire`), activity marks from nginx (`on_activity`), the driver's
+container events, and timers that `decide` asks for. Nothing polls: at idle the waker sleeps. The
+world is reached only through what is passed in: a `Driver` (engines and containers), a `Clock`
+(time and timers) and an `EventBus` (what happens, for the admin API, metrics and logs).
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Coroutine
 from dataclasses import asdict, replace
 from typing import Any
 
 import structlog
 
-from waker import docker_events
-from waker.activity import Mark, ModelActivity
+from waker.activity import Mark
 from waker.config import Config, ModelConfig
-from waker.container_spec import LABEL_MODEL
-from waker.control import ManualControl, slot_for
-from waker.docker_runtime import DockerError, DockerRuntime
-from waker.errors import RequestRefused
-from waker.events import EventBus
-from waker.image_pull import PullProgress
-from waker.images import Images
-from waker.launcher import LOG_TAIL_LINES, Launcher, StartError
-from waker.lifecycle import Event, State, next_state
-from waker.scheduler import Grant, Plan, Policy, Refuse, Slot, Start, Stop, Waiter, decide
+from waker.config_change import ConfigChange
+from waker.docker_runtime import DockerError
+from waker.driver import Clock, ContainerChange, ContainerEvent, Driver, Timer
+from waker.errors import RequestRefused, StartError
+from waker.events import EventBus, EventKind
+from waker.lifecycle import Event, State, StopReason, next_state
+from waker.model_record import ModelRecord, slot_for
+from waker.scheduler import Grant, Plan, Policy, Refuse, Slot, Start, Stop, decide
+from waker.waiting_room import WaitingRoom
 
 log = structlog.get_logger("waker.supervisor")
 
 STOP_RETRY_SECONDS = 5.0
 
 
-class Supervisor(ManualControl):
-    def __init__(self, config: Config, runtime: DockerRuntime, bus: EventBus) -> None:
+def policy_of(config: Config) -> Policy:
+    s = config.scheduler
+    return Policy(s.gpu_capacity, s.on_busy, s.queue_timeout, s.max_start_failures, s.start_backoff)
+
+
+class Supervisor:
+    def __init__(self, config: Config, driver: Driver, bus: EventBus, clock: Clock) -> None:
         self.config = config
-        self.runtime = runtime
+        self.driver = driver
         self.bus = bus
-        self.launcher = Launcher(config.waker, runtime, Images(runtime, self._on_pull_progress), self.now)
-        s = config.scheduler
-        self.policy = Policy(s.gpu_capacity, s.on_busy, s.queue_timeout, s.max_start_failures, s.start_backoff)
-        self.slots: dict[str, Slot] = {m.id: slot_for(m) for m in config.models}
-        self.containers: dict[str, str] = {}
-        self.queue: dict[int, Waiter] = {}  # in arrival order; by id, so answering one is O(1)
+        self.clock = clock
+        self.policy = policy_of(config)
+        self.records: dict[str, ModelRecord] = {m.id: ModelRecord.new(m) for m in config.models}
+        self.waiting = WaitingRoom()
         self.docker_error: str | None = "not connected yet"
-        self._futures: dict[int, asyncio.Future[None]] = {}
-        self._next_waiter = 0
-        self.activity: dict[str, ModelActivity] = {m.id: ModelActivity() for m in config.models}
-        self._died: dict[str, asyncio.Event] = {m.id: asyncio.Event() for m in config.models}
         self._tasks: set[asyncio.Task[None]] = set()
-        self._timer: asyncio.TimerHandle | None = None
+        self._timer: Timer | None = None
         self._reconcile_pending = False
         self._synced = False
         self._changed = asyncio.Condition()
 
-    @staticmethod
-    def now() -> float:
-        return asyncio.get_running_loop().time()
+    def now(self) -> float:
+        return self.clock.now()
 
     async def open(self) -> None:
-        self._spawn(docker_events.follow(self.runtime, self._on_docker_event, self._resync, self._on_docker_lost))
+        self._spawn(self.driver.follow(self._on_container_event, self._resync, self._on_driver_lost))
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -67,87 +66,91 @@ class Supervisor(ManualControl):
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.launcher.close()
+        await self.driver.close()
+
+    # ---- what others read -----------------------------------------------------------------------
+
+    def state(self, model_id: str) -> State:
+        return self.records[model_id].slot.state
+
+    def current_slots(self) -> dict[str, Slot]:
+        """The slots with what the activity marks say merged in, as `decide` needs them."""
+        slots = {}
+        for model_id, record in self.records.items():
+            slot, activity = record.slot, record.activity
+            slots[model_id] = replace(slot, in_flight=activity.in_flight, oldest_request_since=activity.oldest,
+                                      last_active=max(slot.last_active, activity.last_end),
+                                      mean_request_seconds=activity.mean_seconds)
+        return slots
+
+    async def wait_until(self, model_id: str, states: tuple[State, ...], timeout: float) -> bool:
+        """Waits until the model is in one of `states`; False if `timeout` passed first."""
+        async def reached() -> None:
+            async with self._changed:
+                await self._changed.wait_for(lambda: self.state(model_id) in states)
+        try:
+            await asyncio.wait_for(reached(), timeout)
+            return True
+        except TimeoutError:
+            return False
 
     # ---- requests -------------------------------------------------------------------------------
 
     async def acquire(self, model: ModelConfig) -> None:
         """Returns when `model` is ready to serve; raises RequestRefused otherwise. nginx only asks
         when it could not reach the model, so a model believed ready is checked first."""
-        if self.slots[model.id].suspended:
-            self.slots[model.id] = replace(self.slots[model.id], suspended=False)
-        if self.slots[model.id].state is State.READY:
-            if await self.launcher.healthy(model):
+        if self.records[model.id].slot.suspended:
+            self.update(model.id, suspended=False)
+        if self.state(model.id) is State.READY:
+            if await self.driver.healthy(model):
                 return
-            if self.slots[model.id].state is State.READY:
-                self.bus.publish("model_unreachable", model=model.id)
-                self._stop(model.id, "unreachable")
-        waiter = Waiter(self._next_waiter, model.id, self.now())
-        self._next_waiter += 1
-        future: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.queue[waiter.id] = waiter
-        self._futures[waiter.id] = future
-        self.bus.publish("request_queued", model=model.id, waiter=waiter.id, queue_length=len(self.queue))
+            if self.state(model.id) is State.READY:
+                self.bus.publish(EventKind.MODEL_UNREACHABLE, model=model.id)
+                self.stop(model.id, StopReason.UNREACHABLE)
+        waiter, answer = self.waiting.enter(model.id, self.now())
+        self.bus.publish(EventKind.REQUEST_QUEUED, model=model.id, waiter=waiter.id, queue_length=len(self.waiting))
         self._reconcile_soon()  # a burst of requests makes one decision, not one each
         try:
-            await future
+            await answer
         except asyncio.CancelledError:
-            if waiter.id in self.queue:  # the client went away while queued: forget it, start nothing for it
-                self._drop(waiter)
-                self.bus.publish("request_abandoned", model=model.id, waiter=waiter.id)
+            if self.waiting.leave(waiter):  # the client went away while queued: start nothing for it
+                self.bus.publish(EventKind.REQUEST_ABANDONED, model=model.id, waiter=waiter.id)
                 self.reconcile()
             raise
 
     def on_activity(self, mark: Mark) -> None:
         """Hot path (every model request, twice): bookkeeping only, and a decision only when one
         may be due: someone waits for room, or the model just went idle and no timer covers it."""
-        activity = self.activity.get(mark.model)
-        if activity is None:
+        record = self.records.get(mark.model)
+        if record is None:
             return
         now = self.now()
         if mark.kind == "begin":
-            activity.begin(mark.request, now)
+            record.activity.begin(mark.request, now)
             return
-        activity.end(mark.request, now)
-        due = now + self.slots[mark.model].idle_timeout
-        if self.queue or (not activity.requests and (self._timer is None or self._timer.when() > due)):
+        record.activity.end(mark.request, now)
+        due = now + record.slot.idle_timeout
+        if self.waiting or (not record.activity.requests and (self._timer is None or self._timer.when() > due)):
             self._reconcile_soon()
-
-    def _on_pull_progress(self, image: str, progress: PullProgress) -> None:
-        models = [m.id for m in self.config.models if m.image == image]
-        self.bus.publish("image_pull", image=image, models=models, layers_done=progress.layers_done,
-                         layers_total=progress.layers_total, bytes_done=progress.bytes_done,
-                         bytes_total=progress.bytes_total)
 
     # ---- the plan -------------------------------------------------------------------------------
 
     def reconcile(self) -> None:
         self._reconcile_pending = False
         if not self._synced:
-            return  # until Docker has told us what runs, deciding would be guessing
-        now = self.now()
-        plan = decide(self.current_slots(), tuple(self.queue.values()), self.policy, now)
+            return  # until the driver has told us what runs, deciding would be guessing
+        plan = decide(self.current_slots(), self.waiting.waiting(), self.policy, self.now())
         self._carry_out(plan)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if plan.wake_at is not None:
-            self._timer = asyncio.get_running_loop().call_at(plan.wake_at, self.reconcile)
+            self._timer = self.clock.call_at(plan.wake_at, self.reconcile)
 
     def _reconcile_soon(self) -> None:
         if not self._reconcile_pending:
             self._reconcile_pending = True
             asyncio.get_running_loop().call_soon(self.reconcile)
-
-    def current_slots(self) -> dict[str, Slot]:
-        """The slots with what the activity marks say merged in, as `decide` needs them."""
-        slots = {}
-        for model_id, slot in self.slots.items():
-            activity = self.activity[model_id]
-            slots[model_id] = replace(slot, in_flight=activity.in_flight, oldest_request_since=activity.oldest,
-                                      last_active=max(slot.last_active, activity.last_end),
-                                      mean_request_seconds=activity.mean_seconds)
-        return slots
 
     def _carry_out(self, plan: Plan) -> None:
         for action in plan.actions:
@@ -155,7 +158,7 @@ class Supervisor(ManualControl):
                 self._transition(action.model, Event.START, starting_since=self.now())
                 self._spawn(self._run_start(self._model(action.model)))
             elif isinstance(action, Stop):
-                self._stop(action.model, action.reason)
+                self.stop(action.model, action.reason, action.for_model)
             elif isinstance(action, Grant):
                 self._answer(action.waiter, None)
             elif isinstance(action, Refuse):
@@ -164,170 +167,199 @@ class Supervisor(ManualControl):
                                                            action.retry_after, details))
 
     def _answer(self, waiter_id: int, error: RequestRefused | None) -> None:
-        waiter = self.queue[waiter_id]
-        future = self._drop(waiter)
+        waiter = self.waiting.answer(waiter_id, error)
         if error is not None:
-            self.bus.publish("request_refused", model=waiter.model, status=error.status, error=error.message)
-            future.set_exception(error)
-        else:
-            future.set_result(None)
+            self.bus.publish(EventKind.REQUEST_REFUSED, model=waiter.model, status=error.status, error=error.message)
 
-    def _drop(self, waiter: Waiter) -> asyncio.Future[None]:
-        del self.queue[waiter.id]
-        return self._futures.pop(waiter.id)
+    # ---- commands (the plan's, and manual control's) --------------------------------------------
+
+    def update(self, model_id: str, **changes: Any) -> None:
+        """Changes what the scheduler knows of a model without a transition (pinned, suspended, ...)."""
+        record = self.records[model_id]
+        record.slot = replace(record.slot, **changes)
+
+    def stop(self, model_id: str, reason: StopReason, for_model: str | None = None) -> None:
+        self._transition(model_id, Event.STOP)
+        self._spawn(self._run_stop(self._model(model_id), reason, for_model))
+
+    def reset_failure(self, model_id: str) -> None:
+        self._transition(model_id, Event.RESET, failures=0, retry_at=0.0)
+        self.reconcile()
+
+    def apply_config(self, new: Config, change: ConfigChange) -> None:
+        """Takes in a config `plan_reload` accepted: new models join, changed ones keep their state
+        with the new limits, removed ones are stopped (when running) and forgotten."""
+        old, self.config, self.policy = self.config, new, policy_of(new)
+        for model_id in change.added:
+            self.records[model_id] = ModelRecord.new(self._model(model_id), self.now())
+        for model_id in change.changed:
+            fresh = slot_for(self._model(model_id))
+            self.update(model_id, gpu_memory=fresh.gpu_memory, exclusive=fresh.exclusive,
+                        keep_warm=fresh.keep_warm, idle_timeout=fresh.idle_timeout, min_uptime=fresh.min_uptime)
+        for model_id in change.removed:
+            for waiter in self.waiting.for_model(model_id):
+                self._answer(waiter.id, RequestRefused(404, "model_not_found", f"model {model_id!r} was removed"))
+            state = self.state(model_id)
+            if state is State.READY:
+                self._transition(model_id, Event.STOP)
+                removed = old.model(model_id)
+                assert removed is not None
+                self._spawn(self._run_stop(removed, StopReason.REMOVED, None))
+            elif state is not State.STOPPING:  # a stopping one is forgotten once its stop ends
+                del self.records[model_id]
+        self.bus.publish(EventKind.CONFIG_RELOADED, **change.as_dict())
+        self.reconcile()
 
     def _transition(self, model_id: str, event: Event, **changes: Any) -> None:
-        slot = self.slots[model_id]
-        state = next_state(slot.state, event)
-        self.slots[model_id] = replace(slot, state=state, since=self.now(), **changes)
-        self.bus.publish("model_state", model=model_id, state=state.value, previous=slot.state.value,
+        record = self.records[model_id]
+        before = record.slot
+        state = next_state(before.state, event)
+        record.slot = replace(before, state=state, since=self.now(), **changes)
+        self.bus.publish(EventKind.MODEL_STATE, model=model_id, state=state.value, previous=before.state.value,
                          trigger=event.value, error=changes.get("last_error") or None)
         self._spawn(self._notify())
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
 
     # ---- side effects ---------------------------------------------------------------------------
 
     async def _run_start(self, model: ModelConfig, container_id: str | None = None) -> None:
         began = self.now()
-        died = self._died[model.id]
-        died.clear()
+        record = self.records[model.id]
+        record.died.clear()
         try:
             if container_id is None:
-                container_id = await self.launcher.up(model, died)
+                container_id = await self.driver.up(model, record.died)
             else:  # adopting a container that is already running
-                await self.launcher.wait_healthy(model, container_id, began + model.start_timeout, died)
+                await self.driver.adopt(model, container_id, began + model.start_timeout, record.died)
         except StartError as exc:
-            self._start_failed(model, exc)
+            self._run_failed(model.id, exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not leave the model stuck in "starting"
             log.exception("start_crashed", model=model.id)
-            self._start_failed(model, StartError(500, "internal_error", f"model {model.id!r}: the waker failed "
-                                                 f"while starting it ({exc!r}); its log has the details"))
+            self._run_failed(model.id, StartError(500, "internal_error", f"model {model.id!r}: the waker failed "
+                                                  f"while starting it ({exc!r}); its log has the details"))
         else:
             now = self.now()
-            self.containers[model.id] = container_id
+            record.container = container_id
             # `failures` stays: a run only counts as good once it ends by our stop, not by a crash.
             self._transition(model.id, Event.READY, ready_since=now, last_active=now, retry_at=0.0,
                              last_error="", expected_start_seconds=now - began)
-            self.bus.publish("model_ready", model=model.id, seconds=round(now - began, 3))
+            self.bus.publish(EventKind.MODEL_READY, model=model.id, seconds=round(now - began, 3))
         self.reconcile()
 
-    def _start_failed(self, model: ModelConfig, exc: StartError) -> None:
+    def _run_failed(self, model_id: str, exc: StartError) -> None:
         """A failed run (its start failed, or it crashed while serving): counts towards the back-off
         and answers everyone waiting for the model with the reason."""
-        failures = self.slots[model.id].failures + 1
+        failures = self.records[model_id].slot.failures + 1
         backoff = failures >= self.policy.max_start_failures
         retry_at = self.now() + self.policy.start_backoff if backoff else 0.0
-        self._transition(model.id, Event.FAIL, failures=failures, retry_at=retry_at, last_error=exc.message)
+        self._transition(model_id, Event.FAIL, failures=failures, retry_at=retry_at, last_error=exc.message)
         if backoff:
-            self.bus.publish("model_backoff", model=model.id, failures=failures,
+            self.bus.publish(EventKind.MODEL_BACKOFF, model=model_id, failures=failures,
                              seconds=self.policy.start_backoff)
-        for waiter in [w for w in self.queue.values() if w.model == model.id]:
+        for waiter in self.waiting.for_model(model_id):
             self._answer(waiter.id, RequestRefused(exc.status, exc.code, exc.message))
 
-    def _stop(self, model_id: str, reason: str) -> None:
-        self._transition(model_id, Event.STOP)
-        self._spawn(self._run_stop(self._model(model_id), reason))
-
-    async def _run_stop(self, model: ModelConfig, reason: str) -> None:
-        if reason == "idle":
-            busy = await self.launcher.busy_requests(model)
-            if busy:  # the server is working on requests nginx never told us about (waker restart)
+    async def _run_stop(self, model: ModelConfig, reason: StopReason, for_model: str | None) -> None:
+        if reason is StopReason.IDLE:
+            busy = await self.driver.busy(model)
+            # The engine may be working on requests nginx never told us about (a waker restart), and
+            # nginx may have passed it a new one while we asked: either calls the stop off.
+            in_flight = self.records[model.id].activity.in_flight
+            if busy or in_flight:
                 self._transition(model.id, Event.RESUME, last_active=self.now())
-                self.bus.publish("idle_stop_postponed", model=model.id, server_requests=busy)
+                self.bus.publish(EventKind.IDLE_STOP_POSTPONED, model=model.id, server_requests=busy or 0,
+                                 in_flight=in_flight)
                 self.reconcile()
                 return
         try:
-            container_id = self.containers.get(model.id) or await self._find(model.id)
-            if container_id:
-                await self.launcher.down(model, container_id)
+            await self.driver.down(model, self.records[model.id].container)
         except DockerError as exc:
             log.error("stop_failed", model=model.id, error=str(exc), retry_in=STOP_RETRY_SECONDS)
-            await asyncio.sleep(STOP_RETRY_SECONDS)
-            self._spawn(self._run_stop(model, reason))
+            await self.clock.sleep(STOP_RETRY_SECONDS)
+            self._spawn(self._run_stop(model, reason, for_model))
             return
+        self.records[model.id].container = None
         self._transition(model.id, Event.STOPPED, failures=0)  # a run we ended is a good run
-        self.bus.publish("model_stopped", model=model.id, reason=reason)
+        self.bus.publish(EventKind.MODEL_STOPPED, model=model.id, reason=reason.value,
+                         **({"for_model": for_model} if for_model else {}))
         if self.config.model(model.id) is None:  # removed by a reload
-            self._forget(model.id)
+            del self.records[model.id]
         self.reconcile()
 
-    async def _find(self, model_id: str) -> str | None:
-        info = await self.runtime.find(model_id)
-        return info.id if info else None
-
-    def _spawn(self, coroutine) -> None:
-        task = asyncio.create_task(coroutine)
+    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+        task = asyncio.create_task(coroutine, name=getattr(coroutine, "__qualname__", None))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
 
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("task_failed", task=task.get_coro().__qualname__, error=repr(task.exception()),
+            log.error("task_failed", task=task.get_name(), error=repr(task.exception()),
                       exc_info=task.exception())
 
     def _model(self, model_id: str) -> ModelConfig:
         model = self.config.model(model_id)
-        assert model is not None
+        assert model is not None, f"model {model_id!r} is not in the config"
         return model
 
-    # ---- Docker's view --------------------------------------------------------------------------
+    # ---- the driver's view ----------------------------------------------------------------------
 
     async def _resync(self) -> None:
-        """Rebuilds what runs from the containers' labels: running ones are adopted (never restarted),
-        models believed up whose container is gone are marked stopped."""
-        running = {}
-        for info in await self.runtime.managed_containers():
-            if info.running and info.model_id in self.slots:
-                running[info.model_id] = info.id
-        for model_id, slot in self.slots.items():
-            if model_id in running and slot.state in (State.STOPPED, State.FAILED):
+        """Rebuilds what runs from what the driver finds: running containers are adopted (never
+        restarted), models believed ready whose container is gone are marked stopped."""
+        running = await self.driver.running()
+        for model_id, record in self.records.items():
+            state = record.slot.state
+            if model_id in running and state in (State.STOPPED, State.FAILED):
                 self._adopt(model_id, running[model_id])
-            elif model_id not in running and slot.state is State.READY:
+            elif model_id not in running and state is State.READY:
+                record.container = None
                 self._transition(model_id, Event.EXITED)
         self.docker_error = None
         self._synced = True
         self.reconcile()
 
-    def _on_docker_lost(self, reason: str) -> None:
+    def _on_driver_lost(self, reason: str) -> None:
         self.docker_error = reason
 
-    def _on_docker_event(self, event: dict[str, Any]) -> None:
-        attributes = event.get("Actor", {}).get("Attributes", {})
-        model_id = attributes.get(LABEL_MODEL)
-        if model_id not in self.slots:
+    def _on_container_event(self, event: ContainerEvent) -> None:
+        record = self.records.get(event.model_id)
+        if record is None:
             return
-        action = event.get("Action") or event.get("status")
-        state = self.slots[model_id].state
-        if action == "die":
+        state = record.slot.state
+        if event.change is ContainerChange.DIED:
             if state is State.STARTING:
-                self._died[model_id].set()
+                record.died.set()
             elif state is State.READY:
                 # Unasked-for, whatever the code: vLLM exits 0 after its engine core died.
-                exit_code = attributes.get("exitCode", "?")
-                self.bus.publish("model_exited", model=model_id, exit_code=exit_code)
-                message = f"model {model_id!r} exited with code {exit_code} while serving"
-                self._start_failed(self._model(model_id), StartError(503, "model_exited", message))
-                self._spawn(self._add_log_tail(model_id, event.get("id") or "", message))
+                self.bus.publish(EventKind.MODEL_EXITED, model=event.model_id, exit_code=event.exit_code)
+                message = f"model {event.model_id!r} exited with code {event.exit_code} while serving"
+                record.container = None
+                self._run_failed(event.model_id, StartError(503, "model_exited", message))
+                self._spawn(self._add_log_tail(event.model_id, event.container_id, message))
                 self.reconcile()
-        elif action == "oom":
-            self.bus.publish("model_oom", model=model_id)
-        elif action == "start" and state in (State.STOPPED, State.FAILED):  # started by hand
-            self._adopt(model_id, event.get("id") or event.get("Actor", {}).get("ID", ""))
+        elif event.change is ContainerChange.OOM:
+            self.bus.publish(EventKind.MODEL_OOM, model=event.model_id)
+        elif event.change is ContainerChange.STARTED and state in (State.STOPPED, State.FAILED):  # by hand
+            self._adopt(event.model_id, event.container_id)
 
     async def _add_log_tail(self, model_id: str, container_id: str, message: str) -> None:
         """Completes a crash's message with the container's last log lines (fetched after the fact, so
         the state changes at once), unless something newer has replaced the message meanwhile."""
         try:
-            tail = await self.runtime.logs_tail(container_id, LOG_TAIL_LINES)
+            tail = await self.driver.log_tail(container_id)
         except DockerError:
             return
-        slot = self.slots.get(model_id)
-        if tail and slot is not None and slot.state is State.FAILED and slot.last_error == message:
-            self.slots[model_id] = replace(slot, last_error=f"{message}; last log lines:\n{tail}")
+        record = self.records.get(model_id)
+        if tail and record is not None and record.slot.state is State.FAILED and record.slot.last_error == message:
+            self.update(model_id, last_error=f"{message}; last log lines:\n{tail}")
 
     def _adopt(self, model_id: str, container_id: str) -> None:
-        self.bus.publish("container_adopted", model=model_id, container=container_id[:12])
+        self.bus.publish(EventKind.CONTAINER_ADOPTED, model=model_id, container=container_id[:12])
         self._transition(model_id, Event.START, starting_since=self.now())
         self._spawn(self._run_start(self._model(model_id), container_id))

@@ -263,9 +263,9 @@ async def test_waker_in_flight_count_agrees_with_the_engine_queue(main_stack):
 async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
     """Requests sent to the engine's own port (bypassing nginx) are invisible to the gateway's count;
     the engine's /metrics, asked before an idle stop, keeps the model up while they run. The engine
-    is kept busy by two clients sending back-to-back direct requests (so that it is never idle between
-    two of them) until an idle stop has been called off, however fast it generates; then left alone:
-    the idle stop comes after the last one."""
+    is kept busy by two clients sending back-to-back direct requests of different lengths (so that they
+    never end together and the engine is never idle between two of them) until an idle stop has been
+    called off, however fast it generates; then left alone: the idle stop comes after the last one."""
     # vLLM's running gauge can lag a new request by seconds on a loaded machine: the idle timeout
     # leaves it room, and the test waits for the gauge before it expects anything.
     stack = module_stacks("postpone", [real_model("tiny", max_model_len=2048, idle_timeout="6s")])
@@ -273,10 +273,10 @@ async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
     enough = asyncio.Event()
     finished: list[float] = []
     async with aiohttp.ClientSession() as session:
-        async def keep_busy() -> None:
-            for _ in range(30):  # bounded: 30 requests of 500 tokens are over a minute of work
+        async def keep_busy(tokens: int) -> None:
+            for _ in range(30):  # bounded: 30 requests of 300+ tokens are over a minute of work
                 async with session.post(f"{stack.model_url('tiny')}/v1/chat/completions",
-                                        json=chat("tiny", 500, stream=True)) as r:
+                                        json=chat("tiny", tokens, stream=True)) as r:
                     _, done = await read_stream(r)
                 assert done, "a direct stream was cut: the model was stopped under it"
                 finished.append(time.time())
@@ -289,7 +289,7 @@ async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
         async def engine_busy() -> bool:
             return (await engine_metrics(session, stack, "tiny")).get("running", 0) >= 1
 
-        work = [asyncio.create_task(keep_busy()) for _ in range(2)]
+        work = [asyncio.create_task(keep_busy(tokens)) for tokens in (500, 310)]
         try:
             await eventually_async(engine_busy, 20, "the engine counting the direct requests", stack.log)
             await eventually_async(postponed, 60, "an idle stop called off", stack.log)

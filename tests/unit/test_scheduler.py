@@ -5,7 +5,7 @@ from dataclasses import replace
 
 import pytest
 
-from waker.lifecycle import State
+from waker.lifecycle import State, StopReason
 from waker.scheduler import (
     OCCUPYING, Grant, Policy, Refuse, Slot, Start, Stop, Waiter, decide, release_estimate,
 )
@@ -55,7 +55,7 @@ def test_full_budget_evicts_the_least_recently_used_idle_model():
     state = slots(ready("old", 0.4, last_active=NOW - 500), ready("new", 0.4, last_active=NOW - 10),
                   stopped("b", 0.5))
     plan = decide(state, wait("b"), Policy(), NOW)
-    assert plan.actions == (Stop("old", "evicted for b"),)
+    assert plan.actions == (Stop("old", StopReason.EVICTED, "b"),)
 
 
 def test_the_start_waits_until_the_evicted_container_has_exited():
@@ -75,20 +75,20 @@ def test_a_model_with_requests_in_flight_is_never_evicted_the_request_waits():
 def test_eviction_takes_only_as_many_models_as_needed():
     state = slots(ready("x", 0.3, last_active=NOW - 300), ready("y", 0.3, last_active=NOW - 200),
                   ready("z", 0.3, last_active=NOW - 100), stopped("b", 0.5))
-    assert decide(state, wait("b"), Policy(), NOW).of(Stop) == [Stop("x", "evicted for b"), Stop("y", "evicted for b")]
+    assert decide(state, wait("b"), Policy(), NOW).of(Stop) == [Stop("x", StopReason.EVICTED, "b"), Stop("y", StopReason.EVICTED, "b")]
 
 
 def test_keep_warm_is_evicted_last():
     state = slots(ready("util", 0.3, keep_warm=True, last_active=NOW - 900),
                   ready("chat", 0.3, last_active=NOW - 10), stopped("b", 0.6))
-    assert decide(state, wait("b"), Policy(), NOW).of(Stop) == [Stop("chat", "evicted for b")]
+    assert decide(state, wait("b"), Policy(), NOW).of(Stop) == [Stop("chat", StopReason.EVICTED, "b")]
 
 
 def test_exclusive_evicts_everything_including_keep_warm():
     state = slots(ready("util", 0.04, keep_warm=True), ready("small", 0.1), stopped("big", 0.8, exclusive=True))
     plan = decide(state, wait("big"), Policy(), NOW)
-    assert sorted(plan.of(Stop), key=lambda s: s.model) == [Stop("small", "evicted for big"),
-                                                              Stop("util", "evicted for big")]
+    assert sorted(plan.of(Stop), key=lambda s: s.model) == [Stop("small", StopReason.EVICTED, "big"),
+                                                              Stop("util", StopReason.EVICTED, "big")]
 
 
 def test_nothing_starts_beside_an_exclusive_model():
@@ -120,7 +120,7 @@ def test_queue_collation_serves_models_in_order_of_their_oldest_waiter():
     assert plan.actions == (Grant(0), Grant(2))
     state["a"] = replace(state["a"], in_flight=0, oldest_request_since=None)
     plan = decide(state, (queue[1], queue[3]), Policy(), NOW)
-    assert plan.actions == (Stop("a", "evicted for b"),)  # two swaps in all, not four
+    assert plan.actions == (Stop("a", StopReason.EVICTED, "b"),)  # two swaps in all, not four
 
 
 def test_a_waiter_that_left_starts_nothing():
@@ -155,7 +155,7 @@ def test_retry_after_for_a_starting_holder_uses_its_last_start_time():
 
 def test_reject_mode_still_evicts_idle_models():
     plan = decide(slots(ready("a", 0.8), stopped("b", 0.5)), wait("b"), Policy(on_busy="reject"), NOW)
-    assert plan.actions == (Stop("a", "evicted for b"),)
+    assert plan.actions == (Stop("a", StopReason.EVICTED, "b"),)
 
 
 def test_queue_timeout_refuses_with_429():
@@ -181,7 +181,7 @@ def test_idle_stop_counts_from_the_end_of_the_last_request():
     model = ready("a", idle_timeout=60, last_active=NOW - 59)
     plan = decide(slots(model), (), Policy(), NOW)
     assert plan.actions == () and plan.wake_at == pytest.approx(NOW + 1)
-    assert decide(slots(model), (), Policy(), NOW + 1).actions == (Stop("a", "idle"),)
+    assert decide(slots(model), (), Policy(), NOW + 1).actions == (Stop("a", StopReason.IDLE),)
 
 
 def test_no_idle_stop_while_in_flight_before_min_uptime_for_keep_warm_or_when_disabled():

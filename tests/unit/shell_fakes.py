@@ -1,0 +1,212 @@
+"""A fake clock and a fake driver, so the shell (`Supervisor`, `ManualControl`) runs its real rules
+without Docker and without real time: a test advances the clock and scripts what the engines do."""
+
+from __future__ import annotations
+
+import asyncio
+from collections import defaultdict, deque
+from collections.abc import Awaitable, Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from tests.eventually import eventually_async
+from waker.config import Config, ModelConfig, parse_config
+from waker.docker_runtime import DockerError
+from waker.driver import ContainerEvent
+from waker.errors import StartError
+from waker.events import EventBus
+from waker.image_pull import PullProgress
+from waker.lifecycle import State
+from waker.manual_control import ManualControl
+from waker.supervisor import Supervisor
+
+
+@dataclass
+class FakeTimer:
+    at: float
+    callback: Callable[[], None]
+    cancelled: bool = False
+
+    def cancel(self) -> None:
+        self.cancelled = True
+
+    def when(self) -> float:
+        return self.at
+
+
+class FakeClock:
+    """Time moves only when the test says so; timers and sleeps fire as it passes them."""
+
+    def __init__(self, now: float = 1000.0) -> None:
+        self.t = now
+        self.timers: list[FakeTimer] = []
+        self.sleepers: list[tuple[float, asyncio.Future[None]]] = []
+
+    def now(self) -> float:
+        return self.t
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> FakeTimer:
+        timer = FakeTimer(when, callback)
+        self.timers.append(timer)
+        return timer
+
+    async def sleep(self, seconds: float) -> None:
+        done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.sleepers.append((self.t + seconds, done))
+        await done
+
+    def advance(self, seconds: float) -> None:
+        self.t += seconds
+        due = sorted((t for t in self.timers if t.at <= self.t and not t.cancelled), key=lambda t: t.at)
+        self.timers = [t for t in self.timers if t.at > self.t and not t.cancelled]
+        for timer in due:
+            timer.callback()
+        for at, done in [s for s in self.sleepers if s[0] <= self.t]:
+            self.sleepers.remove((at, done))
+            done.set_result(None)
+
+    def pending(self) -> list[float]:
+        return sorted(t.at for t in self.timers if not t.cancelled)
+
+
+@dataclass
+class FakeDriver:
+    """Engines that do what the test scripts: starts succeed at once unless a gate holds them or an
+    outcome (a StartError) is queued for the model."""
+
+    calls: list[tuple[Any, ...]] = field(default_factory=list)
+    outcomes: dict[str, deque[StartError]] = field(default_factory=lambda: defaultdict(deque))
+    gates: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    running_now: dict[str, str] = field(default_factory=dict)
+    unhealthy: set[str] = field(default_factory=set)
+    busy_counts: dict[str, int | None] = field(default_factory=dict)
+    down_failures: int = 0
+    tails: dict[str, str] = field(default_factory=dict)
+    pulls: dict[str, PullProgress] = field(default_factory=dict)
+    starts: int = 0
+    closed: bool = False
+    _on_event: Callable[[ContainerEvent], None] | None = None
+    _on_connect: Callable[[], Awaitable[None]] | None = None
+    _on_lost: Callable[[str], None] | None = None
+
+    def hold(self, model_id: str) -> asyncio.Future[None]:
+        """The model's next start (or adoption) waits until the returned future is resolved."""
+        gate: asyncio.Future[None] = asyncio.get_running_loop().create_future()
+        self.gates[model_id] = gate
+        return gate
+
+    async def _come_up(self, model: ModelConfig, container_id: str, died: asyncio.Event) -> None:
+        gate = self.gates.pop(model.id, None)
+        if gate is not None:
+            dying = asyncio.ensure_future(died.wait())
+            await asyncio.wait([gate, dying], return_when=asyncio.FIRST_COMPLETED)
+            dying.cancel()
+            if died.is_set():
+                self.running_now.pop(model.id, None)
+                raise StartError(503, "model_exited", f"model {model.id!r} exited with code 1 while loading")
+        if self.outcomes[model.id]:
+            self.running_now.pop(model.id, None)
+            raise self.outcomes[model.id].popleft()
+
+    async def up(self, model: ModelConfig, died: asyncio.Event) -> str:
+        self.starts += 1
+        container_id = f"{model.id}-{self.starts}"
+        self.calls.append(("up", model.id))
+        self.running_now[model.id] = container_id
+        await self._come_up(model, container_id, died)
+        return container_id
+
+    async def adopt(self, model: ModelConfig, container_id: str, deadline: float, died: asyncio.Event) -> None:
+        self.calls.append(("adopt", model.id, container_id))
+        await self._come_up(model, container_id, died)
+
+    async def down(self, model: ModelConfig, container_id: str | None) -> None:
+        self.calls.append(("down", model.id, container_id))
+        if self.down_failures:
+            self.down_failures -= 1
+            raise DockerError("the Docker engine refused the stop")
+        self.running_now.pop(model.id, None)
+
+    async def healthy(self, model: ModelConfig) -> bool:
+        return model.id in self.running_now and model.id not in self.unhealthy
+
+    async def busy(self, model: ModelConfig) -> int | None:
+        self.calls.append(("busy", model.id))
+        return self.busy_counts.get(model.id)
+
+    async def running(self) -> dict[str, str]:
+        return dict(self.running_now)
+
+    async def follow(self, on_event: Callable[[ContainerEvent], None], on_connect: Callable[[], Awaitable[None]],
+                     on_lost: Callable[[str], None]) -> None:
+        self._on_event, self._on_connect, self._on_lost = on_event, on_connect, on_lost
+        await on_connect()
+        await asyncio.Event().wait()
+
+    async def log_tail(self, container_id: str) -> str:
+        return self.tails.get(container_id, "")
+
+    async def prepare(self, model: ModelConfig) -> dict[str, str]:
+        return {"image": "present", "container": "created"}
+
+    def pulling(self, image: str) -> PullProgress | None:
+        return self.pulls.get(image)
+
+    async def close(self) -> None:
+        self.closed = True
+
+    # ---- what the engine does on its own --------------------------------------------------------
+
+    def emit(self, event: ContainerEvent) -> None:
+        assert self._on_event is not None, "the supervisor is not following the driver yet"
+        self._on_event(event)
+
+    def lose(self, reason: str) -> None:
+        assert self._on_lost is not None
+        self._on_lost(reason)
+
+    async def reconnect(self) -> None:
+        assert self._on_connect is not None
+        await self._on_connect()
+
+    def up_calls(self, model_id: str) -> int:
+        return sum(1 for c in self.calls if c[:2] == ("up", model_id))
+
+
+def make_config(*models: dict[str, Any], **scheduler: Any) -> Config:
+    entries = [{"image": "fake:test", "gpu_memory": 0.5, **m} for m in models]
+    return parse_config({"scheduler": scheduler, "model": entries}, Path("/nonexistent/models.toml"))
+
+
+@dataclass
+class Shell:
+    supervisor: Supervisor
+    control: ManualControl
+    driver: FakeDriver
+    clock: FakeClock
+    events: list[dict[str, Any]]
+
+    def kinds(self, kind: str, **match: Any) -> list[dict[str, Any]]:
+        return [e for e in self.events if e["type"] == kind and all(e.get(k) == v for k, v in match.items())]
+
+    async def reach(self, model_id: str, *states: State) -> None:
+        assert await self.supervisor.wait_until(model_id, states, 2.0), (
+            f"{model_id} is {self.supervisor.state(model_id).value}, not {[s.value for s in states]}")
+
+
+async def open_shell(config: Config, driver: FakeDriver | None = None, nginx: Any = None) -> Shell:
+    bus, events = EventBus(), []
+    bus.add_sink(events.append)
+    driver = driver or FakeDriver()
+    clock = FakeClock()
+    supervisor = Supervisor(config, driver, bus, clock)
+    await supervisor.open()
+    await until(lambda: supervisor.docker_error is None, "the first sync with the driver")
+    return Shell(supervisor, ManualControl(supervisor, nginx), driver, clock, events)
+
+
+async def until(condition: Callable[[], Any], what: str) -> Any:
+    async def check() -> Any:
+        return condition()
+    return await eventually_async(check, 2.0, what)

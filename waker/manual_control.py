@@ -1,0 +1,80 @@
+"""Manual control of the models, what the admin API (and a client's unload) asks for: stop, pin,
+unload, and a live reload of the config. Works on the supervisor through its commands, never on its
+state directly."""
+
+from __future__ import annotations
+
+from enum import StrEnum
+
+from waker.config import load_config
+from waker.config_change import ConfigChange, plan_reload
+from waker.errors import AdminError
+from waker.events import EventKind
+from waker.lifecycle import State, StopReason
+from waker.nginx_process import Nginx
+from waker.supervisor import Supervisor
+
+
+class StopOutcome(StrEnum):
+    STOPPING = "stopping"
+    FAILURE_CLEARED = "failure cleared"
+    ALREADY_STOPPED = "already stopped"
+    ALREADY_STOPPING = "already stopping"
+
+
+class ManualControl:
+    def __init__(self, supervisor: Supervisor, nginx: Nginx | None = None) -> None:
+        self.supervisor = supervisor
+        self.nginx = nginx
+
+    def stop_by_hand(self, model_id: str, force: bool = False,
+                     reason: StopReason = StopReason.MANUAL) -> StopOutcome:
+        """Stops a model now; returns what happened. A keep_warm model stays down until asked for.
+        Stopping a failed model clears its failure and back-off."""
+        slot = self.supervisor.current_slots()[model_id]
+        if slot.state is State.FAILED:
+            self.supervisor.reset_failure(model_id)
+            return StopOutcome.FAILURE_CLEARED
+        if slot.state is State.STOPPED:
+            return StopOutcome.ALREADY_STOPPED
+        if slot.state is State.STOPPING:
+            return StopOutcome.ALREADY_STOPPING
+        if slot.state is State.STARTING:
+            raise AdminError(409, f"model {model_id!r} is starting; stop it once it is ready")
+        if slot.in_flight and not force:
+            raise AdminError(409, f"model {model_id!r} has {slot.in_flight} request(s) in flight; "
+                                  "stopping it would cut them off (force=true does it anyway)")
+        self.supervisor.update(model_id, suspended=slot.keep_warm)
+        self.supervisor.stop(model_id, reason)
+        return StopOutcome.STOPPING
+
+    def set_pinned(self, model_id: str, pinned: bool) -> None:
+        self.supervisor.update(model_id, pinned=pinned)
+        self.supervisor.bus.publish(EventKind.MODEL_PINNED if pinned else EventKind.MODEL_UNPINNED, model=model_id)
+        self.supervisor.reconcile()
+
+    def unload(self, force: bool = False) -> dict[str, str]:
+        """Stops every running model that is not pinned; busy ones only with `force`."""
+        outcome = {}
+        for model_id, slot in self.supervisor.current_slots().items():
+            if slot.state is State.READY and not slot.pinned:
+                try:
+                    outcome[model_id] = self.stop_by_hand(model_id, force).value
+                except AdminError as exc:
+                    outcome[model_id] = f"skipped: {exc.message}"
+        return outcome
+
+    async def reload(self) -> ConfigChange:
+        """Reads the config file again and applies it live, all or nothing: the new config is read
+        (ConfigError), nginx checks its rendering (NginxError), the change is checked against what
+        runs (AdminError), nginx reloads (NginxError: nginx keeps serving the old one), and only then
+        does the supervisor take it in, so nginx and the supervisor never disagree."""
+        supervisor = self.supervisor
+        new = load_config(supervisor.config.path, supervisor.config.overrides)
+        if self.nginx is not None:
+            await self.nginx.check(new)
+        change = plan_reload(supervisor.config, new, supervisor.current_slots())
+        if self.nginx is not None:
+            await self.nginx.reload(new)
+        supervisor.apply_config(new, change)
+        return change

@@ -1,0 +1,29 @@
+"""Everything the shell keeps about one model while it runs the waker: one record, so that adding or
+forgetting a model cannot leave a piece of it behind."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field, replace
+
+from waker.activity import ModelActivity
+from waker.config import ModelConfig
+from waker.scheduler import Slot
+
+
+def slot_for(model: ModelConfig) -> Slot:
+    """The scheduler's view of a configured model, before anything has happened to it."""
+    return Slot(id=model.id, gpu_memory=model.gpu_memory, exclusive=model.exclusive, keep_warm=model.keep_warm,
+                idle_timeout=model.idle_timeout, min_uptime=model.min_uptime)
+
+
+@dataclass(slots=True)
+class ModelRecord:
+    slot: Slot  # what the scheduler knows; replaced, never mutated
+    activity: ModelActivity = field(default_factory=ModelActivity)  # requests in flight, from nginx
+    died: asyncio.Event = field(default_factory=asyncio.Event)  # set when Docker reports its death
+    container: str | None = None  # the id of the container serving it, once known
+
+    @classmethod
+    def new(cls, model: ModelConfig, now: float = 0.0) -> ModelRecord:
+        return cls(slot=replace(slot_for(model), since=now))
