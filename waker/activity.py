@@ -11,7 +11,8 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import structlog
 

@@ -9,15 +9,16 @@ from __future__ import annotations
 import asyncio
 import hmac
 import json
+from collections.abc import Awaitable, Callable
 from dataclasses import asdict
-from typing import Any, Awaitable, Callable
+from typing import Any
 
 import structlog
 from aiohttp import web
 
 from waker.config import ConfigError, ModelConfig
-from waker.gpu import GpuMemory
 from waker.errors import AdminError, RequestRefused, error_body, error_response
+from waker.gpu import GpuMemory
 from waker.lifecycle import State
 from waker.nginx_process import NginxError
 from waker.scheduler import Slot
@@ -184,7 +185,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await response.write(b": heartbeat\n\n")
                 continue
             await response.write(_event(event["type"], event))

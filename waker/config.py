@@ -317,7 +317,8 @@ def _parse_model(
         port=port,
         health=model.get("health", fields.http_path, "/health"),
         env=tuple(sorted(model.get("env", fields.env, {}).items())),
-        volumes=tuple(fields.resolve_volume(v, config_dir) for v in model.get("volumes", fields.list_of(fields.volume), [])),
+        volumes=tuple(fields.resolve_volume(v, config_dir)
+                      for v in model.get("volumes", fields.list_of(fields.volume), [])),
         gpus=model.get("gpus", fields.gpus, ""),
         gpu_memory=model.get("gpu_memory", fields.fraction, 0.0),
         shm_size=model.get("shm_size", parse_size),

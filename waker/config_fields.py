@@ -78,7 +78,8 @@ def origin(value: Any) -> str:
     """A CORS origin such as "http://localhost:3000", or a prefix ending in "*" ("vscode-webview://*")."""
     text = string(value)
     if not re.fullmatch(r"[a-z][a-z0-9+.-]*://[A-Za-z0-9.:\[\]-]*\*?", text) or text.endswith("/"):
-        raise ValueError(f"expected an origin such as \"http://localhost:3000\" or \"vscode-webview://*\", got {text!r}")
+        raise ValueError(f"expected an origin such as \"http://localhost:3000\" or \"vscode-webview://*\", "
+                         f"got {text!r}")
     return text
 
 

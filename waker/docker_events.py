@@ -8,7 +8,8 @@ stream and no API calls.
 from __future__ import annotations
 
 import asyncio
-from typing import Any, Awaitable, Callable
+from collections.abc import Awaitable, Callable
+from typing import Any
 
 import aiohttp
 import structlog
@@ -36,7 +37,7 @@ async def follow(
                 async for event in events:
                     on_event(event)
             reason = "the Docker events stream ended"
-        except (DockerError, aiohttp.ClientError, OSError, asyncio.TimeoutError, ValueError) as exc:
+        except (TimeoutError, DockerError, aiohttp.ClientError, OSError, ValueError) as exc:
             reason = str(exc) or type(exc).__name__
         on_disconnect(reason)
         log.warning("docker_events_lost", error=reason, retry_in=backoff)

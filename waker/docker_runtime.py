@@ -6,7 +6,6 @@ container checks the labels first, so the waker cannot stop or remove anything i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
 from collections.abc import AsyncIterator, Callable, Iterator

@@ -149,7 +149,8 @@ def _model_locations(model: ModelConfig, config: Config) -> list[str]:
     wake_timeout = int(config.scheduler.queue_timeout + model.start_timeout) + 60
     lines = [f"        # model {model.id}"]
     for name in model.names:
-        lines.append(f"        location /v1/{name}/ {{ {enter} rewrite ^/v1/[^/]+/(.*)$ /v1/$1 break; {proxy} {wake} }}")
+        rewrite = "rewrite ^/v1/[^/]+/(.*)$ /v1/$1 break;"
+        lines.append(f"        location /v1/{name}/ {{ {enter} {rewrite} {proxy} {wake} }}")
     lines += [
         f"        location @model_{key} {{ {enter} {proxy} {wake} }}",
         (f"        location @wake_{key} {{ set $wake_uri /_wake/{model.id}; proxy_pass http://waker$wake_uri; "

@@ -43,7 +43,8 @@ ALLOWED = [(method, re.compile(f"^{_VERSION}{path}(?:\\?.*)?$")) for method, pat
 )]
 # Calls that change or read out a container: allowed on managed containers only.
 ON_CONTAINER = re.compile(
-    f"^(?:POST|DELETE|GET) {_VERSION}/containers/(?!(?:create|json)(?:[?/]|$))({_ID})(?:/(start|stop|logs))?(?:\\?.*)?$")
+    f"^(?:POST|DELETE|GET) {_VERSION}/containers/(?!(?:create|json)(?:[?/]|$))({_ID})"
+    f"(?:/(start|stop|logs))?(?:\\?.*)?$")
 NETWORK_CONNECT = re.compile(f"^POST {_VERSION}/networks/{_ID}/connect(?:\\?.*)?$")
 # The gateway's reload: the query must be exactly one SIGHUP (checked in `check`).
 KILL = re.compile(f"^POST {_VERSION}/containers/({_ID})/kill(?:\\?(.*))?$")

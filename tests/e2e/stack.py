@@ -139,7 +139,7 @@ class Stack:
         self.config_path.write_text("\n".join(lines) + "\n")
         return self.config_path
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         self.write_config()
         self.started_at = getattr(self, "started_at", time.time())
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}

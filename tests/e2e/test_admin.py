@@ -179,8 +179,10 @@ async def test_prepare_creates_containers_and_reports_missing_images(stack):
         status, body = await call(session, stack, "POST", "/admin/prepare")
     assert status == 207 and body["ok"] is False
     assert body["models"]["alpha"] == {"image": "present", "container": "created"}
-    assert body["models"]["ghost"]["image"] == "missing" and "waker-test/absent:1" in body["models"]["ghost"]["error"]
-    assert len(stack.containers()) == 2 and not docker("ps", "-q", "--filter", f"label=io.waker.stack={stack.name}").strip()
+    ghost = body["models"]["ghost"]
+    assert ghost["image"] == "missing" and "waker-test/absent:1" in ghost["error"]
+    assert len(stack.containers()) == 2
+    assert not docker("ps", "-q", "--filter", f"label=io.waker.stack={stack.name}").strip()
 
 
 async def test_metrics_count_starts_stops_and_show_state(stack):
@@ -202,9 +204,8 @@ async def test_metrics_count_starts_stops_and_show_state(stack):
 
 
 async def test_openai_model_list_carries_metadata(stack):
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{stack.url}/v1/models") as response:
-            data = {m["id"]: m for m in (await response.json())["data"]}
+    async with aiohttp.ClientSession() as session, session.get(f"{stack.url}/v1/models") as response:
+        data = {m["id"]: m for m in (await response.json())["data"]}
     assert data["alpha"]["context_length"] == 8192 and data["alpha"]["capabilities"] == {"vision": False, "tools": True}
     assert "context_length" not in data["beta"]
 

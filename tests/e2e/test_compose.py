@@ -69,8 +69,9 @@ def deployment(tmp_path_factory):
     try:
         yield project, f"http://127.0.0.1:{port}", compose, env, tmp_path / "config" / "models.toml"
     finally:
-        down = subprocess.run([str(REPO / "scripts" / "compose-down"), "-v"], env={**env, "COMPOSE_PROJECT_NAME": project},
-                              capture_output=True, text=True, timeout=300, check=False)
+        down = subprocess.run([str(REPO / "scripts" / "compose-down"), "-v"],
+                              env={**env, "COMPOSE_PROJECT_NAME": project}, capture_output=True, text=True,
+                              timeout=300, check=False)
         leftovers = docker("ps", "-aq", "--filter", f"label=io.waker.stack={project}").split()
         if leftovers:
             docker("rm", "-f", *leftovers, check=False)

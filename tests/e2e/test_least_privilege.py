@@ -105,7 +105,8 @@ async def test_the_proxy_refuses_privileged_or_unlabelled_creates(proxy):
                      {"Image": FAKE_IMAGE, "Labels": {"io.waker.managed": "true"}, "HostConfig": {"Privileged": True}},
                      {"Image": FAKE_IMAGE, "Labels": {"io.waker.managed": "true"},
                       "HostConfig": {"Binds": ["/var/run/docker.sock:/var/run/docker.sock"]}},
-                     {"Image": FAKE_IMAGE, "Labels": {"io.waker.managed": "true"}, "HostConfig": {"NetworkMode": "host"}}):
+                     {"Image": FAKE_IMAGE, "Labels": {"io.waker.managed": "true"},
+                      "HostConfig": {"NetworkMode": "host"}}):
             async with session.post("http://docker/containers/create", data=json.dumps(spec),
                                     headers={"Content-Type": "application/json"}) as response:
                 assert response.status == 403, spec

@@ -67,8 +67,8 @@ def write_config(tmp_path, config: dict):
 
 def test_credentials_from_docker_login_entries(tmp_path):
     auth = base64.b64encode(b"me:s3cret:with-colon").decode()
-    path = write_config(tmp_path, {"auths": {"nvcr.io": {"auth": auth},
-                                             "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:pw").decode()}}})
+    hub = base64.b64encode(b"hub:pw").decode()
+    path = write_config(tmp_path, {"auths": {"nvcr.io": {"auth": auth}, "https://index.docker.io/v1/": {"auth": hub}}})
     assert credentials("nvcr.io/nvidia/vllm:1", path) == {"username": "me", "password": "s3cret:with-colon",
                                                           "serveraddress": "nvcr.io"}
     assert credentials("org/image:1", path)["username"] == "hub"
