@@ -27,7 +27,8 @@ from waker.supervisor import Supervisor
 log = structlog.get_logger("waker.admin_api")
 
 SUPERVISOR = web.AppKey("admin_supervisor", Supervisor)
-RELOAD = web.AppKey("reload", Callable[[], Awaitable[dict[str, list[str]]]])
+Reloader = Callable[[], Awaitable[dict[str, list[str]]]]
+RELOAD: web.AppKey[Reloader] = web.AppKey("reload")
 GPU = web.AppKey("gpu", GpuMemory)
 HEARTBEAT_SECONDS = 15.0
 
@@ -208,7 +209,7 @@ async def reload(request: web.Request) -> web.Response:
 
 async def prepare(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
-    ids: list[str] = []
+    ids: list[Any] = []
     if request.can_read_body:
         try:
             body = await request.json()
@@ -217,10 +218,11 @@ async def prepare(request: web.Request) -> web.Response:
         if not isinstance(body, dict) or not isinstance(body.get("models", []), list):
             return error_response(400, "invalid_body", "the body must be {\"models\": [\"id\", ...]}")
         ids = body.get("models", [])
-    unknown = [i for i in ids if not isinstance(i, str) or supervisor.config.model(i) is None]
+    named = [supervisor.config.model(i) if isinstance(i, str) else None for i in ids]
+    unknown = [i for i, model in zip(ids, named, strict=True) if model is None]
     if unknown:
         return error_response(404, "model_not_found", f"unknown model(s) {unknown!r}")
-    models = [supervisor.config.model(i) for i in ids] if ids else list(supervisor.config.models)
+    models = [m for m in named if m is not None] or list(supervisor.config.models)
     report = {m.id: await supervisor.launcher.prepare(m) for m in models}
     ready = all("error" not in r for r in report.values())
     return web.json_response({"ok": ready, "models": report}, status=200 if ready else 207)
@@ -238,7 +240,7 @@ def _event(kind: str, data: dict[str, Any]) -> bytes:
 
 
 def add_routes(app: web.Application, supervisor: Supervisor,
-               reloader: Callable[[], Awaitable[dict[str, list[str]]]], gpu: GpuMemory) -> None:
+               reloader: Reloader, gpu: GpuMemory) -> None:
     app[SUPERVISOR] = supervisor
     app[RELOAD] = reloader
     app[GPU] = gpu

@@ -301,7 +301,8 @@ def _parse_model(
     for key in _MERGED_TABLES:
         if isinstance(defaults.get(key), dict) and isinstance(entry.get(key), dict):
             merged[key] = {**defaults[key], **entry[key]}
-    label = entry.get("id") if isinstance(entry.get("id"), str) else f"#{index + 1}"
+    given_id = entry.get("id")
+    label = given_id if isinstance(given_id, str) else f"#{index + 1}"
     model = fields.Table(merged, None, path, f"{path}: model '{label}'", problems)
     model_id = model.get("id", fields.model_id, required=True)
     config_dir = path.parent.resolve()
@@ -349,7 +350,7 @@ def _parse_model(
         problems.append(f"{where}: a disabled model needs 'notes' saying why, so that users know")
     if result.keep_warm and result.exclusive:
         problems.append(f"{where}: a keep_warm model cannot be exclusive: it would keep every other model out")
-    if scheduler.gpu_capacity is not None and result.gpu_memory > scheduler.gpu_capacity:
+    if result.gpu_memory > scheduler.gpu_capacity:
         problems.append(f"{where}: field 'gpu_memory': {result.gpu_memory:g} is more than [scheduler] "
                         f"gpu_capacity ({scheduler.gpu_capacity:g}), so it could never start")
     return result
@@ -375,8 +376,7 @@ def _check_across_models(
     owner: dict[str, str] = {}
     ports: dict[int, str] = {}
     for listen in (gateway.listen, waker.listen):
-        if listen is not None:
-            ports[listen.port] = "the gateway or the waker"
+        ports[listen.port] = "the gateway or the waker"
     for model in models:
         for name in model.names:
             if name in owner:
@@ -390,10 +390,9 @@ def _check_across_models(
                     f"{path}: model '{model.id}': the name '{name}' is reserved (it is an API route); pick another"
                 )
             owner.setdefault(name, model.id)
-        if model.host_port is not None:
-            if model.host_port in ports:
-                problems.append(
-                    f"{path}: model '{model.id}': field 'host_port': port {model.host_port} is already used by "
-                    f"{ports[model.host_port]}; set another host_port or [waker] model_port_base"
-                )
-            ports.setdefault(model.host_port, f"model '{model.id}'")
+        if model.host_port in ports:
+            problems.append(
+                f"{path}: model '{model.id}': field 'host_port': port {model.host_port} is already used by "
+                f"{ports[model.host_port]}; set another host_port or [waker] model_port_base"
+            )
+        ports.setdefault(model.host_port, f"model '{model.id}'")

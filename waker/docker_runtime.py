@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import json
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -57,16 +57,26 @@ class ContainerInfo:
     error: str
 
 
-@contextmanager
-def _docker_errors(what: str, ignore: tuple[int, ...] = ()) -> Iterator[None]:
-    """Turns every failure of a Docker call into DockerError, saying what was being done."""
-    try:
-        yield
-    except aiodocker.DockerError as exc:
-        if exc.status not in ignore:
-            raise DockerError(f"{what}: {exc.message}") from None
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise DockerError(f"{what}: the Docker engine is not reachable ({exc or type(exc).__name__})") from None
+class _docker_errors:  # lower case: it reads as a function where it is used, `with _docker_errors(...)`
+    """Turns every failure of a Docker call into DockerError, saying what was being done. An answer
+    whose status is in `ignore` ends the block silently (a class, so that type checkers know that
+    code after the block can run)."""
+
+    def __init__(self, what: str, ignore: tuple[int, ...] = ()) -> None:
+        self.what, self.ignore = what, ignore
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, traceback: Any) -> bool:
+        if isinstance(exc, aiodocker.DockerError):
+            if exc.status in self.ignore:
+                return True
+            raise DockerError(f"{self.what}: {exc.message}") from None
+        if isinstance(exc, (TimeoutError, aiohttp.ClientError, OSError)):
+            raise DockerError(f"{self.what}: the Docker engine is not reachable "
+                              f"({str(exc) or type(exc).__name__})") from None
+        return False
 
 
 class DockerRuntime:
