@@ -202,9 +202,9 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
     for key in raw:
         if key not in known:
             problems.append(f"{path}: unknown section [{key}]; the sections are {', '.join(sorted(known))}")
-    gateway = fields.Table(raw, "gateway", path, f"{path}: [gateway]", problems)
-    waker = fields.Table(raw, "waker", path, f"{path}: [waker]", problems)
-    scheduler = fields.Table(raw, "scheduler", path, f"{path}: [scheduler]", problems)
+    gateway = fields.Table(raw, "gateway", f"{path}: [gateway]", problems)
+    waker = fields.Table(raw, "waker", f"{path}: [waker]", problems)
+    scheduler = fields.Table(raw, "scheduler", f"{path}: [scheduler]", problems)
 
     gateway_cfg = GatewayConfig(
         listen=gateway.get("listen", fields.address, "127.0.0.1:8009"),
@@ -303,7 +303,7 @@ def _parse_model(
             merged[key] = {**defaults[key], **entry[key]}
     given_id = entry.get("id")
     label = given_id if isinstance(given_id, str) else f"#{index + 1}"
-    model = fields.Table(merged, None, path, f"{path}: model '{label}'", problems)
+    model = fields.Table(merged, None, f"{path}: model '{label}'", problems)
     model_id = model.get("id", fields.model_id, required=True)
     config_dir = path.parent.resolve()
     port = model.get("port", fields.port, 8000)

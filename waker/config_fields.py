@@ -260,12 +260,12 @@ def type_name(value: Any) -> str:
 class Table:
     """Reads typed fields from one TOML table, recording problems instead of stopping at the first."""
 
-    def __init__(self, raw: Any, key: str | None, path: Path, where: str, problems: list[str]) -> None:
+    def __init__(self, raw: Any, key: str | None, where: str, problems: list[str]) -> None:
         table = raw.get(key, {}) if key is not None else raw
         if not isinstance(table, dict):
             problems.append(f"{where} must be a table")
             table = {}
-        self.table, self.path, self.where, self.problems = table, path, where, problems
+        self.table, self.where, self.problems = table, where, problems
         self.seen: set[str] = set()
 
     def get(self, key: str, parse: Callable[[Any], Any], default: Any = None, required: bool = False) -> Any:

@@ -52,7 +52,6 @@ class ContainerInfo:
     spec_hash: str
     image_id: str
     running: bool
-    status: str
     exit_code: int
     error: str
 
@@ -86,10 +85,6 @@ class DockerRuntime:
 
     async def close(self) -> None:
         await self._docker.close()
-
-    async def ping(self) -> None:
-        with _docker_errors("Docker ping"):
-            await self._docker.version()
 
     async def managed_containers(self) -> list[ContainerInfo]:
         with _docker_errors("cannot list containers"):
@@ -228,7 +223,6 @@ class DockerRuntime:
             spec_hash=labels.get(LABEL_SPEC, ""),
             image_id=data.get("Image", ""),
             running=bool(state.get("Running")),
-            status=state.get("Status", ""),
             exit_code=int(state.get("ExitCode") or 0),
             error=state.get("Error") or "",
         )
