@@ -37,7 +37,9 @@ async def follow(
                 async for event in events:
                     on_event(event)
             reason = "the Docker events stream ended"
-        except (TimeoutError, DockerError, aiohttp.ClientError, OSError, ValueError) as exc:
+        # Only the stream's own failures: an exception from `on_event` or `on_connect` (a state machine's
+        # IllegalTransition is a ValueError) is a bug, not a lost engine, and ends the follow loudly.
+        except (TimeoutError, DockerError, aiohttp.ClientError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
         on_disconnect(reason)
         log.warning("docker_events_lost", error=reason, retry_in=backoff)

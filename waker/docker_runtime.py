@@ -16,6 +16,7 @@ from typing import Any
 import aiodocker
 import aiohttp
 from aiodocker.networks import DockerNetwork
+from aiohttp.http_exceptions import LineTooLong
 
 from waker.container_spec import (
     LABEL_MANAGED,
@@ -229,6 +230,20 @@ class DockerRuntime:
 
 
 async def _json_lines(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    async for line in response.content:
-        if line.strip():
-            yield json.loads(line)
+    """Docker's events, one JSON object a line; anything else is the stream failing (DockerError)."""
+    try:
+        async for line in response.content:
+            if line.strip():
+                yield _event(line)
+    except LineTooLong as exc:
+        raise DockerError(f"the Docker events stream sent a line over aiohttp's limit: {exc}") from None
+
+
+def _event(line: bytes) -> dict[str, Any]:
+    try:
+        event = json.loads(line)
+    except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text
+        raise DockerError(f"the Docker events stream sent a line that is not JSON ({exc}): {line[:200]!r}") from None
+    if not isinstance(event, dict):
+        raise DockerError(f"the Docker events stream sent JSON that is not an event object: {line[:200]!r}")
+    return event

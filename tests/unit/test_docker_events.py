@@ -1,0 +1,83 @@
+"""The events follower against an HTTP server speaking Docker's API: what counts as losing Docker."""
+
+import asyncio
+
+from aiohttp import web
+
+from tests.eventually import eventually_async
+from waker import docker_events
+from waker.docker_runtime import DockerRuntime
+from waker.lifecycle import IllegalTransition
+
+DIE = b'{"Type": "container", "Action": "die", "Actor": {"Attributes": {"io.waker.model": "alpha"}}}\n'
+
+
+async def docker_serving(aiohttp_server, *lines: bytes) -> DockerRuntime:
+    """A runtime whose engine answers /version and streams `lines` as its events, then holds the stream open."""
+    async def version(request: web.Request) -> web.Response:
+        return web.json_response({"ApiVersion": "1.43"})
+
+    async def events(request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        for line in lines:
+            await response.write(line)
+        await asyncio.Event().wait()
+        return response
+
+    app = web.Application()
+    app.router.add_get("/version", version)
+    app.router.add_get("/v1.43/events", events)
+    server = await aiohttp_server(app)
+    return DockerRuntime("test", f"tcp://127.0.0.1:{server.port}")
+
+
+async def follow_until_lost(runtime: DockerRuntime) -> tuple[list[dict], list[str]]:
+    seen: list[dict] = []
+    lost: list[str] = []
+
+    async def connected() -> None:
+        return None
+
+    async def reported_lost() -> list[str]:
+        return lost
+
+    follower = asyncio.create_task(docker_events.follow(runtime, seen.append, connected, lost.append))
+    try:
+        await eventually_async(reported_lost, 10, "the stream reported lost")
+    finally:
+        follower.cancel()
+        await asyncio.gather(follower, return_exceptions=True)
+        await runtime.close()
+    return seen, lost
+
+
+async def test_a_line_that_is_not_json_is_the_stream_failing(aiohttp_server):
+    runtime = await docker_serving(aiohttp_server, DIE, b"{not json\n")
+    seen, lost = await follow_until_lost(runtime)
+    assert [e["Action"] for e in seen] == ["die"]
+    assert "not JSON" in lost[0] and "{not json" in lost[0], lost
+
+
+async def test_json_that_is_not_an_event_object_is_the_stream_failing(aiohttp_server):
+    runtime = await docker_serving(aiohttp_server, b'["die"]\n')
+    seen, lost = await follow_until_lost(runtime)
+    assert seen == [] and "not an event object" in lost[0], lost
+
+
+async def test_a_state_machine_bug_is_not_mistaken_for_losing_docker(aiohttp_server):
+    runtime = await docker_serving(aiohttp_server, DIE)
+    lost: list[str] = []
+
+    def buggy(event: dict) -> None:
+        raise IllegalTransition("ready --start--> ?")
+
+    async def connected() -> None:
+        return None
+
+    try:
+        follower = docker_events.follow(runtime, buggy, connected, lost.append)
+        raised = await asyncio.wait_for(asyncio.gather(follower, return_exceptions=True), 10)
+    finally:
+        await runtime.close()
+    assert isinstance(raised[0], IllegalTransition) and lost == []
