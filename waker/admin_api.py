@@ -30,6 +30,7 @@ SUPERVISOR = web.AppKey("admin_supervisor", Supervisor)
 Reloader = Callable[[], Awaitable[dict[str, list[str]]]]
 RELOAD: web.AppKey[Reloader] = web.AppKey("reload")
 GPU = web.AppKey("gpu", GpuMemory)
+STARTS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("admin_background_starts")  # `start?wait=false`
 HEARTBEAT_SECONDS = 15.0
 
 
@@ -122,13 +123,30 @@ async def start(request: web.Request) -> web.Response:
     wait = _flag(request, "wait", True)
     preload = asyncio.ensure_future(supervisor.acquire(model))
     if not wait:
-        preload.add_done_callback(lambda t: t.cancelled() or t.exception())
+        keep_until_done(request.app[STARTS], preload, model.id)
         return web.json_response(describe(supervisor, model), status=202)
     try:
         await preload
     except RequestRefused as exc:
         return error_response(exc.status, exc.code, exc.message, details=exc.details)
     return web.json_response(describe(supervisor, model))
+
+
+def keep_until_done(tasks: set[asyncio.Task[None]], task: asyncio.Task[None], model_id: str) -> None:
+    """Holds a start nobody waits for until it ends (the event loop keeps only a weak reference to a
+    task), then logs how it failed, if it did."""
+    tasks.add(task)
+
+    def ended(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        failure = None if task.cancelled() else task.exception()
+        if isinstance(failure, RequestRefused):
+            log.warning("admin_start_refused", model=model_id, status=failure.status, code=failure.code,
+                        error=failure.message)
+        elif failure is not None:
+            log.error("admin_start_failed", model=model_id, error=repr(failure), exc_info=failure)
+
+    task.add_done_callback(ended)
 
 
 async def stop(request: web.Request) -> web.Response:
@@ -244,6 +262,7 @@ def add_routes(app: web.Application, supervisor: Supervisor,
     app[SUPERVISOR] = supervisor
     app[RELOAD] = reloader
     app[GPU] = gpu
+    app[STARTS] = set()
     app.middlewares.append(require_token)
     app.router.add_get("/admin/models", list_models)
     app.router.add_get("/admin/models/{model}", get_model)
