@@ -16,9 +16,10 @@ from typing import NamedTuple
 
 import structlog
 
+from waker.nginx_render import BEGIN_PREFIX
+
 log = structlog.get_logger("waker.activity")
 
-BEGIN_PREFIX = "/_inflight/"
 
 class Mark(NamedTuple):  # a tuple: it is made twice per model request
     kind: str  # "begin" or "end"

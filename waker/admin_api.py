@@ -17,8 +17,9 @@ import structlog
 from aiohttp import web
 
 from waker.config import ConfigError, ModelConfig
-from waker.errors import AdminError, RequestRefused, error_body, error_response
+from waker.errors import AdminError, RequestRefused, error_body
 from waker.gpu import GpuMemory
+from waker.http_errors import error_response
 from waker.lifecycle import State
 from waker.nginx_process import NginxError
 from waker.scheduler import Slot

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from waker import nginx_access
-from waker.activity import BEGIN_PREFIX
 from waker.config import RESERVED_NAMES, Address, Config, ModelConfig
 from waker.errors import error_body
 from waker.units import format_size
@@ -48,6 +47,9 @@ WAKER_DOWN = ("waker_unavailable", ("the waker (control plane) is not reachable,
                                     "cannot be started; check that `waker run` or `waker serve` is running"))
 
 GENERATION_PATH = "/_waker/generation"
+# A model request's begin mark: a mirror subrequest to BEGIN_PREFIX + model id, logged to the waker's
+# activity listener (waker/activity.py parses it).
+BEGIN_PREFIX = "/_inflight/"
 ERROR_PREFIX = "/_waker/error/"
 # Errors nginx can raise before it has parsed a URI: it cannot jump from those to a named location,
 # so their bodies live at internal URIs. The others stay named: a jump to a URI would run the
