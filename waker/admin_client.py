@@ -80,10 +80,7 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
             return url, token or ""
         raise ClientError(EXIT_USAGE, "no --url or $WAKER_URL, and the config cannot be read: "
                           + "; ".join(exc.problems)) from None
-    listen = config.waker.listen
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listen.host, listen.host)
-    default_url = f"http://[{host}]:{listen.port}" if ":" in host else f"http://{host}:{listen.port}"
-    return url or default_url, token if token is not None else config.waker.admin_token
+    return url or config.waker.listen.reachable().url, token if token is not None else config.waker.admin_token
 
 
 class Client:

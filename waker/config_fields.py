@@ -29,6 +29,14 @@ class Address:
     def url(self) -> str:
         return f"http://{self}"
 
+    def reachable(self) -> Address:
+        """Where a client on this host (or network namespace) reaches a server listening here: a
+        wildcard address is reached on loopback."""
+        return Address(_LOOPBACK_OF_WILDCARD.get(self.host, self.host), self.port)
+
+
+_LOOPBACK_OF_WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
 
 @dataclass(frozen=True, slots=True)
 class Source:

@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from waker.config import ConfigError, load_config
+from waker.config_fields import address
 
 ISSUE_EXAMPLE = """
 [gateway]
@@ -337,3 +338,11 @@ def test_the_demo_model_runs_without_a_gpu_and_keeps_its_download():
     cache = dict(demo.env)["LLAMA_CACHE"]
     assert any(v.endswith(f"/data/llama.cpp:{cache}") for v in demo.volumes)
     assert max(m.host_port for m in (*config.models, *config.disabled)) == demo.host_port
+
+
+@pytest.mark.parametrize("listen, reached", [
+    ("0.0.0.0:18080", "127.0.0.1:18080"), (":18080", "127.0.0.1:18080"), ("[::]:18080", "[::1]:18080"),
+    ("10.1.2.3:18080", "10.1.2.3:18080"), ("[fd00::5]:18080", "[fd00::5]:18080"),
+])
+def test_a_wildcard_listen_address_is_reached_on_loopback(listen, reached):
+    assert str(address(listen).reachable()) == reached

@@ -102,3 +102,10 @@ def test_model_controls_go_to_the_waker_and_a_load_may_wait_as_long_as_a_wake(tm
     assert "proxy_pass http://waker;" in load and "proxy_read_timeout 6060s;" in load  # 10m queue + 90m + 60 s
     for path in ("/models", "/models/unload"):
         assert "proxy_pass http://waker;" in next(line for line in lines if f"location = {path} " in line)
+
+
+def test_nginx_sends_activity_marks_to_a_waker_on_a_wildcard_address_over_loopback(tmp_path):
+    for listen, server in (("0.0.0.0:18080", "127.0.0.1:18080"), ("[::]:18080", "[::1]:18080")):
+        cfg = parse_config({"waker": {"runtime_dir": str(tmp_path), "listen": listen},
+                            "model": [{"id": "alpha", "image": "i"}]}, tmp_path / "models.toml")
+        assert f"syslog:server={server},tag=waker" in render(cfg, tmp_path).nginx_conf
