@@ -11,6 +11,7 @@ import stat
 
 import pytest
 
+from tests.eventually import eventually_async
 from tests.unit.test_container_spec import model
 from waker.docker_runtime import DockerError, ImageMissing, ImagePullFailed
 from waker.image_pull import PullFailed, PullProgress, PullTracker
@@ -142,7 +143,11 @@ async def test_a_start_that_gives_up_leaves_the_pull_running_for_the_others():
     runtime = FakeRuntime({})
     source, _ = images(runtime)
     impatient = asyncio.ensure_future(source.ensure(model(image="reg.io/a/b:1")))
-    await asyncio.sleep(0.01)
+
+    async def pulling() -> bool:
+        return bool(runtime.pulls)
+
+    await eventually_async(pulling, 5, "the pull started")
     impatient.cancel()
     assert await source.ensure(model(image="reg.io/a/b:1")) == "sha256:new"
     assert len(runtime.pulls) == 1
