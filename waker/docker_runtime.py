@@ -235,8 +235,8 @@ async def _json_lines(response: aiohttp.ClientResponse) -> AsyncIterator[dict[st
         async for line in response.content:
             if line.strip():
                 yield _event(line)
-    except LineTooLong as exc:
-        raise DockerError(f"the Docker events stream sent a line over aiohttp's limit: {exc}") from None
+    except (LineTooLong, ValueError):  # older aiohttp: ValueError("Chunk too big")
+        raise DockerError("the Docker events stream sent a line longer than aiohttp buffers") from None
 
 
 def _event(line: bytes) -> dict[str, Any]:

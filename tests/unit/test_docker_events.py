@@ -65,6 +65,12 @@ async def test_json_that_is_not_an_event_object_is_the_stream_failing(aiohttp_se
     assert seen == [] and "not an event object" in lost[0], lost
 
 
+async def test_a_line_longer_than_the_client_buffers_is_the_stream_failing(aiohttp_server):
+    runtime = await docker_serving(aiohttp_server, b'{"Action": "' + b"x" * 20_000_000 + b'"}\n')
+    seen, lost = await follow_until_lost(runtime)
+    assert seen == [] and "a line longer than aiohttp buffers" in lost[0], lost
+
+
 async def test_a_state_machine_bug_is_not_mistaken_for_losing_docker(aiohttp_server):
     runtime = await docker_serving(aiohttp_server, DIE)
     lost: list[str] = []
