@@ -65,6 +65,15 @@ async def stream(session, stack, model, tokens: int) -> list[float]:
     return arrivals
 
 
+async def streaming_in_flight(session, stack, model, tokens: int) -> asyncio.Task[list[float]]:
+    """A stream of `model` (see `stream`), returned once the waker counts it in flight: evidence, not a sleep.
+    Earlier requests are seen ended first, so that the count is the stream's."""
+    await wait_in_flight(session, stack, model, 0)
+    task = asyncio.create_task(stream(session, stack, model, tokens))
+    await wait_in_flight(session, stack, model, 1)
+    return task
+
+
 def running(stack, model) -> bool:
     out = docker("ps", "-q", "--filter", f"label=io.waker.stack={stack.name}",
                  "--filter", f"label=io.waker.model={model}")
@@ -90,8 +99,7 @@ async def test_a_request_for_b_waits_while_a_streams_then_runs(make_stack):
                         fake_model("b", load_delay=0.2, gpu_memory=0.6)], scheduler=SCHED)
     async with aiohttp.ClientSession() as session:
         await complete(session, stack, "a", max_tokens=1)
-        streaming = asyncio.create_task(stream(session, stack, "a", 25))
-        await wait_in_flight(session, stack, "a", 1)
+        streaming = await streaming_in_flight(session, stack, "a", 25)
         status, _, _ = await complete(session, stack, "b")
         b_done = time.monotonic()
         arrivals = await streaming
@@ -105,8 +113,7 @@ async def test_reject_mode_answers_429_with_retry_after_naming_the_busy_model(ma
                        scheduler={**SCHED, "on_busy": "reject"})
     async with aiohttp.ClientSession() as session:
         await complete(session, stack, "a", max_tokens=1)
-        streaming = asyncio.create_task(stream(session, stack, "a", 30))
-        await wait_in_flight(session, stack, "a", 1)
+        streaming = await streaming_in_flight(session, stack, "a", 30)
         status, headers, body = await complete(session, stack, "b")
         await streaming
     assert status == 429
@@ -199,8 +206,7 @@ async def test_a_client_that_gives_up_while_queued_starts_nothing(make_stack):
                         fake_model("b", load_delay=0.2, gpu_memory=0.6)], scheduler=SCHED)
     async with aiohttp.ClientSession() as session:
         await complete(session, stack, "a", max_tokens=1)
-        streaming = asyncio.create_task(stream(session, stack, "a", 20))
-        await wait_in_flight(session, stack, "a", 1)
+        streaming = await streaming_in_flight(session, stack, "a", 20)
         with pytest.raises(asyncio.TimeoutError):
             await complete(session, stack, "b", timeout=aiohttp.ClientTimeout(total=0.5))
         async def abandoned() -> bool:
