@@ -83,7 +83,7 @@ def run(quick: bool, litellm: str | None) -> Section:
             section.notes.append("LiteLLM not measured in this run (pass --litellm PATH to its `litellm` command).")
         samples: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
         auth = {"Authorization": f"Bearer {LITELLM_KEY}"}
-        for name, (url, body) in targets.items():  # warm-up
+        for url, body in targets.values():  # warm-up
             wrk(url, body, 1, headers=auth)
         for _ in range(rounds):  # interleaved rounds: the machine's noise hits every target alike
             for name, (url, body) in targets.items():

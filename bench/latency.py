@@ -45,7 +45,7 @@ def cold_start(quick: bool) -> Section:
 
 def swap(quick: bool) -> Section:
     runs = 3 if quick else 8
-    models = [fake_model("a", load_delay=LOAD_DELAY, gpu_memory=0.6), fake_model("b", load_delay=LOAD_DELAY, gpu_memory=0.6)]
+    models = [fake_model(name, load_delay=LOAD_DELAY, gpu_memory=0.6) for name in ("a", "b")]
     stack = start_stack(models, scheduler={"min_uptime": "0s", "stop_timeout": "5s"})
     section = Section("4. Swap: idle A runs, a request for B: B's first byte minus its load, against A's exit time")
     try:

@@ -35,7 +35,7 @@ async def _stream(session: aiohttp.ClientSession, url: str, tokens: int) -> str 
             async for line in response.content:
                 chunks += line.startswith(b"data: {")
                 done = done or line.startswith(b"data: [DONE]")
-    except (aiohttp.ClientError, asyncio.TimeoutError) as exc:
+    except (TimeoutError, aiohttp.ClientError) as exc:
         return repr(exc)
     return None if done and chunks == tokens else f"incomplete: {chunks}/{tokens} chunks, done={done}"
 

@@ -74,8 +74,8 @@ def _port(stack: Stack, model: str) -> int:
 def _against_the_engine(total: list[float], engine: list[float], engine_label: str, total_label: str,
                         max_overhead: float) -> list[Row]:
     """The rows comparing what the client waited with what the engine itself took, run by run."""
-    overhead = median([t - e for t, e in zip(total, engine)])
-    ratio = median([t / e for t, e in zip(total, engine)])
+    overhead = median([t - e for t, e in zip(total, engine, strict=True)])
+    ratio = median([t / e for t, e in zip(total, engine, strict=True)])
     return [Row(f"{engine_label}, p50", f"{median(engine):.2f} s"),
             Row(f"{total_label}, p50", f"{median(total):.2f} s"),
             Row("gateway overhead (the difference), p50", f"{overhead * 1000:.0f} ms",

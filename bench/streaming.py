@@ -4,6 +4,7 @@
 from __future__ import annotations
 
 import asyncio
+import itertools
 import time
 
 import aiohttp
@@ -29,7 +30,7 @@ async def _measure(url: str, body: dict, streams: int) -> tuple[float, float, fl
         began = time.monotonic()
         runs = await asyncio.gather(*(_stream(session, url, body) for _ in range(streams)))
         elapsed = time.monotonic() - began
-    gaps = [(b - a) * 1000 for arrivals in runs for a, b in zip(arrivals, arrivals[1:])]
+    gaps = [(b - a) * 1000 for arrivals in runs for a, b in itertools.pairwise(arrivals)]
     tokens = sum(len(a) for a in runs)
     return tokens / elapsed, sum(gaps) / len(gaps), percentile(gaps, 99)
 
@@ -47,8 +48,9 @@ def run(quick: bool) -> Section:
             d = asyncio.run(_measure(direct, body, streams))
             g = asyncio.run(_measure(gateway, body, streams))
             ratio = g[0] / d[0]
-            section.rows.append(Row(f"{streams} stream(s), direct", f"{d[0]:.0f} tokens/s, gap mean {d[1]:.1f} ms, p99 {d[2]:.1f} ms"))
-            section.rows.append(Row(f"{streams} stream(s), gateway", f"{g[0]:.0f} tokens/s, gap mean {g[1]:.1f} ms, p99 {g[2]:.1f} ms"))
+            for label, (rate, gap, p99) in (("direct", d), ("gateway", g)):
+                section.rows.append(Row(f"{streams} stream(s), {label}",
+                                        f"{rate:.0f} tokens/s, gap mean {gap:.1f} ms, p99 {p99:.1f} ms"))
             section.rows.append(Row(f"{streams} stream(s), gateway / direct tokens/s", f"{ratio:.3f}", ">= 0.97",
                                     ratio >= 0.97))
     finally:

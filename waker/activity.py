@@ -11,13 +11,15 @@ from __future__ import annotations
 
 import asyncio
 import socket
-from typing import Callable, NamedTuple
+from collections.abc import Callable
+from typing import NamedTuple
 
 import structlog
 
+from waker.nginx_render import BEGIN_PREFIX
+
 log = structlog.get_logger("waker.activity")
 
-BEGIN_PREFIX = "/_inflight/"
 
 class Mark(NamedTuple):  # a tuple: it is made twice per model request
     kind: str  # "begin" or "end"

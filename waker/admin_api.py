@@ -17,8 +17,9 @@ from aiohttp import web
 
 from waker.config import ConfigError, ModelConfig
 from waker.docker_runtime import DockerRuntime
+from waker.errors import AdminError, RequestRefused, error_body
 from waker.gpu import GpuMemory
-from waker.errors import AdminError, RequestRefused, error_body, error_response
+from waker.http_errors import error_response
 from waker.lifecycle import State
 from waker.manual_control import ManualControl, StopOutcome
 from waker.nginx_process import NginxError
@@ -31,6 +32,7 @@ SUPERVISOR = web.AppKey("admin_supervisor", Supervisor)
 CONTROL = web.AppKey("admin_control", ManualControl)
 RUNTIME = web.AppKey("runtime", DockerRuntime)
 GPU = web.AppKey("gpu", GpuMemory)
+STARTS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("admin_background_starts")  # `start?wait=false`
 HEARTBEAT_SECONDS = 15.0
 
 
@@ -123,13 +125,30 @@ async def start(request: web.Request) -> web.Response:
     wait = _flag(request, "wait", True)
     preload = asyncio.ensure_future(supervisor.acquire(model))
     if not wait:
-        preload.add_done_callback(lambda t: t.cancelled() or t.exception())
+        keep_until_done(request.app[STARTS], preload, model.id)
         return web.json_response(describe(supervisor, model), status=202)
     try:
         await preload
     except RequestRefused as exc:
         return error_response(exc.status, exc.code, exc.message, details=exc.details)
     return web.json_response(describe(supervisor, model))
+
+
+def keep_until_done(tasks: set[asyncio.Task[None]], task: asyncio.Task[None], model_id: str) -> None:
+    """Holds a start nobody waits for until it ends (the event loop keeps only a weak reference to a
+    task), then logs how it failed, if it did."""
+    tasks.add(task)
+
+    def ended(task: asyncio.Task[None]) -> None:
+        tasks.discard(task)
+        failure = None if task.cancelled() else task.exception()
+        if isinstance(failure, RequestRefused):
+            log.warning("admin_start_refused", model=model_id, status=failure.status, code=failure.code,
+                        error=failure.message)
+        elif failure is not None:
+            log.error("admin_start_failed", model=model_id, error=repr(failure), exc_info=failure)
+
+    task.add_done_callback(ended)
 
 
 async def stop(request: web.Request) -> web.Response:
@@ -160,7 +179,7 @@ async def unload(request: web.Request) -> web.Response:
 
 
 async def logs(request: web.Request) -> web.StreamResponse:
-    supervisor, model = request.app[SUPERVISOR], _model(request)
+    model = _model(request)
     try:
         tail = int(request.query.get("tail", "100"))
         if not 0 <= tail <= 100_000:
@@ -188,7 +207,7 @@ async def events(request: web.Request) -> web.StreamResponse:
         while True:
             try:
                 event = await asyncio.wait_for(queue.get(), HEARTBEAT_SECONDS)
-            except asyncio.TimeoutError:
+            except TimeoutError:
                 await response.write(b": heartbeat\n\n")
                 continue
             await response.write(_event(event["type"], event))
@@ -211,7 +230,7 @@ async def reload(request: web.Request) -> web.Response:
 
 async def prepare(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
-    ids: list[str] = []
+    ids: list[Any] = []
     if request.can_read_body:
         try:
             body = await request.json()
@@ -220,10 +239,11 @@ async def prepare(request: web.Request) -> web.Response:
         if not isinstance(body, dict) or not isinstance(body.get("models", []), list):
             return error_response(400, "invalid_body", "the body must be {\"models\": [\"id\", ...]}")
         ids = body.get("models", [])
-    unknown = [i for i in ids if not isinstance(i, str) or supervisor.config.model(i) is None]
+    named = [supervisor.config.model(i) if isinstance(i, str) else None for i in ids]
+    unknown = [i for i, model in zip(ids, named, strict=True) if model is None]
     if unknown:
         return error_response(404, "model_not_found", f"unknown model(s) {unknown!r}")
-    models = [supervisor.config.model(i) for i in ids] if ids else list(supervisor.config.models)
+    models = [m for m in named if m is not None] or list(supervisor.config.models)
     report = {m.id: await supervisor.driver.prepare(m) for m in models}
     ready = all("error" not in r for r in report.values())
     return web.json_response({"ok": ready, "models": report}, status=200 if ready else 207)
@@ -246,6 +266,7 @@ def add_routes(app: web.Application, supervisor: Supervisor, control: ManualCont
     app[CONTROL] = control
     app[RUNTIME] = runtime
     app[GPU] = gpu
+    app[STARTS] = set()
     app.middlewares.append(require_token)
     app.router.add_get("/admin/models", list_models)
     app.router.add_get("/admin/models/{model}", get_model)

@@ -13,7 +13,8 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from typing import Any, Iterator
+from collections.abc import Iterator
+from typing import Any
 
 from waker.config import ConfigError, load_config, overrides_or_env
 
@@ -79,10 +80,7 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
             return url, token or ""
         raise ClientError(EXIT_USAGE, "no --url or $WAKER_URL, and the config cannot be read: "
                           + "; ".join(exc.problems)) from None
-    listen = config.waker.listen
-    host = {"0.0.0.0": "127.0.0.1", "::": "::1"}.get(listen.host, listen.host)
-    default_url = f"http://[{host}]:{listen.port}" if ":" in host else f"http://{host}:{listen.port}"
-    return url or default_url, token if token is not None else config.waker.admin_token
+    return url or config.waker.listen.reachable().url, token if token is not None else config.waker.admin_token
 
 
 class Client:
@@ -157,7 +155,7 @@ def status(client: Client, args: argparse.Namespace) -> int:
         rows.append((m["id"], state, str(m["in_flight"]), str(m["queued"]), _seconds(m["uptime_seconds"]),
                      _seconds(m["idle_seconds"]), f"{m['gpu_memory']:g}", flags, error))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
-    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths)).rstrip() for r in rows)
+    table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
     footer = f"\nqueue: {data['queue_length']}   docker: {data['docker']}"
     return _print(args, data, table + footer)
 

@@ -202,9 +202,9 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
     for key in raw:
         if key not in known:
             problems.append(f"{path}: unknown section [{key}]; the sections are {', '.join(sorted(known))}")
-    gateway = fields.Table(raw, "gateway", path, f"{path}: [gateway]", problems)
-    waker = fields.Table(raw, "waker", path, f"{path}: [waker]", problems)
-    scheduler = fields.Table(raw, "scheduler", path, f"{path}: [scheduler]", problems)
+    gateway = fields.Table(raw, "gateway", f"{path}: [gateway]", problems)
+    waker = fields.Table(raw, "waker", f"{path}: [waker]", problems)
+    scheduler = fields.Table(raw, "scheduler", f"{path}: [scheduler]", problems)
 
     gateway_cfg = GatewayConfig(
         listen=gateway.get("listen", fields.address, "127.0.0.1:8009"),
@@ -301,8 +301,9 @@ def _parse_model(
     for key in _MERGED_TABLES:
         if isinstance(defaults.get(key), dict) and isinstance(entry.get(key), dict):
             merged[key] = {**defaults[key], **entry[key]}
-    label = entry.get("id") if isinstance(entry.get("id"), str) else f"#{index + 1}"
-    model = fields.Table(merged, None, path, f"{path}: model '{label}'", problems)
+    given_id = entry.get("id")
+    label = given_id if isinstance(given_id, str) else f"#{index + 1}"
+    model = fields.Table(merged, None, f"{path}: model '{label}'", problems)
     model_id = model.get("id", fields.model_id, required=True)
     config_dir = path.parent.resolve()
     port = model.get("port", fields.port, 8000)
@@ -317,7 +318,8 @@ def _parse_model(
         port=port,
         health=model.get("health", fields.http_path, "/health"),
         env=tuple(sorted(model.get("env", fields.env, {}).items())),
-        volumes=tuple(fields.resolve_volume(v, config_dir) for v in model.get("volumes", fields.list_of(fields.volume), [])),
+        volumes=tuple(fields.resolve_volume(v, config_dir)
+                      for v in model.get("volumes", fields.list_of(fields.volume), [])),
         gpus=model.get("gpus", fields.gpus, ""),
         gpu_memory=model.get("gpu_memory", fields.fraction, 0.0),
         shm_size=model.get("shm_size", parse_size),
@@ -348,7 +350,7 @@ def _parse_model(
         problems.append(f"{where}: a disabled model needs 'notes' saying why, so that users know")
     if result.keep_warm and result.exclusive:
         problems.append(f"{where}: a keep_warm model cannot be exclusive: it would keep every other model out")
-    if scheduler.gpu_capacity is not None and result.gpu_memory > scheduler.gpu_capacity:
+    if result.gpu_memory > scheduler.gpu_capacity:
         problems.append(f"{where}: field 'gpu_memory': {result.gpu_memory:g} is more than [scheduler] "
                         f"gpu_capacity ({scheduler.gpu_capacity:g}), so it could never start")
     return result
@@ -374,8 +376,7 @@ def _check_across_models(
     owner: dict[str, str] = {}
     ports: dict[int, str] = {}
     for listen in (gateway.listen, waker.listen):
-        if listen is not None:
-            ports[listen.port] = "the gateway or the waker"
+        ports[listen.port] = "the gateway or the waker"
     for model in models:
         for name in model.names:
             if name in owner:
@@ -389,10 +390,9 @@ def _check_across_models(
                     f"{path}: model '{model.id}': the name '{name}' is reserved (it is an API route); pick another"
                 )
             owner.setdefault(name, model.id)
-        if model.host_port is not None:
-            if model.host_port in ports:
-                problems.append(
-                    f"{path}: model '{model.id}': field 'host_port': port {model.host_port} is already used by "
-                    f"{ports[model.host_port]}; set another host_port or [waker] model_port_base"
-                )
-            ports.setdefault(model.host_port, f"model '{model.id}'")
+        if model.host_port in ports:
+            problems.append(
+                f"{path}: model '{model.id}': field 'host_port': port {model.host_port} is already used by "
+                f"{ports[model.host_port]}; set another host_port or [waker] model_port_base"
+            )
+        ports.setdefault(model.host_port, f"model '{model.id}'")

@@ -29,6 +29,14 @@ class Address:
     def url(self) -> str:
         return f"http://{self}"
 
+    def reachable(self) -> Address:
+        """Where a client on this host (or network namespace) reaches a server listening here: a
+        wildcard address is reached on loopback."""
+        return Address(_LOOPBACK_OF_WILDCARD.get(self.host, self.host), self.port)
+
+
+_LOOPBACK_OF_WILDCARD = {"0.0.0.0": "127.0.0.1", "::": "::1"}
+
 
 @dataclass(frozen=True, slots=True)
 class Source:
@@ -78,7 +86,8 @@ def origin(value: Any) -> str:
     """A CORS origin such as "http://localhost:3000", or a prefix ending in "*" ("vscode-webview://*")."""
     text = string(value)
     if not re.fullmatch(r"[a-z][a-z0-9+.-]*://[A-Za-z0-9.:\[\]-]*\*?", text) or text.endswith("/"):
-        raise ValueError(f"expected an origin such as \"http://localhost:3000\" or \"vscode-webview://*\", got {text!r}")
+        raise ValueError(f"expected an origin such as \"http://localhost:3000\" or \"vscode-webview://*\", "
+                         f"got {text!r}")
     return text
 
 
@@ -259,12 +268,12 @@ def type_name(value: Any) -> str:
 class Table:
     """Reads typed fields from one TOML table, recording problems instead of stopping at the first."""
 
-    def __init__(self, raw: Any, key: str | None, path: Path, where: str, problems: list[str]) -> None:
+    def __init__(self, raw: Any, key: str | None, where: str, problems: list[str]) -> None:
         table = raw.get(key, {}) if key is not None else raw
         if not isinstance(table, dict):
             problems.append(f"{where} must be a table")
             table = {}
-        self.table, self.path, self.where, self.problems = table, path, where, problems
+        self.table, self.where, self.problems = table, where, problems
         self.seen: set[str] = set()
 
     def get(self, key: str, parse: Callable[[Any], Any], default: Any = None, required: bool = False) -> Any:

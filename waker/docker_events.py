@@ -8,7 +8,6 @@ stream and no API calls.
 from __future__ import annotations
 
 import asyncio
-import json
 from collections.abc import Awaitable, Callable
 from typing import Any
 
@@ -53,7 +52,9 @@ async def follow(
                     if (event := container_event(raw)) is not None:
                         on_event(event)
             reason = "the Docker events stream ended"
-        except (TimeoutError, DockerError, aiohttp.ClientError, OSError, json.JSONDecodeError) as exc:
+        # Only the stream's own failures: an exception from `on_event` or `on_connect` (a state machine's
+        # IllegalTransition is a ValueError) is a bug, not a lost engine, and ends the follow loudly.
+        except (TimeoutError, DockerError, aiohttp.ClientError, OSError) as exc:
             reason = str(exc) or type(exc).__name__
         on_disconnect(reason)
         log.warning("docker_events_lost", error=reason, retry_in=backoff)

@@ -6,17 +6,17 @@ container checks the labels first, so the waker cannot stop or remove anything i
 
 from __future__ import annotations
 
-import asyncio
 import json
 import socket
-from collections.abc import AsyncIterator, Callable, Iterator
-from contextlib import asynccontextmanager, contextmanager
+from collections.abc import AsyncIterator, Callable
+from contextlib import asynccontextmanager
 from dataclasses import dataclass
 from typing import Any
 
 import aiodocker
 import aiohttp
 from aiodocker.networks import DockerNetwork
+from aiohttp.http_exceptions import LineTooLong
 
 from waker.container_spec import (
     LABEL_MANAGED,
@@ -53,21 +53,30 @@ class ContainerInfo:
     spec_hash: str
     image_id: str
     running: bool
-    status: str
     exit_code: int
     error: str
 
 
-@contextmanager
-def _docker_errors(what: str, ignore: tuple[int, ...] = ()) -> Iterator[None]:
-    """Turns every failure of a Docker call into DockerError, saying what was being done."""
-    try:
-        yield
-    except aiodocker.DockerError as exc:
-        if exc.status not in ignore:
-            raise DockerError(f"{what}: {exc.message}") from None
-    except (TimeoutError, aiohttp.ClientError, OSError) as exc:
-        raise DockerError(f"{what}: the Docker engine is not reachable ({exc or type(exc).__name__})") from None
+class _docker_errors:  # lower case: it reads as a function where it is used, `with _docker_errors(...)`
+    """Turns every failure of a Docker call into DockerError, saying what was being done. An answer
+    whose status is in `ignore` ends the block silently (a class, so that type checkers know that
+    code after the block can run)."""
+
+    def __init__(self, what: str, ignore: tuple[int, ...] = ()) -> None:
+        self.what, self.ignore = what, ignore
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, traceback: Any) -> bool:
+        if isinstance(exc, aiodocker.DockerError):
+            if exc.status in self.ignore:
+                return True
+            raise DockerError(f"{self.what}: {exc.message}") from None
+        if isinstance(exc, (TimeoutError, aiohttp.ClientError, OSError)):
+            raise DockerError(f"{self.what}: the Docker engine is not reachable "
+                              f"({str(exc) or type(exc).__name__})") from None
+        return False
 
 
 class DockerRuntime:
@@ -77,10 +86,6 @@ class DockerRuntime:
 
     async def close(self) -> None:
         await self._docker.close()
-
-    async def ping(self) -> None:
-        with _docker_errors("Docker ping"):
-            await self._docker.version()
 
     async def managed_containers(self) -> list[ContainerInfo]:
         with _docker_errors("cannot list containers"):
@@ -219,13 +224,26 @@ class DockerRuntime:
             spec_hash=labels.get(LABEL_SPEC, ""),
             image_id=data.get("Image", ""),
             running=bool(state.get("Running")),
-            status=state.get("Status", ""),
             exit_code=int(state.get("ExitCode") or 0),
             error=state.get("Error") or "",
         )
 
 
 async def _json_lines(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    async for line in response.content:
-        if line.strip():
-            yield json.loads(line)
+    """Docker's events, one JSON object a line; anything else is the stream failing (DockerError)."""
+    try:
+        async for line in response.content:
+            if line.strip():
+                yield _event(line)
+    except (LineTooLong, ValueError):  # older aiohttp: ValueError("Chunk too big")
+        raise DockerError("the Docker events stream sent a line longer than aiohttp buffers") from None
+
+
+def _event(line: bytes) -> dict[str, Any]:
+    try:
+        event = json.loads(line)
+    except ValueError as exc:  # JSONDecodeError, or UnicodeDecodeError for bytes that are not text
+        raise DockerError(f"the Docker events stream sent a line that is not JSON ({exc}): {line[:200]!r}") from None
+    if not isinstance(event, dict):
+        raise DockerError(f"the Docker events stream sent JSON that is not an event object: {line[:200]!r}")
+    return event

@@ -13,7 +13,8 @@ import structlog
 from aiohttp import web
 
 from waker import model_controls
-from waker.errors import RequestRefused, error_response
+from waker.errors import RequestRefused
+from waker.http_errors import error_response
 from waker.manual_control import ManualControl
 from waker.model_listing import created, openai_entry
 from waker.nginx_render import location_key

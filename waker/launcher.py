@@ -7,6 +7,7 @@ Side effects only: what to start or stop, and when, is the scheduler's decision.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import re
 import time
 from collections.abc import Awaitable, Callable
@@ -154,10 +155,8 @@ class Launcher:
                     f"model {model.id!r} was not ready after {format_duration(model.start_timeout)} "
                     f"(start_timeout; its health check is {url}); it was stopped. Last log lines:\n{tail}",
                 )
-            try:
+            with contextlib.suppress(TimeoutError):
                 await asyncio.wait_for(died.wait(), HEALTH_POLL_INTERVAL)
-            except TimeoutError:
-                pass
 
     async def _fail_if_exited(self, model: ModelConfig, container_id: str) -> None:
         try:

@@ -24,7 +24,8 @@ import structlog
 from aiohttp import web
 
 from waker.config import ModelConfig
-from waker.errors import RequestRefused, error_response
+from waker.errors import RequestRefused
+from waker.http_errors import error_response
 from waker.lifecycle import State, StopReason
 from waker.manual_control import ManualControl, StopOutcome
 from waker.model_listing import client_status, created, openai_entry

@@ -19,7 +19,6 @@ from waker.nginx_process import (
     NginxError,
     check_config,
     current_generation,
-    loopback,
     wait_generation,
     write_and_test,
 )
@@ -58,8 +57,8 @@ class NginxContainer:
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         while (generation := await current_generation(self.config)) is None:
             if asyncio.get_running_loop().time() > deadline:
-                host, port = loopback(self.config)
-                raise NginxError(f"the gateway's nginx does not answer on {host}:{port} within {START_TIMEOUT:g} s; "
+                gateway = self.config.gateway.listen.reachable()
+                raise NginxError(f"the gateway's nginx does not answer on {gateway} within {START_TIMEOUT:g} s; "
                                  f"is the gateway container ({self.container_id[:12]}) running?")
             await asyncio.sleep(0.2)
         return generation

@@ -109,18 +109,11 @@ def exec_nginx(config: Config) -> NoReturn:
     os.execv(args[0], args)
 
 
-def loopback(config: Config) -> tuple[str, int]:
-    """Where the gateway answers from this host (or network namespace) when it listens on a wildcard."""
-    listen = config.gateway.listen
-    host = "127.0.0.1" if listen.host in ("0.0.0.0", "") else ("::1" if listen.host == "::" else listen.host)
-    return host, listen.port
-
-
 async def current_generation(config: Config) -> str | None:
     """The generation of the config nginx runs (GENERATION_PATH), or None when nothing answers."""
-    host, port = loopback(config)
+    gateway = config.gateway.listen.reachable()
     try:
-        reader, writer = await asyncio.open_connection(host, port)
+        reader, writer = await asyncio.open_connection(gateway.host, gateway.port)
         try:
             writer.write(f"GET {GENERATION_PATH} HTTP/1.0\r\nHost: waker\r\n\r\n".encode())
             answer = await asyncio.wait_for(reader.read(), 5)
@@ -191,13 +184,13 @@ class NginxProcess:
         return pid if b"nginx" in cmdline and b"master" in cmdline else None
 
     async def _wait_listening(self) -> None:
-        host, port = loopback(self.config)
+        gateway = self.config.gateway.listen.reachable()
         for _ in range(200):
             if self.proc is not None and self.proc.returncode is not None:
                 raise NginxError(f"nginx exited with code {self.proc.returncode} at start; see "
                                  f"{self.config.waker.runtime_dir / 'logs' / 'error.log'}")
             try:
-                _, writer = await asyncio.open_connection(host, port)
+                _, writer = await asyncio.open_connection(gateway.host, gateway.port)
                 writer.close()
                 return
             except OSError:
@@ -291,7 +284,12 @@ async def _exited(pid: int) -> None:
         return
     loop = asyncio.get_running_loop()
     done = loop.create_future()
-    loop.add_reader(fd, lambda: done.done() or done.set_result(None))
+
+    def readable() -> None:
+        if not done.done():
+            done.set_result(None)
+
+    loop.add_reader(fd, readable)
     try:
         await done
     finally:

@@ -16,8 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from waker import nginx_access
-from waker.activity import BEGIN_PREFIX
-from waker.config import RESERVED_NAMES, Address, Config, ModelConfig
+from waker.config import RESERVED_NAMES, Config, ModelConfig
 from waker.errors import error_body
 from waker.units import format_size
 
@@ -48,6 +47,9 @@ WAKER_DOWN = ("waker_unavailable", ("the waker (control plane) is not reachable,
                                     "cannot be started; check that `waker run` or `waker serve` is running"))
 
 GENERATION_PATH = "/_waker/generation"
+# A model request's begin mark: a mirror subrequest to BEGIN_PREFIX + model id, logged to the waker's
+# activity listener (waker/activity.py parses it).
+BEGIN_PREFIX = "/_inflight/"
 ERROR_PREFIX = "/_waker/error/"
 # Errors nginx can raise before it has parsed a URI: it cannot jump from those to a named location,
 # so their bodies live at internal URIs. The others stay named: a jump to a URI would run the
@@ -149,7 +151,8 @@ def _model_locations(model: ModelConfig, config: Config) -> list[str]:
     wake_timeout = int(config.scheduler.queue_timeout + model.start_timeout) + 60
     lines = [f"        # model {model.id}"]
     for name in model.names:
-        lines.append(f"        location /v1/{name}/ {{ {enter} rewrite ^/v1/[^/]+/(.*)$ /v1/$1 break; {proxy} {wake} }}")
+        rewrite = "rewrite ^/v1/[^/]+/(.*)$ /v1/$1 break;"
+        lines.append(f"        location /v1/{name}/ {{ {enter} {rewrite} {proxy} {wake} }}")
     lines += [
         f"        location @model_{key} {{ {enter} {proxy} {wake} }}",
         (f"        location @wake_{key} {{ set $wake_uri /_wake/{model.id}; proxy_pass http://waker$wake_uri; "
@@ -161,18 +164,12 @@ def _model_locations(model: ModelConfig, config: Config) -> list[str]:
     return lines
 
 
-def _reachable(address: Address) -> str:
-    """The address nginx can send to when the waker listens on a wildcard address."""
-    host = {"0.0.0.0": "127.0.0.1", "::": "[::1]", "": "127.0.0.1"}.get(address.host)
-    return f"{host}:{address.port}" if host else str(address)
-
-
 def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None = None,
                       files_dir: Path | None = None) -> str:
     gateway, waker = config.gateway, config.waker
     body_routes = "|".join(re.escape(r) for r in BODY_ROUTES_OUTSIDE_V1)
     to_waker = f"proxy_pass http://waker; {_error_pages({502: '@waker_down', 504: '@waker_down'})}"
-    syslog = f"syslog:server={_reachable(waker.listen)},tag=waker,nohostname"
+    syslog = f"syslog:server={waker.listen.reachable()},tag=waker,nohostname"
     admin_only = nginx_access.admin_restriction(config)
     longest_start = max((m.start_timeout for m in config.models), default=config.scheduler.start_timeout)
     load_timeout = int(config.scheduler.queue_timeout + longest_start) + 60

@@ -43,7 +43,8 @@ ALLOWED = [(method, re.compile(f"^{_VERSION}{path}(?:\\?.*)?$")) for method, pat
 )]
 # Calls that change or read out a container: allowed on managed containers only.
 ON_CONTAINER = re.compile(
-    f"^(?:POST|DELETE|GET) {_VERSION}/containers/(?!(?:create|json)(?:[?/]|$))({_ID})(?:/(start|stop|logs))?(?:\\?.*)?$")
+    f"^(?:POST|DELETE|GET) {_VERSION}/containers/(?!(?:create|json)(?:[?/]|$))({_ID})"
+    f"(?:/(start|stop|logs))?(?:\\?.*)?$")
 NETWORK_CONNECT = re.compile(f"^POST {_VERSION}/networks/{_ID}/connect(?:\\?.*)?$")
 # The gateway's reload: the query must be exactly one SIGHUP (checked in `check`).
 KILL = re.compile(f"^POST {_VERSION}/containers/({_ID})/kill(?:\\?(.*))?$")
@@ -168,14 +169,15 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, str, str, 
 
 async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
                 observe: Callable[[bytes], None] | None = None) -> None:
-    """Copies bytes from reader to writer until either side ends; `observe` sees each chunk."""
+    """Copies bytes from reader to writer until either side ends; `observe` sees each chunk. Cancelled,
+    it closes the writer and stays cancelled."""
     try:
         while data := await reader.read(65536):
             if observe is not None:
                 observe(data)
             writer.write(data)
             await writer.drain()
-    except (ConnectionError, asyncio.CancelledError):
+    except ConnectionError:
         pass
     finally:
         writer.close()
@@ -238,8 +240,7 @@ class SocketProxy:
         except Refused as exc:
             log.warning("docker_call_refused", reason=str(exc))
             body = json.dumps({"message": f"refused by the waker's Docker socket proxy: {exc}"}).encode()
-            if responses is not None:
-                responses.cancel()
+            # No await until `finally` cancels the relay of Docker's answers: nothing comes after this.
             client_writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nConnection: close\r\n"
                                 + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
         except (ConnectionError, OSError, asyncio.IncompleteReadError):

@@ -345,7 +345,7 @@ class Supervisor:
                 self.reconcile()
         elif event.change is ContainerChange.OOM:
             self.bus.publish(EventKind.MODEL_OOM, model=event.model_id)
-        elif event.change is ContainerChange.STARTED and state in (State.STOPPED, State.FAILED):  # by hand
+        elif state in (State.STOPPED, State.FAILED):  # STARTED while we run nothing: started by hand
             self._adopt(event.model_id, event.container_id)
 
     async def _add_log_tail(self, model_id: str, container_id: str, message: str) -> None:

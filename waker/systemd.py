@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import os
 import socket
-from typing import Callable
+from collections.abc import Callable
 
 import structlog
 

@@ -29,7 +29,7 @@ class DockerCallCounter:
     def calls(self) -> list[str]:
         return list(self.log)
 
-    def start(self) -> "DockerCallCounter":
+    def start(self) -> DockerCallCounter:
         self._thread.start()
         self._ready.wait(5)
         return self

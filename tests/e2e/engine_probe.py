@@ -15,6 +15,7 @@ from dataclasses import dataclass, field
 import aiohttp
 
 from tests.e2e.stack import FAKE_IMAGE, REAL_IMAGE, free_port
+from tests.eventually import eventually_async
 
 MODEL = "tiny"
 CONTEXT = 1024
@@ -70,28 +71,27 @@ async def start_engine(kind: str, config: str, extra: list[str] = ()) -> Engine:
                                              f"127.0.0.1:{port}:8000", *engine_command(kind, config, list(extra))],
                             capture_output=True, text=True, check=True)
     engine = Engine(kind, name, f"http://127.0.0.1:{port}")
-    timeout = 240 if kind == "real" else 30
-    deadline = time.monotonic() + timeout
     next_state_check = 0.0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
-        while True:
+        async def healthy() -> bool:
+            nonlocal next_state_check
             try:
                 async with session.get(f"{engine.url}/health") as response:
                     body = await response.read()
                     if response.status == 200:
                         engine.health = (response.status, body)
-                        return engine
+                        return True
                     engine.before_ready.append(str(response.status))
             except (TimeoutError, aiohttp.ClientError):
                 pass  # nothing listens yet (Docker's proxy accepts, then drops the connection)
-            now = time.monotonic()
-            if now >= next_state_check:
-                next_state_check = now + 1
+            if time.monotonic() >= next_state_check:  # `docker inspect` once a second, not every poll
+                next_state_check = time.monotonic() + 1
                 if not engine.state()[0]:
                     raise AssertionError(f"{name} exited while starting:\n{engine.logs()}")
-            if now > deadline:
-                raise AssertionError(f"{name} not healthy after {timeout} s:\n{engine.logs()}")
-            await asyncio.sleep(0.05)
+            return False
+
+        await eventually_async(healthy, 240 if kind == "real" else 30, f"{name} healthy", engine.logs)
+    return engine
 
 
 # ---- helpers ----

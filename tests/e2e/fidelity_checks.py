@@ -229,7 +229,8 @@ async def check_sleep(engine: Engine) -> dict[str, str]:
             async with session.get(f"{engine.url}/health") as response:
                 health.add(response.status)
             await asyncio.sleep(0.1)
-        rows["a request while asleep"] = "unanswered after 1.5 s" if not pending.done() else f"answered {pending.result()}"
+        rows["a request while asleep"] = (f"answered {pending.result()}" if pending.done()
+                                          else "unanswered after 1.5 s")
         rows["GET /health while asleep"] = ",".join(map(str, sorted(health)))
         status, answer = await post(session, f"{engine.url}/wake_up", b"")
         rows["POST /wake_up"] = f"{status} {compact(answer)}"

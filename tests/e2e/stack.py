@@ -18,6 +18,8 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from tests.eventually import eventually
+
 FAKE_IMAGE = "waker-fake-vllm:test"
 REAL_IMAGE = "waker-real-vllm:test"  # the real vLLM, CPU build (tests/real_vllm/)
 # What the real engine needs on these machines (shared/real-vllm.md): a KV cache size, and more shared
@@ -64,6 +66,14 @@ def docker(*args: str, check: bool = True) -> str:
     if check and result.returncode != 0:
         raise RuntimeError(f"docker {' '.join(args)} failed: {result.stderr.strip()}")
     return result.stdout
+
+
+def start_socket_proxy(sock: Path, **popen) -> subprocess.Popen:
+    """`waker socket-proxy` listening on `sock` (its socket made) in front of the host's Docker."""
+    process = subprocess.Popen([sys.executable, "-m", "waker.cli", "socket-proxy", "--listen", str(sock)],
+                               cwd=REPO, **popen)
+    eventually(sock.exists, 10, f"the socket proxy's {sock}", lambda: f"(exit code {process.poll()})")
+    return process
 
 
 def fake_model(model_id: str, *, load_delay: float = 0.5, extra: list[str] | None = None, **keys) -> dict:
@@ -139,7 +149,7 @@ class Stack:
         self.config_path.write_text("\n".join(lines) + "\n")
         return self.config_path
 
-    def start(self) -> "Stack":
+    def start(self) -> Stack:
         self.write_config()
         self.started_at = getattr(self, "started_at", time.time())
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
@@ -147,14 +157,14 @@ class Stack:
             [sys.executable, "-m", "waker.cli", "run", "--config", str(self.config_path)],
             stdout=self.log_path.open("w"), stderr=subprocess.STDOUT, env=env, cwd=REPO,
         )
-        deadline = time.monotonic() + 20
-        while time.monotonic() < deadline:
-            if self.proc.poll() is not None:
-                raise RuntimeError(f"waker run exited with {self.proc.returncode}:\n{self.log()}")
-            if self._answers("/healthz") and ("nginx_started" in self.log() or "nginx_adopted" in self.log()):
-                return self
-            time.sleep(0.05)
-        raise RuntimeError(f"the stack did not come up:\n{self.log()}")
+
+        def up(proc: subprocess.Popen = self.proc) -> bool:
+            if proc.poll() is not None:
+                raise RuntimeError(f"waker run exited with {proc.returncode}:\n{self.log()}")
+            return self._answers("/healthz") and ("nginx_started" in self.log() or "nginx_adopted" in self.log())
+
+        eventually(up, 20, "the stack coming up", self.log)
+        return self
 
     def _answers(self, path: str) -> bool:
         try:

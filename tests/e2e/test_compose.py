@@ -17,6 +17,7 @@ import urllib.request
 import pytest
 
 from tests.e2e.stack import FAKE_IMAGE, REPO, docker, fake_model, free_port, toml_value
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -69,8 +70,9 @@ def deployment(tmp_path_factory):
     try:
         yield project, f"http://127.0.0.1:{port}", compose, env, tmp_path / "config" / "models.toml"
     finally:
-        down = subprocess.run([str(REPO / "scripts" / "compose-down"), "-v"], env={**env, "COMPOSE_PROJECT_NAME": project},
-                              capture_output=True, text=True, timeout=300, check=False)
+        down = subprocess.run([str(REPO / "scripts" / "compose-down"), "-v"],
+                              env={**env, "COMPOSE_PROJECT_NAME": project}, capture_output=True, text=True,
+                              timeout=300, check=False)
         leftovers = docker("ps", "-aq", "--filter", f"label=io.waker.stack={project}").split()
         if leftovers:
             docker("rm", "-f", *leftovers, check=False)
@@ -87,11 +89,8 @@ def healthz(url: str) -> int:
 def wait_healthy(url: str, what: str = "compose up") -> float:
     """Seconds until /healthz (nginx, answered by the waker) is 200."""
     start = time.monotonic()
-    while time.monotonic() < start + 90:
-        if healthz(url) == 200:
-            return time.monotonic() - start
-        time.sleep(0.2)
-    pytest.fail(f"the gateway did not answer /healthz within 90 s of {what}")
+    eventually(lambda: healthz(url) == 200, 90, f"/healthz answering 200 after {what}")
+    return time.monotonic() - start
 
 
 def container(compose: list[str], env: dict, service: str) -> str:

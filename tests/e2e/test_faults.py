@@ -3,10 +3,8 @@ and coming back, a container removed by hand, an image deleted, nginx reloaded u
 
 from __future__ import annotations
 
-import asyncio
 import json
 import subprocess
-import sys
 import threading
 import time
 
@@ -14,7 +12,8 @@ import aiohttp
 import openai
 import pytest
 
-from tests.e2e.stack import FAKE_IMAGE, REPO, docker, fake_model
+from tests.e2e.stack import FAKE_IMAGE, docker, fake_model, start_socket_proxy
+from tests.eventually import eventually, eventually_async
 
 pytestmark = pytest.mark.e2e
 
@@ -54,13 +53,7 @@ def docker_proxy(tmp_path):
     sock = tmp_path / "docker.sock"
 
     def start() -> subprocess.Popen:
-        process = subprocess.Popen([sys.executable, "-m", "waker.cli", "socket-proxy", "--listen", str(sock)],
-                                   cwd=REPO, stderr=subprocess.DEVNULL)
-        for _ in range(100):
-            if sock.exists():
-                break
-            time.sleep(0.05)
-        return process
+        return start_socket_proxy(sock, stderr=subprocess.DEVNULL)
 
     state = {"process": start()}
     yield sock, state, start
@@ -78,24 +71,20 @@ async def test_docker_going_away_degrades_health_then_the_waker_reconnects(make_
         state["process"].terminate()  # Docker "restarts": the socket goes away
         state["process"].wait(timeout=10)
         sock.unlink(missing_ok=True)
-        for _ in range(100):
+        async def health_is(wanted: int) -> tuple[int, dict] | None:
             status, body = await health(session, stack)
-            if status == 503:
-                break
-            await asyncio.sleep(0.05)
-        assert status == 503 and body["status"] == "degraded" and body["docker"]
+            return (status, body) if status == wanted else None
+
+        _, body = await eventually_async(lambda: health_is(503), 5, "health degraded", stack.log)
+        assert body["status"] == "degraded" and body["docker"]
         async with session.post(f"{stack.url}/v1/alpha/completions", data=b"{}") as response:
             assert response.status == 200  # a running model keeps serving
         async with session.post(f"{stack.url}/v1/beta/completions", data=b"{}") as response:
             assert response.status == 503  # a start fails clearly instead of hanging
             assert "Docker" in (await response.json())["error"]["message"]
         state["process"] = start()
-        for _ in range(200):
-            status, body = await health(session, stack)
-            if status == 200:
-                break
-            await asyncio.sleep(0.05)
-        assert status == 200 and body["docker"] == "connected"
+        _, body = await eventually_async(lambda: health_is(200), 10, "health back", stack.log)
+        assert body["docker"] == "connected"
         async with session.post(f"{stack.url}/v1/beta/completions", data=b"{}") as response:
             assert response.status == 200  # nothing was left stuck in "starting"
 
@@ -152,7 +141,8 @@ def test_nginx_reloads_under_load_drop_no_request(make_stack):
         stack.models.append(fake_model(f"extra{i}", host_port=stack.model_port_base + 10 + i))
         stack.write_config()
         assert stack.cli("reload").returncode == 0
-        time.sleep(0.3)
+        eventually(lambda before=served[0]: served[0] >= before + 12, 10, "requests served after the reload",
+                   lambda: failures)
     stop.set()
     for worker in workers:
         worker.join()

@@ -85,7 +85,8 @@ def pulls(image: str, since: float) -> list[dict]:
     """Docker's own record of pulls of `image` since `since`."""
     out = docker("events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}", "--filter", "type=image",
                  "--filter", "event=pull", "--format", "{{json .}}")
-    return [e for e in map(json.loads, out.splitlines()) if e.get("id") == image or e.get("Actor", {}).get("ID") == image]
+    return [e for e in map(json.loads, out.splitlines())
+            if e.get("id") == image or e.get("Actor", {}).get("ID") == image]
 
 
 def pulled_model(image: str, **keys) -> dict:

@@ -7,13 +7,12 @@ import asyncio
 import json
 import os
 import subprocess
-import sys
 import time
 
 import aiohttp
 import pytest
 
-from tests.e2e.stack import FAKE_IMAGE, REPO, docker, fake_model
+from tests.e2e.stack import FAKE_IMAGE, docker, fake_model, start_socket_proxy
 from waker.docker_runtime import DockerRuntime, NotManaged
 
 pytestmark = pytest.mark.e2e
@@ -57,12 +56,7 @@ async def test_a_name_clash_with_an_unmanaged_container_is_an_error_not_a_takeov
 @pytest.fixture
 def proxy(tmp_path):
     sock = tmp_path / "docker.sock"
-    process = subprocess.Popen([sys.executable, "-m", "waker.cli", "socket-proxy", "--listen", str(sock)], cwd=REPO,
-                               stderr=subprocess.PIPE, text=True)
-    for _ in range(100):
-        if sock.exists():
-            break
-        time.sleep(0.05)
+    process = start_socket_proxy(sock, stderr=subprocess.DEVNULL)
     yield sock
     process.terminate()
     process.wait(timeout=10)
@@ -105,7 +99,8 @@ async def test_the_proxy_refuses_privileged_or_unlabelled_creates(proxy):
                      {"Image": FAKE_IMAGE, "Labels": {"io.waker.managed": "true"}, "HostConfig": {"Privileged": True}},
                      {"Image": FAKE_IMAGE, "Labels": {"io.waker.managed": "true"},
                       "HostConfig": {"Binds": ["/var/run/docker.sock:/var/run/docker.sock"]}},
-                     {"Image": FAKE_IMAGE, "Labels": {"io.waker.managed": "true"}, "HostConfig": {"NetworkMode": "host"}}):
+                     {"Image": FAKE_IMAGE, "Labels": {"io.waker.managed": "true"},
+                      "HostConfig": {"NetworkMode": "host"}}):
             async with session.post("http://docker/containers/create", data=json.dumps(spec),
                                     headers={"Content-Type": "application/json"}) as response:
                 assert response.status == 403, spec

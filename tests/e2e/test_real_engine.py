@@ -336,7 +336,7 @@ async def test_model_that_dies_after_becoming_healthy_is_noticed_and_backs_off(m
                           scheduler={"max_start_failures": 2, "start_backoff": "1h"})
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT)) as session:
         statuses = []
-        for attempt in range(2):
+        for _ in range(2):
             async with session.post(f"{stack.url}/v1/chat/completions", json=chat("h16", 4)) as r:
                 statuses.append((r.status, await r.json(content_type=None)))
             # The engine exits after its failed request; the waker learns it from Docker's events.

@@ -11,6 +11,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.stack import docker, fake_model
+from tests.eventually import eventually_async
 
 pytestmark = pytest.mark.e2e
 
@@ -206,13 +207,12 @@ async def test_running_models_keep_serving_when_the_waker_dies_and_a_new_one_ado
             status, _, _ = await post(session, f"{stack.url}/v1/completions", b'{"model": "alpha", "prompt": "x"}')
             assert status == 200
         stack.restart_waker()
-        for _ in range(50):
+
+        async def adopted_ready() -> bool:
             async with session.get(f"{stack.url}/v1/models") as response:
-                state = (await response.json())["data"][0]["state"]
-            if state == "ready":
-                break
-            await asyncio.sleep(0.1)
-        assert state == "ready"
+                return (await response.json())["data"][0]["state"] == "ready"
+
+        await eventually_async(adopted_ready, 5, "alpha adopted as ready", stack.log)
         status, headers, _ = await post(session, f"{stack.url}/v1/alpha/completions", b'{"prompt": "x"}')
     assert status == 200 and headers["x-fake-instance"] == instance
     assert len(stack.docker_events("start")) == 1

@@ -12,6 +12,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.stack import docker, fake_model
+from tests.eventually import eventually_async
 
 pytestmark = pytest.mark.e2e
 
@@ -24,12 +25,24 @@ async def states(session, stack) -> dict[str, str]:
 
 
 async def wait_state(session, stack, model, state, timeout=20.0) -> float:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if (await states(session, stack))[model] == state:
-            return time.monotonic()
-        await asyncio.sleep(0.05)
-    raise AssertionError(f"{model} never became {state}: {await states(session, stack)}\n{stack.log()}")
+    """The moment `model` was seen in `state`."""
+    async def reached() -> float | None:
+        return time.monotonic() if (await states(session, stack))[model] == state else None
+
+    return await eventually_async(reached, timeout, f"{model} becoming {state}", stack.log)
+
+
+async def in_flight(session, stack, model) -> int:
+    async with session.get(f"{stack.waker_url}/admin/models/{model}") as response:
+        return (await response.json())["in_flight"]
+
+
+async def wait_in_flight(session, stack, model, count: int) -> None:
+    """Until the waker counts `count` requests of `model` in flight (nginx's begin and end marks)."""
+    async def counted() -> bool:
+        return await in_flight(session, stack, model) == count
+
+    await eventually_async(counted, 10, f"{count} request(s) of {model} in flight", stack.log)
 
 
 async def complete(session, stack, model, timeout=None, **body) -> tuple[int, dict, dict]:
@@ -50,6 +63,15 @@ async def stream(session, stack, model, tokens: int) -> list[float]:
             done = done or line.startswith(b"data: [DONE]")
     assert done and len(arrivals) == tokens
     return arrivals
+
+
+async def streaming_in_flight(session, stack, model, tokens: int) -> asyncio.Task[list[float]]:
+    """A stream of `model` (see `stream`), returned once the waker counts it in flight: evidence, not a sleep.
+    Earlier requests are seen ended first, so that the count is the stream's."""
+    await wait_in_flight(session, stack, model, 0)
+    task = asyncio.create_task(stream(session, stack, model, tokens))
+    await wait_in_flight(session, stack, model, 1)
+    return task
 
 
 def running(stack, model) -> bool:
@@ -77,8 +99,7 @@ async def test_a_request_for_b_waits_while_a_streams_then_runs(make_stack):
                         fake_model("b", load_delay=0.2, gpu_memory=0.6)], scheduler=SCHED)
     async with aiohttp.ClientSession() as session:
         await complete(session, stack, "a", max_tokens=1)
-        streaming = asyncio.create_task(stream(session, stack, "a", 25))
-        await asyncio.sleep(0.5)
+        streaming = await streaming_in_flight(session, stack, "a", 25)
         status, _, _ = await complete(session, stack, "b")
         b_done = time.monotonic()
         arrivals = await streaming
@@ -92,14 +113,13 @@ async def test_reject_mode_answers_429_with_retry_after_naming_the_busy_model(ma
                        scheduler={**SCHED, "on_busy": "reject"})
     async with aiohttp.ClientSession() as session:
         await complete(session, stack, "a", max_tokens=1)
-        streaming = asyncio.create_task(stream(session, stack, "a", 30))
-        await asyncio.sleep(1.0)
+        streaming = await streaming_in_flight(session, stack, "a", 30)
         status, headers, body = await complete(session, stack, "b")
         await streaming
     assert status == 429
     assert headers["X-Busy-Model"] == "a"
     retry_after = int(headers["Retry-After"])
-    assert 1 <= retry_after <= 10  # the stream is ~1 s old; with no history it is assumed half-way
+    assert 1 <= retry_after <= 10  # a young stream, expected to last about as long as the first request
     error = body["error"]
     assert error["code"] == "model_busy" and "'a'" in error["message"]
     assert error["holders"][0]["model"] == "a" and error["holders"][0]["in_flight"] == 1
@@ -143,17 +163,23 @@ async def test_waker_kill_and_restart_under_traffic_loses_no_request_and_stops_n
             while not stop.is_set():
                 statuses.append((await complete(session, stack, "a", max_tokens=1))[0])
 
+        async def served(count: int, when: str) -> None:
+            async def enough() -> bool:
+                return len(statuses) >= count
+
+            await eventually_async(enough, 20, f"{count} requests served {when}", stack.log)
+
         clients = [asyncio.create_task(traffic()) for _ in range(4)]
-        await asyncio.sleep(0.5)
+        await served(20, "before the kill")
         stack.proc.kill()
         stack.proc.wait()
-        await asyncio.sleep(0.5)
+        await served(len(statuses) + 20, "with no waker")
         await asyncio.to_thread(stack.restart_waker)
-        await asyncio.sleep(1.0)
+        await served(len(statuses) + 20, "after the restart")
         stop.set()
         await asyncio.gather(*clients)
         assert (await states(session, stack))["a"] == "ready"
-    assert len(statuses) > 50 and set(statuses) == {200}
+    assert set(statuses) == {200}
     assert len(stack.docker_events("start")) == 1 and len(stack.docker_events("die")) == 0
     assert "nginx_adopted" in stack.log()
 
@@ -180,14 +206,16 @@ async def test_a_client_that_gives_up_while_queued_starts_nothing(make_stack):
                         fake_model("b", load_delay=0.2, gpu_memory=0.6)], scheduler=SCHED)
     async with aiohttp.ClientSession() as session:
         await complete(session, stack, "a", max_tokens=1)
-        streaming = asyncio.create_task(stream(session, stack, "a", 20))
-        await asyncio.sleep(0.3)
+        streaming = await streaming_in_flight(session, stack, "a", 20)
         with pytest.raises(asyncio.TimeoutError):
             await complete(session, stack, "b", timeout=aiohttp.ClientTimeout(total=0.5))
+        async def abandoned() -> bool:
+            return "request_abandoned" in stack.log()
+
+        await eventually_async(abandoned, 10, "the abandoned request noticed", stack.log)
         await streaming
-        await asyncio.sleep(1.0)
+        await wait_in_flight(session, stack, "a", 0)  # the scheduler has seen the GPU freed
         assert await states(session, stack) == {"a": "ready", "b": "stopped"}
-    assert "request_abandoned" in stack.log()
     assert not any(e["Actor"]["Attributes"]["io.waker.model"] == "b" for e in stack.docker_events("create"))
 
 

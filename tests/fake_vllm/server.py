@@ -98,8 +98,8 @@ def int_field(doc, key):
         try:
             return int(value.strip())
         except ValueError:
-            raise validation_error("int_parsing", f"body.{key}",
-                                   "Input should be a valid integer, unable to parse string as an integer", value)
+            message = "Input should be a valid integer, unable to parse string as an integer"
+            raise validation_error("int_parsing", f"body.{key}", message, value) from None
     raise validation_error("int_type", f"body.{key}", "Input should be a valid integer", value)
 
 
@@ -243,7 +243,8 @@ class Fake:
             "# TYPE vllm:request_success_total counter",
             *(f'vllm:request_success_total{{engine="0",finished_reason="{reason}",model_name="{self.model}"}} '
               f"{float(count)}" for reason, count in self.success.items()),
-            "# TYPE vllm:prompt_tokens_total counter", f"vllm:prompt_tokens_total{{{labels}}} {float(self.prompt_tokens)}",
+            "# TYPE vllm:prompt_tokens_total counter",
+            f"vllm:prompt_tokens_total{{{labels}}} {float(self.prompt_tokens)}",
             "# TYPE vllm:generation_tokens_total counter",
             f"vllm:generation_tokens_total{{{labels}}} {float(self.generation_tokens)}",
         ]
@@ -322,7 +323,7 @@ class Fake:
             doc = json.loads(raw)
         except ValueError as bad:
             raise validation_error("json_invalid", f"body.{bad.pos}", "JSON decode error", "<dict of 0 items>",
-                                   {"error": bad.msg})
+                                   {"error": bad.msg}) from None
         if not isinstance(doc, dict):
             raise validation_error("model_attributes_type", "body",
                                    "Input should be a valid dictionary or object to extract fields from", doc)

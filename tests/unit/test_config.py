@@ -9,6 +9,7 @@ from pathlib import Path
 import pytest
 
 from waker.config import ConfigError, load_config
+from waker.config_fields import address
 
 ISSUE_EXAMPLE = """
 [gateway]
@@ -231,7 +232,9 @@ def test_the_catalogue_guide_fields_are_typed(tmp_path):
         [[model]]
         id = "m"
         image = "i"
-        source = { repo = "https://github.com/jdaln/dgx-spark-inference-stack", commit = "a686d89", file = "compose/models-gpt.yml" }
+        source.repo = "https://github.com/jdaln/dgx-spark-inference-stack"
+        source.commit = "a686d89"
+        source.file = "compose/models-gpt.yml"
         best_for = "everyday chat"
         known_issues = ["no tools"]
         picks = ["chat", "opencode", "chat"]
@@ -280,7 +283,8 @@ def test_cli_takes_overrides_from_set_or_waker_set(tmp_path):
     flag = run_cli("check", "--config", str(path), "--set", "gateway.listen=0.0.0.0:9000")
     assert flag.returncode == 0 and "gateway on 0.0.0.0:9000" in flag.stdout
     env = subprocess.run([sys.executable, "-m", "waker.cli", "check", "--config", str(path)], capture_output=True,
-                         text=True, timeout=30, env={**os.environ, "WAKER_SET": "waker.listen=0.0.0.0:9001 x=1"}, check=False)
+                         text=True, timeout=30, check=False,
+                         env={**os.environ, "WAKER_SET": "waker.listen=0.0.0.0:9001 x=1"})
     assert env.returncode == 2 and "--set 'x=1'" in env.stderr
 
 
@@ -326,8 +330,19 @@ def test_the_demo_model_runs_without_a_gpu_and_keeps_its_download():
     demo = config.model("demo-cpu")
     assert demo.image.startswith("ghcr.io/ggml-org/llama.cpp:server") and demo.entrypoint == ("/app/llama-server",)
     assert demo.gpus == "" and demo.gpu_memory == 0 and not demo.exclusive
-    assert demo.port == 8080 and "--port" in demo.command and demo.command[demo.command.index("--port") + 1] == "8080"
-    assert demo.health == "/health" and "-hf" in demo.command and demo.command[demo.command.index("--alias") + 1] == "demo-cpu"
+    def after(flag: str) -> str:
+        return demo.command[demo.command.index(flag) + 1]
+
+    assert demo.port == 8080 and after("--port") == "8080"
+    assert demo.health == "/health" and "-hf" in demo.command and after("--alias") == "demo-cpu"
     cache = dict(demo.env)["LLAMA_CACHE"]
     assert any(v.endswith(f"/data/llama.cpp:{cache}") for v in demo.volumes)
     assert max(m.host_port for m in (*config.models, *config.disabled)) == demo.host_port
+
+
+@pytest.mark.parametrize("listen, reached", [
+    ("0.0.0.0:18080", "127.0.0.1:18080"), (":18080", "127.0.0.1:18080"), ("[::]:18080", "[::1]:18080"),
+    ("10.1.2.3:18080", "10.1.2.3:18080"), ("[fd00::5]:18080", "[fd00::5]:18080"),
+])
+def test_a_wildcard_listen_address_is_reached_on_loopback(listen, reached):
+    assert str(address(listen).reachable()) == reached

@@ -11,6 +11,7 @@ import stat
 
 import pytest
 
+from tests.eventually import eventually_async
 from tests.unit.test_container_spec import model
 from waker.docker_runtime import DockerError, ImageMissing, ImagePullFailed
 from waker.image_pull import PullFailed, PullProgress, PullTracker
@@ -67,8 +68,8 @@ def write_config(tmp_path, config: dict):
 
 def test_credentials_from_docker_login_entries(tmp_path):
     auth = base64.b64encode(b"me:s3cret:with-colon").decode()
-    path = write_config(tmp_path, {"auths": {"nvcr.io": {"auth": auth},
-                                             "https://index.docker.io/v1/": {"auth": base64.b64encode(b"hub:pw").decode()}}})
+    hub = base64.b64encode(b"hub:pw").decode()
+    path = write_config(tmp_path, {"auths": {"nvcr.io": {"auth": auth}, "https://index.docker.io/v1/": {"auth": hub}}})
     assert credentials("nvcr.io/nvidia/vllm:1", path) == {"username": "me", "password": "s3cret:with-colon",
                                                           "serveraddress": "nvcr.io"}
     assert credentials("org/image:1", path)["username"] == "hub"
@@ -142,7 +143,11 @@ async def test_a_start_that_gives_up_leaves_the_pull_running_for_the_others():
     runtime = FakeRuntime({})
     source, _ = images(runtime)
     impatient = asyncio.ensure_future(source.ensure(model(image="reg.io/a/b:1")))
-    await asyncio.sleep(0.01)
+
+    async def pulling() -> bool:
+        return bool(runtime.pulls)
+
+    await eventually_async(pulling, 5, "the pull started")
     impatient.cancel()
     assert await source.ensure(model(image="reg.io/a/b:1")) == "sha256:new"
     assert len(runtime.pulls) == 1

@@ -1,14 +1,9 @@
-"""The rendered nginx config is checked by the real nginx binary (`nginx -t`), not by string matching alone."""
+"""What the rendered nginx config says; that nginx accepts it: tests/integration/test_nginx_config.py."""
 
 import json
-import shutil
-import subprocess
-from pathlib import Path
 
 from waker.config import parse_config
 from waker.nginx_render import location_key, render
-
-NGINX = shutil.which("nginx", path="/usr/sbin:/usr/bin:/usr/local/sbin")
 
 
 def config(tmp_path, models):
@@ -16,36 +11,11 @@ def config(tmp_path, models):
     return parse_config(raw, tmp_path / "models.toml")
 
 
-def nginx_test(tmp_path: Path, cfg) -> subprocess.CompletedProcess:
-    assert NGINX, "nginx is not installed: apt-get install nginx libnginx-mod-http-js"
-    rendered = render(cfg, tmp_path)
-    for sub in ("logs", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
-        (tmp_path / sub).mkdir(parents=True, exist_ok=True)
-    (tmp_path / "nginx.conf").write_text(rendered.nginx_conf)
-    (tmp_path / "route.js").write_text(rendered.route_js)
-    return subprocess.run([NGINX, "-t", "-p", str(tmp_path), "-c", str(tmp_path / "nginx.conf"),
-                           "-e", str(tmp_path / "logs/error.log")], capture_output=True, text=True, check=False)
-
-
 def test_location_keys_are_injective_and_nginx_safe():
     ids = ["qwen2.5-7b", "qwen2_5-7b", "a:b", "a_b", "a.b"]
     keys = [location_key(i) for i in ids]
     assert len(set(keys)) == len(keys)
     assert all(k.replace("_", "").replace("-", "").isalnum() for k in keys)
-
-
-def test_rendered_config_is_accepted_by_nginx(tmp_path):
-    cfg = config(tmp_path, [
-        {"id": "qwen2.5-1.5b-instruct", "aliases": ["small", "q:1"], "image": "i"},
-        {"id": "gpt-oss-20b", "image": "i", "start_timeout": "90m"},
-    ])
-    result = nginx_test(tmp_path, cfg)
-    assert result.returncode == 0, result.stderr
-
-
-def test_two_hundred_models_render_and_pass_nginx(tmp_path):
-    cfg = config(tmp_path, [{"id": f"model-{i}", "aliases": [f"m{i}"], "image": "i"} for i in range(200)])
-    assert nginx_test(tmp_path, cfg).returncode == 0
 
 
 def test_every_name_routes_to_its_model_and_waker_only_on_502(tmp_path):
@@ -67,13 +37,12 @@ def test_router_table_maps_ids_and_aliases(tmp_path):
     assert json.loads(line.split("=", 1)[1].split(";  //")[0]) == {"alpha": "alpha", "a": "alpha", "b:1": "b_3a1"}
 
 
-def test_access_control_config_is_accepted_by_nginx(tmp_path):
+def test_access_control_is_rendered_into_the_config(tmp_path):
     raw = {"waker": {"runtime_dir": str(tmp_path), "admin_token": "admin-secret"},
            "gateway": {"listen": "0.0.0.0:8009", "api_keys": ["sk-abcdefgh", "key:with/odd+chars="],
                        "cors_origins": ["http://localhost:3000", "vscode-webview://*"]},
            "model": [{"id": "alpha", "image": "i"}]}
     cfg = parse_config(raw, tmp_path / "models.toml")
-    assert nginx_test(tmp_path, cfg).returncode == 0
     conf = render(cfg, tmp_path).nginx_conf
     assert "listen 0.0.0.0:8009;" in conf and "'Bearer sk-abcdefgh' 1;" in conf
     assert "location /admin/ { proxy_pass" in conf  # the admin token guards it, from any host
@@ -102,3 +71,10 @@ def test_model_controls_go_to_the_waker_and_a_load_may_wait_as_long_as_a_wake(tm
     assert "proxy_pass http://waker;" in load and "proxy_read_timeout 6060s;" in load  # 10m queue + 90m + 60 s
     for path in ("/models", "/models/unload"):
         assert "proxy_pass http://waker;" in next(line for line in lines if f"location = {path} " in line)
+
+
+def test_nginx_sends_activity_marks_to_a_waker_on_a_wildcard_address_over_loopback(tmp_path):
+    for listen, server in (("0.0.0.0:18080", "127.0.0.1:18080"), ("[::]:18080", "[::1]:18080")):
+        cfg = parse_config({"waker": {"runtime_dir": str(tmp_path), "listen": listen},
+                            "model": [{"id": "alpha", "image": "i"}]}, tmp_path / "models.toml")
+        assert f"syslog:server={server},tag=waker" in render(cfg, tmp_path).nginx_conf

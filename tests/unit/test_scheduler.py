@@ -6,9 +6,7 @@ from dataclasses import replace
 import pytest
 
 from waker.lifecycle import State, StopReason
-from waker.scheduler import (
-    OCCUPYING, Grant, Policy, Refuse, Slot, Start, Stop, Waiter, decide, release_estimate,
-)
+from waker.scheduler import OCCUPYING, Grant, Policy, Refuse, Slot, Start, Stop, Waiter, decide, release_estimate
 
 NOW = 1000.0
 R, S, X, STARTING, STOPPING, F = State.READY, State.STOPPED, State.STOPPED, State.STARTING, State.STOPPING, State.FAILED
@@ -75,7 +73,8 @@ def test_a_model_with_requests_in_flight_is_never_evicted_the_request_waits():
 def test_eviction_takes_only_as_many_models_as_needed():
     state = slots(ready("x", 0.3, last_active=NOW - 300), ready("y", 0.3, last_active=NOW - 200),
                   ready("z", 0.3, last_active=NOW - 100), stopped("b", 0.5))
-    assert decide(state, wait("b"), Policy(), NOW).of(Stop) == [Stop("x", StopReason.EVICTED, "b"), Stop("y", StopReason.EVICTED, "b")]
+    assert decide(state, wait("b"), Policy(), NOW).of(Stop) == [Stop("x", StopReason.EVICTED, "b"),
+                                                                Stop("y", StopReason.EVICTED, "b")]
 
 
 def test_keep_warm_is_evicted_last():

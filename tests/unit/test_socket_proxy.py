@@ -1,6 +1,7 @@
 import asyncio
 import base64
 import json
+import socket
 
 import pytest
 
@@ -13,6 +14,7 @@ from waker.socket_proxy import (
     check,
     connected_container,
     pulled_image,
+    relay,
 )
 
 MANAGED = {"Image": "i", "Labels": {"io.waker.managed": "true"}, "HostConfig": {"Binds": ["/data:/models"]}}
@@ -125,3 +127,15 @@ async def test_a_pull_without_credentials_gets_the_hosts_docker_login(tmp_path, 
     assert json.loads(base64.urlsafe_b64decode(header[0].split(b":", 1)[1].strip())) == {
         "username": "me", "password": "pw", "serveraddress": "reg.io"}
     assert b"x-registry-auth" not in seen[1].lower()  # no login for that registry: anonymous
+
+
+async def test_a_cancelled_relay_closes_its_writer_and_stays_cancelled():
+    near, far = socket.socketpair()
+    _, writer = await asyncio.open_connection(sock=near)
+    far_reader, _ = await asyncio.open_connection(sock=far)
+    copying = asyncio.create_task(relay(asyncio.StreamReader(), writer))
+    await asyncio.sleep(0)  # the relay waits on its (never fed) reader
+    copying.cancel()
+    await asyncio.gather(copying, return_exceptions=True)
+    assert copying.cancelled()
+    assert await asyncio.wait_for(far_reader.read(), 5) == b""  # the writer's end closed
