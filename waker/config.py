@@ -16,6 +16,8 @@ from typing import Any
 
 from waker import config_fields as fields
 from waker.config_fields import Address, Source
+from waker.config_sleep import MODEL_KEYS as SLEEP_KEYS
+from waker.config_sleep import SleepConfig, parse_sleep
 from waker.units import parse_duration, parse_size
 
 # First path segments of the OpenAI and vLLM routes: a model named like one would shadow the route
@@ -83,6 +85,9 @@ class SchedulerConfig:
     queue_timeout: float
     max_start_failures: int
     start_backoff: float
+    sleep_timeout: float  # the default of the models' own: asleep this long, a model is stopped
+    wake_timeout: float
+    max_wake_failures: int  # a model whose wake failed this many times in a row is stopped, not slept
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +126,7 @@ class ModelConfig:
     stop_timeout: float
     idle_timeout: float
     min_uptime: float
+    sleep: SleepConfig
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -247,6 +253,9 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         queue_timeout=scheduler.get("queue_timeout", fields.positive_duration, "10m"),
         max_start_failures=scheduler.get("max_start_failures", fields.positive_int, 3),
         start_backoff=scheduler.get("start_backoff", parse_duration, "2m"),
+        sleep_timeout=scheduler.get("sleep_timeout", parse_duration, "1h"),
+        wake_timeout=scheduler.get("wake_timeout", fields.positive_duration, "2m"),
+        max_wake_failures=scheduler.get("max_wake_failures", fields.positive_int, 2),
     )
     for table in (gateway, waker, scheduler):
         table.reject_unknown()
@@ -283,7 +292,7 @@ _MODEL_KEYS = {
     "id", "aliases", "image", "pull", "command", "entrypoint", "port", "health", "env", "volumes", "gpus",
     "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "vision", "tools", "description",
     "status", "notes", "source", "best_for", "tradeoffs", "known_issues", "picks", "exclusive", "keep_warm",
-    "start_timeout", "stop_timeout", "idle_timeout", "min_uptime",
+    "start_timeout", "stop_timeout", "idle_timeout", "min_uptime", *SLEEP_KEYS,
 }
 _MERGED_TABLES = ("env", "ulimits")
 
@@ -307,6 +316,7 @@ def _parse_model(
     config_dir = path.parent.resolve()
     port = model.get("port", fields.port, 8000)
     host_port = model.get("host_port", fields.port, waker.model_port_base + index)
+    gpu_memory = model.get("gpu_memory", fields.fraction, 0.0)
     result = ModelConfig(
         id=model_id if model_id is not None else label,  # an invalid id is reported; the label names it
         aliases=tuple(model.get("aliases", fields.list_of(fields.model_id), [])),
@@ -319,7 +329,7 @@ def _parse_model(
         env=tuple(sorted(model.get("env", fields.env, {}).items())),
         volumes=tuple(fields.resolve_volume(v, config_dir) for v in model.get("volumes", fields.list_of(fields.volume), [])),
         gpus=model.get("gpus", fields.gpus, ""),
-        gpu_memory=model.get("gpu_memory", fields.fraction, 0.0),
+        gpu_memory=gpu_memory,
         shm_size=model.get("shm_size", parse_size),
         ulimits=tuple(sorted(model.get("ulimits", fields.ulimits, {}).items())),
         host_port=host_port,
@@ -341,6 +351,7 @@ def _parse_model(
         stop_timeout=model.get("stop_timeout", parse_duration, scheduler.stop_timeout),
         idle_timeout=model.get("idle_timeout", parse_duration, scheduler.idle_timeout),
         min_uptime=model.get("min_uptime", parse_duration, scheduler.min_uptime),
+        sleep=parse_sleep(model, entry, gpu_memory, scheduler.sleep_timeout, scheduler.wake_timeout),
     )
     model.reject_unknown(_MODEL_KEYS)
     where = f"{path}: model '{result.id}'"

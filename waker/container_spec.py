@@ -28,6 +28,12 @@ ROLE_GATEWAY = "gateway"
 # (vLLM >= 0.32 reads the variable; older ones ignore it).
 SERVED_NAME_FLAG = "--served-model-name"
 SKIP_NAME_VALIDATION = "VLLM_SKIP_MODEL_NAME_VALIDATION"
+# Sleep mode: vLLM serves /sleep, /wake_up and /is_sleeping only in dev mode, and frees GPU memory
+# only with --enable-sleep-mode (its CuMem allocator). It refuses that flag on any platform without
+# sleep support, CPU included ("Sleep mode is not supported on current platform"), so the flag goes
+# only to models given GPUs; without them dev mode alone pauses and resumes the engine, freeing nothing.
+DEV_MODE = "VLLM_SERVER_DEV_MODE"
+SLEEP_MODE_FLAG = "--enable-sleep-mode"
 
 
 def container_name(stack: str, model_id: str) -> str:
@@ -69,6 +75,10 @@ def container_spec(model: ModelConfig, stack: str, network: str = "", egress_net
     if _served_names_index(command) is not None:
         command = served_names_command(command, model.names)
         env.setdefault(SKIP_NAME_VALIDATION, "1")
+    if model.sleep.enabled:
+        env[DEV_MODE] = "1"
+        if model.gpus and SLEEP_MODE_FLAG not in command:
+            command = (*command, SLEEP_MODE_FLAG)
     spec: dict[str, Any] = {
         "Image": model.image,
         "Env": [f"{k}={v}" for k, v in sorted(env.items())],
