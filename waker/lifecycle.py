@@ -43,6 +43,15 @@ class StopReason(StrEnum):
     CLIENT = "client"  # a client's unload on the client port
     UNREACHABLE = "unreachable"  # believed ready, but its health check failed
     REMOVED = "removed"  # a reload took it out of the config
+    SLEEP_TIMEOUT = "sleep_timeout"  # asleep for its sleep_timeout
+    WAKE_FAILED = "wake_failed"  # its wake failed, hung past wake_timeout or left it not serving
+
+
+class SleepReason(StrEnum):
+    """Why a model was put to sleep."""
+
+    IDLE = "idle"  # idle for idle_timeout
+    ROOM = "room"  # another model needed the room (the Sleep action's `for_model`)
 
 
 class Event(StrEnum):
