@@ -30,7 +30,10 @@ from tests.e2e.engine_probe import (
     read_stream,
     shape,
 )
-from tests.e2e.fidelity_sleep import check_level_2_wake_protocol, check_waker_sleep_adapter
+from tests.e2e.fidelity_sleep import (
+    check_level_2_wake_protocol,
+    check_waker_sleep_adapter,
+)
 from tests.eventually import eventually_async
 
 SIGTERM_WAIT = 5.0  # how long a stream may take to end after SIGTERM before it counts as hung
