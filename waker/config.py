@@ -317,12 +317,13 @@ def _parse_model(
     port = model.get("port", fields.port, 8000)
     host_port = model.get("host_port", fields.port, waker.model_port_base + index)
     gpu_memory = model.get("gpu_memory", fields.fraction, 0.0)
+    command = tuple(model.get("command", fields.list_of(fields.string), []))
     result = ModelConfig(
         id=model_id if model_id is not None else label,  # an invalid id is reported; the label names it
         aliases=tuple(model.get("aliases", fields.list_of(fields.model_id), [])),
         image=model.get("image", fields.string, required=True),
         pull=PullPolicy(model.get("pull", fields.choice(*(p.value for p in PullPolicy)), PullPolicy.MISSING.value)),
-        command=tuple(model.get("command", fields.list_of(fields.string), [])),
+        command=command,
         entrypoint=fields.tuple_or_none(model.get("entrypoint", fields.list_of(fields.string))),
         port=port,
         health=model.get("health", fields.http_path, "/health"),
@@ -351,7 +352,7 @@ def _parse_model(
         stop_timeout=model.get("stop_timeout", parse_duration, scheduler.stop_timeout),
         idle_timeout=model.get("idle_timeout", parse_duration, scheduler.idle_timeout),
         min_uptime=model.get("min_uptime", parse_duration, scheduler.min_uptime),
-        sleep=parse_sleep(model, entry, gpu_memory, scheduler.sleep_timeout, scheduler.wake_timeout),
+        sleep=parse_sleep(model, entry, gpu_memory, command, scheduler.sleep_timeout, scheduler.wake_timeout),
     )
     model.reject_unknown(_MODEL_KEYS)
     where = f"{path}: model '{result.id}'"

@@ -28,6 +28,7 @@ from typing import Any, TypeVar
 
 import aiohttp
 
+from waker.config import ModelConfig
 from waker.config_sleep import SleepLevel
 from waker.errors import SleepModeError, SleepStep
 
@@ -40,6 +41,11 @@ T = TypeVar("T")
 class Engine:
     url: str  # the model server, e.g. http://127.0.0.1:18100
     model: str  # a name it serves, for the check completion
+
+    @classmethod
+    def of(cls, model: ModelConfig) -> Engine:
+        """A configured model's engine: its id is among its served names (container_spec adds it)."""
+        return cls(model.address.url, model.id)
 
 
 class _Steps:

@@ -151,6 +151,8 @@ BROKEN = [
     ('[[model]]\nid = "m"\nimage = "i"\nwake_timeout = "5s"', ["field 'wake_timeout' has no effect"]),
     ('[[model]]\nid = "m"\nimage = "i"\nsleep = 2\nwake_timeout = 0', ["field 'wake_timeout'", "longer than zero"]),
     ('[[model]]\nid = "m"\nimage = "i"\nsleep = 2\nsleep_timeout = "later"', ["field 'sleep_timeout'", "duration"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nsleep = 1\ncommand = ["serve", "x"]',
+     ["model 'm'", "sleep = 1 needs vLLM's --served-model-name in 'command'", "or set sleep = 0"]),
     ('[scheduler]\nmax_wake_failures = 0', ["[scheduler]", "field 'max_wake_failures'", "at least 1"]),
     ('[scheduler]\nwake_timeout = "0s"', ["[scheduler]", "field 'wake_timeout'", "longer than zero"]),
 ]
@@ -175,6 +177,7 @@ def test_sleep_settings_per_model_with_scheduler_defaults(tmp_path):
         max_wake_failures = 4
         [defaults]
         sleep_timeout = "2h"
+        command = ["serve", "m", "--served-model-name", "m"]
         [[model]]
         id = "a"
         image = "i"
@@ -266,6 +269,7 @@ def test_resolved_config_keeps_the_sleep_settings(tmp_path):
         [[model]]
         id = "a"
         image = "i"
+        command = ["serve", "a", "--served-model-name=a"]
         gpu_memory = 0.5
         sleep = 2
         sleep_memory = 0.03

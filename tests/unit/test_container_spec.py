@@ -99,9 +99,11 @@ def test_a_sleeping_model_gets_dev_mode_and_on_gpus_vllm_sleep_mode():
 
 
 def test_dev_mode_is_forced_on_for_a_sleeping_model_and_never_added_otherwise():
-    forced = container_spec(model(env={"VLLM_SERVER_DEV_MODE": "0"}, sleep=1), "s")
+    forced = container_spec(model(env={"VLLM_SERVER_DEV_MODE": "0"}, command=["serve", "x", "--served-model-name", "m"],
+                                  sleep=1), "s")
     assert "VLLM_SERVER_DEV_MODE=1" in forced["Env"]
-    plain = container_spec(model(command=["serve", "x"], gpus="all"), "s")
-    assert plain["Env"] == [] and plain["Cmd"] == ["serve", "x"]
-    assert plain["Labels"][LABEL_SPEC] != container_spec(model(command=["serve", "x"], gpus="all", sleep=1),
+    serve = ["serve", "x", "--served-model-name=m"]
+    plain = container_spec(model(command=serve, gpus="all"), "s")
+    assert plain["Env"] == ["VLLM_SKIP_MODEL_NAME_VALIDATION=1"] and "--enable-sleep-mode" not in plain["Cmd"]
+    assert plain["Labels"][LABEL_SPEC] != container_spec(model(command=serve, gpus="all", sleep=1),
                                                          "s")["Labels"][LABEL_SPEC]
