@@ -16,9 +16,9 @@ def config(tmp_path, models):
     return parse_config(raw, tmp_path / "models.toml")
 
 
-def nginx_test(tmp_path: Path, cfg) -> subprocess.CompletedProcess:
+def nginx_test(tmp_path: Path, cfg, asleep: frozenset[str] = frozenset()) -> subprocess.CompletedProcess:
     assert NGINX, "nginx is not installed: apt-get install nginx libnginx-mod-http-js"
-    rendered = render(cfg, tmp_path)
+    rendered = render(cfg, tmp_path, asleep=asleep)
     for sub in ("logs", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
         (tmp_path / sub).mkdir(parents=True, exist_ok=True)
     (tmp_path / "nginx.conf").write_text(rendered.nginx_conf)
@@ -102,3 +102,16 @@ def test_model_controls_go_to_the_waker_and_a_load_may_wait_as_long_as_a_wake(tm
     assert "proxy_pass http://waker;" in load and "proxy_read_timeout 6060s;" in load  # 10m queue + 90m + 60 s
     for path in ("/models", "/models/unload"):
         assert "proxy_pass http://waker;" in next(line for line in lines if f"location = {path} " in line)
+
+
+def test_a_sleeping_model_s_requests_go_to_the_waker_and_only_the_waker_s_redirect_reaches_it(tmp_path):
+    cfg = config(tmp_path, [{"id": "alpha", "image": "i", "host_port": 19001},
+                            {"id": "beta", "image": "i", "host_port": 19002}])
+    conf = render(cfg, tmp_path, asleep=frozenset({"alpha"})).nginx_conf
+    assert f"upstream model_alpha {{ server unix:{tmp_path}/asleep-never-listening.sock " in conf
+    assert "upstream retry_alpha { server 127.0.0.1:19001 " in conf
+    assert "upstream model_beta { server 127.0.0.1:19002 " in conf  # awake models: unchanged
+    assert "location @retry_alpha { proxy_pass http://retry_alpha;" in conf
+    assert render(cfg, tmp_path).nginx_conf != conf
+    result = nginx_test(tmp_path, cfg, asleep=frozenset({"alpha"}))
+    assert result.returncode == 0, result.stderr
