@@ -34,6 +34,7 @@ from waker.errors import SleepModeError, SleepStep
 
 NO_TIMEOUT = aiohttp.ClientTimeout(total=None)  # the operation's deadline bounds every call
 ANSWER_EXCERPT = 300
+RETRY_PAUSE = 0.05  # between tries of a reset vLLM refuses while a request holds cache blocks
 T = TypeVar("T")
 
 
@@ -83,12 +84,25 @@ class _Steps:
             raise SleepModeError(step, f"{method} {path} answered {json.dumps(answer)[:ANSWER_EXCERPT]}, "
                                        f"expected {json.dumps(wanted)}")
 
+    async def until_success(self, step: SleepStep, path: str) -> None:
+        """POST `path` until vLLM answers {"success": true}: it answers false while running requests
+        hold the blocks, and says to try again."""
+        while True:
+            answer = await self.call(step, "POST", path)
+            success = answer.get("success") if isinstance(answer, dict) else None
+            if success is True:
+                return
+            if success is not False:
+                raise SleepModeError(step, f"POST {path} answered {json.dumps(answer)[:ANSWER_EXCERPT]}, "
+                                           "expected {\"success\": true or false}")
+            await asyncio.sleep(RETRY_PAUSE)
+
     async def run(self, steps: Awaitable[T]) -> T:
         try:
             async with asyncio.timeout(self.timeout):
                 return await steps
         except TimeoutError:
-            raise SleepModeError(self.step, f"no answer within {self.timeout:g} s (at step {self.step.value})",
+            raise SleepModeError(self.step, f"not done within {self.timeout:g} s (at step {self.step.value})",
                                  timed_out=True) from None
 
 
@@ -114,7 +128,7 @@ async def wake(session: aiohttp.ClientSession, engine: Engine, level: SleepLevel
             await steps.expect(SleepStep.WAKE_WEIGHTS, "POST", "/wake_up?tags=weights", {"tags": ["weights"]})
             await steps.call(SleepStep.RELOAD_WEIGHTS, "POST", "/collective_rpc", {"method": "reload_weights"})
             await steps.expect(SleepStep.WAKE_KV_CACHE, "POST", "/wake_up?tags=kv_cache", {"status": "awake"})
-            await steps.expect(SleepStep.RESET_PREFIX_CACHE, "POST", "/reset_prefix_cache", {"success": True})
+            await steps.until_success(SleepStep.RESET_PREFIX_CACHE, "/reset_prefix_cache")
         else:
             await steps.expect(SleepStep.WAKE, "POST", "/wake_up", {"status": "awake"})
         await steps.expect(SleepStep.CHECK_AWAKE, "GET", "/is_sleeping", {"is_sleeping": False})

@@ -8,7 +8,15 @@ import asyncio
 
 import aiohttp
 
-from tests.e2e.engine_probe import MODEL, Engine, compact, completion, metrics, post
+from tests.e2e.engine_probe import (
+    MODEL,
+    Engine,
+    compact,
+    completion,
+    metrics,
+    post,
+    read_stream,
+)
 from waker import engine_sleep
 from waker.config_sleep import SleepLevel
 
@@ -54,11 +62,16 @@ async def check_level_2_wake_protocol(engine: Engine) -> dict[str, str]:
         rows["engine_sleep_state after"] = ",".join(
             f"{state}={awake[f'vllm:engine_sleep_state[{state}]']:g}"
             for state in ("awake", "weights_offloaded", "discard_all"))
+        async with session.post(f"{engine.url}/v1/completions", json=completion(900, stream=True)) as response:
+            await read_stream(response, until=lambda events: len(events) >= 3)
+            rows["POST /reset_prefix_cache with a request running"] = await call("POST", "/reset_prefix_cache")
+            response.close()
         rows["POST /sleep?level=1"] = await call("POST", "/sleep?level=1")
         rows["level 1: POST /wake_up?tags=weights"] = await call("POST", "/wake_up?tags=weights")
         rows["level 1: POST /wake_up?tags=kv_cache"] = await call("POST", "/wake_up?tags=kv_cache")
     assert rows["a request with only the weights awake"].startswith("unanswered")
     assert rows["that request after the KV cache woke"] == "200 finish=length"
+    assert rows["POST /reset_prefix_cache with a request running"] == '200 {"success":false}'
     return rows
 
 

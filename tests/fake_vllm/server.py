@@ -317,7 +317,8 @@ class Fake:
         return json_response({"results": [None]})
 
     async def reset_prefix_cache(self, request):
-        return json_response({"success": True})
+        # vLLM refuses while running requests hold cache blocks, and says to try again.
+        return json_response({"success": self.running == 0})
 
     async def is_sleeping(self, request):
         return json_response({"is_sleeping": self.sleep_level is not None})
