@@ -44,6 +44,7 @@ class StopReason(StrEnum):
     UNREACHABLE = "unreachable"  # believed ready, but its health check failed
     REMOVED = "removed"  # a reload took it out of the config
     SLEEP_TIMEOUT = "sleep_timeout"  # asleep for its sleep_timeout
+    SLEEP_FAILED = "sleep_failed"  # the engine refused or did not finish falling asleep
     WAKE_FAILED = "wake_failed"  # its wake failed, hung past wake_timeout or left it not serving
 
 
