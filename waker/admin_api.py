@@ -23,7 +23,7 @@ from waker.http_errors import error_response
 from waker.lifecycle import State
 from waker.manual_control import ManualControl, StopOutcome
 from waker.nginx_process import NginxError
-from waker.scheduler import Slot
+from waker.plan import Slot
 from waker.supervisor import Supervisor
 
 log = structlog.get_logger("waker.admin_api")

@@ -16,7 +16,8 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from waker.config import ConfigError, load_config, overrides_or_env
+from waker.config import ConfigError, load_config
+from waker.config_overrides import overrides_or_env
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3
 

@@ -10,7 +10,8 @@ from pathlib import Path
 import tomli_w
 
 from waker import admin_client, logs
-from waker.config import Config, ConfigError, ModelConfig, load_config, overrides_or_env
+from waker.config import Config, ConfigError, ModelConfig, load_config
+from waker.config_overrides import overrides_or_env
 from waker.nginx_render import render
 from waker.units import format_duration, format_size
 
@@ -89,6 +90,8 @@ def _check(config: Config, resolved: bool) -> int:
         aliases = f" (aliases: {', '.join(m.aliases)})" if m.aliases else ""
         gpu = f"gpu {m.gpu_memory:g}" if m.gpu_memory else "no gpu budget"
         gpu += "".join(f", {flag}" for flag in ("exclusive", "keep_warm") if getattr(m, flag))
+        if m.sleep.enabled:
+            gpu += f", sleeps at level {int(m.sleep.level)} holding {m.sleep.memory:g}"
         print(f"  {m.id}{aliases}: {m.image}, port {m.port} -> {m.address}, {gpu}, "
               f"start_timeout {format_duration(m.start_timeout)}, idle_timeout {format_duration(m.idle_timeout)}"
               + (", experimental" if m.status == "experimental" else ""))
@@ -131,6 +134,10 @@ def resolved_config(config: Config) -> dict:
             entry["gpu_memory"] = m.gpu_memory
         if m.context_length:
             entry["context_length"] = m.context_length
+        if m.sleep.enabled:  # the other sleep keys are refused beside sleep = 0
+            entry.update(sleep=int(m.sleep.level), sleep_memory=m.sleep.memory,
+                         sleep_timeout=format_duration(m.sleep.timeout),
+                         wake_timeout=format_duration(m.sleep.wake_timeout))
         entry.update(_guide_fields(m))
         models.append(entry)
     return {
@@ -148,7 +155,9 @@ def resolved_config(config: Config) -> dict:
                       "min_uptime": format_duration(s.min_uptime), "gpu_capacity": s.gpu_capacity,
                       "on_busy": s.on_busy, "queue_timeout": format_duration(s.queue_timeout),
                       "max_start_failures": s.max_start_failures,
-                      "start_backoff": format_duration(s.start_backoff)},
+                      "start_backoff": format_duration(s.start_backoff),
+                      "sleep_timeout": format_duration(s.sleep_timeout),
+                      "wake_timeout": format_duration(s.wake_timeout), "max_wake_failures": s.max_wake_failures},
         "model": models,
     }
 

@@ -16,6 +16,9 @@ from typing import Any
 
 from waker import config_fields as fields
 from waker.config_fields import Address, Source
+from waker.config_overrides import apply_override
+from waker.config_sleep import MODEL_KEYS as SLEEP_KEYS
+from waker.config_sleep import SleepConfig, parse_sleep
 from waker.units import parse_duration, parse_size
 
 # First path segments of the OpenAI and vLLM routes: a model named like one would shadow the route
@@ -83,6 +86,9 @@ class SchedulerConfig:
     queue_timeout: float
     max_start_failures: int
     start_backoff: float
+    sleep_timeout: float  # the default of the models' own: asleep this long, a model is stopped
+    wake_timeout: float
+    max_wake_failures: int  # a model whose wake failed this many times in a row is stopped, not slept
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +127,7 @@ class ModelConfig:
     stop_timeout: float
     idle_timeout: float
     min_uptime: float
+    sleep: SleepConfig
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -159,41 +166,10 @@ def load_config(path: Path | str | None = None, overrides: tuple[str, ...] = ())
         raise ConfigError(path, [f"{path}: not valid TOML: {exc}"]) from None
     problems: list[str] = []
     for override in overrides:
-        _apply_override(raw, override, problems)
+        apply_override(raw, override, problems)
     if problems:
         raise ConfigError(path, problems)
     return parse_config(raw, path, overrides)
-
-
-OVERRIDABLE = ("gateway", "waker", "scheduler")
-
-
-def overrides_or_env(given: list[str]) -> tuple[str, ...]:
-    """--set values, else $WAKER_SET (space-separated): a container deployment sets them once for
-    every command, so `docker compose exec gateway waker status` sees the config the waker runs."""
-    return tuple(given or os.environ.get("WAKER_SET", "").split())
-
-
-def _apply_override(raw: dict[str, Any], override: str, problems: list[str]) -> None:
-    """`section.key=value` replaces one deployment setting, so that a container deployment can adapt
-    the same file (listen addresses, network) without a copy of it. The value is read as TOML when it
-    parses as a TOML value, else taken as a string: `gateway.allow_no_keys=true`, `waker.network=models`."""
-    name, sep, value = override.partition("=")
-    section, dot, key = name.strip().partition(".")
-    if not sep or not dot or not key:
-        problems.append(f"--set {override!r}: expected SECTION.KEY=VALUE, such as gateway.listen=0.0.0.0:8009")
-        return
-    if section not in OVERRIDABLE:
-        problems.append(f"--set {override!r}: only {', '.join(OVERRIDABLE)} settings can be set this way; "
-                        "models are declared in the file")
-        return
-    try:
-        parsed = tomllib.loads(f"v = {value}")["v"]
-    except tomllib.TOMLDecodeError:
-        parsed = value
-    table = raw.setdefault(section, {})
-    if isinstance(table, dict):
-        table[key] = parsed
 
 
 def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = ()) -> Config:
@@ -247,6 +223,9 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         queue_timeout=scheduler.get("queue_timeout", fields.positive_duration, "10m"),
         max_start_failures=scheduler.get("max_start_failures", fields.positive_int, 3),
         start_backoff=scheduler.get("start_backoff", parse_duration, "2m"),
+        sleep_timeout=scheduler.get("sleep_timeout", parse_duration, "1h"),
+        wake_timeout=scheduler.get("wake_timeout", fields.positive_duration, "2m"),
+        max_wake_failures=scheduler.get("max_wake_failures", fields.positive_int, 2),
     )
     for table in (gateway, waker, scheduler):
         table.reject_unknown()
@@ -283,7 +262,7 @@ _MODEL_KEYS = {
     "id", "aliases", "image", "pull", "command", "entrypoint", "port", "health", "env", "volumes", "gpus",
     "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "vision", "tools", "description",
     "status", "notes", "source", "best_for", "tradeoffs", "known_issues", "picks", "exclusive", "keep_warm",
-    "start_timeout", "stop_timeout", "idle_timeout", "min_uptime",
+    "start_timeout", "stop_timeout", "idle_timeout", "min_uptime", *SLEEP_KEYS,
 }
 _MERGED_TABLES = ("env", "ulimits")
 
@@ -308,12 +287,14 @@ def _parse_model(
     config_dir = path.parent.resolve()
     port = model.get("port", fields.port, 8000)
     host_port = model.get("host_port", fields.port, waker.model_port_base + index)
+    gpu_memory = model.get("gpu_memory", fields.fraction, 0.0)
+    command = tuple(model.get("command", fields.list_of(fields.string), []))
     result = ModelConfig(
         id=model_id if model_id is not None else label,  # an invalid id is reported; the label names it
         aliases=tuple(model.get("aliases", fields.list_of(fields.model_id), [])),
         image=model.get("image", fields.string, required=True),
         pull=PullPolicy(model.get("pull", fields.choice(*(p.value for p in PullPolicy)), PullPolicy.MISSING.value)),
-        command=tuple(model.get("command", fields.list_of(fields.string), [])),
+        command=command,
         entrypoint=fields.tuple_or_none(model.get("entrypoint", fields.list_of(fields.string))),
         port=port,
         health=model.get("health", fields.http_path, "/health"),
@@ -321,7 +302,7 @@ def _parse_model(
         volumes=tuple(fields.resolve_volume(v, config_dir)
                       for v in model.get("volumes", fields.list_of(fields.volume), [])),
         gpus=model.get("gpus", fields.gpus, ""),
-        gpu_memory=model.get("gpu_memory", fields.fraction, 0.0),
+        gpu_memory=gpu_memory,
         shm_size=model.get("shm_size", parse_size),
         ulimits=tuple(sorted(model.get("ulimits", fields.ulimits, {}).items())),
         host_port=host_port,
@@ -343,6 +324,7 @@ def _parse_model(
         stop_timeout=model.get("stop_timeout", parse_duration, scheduler.stop_timeout),
         idle_timeout=model.get("idle_timeout", parse_duration, scheduler.idle_timeout),
         min_uptime=model.get("min_uptime", parse_duration, scheduler.min_uptime),
+        sleep=parse_sleep(model, entry, gpu_memory, command, scheduler.sleep_timeout, scheduler.wake_timeout),
     )
     model.reject_unknown(_MODEL_KEYS)
     where = f"{path}: model '{result.id}'"

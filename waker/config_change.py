@@ -9,7 +9,8 @@ from dataclasses import dataclass
 from waker.config import Config
 from waker.errors import AdminError
 from waker.lifecycle import State
-from waker.scheduler import OCCUPYING, Slot
+from waker.plan import Slot
+from waker.scheduler import OCCUPYING
 
 # Settings the waker reads once at its start: a reload that changes them is refused.
 RESTART_ONLY = ("listen", "name", "docker_host", "runtime_dir", "network", "model_ip_base", "egress_network")

@@ -50,6 +50,16 @@ class Source:
         return f"{self.repo} {self.commit} {self.file}"
 
 
+# vLLM's flag naming the names it serves (it takes several); the waker adds the model's id and aliases.
+SERVED_NAME_FLAG = "--served-model-name"
+
+
+def served_names_index(command: tuple[str, ...]) -> int | None:
+    """Where vLLM's --served-model-name is in `command` (either form), if it is."""
+    return next((i for i, word in enumerate(command)
+                 if word == SERVED_NAME_FLAG or word.startswith(SERVED_NAME_FLAG + "=")), None)
+
+
 # The quick picker's use cases, in the order docs/models.md shows them.
 PICKS = ("chat", "reasoning", "coding", "opencode", "vision", "ocr", "european", "utility")
 

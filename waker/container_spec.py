@@ -11,6 +11,7 @@ import re
 from typing import Any
 
 from waker.config import ModelConfig
+from waker.config_fields import SERVED_NAME_FLAG, served_names_index
 
 LABEL_MANAGED = "io.waker.managed"
 LABEL_STACK = "io.waker.stack"
@@ -26,8 +27,13 @@ ROLE_GATEWAY = "gateway"
 # an alias (body routing) or by anything at all (path routing: the URL chose the model), so for a
 # vLLM command the aliases join the served names (every vLLM version) and name validation is off
 # (vLLM >= 0.32 reads the variable; older ones ignore it).
-SERVED_NAME_FLAG = "--served-model-name"
 SKIP_NAME_VALIDATION = "VLLM_SKIP_MODEL_NAME_VALIDATION"
+# Sleep mode: vLLM serves /sleep, /wake_up and /is_sleeping only in dev mode, and frees GPU memory
+# only with --enable-sleep-mode (its CuMem allocator). It refuses that flag on any platform without
+# sleep support, CPU included ("Sleep mode is not supported on current platform"), so the flag goes
+# only to models given GPUs; without them dev mode alone pauses and resumes the engine, freeing nothing.
+DEV_MODE = "VLLM_SERVER_DEV_MODE"
+SLEEP_MODE_FLAG = "--enable-sleep-mode"
 
 
 def container_name(stack: str, model_id: str) -> str:
@@ -66,9 +72,13 @@ def container_spec(model: ModelConfig, stack: str, network: str = "", egress_net
             request["DeviceIDs"] = model.gpus.split(",")
         host_config["DeviceRequests"] = [request]
     command, env = model.command, dict(model.env)
-    if _served_names_index(command) is not None:
+    if served_names_index(command) is not None:
         command = served_names_command(command, model.names)
         env.setdefault(SKIP_NAME_VALIDATION, "1")
+    if model.sleep.enabled:
+        env[DEV_MODE] = "1"
+        if model.gpus and SLEEP_MODE_FLAG not in command:
+            command = (*command, SLEEP_MODE_FLAG)
     spec: dict[str, Any] = {
         "Image": model.image,
         "Env": [f"{k}={v}" for k, v in sorted(env.items())],
@@ -88,15 +98,10 @@ def container_spec(model: ModelConfig, stack: str, network: str = "", egress_net
     return spec
 
 
-def _served_names_index(command: tuple[str, ...]) -> int | None:
-    return next((i for i, word in enumerate(command)
-                 if word == SERVED_NAME_FLAG or word.startswith(SERVED_NAME_FLAG + "=")), None)
-
-
 def served_names_command(command: tuple[str, ...], names: tuple[str, ...]) -> tuple[str, ...]:
     """`command` with every name in `names` among the values of its --served-model-name (vLLM takes
     several), the names already there first and in their order: the first is the one vLLM reports."""
-    index = _served_names_index(command)
+    index = served_names_index(command)
     if index is None:
         return command
     flag = command[index]

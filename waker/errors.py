@@ -3,6 +3,7 @@ aiohttp here: `waker check` and the nginx config use these bodies; the responses
 
 from __future__ import annotations
 
+from enum import StrEnum
 from typing import Any
 
 
@@ -44,3 +45,27 @@ class AdminError(Exception):
     def __init__(self, status: int, message: str) -> None:
         super().__init__(message)
         self.status, self.message = status, message
+
+
+class SleepStep(StrEnum):
+    """The steps of vLLM's sleep protocol, as the waker takes them (waker/engine_sleep.py)."""
+
+    SLEEP = "sleep"  # POST /sleep?level=N
+    CHECK_ASLEEP = "check_asleep"  # GET /is_sleeping: true
+    WAKE = "wake"  # POST /wake_up (level 1)
+    WAKE_WEIGHTS = "wake_weights"  # POST /wake_up?tags=weights (level 2)
+    RELOAD_WEIGHTS = "reload_weights"  # POST /collective_rpc {"method": "reload_weights"} (level 2)
+    WAKE_KV_CACHE = "wake_kv_cache"  # POST /wake_up?tags=kv_cache (level 2)
+    RESET_PREFIX_CACHE = "reset_prefix_cache"  # POST /reset_prefix_cache (level 2)
+    CHECK_AWAKE = "check_awake"  # GET /is_sleeping: false
+    CHECK_SERVES = "check_serves"  # a one-token completion answered (/health stays 200 on a wedged engine)
+
+
+class SleepModeError(Exception):
+    """A sleep or a wake that did not go as vLLM's protocol says: the step, what was seen, and
+    whether it was a timeout (the engine stopped answering). The waker stops such a model and, for a
+    wake, starts it cold."""
+
+    def __init__(self, step: SleepStep, message: str, timed_out: bool = False) -> None:
+        super().__init__(message)
+        self.step, self.message, self.timed_out = step, message, timed_out

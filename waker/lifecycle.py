@@ -6,6 +6,16 @@
                                      │       │ fail: it exited on its own while serving (a crash)
                                      │       └─exited─► stopped (its container is gone, found on a resync)
                                      └─reset─► stopped (cleared by hand)
+
+Sleep mode (models with `sleep = 1 | 2`): the process stays, the GPU memory goes.
+
+    ready ──sleep──► falling_asleep ──asleep──► sleeping ──wake──► waking ──ready──► ready
+                        │  └──resume──► ready       │                 │
+                        │                           ├─stop─► stopping ◄┘ stop: the wake failed, hung or was wrong
+                        └─stop─► stopping           └─exited─► stopped     (then a cold start)
+
+falling_asleep and waking hold the model's whole `gpu_memory` (the engine has not yet given it back,
+or is taking it again); sleeping holds `sleep_memory`. A crash in any of the three is a failed run.
 """
 
 from __future__ import annotations
@@ -19,6 +29,9 @@ class State(StrEnum):
     READY = "ready"
     STOPPING = "stopping"
     FAILED = "failed"
+    FALLING_ASLEEP = "falling_asleep"  # asked to sleep; its memory is not free until it is asleep
+    SLEEPING = "sleeping"
+    WAKING = "waking"  # waking, then checked: asleep no more, and a one-token completion answered
 
 
 class StopReason(StrEnum):
@@ -30,6 +43,16 @@ class StopReason(StrEnum):
     CLIENT = "client"  # a client's unload on the client port
     UNREACHABLE = "unreachable"  # believed ready, but its health check failed
     REMOVED = "removed"  # a reload took it out of the config
+    SLEEP_TIMEOUT = "sleep_timeout"  # asleep for its sleep_timeout
+    SLEEP_FAILED = "sleep_failed"  # the engine refused or did not finish falling asleep
+    WAKE_FAILED = "wake_failed"  # its wake failed, hung past wake_timeout or left it not serving
+
+
+class SleepReason(StrEnum):
+    """Why a model was put to sleep."""
+
+    IDLE = "idle"  # idle for idle_timeout
+    ROOM = "room"  # another model needed the room (the Sleep action's `for_model`)
 
 
 class Event(StrEnum):
@@ -41,6 +64,9 @@ class Event(StrEnum):
     STOPPED = "stopped"
     RESUME = "resume"
     RESET = "reset"
+    SLEEP = "sleep"
+    ASLEEP = "asleep"
+    WAKE = "wake"
 
 
 _NEXT: dict[tuple[State, Event], State] = {
@@ -58,6 +84,23 @@ _NEXT: dict[tuple[State, Event], State] = {
     (State.STOPPING, Event.RESUME): State.READY,
     # An operator clears a failure (and its back-off) by stopping the model.
     (State.FAILED, Event.RESET): State.STOPPED,
+    # Sleep mode. Only an idle model is put to sleep: vLLM aborts the requests in flight (mode=abort)
+    # and on GPUs sleeping under load has crashed the engine, so a request that arrived before the
+    # sleep call calls it off (resume), as it calls off an idle stop.
+    (State.READY, Event.SLEEP): State.FALLING_ASLEEP,
+    (State.FALLING_ASLEEP, Event.RESUME): State.READY,
+    (State.FALLING_ASLEEP, Event.ASLEEP): State.SLEEPING,
+    (State.FALLING_ASLEEP, Event.STOP): State.STOPPING,  # the sleep call failed: stop it instead
+    (State.FALLING_ASLEEP, Event.FAIL): State.FAILED,
+    (State.SLEEPING, Event.WAKE): State.WAKING,
+    (State.SLEEPING, Event.STOP): State.STOPPING,  # asleep past sleep_timeout, or its room is needed
+    (State.SLEEPING, Event.FAIL): State.FAILED,
+    (State.SLEEPING, Event.EXITED): State.STOPPED,
+    (State.WAKING, Event.READY): State.READY,
+    # A wake that failed, hung past wake_timeout or left an engine that does not serve: the container
+    # is stopped and the waiting requests get a cold start.
+    (State.WAKING, Event.STOP): State.STOPPING,
+    (State.WAKING, Event.FAIL): State.FAILED,
 }
 
 

@@ -22,9 +22,7 @@ class ClientStatus(StrEnum):
     LOADING = "loading"
     UNLOADED = "unloaded"
     FAILED = "failed"
-    # vLLM's sleep mode (weights offloaded, wakes in about a second) is not managed by the waker yet;
-    # the value is part of the set so that clients and our own types admit it when it is.
-    SLEEPING = "sleeping"
+    SLEEPING = "sleeping"  # vLLM's sleep mode: the engine is up, its GPU memory given back
 
 
 _STATUS: dict[State, ClientStatus] = {
@@ -37,6 +35,10 @@ _STATUS: dict[State, ClientStatus] = {
     # would offer an unload that has already begun.
     State.STOPPING: ClientStatus.UNLOADED,
     State.FAILED: ClientStatus.FAILED,
+    # A model falling asleep is as good as asleep to a client: a request waits for the sleep, then wakes it.
+    State.FALLING_ASLEEP: ClientStatus.SLEEPING,
+    State.SLEEPING: ClientStatus.SLEEPING,
+    State.WAKING: ClientStatus.LOADING,
 }
 
 

@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, replace
 
 from waker.activity import ModelActivity
 from waker.config import ModelConfig
-from waker.scheduler import Slot
+from waker.plan import Slot
 
 
 def slot_for(model: ModelConfig) -> Slot:

@@ -36,9 +36,9 @@ def worker_user() -> str | None:
     return f"nobody {grp.getgrgid(nobody.pw_gid).gr_name}"
 
 
-def write_files(config: Config, files_dir: Path | None = None) -> Rendered:
+def write_files(config: Config, files_dir: Path | None = None, asleep: frozenset[str] = frozenset()) -> Rendered:
     """Writes nginx.conf and route.js (in `files_dir`, default [waker] runtime_dir) and the
-    directories nginx needs."""
+    directories nginx needs; `asleep`: models in sleep mode, whose requests nginx sends to the waker."""
     root = config.waker.runtime_dir
     user = worker_user()
     for sub in ("logs", "tmp", *(f"tmp/{t}" for t in TEMP_DIRS)):
@@ -50,7 +50,7 @@ def write_files(config: Config, files_dir: Path | None = None) -> Rendered:
             os.chown(root / sub, nobody.pw_uid, nobody.pw_gid)
     target = files_dir or root
     target.mkdir(parents=True, exist_ok=True)
-    rendered = render(config, root, user, files_dir=target)
+    rendered = render(config, root, user, files_dir=target, asleep=asleep)
     (target / "route.js").write_text(rendered.route_js, encoding="utf-8")
     (target / "nginx.conf").write_text(rendered.nginx_conf, encoding="utf-8")
     return rendered

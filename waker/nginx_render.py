@@ -5,6 +5,11 @@ Per model M the config has:
 - `@model_M`: where the njs body router jumps for body-routed requests;
 - `@wake_M`: on 502 (nothing listens yet), a body-less GET to the waker, held until M is ready;
 - `@retry_M`: where the waker's X-Accel-Redirect sends the original request (method and body kept).
+
+A sleeping model (vLLM's sleep mode) still listens, and vLLM holds a request sent to it unanswered
+until a wake. So while M is asleep its upstream `model_M` is rendered as a socket that never exists:
+nginx gets its 502 and asks the waker, which wakes M first. `@retry_M` goes through `retry_M`, always
+the real address, so that requests the waker lets through after a wake need no reload.
 """
 
 from __future__ import annotations
@@ -76,10 +81,11 @@ def location_key(model_id: str) -> str:
 
 
 def render(config: Config, runtime_dir: Path, worker_user: str | None = None, njs_source: str | None = None,
-           files_dir: Path | None = None) -> Rendered:
+           files_dir: Path | None = None, asleep: frozenset[str] = frozenset()) -> Rendered:
     """`files_dir` is where nginx.conf and route.js go (default: the runtime dir); a staging dir
-    lets a new config be tested by nginx before it replaces the running one."""
-    conf = render_nginx_conf(config, runtime_dir, worker_user, files_dir)
+    lets a new config be tested by nginx before it replaces the running one. `asleep`: the ids of
+    models in sleep mode (from falling asleep until woken), whose requests must go to the waker."""
+    conf = render_nginx_conf(config, runtime_dir, worker_user, files_dir, asleep)
     route_js = render_route_js(config, njs_source if njs_source is not None else read_njs_source())
     generation = hashlib.sha256((conf + route_js).encode()).hexdigest()[:16]
     return Rendered(conf.replace(_GENERATION_PLACEHOLDER, generation), route_js, generation)
@@ -135,14 +141,14 @@ def _error_pages(overrides: dict[int, str] | None = None) -> str:
     return " ".join(f"error_page {status} = {target};" for status, target in pages.items())
 
 
-_MODEL_PROXY = ("proxy_pass http://model_{key}; "
+_MODEL_PROXY = ("proxy_pass http://{upstream}_{key}; "
                 # Only the waker may steer nginx: a model's own X-Accel-* headers are ignored.
                 "proxy_ignore_headers X-Accel-Redirect X-Accel-Expires X-Accel-Limit-Rate X-Accel-Charset;")
 
 
 def _model_locations(model: ModelConfig, config: Config) -> list[str]:
     key = location_key(model.id)
-    proxy = _MODEL_PROXY.format(key=key)
+    proxy = _MODEL_PROXY.format(upstream="model", key=key)
     wake = _error_pages({502: f"@wake_{key}"})
     # Where a request enters a model: it is counted in flight from here to its access log line.
     enter = (f"set $inflight 1; set $inflight_model {model.id}; "
@@ -159,13 +165,13 @@ def _model_locations(model: ModelConfig, config: Config) -> list[str]:
          "proxy_pass_request_body off; proxy_set_header Content-Length ''; proxy_set_header Connection ''; "
          "proxy_set_header X-Original-URI $request_uri; proxy_method GET; "
          f"proxy_read_timeout {wake_timeout}s; {_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"),
-        f"        location @retry_{key} {{ {proxy} {_error_pages()} }}",
+        f"        location @retry_{key} {{ {_MODEL_PROXY.format(upstream='retry', key=key)} {_error_pages()} }}",
     ]
     return lines
 
 
 def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None = None,
-                      files_dir: Path | None = None) -> str:
+                      files_dir: Path | None = None, asleep: frozenset[str] = frozenset()) -> str:
     gateway, waker = config.gateway, config.waker
     body_routes = "|".join(re.escape(r) for r in BODY_ROUTES_OUTSIDE_V1)
     to_waker = f"proxy_pass http://waker; {_error_pages({502: '@waker_down', 504: '@waker_down'})}"
@@ -249,9 +255,12 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
     for model in config.models:
         lines += _model_locations(model, config)
     lines.append("    }")
+    gate_closed = f"unix:{runtime_dir / 'asleep-never-listening.sock'}"
     for model in config.models:
+        key = location_key(model.id)
         # Kept-alive connections spare a TCP handshake (and a docker-proxy hop) per request.
-        lines.append(f"    upstream model_{location_key(model.id)} {{ server {model.address} max_fails=0; "
-                     "keepalive 16; }")
+        server = gate_closed if model.id in asleep else str(model.address)
+        lines.append(f"    upstream model_{key} {{ server {server} max_fails=0; keepalive 16; }}")
+        lines.append(f"    upstream retry_{key} {{ server {model.address} max_fails=0; keepalive 16; }}")
     lines += ["}", ""]
     return "\n".join(lines)

@@ -10,16 +10,24 @@ Rules, in the order they apply:
 2. Models with waiters are considered in the order of their oldest waiter (queue collation: A B A B
    makes two swaps, not four). One start at a time: vLLM sizes its memory from what is free when it
    starts, so two concurrent starts would race for the same memory.
-3. A model starts when its `gpu_memory` fits beside what runs (sum within `capacity`, and nothing
-   beside an `exclusive` model). Otherwise idle models are evicted, least recently used first and
-   `keep_warm` models last; models with requests in flight, pinned models and starting models are
-   never evicted. The start waits until the evicted containers have exited.
+3. A model starts (a sleeping one wakes) when its `gpu_memory` fits beside what the others hold (a
+   sleeping model holds its `sleep_memory`; sum within `capacity`, and nothing beside an `exclusive`
+   model, asleep or not). Otherwise room is made the least costly way: idle sleep-capable models are
+   put to sleep if that is enough; if not, sleeping models are stopped, then idle models that cannot
+   sleep, then the sleep-capable ones, least recently used first and `keep_warm` models last in each
+   group, keeping only the steps needed. Models with requests in flight, pinned models and models
+   starting or waking are never touched. The start waits until those models are asleep or exited.
 4. When room cannot be made, the request waits (`on_busy = "queue"`) or is refused with 429 and a
    Retry-After estimated from the holders' state (`on_busy = "reject"`).
 5. With no one waiting for room, `keep_warm` models that are down are started again when they fit.
    A keep_warm model stopped by hand stays down until a request or a manual start asks for it.
 6. Ready models idle for `idle_timeout` (counted from the end of their last request, never before
-   `min_uptime`) are stopped; `keep_warm`, pinned and `idle_timeout = 0` models never are.
+   `min_uptime`) are put to sleep if they can, else stopped; `keep_warm`, pinned and
+   `idle_timeout = 0` models never are. A model can sleep when its `sleep_level` is 1 or 2 and fewer
+   than `max_wake_failures` wakes in a row have failed.
+7. A model asleep for its `sleep_timeout` is stopped, unless requests wait for it, or it is keep_warm
+   or pinned. One start or wake at a time, as for starts: a wake takes back memory a start would size
+   itself from.
 """
 
 from __future__ import annotations
@@ -27,102 +35,26 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
-from waker.lifecycle import State, StopReason
+from waker.lifecycle import SleepReason, State, StopReason
+from waker.plan import (
+    Action,
+    Grant,
+    Holder,
+    Plan,
+    Policy,
+    Refuse,
+    Sleep,
+    Slot,
+    Start,
+    Stop,
+    Waiter,
+    Wake,
+)
 
 EPSILON = 1e-9
-OCCUPYING = (State.STARTING, State.READY, State.STOPPING)
-
-
-@dataclass(frozen=True, slots=True)
-class Policy:
-    capacity: float = 1.0
-    on_busy: str = "queue"
-    queue_timeout: float = 600.0
-    max_start_failures: int = 3
-    start_backoff: float = 120.0
-
-
-@dataclass(frozen=True, slots=True)
-class Slot:
-    """What the scheduler knows of one model."""
-
-    id: str
-    gpu_memory: float = 0.0
-    exclusive: bool = False
-    keep_warm: bool = False
-    pinned: bool = False
-    suspended: bool = False  # a keep_warm model stopped by hand stays down until asked for
-    idle_timeout: float = 0.0
-    min_uptime: float = 0.0
-    state: State = State.STOPPED
-    since: float = 0.0  # when it entered its state
-    in_flight: int = 0
-    last_active: float = 0.0  # end of the last request, or when the model became ready
-    ready_since: float = 0.0
-    starting_since: float = 0.0
-    expected_start_seconds: float | None = None  # how long its last successful start took
-    oldest_request_since: float | None = None  # start of its oldest in-flight request
-    mean_request_seconds: float | None = None
-    failures: int = 0  # consecutive failed runs: starts that failed, or crashes while serving
-    retry_at: float = 0.0  # while now < retry_at (after too many failures), requests fail fast
-    last_error: str = ""
-
-
-@dataclass(frozen=True, slots=True)
-class Waiter:
-    id: int
-    model: str
-    since: float
-
-
-@dataclass(frozen=True, slots=True)
-class Start:
-    model: str
-
-
-@dataclass(frozen=True, slots=True)
-class Stop:
-    model: str
-    reason: StopReason
-    for_model: str | None = None  # the model an eviction makes room for
-
-
-@dataclass(frozen=True, slots=True)
-class Grant:
-    waiter: int
-
-
-@dataclass(frozen=True, slots=True)
-class Holder:
-    """A model standing between a request and the GPU, as reported to the refused client."""
-
-    model: str
-    state: str
-    in_flight: int
-    idle_seconds: int
-    expected_release_seconds: int | None
-
-
-@dataclass(frozen=True, slots=True)
-class Refuse:
-    waiter: int
-    status: int
-    code: str
-    message: str
-    retry_after: int | None = None
-    holders: tuple[Holder, ...] = ()
-
-
-Action = Start | Stop | Grant | Refuse
-
-
-@dataclass(frozen=True, slots=True)
-class Plan:
-    actions: tuple[Action, ...] = ()
-    wake_at: float | None = None  # call decide again at this time even if nothing else happens
-
-    def of(self, kind: type) -> list:
-        return [a for a in self.actions if isinstance(a, kind)]
+OCCUPYING = (State.STARTING, State.READY, State.STOPPING, State.FALLING_ASLEEP, State.SLEEPING, State.WAKING)
+COMING_UP = (State.STARTING, State.WAKING)  # one at a time
+GOING_DOWN = (State.STOPPING, State.FALLING_ASLEEP)  # still holding all they had, soon less
 
 
 @dataclass
@@ -148,42 +80,98 @@ class _Planner:
         self.actions.append(Stop(slot.id, reason, for_model))
         self.slots[slot.id] = replace(slot, state=State.STOPPING)
 
+    def sleep(self, slot: Slot, reason: SleepReason, for_model: str | None = None) -> None:
+        self.actions.append(Sleep(slot.id, reason, for_model))
+        self.slots[slot.id] = replace(slot, state=State.FALLING_ASLEEP, since=self.now)
+
+    def wake(self, slot: Slot) -> None:
+        self.actions.append(Wake(slot.id))
+        self.slots[slot.id] = replace(slot, state=State.WAKING, since=self.now)
+
+
+def held(slot: Slot) -> float:
+    """The part of the GPU `slot` holds now (falling asleep or waking, all of it)."""
+    return slot.sleep_memory if slot.state is State.SLEEPING else slot.gpu_memory
+
 
 def fits(candidate: Slot, staying: list[Slot], capacity: float) -> bool:
     others = [s for s in staying if s.id != candidate.id]
     if others and (candidate.exclusive or any(s.exclusive for s in others)):
         return False
-    return sum(s.gpu_memory for s in others) + candidate.gpu_memory <= capacity + EPSILON
+    return sum(held(s) for s in others) + candidate.gpu_memory <= capacity + EPSILON
+
+
+def can_sleep(slot: Slot, policy: Policy) -> bool:
+    return slot.sleep_level > 0 and slot.wake_failures < policy.max_wake_failures
 
 
 def evictable(slot: Slot) -> bool:
-    return slot.state is State.READY and slot.in_flight == 0 and not slot.pinned
+    """Idle and unpinned: it may be put to sleep or stopped to make room."""
+    if slot.pinned:
+        return False
+    return slot.state is State.SLEEPING or (slot.state is State.READY and slot.in_flight == 0)
 
 
-def victims_for(candidate: Slot, occupying: list[Slot], capacity: float) -> list[Slot] | None:
-    """The fewest idle models to stop (LRU first, keep_warm last) so that `candidate` fits; None if
-    even stopping every evictable model would not make room."""
-    staying = [s for s in occupying if s.id != candidate.id and s.state is not State.STOPPING]
-    order = sorted((s for s in staying if evictable(s)), key=lambda s: (s.keep_warm, s.last_active))
-    chosen: list[Slot] = []
-    for slot in order:
-        if fits(candidate, staying, capacity):
+@dataclass(frozen=True, slots=True)
+class Room:
+    """What to do so that a model fits: models to put to sleep and models to stop."""
+
+    to_sleep: tuple[Slot, ...]
+    to_stop: tuple[Slot, ...]
+
+
+def room_for(candidate: Slot, occupying: list[Slot], policy: Policy) -> Room | None:
+    """The least costly way to make room for `candidate`, or None if even stopping every evictable
+    model would not. Steps in order of cost (LRU first, keep_warm last in each group): sleep idle
+    sleep-capable models; stop sleeping ones; stop idle ones that cannot sleep; stop the sleep-capable
+    ones after all. Steps are taken until it fits, then those that turn out unneeded are dropped."""
+    staying = {s.id: s for s in occupying if s.id != candidate.id and s.state is not State.STOPPING}
+
+    def lru(slots: list[Slot]) -> list[Slot]:
+        return sorted(slots, key=lambda s: (s.keep_warm, s.last_active))
+
+    idle = lru([s for s in staying.values() if s.state is State.READY and evictable(s)])
+    sleepers = [s for s in idle if can_sleep(s, policy)]
+    asleep = lru([s for s in staying.values() if s.state is State.SLEEPING and evictable(s)])
+    steps = [*((True, s) for s in sleepers), *((False, s) for s in asleep),
+             *((False, s) for s in idle if not can_sleep(s, policy)), *((False, s) for s in sleepers)]
+
+    def fits_after(taken: list[tuple[bool, Slot]]) -> bool:
+        after = dict(staying)
+        for sleeps, slot in taken:
+            if sleeps:
+                after[slot.id] = replace(slot, state=State.SLEEPING)
+            else:
+                after.pop(slot.id, None)
+        return fits(candidate, list(after.values()), policy.capacity)
+
+    chosen: list[tuple[bool, Slot]] = []
+    for step in steps:
+        if fits_after(chosen):
             break
-        chosen.append(slot)
-        staying = [s for s in staying if s.id != slot.id]
-    return chosen if fits(candidate, staying, capacity) else None
+        chosen.append(step)
+    if not fits_after(chosen):
+        return None
+    for step in reversed(list(chosen)):
+        if fits_after([c for c in chosen if c is not step]):
+            chosen.remove(step)
+    stopped = {slot.id for sleeps, slot in chosen if not sleeps}
+    return Room(tuple(slot for sleeps, slot in chosen if sleeps and slot.id not in stopped),
+                tuple(slot for sleeps, slot in chosen if not sleeps))
 
 
 def release_estimate(slot: Slot, now: float) -> int | None:
     """Seconds until `slot` could give its memory back, from what is known of it; None if unknowable."""
     if slot.pinned:
         return None
-    if slot.state is State.STOPPING or evictable(slot):
+    if slot.state in GOING_DOWN or evictable(slot):
         return 1
     if slot.state is State.STARTING:
         elapsed = now - slot.starting_since
         expected = slot.expected_start_seconds or elapsed * 2  # no history: assume half-way
         return max(1, math.ceil(expected - elapsed))
+    if slot.state is State.WAKING:
+        return max(1, math.ceil(now - slot.since))  # assume half-way
     if slot.oldest_request_since is None:
         return 1
     elapsed = now - slot.oldest_request_since
@@ -195,7 +183,7 @@ def release_estimate(slot: Slot, now: float) -> int | None:
 def holders_of(candidate: Slot, occupying: list[Slot], now: float) -> tuple[Holder, ...]:
     """The models that keep `candidate` out: the non-evictable ones among those it would displace."""
     staying = [s for s in occupying if s.id != candidate.id]
-    blocking = [s for s in staying if not evictable(s) and s.state is not State.STOPPING]
+    blocking = [s for s in staying if not evictable(s) and s.state not in GOING_DOWN]
     return tuple(
         Holder(
             model=s.id,
@@ -239,16 +227,17 @@ def decide(slots: dict[str, Slot], queue: tuple[Waiter, ...] | list[Waiter], pol
                 f"{math.ceil(slot.retry_at - now)} s. Last error: {slot.last_error}",
                 math.ceil(slot.retry_at - now),
             ))
-        elif slot.state is not State.STARTING and now - waiter.since >= policy.queue_timeout:
+        elif slot.state not in COMING_UP and now - waiter.since >= policy.queue_timeout:
             holders = holders_of(slot, p.occupying(), now)
             p.actions.append(_busy_refusal(waiter, slot, holders, f"within queue_timeout ({policy.queue_timeout:g} s)"))
         else:
             waiting.append(waiter)
 
     blocked = _start_for_waiters(p, waiting)
-    if not blocked and not any(s.state is State.STARTING for s in p.slots.values()):
+    if not blocked and not any(s.state in COMING_UP for s in p.slots.values()):
         _restore_keep_warm(p)
     _stop_idle(p)
+    _stop_long_asleep(p, {w.model for w in waiting})
     return Plan(tuple(p.actions), None if p.wake_at == math.inf else p.wake_at)
 
 
@@ -260,23 +249,30 @@ def _start_for_waiters(p: _Planner, waiting: list[Waiter]) -> bool:
     blocked = False
     for model, waiters in order.items():
         slot = p.slots[model]
-        if slot.state is State.STARTING:
-            continue  # they join the start in progress
+        if slot.state in COMING_UP:
+            continue  # they join the start or wake in progress
         blocked = True
-        if slot.state is State.STOPPING:
-            break  # it starts again once its container has exited
-        if any(s.state is State.STARTING for s in p.slots.values()):
-            break  # one start at a time; FIFO holds the rest
+        if slot.state in GOING_DOWN:
+            break  # once its container has exited it starts; once asleep it wakes
+        if any(s.state in COMING_UP for s in p.slots.values()):
+            break  # one start or wake at a time; FIFO holds the rest
         occupying = p.occupying()
         if fits(slot, occupying, p.policy.capacity):
-            p.start(slot)
+            if slot.state is State.SLEEPING:
+                p.wake(slot)
+            else:
+                p.start(slot)
             blocked = False
             continue
-        victims = victims_for(slot, occupying, p.policy.capacity)
-        if victims is not None:
-            for victim in victims:
+        if any(s.state is State.FALLING_ASLEEP for s in occupying):
+            break  # what they free is known once they are asleep: plan more room then, if needed
+        room = room_for(slot, occupying, p.policy)
+        if room is not None:
+            for victim in room.to_sleep:
+                p.sleep(victim, SleepReason.ROOM, model)
+            for victim in room.to_stop:
                 p.stop(victim, StopReason.EVICTED, model)
-            break  # wait for the evicted containers to exit
+            break  # wait until they are asleep or their containers have exited
         if p.policy.on_busy == "reject":
             holders = holders_of(slot, occupying, p.now)
             p.actions += [_busy_refusal(w, slot, holders, "now") for w in waiters]
@@ -290,13 +286,16 @@ def _start_for_waiters(p: _Planner, waiting: list[Waiter]) -> bool:
 
 def _restore_keep_warm(p: _Planner) -> None:
     for slot in sorted(p.slots.values(), key=lambda s: s.id):
-        if not slot.keep_warm or slot.suspended or slot.state not in (State.STOPPED, State.FAILED):
+        if not slot.keep_warm or slot.suspended or slot.state not in (State.STOPPED, State.FAILED, State.SLEEPING):
             continue
         if slot.state is State.FAILED and p.now < slot.retry_at:
             p.later(slot.retry_at)
             continue
         if fits(slot, p.occupying(), p.policy.capacity):
-            p.start(slot)
+            if slot.state is State.SLEEPING:  # put to sleep for another model's room, which is back
+                p.wake(slot)
+            else:
+                p.start(slot)
             return
 
 
@@ -306,7 +305,21 @@ def _stop_idle(p: _Planner) -> None:
                 or slot.in_flight > 0):
             continue
         due = max(slot.last_active + slot.idle_timeout, slot.ready_since + slot.min_uptime)
-        if p.now >= due:
+        if p.now < due:
+            p.later(due)
+        elif can_sleep(slot, p.policy):
+            p.sleep(slot, SleepReason.IDLE)
+        else:
             p.stop(slot, StopReason.IDLE)
+
+
+def _stop_long_asleep(p: _Planner, waited_for: set[str]) -> None:
+    for slot in list(p.slots.values()):
+        if (slot.state is not State.SLEEPING or slot.sleep_timeout <= 0 or slot.keep_warm or slot.pinned
+                or slot.id in waited_for):
+            continue
+        due = slot.since + slot.sleep_timeout
+        if p.now >= due:
+            p.stop(slot, StopReason.SLEEP_TIMEOUT)
         else:
             p.later(due)

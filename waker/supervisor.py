@@ -25,7 +25,8 @@ from waker.errors import RequestRefused, StartError
 from waker.events import EventBus, EventKind
 from waker.lifecycle import Event, State, StopReason, next_state
 from waker.model_record import ModelRecord, slot_for
-from waker.scheduler import Grant, Plan, Policy, Refuse, Slot, Start, Stop, decide
+from waker.plan import Grant, Plan, Policy, Refuse, Slot, Start, Stop
+from waker.scheduler import decide
 from waker.waiting_room import WaitingRoom
 
 log = structlog.get_logger("waker.supervisor")

@@ -8,7 +8,7 @@ import asyncio
 from collections.abc import Iterator
 
 from waker.errors import RequestRefused
-from waker.scheduler import Waiter
+from waker.plan import Waiter
 
 
 class WaitingRoom:

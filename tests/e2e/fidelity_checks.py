@@ -30,6 +30,10 @@ from tests.e2e.engine_probe import (
     read_stream,
     shape,
 )
+from tests.e2e.fidelity_sleep import (
+    check_level_2_wake_protocol,
+    check_waker_sleep_adapter,
+)
 from tests.eventually import eventually_async
 
 SIGTERM_WAIT = 5.0  # how long a stream may take to end after SIGTERM before it counts as hung
@@ -348,6 +352,8 @@ CHECKS: dict[str, tuple[str, Callable[[Engine], Awaitable[dict[str, str]]]]] = {
     "non-streaming answers": ("main", check_non_streaming),
     "sleep mode": ("main", check_sleep),
     "sleep aborts streams": ("main", check_sleep_aborts_streams),
+    "level-2 wake protocol": ("main", check_level_2_wake_protocol),
+    "the waker's sleep adapter": ("main", check_waker_sleep_adapter),
     "client leaves mid-stream": ("main", check_client_disconnect),
     "sleep routes without dev mode": ("plain", check_sleep_routes_need_dev_mode),
     "SIGTERM mid-stream": ("plain", sigterm_mid_stream),

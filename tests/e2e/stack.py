@@ -20,7 +20,9 @@ from pathlib import Path
 
 from tests.eventually import eventually
 
-FAKE_IMAGE = "waker-fake-vllm:test"
+# A branch that changes the fake can build it under its own tag (WAKER_FAKE_IMAGE), so that test runs
+# of other branches on the same Docker engine keep theirs.
+FAKE_IMAGE = os.environ.get("WAKER_FAKE_IMAGE", "waker-fake-vllm:test")
 REAL_IMAGE = "waker-real-vllm:test"  # the real vLLM, CPU build (tests/real_vllm/)
 # What the real engine needs on these machines (shared/real-vllm.md): a KV cache size, and more shared
 # memory than Docker's default 64 MiB. Starts take 20-40 s on two cores, more under load.

@@ -12,6 +12,13 @@ What SIGTERM does to requests in flight (`--on-sigterm`), each an outcome seen f
   abort   (default) streams end with finish_reason "abort" and [DONE]; the process exits at once
   error   streams end with an InternalServerError chunk and [DONE] (the engine died first)
   hang    requests never end; the process exits when their clients have gone
+Sleep mode (with VLLM_SERVER_DEV_MODE=1), beyond what vLLM's CPU build can show: the GPU memory held
+awake (`--gpu-memory-utilization`) and asleep (`--sleep-memory`, fake-only), reported as the
+`fake:gpu_memory_held` gauge; `--wake-delay S` for the wake that makes it fully awake; and every wake
+failing as chosen (`--wake-fail`), each a GB10 report (shared/real-vllm.md):
+  hang    the wake call never answers, the engine stays asleep
+  crash   the process exits with code 1 during the wake call, which gets no answer
+  wedge   the wake answers "awake" and /health stays 200, but no request is ever served again
 Every response carries x-fake-* headers describing the request as received (method, path, body
 length and SHA-256), so tests can prove that bytes arrived intact. Runs on aiohttp 3.8 (Debian 12).
 """
@@ -66,6 +73,11 @@ def parse_args(argv):
     parser.add_argument("--exit-code", type=int, default=int(os.environ.get("FAKE_EXIT_CODE", "3")))
     parser.add_argument("--on-sigterm", choices=("abort", "error", "hang"),
                         default=os.environ.get("FAKE_ON_SIGTERM", "abort"))
+    parser.add_argument("--gpu-memory-utilization", type=float, default=0.0)
+    parser.add_argument("--sleep-memory", type=float, default=None)  # fake-only; default: nothing freed
+    parser.add_argument("--wake-delay", type=float, default=float(os.environ.get("FAKE_WAKE_DELAY", "0")))
+    parser.add_argument("--wake-fail", choices=("", "hang", "crash", "wedge"),
+                        default=os.environ.get("FAKE_WAKE_FAIL", ""))
     args, _unknown = parser.parse_known_args(argv)  # other vLLM flags are accepted and ignored
     return args
 
@@ -164,6 +176,8 @@ class Fake:
         self.queue = collections.deque()
         self.inflight = set()
         self.sleep_level = None  # None when awake
+        self.asleep_parts = set()  # what a partial wake (tags) has not woken yet
+        self.wedged = False  # after --wake-fail wedge: healthy, but nothing is served again
         self.success = dict.fromkeys(FINISH_REASONS, 0)
         self.prompt_tokens = 0
         self.generation_tokens = 0
@@ -187,7 +201,7 @@ class Fake:
     # ---- the engine: max_num_seqs running, the rest waiting in order; nothing runs while asleep ----
 
     def dispatch(self):
-        while self.sleep_level is None and self.running < self.args.max_num_seqs and self.queue:
+        while self.sleep_level is None and not self.wedged and self.running < self.args.max_num_seqs and self.queue:
             seq = self.queue.popleft()
             seq.running = True
             self.running += 1
@@ -235,7 +249,11 @@ class Fake:
         running, waiting = (0, 0) if self.sleep_level is not None else (self.running, len(self.queue))
         states = {"awake": self.sleep_level is None, "weights_offloaded": self.sleep_level == 1,
                   "discard_all": self.sleep_level == 2}
+        sleep_memory = (self.args.sleep_memory if self.args.sleep_memory is not None
+                        else self.args.gpu_memory_utilization)
+        held = self.args.gpu_memory_utilization if self.sleep_level is None else sleep_memory
         lines = [
+            "# TYPE fake:gpu_memory_held gauge", f'fake:gpu_memory_held{{model_name="{self.model}"}} {float(held)}',
             "# TYPE vllm:num_requests_running gauge", f"vllm:num_requests_running{{{labels}}} {float(running)}",
             "# TYPE vllm:num_requests_waiting gauge", f"vllm:num_requests_waiting{{{labels}}} {float(waiting)}",
             "# TYPE vllm:engine_sleep_state gauge",
@@ -259,13 +277,50 @@ class Fake:
             return json_response(refused.body, status=refused.status)
         # vLLM's default pause mode, "abort": every request in the engine ends with finish_reason abort.
         self.end_all("abort")
-        self.sleep_level = int(level)
+        if self.sleep_level is None:  # a sleep while asleep keeps the level it fell asleep at
+            self.sleep_level = int(level)
+        self.asleep_parts = {"weights", "kv_cache"}
         return json_response({"status": "sleeping", "level": int(level)})
 
     async def wake_up(self, request):
-        self.sleep_level = None
-        self.dispatch()
-        return json_response({"status": "awake", "tags": request.query.getall("tags", []) or None})
+        """Wakes the parts named by `tags` (all without); the engine serves once every part is awake."""
+        tags = request.query.getall("tags", []) or None
+        remaining = self.asleep_parts - set(tags or self.asleep_parts)
+        if self.sleep_level is not None and not remaining:
+            if self.args.wake_fail == "hang":
+                await self.hang(request)
+            if self.args.wake_fail == "crash":
+                print("fake-vllm: RuntimeError: CUDA error: an illegal memory access was encountered (waking)",
+                      file=sys.stderr, flush=True)
+                os._exit(1)
+            await asyncio.sleep(self.args.wake_delay)
+            self.wedged = self.args.wake_fail == "wedge"
+            self.sleep_level = None
+            self.dispatch()
+        self.asleep_parts = remaining
+        return json_response({"status": "awake" if self.sleep_level is None else "sleeping", "tags": tags})
+
+    async def collective_rpc(self, request):
+        try:
+            doc = json.loads(await request.read())
+        except ValueError as bad:
+            return json_response({"error": {"message": f"JSON decode error: {bad}", "type": "Bad Request",
+                                            "param": None, "code": 400}}, status=400)
+        if not isinstance(doc, dict) or doc.get("method") is None:
+            message = "Missing 'method' in request body" if isinstance(doc, dict) else \
+                "Request body must be a JSON object"
+            return json_response({"error": {"message": message, "type": "Bad Request", "param": None, "code": 400}},
+                                 status=400)
+        if doc["method"] != "reload_weights":  # the only worker method the fake has
+            message = (f"Call to collective_rpc method failed: Worker failed with error ''Worker' object has no "
+                       f"attribute '{doc['method']}'', please check the stack trace above for the root cause")
+            return json_response({"error": {"message": message, "type": "InternalServerError", "param": None,
+                                            "code": 500}}, status=500)
+        return json_response({"results": [None]})
+
+    async def reset_prefix_cache(self, request):
+        # vLLM refuses while running requests hold cache blocks, and says to try again.
+        return json_response({"success": self.running == 0})
 
     async def is_sleeping(self, request):
         return json_response({"is_sleeping": self.sleep_level is not None})
@@ -486,7 +541,8 @@ class Fake:
         # vLLM registers its development routes, sleep mode among them, only with this variable set.
         if env_flag("VLLM_SERVER_DEV_MODE", ("1",)):
             routes += [("POST", "/sleep", self.sleep), ("POST", "/wake_up", self.wake_up),
-                       ("GET", "/is_sleeping", self.is_sleeping)]
+                       ("GET", "/is_sleeping", self.is_sleeping), ("POST", "/collective_rpc", self.collective_rpc),
+                       ("POST", "/reset_prefix_cache", self.reset_prefix_cache)]
         self.routes = {}
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)

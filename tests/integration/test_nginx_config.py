@@ -12,8 +12,8 @@ from waker.nginx_render import render
 pytestmark = pytest.mark.integration
 
 
-def nginx_test(nginx: str, tmp_path: Path, cfg) -> subprocess.CompletedProcess:
-    rendered = render(cfg, tmp_path)
+def nginx_test(nginx: str, tmp_path: Path, cfg, asleep: frozenset[str] = frozenset()) -> subprocess.CompletedProcess:
+    rendered = render(cfg, tmp_path, asleep=asleep)
     for sub in ("logs", "tmp/body", "tmp/proxy", "tmp/fastcgi", "tmp/uwsgi", "tmp/scgi"):
         (tmp_path / sub).mkdir(parents=True, exist_ok=True)
     (tmp_path / "nginx.conf").write_text(rendered.nginx_conf)
@@ -44,4 +44,11 @@ def test_access_control_config_is_accepted_by_nginx(nginx, tmp_path):
            "model": [{"id": "alpha", "image": "i"}]}
     cfg = parse_config(raw, tmp_path / "models.toml")
     result = nginx_test(nginx, tmp_path, cfg)
+    assert result.returncode == 0, result.stderr
+
+
+def test_a_config_with_a_sleeping_model_is_accepted_by_nginx(nginx, tmp_path):
+    cfg = config(tmp_path, [{"id": "alpha", "image": "i", "host_port": 19001},
+                            {"id": "beta", "image": "i", "host_port": 19002}])
+    result = nginx_test(nginx, tmp_path, cfg, asleep=frozenset({"alpha"}))
     assert result.returncode == 0, result.stderr

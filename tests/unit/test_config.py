@@ -141,6 +141,21 @@ BROKEN = [
      ["field 'source'", "repository URL"]),
     ('[[model]]\nid = "m"\nimage = "i"\npicks = ["coding", "poetry"]', ["field 'picks'", "'poetry'", "'ocr'"]),
     ('[[model]]\nid = "m"\nimage = "i"\nknown_issues = "none"', ["field 'known_issues'", "array"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nsleep = 3', ["model 'm'", "field 'sleep'", "0 (never sleep", "got 3"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nsleep = true', ["field 'sleep'", "got True"]),
+    ('[[model]]\nid = "m"\nimage = "i"\ngpu_memory = 0.3\nsleep = 1\nsleep_memory = 0.5',
+     ["model 'm'", "field 'sleep_memory'", "more than the model's gpu_memory (0.3)", "(0 to 0.3)"]),
+    ('[[model]]\nid = "m"\nimage = "i"\ngpu_memory = 0.3\nsleep = 1\nsleep_memory = -0.1',
+     ["field 'sleep_memory'", "[0, 1]"]),
+    ('[[model]]\nid = "m"\nimage = "i"\ngpu_memory = 0.3\nsleep_memory = 0.1',
+     ["model 'm'", "field 'sleep_memory' has no effect with sleep = 0", "set sleep = 1 or 2"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nwake_timeout = "5s"', ["field 'wake_timeout' has no effect"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nsleep = 2\nwake_timeout = 0', ["field 'wake_timeout'", "longer than zero"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nsleep = 2\nsleep_timeout = "later"', ["field 'sleep_timeout'", "duration"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nsleep = 1\ncommand = ["serve", "x"]',
+     ["model 'm'", "sleep = 1 needs vLLM's --served-model-name in 'command'", "or set sleep = 0"]),
+    ('[scheduler]\nmax_wake_failures = 0', ["[scheduler]", "field 'max_wake_failures'", "at least 1"]),
+    ('[scheduler]\nwake_timeout = "0s"', ["[scheduler]", "field 'wake_timeout'", "longer than zero"]),
 ]
 
 
@@ -153,6 +168,50 @@ def test_each_mistake_is_explained(tmp_path, text, needles):
     assert str(path) in message
     for needle in needles:
         assert needle in message
+
+
+def test_sleep_settings_per_model_with_scheduler_defaults(tmp_path):
+    config = load_config(write(tmp_path, """
+        [scheduler]
+        sleep_timeout = "30m"
+        wake_timeout = "45s"
+        max_wake_failures = 4
+        [defaults]
+        sleep_timeout = "2h"
+        command = ["serve", "m", "--served-model-name", "m"]
+        [[model]]
+        id = "a"
+        image = "i"
+        gpu_memory = 0.5
+        sleep = 2
+        sleep_memory = 0.03
+        [[model]]
+        id = "b"
+        image = "i"
+        gpu_memory = 0.4
+        sleep = 1
+        wake_timeout = "10s"
+        [[model]]
+        id = "c"
+        image = "i"
+        gpu_memory = 0.2
+    """))
+    a, b, c = config.models
+    assert config.scheduler.max_wake_failures == 4 and config.scheduler.wake_timeout == 45
+    assert (int(a.sleep.level), a.sleep.memory, a.sleep.timeout, a.sleep.wake_timeout) == (2, 0.03, 7200, 45)
+    # Without sleep_memory, a model is assumed to keep all it holds: the budget stays safe.
+    assert (int(b.sleep.level), b.sleep.memory, b.sleep.wake_timeout) == (1, 0.4, 10)
+    # [defaults] may carry sleep settings for every model without tripping the sleep = 0 ones.
+    assert not c.sleep.enabled and c.sleep.timeout == 7200
+
+
+def test_sleep_defaults():
+    from waker.config import parse_config
+
+    config = parse_config({"model": [{"id": "m", "image": "i", "gpu_memory": 0.5}]}, Path("m.toml"))
+    scheduler, model = config.scheduler, config.models[0]
+    assert (scheduler.sleep_timeout, scheduler.wake_timeout, scheduler.max_wake_failures) == (3600, 120, 2)
+    assert not model.sleep.enabled and int(model.sleep.level) == 0
 
 
 def test_every_problem_is_reported_at_once(tmp_path):
@@ -202,6 +261,32 @@ def test_resolved_config_is_toml_that_loads_to_the_same_config(tmp_path):
     again = load_config(again_path)
     assert again.models == original.models
     assert again.gateway == original.gateway and again.scheduler == original.scheduler
+
+
+def test_resolved_config_keeps_the_sleep_settings(tmp_path):
+    original = load_config(write(tmp_path, """
+        [scheduler]
+        wake_timeout = "30s"
+        [[model]]
+        id = "a"
+        image = "i"
+        command = ["serve", "a", "--served-model-name=a"]
+        gpu_memory = 0.5
+        sleep = 2
+        sleep_memory = 0.03
+        [[model]]
+        id = "b"
+        image = "i"
+        gpu_memory = 0.3
+    """))
+    result = run_cli("check", "--resolved", "--config", str(original.path))
+    assert result.returncode == 0, result.stderr
+    again_path = tmp_path / "again" / "models.toml"
+    again_path.parent.mkdir()
+    again_path.write_text(result.stdout)
+    again = load_config(again_path)
+    assert again.models == original.models and again.scheduler == original.scheduler
+    assert "sleep" not in tomllib.loads(result.stdout)["model"][1]
 
 
 def test_shipped_config_is_valid():

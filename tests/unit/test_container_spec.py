@@ -84,3 +84,26 @@ def test_an_explicit_name_validation_setting_is_kept_and_other_servers_are_left_
     assert kept["Env"] == ["VLLM_SKIP_MODEL_NAME_VALIDATION=0"]
     llama_cpp = container_spec(model(aliases=["q"], command=["-m", "/m.gguf", "--alias", "m"]), "s")
     assert llama_cpp["Cmd"] == ["-m", "/m.gguf", "--alias", "m"] and llama_cpp["Env"] == []
+
+
+def test_a_sleeping_model_gets_dev_mode_and_on_gpus_vllm_sleep_mode():
+    serve = ["serve", "Qwen/Q", "--served-model-name", "qwen:7b"]
+    on_gpu = container_spec(model(command=serve, gpus="all", gpu_memory=0.5, sleep=1), "s")
+    assert on_gpu["Cmd"] == [*serve, "--enable-sleep-mode"] and "VLLM_SERVER_DEV_MODE=1" in on_gpu["Env"]
+    # vLLM refuses --enable-sleep-mode without sleep support (its CPU build): dev mode alone still
+    # pauses and resumes the engine there.
+    on_cpu = container_spec(model(command=serve, sleep=2), "s")
+    assert on_cpu["Cmd"] == serve and "VLLM_SERVER_DEV_MODE=1" in on_cpu["Env"]
+    given = container_spec(model(command=[*serve, "--enable-sleep-mode"], gpus="all", sleep=1), "s")
+    assert given["Cmd"].count("--enable-sleep-mode") == 1
+
+
+def test_dev_mode_is_forced_on_for_a_sleeping_model_and_never_added_otherwise():
+    forced = container_spec(model(env={"VLLM_SERVER_DEV_MODE": "0"}, command=["serve", "x", "--served-model-name", "m"],
+                                  sleep=1), "s")
+    assert "VLLM_SERVER_DEV_MODE=1" in forced["Env"]
+    serve = ["serve", "x", "--served-model-name=m"]
+    plain = container_spec(model(command=serve, gpus="all"), "s")
+    assert plain["Env"] == ["VLLM_SKIP_MODEL_NAME_VALIDATION=1"] and "--enable-sleep-mode" not in plain["Cmd"]
+    assert plain["Labels"][LABEL_SPEC] != container_spec(model(command=serve, gpus="all", sleep=1),
+                                                         "s")["Labels"][LABEL_SPEC]

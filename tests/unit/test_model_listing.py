@@ -15,14 +15,17 @@ from waker.model_listing import ClientStatus, client_status, openai_entry
     (State.READY, "loaded"),
     (State.STOPPING, "unloaded"),
     (State.FAILED, "failed"),
+    (State.FALLING_ASLEEP, "sleeping"),
+    (State.SLEEPING, "sleeping"),
+    (State.WAKING, "loading"),
 ])
 def test_each_state_has_the_status_llama_cpp_clients_read(state, status):
     assert client_status(state) == status
 
 
-def test_the_status_set_is_llama_cpp_routers_plus_failed_and_sleeping_is_not_used_yet():
+def test_the_status_set_is_llama_cpp_routers_plus_failed_and_sleeping_and_every_state_has_one():
     assert {s.value for s in ClientStatus} == {"loaded", "loading", "unloaded", "failed", "sleeping"}
-    assert ClientStatus.SLEEPING not in {client_status(state) for state in State}
+    assert {client_status(state) for state in State} == set(ClientStatus)
 
 
 def test_an_entry_carries_state_status_and_metadata(tmp_path):

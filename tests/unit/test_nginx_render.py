@@ -78,3 +78,14 @@ def test_nginx_sends_activity_marks_to_a_waker_on_a_wildcard_address_over_loopba
         cfg = parse_config({"waker": {"runtime_dir": str(tmp_path), "listen": listen},
                             "model": [{"id": "alpha", "image": "i"}]}, tmp_path / "models.toml")
         assert f"syslog:server={server},tag=waker" in render(cfg, tmp_path).nginx_conf
+
+
+def test_a_sleeping_model_s_requests_go_to_the_waker_and_only_the_waker_s_redirect_reaches_it(tmp_path):
+    cfg = config(tmp_path, [{"id": "alpha", "image": "i", "host_port": 19001},
+                            {"id": "beta", "image": "i", "host_port": 19002}])
+    conf = render(cfg, tmp_path, asleep=frozenset({"alpha"})).nginx_conf
+    assert f"upstream model_alpha {{ server unix:{tmp_path}/asleep-never-listening.sock " in conf
+    assert "upstream retry_alpha { server 127.0.0.1:19001 " in conf
+    assert "upstream model_beta { server 127.0.0.1:19002 " in conf  # awake models: unchanged
+    assert "location @retry_alpha { proxy_pass http://retry_alpha;" in conf
+    assert render(cfg, tmp_path).nginx_conf != conf

@@ -6,7 +6,8 @@ from dataclasses import replace
 import pytest
 
 from waker.lifecycle import State, StopReason
-from waker.scheduler import OCCUPYING, Grant, Policy, Refuse, Slot, Start, Stop, Waiter, decide, release_estimate
+from waker.plan import Grant, Policy, Refuse, Slot, Start, Stop, Waiter
+from waker.scheduler import OCCUPYING, decide, release_estimate
 
 NOW = 1000.0
 R, S, X, STARTING, STOPPING, F = State.READY, State.STOPPED, State.STOPPED, State.STARTING, State.STOPPING, State.FAILED
