@@ -86,9 +86,9 @@ async def test_config(config: Config, conf: Path) -> None:
         raise NginxError(f"nginx refused the rendered config {conf}:\n{output.decode(errors='replace').strip()}")
 
 
-async def write_and_test(config: Config) -> Rendered:
+async def write_and_test(config: Config, asleep: frozenset[str] = frozenset()) -> Rendered:
     """Writes the files `config` renders to into the runtime dir, then has nginx test them."""
-    rendered = write_files(config)
+    rendered = write_files(config, asleep=asleep)
     await test_config(config, config.waker.runtime_dir / "nginx.conf")
     return rendered
 
@@ -141,7 +141,9 @@ class Nginx(Protocol):
     async def start(self) -> None: ...
     def alive(self) -> bool: ...
     async def check(self, config: Config) -> None: ...
-    async def reload(self, config: Config) -> None: ...
+    async def reload(self, config: Config, asleep: frozenset[str] = frozenset()) -> None:
+        """Switches nginx to `config`, with the models in `asleep` gated (their requests go to the
+        waker), and returns once the new config answers."""
     async def wait(self) -> int | None: ...
     async def stop(self) -> None: ...
 
@@ -204,12 +206,12 @@ class NginxProcess:
     async def check(self, config: Config) -> None:
         await check_config(config)
 
-    async def reload(self, config: Config) -> None:
+    async def reload(self, config: Config, asleep: frozenset[str] = frozenset()) -> None:
         """Switches nginx to `config` gracefully (new workers take new connections, old ones finish
         their requests) and returns once the new config answers."""
         self.config = config
         before = _files(config.waker.runtime_dir)
-        rendered = await write_and_test(config)
+        rendered = await write_and_test(config, asleep)
         assert self.pid is not None
         if _files(config.waker.runtime_dir) != before:
             await self._reload(rendered.generation)
