@@ -178,7 +178,8 @@ class DockerRuntime:
     @asynccontextmanager
     async def event_stream(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """Docker's events for this stack's containers, as they happen. The stream is open (no event
-        is missed from here on) when the context is entered; it ends when the engine goes away."""
+        is missed from here on) when the context is entered; when the engine goes away it ends or
+        raises DockerError."""
         filters = {"type": ["container"], "label": [f"{LABEL_MANAGED}=true", f"{LABEL_STACK}={self.stack}"]}
         forever = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
         with _docker_errors("cannot open the Docker events stream"):
@@ -230,11 +231,14 @@ class DockerRuntime:
 
 
 async def _json_lines(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    """Docker's events, one JSON object a line; anything else is the stream failing (DockerError)."""
+    """Docker's events, one JSON object a line; anything else is the stream failing (DockerError). An
+    engine that goes away cuts the chunked stream short: a DockerError too, as for any call to an
+    engine that is not there."""
     try:
-        async for line in response.content:
-            if line.strip():
-                yield _event(line)
+        with _docker_errors("the Docker events stream broke off"):
+            async for line in response.content:
+                if line.strip():
+                    yield _event(line)
     except (LineTooLong, ValueError):  # older aiohttp: ValueError("Chunk too big")
         raise DockerError("the Docker events stream sent a line longer than aiohttp buffers") from None
 
