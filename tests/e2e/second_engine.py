@@ -41,9 +41,7 @@ STOP_TIMEOUT = 30.0
 
 def _run(args: list[str], *, check: bool = True, stdin: IO[bytes] | None = None,
          timeout: float = 300) -> subprocess.CompletedProcess[str]:
-    result = subprocess.run(args, stdin=stdin, capture_output=True, timeout=timeout)
-    result = subprocess.CompletedProcess(args, result.returncode, result.stdout.decode(errors="replace"),
-                                         result.stderr.decode(errors="replace"))
+    result = subprocess.run(args, check=False, stdin=stdin, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}): {result.stderr!s}")
     return result
