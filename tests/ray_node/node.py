@@ -44,11 +44,11 @@ def node_ports(base: int) -> list[str]:
     ]
 
 
-def ray_start(args: list[str]) -> None:
+def ray_command(args: list[str]) -> list[str]:
     # A small object store: /dev/shm is Docker's 64 MiB unless the container is given more.
     command = ["ray", "start", "--disable-usage-stats", "--object-store-memory=78643200", *args]
     log(" ".join(command))
-    subprocess.run(command, check=True)
+    return command
 
 
 def alive_nodes() -> int:
@@ -56,9 +56,8 @@ def alive_nodes() -> int:
 
 
 def head(options: argparse.Namespace, server_args: list[str]) -> int:
-    ray_start(["--head", f"--node-ip-address={options.ip}", f"--port={options.port}",
-               f"--ray-client-server-port={options.port_base + 6}", "--include-dashboard=false",
-               *node_ports(options.port_base)])
+    subprocess.run(ray_command(["--head", f"--node-ip-address={options.ip}", f"--port={options.port}",
+                                "--include-dashboard=false", *node_ports(options.port_base)]), check=True)
     ray.init(address=f"{options.ip}:{options.port}", logging_level="warning")
     deadline = time.monotonic() + options.timeout
     seen = 0
@@ -84,9 +83,11 @@ def head(options: argparse.Namespace, server_args: list[str]) -> int:
 
 
 def worker(options: argparse.Namespace) -> int:
-    ray_start([f"--address={options.address}", f"--node-ip-address={options.ip}", "--block",
-               *node_ports(options.port_base)])
-    return 0
+    # exec: `ray start --block` becomes the container's process and gets Docker's SIGTERM, on which it
+    # stops its node (a process 1 without a handler would ignore it until Docker's SIGKILL).
+    command = ray_command([f"--address={options.address}", f"--node-ip-address={options.ip}", "--block",
+                           *node_ports(options.port_base)])
+    os.execvp(command[0], command)
 
 
 def main(argv: list[str]) -> int:
