@@ -13,6 +13,9 @@ What keeps the two engines apart:
   which no test needs.
 - cgroups: containers go under their own parent, `waker-engine2`.
 
+It also listens on a loopback TCP port with TLS (`--tlsverify`, certificates made here by openssl, as in
+Docker's "Protect the Docker daemon socket"), for the tests of `tcp://` Docker hosts.
+
 The state directory is kept between runs, so that images loaded once stay loaded (compared by image id,
 loaded again only when the main engine's copy changed); containers are not kept: every start removes
 what an earlier run left. A lock file keeps two test sessions from driving the same engine at once.
@@ -30,6 +33,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import IO
 
+from tests.e2e.stack import free_port
 from tests.eventually import eventually
 
 DEFAULT_ROOT = Path(os.environ.get("WAKER_ENGINE2_ROOT", "/var/tmp/waker-engine2"))
@@ -53,6 +57,7 @@ class SecondEngine:
     bridge: str = BRIDGE
     bridge_address: str = BRIDGE_ADDRESS
     proc: subprocess.Popen[bytes] | None = None
+    tls_port: int = 0  # chosen at the first start, kept across restarts
     _lock: IO[str] | None = field(default=None, repr=False)
 
     @property
@@ -63,6 +68,11 @@ class SecondEngine:
     def host(self) -> str:
         """The DOCKER_HOST of engine 2, for `docker -H`, aiodocker and a [[host]] docker_host."""
         return f"unix://{self.socket}"
+
+    @property
+    def tls_dir(self) -> Path:
+        """ca.pem, server-*.pem (for 127.0.0.1) and the client's cert.pem / key.pem."""
+        return self.root / "tls"
 
     @property
     def log_path(self) -> Path:
@@ -100,8 +110,13 @@ class SecondEngine:
         self._ensure_bridge()
         for sub in ("data", "exec"):
             (self.root / sub).mkdir(exist_ok=True)
+        make_tls(self.tls_dir)
+        self.tls_port = self.tls_port or free_port()
+        tls = self.tls_dir
         self.proc = subprocess.Popen(
-            ["dockerd", "-H", self.host, "--data-root", str(self.root / "data"),
+            ["dockerd", "-H", self.host, "-H", f"tcp://127.0.0.1:{self.tls_port}", "--tlsverify",
+             "--tlscacert", str(tls / "ca.pem"), "--tlscert", str(tls / "server-cert.pem"),
+             "--tlskey", str(tls / "server-key.pem"), "--data-root", str(self.root / "data"),
              "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
              "--bridge", self.bridge, "--iptables=false", "--ip-masq=false", "--ip6tables=false",
              "--cgroup-parent", "waker-engine2", "--storage-driver", "overlay2"],
@@ -190,3 +205,29 @@ class SecondEngine:
         _run(["ip", "addr", "add", self.bridge_address, "dev", self.bridge])
         _run(["ip", "link", "set", self.bridge, "up"])
 
+
+
+def make_tls(directory: Path) -> None:
+    """A CA, a server certificate for 127.0.0.1 and a client certificate, made once."""
+    if (directory / "key.pem").exists():
+        return
+    directory.mkdir(parents=True, exist_ok=True)
+
+    def openssl(*args: str) -> None:
+        _run(["openssl", *args])
+
+    d = str(directory)
+    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "3650",
+            "-subj", "/CN=waker test CA", "-keyout", f"{d}/ca-key.pem", "-out", f"{d}/ca.pem")
+    for name, subject, extension in (
+            ("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+            ("client", "/CN=waker", "extendedKeyUsage=clientAuth")):
+        key, request = f"{d}/{name}-key.pem", f"{d}/{name}.csr"
+        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", subject,
+                "-keyout", key, "-out", request)
+        (directory / f"{name}.ext").write_text(extension + "\n")
+        openssl("x509", "-req", "-in", request, "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca-key.pem",
+                "-CAcreateserial", "-days", "3650", "-extfile", f"{d}/{name}.ext", "-out", f"{d}/{name}-cert.pem")
+    # The names the docker CLI looks for in a DOCKER_CERT_PATH; key.pem last: it marks the set complete.
+    (directory / "cert.pem").write_bytes((directory / "client-cert.pem").read_bytes())
+    (directory / "key.pem").write_bytes((directory / "client-key.pem").read_bytes())
