@@ -144,6 +144,11 @@ class SecondEngine:
             self.proc.wait()
         self.proc = None
 
+    def logs(self, name: str) -> str:
+        """A container's output, stdout and stderr together."""
+        return subprocess.run(["docker", "-H", self.host, "logs", name], stdout=subprocess.PIPE,
+                              stderr=subprocess.STDOUT, text=True, check=False, timeout=60).stdout
+
     def load_images(self, *images: str) -> list[str]:
         """Copies images from the main engine (no registry here): only those engine 2 lacks or holds in
         another version. Returns the names copied."""

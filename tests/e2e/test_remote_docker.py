@@ -79,8 +79,13 @@ def ssh_on_path(ssh_host, monkeypatch):
 
 
 def _labelled_fake(engine, stack: str, name: str) -> str:
-    return engine.docker("run", "-d", "--name", name, f"--label={LABEL_MANAGED}=true", f"--label={LABEL_STACK}={stack}",
-                         f"--label={LABEL_MODEL}={name}", FAKE_IMAGE, "serve", f"fake/{name}").strip()
+    """A fake model on engine 2, once it serves: until its SIGTERM handler is set, process 1 of a
+    container ignores SIGTERM and a stop would wait for Docker's SIGKILL."""
+    container_id = engine.docker("run", "-d", "--name", name, f"--label={LABEL_MANAGED}=true",
+                                 f"--label={LABEL_STACK}={stack}", f"--label={LABEL_MODEL}={name}", FAKE_IMAGE,
+                                 "serve", f"fake/{name}").strip()
+    eventually(lambda: "serving" in engine.logs(name), 20, f"{name} serving")
+    return container_id
 
 
 async def _drive(runtime: DockerRuntime, container_id: str) -> list[str]:
