@@ -31,6 +31,7 @@ class DockerScheme(StrEnum):
     UNIX = "unix"  # the engine's socket on this machine
     SSH = "ssh"  # `ssh user@host docker system dial-stdio`, as the docker CLI does
     TCP = "tcp"  # the engine's TCP port, always with TLS client certificates
+    AS_GIVEN = "as-given"  # [waker] docker_host without [[host]]: handed to aiodocker as it is, as before
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,8 +82,8 @@ class HostConfig:
 
 def implicit_host(docker_host: str, gpu_capacity: float) -> HostConfig:
     """The one host of a config without `[[host]]`: today's behaviour."""
-    docker = docker_endpoint(docker_host) if docker_host else DockerEndpoint(DockerScheme.UNIX, "")
-    return HostConfig(IMPLICIT_HOST, docker, gpu_capacity, "127.0.0.1", Interconnect())
+    return HostConfig(IMPLICIT_HOST, DockerEndpoint(DockerScheme.AS_GIVEN, docker_host), gpu_capacity, "127.0.0.1",
+                      Interconnect())
 
 
 def host_name(value: Any) -> str:
@@ -104,7 +105,7 @@ def docker_endpoint(value: Any) -> DockerEndpoint:
     if text.startswith("/"):
         text = f"unix://{text}"
     scheme, sep, rest = text.partition("://")
-    if not sep or scheme not in {s.value for s in DockerScheme}:
+    if not sep or scheme not in (DockerScheme.UNIX, DockerScheme.SSH, DockerScheme.TCP):
         raise ValueError(f"expected a socket path, unix:///path, ssh://user@host or tcp://host:port, got {text!r}")
     if scheme == DockerScheme.UNIX and not rest.startswith("/"):
         raise ValueError(f"expected unix:// and an absolute socket path, got {text!r}")

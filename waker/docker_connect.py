@@ -104,7 +104,7 @@ def docker_client(docker_host: str | DockerEndpoint) -> aiodocker.Docker:
     """An aiodocker client for the engine. A plain string is today's `[waker] docker_host` ("" = the
     default: $DOCKER_HOST, else the local socket), passed to aiodocker as it is."""
     if isinstance(docker_host, str):
-        return aiodocker.Docker(url=docker_host or None)
+        return docker_client(DockerEndpoint(DockerScheme.AS_GIVEN, docker_host))
     if docker_host.scheme == DockerScheme.SSH:
         # Request URLs name the host (never the user: aiohttp would send it as HTTP credentials).
         parts = urlsplit(docker_host.url)

@@ -94,8 +94,8 @@ def test_without_hosts_there_is_one_implicit_local_host(tmp_path):
                             '[[model]]\nid = "m"\nimage = "i"\nhost = "local"\n')
     assert config.hosts == ()
     [host] = config.placement_hosts
-    assert (host.name, host.docker.url, host.gpu_capacity, host.address) == (
-        "local", "unix:///run/x.sock", 0.7, "127.0.0.1")
+    assert (host.name, host.docker.scheme, host.docker.url, host.gpu_capacity, host.address) == (
+        "local", DockerScheme.AS_GIVEN, "unix:///run/x.sock", 0.7, "127.0.0.1")
     assert host.interconnect.env() == ()
     assert config.models[0].host == "local"
 
@@ -128,6 +128,7 @@ BROKEN = [
     ('[[host]]\nname = "Spark One"', ["host 'Spark One'", "field 'name'", "not a valid host name"]),
     ('[[host]]\ndocker_host = "/run/d.sock"', ["host '#1'", "field 'name' is required"]),
     ('[[host]]\nname = "a"\ndocker_host = "http://spark2"', ["host 'a'", "field 'docker_host'", "ssh://user@host"]),
+    ('[[host]]\nname = "a"\ndocker_host = "as-given://x"', ["host 'a'", "field 'docker_host'", "ssh://user@host"]),
     ('[[host]]\nname = "a"\ndocker_host = "ssh://admin@spark2 -p 2"', ["field 'docker_host'", "ssh://[user@]host[:port]"]),
     ('[[host]]\nname = "a"\ndocker_host = "ssh://spark2"', ["host 'a'", "field 'address' is required for a remote"]),
     ('[[host]]\nname = "a"\ndocker_host = "tcp://spark2:2376"\naddress = "spark2"',
