@@ -11,12 +11,9 @@ import re
 from dataclasses import dataclass
 from enum import StrEnum
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import Any, Protocol
 
 from waker import config_fields as fields
-
-if TYPE_CHECKING:
-    from waker.config import ModelConfig
 
 IMPLICIT_HOST = "local"
 HOST_KEYS = {
@@ -89,7 +86,8 @@ def implicit_host(docker_host: str, gpu_capacity: float) -> HostConfig:
 def host_name(value: Any) -> str:
     text = fields.string(value)
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", text):
-        raise ValueError(f"{text!r} is not a valid host name: 1 to 63 of a-z 0-9 _ . -, starting with a letter or digit")
+        raise ValueError(f"{text!r} is not a valid host name: 1 to 63 of a-z 0-9 _ . -, starting with a letter "
+                         "or digit")
     return text
 
 
@@ -186,7 +184,20 @@ def _parse_host(index: int, entry: dict[str, Any], path: Path, default_capacity:
     return result
 
 
-def check_placement(models: tuple[ModelConfig, ...], declared: tuple[HostConfig, ...], scheduler_capacity: float,
+class Placed(Protocol):
+    """What the placement check reads of a ModelConfig (config.py imports this module, not the reverse)."""
+
+    @property
+    def id(self) -> str: ...
+    @property
+    def host(self) -> str: ...
+    @property
+    def hosts(self) -> int: ...
+    @property
+    def gpu_memory(self) -> float: ...
+
+
+def check_placement(models: tuple[Placed, ...], declared: tuple[HostConfig, ...], scheduler_capacity: float,
                     path: Path, problems: list[str]) -> None:
     """Every model can be placed: the host it names exists, a two-host model has two hosts, and its
     gpu_memory fits where it may run (a two-host model is charged on both)."""

@@ -138,7 +138,8 @@ BROKEN = [
     ('[[host]]\nname = "a"\nvllm_host_ip = "spark1"', ["field 'vllm_host_ip'", "IPv4"]),
     ('[[host]]\nname = "a"\ngpu_capacity = 0', ["host 'a'", "field 'gpu_capacity'", "positive"]),
     ('[[host]]\nname = "a"\ncolour = "red"', ["host 'a'", "unknown field 'colour'"]),
-    ('[waker]\ndocker_host = "unix:///x.sock"\n[[host]]\nname = "a"', ["[waker] docker_host and [[host]] are both set"]),
+    ('[waker]\ndocker_host = "unix:///x.sock"\n[[host]]\nname = "a"',
+     ["[waker] docker_host and [[host]] are both set"]),
     ('host = "x"', ["'host' must be an array of tables, written [[host]]"]),
 ]
 
