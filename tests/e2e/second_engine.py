@@ -19,6 +19,9 @@ Docker's "Protect the Docker daemon socket"), for the tests of `tcp://` Docker h
 The state directory is kept between runs, so that images loaded once stay loaded (compared by image id,
 loaded again only when the main engine's copy changed); containers are not kept: every start removes
 what an earlier run left. A lock file keeps two test sessions from driving the same engine at once.
+
+Cost, measured on these machines (2 cores): dockerd up in 1.2 s, down in 1 s; copying the fake image
+(166 MB) 5.5 s and the Ray image (532 MB) 8 s, only when they changed.
 """
 
 from __future__ import annotations
