@@ -15,7 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from waker import config_fields as fields
+from waker import config_hosts
 from waker.config_fields import Address, Source
+from waker.config_hosts import HostConfig
 from waker.config_overrides import apply_override
 from waker.config_sleep import MODEL_KEYS as SLEEP_KEYS
 from waker.config_sleep import SleepConfig, parse_sleep
@@ -128,6 +130,8 @@ class ModelConfig:
     idle_timeout: float
     min_uptime: float
     sleep: SleepConfig
+    host: str = ""  # the [[host]] it must run on (for hosts = 2: its Ray head's); "" = placed by the scheduler
+    hosts: int = 1  # 2 = tensor-parallel over two hosts on Ray
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -143,6 +147,12 @@ class Config:
     models: tuple[ModelConfig, ...]  # the models served
     disabled: tuple[ModelConfig, ...] = ()  # declared with status = "disabled": kept for the record, not served
     overrides: tuple[str, ...] = ()  # `--set` values, applied again on every reload
+    hosts: tuple[HostConfig, ...] = ()  # the [[host]] entries; none = the local engine alone
+
+    @property
+    def placement_hosts(self) -> tuple[HostConfig, ...]:
+        """The hosts models are placed on: the [[host]] entries, else the one implicit local host."""
+        return self.hosts or (config_hosts.implicit_host(self.waker.docker_host, self.scheduler.gpu_capacity),)
 
     def model(self, model_id: str) -> ModelConfig | None:
         return next((m for m in self.models if m.id == model_id), None)
@@ -174,7 +184,7 @@ def load_config(path: Path | str | None = None, overrides: tuple[str, ...] = ())
 
 def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = ()) -> Config:
     problems: list[str] = []
-    known = {"gateway", "waker", "scheduler", "defaults", "model"}
+    known = {"gateway", "waker", "scheduler", "defaults", "model", "host"}
     for key in raw:
         if key not in known:
             problems.append(f"{path}: unknown section [{key}]; the sections are {', '.join(sorted(known))}")
@@ -229,6 +239,8 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
     )
     for table in (gateway, waker, scheduler):
         table.reject_unknown()
+    hosts = config_hosts.parse_hosts(raw.get("host"), path, "docker_host" in waker.table,
+                                     scheduler_cfg.gpu_capacity, problems)
 
     defaults = raw.get("defaults", {})
     if not isinstance(defaults, dict):
@@ -246,11 +258,12 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         for i, entry in enumerate(entries)
     )
     _check_across_models(models, gateway_cfg, waker_cfg, path, problems)
+    config_hosts.check_placement(models, hosts, scheduler_cfg.gpu_capacity, path, problems)
     if problems:
         raise ConfigError(path, problems)
     served = tuple(m for m in models if m.status != "disabled")
     disabled = tuple(m for m in models if m.status == "disabled")
-    return Config(path, gateway_cfg, waker_cfg, scheduler_cfg, served, disabled, overrides)
+    return Config(path, gateway_cfg, waker_cfg, scheduler_cfg, served, disabled, overrides, hosts)
 
 
 def _default_runtime_dir(name: str) -> str:
@@ -262,7 +275,7 @@ _MODEL_KEYS = {
     "id", "aliases", "image", "pull", "command", "entrypoint", "port", "health", "env", "volumes", "gpus",
     "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "vision", "tools", "description",
     "status", "notes", "source", "best_for", "tradeoffs", "known_issues", "picks", "exclusive", "keep_warm",
-    "start_timeout", "stop_timeout", "idle_timeout", "min_uptime", *SLEEP_KEYS,
+    "start_timeout", "stop_timeout", "idle_timeout", "min_uptime", *SLEEP_KEYS, "host", "hosts",
 }
 _MERGED_TABLES = ("env", "ulimits")
 
@@ -325,6 +338,8 @@ def _parse_model(
         idle_timeout=model.get("idle_timeout", parse_duration, scheduler.idle_timeout),
         min_uptime=model.get("min_uptime", parse_duration, scheduler.min_uptime),
         sleep=parse_sleep(model, entry, gpu_memory, command, scheduler.sleep_timeout, scheduler.wake_timeout),
+        host=model.get("host", config_hosts.host_name) or "",
+        hosts=model.get("hosts", config_hosts.host_count, 1),
     )
     model.reject_unknown(_MODEL_KEYS)
     where = f"{path}: model '{result.id}'"
@@ -332,9 +347,6 @@ def _parse_model(
         problems.append(f"{where}: a disabled model needs 'notes' saying why, so that users know")
     if result.keep_warm and result.exclusive:
         problems.append(f"{where}: a keep_warm model cannot be exclusive: it would keep every other model out")
-    if result.gpu_memory > scheduler.gpu_capacity:
-        problems.append(f"{where}: field 'gpu_memory': {result.gpu_memory:g} is more than [scheduler] "
-                        f"gpu_capacity ({scheduler.gpu_capacity:g}), so it could never start")
     return result
 
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import socket
+import ssl
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -18,6 +19,7 @@ import aiohttp
 from aiodocker.networks import DockerNetwork
 from aiohttp.http_exceptions import LineTooLong
 
+from waker.config_hosts import DockerEndpoint
 from waker.container_spec import (
     LABEL_MANAGED,
     LABEL_MODEL,
@@ -26,6 +28,7 @@ from waker.container_spec import (
     LABEL_STACK,
     ROLE_GATEWAY,
 )
+from waker.docker_connect import docker_client
 from waker.image_pull import PullFailed, PullProgress, PullTracker
 
 
@@ -80,12 +83,17 @@ class _docker_errors:  # lower case: it reads as a function where it is used, `w
 
 
 class DockerRuntime:
-    def __init__(self, stack: str, docker_host: str = "") -> None:
+    def __init__(self, stack: str, docker_host: str | DockerEndpoint = "") -> None:
         self.stack = stack
-        self._docker = aiodocker.Docker(url=docker_host or None)
+        try:
+            self._docker = docker_client(docker_host)
+        except (OSError, ssl.SSLError) as exc:
+            raise DockerError(f"cannot use the TLS files of {docker_host}: {exc}; check tls_ca, tls_cert and "
+                              "tls_key of its [[host]]") from None
 
     async def close(self) -> None:
         await self._docker.close()
+        await self._docker.connector.close()  # one passed in (ssh://) is not closed by aiodocker
 
     async def managed_containers(self) -> list[ContainerInfo]:
         with _docker_errors("cannot list containers"):
@@ -178,7 +186,8 @@ class DockerRuntime:
     @asynccontextmanager
     async def event_stream(self) -> AsyncIterator[AsyncIterator[dict[str, Any]]]:
         """Docker's events for this stack's containers, as they happen. The stream is open (no event
-        is missed from here on) when the context is entered; it ends when the engine goes away."""
+        is missed from here on) when the context is entered; when the engine goes away it ends or
+        raises DockerError."""
         filters = {"type": ["container"], "label": [f"{LABEL_MANAGED}=true", f"{LABEL_STACK}={self.stack}"]}
         forever = aiohttp.ClientTimeout(total=None, sock_read=None, sock_connect=10)
         with _docker_errors("cannot open the Docker events stream"):
@@ -230,11 +239,14 @@ class DockerRuntime:
 
 
 async def _json_lines(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:
-    """Docker's events, one JSON object a line; anything else is the stream failing (DockerError)."""
+    """Docker's events, one JSON object a line; anything else is the stream failing (DockerError). An
+    engine that goes away cuts the chunked stream short: a DockerError too, as for any call to an
+    engine that is not there."""
     try:
-        async for line in response.content:
-            if line.strip():
-                yield _event(line)
+        with _docker_errors("the Docker events stream broke off"):
+            async for line in response.content:
+                if line.strip():
+                    yield _event(line)
     except (LineTooLong, ValueError):  # older aiohttp: ValueError("Chunk too big")
         raise DockerError("the Docker events stream sent a line longer than aiohttp buffers") from None
 

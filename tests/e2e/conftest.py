@@ -4,6 +4,7 @@ import subprocess
 import pytest
 
 from tests.e2e.docker_proxy import DockerCallCounter
+from tests.e2e.second_engine import SecondEngine
 from tests.e2e.stack import FAKE_IMAGE, Stack
 
 
@@ -40,3 +41,19 @@ def docker_call_counter(tmp_path):
     counter = DockerCallCounter(tmp_path / "docker.sock").start()
     yield counter
     counter.stop()
+
+
+@pytest.fixture(scope="session")
+def second_engine():
+    """A second Docker engine on this machine (tests/e2e/second_engine.py), holding the fake vLLM image.
+    Started once per session; a test that stops it starts it again before it ends."""
+    engine = SecondEngine().acquire()
+    try:
+        engine.start()
+        engine.remove_all_containers()
+        engine.load_images(FAKE_IMAGE)
+        yield engine
+        engine.remove_all_containers()
+    finally:
+        engine.stop()
+        engine.release()

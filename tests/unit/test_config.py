@@ -384,6 +384,7 @@ def test_the_configuration_reference_documents_every_key():
         SchedulerConfig,
         WakerConfig,
     )
+    from waker.config_hosts import HOST_KEYS
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     sections = {title: body for title, body in
@@ -401,6 +402,7 @@ def test_the_configuration_reference_documents_every_key():
         "`[waker]`": {f.name for f in dataclass_fields(WakerConfig)} | {"admin_token_file"},
         "`[scheduler]`": {f.name for f in dataclass_fields(SchedulerConfig)},
         "`[[model]]`": (_MODEL_KEYS | {f.name for f in dataclass_fields(ModelConfig)}) - computed,
+        "`[[host]]`": HOST_KEYS,
     }
     for heading, keys in expected.items():
         assert documented(heading) == keys, heading

@@ -13,7 +13,8 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "custom-docker-containers"
-DOCKERFILES = sorted([*IMAGES.glob("*/Dockerfile"), ROOT / "tests" / "fake_vllm" / "Dockerfile"])
+DOCKERFILES = sorted([*IMAGES.glob("*/Dockerfile"), ROOT / "tests" / "fake_vllm" / "Dockerfile",
+                      ROOT / "tests" / "ray_node" / "Dockerfile"])
 
 
 def hadolint() -> str:
