@@ -92,7 +92,7 @@ def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] 
         "retry_in_seconds": round(slot.retry_at - now, 1) if slot.retry_at > now else None,
         "image": model.image, "container_id": supervisor.records[model.id].container,
         "host_port": model.host_port, "address": str(model.address), "context_length": model.context_length,
-        "vision": model.vision, "tools": model.tools,
+        "vision": model.vision, "tools": model.tools, "fixups": [f.value for f in model.fixups],
         "last_start_seconds": round(slot.expected_start_seconds, 1) if slot.expected_start_seconds else None,
     }
     if slot.state is State.STARTING:

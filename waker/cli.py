@@ -138,6 +138,8 @@ def resolved_config(config: Config) -> dict:
             entry.update(sleep=int(m.sleep.level), sleep_memory=m.sleep.memory,
                          sleep_timeout=format_duration(m.sleep.timeout),
                          wake_timeout=format_duration(m.sleep.wake_timeout))
+        if m.fixups:
+            entry["fixups"] = [f.value for f in m.fixups]
         entry.update(_guide_fields(m))
         models.append(entry)
     return {

@@ -15,8 +15,9 @@ from pathlib import Path
 from typing import Any
 
 from waker import config_fields as fields
-from waker import config_hosts
+from waker import config_fixups, config_hosts
 from waker.config_fields import Address, Source
+from waker.config_fixups import Fixup, fixup_problems
 from waker.config_hosts import HostConfig
 from waker.config_overrides import apply_override
 from waker.config_sleep import MODEL_KEYS as SLEEP_KEYS
@@ -112,6 +113,7 @@ class ModelConfig:
     host_port: int
     address: Address  # where nginx and the waker reach the model server
     context_length: int | None
+    fixups: tuple[Fixup, ...]  # request rewrites nginx applies for this model (nginx/route.js)
     vision: bool
     tools: bool
     description: str
@@ -273,7 +275,7 @@ def _default_runtime_dir(name: str) -> str:
 
 _MODEL_KEYS = {
     "id", "aliases", "image", "pull", "command", "entrypoint", "port", "health", "env", "volumes", "gpus",
-    "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "vision", "tools", "description",
+    "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "fixups", "vision", "tools", "description",
     "status", "notes", "source", "best_for", "tradeoffs", "known_issues", "picks", "exclusive", "keep_warm",
     "start_timeout", "stop_timeout", "idle_timeout", "min_uptime", *SLEEP_KEYS, "host", "hosts",
 }
@@ -321,6 +323,7 @@ def _parse_model(
         host_port=host_port,
         address=_model_address(index, host_port, port, waker, f"{path}: model '{label}'", problems),
         context_length=model.get("context_length", fields.positive_int),
+        fixups=model.get("fixups", config_fixups.fixups, ()),
         vision=model.get("vision", fields.boolean, False),
         tools=model.get("tools", fields.boolean, False),
         description=model.get("description", fields.string, ""),
@@ -345,6 +348,7 @@ def _parse_model(
     where = f"{path}: model '{result.id}'"
     if result.status == "disabled" and not result.notes:
         problems.append(f"{where}: a disabled model needs 'notes' saying why, so that users know")
+    problems += [f"{where}: field 'fixups': {problem}" for problem in fixup_problems(result)]
     if result.keep_warm and result.exclusive:
         problems.append(f"{where}: a keep_warm model cannot be exclusive: it would keep every other model out")
     return result

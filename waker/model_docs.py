@@ -77,6 +77,8 @@ def _details(model: ModelConfig) -> str:
     lines.extend(f"- **Known issue:** {issue}" for issue in model.known_issues)
     if model.notes:
         lines.append(f"- **Notes:** {model.notes}")
+    if model.fixups:
+        lines.append(f"- **Fix-ups:** {', '.join(f'`{f.value}`' for f in model.fixups)}")
     lines.append(f"- **Recipe:** {_source(model)}; image `{model.image}`")
     return "\n".join(lines)
 
@@ -100,6 +102,14 @@ from their registry. `gpu_memory` is the fraction of the GPU the model takes (vL
 `--gpu-memory-utilization`): models run together while the sum fits `[scheduler] gpu_capacity` (0.94,
 as measured on a Spark), so the utility model runs beside any one main model, and two main models never
 run together ([scheduling.md](scheduling.md)).
+
+**Fix-ups** are rewrites nginx makes to a model's requests so that ordinary clients are not refused:
+a `max_tokens` over the context is dropped (`max_tokens`), tool parameters are removed for a model
+without tool calling (`strip_tools`), system and repeated turns are folded for templates that demand
+strict alternation (`alternate_roles`), streams always report usage (`include_usage`), and
+`reasoning_effort` switches a Qwen3 template's thinking (`thinking`). Each model lists its own,
+declared where the original stack's request validator applied them; a response says what was changed
+in its `X-Waker-Fixups` header. Details: [configuration.md](configuration.md#request-fix-ups).
 
 ## Quick picker
 

@@ -59,7 +59,7 @@ def http_lines(config: Config) -> list[str]:
                   *(f"        {_quote(p)} $http_origin;" for p in patterns), "    }",
                   "    map $cors_origin $cors_methods { '' ''; default 'GET, POST, OPTIONS'; }",
                   f"    map $cors_origin $cors_headers {{ '' ''; default '{CORS_HEADERS}'; }}",
-                  "    map $cors_origin $cors_expose { '' ''; default 'Retry-After, X-Busy-Model'; }",
+                  "    map $cors_origin $cors_expose { '' ''; default 'Retry-After, X-Busy-Model, X-Waker-Fixups'; }",
                   "    map $request_method$cors_origin $cors_preflight { default 0; '~^OPTIONS.' 1; }"]
     return lines
 
@@ -69,15 +69,21 @@ def server_lines(config: Config) -> list[str]:
     # API to every web page: only the allow-list below speaks for the gateway.
     lines = [f"        proxy_hide_header {header};" for header in UPSTREAM_CORS]
     if config.gateway.cors_origins:
-        lines += ["        add_header Access-Control-Allow-Origin $cors_origin always;",
-                  "        add_header Vary Origin always;",
-                  "        add_header Access-Control-Allow-Methods $cors_methods always;",
-                  "        add_header Access-Control-Allow-Headers $cors_headers always;",
-                  "        add_header Access-Control-Expose-Headers $cors_expose always;",
-                  "        if ($cors_preflight) { return 204; }"]
+        lines += [f"        {line}" for line in cors_headers(config)] + ["        if ($cors_preflight) { return 204; }"]
     if config.gateway.api_keys:
         lines.append("        if ($key_denied) { return 401; }")
     return lines
+
+
+def cors_headers(config: Config) -> list[str]:
+    """The CORS add_header lines, repeated in any location that adds a header of its own (a location
+    with an add_header inherits none from the server)."""
+    if not config.gateway.cors_origins:
+        return []
+    return ["add_header Access-Control-Allow-Origin $cors_origin always;", "add_header Vary Origin always;",
+            "add_header Access-Control-Allow-Methods $cors_methods always;",
+            "add_header Access-Control-Allow-Headers $cors_headers always;",
+            "add_header Access-Control-Expose-Headers $cors_expose always;"]
 
 
 def admin_restriction(config: Config) -> str:

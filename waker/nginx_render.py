@@ -10,6 +10,9 @@ A sleeping model (vLLM's sleep mode) still listens, and vLLM holds a request sen
 until a wake. So while M is asleep its upstream `model_M` is rendered as a socket that never exists:
 nginx gets its 502 and asks the waker, which wakes M first. `@retry_M` goes through `retry_M`, always
 the real address, so that requests the waker lets through after a wake need no reload.
+
+A model that declares fix-ups has its body rewritten by njs in the three locations that reach it
+(path, `@model_M`, `@retry_M`); the locations of the other models carry nothing of it.
 """
 
 from __future__ import annotations
@@ -20,7 +23,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 
-from waker import nginx_access
+from waker import config_fixups, nginx_access
 from waker.config import RESERVED_NAMES, Config, ModelConfig
 from waker.errors import error_body
 from waker.units import format_size
@@ -103,8 +106,11 @@ def render_route_js(config: Config, source: str) -> str:
     ids = [m.id for m in config.models]
     reserved = {name: True for name in sorted(RESERVED_NAMES)}
     disabled = {name: m.notes for m in config.disabled for name in m.names}
+    fixups = {location_key(m.id): {"fixups": [f.value for f in m.fixups], "context": config_fixups.model_context(m)}
+              for m in config.models if m.fixups}
     for placeholder, value in (("var ROUTES = {};", routes), ("var MODEL_IDS = [];", ids),
-                               ("var RESERVED = {};", reserved), ("var DISABLED = {};", disabled)):
+                               ("var RESERVED = {};", reserved), ("var DISABLED = {};", disabled),
+                               ("var FIXUPS = {};", fixups)):
         if placeholder not in source:
             raise ValueError(f"nginx/route.js lacks the line {placeholder!r} the renderer fills in")
         source = source.replace(placeholder, f"var {placeholder.split()[1]} = {json.dumps(value)};", 1)
@@ -149,6 +155,15 @@ _MODEL_PROXY = ("proxy_pass http://{upstream}_{key}; "
 def _model_locations(model: ModelConfig, config: Config) -> list[str]:
     key = location_key(model.id)
     proxy = _MODEL_PROXY.format(upstream="model", key=key)
+    # The body njs rewrote replaces the client's (nginx sets Content-Length from it), and the response
+    # names the fix-ups that changed it. Path routing computes it here ($waker_fixed_body); body
+    # routing already did in the router, which leaves it in $waker_body (a js_var outlives redirects),
+    # as the path location does for its replay.
+    headers = "".join(f"{line} " for line in nginx_access.cors_headers(config))
+    fixed = f"add_header X-Waker-Fixups $waker_fixups always; {headers}"
+    # First in the block: a `rewrite ... break` ends the `set`s after it.
+    fix_path = f"set $waker_fixups_for {key}; proxy_set_body $waker_fixed_body; {fixed}" if model.fixups else ""
+    fix = f"proxy_set_body $waker_body; {fixed}" if model.fixups else ""
     wake = _error_pages({502: f"@wake_{key}"})
     # Where a request enters a model: it is counted in flight from here to its access log line.
     enter = (f"set $inflight 1; set $inflight_model {model.id}; "
@@ -158,14 +173,14 @@ def _model_locations(model: ModelConfig, config: Config) -> list[str]:
     lines = [f"        # model {model.id}"]
     for name in model.names:
         rewrite = "rewrite ^/v1/[^/]+/(.*)$ /v1/$1 break;"
-        lines.append(f"        location /v1/{name}/ {{ {enter} {rewrite} {proxy} {wake} }}")
+        lines.append(f"        location /v1/{name}/ {{ {fix_path}{enter} {rewrite} {proxy} {wake} }}")
     lines += [
-        f"        location @model_{key} {{ {enter} {proxy} {wake} }}",
+        f"        location @model_{key} {{ {fix}{enter} {proxy} {wake} }}",
         (f"        location @wake_{key} {{ set $wake_uri /_wake/{model.id}; proxy_pass http://waker$wake_uri; "
          "proxy_pass_request_body off; proxy_set_header Content-Length ''; proxy_set_header Connection ''; "
          "proxy_set_header X-Original-URI $request_uri; proxy_method GET; "
          f"proxy_read_timeout {wake_timeout}s; {_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"),
-        f"        location @retry_{key} {{ {_MODEL_PROXY.format(upstream='retry', key=key)} {_error_pages()} }}",
+        f"        location @retry_{key} {{ {fix}{_MODEL_PROXY.format(upstream='retry', key=key)} {_error_pages()} }}",
     ]
     return lines
 
@@ -202,6 +217,8 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         f"    uwsgi_temp_path {runtime_dir / 'tmp' / 'uwsgi'};",
         f"    scgi_temp_path {runtime_dir / 'tmp' / 'scgi'};",
         f"    js_import route from {(files_dir or runtime_dir) / 'route.js'};",
+        *(["    js_set $waker_fixed_body route.fixedBody;", "    js_var $waker_body;", "    js_var $waker_fixups;"]
+          if any(m.fixups for m in config.models) else []),
         *nginx_access.http_lines(config),
         "    upstream waker {",
         f"        server {waker.listen};",

@@ -108,6 +108,7 @@ async def check_queue(engine: Engine) -> dict[str, str]:
             "generation_tokens_total increase": f"{generated:g}"}
 
 
+TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
 ERROR_CASES = {
     # "hello " is one token of the real test model's tokenizer, and one word for the fake.
     "prompt over the context": ("/v1/completions", {"model": MODEL, "prompt": "hello " * (CONTEXT + 76),
@@ -119,6 +120,12 @@ ERROR_CASES = {
     "temperature: -1": ("/v1/completions", completion(4, temperature=-1)),
     "max_tokens: \"x\"": ("/v1/completions", completion("x")),
     "a body that is not JSON": ("/v1/completions", b"{not json"),
+    # Served without a tool parser: what the "strip_tools" fix-up exists for.
+    "tools without --enable-auto-tool-choice": ("/v1/chat/completions", chat(4, tools=TOOLS)),
+    "tool_choice required without --tool-call-parser": ("/v1/chat/completions",
+                                                        chat(4, tools=TOOLS, tool_choice="required")),
+    "max_completion_tokens over the context": ("/v1/chat/completions",
+                                               {**chat(4), "max_completion_tokens": 5000}),
 }
 
 
@@ -128,6 +135,11 @@ async def check_errors(engine: Engine) -> dict[str, str]:
         for case, (path, body) in ERROR_CASES.items():
             status, answer = await post(session, f"{engine.url}{path}", body)
             assert status in (400, 404) and set(answer["error"]) == {"message", "type", "param", "code"}, answer
+            rows[case] = f"{status} {compact(answer)}"
+        # Not UTF-8: FastAPI guesses the encoding from the first bytes, as Python's json.loads does.
+        for case, body in (("a body that is not UTF-8, UTF-16 to a guess", b"\xff\xfe{not UTF-8 \x80"),
+                           ("a body that is not UTF-8, in no encoding", b"\xff\xfe\x00 not json at all \x80")):
+            status, answer = await post(session, f"{engine.url}/v1/completions", body)
             rows[case] = f"{status} {compact(answer)}"
         async with session.get(f"{engine.url}/no/such/route") as response:
             rows["GET an unknown route"] = f"{response.status} {await response.text()}"

@@ -67,6 +67,8 @@ def parse_args(argv):
     # that multi-megabyte bodies still reach it.
     parser.add_argument("--max-model-len", type=int, default=None)
     parser.add_argument("--max-num-seqs", type=int, default=256)  # vLLM's default on most GPUs
+    parser.add_argument("--enable-auto-tool-choice", action="store_true")
+    parser.add_argument("--tool-call-parser", default=None)
     parser.add_argument("--load-delay", type=float, default=float(os.environ.get("FAKE_LOAD_DELAY", "0")))
     parser.add_argument("--tokens-per-second", type=float, default=float(os.environ.get("FAKE_TPS", "1000")))
     parser.add_argument("--fail", default=os.environ.get("FAKE_FAIL", ""))
@@ -85,10 +87,10 @@ def parse_args(argv):
 class BadRequest(Exception):
     """A request vLLM refuses: the status and the body of its error answer."""
 
-    def __init__(self, message, kind="BadRequestError", param=None, status=400):
+    def __init__(self, message, kind="BadRequestError", param=None, status=400, body=None):
         super().__init__(message)
         self.status = status
-        self.body = {"error": {"message": message, "type": kind, "param": param, "code": status}}
+        self.body = body or {"error": {"message": message, "type": kind, "param": param, "code": status}}
 
 
 def validation_error(kind, loc, msg, value, ctx=None):
@@ -340,8 +342,8 @@ class Fake:
         n = int_field(doc, "n")
         if n is not None and n < 1:
             raise BadRequest(f"n must be at least 1, got {n}.")
-        max_tokens = int_field(doc, "max_completion_tokens" if chat and "max_completion_tokens" in doc
-                               else "max_tokens")
+        limit_key = "max_completion_tokens" if chat and "max_completion_tokens" in doc else "max_tokens"
+        max_tokens = int_field(doc, limit_key)
         if max_tokens is not None and max_tokens < 1:
             raise BadRequest(f"max_tokens must be at least 1, got {max_tokens}. "
                              f"(parameter=max_tokens, value={max_tokens})", param="max_tokens")
@@ -362,9 +364,11 @@ class Fake:
                              f"contains at least {at_least} input tokens, which exceeds this limit even without "
                              "any output tokens. Please reduce the length of the input prompt. "
                              f"(parameter=input_tokens, value={at_least})", param="input_tokens")
+        if chat and doc.get("tools"):
+            self.check_tool_choice(doc.get("tool_choice") or "auto")
         if limit is not None and max_tokens is not None and max_tokens > limit:
-            raise BadRequest(f"max_tokens={max_tokens} cannot be greater than max_model_len={limit}. Please request "
-                             f"fewer output tokens. (parameter=max_tokens, value={max_tokens})", param="max_tokens")
+            raise BadRequest(f"{limit_key}={max_tokens} cannot be greater than max_model_len={limit}. Please request "
+                             f"fewer output tokens. (parameter={limit_key}, value={max_tokens})", param=limit_key)
         if max_tokens is None:
             tokens, finish = ((CHAT_NATURAL_LENGTH, "stop") if chat else (COMPLETIONS_DEFAULT_MAX_TOKENS, "length"))
         else:
@@ -373,10 +377,21 @@ class Fake:
             tokens, finish = limit - prompt, "length"  # vLLM caps the output at the context window silently
         return prompt, tokens, finish
 
+    def check_tool_choice(self, choice):
+        """vLLM serves tools only with a tool-call parser, and "auto" also needs --enable-auto-tool-choice."""
+        if choice == "auto" and not (self.args.enable_auto_tool_choice and self.args.tool_call_parser):
+            raise BadRequest('"auto" tool choice requires --enable-auto-tool-choice and --tool-call-parser to be set')
+        if choice != "none" and not self.args.tool_call_parser:
+            named = choice.get("function", {}).get("name") if isinstance(choice, dict) else None
+            what = f'function "{named}"' if named else f'"{choice}"'
+            raise BadRequest(f"tool_choice={what} requires --tool-call-parser to be set")
+
     async def serve_model(self, request, raw):
         try:
-            doc = json.loads(raw)
-        except ValueError as bad:
+            doc = json.loads(raw)  # as FastAPI reads it: bytes, the encoding guessed (UTF-8, -16 or -32)
+        except UnicodeDecodeError:
+            raise BadRequest("", body={"detail": "There was an error parsing the body"}) from None
+        except json.JSONDecodeError as bad:
             raise validation_error("json_invalid", f"body.{bad.pos}", "JSON decode error", "<dict of 0 items>",
                                    {"error": bad.msg}) from None
         if not isinstance(doc, dict):

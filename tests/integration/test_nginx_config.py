@@ -52,3 +52,12 @@ def test_a_config_with_a_sleeping_model_is_accepted_by_nginx(nginx, tmp_path):
                             {"id": "beta", "image": "i", "host_port": 19002}])
     result = nginx_test(nginx, tmp_path, cfg, asleep=frozenset({"alpha"}))
     assert result.returncode == 0, result.stderr
+
+
+def test_fixup_locations_are_accepted_by_nginx(nginx, tmp_path):
+    raw = {"waker": {"runtime_dir": str(tmp_path)}, "gateway": {"cors_origins": ["http://localhost:3000"]},
+           "model": [{"id": "plain", "image": "i"},
+                     {"id": "fix.ed", "aliases": ["f"], "image": "i", "command": ["--max-model-len", "4096"],
+                      "fixups": ["max_tokens", "strip_tools", "alternate_roles", "include_usage", "thinking"]}]}
+    result = nginx_test(nginx, tmp_path, parse_config(raw, tmp_path / "models.toml"))
+    assert result.returncode == 0, result.stderr

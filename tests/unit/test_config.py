@@ -10,6 +10,7 @@ import pytest
 
 from waker.config import ConfigError, load_config
 from waker.config_fields import address
+from waker.config_fixups import model_context
 
 ISSUE_EXAMPLE = """
 [gateway]
@@ -156,6 +157,16 @@ BROKEN = [
      ["model 'm'", "sleep = 1 needs vLLM's --served-model-name in 'command'", "or set sleep = 0"]),
     ('[scheduler]\nmax_wake_failures = 0', ["[scheduler]", "field 'max_wake_failures'", "at least 1"]),
     ('[scheduler]\nwake_timeout = "0s"', ["[scheduler]", "field 'wake_timeout'", "longer than zero"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nfixups = ["max_token"]',
+     ["model 'm'", "field 'fixups'", "'max_token'", "'max_tokens'", "'strip_tools'", "'alternate_roles'",
+      "'include_usage'", "'thinking'"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nfixups = "thinking"', ["field 'fixups'", "array"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nfixups = ["max_tokens"]',
+     ["model 'm'", "\"max_tokens\" needs the model's context", "--max-model-len", "context_length"]),
+    (('[[model]]\nid = "m"\nimage = "i"\ncommand = ["--max-model-len", "1024"]\ncontext_length = 2048\n'
+      'fixups = ["max_tokens"]'), ["model 'm'", "--max-model-len is 1024", "context_length 2048"]),
+    ('[[model]]\nid = "m"\nimage = "i"\ntools = true\nfixups = ["strip_tools"]',
+     ["model 'm'", "\"strip_tools\"", "tools = true"]),
 ]
 
 
@@ -331,6 +342,37 @@ def test_the_catalogue_guide_fields_are_typed(tmp_path):
     assert str(m.source) == "https://github.com/jdaln/dgx-spark-inference-stack a686d89 compose/models-gpt.yml"
     assert m.best_for == "everyday chat" and m.tradeoffs == "" and m.known_issues == ("no tools",)
     assert m.picks == ("chat", "opencode") and n.picks == () and n.source is None
+
+
+def test_fixups_apply_in_one_order_and_max_tokens_uses_the_context_vllm_enforces(tmp_path):
+    path = write(tmp_path, textwrap.dedent("""\
+        [[model]]
+        id = "a"
+        image = "i"
+        command = ["serve", "x", "--max-model-len=4096"]
+        fixups = ["thinking", "max_tokens", "thinking"]
+        [[model]]
+        id = "b"
+        image = "i"
+        context_length = 8192
+        fixups = ["max_tokens"]
+        [[model]]
+        id = "c"
+        image = "i"
+        command = ["serve", "x", "--max-model-len", "2048"]
+        """))
+    a, b, c = load_config(path).models
+    assert [f.value for f in a.fixups] == ["max_tokens", "thinking"] and model_context(a) == 4096
+    assert model_context(b) == 8192
+    assert c.fixups == () and model_context(c) == 2048
+
+
+def test_resolved_config_keeps_the_fixups(tmp_path):
+    path = write(tmp_path, '[[model]]\nid = "m"\nimage = "i"\ncontext_length = 512\n'
+                           'fixups = ["thinking", "max_tokens"]\n')
+    result = run_cli("check", "--resolved", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    assert tomllib.loads(result.stdout)["model"][0]["fixups"] == ["max_tokens", "thinking"]
 
 
 def test_models_reached_on_loopback_ports_or_at_fixed_addresses_in_a_network(tmp_path):

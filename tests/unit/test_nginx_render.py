@@ -89,3 +89,46 @@ def test_a_sleeping_model_s_requests_go_to_the_waker_and_only_the_waker_s_redire
     assert "upstream model_beta { server 127.0.0.1:19002 " in conf  # awake models: unchanged
     assert "location @retry_alpha { proxy_pass http://retry_alpha;" in conf
     assert render(cfg, tmp_path).nginx_conf != conf
+
+
+def test_fixups_are_rendered_only_into_the_locations_of_models_that_declare_them(tmp_path):
+    plain = {"id": "plain", "aliases": ["p"], "image": "i"}
+    before = render(config(tmp_path, [plain]), tmp_path)
+    fixed = {"id": "fix.ed", "aliases": ["f"], "image": "i", "command": ["--max-model-len", "4096"],
+             "fixups": ["thinking", "max_tokens"]}
+    cfg = config(tmp_path, [plain, fixed])
+    rendered = render(cfg, tmp_path)
+    assert "js_set" not in before.nginx_conf and "waker_fixed_body" not in before.nginx_conf
+    assert "var FIXUPS = {};" in before.route_js
+
+    def plain_lines(conf: str) -> list[str]:
+        return [line for line in conf.splitlines() if "plain" in line or "location /v1/p/ " in line]
+
+    # The model without fix-ups renders exactly as it did alone.
+    assert plain_lines(rendered.nginx_conf) == plain_lines(before.nginx_conf)
+    assert len(plain_lines(before.nginx_conf)) == 8  # comment, 2 path locations, @model, @wake, @retry, 2 upstreams
+    header = "add_header X-Waker-Fixups $waker_fixups always;"
+    path_fix = f"set $waker_fixups_for fix_2eed; proxy_set_body $waker_fixed_body; {header}"
+    body_fix = f"proxy_set_body $waker_body; {header}"
+    carrying = {line.split("{")[0].strip(): fix for line in rendered.nginx_conf.splitlines()
+                for fix in (path_fix, body_fix) if fix in line}
+    assert carrying == {"location /v1/fix.ed/": path_fix, "location /v1/f/": path_fix,
+                        "location @model_fix_2eed": body_fix, "location @retry_fix_2eed": body_fix}
+    # Set before the path locations' `rewrite ... break`, which would end the `set`s after it.
+    path_line = next(line for line in rendered.nginx_conf.splitlines() if "location /v1/f/ " in line)
+    assert path_line.index(path_fix) < path_line.index("rewrite ")
+    assert rendered.nginx_conf.count("js_set $waker_fixed_body route.fixedBody;") == 1
+    table = next(line for line in rendered.route_js.splitlines() if line.startswith("var FIXUPS"))
+    assert json.loads(table.split(" = ", 1)[1].split(";  //")[0]) == {
+        "fix_2eed": {"fixups": ["max_tokens", "thinking"], "context": 4096}}
+
+
+def test_fixup_locations_repeat_the_cors_headers_their_own_header_would_hide(tmp_path):
+    cfg = parse_config({"gateway": {"cors_origins": ["http://localhost:3000"]}, "waker": {"runtime_dir": str(tmp_path)},
+                        "model": [{"id": "m", "image": "i", "context_length": 64, "fixups": ["max_tokens"]}]},
+                       tmp_path / "models.toml")
+    conf = render(cfg, tmp_path).nginx_conf
+    for line in (line for line in conf.splitlines() if "X-Waker-Fixups $waker_fixups" in line):
+        assert "add_header Access-Control-Allow-Origin $cors_origin always;" in line
+        assert "add_header Access-Control-Expose-Headers $cors_expose always;" in line
+    assert "'Retry-After, X-Busy-Model, X-Waker-Fixups'" in conf
