@@ -36,6 +36,13 @@ class PullPolicy(StrEnum):
     NEVER = "never"  # never pull: a missing image is an error naming how to get it
 
 
+class LoadingFeedback(StrEnum):
+    """What a streaming chat completion for a model that is not ready gets while it waits."""
+
+    REASONING = "reasoning"  # progress lines as `delta.reasoning_content` chunks, then the model's answer
+    OFF = "off"  # nothing until the model's answer, as for any other request
+
+
 class ConfigError(Exception):
     """The config cannot be used; `problems` lists every reason, each a complete sentence."""
 
@@ -57,6 +64,7 @@ class GatewayConfig:
     allow_no_keys: bool
     cors_origins: tuple[str, ...]
     client_model_control: bool  # clients may load and unload models (POST /models/load, /models/unload)
+    loading_feedback: LoadingFeedback  # the default of the models' own setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -121,6 +129,7 @@ class ModelConfig:
     stop_timeout: float
     idle_timeout: float
     min_uptime: float
+    loading_feedback: LoadingFeedback
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -218,6 +227,7 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         allow_no_keys=gateway.get("allow_no_keys", fields.boolean, False),
         cors_origins=tuple(gateway.get("cors_origins", fields.list_of(fields.origin), [])),
         client_model_control=gateway.get("client_model_control", fields.boolean, False),
+        loading_feedback=_feedback(gateway, LoadingFeedback.REASONING),
     )
     name = waker.get("name", fields.stack_name, "spark")
     waker_cfg = WakerConfig(
@@ -263,7 +273,7 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         problems.append(f"{path}: 'model' must be an array of tables, written [[model]]")
         entries = []
     models = tuple(
-        _parse_model(i, entry, defaults, scheduler_cfg, waker_cfg, path, problems)
+        _parse_model(i, entry, defaults, scheduler_cfg, waker_cfg, gateway_cfg, path, problems)
         for i, entry in enumerate(entries)
     )
     _check_across_models(models, gateway_cfg, waker_cfg, path, problems)
@@ -272,6 +282,11 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
     served = tuple(m for m in models if m.status != "disabled")
     disabled = tuple(m for m in models if m.status == "disabled")
     return Config(path, gateway_cfg, waker_cfg, scheduler_cfg, served, disabled, overrides)
+
+
+def _feedback(table: fields.Table, default: LoadingFeedback) -> LoadingFeedback:
+    return LoadingFeedback(table.get("loading_feedback", fields.choice(*(f.value for f in LoadingFeedback)),
+                                     default.value))
 
 
 def _default_runtime_dir(name: str) -> str:
@@ -283,7 +298,7 @@ _MODEL_KEYS = {
     "id", "aliases", "image", "pull", "command", "entrypoint", "port", "health", "env", "volumes", "gpus",
     "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "vision", "tools", "description",
     "status", "notes", "source", "best_for", "tradeoffs", "known_issues", "picks", "exclusive", "keep_warm",
-    "start_timeout", "stop_timeout", "idle_timeout", "min_uptime",
+    "start_timeout", "stop_timeout", "idle_timeout", "min_uptime", "loading_feedback",
 }
 _MERGED_TABLES = ("env", "ulimits")
 
@@ -294,6 +309,7 @@ def _parse_model(
     defaults: dict[str, Any],
     scheduler: SchedulerConfig,
     waker: WakerConfig,
+    gateway: GatewayConfig,
     path: Path,
     problems: list[str],
 ) -> ModelConfig:
@@ -341,6 +357,7 @@ def _parse_model(
         stop_timeout=model.get("stop_timeout", parse_duration, scheduler.stop_timeout),
         idle_timeout=model.get("idle_timeout", parse_duration, scheduler.idle_timeout),
         min_uptime=model.get("min_uptime", parse_duration, scheduler.min_uptime),
+        loading_feedback=_feedback(model, gateway.loading_feedback),
     )
     model.reject_unknown(_MODEL_KEYS)
     where = f"{path}: model '{result.id}'"

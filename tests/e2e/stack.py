@@ -18,7 +18,7 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
-FAKE_IMAGE = "waker-fake-vllm:test"
+FAKE_IMAGE = os.environ.get("WAKER_FAKE_IMAGE", "waker-fake-vllm:test")  # as scripts/build-test-images tags it
 REAL_IMAGE = "waker-real-vllm:test"  # the real vLLM, CPU build (tests/real_vllm/)
 # What the real engine needs on these machines (shared/real-vllm.md): a KV cache size, and more shared
 # memory than Docker's default 64 MiB. Starts take 20-40 s on two cores, more under load.

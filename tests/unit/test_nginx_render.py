@@ -53,11 +53,22 @@ def test_every_name_routes_to_its_model_and_waker_only_on_502(tmp_path):
     conf = render(cfg, tmp_path).nginx_conf
     for name in ("alpha", "a"):
         line = next(line_ for line_ in conf.splitlines() if f"location /v1/{name}/ " in line_)
-        assert "proxy_pass http://model_alpha;" in line and "error_page 502 = @wake_alpha;" in line
+        # A chat completion goes to @feedback_alpha (loading feedback is on by default), the rest to @wake_alpha.
+        assert "proxy_pass http://model_alpha;" in line and "error_page 502 = ${wake_via}alpha;" in line
         assert "X-Accel-Redirect" in line  # models may not steer nginx
     assert "upstream model_alpha { server 127.0.0.1:19001 " in conf
     wake = next(line_ for line_ in conf.splitlines() if "location @wake_alpha" in line_)
     assert "proxy_pass_request_body off" in wake and "proxy_method GET" in wake
+    feedback = next(line_ for line_ in conf.splitlines() if "location @feedback_alpha" in line_)
+    assert "proxy_pass_request_body" not in feedback and "X-Upstream-URI $uri$is_args$args" in feedback
+    assert '"POST:/v1/chat/completions" "@feedback_"; default "@wake_";' in conf
+
+
+def test_without_loading_feedback_a_model_wakes_as_before(tmp_path):
+    cfg = config(tmp_path, [{"id": "alpha", "image": "i", "loading_feedback": "off"}])
+    conf = render(cfg, tmp_path).nginx_conf
+    line = next(line_ for line_ in conf.splitlines() if "location /v1/alpha/ " in line_)
+    assert "error_page 502 = @wake_alpha;" in line and "@feedback_alpha" not in conf
 
 
 def test_router_table_maps_ids_and_aliases(tmp_path):
