@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import footprint, hot_path, latency, real_engine, streaming
+from bench import footprint, hot_path, latency, loading_feedback, real_engine, streaming
 from bench.common import Section
 
 SCENARIOS = {
@@ -26,6 +26,7 @@ SCENARIOS = {
     "burst": lambda a: latency.burst(a.quick),
     "idle": lambda a: footprint.idle_cost(a.quick),
     "scale": lambda a: footprint.scale(a.quick),
+    "feedback": lambda a: loading_feedback.run(a.quick),
     "real-cold": lambda a: real_engine.cold_start(a.quick),
     "real-swap": lambda a: real_engine.swap(a.quick),
 }

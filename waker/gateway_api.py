@@ -61,7 +61,7 @@ async def wake(request: web.Request) -> web.StreamResponse:
     request.app[STATS]["wakes"] += 1
     upstream_uri = request.headers.get("X-Upstream-URI", "")
     if request.method == "POST" and upstream_uri:  # sent with its body: loading feedback is on for the model
-        body = await request.read()
+        body = await request.content.read()  # bounded by nginx's max_body, not by aiohttp's 1 MB default
         if model.loading_feedback is LoadingFeedback.REASONING and wants_feedback(request.method, upstream_uri, body):
             return await request.app[STREAMS].serve(request, model, body, upstream_uri)
     began = time.monotonic()

@@ -203,3 +203,16 @@ async def test_a_client_that_leaves_while_waiting_leaves_the_queue(make_stack):
                 return (await reply.json())["queued"] == 0
         await eventually_async(queued, 5, "the waiting request leaving the queue")
     assert "request_abandoned" in stack.log()
+
+
+async def test_a_large_body_reaches_the_model_whole_through_the_waker(make_stack):
+    stack = make_stack([fake_model("alpha", load_delay=1.0)])
+    words = "Grüße 日本語 🚀 " * 400_000  # about 6 MB of multi-byte text, 1.2 million words
+    body = {**chat("alpha", 2), "messages": [{"role": "user", "content": words}],
+            "stream_options": {"include_usage": True}}
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{stack.url}/v1/chat/completions", json=body) as response:
+            events = await read_events(response)
+    usage = json.loads(events[-2][1])["usage"]
+    assert usage["prompt_tokens"] == 1 + len(words.split())  # the fake counts the words it received
+    assert json.loads(events[0][1])["id"].startswith("chatcmpl-waker-")
