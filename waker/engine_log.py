@@ -67,8 +67,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Step, Callable[[re.Match[str]], str]], .
          lambda m: f"initialising the engine (vLLM {m['version']})"),
         (r"Starting to load model (?P<model>\S+?)(?:\.\.\.)?$", Step.MODEL,
          lambda m: f"loading the model {m['model']}"),
-        (r"(?:Loading (?P<kind>safetensors|pt|np_cache) checkpoint shards|Multi-thread loading(?: pt checkpoint)? "
-         r"shards)(?: \(eager\))?:\s+" + _BAR, Step.WEIGHTS, _shards),
+        ((r"(?:Loading (?P<kind>safetensors|pt|np_cache) checkpoint shards|Multi-thread loading(?: pt checkpoint)? "
+          r"shards)(?: \(eager\))?:\s+" + _BAR), Step.WEIGHTS, _shards),
         (r"Loading weights took (?P<s>[\d.]+) seconds", Step.WEIGHTS_LOADED,
          lambda m: f"weights loaded in {_seconds(m['s'])}"),
         (r"Model loading took (?P<gib>[\d.]+) GiB memory and (?P<s>[\d.]+) seconds", Step.WEIGHTS_LOADED,
@@ -85,8 +85,8 @@ _PATTERNS: tuple[tuple[re.Pattern[str], Step, Callable[[re.Match[str]], str]], .
          lambda m: f"compiled (torch.compile took {_seconds(m['s'])})"),
         (r"Available KV cache memory: (?P<gib>[\d.]+) GiB", Step.KV_CACHE,
          lambda m: f"allocating the KV cache: {float(m['gib']):.1f} GiB"),
-        (r"(?P<device>\w+)(?: \+ host)? KV cache size: (?P<tokens>[\d,]+) tokens, Maximum concurrency for "
-         r"(?P<length>[\d,]+) tokens per request: (?P<x>[\d.]+)x", Step.KV_CACHE,
+        ((r"(?P<device>\w+)(?: \+ host)? KV cache size: (?P<tokens>[\d,]+) tokens, Maximum concurrency for "
+          r"(?P<length>[\d,]+) tokens per request: (?P<x>[\d.]+)x"), Step.KV_CACHE,
          lambda m: f"KV cache allocated: {m['tokens']} tokens ({float(m['x']):g}x concurrency at {m['length']} "
                    "tokens a request)"),
         (r"(?P<what>Capturing (?:[\w-]+ )*CUDA graphs)(?: \((?P<mode>[^)]*)\))?:\s+" + _BAR, Step.CUDA_GRAPHS, _graphs),

@@ -33,7 +33,7 @@ def answer(client: openai.OpenAI) -> tuple[str, str]:
 
 
 def test_a_cold_stream_shows_vllms_loading_stages_then_its_exact_answer(make_stack):
-    if subprocess.run(["docker", "image", "inspect", REAL_IMAGE], capture_output=True).returncode != 0:
+    if subprocess.run(["docker", "image", "inspect", REAL_IMAGE], capture_output=True, check=False).returncode != 0:
         pytest.fail(f"image {REAL_IMAGE} is missing: run scripts/build-test-images", pytrace=False)
     stack = make_stack([real_model("tiny")], scheduler=REAL_SCHEDULER)
     gateway = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", timeout=READY_TIMEOUT, max_retries=0)

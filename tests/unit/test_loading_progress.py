@@ -9,7 +9,15 @@ from waker import sse
 from waker.engine_log import EngineStage, Step
 from waker.image_pull import PullProgress
 from waker.lifecycle import State
-from waker.loading_progress import HEARTBEAT, MIN_GAP, Phase, Progress, progress, ready_line, should_send
+from waker.loading_progress import (
+    HEARTBEAT,
+    MIN_GAP,
+    Phase,
+    Progress,
+    progress,
+    ready_line,
+    should_send,
+)
 from waker.scheduler import Policy, Slot, Waiter
 
 POLICY = Policy(capacity=1.0, queue_timeout=600)
