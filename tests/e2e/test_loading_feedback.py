@@ -216,3 +216,26 @@ async def test_a_large_body_reaches_the_model_whole_through_the_waker(make_stack
     usage = json.loads(events[-2][1])["usage"]
     assert usage["prompt_tokens"] == 1 + len(words.split())  # the fake counts the words it received
     assert json.loads(events[0][1])["id"].startswith("chatcmpl-waker-")
+
+
+async def test_a_missing_image_and_a_refusal_for_room_end_the_stream_with_their_errors(make_stack):
+    stack = make_stack([fake_model("alpha", gpu_memory=0.6), fake_model("beta", gpu_memory=0.6),
+                        {**fake_model("ghost"), "image": "waker/not-here:never", "pull": "never"}],
+                       scheduler={"on_busy": "reject", "stop_timeout": "2s"})
+    async with aiohttp.ClientSession() as session:
+        async def last_error(model: str) -> dict:
+            async with session.post(f"{stack.url}/v1/chat/completions", json=chat(model)) as response:
+                assert response.status == 200
+                events = await read_events(response)
+            assert events[-1][1] == b"[DONE]"
+            return json.loads(events[-2][1])["error"]
+
+        missing = await last_error("ghost")
+        assert missing["code"] == "image_missing" and "waker/not-here:never" in missing["message"]
+        async with session.post(f"{stack.waker_url}/admin/models/alpha/start") as response:
+            assert response.status == 200
+        async with session.post(f"{stack.waker_url}/admin/models/alpha/pin") as response:
+            assert response.status == 200
+        refused = await last_error("beta")
+    assert refused["code"] == "model_busy" and refused["type"] == "rate_limit_error"
+    assert "'alpha' (pinned" in refused["message"] and refused["holders"][0]["model"] == "alpha"
