@@ -11,9 +11,11 @@ DONE = b"data: [DONE]\n\n"
 
 
 def progress_chunk(stream_id: str, model: str, created: int, line: str, first: bool) -> bytes:
-    """One line of progress as a chunk: its own line in the reasoning text, no `content`, so that the
-    client's answer is the model's alone. The first chunk carries the role, as the model's does."""
+    """One line of progress as a chunk: its own line in the reasoning text, and an empty `content`
+    (clients that join every chunk's content find a string), so that the client's answer is the
+    model's alone. The first chunk carries the role, as the model's does."""
     delta: dict[str, Any] = {"role": "assistant"} if first else {}
+    delta["content"] = ""
     delta["reasoning_content"] = line + "\n"
     chunk = {"id": stream_id, "object": "chat.completion.chunk", "created": created, "model": model,
              "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}

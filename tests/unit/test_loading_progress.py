@@ -95,14 +95,14 @@ def test_a_new_phase_or_step_goes_at_once_moving_figures_at_most_once_a_second_a
     assert should_send(shards, 10.0, shards, 10.0 + HEARTBEAT)
 
 
-def test_chunks_carry_the_line_as_reasoning_and_never_content():
+def test_chunks_carry_the_line_as_reasoning_and_add_no_content():
     first = json.loads(sse.progress_chunk("chatcmpl-waker-1", "beta", 1700000000, "one line", True)[6:])
     later = json.loads(sse.progress_chunk("chatcmpl-waker-1", "beta", 1700000000, "next", False)[6:])
     assert first == {"id": "chatcmpl-waker-1", "object": "chat.completion.chunk", "created": 1700000000,
-                     "model": "beta", "choices": [{"index": 0, "delta": {"role": "assistant",
+                     "model": "beta", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "",
                                                                          "reasoning_content": "one line\n"},
                                                    "logprobs": None, "finish_reason": None}]}
-    assert later["choices"][0]["delta"] == {"reasoning_content": "next\n"}
+    assert later["choices"][0]["delta"] == {"content": "", "reasoning_content": "next\n"}
 
 
 def test_a_failure_is_vllms_error_event_then_done():
