@@ -18,6 +18,7 @@ from enum import IntEnum
 class Step(IntEnum):
     """vLLM's start-up, in the order it goes through it."""
 
+    PROCESS = 0
     CONFIG = 1
     ENGINE = 2
     MODEL = 3
@@ -61,6 +62,8 @@ def _figures(match: re.Match[str]) -> str:
 _BAR = r"(?P<percent>\d{1,3})%.*?(?P<done>\d+)/(?P<total>\d+)"
 _PATTERNS: tuple[tuple[re.Pattern[str], Step, Callable[[re.Match[str]], str]], ...] = tuple(
     (re.compile(pattern), step, text) for pattern, step, text in (
+        (r"\] non-default args: ", Step.PROCESS,
+         lambda m: "the engine's process runs (importing its libraries, then reading the model's config)"),
         (r"Resolved architecture: (?P<arch>\S+)", Step.CONFIG,
          lambda m: f"reading the model's config ({m['arch']})"),
         (r"Initializing a V1 LLM engine \(v(?P<version>[^)]+)\)", Step.ENGINE,

@@ -539,7 +539,9 @@ def loading_log(args):
     def bar(done):
         return (f"Loading safetensors checkpoint shards: {100 * done // SHARDS:3d}% Completed | {done}/{SHARDS} "
                 f"[00:0{done}<00:0{SHARDS - done}, 1.00s/it]")
-    lines = [(0.0, vllm_line("APIServer", "model.py:733", "Resolved architecture: LlamaForCausalLM")),
+    lines = [(0.0, vllm_line("APIServer", "api_utils.py:286", f"non-default args: {{'model_tag': '{args.model_path}', "
+                             f"'model': '{args.model_path}'}}")),
+             (0.05, vllm_line("APIServer", "model.py:733", "Resolved architecture: LlamaForCausalLM")),
              (0.1, vllm_line("EngineCore", "core.py:133", f"Initializing a V1 LLM engine (v{VERSION}) with config: "
                                                           f"model='{args.model_path}', dtype=torch.bfloat16")),
              (0.2, vllm_line("Worker", "cpu_model_runner.py:68", f"Starting to load model {args.model_path}...")),

@@ -16,6 +16,7 @@ CPU_START = Path(__file__).with_name("engine_logs") / "vllm_cpu_start.log"
 def test_a_real_cpu_start_goes_through_the_stages_in_order():
     stages = [stage for line in CPU_START.read_text().splitlines() if (stage := parse_line(line))]
     assert [s.text for s in stages] == [
+        "the engine's process runs (importing its libraries, then reading the model's config)",
         "reading the model's config (LlamaForCausalLM)",
         "initialising the engine (vLLM 0.32.0)",
         "loading the model /models/tiny-llama",
