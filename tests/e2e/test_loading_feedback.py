@@ -239,3 +239,23 @@ async def test_a_missing_image_and_a_refusal_for_room_end_the_stream_with_their_
         refused = await last_error("beta")
     assert refused["code"] == "model_busy" and refused["type"] == "rate_limit_error"
     assert "'alpha' (pinned" in refused["message"] and refused["holders"][0]["model"] == "alpha"
+
+
+async def test_a_client_that_leaves_mid_answer_ends_the_models_request(make_stack):
+    stack = make_stack([fake_model("alpha", load_delay=1.0, extra=["--tokens-per-second", "5"])])
+
+    async def running(session: aiohttp.ClientSession) -> float:
+        async with session.get(f"{stack.model_url('alpha')}/metrics") as reply:
+            text = await reply.text()
+        return float(next(line.split()[-1] for line in text.splitlines()
+                          if line.startswith("vllm:num_requests_running{")))
+
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{stack.url}/v1/chat/completions", json=chat("alpha", 100)) as response:
+            while b'"content":"tok0 "' not in await response.content.readuntil(b"\n\n"):
+                pass  # progress, then the model's first token: the relay is under way
+            assert await running(session) == 1
+
+        async def ended() -> bool:
+            return await running(session) == 0
+        await eventually_async(ended, 5, "the model's request ending once its client left")
