@@ -1,4 +1,4 @@
-"""8. Loading feedback: the hot path of a ready model with feedback on is that of one with it off (one
+"""10. Loading feedback: the hot path of a ready model with feedback on is that of one with it off (one
 stack, both models, interleaved rounds), and how soon a cold streaming request sees its first
 progress event, against when it would see the model's first byte."""
 
@@ -39,7 +39,7 @@ def run(quick: bool) -> Section:
     stack = start_stack([fake_model("on", load_delay=0.1, extra=fast, loading_feedback="reasoning"),
                          fake_model("off", load_delay=0.1, extra=fast, loading_feedback="off"),
                          fake_model("cold", load_delay=LOAD_DELAY)], scheduler={"min_uptime": "0s"})
-    section = Section("8. Loading feedback: hot path with it on vs off; first progress event of a cold stream")
+    section = Section("10. Loading feedback: hot path with it on vs off; first progress event of a cold stream")
     try:
         admin(stack, "POST", "/admin/models/on/start")
         admin(stack, "POST", "/admin/models/off/start")
