@@ -58,7 +58,7 @@ async def check_loading_log(engine: Engine) -> dict[str, str]:
     are sorted by Docker's timestamps: vLLM logs to stdout, its progress bars go to stderr."""
     out = await asyncio.to_thread(subprocess.run, ["docker", "logs", "--timestamps", engine.container],
                                   capture_output=True, text=True, check=True)
-    lines = sorted((out.stdout + out.stderr).splitlines())
+    lines = sorted((out.stdout + out.stderr).split("\n"))  # not splitlines(): tqdm's "\r" stays in its line
     stages = [stage for line in lines if (stage := parse_line(line.split(" ", 1)[-1]))]
     steps = [stage.step.name.lower() for stage in stages]
     bar = [stage.percent for stage in stages if stage.step is Step.WEIGHTS]
