@@ -57,8 +57,9 @@ async def check_loading_log(engine: Engine) -> dict[str, str]:
     """The loading stages the waker reads from an engine's log (waker/engine_log.py), in order. Lines
     are sorted by Docker's timestamps: vLLM logs to stdout, its progress bars go to stderr."""
     out = await asyncio.to_thread(subprocess.run, ["docker", "logs", "--timestamps", engine.container],
-                                  capture_output=True, text=True, check=True)
-    lines = sorted((out.stdout + out.stderr).split("\n"))  # not splitlines(): tqdm's "\r" stays in its line
+                                  capture_output=True, check=True)
+    # Bytes split on newlines only (text mode would turn them into new lines): tqdm's "\r" stays in its line.
+    lines = sorted((out.stdout + out.stderr).decode("utf-8", "replace").split("\n"))
     stages = [stage for line in lines if (stage := parse_line(line.split(" ", 1)[-1]))]
     steps = [stage.step.name.lower() for stage in stages]
     bar = [stage.percent for stage in stages if stage.step is Step.WEIGHTS]
