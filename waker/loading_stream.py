@@ -10,6 +10,7 @@ bytes unchanged. nginx counts the request in flight from its first byte to its l
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import json
 import time
 import uuid
@@ -87,6 +88,11 @@ class LoadingStreams:
             await self._relay(request, stream, model, body, upstream_uri)
         except ConnectionResetError:
             log.info("loading_stream_client_gone", model=model.id)
+        except Exception:  # the stream has begun: the client gets an error event, never a cut-off stream
+            log.exception("loading_stream_failed", model=model.id)
+            with contextlib.suppress(ConnectionResetError):
+                await stream.end_with(error_body("the waker failed on this request; its log has the details",
+                                                 "internal_error", 500))
         finally:
             if not acquire.done():
                 acquire.cancel()  # the client left while waiting: the queue forgets the request
