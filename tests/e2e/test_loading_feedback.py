@@ -241,7 +241,7 @@ async def test_a_missing_image_and_a_refusal_for_room_end_the_stream_with_their_
     assert "'alpha' (pinned" in refused["message"] and refused["holders"][0]["model"] == "alpha"
 
 
-async def test_a_client_that_leaves_mid_answer_ends_the_models_request(make_stack):
+async def test_a_relayed_answer_is_in_flight_and_a_client_that_leaves_ends_it(make_stack):
     stack = make_stack([fake_model("alpha", load_delay=1.0, extra=["--tokens-per-second", "5"])])
 
     async def running(session: aiohttp.ClientSession) -> float:
@@ -255,6 +255,8 @@ async def test_a_client_that_leaves_mid_answer_ends_the_models_request(make_stac
             while b'"content":"tok0 "' not in await response.content.readuntil(b"\n\n"):
                 pass  # progress, then the model's first token: the relay is under way
             assert await running(session) == 1
+            async with session.get(f"{stack.waker_url}/admin/models/alpha") as reply:
+                assert (await reply.json())["in_flight"] == 1  # nginx's activity marks count it, as any request
 
         async def ended() -> bool:
             return await running(session) == 0
