@@ -34,7 +34,7 @@ def _first_event(url: str, body: dict) -> tuple[float, float]:
 
 
 def run(quick: bool) -> Section:
-    seconds, rounds, starts = (2, 2, 2) if quick else (4, 6, 5)
+    seconds, rounds, starts = (1, 2, 2) if quick else (2, 14, 5)
     fast = ["--tokens-per-second", "1000000"]
     stack = start_stack([fake_model("on", load_delay=0.1, extra=fast, loading_feedback="reasoning"),
                          fake_model("off", load_delay=0.1, extra=fast, loading_feedback="off"),
@@ -57,9 +57,11 @@ def run(quick: bool) -> Section:
                 rps = {model: wrk(*targets[f"{model}, {kind}"], seconds)["rps"] for model in order}
                 pair.append(rps["on"] / rps["off"])
         for kind, pair in ratios.items():
-            ratio = median(pair)
             section.rows.append(Row(f"throughput feedback on / off ({kind}), median of {rounds} pairs",
-                                    f"{ratio:.2f} ({min(pair):.2f} to {max(pair):.2f})", ">= 0.95", ratio >= 0.95))
+                                    f"{median(pair):.2f} ({min(pair):.2f} to {max(pair):.2f})"))
+        every = [ratio for pair in ratios.values() for ratio in pair]
+        section.rows.append(Row(f"throughput feedback on / off, all {len(every)} pairs", f"{median(every):.2f}",
+                                ">= 0.95", median(every) >= 0.95))
         admin(stack, "POST", "/admin/prepare")  # the container exists, as after `waker prepare`
         firsts, answers = [], []
         for _ in range(starts):
