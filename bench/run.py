@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import fixups, footprint, hot_path, latency, real_engine, streaming
+from bench import fixups, footprint, hot_path, latency, loading_feedback, real_engine, streaming
 from bench.common import Section
 
 SCENARIOS = {
@@ -27,6 +27,7 @@ SCENARIOS = {
     "idle": lambda a: footprint.idle_cost(a.quick),
     "scale": lambda a: footprint.scale(a.quick),
     "fixups": lambda a: fixups.run(a.quick),
+    "feedback": lambda a: loading_feedback.run(a.quick),
     "real-cold": lambda a: real_engine.cold_start(a.quick),
     "real-swap": lambda a: real_engine.swap(a.quick),
 }

@@ -21,6 +21,8 @@ from waker.errors import AdminError, RequestRefused, error_body
 from waker.gpu import GpuMemory
 from waker.http_errors import error_response
 from waker.lifecycle import State
+from waker.loading_progress import Phase, Progress
+from waker.loading_watch import WATCH
 from waker.manual_control import ManualControl, StopOutcome
 from waker.nginx_process import NginxError
 from waker.plan import Slot
@@ -74,8 +76,10 @@ def _http_error(status: int, code: str, message: str) -> web.HTTPException:
     return kind(text=json.dumps(error_body(message, code, status)), content_type="application/json")
 
 
-def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] | None = None) -> dict[str, Any]:
-    """One model's state for the API; `slots` lets a listing merge the activity into them once."""
+def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] | None = None,
+             progress: Progress | None = None) -> dict[str, Any]:
+    """One model's state for the API; `slots` lets a listing merge the activity into them once.
+    `progress` (a model queued or loading) is the line its waiting streams show too."""
     now = supervisor.now()
     slot = (slots or supervisor.current_slots())[model.id]
     ready = slot.state is State.READY
@@ -95,6 +99,8 @@ def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] 
         "vision": model.vision, "tools": model.tools, "fixups": [f.value for f in model.fixups],
         "last_start_seconds": round(slot.expected_start_seconds, 1) if slot.expected_start_seconds else None,
     }
+    if progress is not None and progress.phase in (Phase.QUEUED, Phase.PULLING, Phase.LOADING):
+        entry["progress"] = {**asdict(progress), "text": progress.text}
     if slot.state is State.STARTING:
         entry["loading"] = {"elapsed_seconds": round(now - slot.starting_since, 1),
                             "expected_seconds": entry["last_start_seconds"]}
@@ -104,11 +110,15 @@ def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] 
     return entry
 
 
+def _described(request: web.Request, model: ModelConfig, slots: dict[str, Slot] | None = None) -> dict[str, Any]:
+    return describe(request.app[SUPERVISOR], model, slots, request.app[WATCH].progress(model.id))
+
+
 async def list_models(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
     slots = supervisor.current_slots()
     return web.json_response({
-        "models": [describe(supervisor, m, slots) for m in supervisor.config.models],
+        "models": [_described(request, m, slots) for m in supervisor.config.models],
         "queue_length": len(supervisor.waiting),
         "docker": supervisor.docker_error or "connected",
         "gpu_capacity": supervisor.policy.capacity,
@@ -117,7 +127,7 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return web.json_response(describe(request.app[SUPERVISOR], _model(request)))
+    return web.json_response(_described(request, _model(request)))
 
 
 async def start(request: web.Request) -> web.Response:
@@ -126,12 +136,12 @@ async def start(request: web.Request) -> web.Response:
     preload = asyncio.ensure_future(supervisor.acquire(model))
     if not wait:
         keep_until_done(request.app[STARTS], preload, model.id)
-        return web.json_response(describe(supervisor, model), status=202)
+        return web.json_response(_described(request, model), status=202)
     try:
         await preload
     except RequestRefused as exc:
         return error_response(exc.status, exc.code, exc.message, details=exc.details)
-    return web.json_response(describe(supervisor, model))
+    return web.json_response(_described(request, model))
 
 
 def keep_until_done(tasks: set[asyncio.Task[None]], task: asyncio.Task[None], model_id: str) -> None:
@@ -160,13 +170,13 @@ async def stop(request: web.Request) -> web.Response:
         return error_response(exc.status, "conflict", exc.message)
     if wait and outcome is StopOutcome.STOPPING:
         await supervisor.wait_until(model.id, (State.STOPPED,), model.stop_timeout + 30)
-    return web.json_response({"outcome": outcome.value, **describe(supervisor, model)})
+    return web.json_response({"outcome": outcome.value, **_described(request, model)})
 
 
 async def pin(request: web.Request) -> web.Response:
-    supervisor, model = request.app[SUPERVISOR], _model(request)
+    model = _model(request)
     request.app[CONTROL].set_pinned(model.id, request.path.endswith("/pin"))
-    return web.json_response(describe(supervisor, model))
+    return web.json_response(_described(request, model))
 
 
 async def unload(request: web.Request) -> web.Response:

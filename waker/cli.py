@@ -125,6 +125,7 @@ def resolved_config(config: Config) -> dict:
             "exclusive": m.exclusive, "keep_warm": m.keep_warm,
             "start_timeout": format_duration(m.start_timeout), "stop_timeout": format_duration(m.stop_timeout),
             "idle_timeout": format_duration(m.idle_timeout), "min_uptime": format_duration(m.min_uptime),
+            "loading_feedback": m.loading_feedback.value,
         }
         if m.entrypoint is not None:
             entry["entrypoint"] = list(m.entrypoint)
@@ -146,7 +147,8 @@ def resolved_config(config: Config) -> dict:
         "gateway": {"listen": str(g.listen), "max_body": format_size(g.max_body),
                     "client_timeout": format_duration(g.client_timeout), "allow_no_keys": g.allow_no_keys,
                     "cors_origins": list(g.cors_origins),
-                    "read_timeout": format_duration(g.read_timeout), "nginx": g.nginx, "njs_module": g.njs_module},
+                    "read_timeout": format_duration(g.read_timeout), "nginx": g.nginx, "njs_module": g.njs_module,
+                    "loading_feedback": g.loading_feedback.value},
         "waker": {"listen": str(w.listen), "docker_host": w.docker_host, "name": w.name,
                   "model_port_base": w.model_port_base, "runtime_dir": str(w.runtime_dir),
                   **({"network": w.network, "model_ip_base": w.model_ip_base} if w.network else {}),

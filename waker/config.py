@@ -16,6 +16,7 @@ from typing import Any
 
 from waker import config_fields as fields
 from waker import config_fixups, config_hosts
+from waker.config_feedback import LoadingFeedback, parse_feedback
 from waker.config_fields import Address, Source
 from waker.config_fixups import Fixup, fixup_problems
 from waker.config_hosts import HostConfig
@@ -63,6 +64,7 @@ class GatewayConfig:
     allow_no_keys: bool
     cors_origins: tuple[str, ...]
     client_model_control: bool  # clients may load and unload models (POST /models/load, /models/unload)
+    loading_feedback: LoadingFeedback  # the default of the models' own setting
 
 
 @dataclass(frozen=True, slots=True)
@@ -134,6 +136,7 @@ class ModelConfig:
     sleep: SleepConfig
     host: str = ""  # the [[host]] it must run on (for hosts = 2: its Ray head's); "" = placed by the scheduler
     hosts: int = 1  # 2 = tensor-parallel over two hosts on Ray
+    loading_feedback: LoadingFeedback = LoadingFeedback.REASONING
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -206,6 +209,7 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         allow_no_keys=gateway.get("allow_no_keys", fields.boolean, False),
         cors_origins=tuple(gateway.get("cors_origins", fields.list_of(fields.origin), [])),
         client_model_control=gateway.get("client_model_control", fields.boolean, False),
+        loading_feedback=parse_feedback(gateway, LoadingFeedback.REASONING),
     )
     name = waker.get("name", fields.stack_name, "spark")
     waker_cfg = WakerConfig(
@@ -256,7 +260,7 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         problems.append(f"{path}: 'model' must be an array of tables, written [[model]]")
         entries = []
     models = tuple(
-        _parse_model(i, entry, defaults, scheduler_cfg, waker_cfg, path, problems)
+        _parse_model(i, entry, defaults, scheduler_cfg, waker_cfg, gateway_cfg, path, problems)
         for i, entry in enumerate(entries)
     )
     _check_across_models(models, gateway_cfg, waker_cfg, path, problems)
@@ -277,7 +281,7 @@ _MODEL_KEYS = {
     "id", "aliases", "image", "pull", "command", "entrypoint", "port", "health", "env", "volumes", "gpus",
     "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "fixups", "vision", "tools", "description",
     "status", "notes", "source", "best_for", "tradeoffs", "known_issues", "picks", "exclusive", "keep_warm",
-    "start_timeout", "stop_timeout", "idle_timeout", "min_uptime", *SLEEP_KEYS, "host", "hosts",
+    "start_timeout", "stop_timeout", "idle_timeout", "min_uptime", *SLEEP_KEYS, "host", "hosts", "loading_feedback",
 }
 _MERGED_TABLES = ("env", "ulimits")
 
@@ -288,6 +292,7 @@ def _parse_model(
     defaults: dict[str, Any],
     scheduler: SchedulerConfig,
     waker: WakerConfig,
+    gateway: GatewayConfig,
     path: Path,
     problems: list[str],
 ) -> ModelConfig:
@@ -343,6 +348,7 @@ def _parse_model(
         sleep=parse_sleep(model, entry, gpu_memory, command, scheduler.sleep_timeout, scheduler.wake_timeout),
         host=model.get("host", config_hosts.host_name) or "",
         hosts=model.get("hosts", config_hosts.host_count, 1),
+        loading_feedback=parse_feedback(model, gateway.loading_feedback),
     )
     model.reject_unknown(_MODEL_KEYS)
     where = f"{path}: model '{result.id}'"
@@ -368,9 +374,8 @@ def _model_address(index: int, host_port: int, port: int, waker: WakerConfig, wh
         return Address(str(base), port)
 
 
-def _check_across_models(
-    models: tuple[ModelConfig, ...], gateway: GatewayConfig, waker: WakerConfig, path: Path, problems: list[str]
-) -> None:
+def _check_across_models(models: tuple[ModelConfig, ...], gateway: GatewayConfig, waker: WakerConfig, path: Path,
+                         problems: list[str]) -> None:
     owner: dict[str, str] = {}
     ports: dict[int, str] = {}
     for listen in (gateway.listen, waker.listen):
@@ -379,18 +384,13 @@ def _check_across_models(
         for name in model.names:
             if name in owner:
                 what = "id" if name == model.id else "alias"
-                problems.append(
-                    f"{path}: model '{model.id}': {what} '{name}' is already used by model '{owner[name]}'; "
-                    "ids and aliases must be unique together"
-                )
+                problems.append(f"{path}: model '{model.id}': {what} '{name}' is already used by model "
+                                f"'{owner[name]}'; ids and aliases must be unique together")
             elif name.lower() in RESERVED_NAMES:
-                problems.append(
-                    f"{path}: model '{model.id}': the name '{name}' is reserved (it is an API route); pick another"
-                )
+                problems.append(f"{path}: model '{model.id}': the name '{name}' is reserved (it is an API route); "
+                                "pick another")
             owner.setdefault(name, model.id)
         if model.host_port in ports:
-            problems.append(
-                f"{path}: model '{model.id}': field 'host_port': port {model.host_port} is already used by "
-                f"{ports[model.host_port]}; set another host_port or [waker] model_port_base"
-            )
+            problems.append(f"{path}: model '{model.id}': field 'host_port': port {model.host_port} is already used "
+                            f"by {ports[model.host_port]}; set another host_port or [waker] model_port_base")
         ports.setdefault(model.host_port, f"model '{model.id}'")

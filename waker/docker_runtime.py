@@ -198,11 +198,14 @@ class DockerRuntime:
         finally:
             await query.__aexit__(None, None, None)
 
-    async def follow_logs(self, container_id: str, tail: int) -> AsyncIterator[str]:
-        """The container's last `tail` log lines, then every new one as it is written."""
+    async def follow_logs(self, container_id: str, tail: int | None = None,
+                          since: float | None = None) -> AsyncIterator[str]:
+        """The container's last `tail` log lines (all since `since`, a Unix time, when given), then
+        every new one as it is written."""
+        window: dict[str, Any] = {"tail": tail} if tail is not None else {"since": f"{since or 0:.6f}"}
         with _docker_errors("cannot follow container logs"):
             container = self._docker.containers.container(container_id)
-            async for line in container.log(stdout=True, stderr=True, follow=True, tail=tail):
+            async for line in container.log(stdout=True, stderr=True, follow=True, **window):
                 yield line.rstrip("\n")
 
     async def logs_tail(self, container_id: str, lines: int = 20) -> str:

@@ -12,7 +12,7 @@ time-outs, stop retries) are unit-tested with a fake clock in microseconds inste
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -63,6 +63,10 @@ class Driver(Protocol):
         container, and `on_lost` with the reason when the engine goes away."""
 
     async def log_tail(self, container_id: str) -> str: ...
+
+    def loading_log(self, model_id: str, since: float) -> AsyncIterator[str]:
+        """The log of the model's running container from `since` (a Unix time), as it is written;
+        nothing when no container of it runs. Raises `DockerError` when the engine fails."""
 
     async def prepare(self, model: ModelConfig) -> dict[str, str]:
         """Makes a start fast (image present, container created); reports what it found and did."""

@@ -35,6 +35,7 @@ class EventKind(StrEnum):
     CONTAINER_ADOPTED = "container_adopted"
     IDLE_STOP_POSTPONED = "idle_stop_postponed"
     IMAGE_PULL = "image_pull"
+    LOADING_STAGE = "loading_stage"  # a starting engine's latest loading stage, read from its log
     CONFIG_RELOADED = "config_reloaded"
 
 

@@ -1,8 +1,10 @@
 """The waker's HTTP face towards nginx: wake a model, list models, health, request counters.
 
 nginx calls `/_wake/<id>` only when it could not reach a model; the answer is an empty 204 whose
-X-Accel-Redirect sends nginx back to the model with the original request. No model response byte
-ever passes through here.
+X-Accel-Redirect sends nginx back to the model with the original request. The one exception is a
+cold streaming chat completion of a model with loading feedback: nginx sends it here with its body,
+and it is answered here, progress first and then the model's own stream (waker/loading_stream.py).
+Requests to a ready model never reach the waker.
 """
 
 from __future__ import annotations
@@ -13,8 +15,11 @@ import structlog
 from aiohttp import web
 
 from waker import model_controls
+from waker.config import LoadingFeedback
 from waker.errors import RequestRefused
 from waker.http_errors import error_response
+from waker.loading_stream import STREAMS, LoadingStreams, wants_feedback
+from waker.loading_watch import WATCH, LoadingWatch
 from waker.manual_control import ManualControl
 from waker.model_listing import created, openai_entry
 from waker.nginx_render import location_key
@@ -43,16 +48,24 @@ async def count_and_shield(request: web.Request, handler):
     except Exception:
         log.exception("internal_error", path=request.path)
         return error_response(500, "internal_error", "the waker failed on this request; its log has the details")
-    if request.path.startswith("/_wake/") and response.body is not None:
-        stats["wake_response_body_bytes"] += len(response.body)
+    if request.path.startswith("/_wake/"):
+        if isinstance(response, web.Response) and isinstance(response.body, bytes | bytearray):
+            stats["wake_response_body_bytes"] += len(response.body)
+        elif response.prepared:
+            stats["loading_streams"] += 1
     return response
 
 
-async def wake(request: web.Request) -> web.Response:
+async def wake(request: web.Request) -> web.StreamResponse:
     model = request.app[SUPERVISOR].config.model(request.match_info["model"])
     if model is None:
         return error_response(404, "model_not_found", f"unknown model {request.match_info['model']!r}")
     request.app[STATS]["wakes"] += 1
+    upstream_uri = request.headers.get("X-Upstream-URI", "")
+    if request.method == "POST" and upstream_uri:  # sent with its body: loading feedback is on for the model
+        body = await request.content.read()  # bounded by nginx's max_body, not by aiohttp's 1 MB default
+        if model.loading_feedback is LoadingFeedback.REASONING and wants_feedback(request.method, upstream_uri, body):
+            return await request.app[STREAMS].serve(request, model, body, upstream_uri)
     began = time.monotonic()
     try:
         await request.app[SUPERVISOR].acquire(model)
@@ -86,11 +99,25 @@ async def stats(request: web.Request) -> web.Response:
     return web.json_response(request.app[STATS])
 
 
+async def _open_loading(app: web.Application) -> None:
+    await app[WATCH].open()
+    await app[STREAMS].open()
+
+
+async def _close_loading(app: web.Application) -> None:
+    await app[STREAMS].close()
+    await app[WATCH].close()
+
+
 def make_app(supervisor: Supervisor, control: ManualControl) -> web.Application:
     app = web.Application(middlewares=[count_and_shield])
     app[SUPERVISOR] = supervisor
-    app[STATS] = {"requests": 0, "wakes": 0, "wake_response_body_bytes": 0}
-    app.router.add_get("/_wake/{model}", wake)
+    app[STATS] = {"requests": 0, "wakes": 0, "wake_response_body_bytes": 0, "loading_streams": 0}
+    app[WATCH] = LoadingWatch(supervisor)
+    app[STREAMS] = LoadingStreams(supervisor, app[WATCH])
+    app.on_startup.append(_open_loading)
+    app.on_cleanup.append(_close_loading)
+    app.router.add_route("*", "/_wake/{model}", wake)
     app.router.add_get("/v1/models", list_models)
     app.router.add_get("/models", list_models)
     app.router.add_get("/healthz", healthz)

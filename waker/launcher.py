@@ -10,7 +10,7 @@ import asyncio
 import contextlib
 import re
 import time
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 
 import aiohttp
 import structlog
@@ -132,6 +132,12 @@ class Launcher:
 
     async def log_tail(self, container_id: str) -> str:
         return await self.runtime.logs_tail(container_id, LOG_TAIL_LINES)
+
+    async def loading_log(self, model_id: str, since: float) -> AsyncIterator[str]:
+        info = await self.runtime.find(model_id)
+        if info is not None and info.running:
+            async for chunk in self.runtime.follow_logs(info.id, since=since):
+                yield chunk
 
     def pulling(self, image: str) -> PullProgress | None:
         return self.images.pulling.get(image)

@@ -4,6 +4,9 @@ Per model M the config has:
 - `location /v1/<name>/` for its id and every alias: path routing, straight to the container;
 - `@model_M`: where the njs body router jumps for body-routed requests;
 - `@wake_M`: on 502 (nothing listens yet), a body-less GET to the waker, held until M is ready;
+- `@feedback_M` (loading feedback on): on 502 for a chat completion, the request with its body to the
+  waker, which answers a streaming one itself (progress, then the model's stream) and any other as
+  `@wake_M` does;
 - `@retry_M`: where the waker's X-Accel-Redirect sends the original request (method and body kept).
 
 A sleeping model (vLLM's sleep mode) still listens, and vLLM holds a request sent to it unanswered
@@ -24,7 +27,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from waker import config_fixups, nginx_access
-from waker.config import RESERVED_NAMES, Config, ModelConfig
+from waker.config import RESERVED_NAMES, Config, LoadingFeedback, ModelConfig
 from waker.errors import error_body
 from waker.units import format_size
 
@@ -164,7 +167,9 @@ def _model_locations(model: ModelConfig, config: Config) -> list[str]:
     # First in the block: a `rewrite ... break` ends the `set`s after it.
     fix_path = f"set $waker_fixups_for {key}; proxy_set_body $waker_fixed_body; {fixed}" if model.fixups else ""
     fix = f"proxy_set_body $waker_body; {fixed}" if model.fixups else ""
-    wake = _error_pages({502: f"@wake_{key}"})
+    feedback = model.loading_feedback is LoadingFeedback.REASONING
+    # With loading feedback, a cold chat completion goes to the waker with its body ($wake_via).
+    wake = _error_pages({502: f"${{wake_via}}{key}" if feedback else f"@wake_{key}"})
     # Where a request enters a model: it is counted in flight from here to its access log line.
     enter = (f"set $inflight 1; set $inflight_model {model.id}; "
              f"mirror {BEGIN_PREFIX}{model.id}; mirror_request_body off;")
@@ -182,6 +187,16 @@ def _model_locations(model: ModelConfig, config: Config) -> list[str]:
          f"proxy_read_timeout {wake_timeout}s; {_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"),
         f"        location @retry_{key} {{ {fix}{_MODEL_PROXY.format(upstream='retry', key=key)} {_error_pages()} }}",
     ]
+    if feedback:
+        # The waker may answer it itself, streaming progress and then the model's answer: the read
+        # timeout is the longer of the wait's and a generation's. It gets the body the fix-ups made.
+        lines.append(
+            f"        location @feedback_{key} {{ {fix}set $wake_uri /_wake/{model.id}; "
+            "proxy_pass http://waker$wake_uri; "
+            "proxy_set_header Connection ''; proxy_set_header X-Original-URI $request_uri; "
+            "proxy_set_header X-Upstream-URI $uri$is_args$args; "
+            f"proxy_read_timeout {max(wake_timeout, int(config.gateway.read_timeout))}s; "
+            f"{_error_pages({502: '@waker_down', 504: '@waker_down'})} }}")
     return lines
 
 
@@ -209,6 +224,9 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         "    log_format inflight_begin 'begin $uri $pid-$connection-$connection_requests';",
         "    log_format inflight_end 'end $inflight_model $pid-$connection-$connection_requests $status';",
         f"    access_log {syslog} inflight_end if=$inflight;",
+        # Where a model's 502 goes (read only then): a chat completion to the waker with its body,
+        # for models with loading feedback; anything else body-less, as ever.
+        '    map "$request_method:$uri" $wake_via { "POST:/v1/chat/completions" "@feedback_"; default "@wake_"; }',
         "    server_tokens off;",
         "    default_type application/json;",
         f"    client_body_temp_path {runtime_dir / 'tmp' / 'body'};",

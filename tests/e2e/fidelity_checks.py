@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import re
+import subprocess
 import time
 from collections.abc import Awaitable, Callable
 
@@ -35,6 +36,7 @@ from tests.e2e.fidelity_sleep import (
     check_waker_sleep_adapter,
 )
 from tests.eventually import eventually_async
+from waker.engine_log import Step, parse_line
 
 SIGTERM_WAIT = 5.0  # how long a stream may take to end after SIGTERM before it counts as hung
 # What vLLM 0.32.0 does to a stream in flight on SIGTERM, all seen here: the engine core is killed at
@@ -53,6 +55,20 @@ async def check_start_and_health(engine: Engine) -> dict[str, str]:
     assert engine.health == (200, b"")
     return {"HTTP answers before the first /health 200": "none",
             "GET /health": f"{engine.health[0]} body={engine.health[1]!r}"}
+
+
+async def check_loading_log(engine: Engine) -> dict[str, str]:
+    """The loading stages the waker reads from an engine's log (waker/engine_log.py), in order. Lines
+    are sorted by Docker's timestamps: vLLM logs to stdout, its progress bars go to stderr."""
+    out = await asyncio.to_thread(subprocess.run, ["docker", "logs", "--timestamps", engine.container],
+                                  capture_output=True, check=True)
+    # Bytes split on newlines only (text mode would turn them into new lines): tqdm's "\r" stays in its line.
+    lines = sorted((out.stdout + out.stderr).decode("utf-8", "replace").split("\n"))
+    stages = [stage for line in lines if (stage := parse_line(line.split(" ", 1)[-1]))]
+    steps = [stage.step.name.lower() for stage in stages]
+    bar = [stage.percent for stage in stages if stage.step is Step.WEIGHTS]
+    return {"stages, in order": ", ".join(step for i, step in enumerate(steps) if i == 0 or steps[i - 1] != step),
+            "weights bar": f"{bar[0]}% to {bar[-1]}%" if bar else "none"}
 
 
 async def check_metrics_names(engine: Engine) -> dict[str, str]:
@@ -354,6 +370,7 @@ async def sigterm_mid_stream(engine: Engine) -> dict[str, str]:
 CHECKS: dict[str, tuple[str, Callable[[Engine], Awaitable[dict[str, str]]]]] = {
     # name: (the engine config it needs, the check); in the order they run, SIGTERM last.
     "start and /health": ("main", check_start_and_health),
+    "loading lines in the log": ("main", check_loading_log),
     "/metrics names and labels": ("main", check_metrics_names),
     "queue with --max-num-seqs 1": ("main", check_queue),
     "error answers": ("main", check_errors),

@@ -1,9 +1,14 @@
 """The dashboard in a real headless browser (Debian's chromium driven by Playwright), through the
-gateway: start a model with its button and watch it become ready, read its logs, stop it."""
+gateway: start a model with its button and watch it become ready, read its logs, stop it; watch a
+model load beside a stream waiting for it."""
 
 from __future__ import annotations
 
+import json
+import re
 import shutil
+import threading
+import urllib.request
 
 import pytest
 from playwright.sync_api import expect, sync_playwright
@@ -52,3 +57,40 @@ def test_dashboard_starts_shows_logs_and_stops_a_model(make_stack, page, tmp_pat
     alpha.locator("button[data-action='stop']").click()
     expect(alpha).to_have_attribute("data-state", "stopped", timeout=10000)
     assert stack.containers() and not stack.cli("status", "--json").returncode
+
+
+def test_the_dashboard_shows_the_progress_a_waiting_stream_shows(make_stack, page):
+    """A cold streaming request and the dashboard side by side: the dashboard's line for the loading
+    model is the one the stream received (the same stage, the same figures)."""
+    stack = make_stack([fake_model("alpha", load_delay=8.0)])
+    page.goto(f"{stack.url}/ui/")
+    alpha = page.locator("tr[data-model='alpha']")
+    expect(alpha).to_have_attribute("data-state", "stopped")
+    lines: list[str] = []
+
+    def stream() -> None:
+        body = json.dumps({"model": "alpha", "stream": True, "max_tokens": 2,
+                           "messages": [{"role": "user", "content": "hi"}]}).encode()
+        request = urllib.request.Request(f"{stack.url}/v1/chat/completions", data=body,
+                                         headers={"Content-Type": "application/json"})
+        with urllib.request.urlopen(request, timeout=60) as response:
+            for raw in response:
+                if raw.startswith(b"data: {"):
+                    delta = json.loads(raw[6:])["choices"][0]["delta"]
+                    if "reasoning_content" in delta:
+                        lines.append(delta["reasoning_content"].rstrip("\n"))
+
+    reader = threading.Thread(target=stream)
+    reader.start()
+    shown = alpha.locator(".loading-progress")
+    expect(shown).to_contain_text("loading alpha: KV cache allocated: 2,097,152 tokens", timeout=15000)
+    on_dashboard = shown.inner_text()
+    reader.join(30)
+    assert not reader.is_alive()
+    expect(alpha).to_have_attribute("data-state", "ready", timeout=5000)
+    expect(shown).to_have_count(0)  # ready: no progress line any more
+    headline, detail = on_dashboard.split(" · ")
+    in_stream = [line for line in lines if line.startswith(headline + " · ")]
+    assert in_stream, (on_dashboard, lines)
+    pattern = re.compile(r"\d+ s so far \(its first start: no earlier one to compare with\)")
+    assert pattern.fullmatch(detail) and pattern.fullmatch(in_stream[0].split(" · ")[1])

@@ -572,6 +572,7 @@ class Fake:
         site = web.TCPSite(runner, self.args.host, self.args.port, shutdown_timeout=3600)
         await site.start()
         print(f"fake-vllm: serving {self.model} on port {self.args.port}", file=sys.stderr, flush=True)
+        print("INFO:     Application startup complete.", file=sys.stderr, flush=True)  # uvicorn's, in vLLM
         stop = asyncio.Event()
         loop = asyncio.get_event_loop()
         for signum in (signal.SIGTERM, signal.SIGINT):
@@ -595,13 +596,54 @@ def process_age():
         return 0.0
 
 
+SHARDS = 4  # checkpoint shards the fake "loads": a bar that moves, where the tiny real model has one
+
+
+def vllm_line(process, source, message):
+    """A log line as vLLM writes it: "(Worker pid=38) INFO 11-30 09:32:13 [default_loader.py:501] ..."."""
+    pid = {"APIServer": 1, "EngineCore": 25, "Worker": 38}[process]
+    return f"({process} pid={pid}) INFO {time.strftime('%m-%d %H:%M:%S')} [{source}] {message}"
+
+
+def loading_log(args):
+    """vLLM 0.32's loading lines (tests/unit/engine_logs/vllm_cpu_start.log has a real start), spread
+    over the load delay as (fraction of the delay, line); the shards bar as tqdm prints it."""
+    def bar(done):
+        return (f"Loading safetensors checkpoint shards: {100 * done // SHARDS:3d}% Completed | {done}/{SHARDS} "
+                f"[00:0{done}<00:0{SHARDS - done}, 1.00s/it]")
+    lines = [(0.0, vllm_line("APIServer", "api_utils.py:286", f"non-default args: {{'model_tag': '{args.model_path}', "
+                             f"'model': '{args.model_path}'}}")),
+             (0.05, vllm_line("APIServer", "model.py:733", "Resolved architecture: LlamaForCausalLM")),
+             (0.1, vllm_line("EngineCore", "core.py:133", f"Initializing a V1 LLM engine (v{VERSION}) with config: "
+                                                          f"model='{args.model_path}', dtype=torch.bfloat16")),
+             (0.2, vllm_line("Worker", "cpu_model_runner.py:68", f"Starting to load model {args.model_path}...")),
+             *((0.25 + 0.1 * done, bar(done)) for done in range(SHARDS + 1)),
+             (0.7, vllm_line("Worker", "default_loader.py:501",
+                             f"Loading weights took {0.4 * args.load_delay:.2f} seconds")),
+             (0.8, vllm_line("EngineCore", "kv_cache_utils.py:2327", "CPU KV cache size: 2,097,152 tokens, Maximum "
+                             "concurrency for 1,024 tokens per request: 2048.00x")),
+             (0.9, vllm_line("EngineCore", "core.py:402", "init engine (profile, create kv cache, warmup model) took "
+                             f"{0.1 * args.load_delay:.2f} s")),
+             (0.95, vllm_line("APIServer", "entry.py:140", f"Starting vLLM server on http://{args.host}:{args.port}"))]
+    return lines
+
+
+def load(args):
+    """Prints the loading lines at their times; the interpreter's own start counts, as vLLM's imports do."""
+    started = time.monotonic() - process_age()
+    for fraction, line in loading_log(args):
+        time.sleep(max(0.0, started + fraction * args.load_delay - time.monotonic()))
+        if args.fail == "exit_during_load" and fraction >= 0.5:
+            print("fake-vllm: RuntimeError: CUDA out of memory while loading weights", file=sys.stderr, flush=True)
+            sys.exit(args.exit_code)
+        print(line, file=sys.stderr, flush=True)
+    time.sleep(max(0.0, started + args.load_delay - time.monotonic()))
+
+
 def main():
     args = parse_args(sys.argv[1:])
     print(f"fake-vllm {INSTANCE}: loading model {args.model_path} ({args.load_delay}s)", file=sys.stderr, flush=True)
-    time.sleep(max(0.0, args.load_delay - process_age()))
-    if args.fail == "exit_during_load":
-        print("fake-vllm: RuntimeError: CUDA out of memory while loading weights", file=sys.stderr, flush=True)
-        sys.exit(args.exit_code)
+    load(args)
     asyncio.run(Fake(args).serve())
 
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import asyncio
 from collections import defaultdict, deque
-from collections.abc import Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -83,6 +83,7 @@ class FakeDriver:
     busy_counts: dict[str, int | None] = field(default_factory=dict)
     down_failures: int = 0
     tails: dict[str, str] = field(default_factory=dict)
+    loading_lines: dict[str, list[str]] = field(default_factory=dict)
     pulls: dict[str, PullProgress] = field(default_factory=dict)
     starts: int = 0
     closed: bool = False
@@ -146,6 +147,10 @@ class FakeDriver:
 
     async def log_tail(self, container_id: str) -> str:
         return self.tails.get(container_id, "")
+
+    async def loading_log(self, model_id: str, since: float) -> AsyncIterator[str]:
+        for line in self.loading_lines.get(model_id, ()):
+            yield line
 
     async def prepare(self, model: ModelConfig) -> dict[str, str]:
         return {"image": "present", "container": "created"}

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from waker.config import ConfigError, load_config
+from waker.config import ConfigError, LoadingFeedback, load_config
 from waker.config_fields import address
 from waker.config_fixups import model_context
 
@@ -80,6 +80,16 @@ def test_minimal_config_uses_documented_defaults(tmp_path):
     assert config.scheduler.start_timeout == 900
     assert config.models[0].host_port == 18100
     assert config.gateway.client_model_control is False  # clients may not stop models unless allowed
+    assert config.gateway.loading_feedback is LoadingFeedback.REASONING
+    assert config.models[0].loading_feedback is LoadingFeedback.REASONING
+
+
+def test_loading_feedback_is_set_for_the_gateway_and_overridden_per_model(tmp_path):
+    config = load_config(write(tmp_path, '[gateway]\nloading_feedback = "off"\n'
+                                         '[[model]]\nid = "a"\nimage = "i"\n'
+                                         '[[model]]\nid = "b"\nimage = "i"\nloading_feedback = "reasoning"\n'))
+    assert config.gateway.loading_feedback is LoadingFeedback.OFF
+    assert [m.loading_feedback for m in config.models] == [LoadingFeedback.OFF, LoadingFeedback.REASONING]
 
 
 BROKEN = [
@@ -115,6 +125,8 @@ BROKEN = [
     ('[gateway]\napi_keys_file = "absent-keys.txt"', ["field 'api_keys_file'", "cannot read"]),
     ('[gateway]\ncors_origins = ["localhost:3000/"]', ["field 'cors_origins'", "origin"]),
     ('[gateway]\nclient_model_control = "yes"', ["[gateway]", "field 'client_model_control'", "true or false"]),
+    ('[gateway]\nloading_feedback = "dots"', ["[gateway]", "field 'loading_feedback'", "'reasoning', 'off'"]),
+    ('[[model]]\nid = "m"\nimage = "i"\nloading_feedback = true', ["model 'm'", "field 'loading_feedback'", "'off'"]),
     ('[scheduler]\non_busy = "wait"', ["[scheduler]", "field 'on_busy'", "'queue', 'reject'"]),
     ('[scheduler]\nmax_start_failures = 0', ["field 'max_start_failures'", "at least 1"]),
     ('[scheduler]\ngpu_capacity = -1', ["field 'gpu_capacity'", "positive"]),

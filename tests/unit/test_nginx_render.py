@@ -23,11 +23,22 @@ def test_every_name_routes_to_its_model_and_waker_only_on_502(tmp_path):
     conf = render(cfg, tmp_path).nginx_conf
     for name in ("alpha", "a"):
         line = next(line_ for line_ in conf.splitlines() if f"location /v1/{name}/ " in line_)
-        assert "proxy_pass http://model_alpha;" in line and "error_page 502 = @wake_alpha;" in line
+        # A chat completion goes to @feedback_alpha (loading feedback is on by default), the rest to @wake_alpha.
+        assert "proxy_pass http://model_alpha;" in line and "error_page 502 = ${wake_via}alpha;" in line
         assert "X-Accel-Redirect" in line  # models may not steer nginx
     assert "upstream model_alpha { server 127.0.0.1:19001 " in conf
     wake = next(line_ for line_ in conf.splitlines() if "location @wake_alpha" in line_)
     assert "proxy_pass_request_body off" in wake and "proxy_method GET" in wake
+    feedback = next(line_ for line_ in conf.splitlines() if "location @feedback_alpha" in line_)
+    assert "proxy_pass_request_body" not in feedback and "X-Upstream-URI $uri$is_args$args" in feedback
+    assert '"POST:/v1/chat/completions" "@feedback_"; default "@wake_";' in conf
+
+
+def test_without_loading_feedback_a_model_wakes_as_before(tmp_path):
+    cfg = config(tmp_path, [{"id": "alpha", "image": "i", "loading_feedback": "off"}])
+    conf = render(cfg, tmp_path).nginx_conf
+    line = next(line_ for line_ in conf.splitlines() if "location /v1/alpha/ " in line_)
+    assert "error_page 502 = @wake_alpha;" in line and "@feedback_alpha" not in conf
 
 
 def test_router_table_maps_ids_and_aliases(tmp_path):
@@ -106,14 +117,17 @@ def test_fixups_are_rendered_only_into_the_locations_of_models_that_declare_them
 
     # The model without fix-ups renders exactly as it did alone.
     assert plain_lines(rendered.nginx_conf) == plain_lines(before.nginx_conf)
-    assert len(plain_lines(before.nginx_conf)) == 8  # comment, 2 path locations, @model, @wake, @retry, 2 upstreams
+    # comment, 2 path locations, @model, @wake, @retry, @feedback (loading feedback), 2 upstreams
+    assert len(plain_lines(before.nginx_conf)) == 9
     header = "add_header X-Waker-Fixups $waker_fixups always;"
     path_fix = f"set $waker_fixups_for fix_2eed; proxy_set_body $waker_fixed_body; {header}"
     body_fix = f"proxy_set_body $waker_body; {header}"
     carrying = {line.split("{")[0].strip(): fix for line in rendered.nginx_conf.splitlines()
                 for fix in (path_fix, body_fix) if fix in line}
+    # The loading feedback's location sends the waker the body the fix-ups made, which it relays.
     assert carrying == {"location /v1/fix.ed/": path_fix, "location /v1/f/": path_fix,
-                        "location @model_fix_2eed": body_fix, "location @retry_fix_2eed": body_fix}
+                        "location @model_fix_2eed": body_fix, "location @retry_fix_2eed": body_fix,
+                        "location @feedback_fix_2eed": body_fix}
     # Set before the path locations' `rewrite ... break`, which would end the `set`s after it.
     path_line = next(line for line in rendered.nginx_conf.splitlines() if "location /v1/f/ " in line)
     assert path_line.index(path_fix) < path_line.index("rewrite ")
