@@ -74,9 +74,9 @@ class NginxContainer:
     async def check(self, config: Config) -> None:
         await check_config(config)
 
-    async def reload(self, config: Config) -> None:
+    async def reload(self, config: Config, asleep: frozenset[str] = frozenset()) -> None:
         self.config = config
-        rendered = await write_and_test(config)
+        rendered = await write_and_test(config, asleep)
         if await current_generation(config) != rendered.generation:
             await self._reload(rendered.generation)
 

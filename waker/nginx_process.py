@@ -86,9 +86,10 @@ async def test_config(config: Config, conf: Path) -> None:
         raise NginxError(f"nginx refused the rendered config {conf}:\n{output.decode(errors='replace').strip()}")
 
 
-async def write_and_test(config: Config) -> Rendered:
-    """Writes the files `config` renders to into the runtime dir, then has nginx test them."""
-    rendered = write_files(config)
+async def write_and_test(config: Config, asleep: frozenset[str] = frozenset()) -> Rendered:
+    """Writes the files `config` renders to (the gates of `asleep` closed) into the runtime dir, then
+    has nginx test them."""
+    rendered = write_files(config, asleep=asleep)
     await test_config(config, config.waker.runtime_dir / "nginx.conf")
     return rendered
 
@@ -141,7 +142,7 @@ class Nginx(Protocol):
     async def start(self) -> None: ...
     def alive(self) -> bool: ...
     async def check(self, config: Config) -> None: ...
-    async def reload(self, config: Config) -> None: ...
+    async def reload(self, config: Config, asleep: frozenset[str] = frozenset()) -> None: ...
     async def wait(self) -> int | None: ...
     async def stop(self) -> None: ...
 
@@ -204,12 +205,13 @@ class NginxProcess:
     async def check(self, config: Config) -> None:
         await check_config(config)
 
-    async def reload(self, config: Config) -> None:
+    async def reload(self, config: Config, asleep: frozenset[str] = frozenset()) -> None:
         """Switches nginx to `config` gracefully (new workers take new connections, old ones finish
-        their requests) and returns once the new config answers."""
+        their requests) and returns once the new config answers; `asleep`: the models whose gate is
+        closed."""
         self.config = config
         before = _files(config.waker.runtime_dir)
-        rendered = await write_and_test(config)
+        rendered = await write_and_test(config, asleep)
         assert self.pid is not None
         if _files(config.waker.runtime_dir) != before:
             await self._reload(rendered.generation)
