@@ -281,17 +281,19 @@ class Supervisor:
                 self.sleep.adopt_asleep(model.id)
         self.reconcile()
 
-    def _run_failed(self, model_id: str, exc: StartError) -> None:
+    def _run_failed(self, model_id: str, exc: StartError, **changes: Any) -> None:
         """A failed run (its start failed, or it crashed while serving): counts towards the back-off
-        and answers everyone waiting for the model with the reason."""
-        failures = self.records[model_id].slot.failures + 1
+        and answers everyone waiting for the model with the reason, unless it crashed while waking:
+        then its waiters get the cold start a failed wake gives them (or the back-off's refusal)."""
+        slot = self.records[model_id].slot
+        failures = slot.failures + 1
         backoff = failures >= self.policy.max_start_failures
         retry_at = self.now() + self.policy.start_backoff if backoff else 0.0
-        self.transition(model_id, Event.FAIL, failures=failures, retry_at=retry_at, last_error=exc.message)
+        self.transition(model_id, Event.FAIL, failures=failures, retry_at=retry_at, last_error=exc.message, **changes)
         if backoff:
             self.bus.publish(EventKind.MODEL_BACKOFF, model=model_id, failures=failures,
                              seconds=self.policy.start_backoff)
-        for waiter in self.waiting.for_model(model_id):
+        for waiter in self.waiting.for_model(model_id) if slot.state is not State.WAKING else ():
             self._answer(waiter.id, RequestRefused(exc.status, exc.code, exc.message))
 
     async def _run_stop(self, model: ModelConfig, reason: StopReason, for_model: str | None) -> None:
@@ -371,7 +373,8 @@ class Supervisor:
                 doing = "serving" if state is State.READY else state.value.replace("_", " ")
                 message = f"model {event.model_id!r} exited with code {event.exit_code} while {doing}"
                 record.container = None
-                self._run_failed(event.model_id, StartError(503, "model_exited", message))
+                waking = {"wake_failures": record.slot.wake_failures + 1} if state is State.WAKING else {}
+                self._run_failed(event.model_id, StartError(503, "model_exited", message), **waking)
                 self.spawn(self._add_log_tail(event.model_id, event.container_id, message))
                 self.reconcile()
         elif event.change is ContainerChange.OOM:

@@ -240,3 +240,21 @@ async def test_a_gate_nginx_cannot_close_calls_the_sleep_off():
     await until(lambda: shell.kinds("sleep_called_off", model="a"), "the call-off")
     assert "nginx could not close its gate" in shell.kinds("sleep_called_off", model="a")[0]["reason"]
     assert shell.supervisor.state("a") is State.READY and driver.count("sleep", "a") == 0
+
+
+async def test_a_crash_while_waking_is_a_failed_wake_and_its_waiter_gets_a_cold_start():
+    shell, nginx = await sleep_shell(sleeper("a"))
+    await asleep(shell, "a")
+    held = shell.driver.hold_wake("a")
+    waiting = request_for(shell, "a")
+    await shell.reach("a", State.WAKING)
+    shell.driver.running_now.pop("a")
+    shell.driver.wake_outcomes["a"].append(SleepModeError(SleepStep.WAKE, "POST /wake_up failed: connection reset"))
+    shell.driver.emit(ContainerEvent(ContainerChange.DIED, "a", "a-1", "1"))
+    held.set_result(None)  # the wake call fails too, after the death: nothing more to do for it
+    await waiting
+    assert shell.supervisor.state("a") is State.READY and shell.driver.up_calls("a") == 2
+    slot = shell.supervisor.records["a"].slot
+    assert slot.failures == 1 and slot.wake_failures == 1
+    assert "while waking" in shell.kinds("model_state", state="failed")[0]["error"]
+    await gate_is(nginx, NOTHING)
