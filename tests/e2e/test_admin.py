@@ -11,7 +11,7 @@ import threading
 import aiohttp
 import pytest
 
-from tests.e2e.stack import REPO, docker, fake_model
+from tests.e2e.stack import FAKE_IMAGE, REPO, docker, fake_model
 from tests.eventually import eventually, eventually_async
 
 pytestmark = pytest.mark.e2e
@@ -49,7 +49,7 @@ async def test_models_listing_has_every_documented_field(stack):
                 "image", "container_id", "pinned", "retry_in_seconds", "last_start_seconds"):
         assert key in alpha, key
     assert alpha["state"] == "ready" and alpha["gpu_memory"] == 0.5 and alpha["container_id"]
-    assert alpha["image"] == "waker-fake-vllm:test" and alpha["uptime_seconds"] >= 0
+    assert alpha["image"] == FAKE_IMAGE and alpha["uptime_seconds"] >= 0
     assert model_row(listing, "beta")["state"] == "stopped"
 
 

@@ -35,7 +35,7 @@ def test_an_idle_real_model_sleeps_and_a_request_wakes_it(make_stack):
     # Not answered within the wake's deadline plus margin means a hung request: the test fails.
     woken = sdk_chat(openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused", timeout=90, max_retries=0),
                      "tiny", 4)
-    assert woken.usage.completion_tokens == 4 and woken.choices[0].message.content
+    assert woken.usage.completion_tokens == 4  # the tiny model's tokens may decode to nothing visible
     assert state(stack, "tiny") == "ready"
     starts = [e for e in stack.docker_events("start") if e["Actor"]["Attributes"].get("io.waker.model") == "tiny"]
     assert len(starts) == 1, "woken, not started again"

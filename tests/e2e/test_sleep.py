@@ -51,10 +51,14 @@ async def test_a_swap_puts_a_to_sleep_and_wakes_it_without_a_new_container(make_
         described = await admin(session, stack, "a")
         assert described["state"] == "ready" and described["wake_failures"] == 0
         assert (await admin(session, stack, "b"))["state"] == "stopped"
-    assert starts(stack, "a") == 1  # woken, never started again
+        await wait_in_flight(session, stack, "a", 0)
+    assert stack.cli("sleep", "a").stdout.strip() == "a: falling asleep (now sleeping)"
+    woken = stack.cli("wake", "a")
+    assert woken.returncode == 0 and woken.stdout.strip() == "a: ready", woken.stderr
+    assert starts(stack, "a") == 1  # woken twice, never started again
     assert "model_asleep" in stack.log() and "model_awake" in stack.log()
     metrics = await _metrics(stack)
-    assert 'waker_model_wakes_total{model="a"} 1' in metrics and 'waker_model_sleeps_total{model="a"} 1' in metrics
+    assert 'waker_model_wakes_total{model="a"} 2' in metrics and 'waker_model_sleeps_total{model="a"} 2' in metrics
 
 
 async def _metrics(stack) -> str:
