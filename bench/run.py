@@ -15,7 +15,7 @@ import sys
 import time
 from pathlib import Path
 
-from bench import fixups, footprint, hot_path, latency, loading_feedback, real_engine, streaming
+from bench import fixups, footprint, hot_path, latency, loading_feedback, real_engine, sleep_swap, streaming
 from bench.common import Section
 
 SCENARIOS = {
@@ -24,6 +24,7 @@ SCENARIOS = {
     "cold": lambda a: latency.cold_start(a.quick),
     "swap": lambda a: latency.swap(a.quick),
     "burst": lambda a: latency.burst(a.quick),
+    "sleep": lambda a: sleep_swap.run(a.quick),
     "idle": lambda a: footprint.idle_cost(a.quick),
     "scale": lambda a: footprint.scale(a.quick),
     "fixups": lambda a: fixups.run(a.quick),

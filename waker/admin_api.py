@@ -23,7 +23,7 @@ from waker.http_errors import error_response
 from waker.lifecycle import State
 from waker.loading_progress import Phase, Progress
 from waker.loading_watch import WATCH
-from waker.manual_control import ManualControl, StopOutcome
+from waker.manual_control import ManualControl, SleepOutcome, StopOutcome
 from waker.nginx_process import NginxError
 from waker.plan import Slot
 from waker.supervisor import Supervisor
@@ -98,6 +98,9 @@ def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] 
         "host_port": model.host_port, "address": str(model.address), "context_length": model.context_length,
         "vision": model.vision, "tools": model.tools, "fixups": [f.value for f in model.fixups],
         "last_start_seconds": round(slot.expected_start_seconds, 1) if slot.expected_start_seconds else None,
+        "sleep": slot.sleep_level,  # 0 also where sleep mode is off (no nginx routed by the waker)
+        "asleep_seconds": round(now - slot.since, 1) if slot.state is State.SLEEPING else None,
+        "wake_failures": slot.wake_failures,
     }
     if progress is not None and progress.phase in (Phase.QUEUED, Phase.PULLING, Phase.LOADING):
         entry["progress"] = {**asdict(progress), "text": progress.text}
@@ -171,6 +174,18 @@ async def stop(request: web.Request) -> web.Response:
     if wait and outcome is StopOutcome.STOPPING:
         await supervisor.wait_until(model.id, (State.STOPPED,), model.stop_timeout + 30)
     return web.json_response({"outcome": outcome.value, **_described(request, model)})
+
+
+async def sleep(request: web.Request) -> web.Response:
+    supervisor, model = request.app[SUPERVISOR], _model(request)
+    try:
+        outcome = request.app[CONTROL].sleep_by_hand(model.id)
+    except AdminError as exc:
+        return error_response(exc.status, "conflict", exc.message)
+    if _flag(request, "wait", True) and outcome is SleepOutcome.FALLING_ASLEEP:
+        settled = tuple(s for s in State if s is not State.FALLING_ASLEEP)
+        await supervisor.wait_until(model.id, settled, model.sleep.wake_timeout + 30)
+    return web.json_response({"outcome": outcome.value, **describe(supervisor, model)})
 
 
 async def pin(request: web.Request) -> web.Response:
@@ -282,6 +297,7 @@ def add_routes(app: web.Application, supervisor: Supervisor, control: ManualCont
     app.router.add_get("/admin/models/{model}", get_model)
     app.router.add_post("/admin/models/{model}/start", start)
     app.router.add_post("/admin/models/{model}/stop", stop)
+    app.router.add_post("/admin/models/{model}/sleep", sleep)
     app.router.add_post("/admin/models/{model}/pin", pin)
     app.router.add_post("/admin/models/{model}/unpin", pin)
     app.router.add_get("/admin/models/{model}/logs", logs)

@@ -39,11 +39,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
 
     command("status", "show every model: state, requests, uptime, idle time")
     for name, help_text in (("start", "start a model and wait until it is ready"),
-                            ("stop", "stop a model"), ("pin", "never idle-stop or evict a model"),
+                            ("stop", "stop a model"),
+                            ("sleep", "put an idle model in sleep mode now (its config needs sleep = 1 or 2)"),
+                            ("wake", "wake a sleeping model (as start: a stopped one is started)"),
+                            ("pin", "never idle-stop or evict a model"),
                             ("unpin", "let a model be idle-stopped and evicted again")):
         parser = command(name, help_text)
         parser.add_argument("model")
-        if name in ("start", "stop"):
+        if name in ("start", "stop", "sleep", "wake"):
             parser.add_argument("--no-wait", action="store_true", help="return at once")
         if name == "stop":
             parser.add_argument("--force", action="store_true", help="even if requests are in flight")
@@ -167,7 +170,8 @@ def act(client: Client, args: argparse.Namespace) -> int:
         query.append("wait=false")
     if getattr(args, "force", False):
         query.append("force=true")
-    path = f"/admin/models/{_quoted(args.model)}/{args.command}" + ("?" + "&".join(query) if query else "")
+    action = "start" if args.command == "wake" else args.command  # a start wakes a sleeping model
+    path = f"/admin/models/{_quoted(args.model)}/{action}" + ("?" + "&".join(query) if query else "")
     data = client.call("POST", path)
     what = data.get("outcome") or data["state"]
     return _print(args, data, f"{data['id']}: {what}" + (f" (now {data['state']})" if "outcome" in data else ""))
@@ -213,5 +217,5 @@ def prepare(client: Client, args: argparse.Namespace) -> int:
     return 0 if data["ok"] else EXIT_REFUSED
 
 
-COMMANDS = {"status": status, "start": act, "stop": act, "pin": act, "unpin": act, "unload": unload,
-            "logs": logs, "events": events, "reload": reload, "prepare": prepare}
+COMMANDS = {"status": status, "start": act, "stop": act, "sleep": act, "wake": act, "pin": act, "unpin": act,
+            "unload": unload, "logs": logs, "events": events, "reload": reload, "prepare": prepare}

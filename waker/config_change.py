@@ -40,7 +40,7 @@ def plan_reload(old: Config, new: Config, slots: Mapping[str, Slot]) -> ConfigCh
     removed = [m.id for m in old.models if new.model(m.id) is None]
     for model_id in removed:
         slot = slots[model_id]
-        if slot.in_flight or slot.state is State.STARTING:
+        if slot.in_flight or slot.state in (State.STARTING, State.FALLING_ASLEEP, State.WAKING):
             problems.append(f"model {model_id!r} is removed but is busy ({slot.state.value}, "
                             f"{slot.in_flight} request(s) in flight); retry when it is idle")
     if problems:

@@ -1,9 +1,12 @@
 """The seams between the shell (`supervisor`) and the world it acts on, passed in as small interfaces.
 
-A `Driver` brings a model's engine up and down and reports what happens to it; `launcher.Launcher`
-is the one for a local Docker engine. The interface is drawn for the next two as well: an engine that
-sleeps instead of stopping (`up` becomes a wake when the process is kept), and a Docker engine on
-another host (one driver per host, each with its own events stream and its own `lost` state).
+A `Driver` brings a model's engine up and down, puts it to sleep and wakes it, and reports what
+happens to it; `launcher.Launcher` is the one for a local Docker engine. The interface is drawn for a
+Docker engine on another host as well (one driver per host, each with its own events stream and its
+own `lost` state).
+
+A `Router` is nginx's gate for sleep mode: requests for a model in sleep mode must reach the waker
+(which wakes it) instead of the engine (which would answer them asleep).
 
 A `Clock` gives the time and the timers, so that the shell's rules (idle stops, back-off, queue
 time-outs, stop retries) are unit-tested with a fake clock in microseconds instead of real seconds.
@@ -17,7 +20,7 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
-from waker.config import ModelConfig
+from waker.config import Config, ModelConfig
 from waker.image_pull import PullProgress
 
 
@@ -74,7 +77,23 @@ class Driver(Protocol):
     def pulling(self, image: str) -> PullProgress | None:
         """The progress of the pull of `image` in progress, if one is."""
 
+    async def sleep(self, model: ModelConfig) -> None:
+        """Puts the model's engine to sleep at its `sleep` level; raises `SleepModeError`. The shell
+        makes sure no request is in flight first."""
+
+    async def wake(self, model: ModelConfig) -> None:
+        """Wakes the model's engine and checks that it serves; raises `SleepModeError`."""
+
+    async def is_sleeping(self, model: ModelConfig) -> bool:
+        """What the engine says (an adopted container may be asleep); raises `SleepModeError`."""
+
     async def close(self) -> None: ...
+
+
+class Router(Protocol):
+    async def route(self, config: Config, asleep: frozenset[str]) -> None:
+        """Has nginx route `config` with the gate of the models in `asleep` closed (their requests go
+        to the waker); returns once nginx routes so. Raises `NginxError`."""
 
 
 class Timer(Protocol):

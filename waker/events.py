@@ -34,6 +34,11 @@ class EventKind(StrEnum):
     REQUEST_ABANDONED = "request_abandoned"
     CONTAINER_ADOPTED = "container_adopted"
     IDLE_STOP_POSTPONED = "idle_stop_postponed"
+    MODEL_ASLEEP = "model_asleep"  # with `reason` (idle, room, manual) and `seconds` the sleep took
+    MODEL_AWAKE = "model_awake"  # with `seconds` the wake took and `asleep_seconds`
+    SLEEP_CALLED_OFF = "sleep_called_off"  # requests in flight, or nginx's gate could not close
+    SLEEP_FAILED = "sleep_failed"  # the engine refused or did not finish: the model is stopped
+    WAKE_FAILED = "wake_failed"  # with `step`, `timed_out`, `wake_failures`: the model is stopped, then started cold
     IMAGE_PULL = "image_pull"
     LOADING_STAGE = "loading_stage"  # a starting engine's latest loading stage, read from its log
     CONFIG_RELOADED = "config_reloaded"

@@ -15,7 +15,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable
 import aiohttp
 import structlog
 
-from waker import docker_events
+from waker import docker_events, engine_sleep
 from waker.config import ModelConfig, WakerConfig
 from waker.container_spec import LABEL_EGRESS, LABEL_SPEC, container_name, container_spec
 from waker.docker_runtime import DockerError, DockerRuntime, ImageMissing, ImagePullFailed
@@ -201,6 +201,15 @@ class Launcher:
             return None
         values = [float(v) for v in _RUNNING_METRIC.findall(text)]
         return int(sum(values)) if values else None
+
+    async def sleep(self, model: ModelConfig) -> None:
+        await engine_sleep.sleep(self._http, engine_sleep.Engine.of(model), model.sleep.level, model.sleep.wake_timeout)
+
+    async def wake(self, model: ModelConfig) -> None:
+        await engine_sleep.wake(self._http, engine_sleep.Engine.of(model), model.sleep.level, model.sleep.wake_timeout)
+
+    async def is_sleeping(self, model: ModelConfig) -> bool:
+        return await engine_sleep.is_sleeping(self._http, engine_sleep.Engine.of(model), model.sleep.wake_timeout)
 
     async def prepare(self, model: ModelConfig) -> dict[str, str]:
         """Makes a model ready to start fast: its image present (pulled as its policy allows) and its

@@ -53,6 +53,7 @@ class SleepReason(StrEnum):
 
     IDLE = "idle"  # idle for idle_timeout
     ROOM = "room"  # another model needed the room (the Sleep action's `for_model`)
+    MANUAL = "manual"  # the admin API or `waker sleep`
 
 
 class Event(StrEnum):

@@ -25,6 +25,10 @@ class Counters:
         self.busy_refusals: dict[str, int] = defaultdict(int)
         self.start_buckets: dict[str, list[int]] = defaultdict(lambda: [0] * len(START_BUCKETS))
         self.start_sum: dict[str, float] = defaultdict(float)
+        self.sleeps: dict[str, int] = defaultdict(int)
+        self.wakes: dict[str, int] = defaultdict(int)
+        self.wake_sum: dict[str, float] = defaultdict(float)
+        self.wake_failures: dict[str, int] = defaultdict(int)
 
     def observe(self, event: dict[str, Any]) -> None:
         kind, model = event["type"], event.get("model", "")
@@ -42,6 +46,13 @@ class Counters:
             self.stops[(model, "exited")] += 1
         elif kind == EventKind.REQUEST_REFUSED and event.get("status") == 429:
             self.busy_refusals[model] += 1
+        elif kind == EventKind.MODEL_ASLEEP:
+            self.sleeps[model] += 1
+        elif kind == EventKind.MODEL_AWAKE:
+            self.wakes[model] += 1
+            self.wake_sum[model] += event["seconds"]
+        elif kind == EventKind.WAKE_FAILED:
+            self.wake_failures[model] += 1
 
 
 def _labels(**labels: str) -> str:
@@ -85,6 +96,18 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
         out.append(f"waker_model_start_seconds_count{_labels(model=m)} {counters.starts[m]}")
     metric("waker_model_stops_total", "counter", "Model stops by reason (idle, evicted, manual, exited, ...).",
            [({"model": m, "reason": r}, n) for (m, r), n in sorted(counters.stops.items())])
+    metric("waker_model_sleeps_total", "counter", "Times a model was put to sleep (sleep mode).",
+           [({"model": m}, counters.sleeps[m]) for m in models])
+    metric("waker_model_wakes_total", "counter", "Successful wakes of a sleeping model.",
+           [({"model": m}, counters.wakes[m]) for m in models])
+    metric("waker_model_wake_seconds_sum", "counter", "Time spent in successful wakes (with the check).",
+           [({"model": m}, counters.wake_sum[m]) for m in models])
+    metric("waker_model_wake_failures_total", "counter", "Wakes that failed or hung (the model was started cold).",
+           [({"model": m}, counters.wake_failures[m]) for m in models])
+    now = supervisor.now()
+    metric("waker_model_asleep_seconds", "gauge", "How long each model has been asleep (0 when not asleep).",
+           [({"model": m}, round(now - slots[m].since, 3) if slots[m].state is State.SLEEPING else 0.0)
+            for m in models])
     metric("waker_busy_refusals_total", "counter", "Requests refused with 429 because the GPU was busy.",
            [({"model": m}, counters.busy_refusals[m]) for m in models])
     metric("waker_docker_connected", "gauge", "1 while the waker follows the Docker events stream.",

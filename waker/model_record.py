@@ -11,10 +11,13 @@ from waker.config import ModelConfig
 from waker.plan import Slot
 
 
-def slot_for(model: ModelConfig) -> Slot:
-    """The scheduler's view of a configured model, before anything has happened to it."""
+def slot_for(model: ModelConfig, can_sleep: bool = True) -> Slot:
+    """The scheduler's view of a configured model, before anything has happened to it. Without
+    `can_sleep` (nothing could gate nginx), a model configured to sleep is stopped instead."""
     return Slot(id=model.id, gpu_memory=model.gpu_memory, exclusive=model.exclusive, keep_warm=model.keep_warm,
-                idle_timeout=model.idle_timeout, min_uptime=model.min_uptime)
+                idle_timeout=model.idle_timeout, min_uptime=model.min_uptime,
+                sleep_level=int(model.sleep.level) if can_sleep else 0, sleep_memory=model.sleep.memory,
+                sleep_timeout=model.sleep.timeout)
 
 
 @dataclass(slots=True)
@@ -25,5 +28,5 @@ class ModelRecord:
     container: str | None = None  # the id of the container serving it, once known
 
     @classmethod
-    def new(cls, model: ModelConfig, now: float = 0.0) -> ModelRecord:
-        return cls(slot=replace(slot_for(model), since=now))
+    def new(cls, model: ModelConfig, now: float = 0.0, can_sleep: bool = True) -> ModelRecord:
+        return cls(slot=replace(slot_for(model, can_sleep), since=now))

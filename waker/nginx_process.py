@@ -87,7 +87,8 @@ async def test_config(config: Config, conf: Path) -> None:
 
 
 async def write_and_test(config: Config, asleep: frozenset[str] = frozenset()) -> Rendered:
-    """Writes the files `config` renders to into the runtime dir, then has nginx test them."""
+    """Writes the files `config` renders to (the gates of `asleep` closed) into the runtime dir, then
+    has nginx test them."""
     rendered = write_files(config, asleep=asleep)
     await test_config(config, config.waker.runtime_dir / "nginx.conf")
     return rendered
@@ -208,7 +209,8 @@ class NginxProcess:
 
     async def reload(self, config: Config, asleep: frozenset[str] = frozenset()) -> None:
         """Switches nginx to `config` gracefully (new workers take new connections, old ones finish
-        their requests) and returns once the new config answers."""
+        their requests) and returns once the new config answers; `asleep`: the models whose gate is
+        closed."""
         self.config = config
         before = _files(config.waker.runtime_dir)
         rendered = await write_and_test(config, asleep)

@@ -16,7 +16,7 @@ from waker import admin_api, nginx_access, systemd
 from waker.activity import listen as listen_for_activity
 from waker.config import Config, WakerConfig
 from waker.docker_runtime import DockerError, DockerRuntime
-from waker.driver import LoopClock
+from waker.driver import LoopClock, Router
 from waker.events import EventBus, EventKind
 from waker.gateway_api import make_app
 from waker.gpu import GpuMemory
@@ -68,6 +68,16 @@ def docker_driver(waker: WakerConfig, config: Callable[[], Config], runtime: Doc
     return Launcher(waker, runtime, Images(runtime, pull_progress), clock.now)
 
 
+class NginxRouter:
+    """Sleep mode's gate (`driver.Router`) over the gateway's nginx: a graceful reload."""
+
+    def __init__(self, nginx: Nginx) -> None:
+        self.nginx = nginx
+
+    async def route(self, config: Config, asleep: frozenset[str]) -> None:
+        await self.nginx.reload(config, asleep)
+
+
 def _nginx(mode: NginxMode, config: Config, runtime: DockerRuntime) -> Nginx | None:
     if mode == "child":
         return NginxProcess(config)
@@ -88,8 +98,9 @@ async def serve(config: Config, nginx_mode: NginxMode) -> int:
     runtime = DockerRuntime(config.waker.name, config.waker.docker_host)
     clock = LoopClock()
     driver = docker_driver(config.waker, lambda: supervisor.config, runtime, bus, clock)
-    supervisor = Supervisor(config, driver, bus, clock)
     nginx = _nginx(nginx_mode, config, runtime)
+    router: Router | None = NginxRouter(nginx) if nginx is not None else None
+    supervisor = Supervisor(config, driver, bus, clock, router)
     control = ManualControl(supervisor, nginx)
     # A client that hangs up while its request is held must be noticed: the handler is cancelled.
     runner = web.AppRunner(build_app(supervisor, control, runtime, counters), access_log=None,
@@ -104,11 +115,11 @@ async def serve(config: Config, nginx_mode: NginxMode) -> int:
         log.info("waker_listening", listen=str(listen), models=len(config.models))
         if (exposure := nginx_access.exposure_warning(config)) is not None:
             log.warning("no_api_keys", warning=exposure)
-        await supervisor.open()
         watchers: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait())]
-        if nginx is not None:
+        if nginx is not None:  # before the supervisor: adopting a sleeping model routes its gate
             await nginx.start()
             watchers.append(asyncio.create_task(nginx.wait()))
+        await supervisor.open()
         systemd.notify(f"READY=1\nSTATUS=serving {len(config.models)} models on {config.gateway.listen}")
         watchdog = asyncio.create_task(systemd.feed_watchdog(lambda: nginx is None or nginx.alive()))
         done, pending = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)

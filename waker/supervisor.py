@@ -4,7 +4,8 @@ carries out the plan (engine starts and stops through the driver, answers to wai
 Inputs: wake requests from nginx (`acquire`), activity marks from nginx (`on_activity`), the driver's
 container events, and timers that `decide` asks for. Nothing polls: at idle the waker sleeps. The
 world is reached only through what is passed in: a `Driver` (engines and containers), a `Clock`
-(time and timers) and an `EventBus` (what happens, for the admin API, metrics and logs).
+(time and timers) and an `EventBus` (what happens, for the admin API, metrics and logs); sleep mode
+(`sleep_shell`) also needs a `Router`, nginx's gate: without one, no model sleeps.
 """
 
 from __future__ import annotations
@@ -20,13 +21,14 @@ from waker.activity import Mark
 from waker.config import Config, ModelConfig
 from waker.config_change import ConfigChange
 from waker.docker_runtime import DockerError
-from waker.driver import Clock, ContainerChange, ContainerEvent, Driver, Timer
+from waker.driver import Clock, ContainerChange, ContainerEvent, Driver, Router, Timer
 from waker.errors import RequestRefused, StartError
 from waker.events import EventBus, EventKind
-from waker.lifecycle import Event, State, StopReason, next_state
+from waker.lifecycle import Event, SleepReason, State, StopReason, next_state
 from waker.model_record import ModelRecord, slot_for
-from waker.plan import Grant, Plan, Policy, Refuse, Slot, Start, Stop
+from waker.plan import Grant, Plan, Policy, Refuse, Sleep, Slot, Start, Stop, Wake
 from waker.scheduler import decide
+from waker.sleep_shell import GATED, SleepShell
 from waker.waiting_room import WaitingRoom
 
 log = structlog.get_logger("waker.supervisor")
@@ -36,17 +38,24 @@ STOP_RETRY_SECONDS = 5.0
 
 def policy_of(config: Config) -> Policy:
     s = config.scheduler
-    return Policy(s.gpu_capacity, s.on_busy, s.queue_timeout, s.max_start_failures, s.start_backoff)
+    return Policy(s.gpu_capacity, s.on_busy, s.queue_timeout, s.max_start_failures, s.start_backoff,
+                  s.max_wake_failures)
 
 
 class Supervisor:
-    def __init__(self, config: Config, driver: Driver, bus: EventBus, clock: Clock) -> None:
+    def __init__(self, config: Config, driver: Driver, bus: EventBus, clock: Clock,
+                 router: Router | None = None) -> None:
         self.config = config
         self.driver = driver
         self.bus = bus
         self.clock = clock
         self.policy = policy_of(config)
-        self.records: dict[str, ModelRecord] = {m.id: ModelRecord.new(m) for m in config.models}
+        self.sleep = SleepShell(self, router)
+        self.records: dict[str, ModelRecord] = {m.id: self._new_record(m) for m in config.models}
+        if router is None and any(m.sleep.enabled for m in config.models):
+            log.warning("sleep_disabled", models=[m.id for m in config.models if m.sleep.enabled],
+                        reason="nothing routes nginx (--nginx none), so nobody could gate a sleeping model's "
+                               "requests: idle models are stopped instead")
         self.waiting = WaitingRoom()
         self.docker_error: str | None = "not connected yet"
         self._tasks: set[asyncio.Task[None]] = set()
@@ -59,7 +68,7 @@ class Supervisor:
         return self.clock.now()
 
     async def open(self) -> None:
-        self._spawn(self.driver.follow(self._on_container_event, self._resync, self._on_driver_lost))
+        self.spawn(self.driver.follow(self._on_container_event, self._resync, self._on_driver_lost))
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -156,10 +165,17 @@ class Supervisor:
     def _carry_out(self, plan: Plan) -> None:
         for action in plan.actions:
             if isinstance(action, Start):
-                self._transition(action.model, Event.START, starting_since=self.now())
-                self._spawn(self._run_start(self._model(action.model)))
+                self.transition(action.model, Event.START, starting_since=self.now())
+                self.spawn(self._run_start(self._model(action.model)))
             elif isinstance(action, Stop):
                 self.stop(action.model, action.reason, action.for_model)
+            elif isinstance(action, Sleep):
+                self.transition(action.model, Event.SLEEP)
+                self.spawn(self.sleep.fall_asleep(self._model(action.model), action.reason, action.for_model))
+            elif isinstance(action, Wake):
+                asleep_since = self.records[action.model].slot.since
+                self.transition(action.model, Event.WAKE)
+                self.spawn(self.sleep.wake(self._model(action.model), asleep_since))
             elif isinstance(action, Grant):
                 self._answer(action.waiter, None)
             elif isinstance(action, Refuse):
@@ -180,11 +196,14 @@ class Supervisor:
         record.slot = replace(record.slot, **changes)
 
     def stop(self, model_id: str, reason: StopReason, for_model: str | None = None) -> None:
-        self._transition(model_id, Event.STOP)
-        self._spawn(self._run_stop(self._model(model_id), reason, for_model))
+        self.transition(model_id, Event.STOP)
+        self.spawn(self._run_stop(self._model(model_id), reason, for_model))
+
+    def put_to_sleep(self, model_id: str, reason: SleepReason) -> None:
+        self._carry_out(Plan((Sleep(model_id, reason),)))
 
     def reset_failure(self, model_id: str) -> None:
-        self._transition(model_id, Event.RESET, failures=0, retry_at=0.0)
+        self.transition(model_id, Event.RESET, failures=0, retry_at=0.0, wake_failures=0)
         self.reconcile()
 
     def apply_config(self, new: Config, change: ConfigChange) -> None:
@@ -192,33 +211,39 @@ class Supervisor:
         with the new limits, removed ones are stopped (when running) and forgotten."""
         old, self.config, self.policy = self.config, new, policy_of(new)
         for model_id in change.added:
-            self.records[model_id] = ModelRecord.new(self._model(model_id), self.now())
+            self.records[model_id] = self._new_record(self._model(model_id), self.now())
         for model_id in change.changed:
-            fresh = slot_for(self._model(model_id))
+            fresh = slot_for(self._model(model_id), self.sleep.router is not None)
             self.update(model_id, gpu_memory=fresh.gpu_memory, exclusive=fresh.exclusive,
-                        keep_warm=fresh.keep_warm, idle_timeout=fresh.idle_timeout, min_uptime=fresh.min_uptime)
+                        keep_warm=fresh.keep_warm, idle_timeout=fresh.idle_timeout, min_uptime=fresh.min_uptime,
+                        sleep_level=fresh.sleep_level, sleep_memory=fresh.sleep_memory,
+                        sleep_timeout=fresh.sleep_timeout, wake_failures=0)
         for model_id in change.removed:
             for waiter in self.waiting.for_model(model_id):
                 self._answer(waiter.id, RequestRefused(404, "model_not_found", f"model {model_id!r} was removed"))
             state = self.state(model_id)
-            if state is State.READY:
-                self._transition(model_id, Event.STOP)
+            if state in (State.READY, State.SLEEPING):
+                self.transition(model_id, Event.STOP)
                 removed = old.model(model_id)
                 assert removed is not None
-                self._spawn(self._run_stop(removed, StopReason.REMOVED, None))
+                self.spawn(self._run_stop(removed, StopReason.REMOVED, None))
             elif state is not State.STOPPING:  # a stopping one is forgotten once its stop ends
                 del self.records[model_id]
         self.bus.publish(EventKind.CONFIG_RELOADED, **change.as_dict())
         self.reconcile()
 
-    def _transition(self, model_id: str, event: Event, **changes: Any) -> None:
+    def transition(self, model_id: str, event: Event, **changes: Any) -> None:
         record = self.records[model_id]
         before = record.slot
         state = next_state(before.state, event)
         record.slot = replace(before, state=state, since=self.now(), **changes)
         self.bus.publish(EventKind.MODEL_STATE, model=model_id, state=state.value, previous=before.state.value,
                          trigger=event.value, error=changes.get("last_error") or None)
-        self._spawn(self._notify())
+        self.sleep.on_transition(before.state, state)
+        self.spawn(self._notify())
+
+    def _new_record(self, model: ModelConfig, now: float = 0.0) -> ModelRecord:
+        return ModelRecord.new(model, now, can_sleep=self.sleep.router is not None)
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -230,11 +255,13 @@ class Supervisor:
         began = self.now()
         record = self.records[model.id]
         record.died.clear()
+        asleep = False
         try:
             if container_id is None:
                 container_id = await self.driver.up(model, record.died)
             else:  # adopting a container that is already running
                 await self.driver.adopt(model, container_id, began + model.start_timeout, record.died)
+                asleep = await self.sleep.found_asleep(model)
         except StartError as exc:
             self._run_failed(model.id, exc)
         except asyncio.CancelledError:
@@ -247,22 +274,26 @@ class Supervisor:
             now = self.now()
             record.container = container_id
             # `failures` stays: a run only counts as good once it ends by our stop, not by a crash.
-            self._transition(model.id, Event.READY, ready_since=now, last_active=now, retry_at=0.0,
+            self.transition(model.id, Event.READY, ready_since=now, last_active=now, retry_at=0.0,
                              last_error="", expected_start_seconds=now - began)
             self.bus.publish(EventKind.MODEL_READY, model=model.id, seconds=round(now - began, 3))
+            if asleep:
+                self.sleep.adopt_asleep(model.id)
         self.reconcile()
 
-    def _run_failed(self, model_id: str, exc: StartError) -> None:
+    def _run_failed(self, model_id: str, exc: StartError, **changes: Any) -> None:
         """A failed run (its start failed, or it crashed while serving): counts towards the back-off
-        and answers everyone waiting for the model with the reason."""
-        failures = self.records[model_id].slot.failures + 1
+        and answers everyone waiting for the model with the reason, unless it crashed while waking:
+        then its waiters get the cold start a failed wake gives them (or the back-off's refusal)."""
+        slot = self.records[model_id].slot
+        failures = slot.failures + 1
         backoff = failures >= self.policy.max_start_failures
         retry_at = self.now() + self.policy.start_backoff if backoff else 0.0
-        self._transition(model_id, Event.FAIL, failures=failures, retry_at=retry_at, last_error=exc.message)
+        self.transition(model_id, Event.FAIL, failures=failures, retry_at=retry_at, last_error=exc.message, **changes)
         if backoff:
             self.bus.publish(EventKind.MODEL_BACKOFF, model=model_id, failures=failures,
                              seconds=self.policy.start_backoff)
-        for waiter in self.waiting.for_model(model_id):
+        for waiter in self.waiting.for_model(model_id) if slot.state is not State.WAKING else ():
             self._answer(waiter.id, RequestRefused(exc.status, exc.code, exc.message))
 
     async def _run_stop(self, model: ModelConfig, reason: StopReason, for_model: str | None) -> None:
@@ -272,7 +303,7 @@ class Supervisor:
             # nginx may have passed it a new one while we asked: either calls the stop off.
             in_flight = self.records[model.id].activity.in_flight
             if busy or in_flight:
-                self._transition(model.id, Event.RESUME, last_active=self.now())
+                self.transition(model.id, Event.RESUME, last_active=self.now())
                 self.bus.publish(EventKind.IDLE_STOP_POSTPONED, model=model.id, server_requests=busy or 0,
                                  in_flight=in_flight)
                 self.reconcile()
@@ -282,17 +313,17 @@ class Supervisor:
         except DockerError as exc:
             log.error("stop_failed", model=model.id, error=str(exc), retry_in=STOP_RETRY_SECONDS)
             await self.clock.sleep(STOP_RETRY_SECONDS)
-            self._spawn(self._run_stop(model, reason, for_model))
+            self.spawn(self._run_stop(model, reason, for_model))
             return
         self.records[model.id].container = None
-        self._transition(model.id, Event.STOPPED, failures=0)  # a run we ended is a good run
+        self.transition(model.id, Event.STOPPED, failures=0)  # a run we ended is a good run
         self.bus.publish(EventKind.MODEL_STOPPED, model=model.id, reason=reason.value,
                          **({"for_model": for_model} if for_model else {}))
         if self.config.model(model.id) is None:  # removed by a reload
             del self.records[model.id]
         self.reconcile()
 
-    def _spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
+    def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine, name=getattr(coroutine, "__qualname__", None))
         self._tasks.add(task)
         task.add_done_callback(self._task_done)
@@ -318,9 +349,9 @@ class Supervisor:
             state = record.slot.state
             if model_id in running and state in (State.STOPPED, State.FAILED):
                 self._adopt(model_id, running[model_id])
-            elif model_id not in running and state is State.READY:
+            elif model_id not in running and state in (State.READY, State.SLEEPING):
                 record.container = None
-                self._transition(model_id, Event.EXITED)
+                self.transition(model_id, Event.EXITED)
         self.docker_error = None
         self._synced = True
         self.reconcile()
@@ -336,13 +367,15 @@ class Supervisor:
         if event.change is ContainerChange.DIED:
             if state is State.STARTING:
                 record.died.set()
-            elif state is State.READY:
+            elif state is State.READY or state in GATED:
                 # Unasked-for, whatever the code: vLLM exits 0 after its engine core died.
                 self.bus.publish(EventKind.MODEL_EXITED, model=event.model_id, exit_code=event.exit_code)
-                message = f"model {event.model_id!r} exited with code {event.exit_code} while serving"
+                doing = "serving" if state is State.READY else state.value.replace("_", " ")
+                message = f"model {event.model_id!r} exited with code {event.exit_code} while {doing}"
                 record.container = None
-                self._run_failed(event.model_id, StartError(503, "model_exited", message))
-                self._spawn(self._add_log_tail(event.model_id, event.container_id, message))
+                waking = {"wake_failures": record.slot.wake_failures + 1} if state is State.WAKING else {}
+                self._run_failed(event.model_id, StartError(503, "model_exited", message), **waking)
+                self.spawn(self._add_log_tail(event.model_id, event.container_id, message))
                 self.reconcile()
         elif event.change is ContainerChange.OOM:
             self.bus.publish(EventKind.MODEL_OOM, model=event.model_id)
@@ -362,5 +395,5 @@ class Supervisor:
 
     def _adopt(self, model_id: str, container_id: str) -> None:
         self.bus.publish(EventKind.CONTAINER_ADOPTED, model=model_id, container=container_id[:12])
-        self._transition(model_id, Event.START, starting_since=self.now())
-        self._spawn(self._run_start(self._model(model_id), container_id))
+        self.transition(model_id, Event.START, starting_since=self.now())
+        self.spawn(self._run_start(self._model(model_id), container_id))

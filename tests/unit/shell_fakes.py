@@ -14,11 +14,12 @@ from tests.eventually import eventually_async
 from waker.config import Config, ModelConfig, parse_config
 from waker.docker_runtime import DockerError
 from waker.driver import ContainerEvent
-from waker.errors import StartError
+from waker.errors import SleepModeError, SleepStep, StartError
 from waker.events import EventBus
 from waker.image_pull import PullProgress
 from waker.lifecycle import State
 from waker.manual_control import ManualControl
+from waker.nginx_process import NginxError
 from waker.supervisor import Supervisor
 
 
@@ -87,6 +88,11 @@ class FakeDriver:
     pulls: dict[str, PullProgress] = field(default_factory=dict)
     starts: int = 0
     closed: bool = False
+    asleep: set[str] = field(default_factory=set)  # engines that say they sleep
+    sleep_outcomes: dict[str, deque[SleepModeError]] = field(default_factory=lambda: defaultdict(deque))
+    wake_outcomes: dict[str, deque[SleepModeError]] = field(default_factory=lambda: defaultdict(deque))
+    sleep_gates: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    wake_gates: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     _on_event: Callable[[ContainerEvent], None] | None = None
     _on_connect: Callable[[], Awaitable[None]] | None = None
     _on_lost: Callable[[str], None] | None = None
@@ -161,6 +167,41 @@ class FakeDriver:
     async def close(self) -> None:
         self.closed = True
 
+    async def sleep(self, model: ModelConfig) -> None:
+        self.calls.append(("sleep", model.id))
+        await self._scripted(model.id, self.sleep_gates, self.sleep_outcomes)
+        self.asleep.add(model.id)
+
+    async def wake(self, model: ModelConfig) -> None:
+        self.calls.append(("wake", model.id))
+        await self._scripted(model.id, self.wake_gates, self.wake_outcomes)
+        self.asleep.discard(model.id)
+
+    async def is_sleeping(self, model: ModelConfig) -> bool:
+        return model.id in self.asleep
+
+    async def _scripted(self, model_id: str, gates: dict[str, asyncio.Future[None]],
+                        outcomes: dict[str, deque[SleepModeError]]) -> None:
+        gate = gates.pop(model_id, None)
+        if gate is not None:
+            await gate
+        if outcomes[model_id]:
+            raise outcomes[model_id].popleft()
+
+    def hold_sleep(self, model_id: str) -> asyncio.Future[None]:
+        """The model's next sleep call waits until the returned future is resolved."""
+        self.sleep_gates[model_id] = gate = asyncio.get_running_loop().create_future()
+        return gate
+
+    def hold_wake(self, model_id: str) -> asyncio.Future[None]:
+        self.wake_gates[model_id] = gate = asyncio.get_running_loop().create_future()
+        return gate
+
+    def fail_wake(self, model_id: str, times: int = 1, timed_out: bool = False) -> None:
+        for _ in range(times):
+            self.wake_outcomes[model_id].append(SleepModeError(
+                SleepStep.CHECK_SERVES, "the check completion failed: connection reset", timed_out))
+
     # ---- what the engine does on its own --------------------------------------------------------
 
     def emit(self, event: ContainerEvent) -> None:
@@ -177,6 +218,45 @@ class FakeDriver:
 
     def up_calls(self, model_id: str) -> int:
         return sum(1 for c in self.calls if c[:2] == ("up", model_id))
+
+    def count(self, kind: str, model_id: str) -> int:
+        return sum(1 for c in self.calls if c[:2] == (kind, model_id))
+
+
+class FakeNginx:
+    """nginx as the shell drives it: `check` and `reload` (manual control), `route` (the sleep gate,
+    as `service.NginxRouter`). Each reload or route is recorded in the driver's calls too, when given
+    one, so a test sees the gate's order against the engines' calls."""
+
+    def __init__(self, driver: FakeDriver | None = None, refuse_check: bool = False,
+                 refuse_reload: bool = False) -> None:
+        self.driver = driver
+        self.refuse_check, self.refuse_reload = refuse_check, refuse_reload
+        self.checked: list[Config] = []
+        self.reloaded: list[Config] = []
+        self.gates: list[frozenset[str]] = []  # the asleep set of every reload and route, in order
+
+    async def check(self, config: Config) -> None:
+        self.checked.append(config)
+        if self.refuse_check:
+            raise NginxError("nginx -t: unknown directive")
+
+    async def reload(self, config: Config, asleep: frozenset[str] = frozenset()) -> None:
+        if self.refuse_reload:
+            raise NginxError("nginx did not reload")
+        self.reloaded.append(config)
+        self._record(asleep)
+
+    async def route(self, config: Config, asleep: frozenset[str]) -> None:
+        await asyncio.sleep(0)  # a real route awaits nginx: let others run meanwhile
+        if self.refuse_reload:
+            raise NginxError("nginx did not reload")
+        self._record(asleep)
+
+    def _record(self, asleep: frozenset[str]) -> None:
+        self.gates.append(asleep)
+        if self.driver is not None:
+            self.driver.calls.append(("route", asleep))
 
 
 def make_config(*models: dict[str, Any], **scheduler: Any) -> Config:
@@ -200,12 +280,13 @@ class Shell:
             f"{model_id} is {self.supervisor.state(model_id).value}, not {[s.value for s in states]}")
 
 
-async def open_shell(config: Config, driver: FakeDriver | None = None, nginx: Any = None) -> Shell:
+async def open_shell(config: Config, driver: FakeDriver | None = None, nginx: Any = None, router: Any = None) -> Shell:
+    """The shell over fakes; `router` (a FakeNginx, usually the same as `nginx`) turns sleep mode on."""
     bus, events = EventBus(), []
     bus.add_sink(events.append)
     driver = driver or FakeDriver()
     clock = FakeClock()
-    supervisor = Supervisor(config, driver, bus, clock)
+    supervisor = Supervisor(config, driver, bus, clock, router)
     await supervisor.open()
     await until(lambda: supervisor.docker_error is None, "the first sync with the driver")
     return Shell(supervisor, ManualControl(supervisor, nginx), driver, clock, events)

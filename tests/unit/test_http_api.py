@@ -8,8 +8,8 @@ from dataclasses import replace
 
 import pytest
 
-from tests.unit.shell_fakes import make_config, open_shell, until
-from tests.unit.test_supervisor import begin, ready
+from tests.unit.shell_fakes import FakeDriver, FakeNginx, make_config, open_shell, until
+from tests.unit.test_supervisor import begin, end, ready
 from waker.docker_runtime import DockerRuntime
 from waker.errors import StartError
 from waker.lifecycle import State
@@ -19,11 +19,13 @@ from waker.service import build_app
 
 @pytest.fixture
 async def api(aiohttp_client):
-    async def make(*models, gateway=None, **scheduler):
+    async def make(*models, gateway=None, sleep_mode=False, **scheduler):
         config = make_config(*models, **scheduler)
         if gateway:
             config = replace(config, gateway=replace(config.gateway, **gateway))
-        shell = await open_shell(config)
+        driver = FakeDriver()
+        nginx = FakeNginx(driver) if sleep_mode else None
+        shell = await open_shell(config, driver, nginx=nginx, router=nginx)
         counters = Counters()
         shell.supervisor.bus.add_sink(counters.observe)
         runtime = DockerRuntime("unit", "unix:///nonexistent/docker.sock")
@@ -157,3 +159,33 @@ async def test_metrics_count_starts_failures_and_stops_by_reason(api):
     assert 'waker_model_starts_total{model="b"} 1' in text
     assert 'waker_model_state{model="a",state="failed"} 1' in text
     assert "waker_docker_connected 1" in text
+
+
+async def test_admin_sleep_puts_an_idle_model_to_sleep_and_start_wakes_it(api):
+    sleeper = {"id": "a", "sleep": 1, "command": ["--served-model-name", "a"], "gpu_memory": 0.3}
+    shell, client = await api(sleeper, {"id": "plain", "gpu_memory": 0.3}, sleep_mode=True)
+    await ready(shell, "plain")
+    refused = await client.post("/admin/models/plain/sleep")
+    assert refused.status == 409 and "sleep = 0" in (await refused.json())["error"]["message"]
+    not_ready = await client.post("/admin/models/a/sleep")
+    assert not_ready.status == 409 and "only a ready model" in (await not_ready.json())["error"]["message"]
+    await ready(shell, "a")
+    begin(shell, "a", b"r1")
+    busy = await client.post("/admin/models/a/sleep")
+    assert busy.status == 409 and "1 request(s) in flight" in (await busy.json())["error"]["message"]
+    end(shell, "a", b"r1")
+    slept = await (await client.post("/admin/models/a/sleep")).json()
+    assert slept["outcome"] == "falling asleep" and slept["state"] == "sleeping"  # wait=true: once asleep
+    assert slept["sleep"] == 1 and slept["asleep_seconds"] == 0 and slept["wake_failures"] == 0
+    listed = {m["id"]: m for m in (await (await client.get("/v1/models")).json())["data"]}
+    assert listed["a"]["status"] == {"value": "sleeping"}
+    shell.driver.fail_wake("a")
+    await ready(shell, "a")  # the wake fails: started cold
+    await client.post("/admin/models/a/sleep")
+    woken = await (await client.post("/admin/models/a/start")).json()
+    assert woken["state"] == "ready" and woken["wake_failures"] == 0
+    text = await (await client.get("/metrics")).text()
+    assert 'waker_model_sleeps_total{model="a"} 2' in text
+    assert 'waker_model_wakes_total{model="a"} 1' in text
+    assert 'waker_model_wake_failures_total{model="a"} 1' in text
+    assert 'waker_model_asleep_seconds{model="a"} 0' in text

@@ -71,10 +71,7 @@ def test_every_event_is_triggered_by_the_shell():
     """A transition nothing triggers is dead code that hides what really happens."""
     source = "\n".join(p.read_text() for p in WAKER.glob("*.py") if p.name != "lifecycle.py")
     used = set(re.findall(r"\bEvent\.([A-Z]+)\b", source))
-    # Issue 16: the sleep states are in the pure core; the shell triggers them once it wires sleep mode
-    # (waker/engine_sleep.py is the adapter it calls). Remove this line with that change.
-    not_wired_yet = {"SLEEP", "ASLEEP", "WAKE"}
-    assert {e.name for e in Event} - used - not_wired_yet == set()
+    assert {e.name for e in Event} - used == set()
 
 
 def test_sleep_and_wake_round_trip():

@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import tomli_w
 
-from tests.unit.shell_fakes import make_config, open_shell, until
+from tests.unit.shell_fakes import FakeNginx, make_config, open_shell, until
 from tests.unit.test_supervisor import begin, ready, request_for
 from waker.config import ConfigError, load_config
 from waker.errors import AdminError, RequestRefused, StartError
@@ -106,22 +106,6 @@ def write(path: Path, models: list[dict[str, Any]], waker: dict[str, Any] | None
     if waker:
         raw["waker"] = waker
     path.write_text(tomli_w.dumps(raw))
-
-
-class FakeNginx:
-    def __init__(self, refuse_check: bool = False, refuse_reload: bool = False) -> None:
-        self.refuse_check, self.refuse_reload = refuse_check, refuse_reload
-        self.checked, self.reloaded = [], []
-
-    async def check(self, config):
-        self.checked.append(config)
-        if self.refuse_check:
-            raise NginxError("nginx -t: unknown directive")
-
-    async def reload(self, config):
-        if self.refuse_reload:
-            raise NginxError("nginx did not reload")
-        self.reloaded.append(config)
 
 
 async def reload_shell(tmp_path: Path, models: list[dict[str, Any]], nginx: FakeNginx | None = None):
