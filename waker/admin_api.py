@@ -99,6 +99,7 @@ def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] 
         "vision": model.vision, "tools": model.tools, "fixups": [f.value for f in model.fixups],
         "last_start_seconds": round(slot.expected_start_seconds, 1) if slot.expected_start_seconds else None,
         "sleep": slot.sleep_level,  # 0 also where sleep mode is off (no nginx routed by the waker)
+        "sleep_memory": slot.sleep_memory,
         "asleep_seconds": round(now - slot.since, 1) if slot.state is State.SLEEPING else None,
         "wake_failures": slot.wake_failures,
     }

@@ -14,6 +14,7 @@ import pytest
 from playwright.sync_api import expect, sync_playwright
 
 from tests.e2e.stack import fake_model
+from tests.e2e.test_sleep import sleeper
 
 pytestmark = pytest.mark.e2e
 
@@ -94,3 +95,21 @@ def test_the_dashboard_shows_the_progress_a_waiting_stream_shows(make_stack, pag
     assert in_stream, (on_dashboard, lines)
     pattern = re.compile(r"\d+ s so far \(its first start: no earlier one to compare with\)")
     assert pattern.fullmatch(detail) and pattern.fullmatch(in_stream[0].split(" · ")[1])
+
+
+def test_dashboard_puts_a_model_to_sleep_counts_its_sleep_memory_and_wakes_it(make_stack, page):
+    stack = make_stack([sleeper("nap", gpu_memory=0.5, idle_timeout="1h")],
+                       scheduler={"stop_timeout": "2s", "min_uptime": "0s"})
+    page.goto(f"{stack.url}/ui/")
+    nap = page.locator("tr[data-model='nap']")
+    nap.locator("button[data-action='start']").click()
+    expect(nap).to_have_attribute("data-state", "ready", timeout=15000)
+    expect(page.locator("#budget")).to_have_text("0.50 / 1.00")
+    nap.locator("button[data-action='sleep']").click()
+    expect(nap).to_have_attribute("data-state", "sleeping", timeout=10000)
+    expect(page.locator("#budget")).to_have_text("0.10 / 1.00")  # what the scheduler counts asleep
+    expect(nap.locator(".sleep-notes")).to_contain_text("asleep")
+    nap.locator("button[data-action='wake']").click()
+    expect(nap).to_have_attribute("data-state", "ready", timeout=10000)
+    expect(page.locator("#budget")).to_have_text("0.50 / 1.00")
+    assert sum(1 for e in stack.docker_events("start") if e["Actor"]["Attributes"].get("io.waker.model") == "nap") == 1
