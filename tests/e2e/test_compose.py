@@ -48,6 +48,17 @@ def model_table(model: dict) -> str:
     return "\n".join(["[[model]]", *(f"{k} = {toml_value(v)}" for k, v in model.items())]) + "\n"
 
 
+def remove_stale_networks(subnet: str) -> None:
+    """This test's networks left by an earlier run that was killed before its clean-up (no container
+    on them): they would hold the fixed subnet, and Docker would refuse the new ones."""
+    for name in docker("network", "ls", "--filter", "name=wakerci", "--format", "{{.Name}}").split():
+        inspected = docker("network", "inspect", name, "--format",
+                           "{{range .IPAM.Config}}{{.Subnet}} {{end}}{{len .Containers}}", check=False)
+        subnets, _, attached = inspected.strip().rpartition(" ")
+        if subnets.startswith(f"{subnet}.") and attached == "0":
+            docker("network", "rm", name, check=False)
+
+
 @pytest.fixture(scope="module")
 def deployment(tmp_path_factory):
     """A compose project in a temporary directory (its own config, networks, subnet, published port
@@ -64,12 +75,13 @@ def deployment(tmp_path_factory):
            "WAKER_BASE_IMAGE": "waker-test-base:bookworm", "WAKER_IMAGE": "waker-gateway:compose-test",
            "WAKER_NETWORK": f"{project}-models", "WAKER_EGRESS": f"{project}-egress", "WAKER_SUBNET": "172.30.193"}
     compose = [*compose_command(), "-f", str(REPO / "compose.yaml"), "-p", project]
-    up = subprocess.run([*compose, "up", "-d", "--build"], cwd=tmp_path, env=env, capture_output=True, text=True,
-                        timeout=600, check=False)
-    assert up.returncode == 0, f"compose up failed:\n{up.stdout}\n{up.stderr}"
+    remove_stale_networks(env["WAKER_SUBNET"])
     try:
+        up = subprocess.run([*compose, "up", "-d", "--build"], cwd=tmp_path, env=env, capture_output=True,
+                            text=True, timeout=600, check=False)
+        assert up.returncode == 0, f"compose up failed:\n{up.stdout}\n{up.stderr}"
         yield project, f"http://127.0.0.1:{port}", compose, env, tmp_path / "config" / "models.toml"
-    finally:
+    finally:  # also after a failed up: it may have created the networks before failing
         down = subprocess.run([str(REPO / "scripts" / "compose-down"), "-v"],
                               env={**env, "COMPOSE_PROJECT_NAME": project}, capture_output=True, text=True,
                               timeout=300, check=False)
