@@ -208,27 +208,38 @@ async def test_swap_between_two_real_models(module_stacks):
 
 # ---- 5. the container killed mid-stream -----------------------------------------------------------
 
+async def killed_mid_stream(session, stack: Stack) -> tuple[bool, int, float]:
+    """Streams LONG tokens and kills the container at the first chunk: (completed, chunks, seconds the
+    client's stream went on after the kill)."""
+    async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", LONG, stream=True)) as r:
+        assert r.status == 200
+        received, done, killed_at = 0, False, 0.0
+        try:
+            async for line in r.content:
+                done = done or line.startswith(b"data: [DONE]")
+                received += line.startswith(b"data: {")
+                if received == 1 and not killed_at:
+                    await asyncio.to_thread(docker, "kill", stack.containers()[0])
+                    killed_at = time.monotonic()
+        except aiohttp.ClientPayloadError:
+            pass  # nginx cuts the chunked response short: the client knows it is incomplete
+        assert killed_at, "the stream sent no chunk"
+        return done, received, time.monotonic() - killed_at
+
+
 async def test_container_killed_mid_stream_ends_the_stream_and_the_next_request_restarts_it(main_stack):
     stack = main_stack
-    await asyncio.to_thread(ensure_ready, stack, "tiny")
-    starts_before = len(stack.docker_events("start"))
-    killed_at: list[float] = []
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", LONG, stream=True)) as r:
-            assert r.status == 200
-            received, done = 0, False
-            try:
-                async for line in r.content:
-                    done = done or line.startswith(b"data: [DONE]")
-                    received += line.startswith(b"data: {")
-                    if received == 20 and not killed_at:
-                        await asyncio.to_thread(docker, "kill", stack.containers()[0])
-                        killed_at.append(time.monotonic())
-            except aiohttp.ClientPayloadError:
-                pass  # nginx cuts the chunked response short: the client knows it is incomplete
-            ended = time.monotonic()
-    assert killed_at and not done and received < LONG
-    assert ended - killed_at[0] < 5, f"the client's stream went on {ended - killed_at[0]:.1f} s after the kill"
+        # On a loaded machine `docker kill` can land after the engine streamed all LONG tokens; that
+        # attempt says nothing about a kill mid-stream, so it is made again (the kill restarts the engine).
+        for _ in range(3):
+            await asyncio.to_thread(ensure_ready, stack, "tiny")
+            starts_before = len(stack.docker_events("start"))
+            done, received, went_on = await killed_mid_stream(session, stack)
+            if not done:
+                break
+        assert not done and received < LONG, "every kill landed after the stream had completed"
+    assert went_on < 5, f"the client's stream went on {went_on:.1f} s after the kill"
     await asyncio.to_thread(ensure_ready, stack, "tiny")
     assert len(stack.docker_events("start")) == starts_before + 1
 
