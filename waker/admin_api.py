@@ -32,7 +32,7 @@ log = structlog.get_logger("waker.admin_api")
 
 SUPERVISOR = web.AppKey("admin_supervisor", Supervisor)
 CONTROL = web.AppKey("admin_control", ManualControl)
-RUNTIME = web.AppKey("runtime", DockerRuntime)
+RUNTIMES = web.AppKey("runtimes", dict[str, DockerRuntime])  # each host's engine
 GPU = web.AppKey("gpu", GpuMemory)
 STARTS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("admin_background_starts")  # `start?wait=false`
 HEARTBEAT_SECONDS = 15.0
@@ -108,7 +108,7 @@ def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] 
     if slot.state is State.STARTING:
         entry["loading"] = {"elapsed_seconds": round(now - slot.starting_since, 1),
                             "expected_seconds": entry["last_start_seconds"]}
-        pulling = supervisor.driver.pulling(model.image)
+        pulling = supervisor.fleet.pulling(model.image)
         if pulling is not None:
             entry["loading"]["pull"] = {**asdict(pulling), "text": pulling.describe()}
     return entry
@@ -212,7 +212,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
             raise ValueError
     except ValueError:
         return error_response(400, "invalid_parameter", "tail must be a whole number from 0 to 100000")
-    runtime = request.app[RUNTIME]
+    runtime = request.app[RUNTIMES][request.app[SUPERVISOR].host_of(model.id)]
     info = await runtime.find(model.id)
     if info is None:
         return error_response(404, "no_container", f"model {model.id!r} has no container yet; start it first")
@@ -270,7 +270,7 @@ async def prepare(request: web.Request) -> web.Response:
     if unknown:
         return error_response(404, "model_not_found", f"unknown model(s) {unknown!r}")
     models = [m for m in named if m is not None] or list(supervisor.config.models)
-    report = {m.id: await supervisor.driver.prepare(m) for m in models}
+    report = {m.id: await supervisor.driver_of(m.id).prepare(m) for m in models}
     ready = all("error" not in r for r in report.values())
     return web.json_response({"ok": ready, "models": report}, status=200 if ready else 207)
 
@@ -286,11 +286,11 @@ def _event(kind: str, data: dict[str, Any]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-def add_routes(app: web.Application, supervisor: Supervisor, control: ManualControl, runtime: DockerRuntime,
+def add_routes(app: web.Application, supervisor: Supervisor, control: ManualControl, runtimes: dict[str, DockerRuntime],
                gpu: GpuMemory) -> None:
     app[SUPERVISOR] = supervisor
     app[CONTROL] = control
-    app[RUNTIME] = runtime
+    app[RUNTIMES] = runtimes
     app[GPU] = gpu
     app[STARTS] = set()
     app.middlewares.append(require_token)

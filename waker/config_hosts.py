@@ -83,6 +83,11 @@ def implicit_host(docker_host: str, gpu_capacity: float) -> HostConfig:
                       Interconnect())
 
 
+def local_host(hosts: tuple[HostConfig, ...]) -> HostConfig:
+    """The host whose engine is this machine's (the first such entry; else the first entry)."""
+    return next((h for h in hosts if h.docker.scheme in (DockerScheme.UNIX, DockerScheme.AS_GIVEN)), hosts[0])
+
+
 def host_name(value: Any) -> str:
     text = fields.string(value)
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", text):

@@ -47,7 +47,8 @@ def container_name(stack: str, model_id: str) -> str:
 def container_spec(model: ModelConfig, stack: str, network: str = "", egress_network: str = "") -> dict[str, Any]:
     """The body of Docker's container-create call, labels and spec hash included.
 
-    Without `network` the model publishes its port on 127.0.0.1 (host deployment); with it, the model
+    Without `network` the model publishes its port on its address's host (host deployment: loopback, or
+    the address of the `[[host]]` it runs on, `Launcher._here`); with it, the model
     publishes nothing and joins that network at its fixed address, where only the gateway reaches it.
     The egress network (joined after create: one network per create call) only lets it download."""
     port_key = f"{model.port}/tcp"
@@ -57,7 +58,7 @@ def container_spec(model: ModelConfig, stack: str, network: str = "", egress_net
         "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
     }
     if not network:
-        host_config["PortBindings"] = {port_key: [{"HostIp": "127.0.0.1", "HostPort": str(model.host_port)}]}
+        host_config["PortBindings"] = {port_key: [{"HostIp": model.address.host, "HostPort": str(model.host_port)}]}
     else:
         host_config["NetworkMode"] = network
     if model.shm_size:

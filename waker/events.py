@@ -42,6 +42,8 @@ class EventKind(StrEnum):
     IMAGE_PULL = "image_pull"
     LOADING_STAGE = "loading_stage"  # a starting engine's latest loading stage, read from its log
     CONFIG_RELOADED = "config_reloaded"
+    HOST_LOST = "host_lost"  # a host's engine went away (several hosts): with `error` and the `models` marked down
+    HOST_BACK = "host_back"  # it answers again: its running containers were listed and adopted
 
 
 class EventBus:

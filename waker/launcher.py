@@ -11,12 +11,15 @@ import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import aiohttp
 import structlog
 
 from waker import docker_events, engine_sleep
 from waker.config import ModelConfig, WakerConfig
+from waker.config_fields import Address
+from waker.config_hosts import HostConfig
 from waker.container_spec import LABEL_EGRESS, LABEL_SPEC, container_name, container_spec
 from waker.docker_runtime import DockerError, DockerRuntime, ImageMissing, ImagePullFailed
 from waker.driver import ContainerEvent
@@ -36,11 +39,13 @@ _RUNNING_METRIC = re.compile(r"^vllm:num_requests_(?:running|waiting)(?:\{[^}]*\
 
 
 class Launcher:
-    """Implements `driver.Driver` over one Docker engine."""
+    """Implements `driver.Driver` over one Docker engine, the engine of `host` (by default the local one,
+    whose models publish their ports on loopback)."""
 
     def __init__(self, waker: WakerConfig, runtime: DockerRuntime, images: Images,
-                 clock: Callable[[], float] = time.monotonic) -> None:
+                 clock: Callable[[], float] = time.monotonic, host: HostConfig | None = None) -> None:
         self.stack = waker.name
+        self.address = host.address if host is not None else "127.0.0.1"
         self.network, self.egress_network = waker.network, waker.egress_network
         self.runtime = runtime
         self.images = images
@@ -50,9 +55,17 @@ class Launcher:
     async def close(self) -> None:
         await self._http.close()
 
+    def _here(self, model: ModelConfig) -> ModelConfig:
+        """The model as it runs on this host: in the host deployment its port is published on the host's
+        address, which is where nginx and the health checks reach it."""
+        if self.network or model.address.host == self.address:
+            return model
+        return replace(model, address=Address(self.address, model.host_port))
+
     async def up(self, model: ModelConfig, died: asyncio.Event) -> str:
         """Creates (or recreates, when its spec changed) and starts the container, then waits until
         the model answers its health check. Returns the container id; raises StartError."""
+        model = self._here(model)
         deadline = self.clock() + model.start_timeout
         try:
             image_id = await asyncio.wait_for(self.images.ensure(model), deadline - self.clock())
@@ -121,6 +134,7 @@ class Launcher:
         return container_id
 
     async def adopt(self, model: ModelConfig, container_id: str, deadline: float, died: asyncio.Event) -> None:
+        model = self._here(model)
         await self._wait_healthy(model, container_id, deadline, died)
 
     async def running(self) -> dict[str, str]:
@@ -180,6 +194,7 @@ class Launcher:
         )
 
     async def healthy(self, model: ModelConfig) -> bool:
+        model = self._here(model)
         try:
             async with self._http.get(f"{model.address.url}{model.health}") as response:
                 return response.status == 200
@@ -191,6 +206,7 @@ class Launcher:
         when it does not say. Asked once before an idle stop, as a check on the gateway's own count.
         vLLM's API server answers /metrics slowly while it streams (seconds on a loaded CPU), hence a
         longer wait than a health check's; one that never answers (wedged) does not keep its model up."""
+        model = self._here(model)
         try:
             async with self._http.get(f"{model.address.url}/metrics",
                                       timeout=aiohttp.ClientTimeout(total=METRICS_TIMEOUT)) as response:
@@ -203,17 +219,21 @@ class Launcher:
         return int(sum(values)) if values else None
 
     async def sleep(self, model: ModelConfig) -> None:
+        model = self._here(model)
         await engine_sleep.sleep(self._http, engine_sleep.Engine.of(model), model.sleep.level, model.sleep.wake_timeout)
 
     async def wake(self, model: ModelConfig) -> None:
+        model = self._here(model)
         await engine_sleep.wake(self._http, engine_sleep.Engine.of(model), model.sleep.level, model.sleep.wake_timeout)
 
     async def is_sleeping(self, model: ModelConfig) -> bool:
+        model = self._here(model)
         return await engine_sleep.is_sleeping(self._http, engine_sleep.Engine.of(model), model.sleep.wake_timeout)
 
     async def prepare(self, model: ModelConfig) -> dict[str, str]:
         """Makes a model ready to start fast: its image present (pulled as its policy allows) and its
         container created, not started. Reports what it found and did."""
+        model = self._here(model)
         report: dict[str, str] = {}
         try:
             before = await self.runtime.image_id(model.image)

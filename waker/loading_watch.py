@@ -37,7 +37,7 @@ class LoadingWatch:
     def progress(self, model_id: str) -> Progress:
         s = self.supervisor
         model = s.config.model(model_id)
-        pull = s.driver.pulling(model.image) if model else None
+        pull = s.fleet.pulling(model.image) if model else None
         return progress(model_id, s.current_slots(), s.waiting.waiting(), s.policy, pull,
                         self.stages.get(model_id), s.now())
 
@@ -76,7 +76,7 @@ class LoadingWatch:
         cancelled then); a container replaced meanwhile (its spec changed) is found again."""
         while True:
             with contextlib.suppress(DockerError):
-                async for chunk in self.supervisor.driver.loading_log(model_id, since):
+                async for chunk in self.supervisor.driver_of(model_id).loading_log(model_id, since):
                     for line in chunk.split("\n"):
                         self._saw(model_id, line)
             await asyncio.sleep(FIND_INTERVAL)

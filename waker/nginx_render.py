@@ -14,6 +14,12 @@ until a wake. So while M is asleep its upstream `model_M` is rendered as a socke
 nginx gets its 502 and asks the waker, which wakes M first. `@retry_M` goes through `retry_M`, always
 the real address, so that requests the waker lets through after a wake need no reload.
 
+With several hosts (`[[host]]`), a model placed by the scheduler may run on any of them, so its
+upstreams list its port on each host's address, the first host's as the server and the others as
+`backup`: nginx tries them in that order and proxies to the one that accepts (a refused connection
+costs one round trip on the link), so a model that moves to another host needs no reload. A model
+that names its `host` has that host's address alone.
+
 A model that declares fix-ups has its body rewritten by njs in the three locations that reach it
 (path, `@model_M`, `@retry_M`); the locations of the other models carry nothing of it.
 """
@@ -28,6 +34,7 @@ from pathlib import Path
 
 from waker import config_fixups, nginx_access
 from waker.config import RESERVED_NAMES, Config, LoadingFeedback, ModelConfig
+from waker.config_fields import Address
 from waker.errors import error_body
 from waker.units import format_size
 
@@ -140,6 +147,15 @@ def _error_locations(config: Config) -> list[str]:
     body = json.dumps(error_body(WAKER_DOWN[1], WAKER_DOWN[0], 503))
     lines.append(f"        location @waker_down {{ default_type application/json; return 503 {_quote(body)}; }}")
     return lines
+
+
+def _servers(model: ModelConfig, config: Config) -> str:
+    """The upstream servers of a model: its address, or with `[[host]]` its port on each host it may run on."""
+    if not config.hosts or config.waker.network:
+        return f"server {model.address} max_fails=0;"
+    addresses = list(dict.fromkeys(str(Address(h.address, model.host_port)) for h in config.hosts
+                                   if not model.host or h.name == model.host))
+    return " ".join(f"server {a} max_fails=0{' backup' if i else ''};" for i, a in enumerate(addresses))
 
 
 def _error_pages(overrides: dict[int, str] | None = None) -> str:
@@ -294,8 +310,9 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
     for model in config.models:
         key = location_key(model.id)
         # Kept-alive connections spare a TCP handshake (and a docker-proxy hop) per request.
-        server = gate_closed if model.id in asleep else str(model.address)
-        lines.append(f"    upstream model_{key} {{ server {server} max_fails=0; keepalive 16; }}")
-        lines.append(f"    upstream retry_{key} {{ server {model.address} max_fails=0; keepalive 16; }}")
+        servers = _servers(model, config)
+        model_servers = f"server {gate_closed} max_fails=0;" if model.id in asleep else servers
+        lines.append(f"    upstream model_{key} {{ {model_servers} keepalive 16; }}")
+        lines.append(f"    upstream retry_{key} {{ {servers} keepalive 16; }}")
     lines += ["}", ""]
     return "\n".join(lines)

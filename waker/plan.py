@@ -6,7 +6,17 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from waker.config_hosts import IMPLICIT_HOST
 from waker.lifecycle import SleepReason, State, StopReason
+
+
+@dataclass(frozen=True, slots=True)
+class HostBudget:
+    """One host's share of the GPU, and whether its engine answers (a host that does not takes no start)."""
+
+    name: str
+    capacity: float
+    up: bool = True
 
 
 @dataclass(frozen=True, slots=True)
@@ -17,6 +27,11 @@ class Policy:
     max_start_failures: int = 3
     start_backoff: float = 120.0
     max_wake_failures: int = 2
+    hosts: tuple[HostBudget, ...] = ()  # none: one host, the local engine, with `capacity`
+
+    @property
+    def budgets(self) -> tuple[HostBudget, ...]:
+        return self.hosts or (HostBudget(IMPLICIT_HOST, self.capacity),)
 
 
 @dataclass(frozen=True, slots=True)
@@ -47,6 +62,9 @@ class Slot:
     sleep_memory: float = 0.0  # what it holds while asleep
     sleep_timeout: float = 0.0  # asleep this long (from `since`), it is stopped; 0: never for time
     wake_failures: int = 0  # consecutive failed wakes
+    hosts: tuple[str, ...] = ()  # where it runs (head first), or where it last ran; () = never placed
+    host: str = ""  # the host it must run on (its head's, for two hosts); "" = wherever it fits
+    host_count: int = 1  # 2: tensor-parallel over two hosts, charged on both
 
 
 @dataclass(frozen=True, slots=True)
@@ -59,6 +77,7 @@ class Waiter:
 @dataclass(frozen=True, slots=True)
 class Start:
     model: str
+    hosts: tuple[str, ...] = ()  # where to start it, the head first
 
 
 @dataclass(frozen=True, slots=True)

@@ -28,6 +28,13 @@ Rules, in the order they apply:
 7. A model asleep for its `sleep_timeout` is stopped, unless requests wait for it, or it is keep_warm
    or pinned. One start or wake at a time, as for starts: a wake takes back memory a start would size
    itself from.
+
+With several hosts (`[[host]]`), each host has its own budget, and every rule above applies per host:
+a model that is down is first placed (`placement.place`: its named host, else where it fits now, then
+where it last ran, then the emptier host), then fitted, made room for and started on the host(s) it
+was placed on; one start at a time per host, and a model waiting for room holds back only the models
+queued after it on the same host. A model spread over two hosts is charged on both. A model that
+cannot be placed (its host is down) is refused at once with the reason.
 """
 
 from __future__ import annotations
@@ -36,6 +43,7 @@ import math
 from dataclasses import dataclass, field, replace
 
 from waker.lifecycle import SleepReason, State, StopReason
+from waker.placement import HostView, Need, Unplaceable, place
 from waker.plan import (
     Action,
     Grant,
@@ -72,9 +80,22 @@ class _Planner:
     def occupying(self) -> list[Slot]:
         return [s for s in self.slots.values() if s.state in OCCUPYING]
 
-    def start(self, slot: Slot) -> None:
-        self.actions.append(Start(slot.id))
-        self.slots[slot.id] = replace(slot, state=State.STARTING, starting_since=self.now)
+    def on(self, hosts: tuple[str, ...]) -> list[Slot]:
+        """The models occupying any of `hosts`."""
+        return occupying_on(self.slots, hosts, self.policy)
+
+    def where(self, slot: Slot) -> tuple[str, ...] | Unplaceable:
+        return where(slot, self.slots, self.policy)
+
+    def fits_on(self, slot: Slot, hosts: tuple[str, ...]) -> bool:
+        return all(fits(slot, self.on((b.name,)), b.capacity) for b in self.policy.budgets if b.name in hosts)
+
+    def coming_up_on(self, hosts: tuple[str, ...]) -> bool:
+        return any(s.state in COMING_UP for s in self.on(hosts))
+
+    def start(self, slot: Slot, hosts: tuple[str, ...]) -> None:
+        self.actions.append(Start(slot.id, hosts))
+        self.slots[slot.id] = replace(slot, state=State.STARTING, starting_since=self.now, hosts=hosts)
 
     def stop(self, slot: Slot, reason: StopReason, for_model: str | None = None) -> None:
         self.actions.append(Stop(slot.id, reason, for_model))
@@ -92,6 +113,29 @@ class _Planner:
 def held(slot: Slot) -> float:
     """The part of the GPU `slot` holds now (falling asleep or waking, all of it)."""
     return slot.sleep_memory if slot.state is State.SLEEPING else slot.gpu_memory
+
+
+def hosts_of(slot: Slot, policy: Policy) -> tuple[str, ...]:
+    """Where an occupying model is (a model started before hosts were known is on the first)."""
+    return slot.hosts or (policy.budgets[0].name,)
+
+
+def occupying_on(slots: dict[str, Slot], hosts: tuple[str, ...], policy: Policy) -> list[Slot]:
+    return [s for s in slots.values() if s.state in OCCUPYING and set(hosts_of(s, policy)) & set(hosts)]
+
+
+def where(slot: Slot, slots: dict[str, Slot], policy: Policy) -> tuple[str, ...] | Unplaceable:
+    """The host(s) of `slot`: where it is, if it occupies any; else where `placement.place` puts it now."""
+    if slot.state in OCCUPYING:
+        return hosts_of(slot, policy)
+    views = []
+    for budget in policy.budgets:
+        there = [s for s in occupying_on(slots, (budget.name,), policy) if s.id != slot.id]
+        views.append(HostView(budget.name, budget.capacity, budget.up, used=sum(held(s) for s in there),
+                              exclusive_running=any(s.exclusive for s in there), running=len(there),
+                              last_ran_here=budget.name in slot.hosts))
+    placed = place(Need(slot.gpu_memory, slot.exclusive, slot.host, slot.host_count), tuple(views))
+    return placed if isinstance(placed, Unplaceable) else placed.hosts
 
 
 def fits(candidate: Slot, staying: list[Slot], capacity: float) -> bool:
@@ -120,7 +164,7 @@ class Room:
     to_stop: tuple[Slot, ...]
 
 
-def room_for(candidate: Slot, occupying: list[Slot], policy: Policy) -> Room | None:
+def room_for(candidate: Slot, occupying: list[Slot], policy: Policy, capacity: float) -> Room | None:
     """The least costly way to make room for `candidate`, or None if even stopping every evictable
     model would not. Steps in order of cost (LRU first, keep_warm last in each group): sleep idle
     sleep-capable models; stop sleeping ones; stop idle ones that cannot sleep; stop the sleep-capable
@@ -143,7 +187,7 @@ def room_for(candidate: Slot, occupying: list[Slot], policy: Policy) -> Room | N
                 after[slot.id] = replace(slot, state=State.SLEEPING)
             else:
                 after.pop(slot.id, None)
-        return fits(candidate, list(after.values()), policy.capacity)
+        return fits(candidate, list(after.values()), capacity)
 
     chosen: list[tuple[bool, Slot]] = []
     for step in steps:
@@ -158,6 +202,20 @@ def room_for(candidate: Slot, occupying: list[Slot], policy: Policy) -> Room | N
     stopped = {slot.id for sleeps, slot in chosen if not sleeps}
     return Room(tuple(slot for sleeps, slot in chosen if sleeps and slot.id not in stopped),
                 tuple(slot for sleeps, slot in chosen if not sleeps))
+
+
+def room_on(candidate: Slot, hosts: tuple[str, ...], slots: dict[str, Slot], policy: Policy) -> Room | None:
+    """`room_for` on each of `hosts`, together: a model charged on two hosts needs room on both (a
+    model stopped on one for it frees its share of the other too, and is stopped once)."""
+    rooms = []
+    for budget in (b for b in policy.budgets if b.name in hosts):
+        room = room_for(candidate, occupying_on(slots, (budget.name,), policy), policy, budget.capacity)
+        if room is None:
+            return None
+        rooms.append(room)
+    to_stop = {s.id: s for room in rooms for s in room.to_stop}
+    to_sleep = {s.id: s for room in rooms for s in room.to_sleep if s.id not in to_stop}
+    return Room(tuple(to_sleep.values()), tuple(to_stop.values()))
 
 
 def release_estimate(slot: Slot, now: float) -> int | None:
@@ -228,7 +286,8 @@ def decide(slots: dict[str, Slot], queue: tuple[Waiter, ...] | list[Waiter], pol
                 math.ceil(slot.retry_at - now),
             ))
         elif slot.state not in COMING_UP and now - waiter.since >= policy.queue_timeout:
-            holders = holders_of(slot, p.occupying(), now)
+            placed = p.where(slot)
+            holders = holders_of(slot, p.occupying() if isinstance(placed, Unplaceable) else p.on(placed), now)
             p.actions.append(_busy_refusal(waiter, slot, holders, f"within queue_timeout ({policy.queue_timeout:g} s)"))
         else:
             waiting.append(waiter)
@@ -246,42 +305,50 @@ def _start_for_waiters(p: _Planner, waiting: list[Waiter]) -> bool:
     order: dict[str, list[Waiter]] = {}
     for waiter in waiting:
         order.setdefault(waiter.model, []).append(waiter)
-    blocked = False
+    held_back: set[str] = set()  # hosts whose queue waits for an earlier model (FIFO per host)
+
+    def hold(hosts: tuple[str, ...]) -> None:
+        held_back.update(hosts)
+
     for model, waiters in order.items():
         slot = p.slots[model]
         if slot.state in COMING_UP:
             continue  # they join the start or wake in progress
-        blocked = True
-        if slot.state in GOING_DOWN:
-            break  # once its container has exited it starts; once asleep it wakes
-        if any(s.state in COMING_UP for s in p.slots.values()):
-            break  # one start or wake at a time; FIFO holds the rest
-        occupying = p.occupying()
-        if fits(slot, occupying, p.policy.capacity):
+        hosts = p.where(slot)
+        if isinstance(hosts, Unplaceable):
+            p.actions += [Refuse(w.id, 503, "host_unavailable", f"model {model!r} cannot start: {hosts.reason}")
+                          for w in waiters]
+            continue
+        if held_back & set(hosts) or slot.state in GOING_DOWN or p.coming_up_on(hosts):
+            # After an earlier model on its host; once its container has exited it starts, once asleep
+            # it wakes; one start or wake at a time per host.
+            hold(hosts)
+            continue
+        occupying = p.on(hosts)
+        if p.fits_on(slot, hosts):
             if slot.state is State.SLEEPING:
                 p.wake(slot)
             else:
-                p.start(slot)
-            blocked = False
+                p.start(slot, hosts)
             continue
+        hold(hosts)
         if any(s.state is State.FALLING_ASLEEP for s in occupying):
-            break  # what they free is known once they are asleep: plan more room then, if needed
-        room = room_for(slot, occupying, p.policy)
+            continue  # what they free is known once they are asleep: plan more room then, if needed
+        room = room_on(slot, hosts, p.slots, p.policy)
         if room is not None:
             for victim in room.to_sleep:
                 p.sleep(victim, SleepReason.ROOM, model)
             for victim in room.to_stop:
                 p.stop(victim, StopReason.EVICTED, model)
-            break  # wait until they are asleep or their containers have exited
+            continue  # wait until they are asleep or their containers have exited
         if p.policy.on_busy == "reject":
             holders = holders_of(slot, occupying, p.now)
             p.actions += [_busy_refusal(w, slot, holders, "now") for w in waiters]
-            blocked = False
+            held_back.difference_update(hosts)
             continue
         for waiter in waiters:
             p.later(waiter.since + p.policy.queue_timeout)
-        break
-    return blocked
+    return bool(held_back)
 
 
 def _restore_keep_warm(p: _Planner) -> None:
@@ -291,11 +358,12 @@ def _restore_keep_warm(p: _Planner) -> None:
         if slot.state is State.FAILED and p.now < slot.retry_at:
             p.later(slot.retry_at)
             continue
-        if fits(slot, p.occupying(), p.policy.capacity):
+        hosts = p.where(slot)
+        if not isinstance(hosts, Unplaceable) and p.fits_on(slot, hosts):
             if slot.state is State.SLEEPING:  # put to sleep for another model's room, which is back
                 p.wake(slot)
             else:
-                p.start(slot)
+                p.start(slot, hosts)
             return
 
 

@@ -15,9 +15,11 @@ from aiohttp import web
 from waker import admin_api, nginx_access, systemd
 from waker.activity import listen as listen_for_activity
 from waker.config import Config, WakerConfig
+from waker.config_hosts import HostConfig, local_host
 from waker.docker_runtime import DockerError, DockerRuntime
 from waker.driver import LoopClock, Router
 from waker.events import EventBus, EventKind
+from waker.fleet import Fleet
 from waker.gateway_api import make_app
 from waker.gpu import GpuMemory
 from waker.image_pull import PullProgress
@@ -38,11 +40,11 @@ UI_DIR = Path(__file__).with_name("ui")
 NginxMode = Literal["child", "container", "none"]
 
 
-def build_app(supervisor: Supervisor, control: ManualControl, runtime: DockerRuntime,
+def build_app(supervisor: Supervisor, control: ManualControl, runtimes: dict[str, DockerRuntime],
               counters: Counters) -> web.Application:
     app = make_app(supervisor, control)
     gpu = GpuMemory()
-    admin_api.add_routes(app, supervisor, control, runtime, gpu)
+    admin_api.add_routes(app, supervisor, control, runtimes, gpu)
 
     async def metrics(request: web.Request) -> web.Response:
         return web.Response(text=render(supervisor, counters, gpu), content_type="text/plain",
@@ -57,15 +59,15 @@ def build_app(supervisor: Supervisor, control: ManualControl, runtime: DockerRun
 
 
 def docker_driver(waker: WakerConfig, config: Callable[[], Config], runtime: DockerRuntime, bus: EventBus,
-                  clock: LoopClock) -> Launcher:
-    """The models' driver: Docker, with image pulls reported as `image_pull` events naming the models
-    of the config in force (`config`, read at each report: a reload may add models)."""
+                  clock: LoopClock, host: HostConfig) -> Launcher:
+    """A host's driver: its Docker engine, with image pulls reported as `image_pull` events naming the
+    models of the config in force (`config`, read at each report: a reload may add models)."""
     def pull_progress(image: str, progress: PullProgress) -> None:
         models = [m.id for m in config().models if m.image == image]
         bus.publish(EventKind.IMAGE_PULL, image=image, models=models, layers_done=progress.layers_done,
                     layers_total=progress.layers_total, bytes_done=progress.bytes_done,
-                    bytes_total=progress.bytes_total)
-    return Launcher(waker, runtime, Images(runtime, pull_progress), clock.now)
+                    bytes_total=progress.bytes_total, **({"host": host.name} if len(config().hosts) > 1 else {}))
+    return Launcher(waker, runtime, Images(runtime, pull_progress), clock.now, host)
 
 
 class NginxRouter:
@@ -95,15 +97,22 @@ async def serve(config: Config, nginx_mode: NginxMode) -> int:
 
     bus, counters = EventBus(), Counters()
     bus.add_sink(counters.observe)
-    runtime = DockerRuntime(config.waker.name, config.waker.docker_host)
+    hosts = config.placement_hosts
+    try:
+        runtimes = {host.name: DockerRuntime(config.waker.name, host.docker) for host in hosts}
+    except DockerError as exc:  # unreadable TLS files of a tcp:// host
+        log.error("startup_failed", error=str(exc))
+        return 1
+    runtime = runtimes[local_host(hosts).name]  # the engine of this machine: nginx's, in compose
     clock = LoopClock()
-    driver = docker_driver(config.waker, lambda: supervisor.config, runtime, bus, clock)
+    fleet = Fleet({host.name: docker_driver(config.waker, lambda: supervisor.config, runtimes[host.name], bus,
+                                            clock, host) for host in hosts})
     nginx = _nginx(nginx_mode, config, runtime)
     router: Router | None = NginxRouter(nginx) if nginx is not None else None
-    supervisor = Supervisor(config, driver, bus, clock, router)
+    supervisor = Supervisor(config, fleet, bus, clock, router)
     control = ManualControl(supervisor, nginx)
     # A client that hangs up while its request is held must be noticed: the handler is cancelled.
-    runner = web.AppRunner(build_app(supervisor, control, runtime, counters), access_log=None,
+    runner = web.AppRunner(build_app(supervisor, control, runtimes, counters), access_log=None,
                            handler_cancellation=True)
     activity = None
     code = 0
@@ -141,5 +150,6 @@ async def serve(config: Config, nginx_mode: NginxMode) -> int:
             activity.close()
         await runner.cleanup()
         await supervisor.close()
-        await runtime.close()
+        for each in runtimes.values():
+            await each.close()
     return code

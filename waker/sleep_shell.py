@@ -35,11 +35,11 @@ class Shell(Protocol):
     """What sleep mode needs of the supervisor (its commands, not its internals)."""
 
     config: Config
-    driver: Driver
     bus: EventBus
     clock: Clock
     records: dict[str, ModelRecord]
 
+    def driver_of(self, model_id: str) -> Driver: ...
     def transition(self, model_id: str, event: Event, **changes: Any) -> None: ...
     def update(self, model_id: str, **changes: Any) -> None: ...
     def stop(self, model_id: str, reason: StopReason, for_model: str | None = None) -> None: ...
@@ -108,7 +108,7 @@ class SleepShell:
             return
         if not self._still(model.id, State.FALLING_ASLEEP):
             return
-        busy = await shell.driver.busy(model)
+        busy = await shell.driver_of(model.id).busy(model)
         if not self._still(model.id, State.FALLING_ASLEEP):
             return
         # Requests nginx passed on before the gate closed (or the engine's own count, after a waker
@@ -118,7 +118,7 @@ class SleepShell:
             self._call_off(model, "requests in flight", server_requests=busy or 0, in_flight=in_flight)
             return
         try:
-            await shell.driver.sleep(model)
+            await shell.driver_of(model.id).sleep(model)
         except SleepModeError as exc:
             if self._still(model.id, State.FALLING_ASLEEP):
                 shell.bus.publish(EventKind.SLEEP_FAILED, model=model.id, step=exc.step.value,
@@ -144,7 +144,7 @@ class SleepShell:
         queued, and the scheduler starts it cold for them once it has exited."""
         shell, began = self.shell, self.shell.clock.now()
         try:
-            await shell.driver.wake(model)
+            await shell.driver_of(model.id).wake(model)
         except SleepModeError as exc:
             if self._still(model.id, State.WAKING):
                 failures = shell.records[model.id].slot.wake_failures + 1
@@ -168,7 +168,7 @@ class SleepShell:
         if self.router is None or not model.sleep.enabled:
             return False
         try:
-            return await self.shell.driver.is_sleeping(model)
+            return await self.shell.driver_of(model.id).is_sleeping(model)
         except SleepModeError as exc:
             log.warning("is_sleeping_failed", model=model.id, error=exc.message)
             return False

@@ -3,9 +3,10 @@ carries out the plan (engine starts and stops through the driver, answers to wai
 
 Inputs: wake requests from nginx (`acquire`), activity marks from nginx (`on_activity`), the driver's
 container events, and timers that `decide` asks for. Nothing polls: at idle the waker sleeps. The
-world is reached only through what is passed in: a `Driver` (engines and containers), a `Clock`
-(time and timers) and an `EventBus` (what happens, for the admin API, metrics and logs); sleep mode
-(`sleep_shell`) also needs a `Router`, nginx's gate: without one, no model sleeps.
+world is reached only through what is passed in: a `Fleet` (a `Driver` per host: engines and
+containers), a `Clock` (time and timers) and an `EventBus` (what happens, for the admin API, metrics
+and logs); sleep mode (`sleep_shell`) also needs a `Router`, nginx's gate: without one, no model
+sleeps. What each host's engine reports is `host_watch`'s.
 """
 
 from __future__ import annotations
@@ -21,14 +22,16 @@ from waker.activity import Mark
 from waker.config import Config, ModelConfig
 from waker.config_change import ConfigChange
 from waker.docker_runtime import DockerError
-from waker.driver import Clock, ContainerChange, ContainerEvent, Driver, Router, Timer
+from waker.driver import Clock, Driver, Router, Timer
 from waker.errors import RequestRefused, StartError
 from waker.events import EventBus, EventKind
+from waker.fleet import Fleet
+from waker.host_watch import HostWatch
 from waker.lifecycle import Event, SleepReason, State, StopReason, next_state
 from waker.model_record import ModelRecord, slot_for
-from waker.plan import Grant, Plan, Policy, Refuse, Sleep, Slot, Start, Stop, Wake
-from waker.scheduler import decide
-from waker.sleep_shell import GATED, SleepShell
+from waker.plan import Grant, HostBudget, Plan, Policy, Refuse, Sleep, Slot, Start, Stop, Wake
+from waker.scheduler import decide, hosts_of
+from waker.sleep_shell import SleepShell
 from waker.waiting_room import WaitingRoom
 
 log = structlog.get_logger("waker.supervisor")
@@ -39,14 +42,14 @@ STOP_RETRY_SECONDS = 5.0
 def policy_of(config: Config) -> Policy:
     s = config.scheduler
     return Policy(s.gpu_capacity, s.on_busy, s.queue_timeout, s.max_start_failures, s.start_backoff,
-                  s.max_wake_failures)
+                  s.max_wake_failures, tuple(HostBudget(h.name, h.gpu_capacity) for h in config.hosts))
 
 
 class Supervisor:
-    def __init__(self, config: Config, driver: Driver, bus: EventBus, clock: Clock,
+    def __init__(self, config: Config, fleet: Fleet, bus: EventBus, clock: Clock,
                  router: Router | None = None) -> None:
         self.config = config
-        self.driver = driver
+        self.fleet = fleet
         self.bus = bus
         self.clock = clock
         self.policy = policy_of(config)
@@ -57,18 +60,28 @@ class Supervisor:
                         reason="nothing routes nginx (--nginx none), so nobody could gate a sleeping model's "
                                "requests: idle models are stopped instead")
         self.waiting = WaitingRoom()
-        self.docker_error: str | None = "not connected yet"
+        self.hosts = HostWatch(self, fleet)
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: Timer | None = None
         self._reconcile_pending = False
-        self._synced = False
         self._changed = asyncio.Condition()
 
     def now(self) -> float:
         return self.clock.now()
 
+    @property
+    def docker_error(self) -> str | None:
+        """Why no request can be served now: no host's engine answers."""
+        return self.hosts.docker_error
+
+    def driver_of(self, model_id: str) -> Driver:
+        """The driver of the host(s) the model runs on or last ran on (never placed: its named host, or
+        the first host)."""
+        slot = self.records[model_id].slot
+        return self.fleet.of(slot.hosts or ((slot.host,) if slot.host else ()))
+
     async def open(self) -> None:
-        self.spawn(self.driver.follow(self._on_container_event, self._resync, self._on_driver_lost))
+        self.hosts.open()
 
     async def close(self) -> None:
         if self._timer is not None:
@@ -76,7 +89,7 @@ class Supervisor:
         for task in list(self._tasks):
             task.cancel()
         await asyncio.gather(*self._tasks, return_exceptions=True)
-        await self.driver.close()
+        await self.fleet.close()
 
     # ---- what others read -----------------------------------------------------------------------
 
@@ -112,7 +125,7 @@ class Supervisor:
         if self.records[model.id].slot.suspended:
             self.update(model.id, suspended=False)
         if self.state(model.id) is State.READY:
-            if await self.driver.healthy(model):
+            if await self.driver_of(model.id).healthy(model):
                 return
             if self.state(model.id) is State.READY:
                 self.bus.publish(EventKind.MODEL_UNREACHABLE, model=model.id)
@@ -147,9 +160,9 @@ class Supervisor:
 
     def reconcile(self) -> None:
         self._reconcile_pending = False
-        if not self._synced:
-            return  # until the driver has told us what runs, deciding would be guessing
-        plan = decide(self.current_slots(), self.waiting.waiting(), self.policy, self.now())
+        if not self.hosts.settled:
+            return  # until each host's driver has told us what runs, deciding would be guessing
+        plan = decide(self.current_slots(), self.waiting.waiting(), self.hosts.policy(self.policy), self.now())
         self._carry_out(plan)
         if self._timer is not None:
             self._timer.cancel()
@@ -165,7 +178,7 @@ class Supervisor:
     def _carry_out(self, plan: Plan) -> None:
         for action in plan.actions:
             if isinstance(action, Start):
-                self.transition(action.model, Event.START, starting_since=self.now())
+                self.transition(action.model, Event.START, starting_since=self.now(), hosts=action.hosts)
                 self.spawn(self._run_start(self._model(action.model)))
             elif isinstance(action, Stop):
                 self.stop(action.model, action.reason, action.for_model)
@@ -214,7 +227,8 @@ class Supervisor:
             self.records[model_id] = self._new_record(self._model(model_id), self.now())
         for model_id in change.changed:
             fresh = slot_for(self._model(model_id), self.sleep.router is not None)
-            self.update(model_id, gpu_memory=fresh.gpu_memory, exclusive=fresh.exclusive,
+            self.update(model_id, gpu_memory=fresh.gpu_memory, exclusive=fresh.exclusive, host=fresh.host,
+                        host_count=fresh.host_count,
                         keep_warm=fresh.keep_warm, idle_timeout=fresh.idle_timeout, min_uptime=fresh.min_uptime,
                         sleep_level=fresh.sleep_level, sleep_memory=fresh.sleep_memory,
                         sleep_timeout=fresh.sleep_timeout, wake_failures=0)
@@ -258,17 +272,17 @@ class Supervisor:
         asleep = False
         try:
             if container_id is None:
-                container_id = await self.driver.up(model, record.died)
+                container_id = await self.driver_of(model.id).up(model, record.died)
             else:  # adopting a container that is already running
-                await self.driver.adopt(model, container_id, began + model.start_timeout, record.died)
+                await self.driver_of(model.id).adopt(model, container_id, began + model.start_timeout, record.died)
                 asleep = await self.sleep.found_asleep(model)
         except StartError as exc:
-            self._run_failed(model.id, exc)
+            self.fail(model.id, exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not leave the model stuck in "starting"
             log.exception("start_crashed", model=model.id)
-            self._run_failed(model.id, StartError(500, "internal_error", f"model {model.id!r}: the waker failed "
+            self.fail(model.id, StartError(500, "internal_error", f"model {model.id!r}: the waker failed "
                                                   f"while starting it ({exc!r}); its log has the details"))
         else:
             now = self.now()
@@ -281,7 +295,7 @@ class Supervisor:
                 self.sleep.adopt_asleep(model.id)
         self.reconcile()
 
-    def _run_failed(self, model_id: str, exc: StartError, **changes: Any) -> None:
+    def fail(self, model_id: str, exc: StartError, **changes: Any) -> None:
         """A failed run (its start failed, or it crashed while serving): counts towards the back-off
         and answers everyone waiting for the model with the reason, unless it crashed while waking:
         then its waiters get the cold start a failed wake gives them (or the back-off's refusal)."""
@@ -298,7 +312,7 @@ class Supervisor:
 
     async def _run_stop(self, model: ModelConfig, reason: StopReason, for_model: str | None) -> None:
         if reason is StopReason.IDLE:
-            busy = await self.driver.busy(model)
+            busy = await self.driver_of(model.id).busy(model)
             # The engine may be working on requests nginx never told us about (a waker restart), and
             # nginx may have passed it a new one while we asked: either calls the stop off.
             in_flight = self.records[model.id].activity.in_flight
@@ -309,7 +323,7 @@ class Supervisor:
                 self.reconcile()
                 return
         try:
-            await self.driver.down(model, self.records[model.id].container)
+            await self.driver_of(model.id).down(model, self.records[model.id].container)
         except DockerError as exc:
             log.error("stop_failed", model=model.id, error=str(exc), retry_in=STOP_RETRY_SECONDS)
             await self.clock.sleep(STOP_RETRY_SECONDS)
@@ -339,61 +353,24 @@ class Supervisor:
         assert model is not None, f"model {model_id!r} is not in the config"
         return model
 
-    # ---- the driver's view ----------------------------------------------------------------------
+    # ---- what the hosts' engines report (host_watch) ------------------------------------------------
 
-    async def _resync(self) -> None:
-        """Rebuilds what runs from what the driver finds: running containers are adopted (never
-        restarted), models believed ready whose container is gone are marked stopped."""
-        running = await self.driver.running()
-        for model_id, record in self.records.items():
-            state = record.slot.state
-            if model_id in running and state in (State.STOPPED, State.FAILED):
-                self._adopt(model_id, running[model_id])
-            elif model_id not in running and state in (State.READY, State.SLEEPING):
-                record.container = None
-                self.transition(model_id, Event.EXITED)
-        self.docker_error = None
-        self._synced = True
-        self.reconcile()
-
-    def _on_driver_lost(self, reason: str) -> None:
-        self.docker_error = reason
-
-    def _on_container_event(self, event: ContainerEvent) -> None:
-        record = self.records.get(event.model_id)
-        if record is None:
-            return
-        state = record.slot.state
-        if event.change is ContainerChange.DIED:
-            if state is State.STARTING:
-                record.died.set()
-            elif state is State.READY or state in GATED:
-                # Unasked-for, whatever the code: vLLM exits 0 after its engine core died.
-                self.bus.publish(EventKind.MODEL_EXITED, model=event.model_id, exit_code=event.exit_code)
-                doing = "serving" if state is State.READY else state.value.replace("_", " ")
-                message = f"model {event.model_id!r} exited with code {event.exit_code} while {doing}"
-                record.container = None
-                waking = {"wake_failures": record.slot.wake_failures + 1} if state is State.WAKING else {}
-                self._run_failed(event.model_id, StartError(503, "model_exited", message), **waking)
-                self.spawn(self._add_log_tail(event.model_id, event.container_id, message))
-                self.reconcile()
-        elif event.change is ContainerChange.OOM:
-            self.bus.publish(EventKind.MODEL_OOM, model=event.model_id)
-        elif state in (State.STOPPED, State.FAILED):  # STARTED while we run nothing: started by hand
-            self._adopt(event.model_id, event.container_id)
-
-    async def _add_log_tail(self, model_id: str, container_id: str, message: str) -> None:
-        """Completes a crash's message with the container's last log lines (fetched after the fact, so
-        the state changes at once), unless something newer has replaced the message meanwhile."""
-        try:
-            tail = await self.driver.log_tail(container_id)
-        except DockerError:
-            return
-        record = self.records.get(model_id)
-        if tail and record is not None and record.slot.state is State.FAILED and record.slot.last_error == message:
-            self.update(model_id, last_error=f"{message}; last log lines:\n{tail}")
-
-    def _adopt(self, model_id: str, container_id: str) -> None:
-        self.bus.publish(EventKind.CONTAINER_ADOPTED, model=model_id, container=container_id[:12])
-        self.transition(model_id, Event.START, starting_since=self.now())
+    def adopt(self, model_id: str, container_id: str, hosts: tuple[str, ...]) -> None:
+        self.bus.publish(EventKind.CONTAINER_ADOPTED, model=model_id, container=container_id[:12],
+                         **({"hosts": list(hosts)} if self.hosts.several else {}))
+        self.transition(model_id, Event.START, starting_since=self.now(), hosts=hosts)
         self.spawn(self._run_start(self._model(model_id), container_id))
+
+    def tear_down(self, model_id: str) -> None:
+        """Stops what is left of a failed model spread over two hosts, without a state change."""
+        self.spawn(self._tear_down(self._model(model_id), self.driver_of(model_id)))
+
+    async def _tear_down(self, model: ModelConfig, driver: Driver) -> None:
+        try:
+            await driver.down(model, None)
+        except DockerError as exc:
+            log.error("tear_down_failed", model=model.id, error=str(exc))
+
+    def host_of(self, model_id: str) -> str:
+        """The host the model's requests go to (its head's): where it runs, else where it last ran."""
+        return hosts_of(self.records[model_id].slot, self.policy)[0] if model_id in self.records else ""

@@ -61,3 +61,12 @@ def test_fixup_locations_are_accepted_by_nginx(nginx, tmp_path):
                       "fixups": ["max_tokens", "strip_tools", "alternate_roles", "include_usage", "thinking"]}]}
     result = nginx_test(nginx, tmp_path, parse_config(raw, tmp_path / "models.toml"))
     assert result.returncode == 0, result.stderr
+
+
+def test_a_config_with_two_hosts_is_accepted_by_nginx(nginx, tmp_path):
+    raw = {"waker": {"runtime_dir": str(tmp_path)},
+           "host": [{"name": "one"}, {"name": "two", "docker_host": "ssh://two", "address": "192.168.100.2"}],
+           "model": [{"id": "free", "image": "i"}, {"id": "named", "image": "i", "host": "two"}]}
+    cfg = parse_config(raw, tmp_path / "models.toml")
+    result = nginx_test(nginx, tmp_path, cfg, asleep=frozenset({"free"}))
+    assert result.returncode == 0, result.stderr

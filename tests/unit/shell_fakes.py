@@ -12,10 +12,12 @@ from typing import Any
 
 from tests.eventually import eventually_async
 from waker.config import Config, ModelConfig, parse_config
+from waker.config_hosts import IMPLICIT_HOST
 from waker.docker_runtime import DockerError
 from waker.driver import ContainerEvent
 from waker.errors import SleepModeError, SleepStep, StartError
 from waker.events import EventBus
+from waker.fleet import Fleet
 from waker.image_pull import PullProgress
 from waker.lifecycle import State
 from waker.manual_control import ManualControl
@@ -93,6 +95,7 @@ class FakeDriver:
     wake_outcomes: dict[str, deque[SleepModeError]] = field(default_factory=lambda: defaultdict(deque))
     sleep_gates: dict[str, asyncio.Future[None]] = field(default_factory=dict)
     wake_gates: dict[str, asyncio.Future[None]] = field(default_factory=dict)
+    busy_checks: dict[str, tuple[asyncio.Event, asyncio.Future[int | None]]] = field(default_factory=dict)
     _on_event: Callable[[ContainerEvent], None] | None = None
     _on_connect: Callable[[], Awaitable[None]] | None = None
     _on_lost: Callable[[str], None] | None = None
@@ -140,7 +143,17 @@ class FakeDriver:
 
     async def busy(self, model: ModelConfig) -> int | None:
         self.calls.append(("busy", model.id))
+        if model.id in self.busy_checks:
+            asked, answer = self.busy_checks.pop(model.id)
+            asked.set()
+            return await answer
         return self.busy_counts.get(model.id)
+
+    def hold_busy(self, model_id: str) -> tuple[asyncio.Event, asyncio.Future[int | None]]:
+        """The model's next busy check is set as asked, and answers what the future is resolved with."""
+        check = (asyncio.Event(), asyncio.get_running_loop().create_future())
+        self.busy_checks[model_id] = check
+        return check
 
     async def running(self) -> dict[str, str]:
         return dict(self.running_now)
@@ -280,16 +293,18 @@ class Shell:
             f"{model_id} is {self.supervisor.state(model_id).value}, not {[s.value for s in states]}")
 
 
-async def open_shell(config: Config, driver: FakeDriver | None = None, nginx: Any = None, router: Any = None) -> Shell:
-    """The shell over fakes; `router` (a FakeNginx, usually the same as `nginx`) turns sleep mode on."""
+async def open_shell(config: Config, driver: FakeDriver | None = None, nginx: Any = None, router: Any = None,
+                     hosts: dict[str, FakeDriver] | None = None) -> Shell:
+    """The shell over fakes; `router` (a FakeNginx, usually the same as `nginx`) turns sleep mode on.
+    `hosts`: a driver per `[[host]]` of `config` (then `driver` is the first)."""
     bus, events = EventBus(), []
     bus.add_sink(events.append)
-    driver = driver or FakeDriver()
+    drivers: dict[str, FakeDriver] = hosts or {IMPLICIT_HOST: driver or FakeDriver()}
     clock = FakeClock()
-    supervisor = Supervisor(config, driver, bus, clock, router)
+    supervisor = Supervisor(config, Fleet(drivers), bus, clock, router)
     await supervisor.open()
-    await until(lambda: supervisor.docker_error is None, "the first sync with the driver")
-    return Shell(supervisor, ManualControl(supervisor, nginx), driver, clock, events)
+    await until(lambda: supervisor.hosts.settled and not supervisor.hosts.down(), "the first sync with each driver")
+    return Shell(supervisor, ManualControl(supervisor, nginx), next(iter(drivers.values())), clock, events)
 
 
 async def until(condition: Callable[[], Any], what: str) -> Any:

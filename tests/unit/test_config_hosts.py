@@ -141,6 +141,8 @@ BROKEN = [
     ('[waker]\ndocker_host = "unix:///x.sock"\n[[host]]\nname = "a"',
      ["[waker] docker_host and [[host]] are both set"]),
     ('host = "x"', ["'host' must be an array of tables, written [[host]]"]),
+    ('[waker]\nnetwork = "models"\nmodel_ip_base = "172.30.0.10"\n[[host]]\nname = "a"',
+     ["[[host]] entries need the host deployment", "[waker] network"]),
 ]
 
 

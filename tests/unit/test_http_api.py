@@ -29,7 +29,7 @@ async def api(aiohttp_client):
         counters = Counters()
         shell.supervisor.bus.add_sink(counters.observe)
         runtime = DockerRuntime("unit", "unix:///nonexistent/docker.sock")
-        client = await aiohttp_client(build_app(shell.supervisor, shell.control, runtime, counters))
+        client = await aiohttp_client(build_app(shell.supervisor, shell.control, {"local": runtime}, counters))
         return shell, client
     return make
 

@@ -146,3 +146,15 @@ def test_fixup_locations_repeat_the_cors_headers_their_own_header_would_hide(tmp
         assert "add_header Access-Control-Allow-Origin $cors_origin always;" in line
         assert "add_header Access-Control-Expose-Headers $cors_expose always;" in line
     assert "'Retry-After, X-Busy-Model, X-Waker-Fixups'" in conf
+
+
+def test_with_hosts_a_model_is_reached_on_each_host_it_may_run_on_the_first_host_first(tmp_path):
+    raw = {"waker": {"runtime_dir": str(tmp_path)},
+           "host": [{"name": "one"}, {"name": "two", "docker_host": "ssh://two", "address": "192.168.100.2"}],
+           "model": [{"id": "free", "image": "i", "host_port": 19001},
+                     {"id": "named", "image": "i", "host_port": 19002, "host": "two"}]}
+    conf = render(parse_config(raw, tmp_path / "models.toml"), tmp_path).nginx_conf
+    both = "server 127.0.0.1:19001 max_fails=0; server 192.168.100.2:19001 max_fails=0 backup;"
+    assert f"upstream model_free {{ {both} keepalive 16; }}" in conf
+    assert f"upstream retry_free {{ {both} keepalive 16; }}" in conf
+    assert "upstream model_named { server 192.168.100.2:19002 max_fails=0; keepalive 16; }" in conf

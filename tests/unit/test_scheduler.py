@@ -5,11 +5,13 @@ from dataclasses import replace
 
 import pytest
 
+from waker.config_hosts import IMPLICIT_HOST
 from waker.lifecycle import State, StopReason
 from waker.plan import Grant, Policy, Refuse, Slot, Start, Stop, Waiter
 from waker.scheduler import OCCUPYING, decide, release_estimate
 
 NOW = 1000.0
+LOCAL = (IMPLICIT_HOST,)
 R, S, X, STARTING, STOPPING, F = State.READY, State.STOPPED, State.STOPPED, State.STARTING, State.STOPPING, State.FAILED
 
 
@@ -42,12 +44,12 @@ def test_waiters_join_a_start_in_progress():
 
 def test_one_start_serves_every_waiter_of_the_model():
     plan = decide(slots(stopped("a")), wait("a", "a", "a"), Policy(), NOW)
-    assert plan.of(Start) == [Start("a")]
+    assert plan.of(Start) == [Start("a", LOCAL)]
 
 
 def test_models_that_fit_run_together():
     plan = decide(slots(ready("a", 0.4), stopped("b", 0.5)), wait("b"), Policy(), NOW)
-    assert plan.actions == (Start("b"),)
+    assert plan.actions == (Start("b", LOCAL),)
 
 
 def test_full_budget_evicts_the_least_recently_used_idle_model():
@@ -61,7 +63,7 @@ def test_the_start_waits_until_the_evicted_container_has_exited():
     state = slots(Slot("old", 0.6, state=STOPPING), stopped("b", 0.5))
     assert decide(state, wait("b"), Policy(), NOW).actions == ()
     state["old"] = replace(state["old"], state=S)
-    assert decide(state, wait("b"), Policy(), NOW).actions == (Start("b"),)
+    assert decide(state, wait("b"), Policy(), NOW).actions == (Start("b", LOCAL),)
 
 
 def test_a_model_with_requests_in_flight_is_never_evicted_the_request_waits():
@@ -101,7 +103,7 @@ def test_keep_warm_comes_back_when_room_returns_and_not_before():
     held = slots(util, ready("big", 0.8, exclusive=True))
     assert decide(held, (), Policy(), NOW).of(Start) == []
     freed = slots(util, stopped("big", 0.8, exclusive=True))
-    assert decide(freed, (), Policy(), NOW).actions == (Start("util"),)
+    assert decide(freed, (), Policy(), NOW).actions == (Start("util", LOCAL),)
 
 
 def test_keep_warm_does_not_take_room_a_waiting_request_needs():
@@ -112,7 +114,7 @@ def test_keep_warm_does_not_take_room_a_waiting_request_needs():
 def test_queue_collation_serves_models_in_order_of_their_oldest_waiter():
     state = slots(stopped("a", 0.8), stopped("b", 0.8))
     queue = (Waiter(0, "a", NOW - 4), Waiter(1, "b", NOW - 3), Waiter(2, "a", NOW - 2), Waiter(3, "b", NOW - 1))
-    assert decide(state, queue, Policy(), NOW).actions == (Start("a"),)
+    assert decide(state, queue, Policy(), NOW).actions == (Start("a", LOCAL),)
     # Both A requests are in flight (nginx counted them when they arrived); B waits for them.
     state["a"] = replace(state["a"], state=R, ready_since=NOW, last_active=NOW, idle_timeout=1200,
                          in_flight=2, oldest_request_since=NOW - 4)
@@ -169,12 +171,12 @@ def test_failed_start_back_off_fails_fast_then_allows_a_retry():
     failed = Slot("a", 0.5, state=F, failures=3, retry_at=NOW + 30, last_error="exited with code 1")
     (refusal,) = decide(slots(failed), wait("a"), Policy(), NOW).of(Refuse)
     assert refusal.status == 503 and refusal.retry_after == 30 and "exited with code 1" in refusal.message
-    assert decide(slots(failed), wait("a"), Policy(), NOW + 31).actions == (Start("a"),)
+    assert decide(slots(failed), wait("a"), Policy(), NOW + 31).actions == (Start("a", LOCAL),)
 
 
 def test_a_failure_below_the_limit_is_retried_by_the_next_request():
     failed = Slot("a", 0.5, state=F, failures=1, retry_at=0.0, last_error="boom")
-    assert decide(slots(failed), wait("a"), Policy(), NOW).actions == (Start("a"),)
+    assert decide(slots(failed), wait("a"), Policy(), NOW).actions == (Start("a", LOCAL),)
 
 
 def test_idle_stop_counts_from_the_end_of_the_last_request():
@@ -200,7 +202,7 @@ def test_min_uptime_delays_the_idle_stop_until_it_has_passed():
 
 def test_models_without_a_gpu_budget_always_fit():
     state = slots(ready("a", 1.0), stopped("cpu", 0.0))
-    assert decide(state, wait("cpu"), Policy(), NOW).actions == (Start("cpu"),)
+    assert decide(state, wait("cpu"), Policy(), NOW).actions == (Start("cpu", LOCAL),)
 
 
 # ---- invariants over random states -------------------------------------------------------------

@@ -6,11 +6,13 @@ from dataclasses import replace
 
 import pytest
 
+from waker.config_hosts import IMPLICIT_HOST
 from waker.lifecycle import SleepReason, State, StopReason
 from waker.plan import Grant, Policy, Refuse, Sleep, Slot, Start, Stop, Waiter, Wake
 from waker.scheduler import decide, held
 
 NOW = 1000.0
+LOCAL = (IMPLICIT_HOST,)
 R, S, F = State.READY, State.STOPPED, State.FAILED
 ASLEEP, FALLING, WAKING = State.SLEEPING, State.FALLING_ASLEEP, State.WAKING
 
@@ -123,7 +125,7 @@ def test_one_start_or_wake_at_a_time():
 def test_the_budget_counts_what_sleeping_models_hold():
     state = slots(sleeping("a", 0.5, asleep=0.05), stopped("b", 0.9))
     assert held(state["a"]) == 0.05
-    assert decide(state, wait("b"), Policy(), NOW).actions == (Start("b"),)
+    assert decide(state, wait("b"), Policy(), NOW).actions == (Start("b", LOCAL),)
     state["a"] = sleeping("a", 0.5, asleep=0.2)
     assert decide(state, wait("b"), Policy(), NOW).actions == (Stop("a", StopReason.EVICTED, "b"),)
 
@@ -158,7 +160,7 @@ def test_the_start_waits_until_the_models_put_to_sleep_are_asleep():
     state = slots(Slot("a", 0.8, state=FALLING, since=NOW, sleep_level=2, sleep_memory=0.05), stopped("b", 0.5))
     assert decide(state, wait("b"), Policy(), NOW).actions == ()
     state["a"] = replace(state["a"], state=ASLEEP)
-    assert decide(state, wait("b"), Policy(), NOW).actions == (Start("b"),)
+    assert decide(state, wait("b"), Policy(), NOW).actions == (Start("b", LOCAL),)
 
 
 def test_an_exclusive_model_stops_sleeping_models_too():

@@ -11,6 +11,7 @@ from waker.activity import Mark
 from waker.driver import ContainerChange, ContainerEvent
 from waker.errors import RequestRefused, StartError
 from waker.events import EventBus
+from waker.fleet import Fleet
 from waker.lifecycle import State
 from waker.supervisor import Supervisor
 
@@ -207,21 +208,14 @@ async def test_an_idle_stop_is_called_off_while_the_engine_reports_work():
 async def test_an_idle_stop_is_called_off_by_a_request_that_arrives_during_its_check():
     shell = await open_shell(make_config({"id": "a", "idle_timeout": "10s", "min_uptime": "0s"}))
     await ready(shell, "a")
-    checking = asyncio.Event()
-    answer: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-
-    class SlowMetrics(FakeDriver):
-        async def busy(self, model):
-            checking.set()
-            return await answer
-    shell.supervisor.driver = slow = SlowMetrics(running_now=dict(shell.driver.running_now))
+    checking, answer = shell.driver.hold_busy("a")
     shell.clock.advance(10)
     await asyncio.wait_for(checking.wait(), 2)
     begin(shell, "a", b"new")  # nginx passed a new request to the still-running engine
     answer.set_result(0)
     await until(lambda: shell.kinds("idle_stop_postponed", model="a", in_flight=1), "the call-off")
     assert shell.supervisor.state("a") is State.READY
-    assert not [c for c in slow.calls if c[0] == "down"]
+    assert shell.driver.count("down", "a") == 0
 
 
 async def test_a_refused_stop_is_retried_until_the_engine_accepts():
@@ -277,7 +271,8 @@ async def test_nothing_is_decided_before_the_first_sync():
         async def follow(self, on_event, on_connect, on_lost):
             await asyncio.Event().wait()
     driver = Unsynced()
-    supervisor = Supervisor(make_config({"id": "a", "keep_warm": True}), driver, EventBus(), FakeClock())
+    supervisor = Supervisor(make_config({"id": "a", "keep_warm": True}), Fleet({"local": driver}), EventBus(),
+                            FakeClock())
     await supervisor.open()
     supervisor.reconcile()
     assert supervisor.state("a") is State.STOPPED and not driver.calls

@@ -56,21 +56,14 @@ async def test_an_idle_model_sleeps_with_its_gate_closed_before_the_sleep_call()
 async def test_a_request_arriving_during_the_sleep_check_calls_it_off_and_reopens_the_gate():
     shell, nginx = await sleep_shell(sleeper("a"))
     await ready(shell, "a")
-    checking = asyncio.Event()
-    answer: asyncio.Future[int | None] = asyncio.get_running_loop().create_future()
-
-    class SlowMetrics(FakeDriver):
-        async def busy(self, model):
-            checking.set()
-            return await answer
-    shell.supervisor.driver = slow = SlowMetrics(running_now=dict(shell.driver.running_now))
+    checking, answer = shell.driver.hold_busy("a")
     shell.clock.advance(10)
     await asyncio.wait_for(checking.wait(), 2)
     begin(shell, "a", b"late")  # passed on to the engine before nginx took the closed gate
     answer.set_result(0)
     await until(lambda: shell.kinds("sleep_called_off", model="a", in_flight=1), "the call-off")
     assert shell.supervisor.state("a") is State.READY
-    assert slow.count("sleep", "a") == 0
+    assert shell.driver.count("sleep", "a") == 0
     await gate_is(nginx, NOTHING)
 
 

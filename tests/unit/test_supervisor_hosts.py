@@ -1,0 +1,113 @@
+"""The shell over two hosts, each with its own fake driver: starts go to the host placement chose, each
+host's events and connection are its own, a lost host marks its models down while the other serves."""
+
+import asyncio
+from pathlib import Path
+
+import pytest
+
+from tests.unit.shell_fakes import FakeClock, FakeDriver, open_shell, until
+from tests.unit.test_supervisor import ready, request_for
+from waker.config import Config, parse_config
+from waker.driver import ContainerChange, ContainerEvent
+from waker.errors import RequestRefused
+from waker.events import EventBus
+from waker.fleet import Fleet
+from waker.lifecycle import State, StopReason
+from waker.supervisor import Supervisor
+
+
+def two_hosts(*models: dict) -> Config:
+    raw = {"host": [{"name": "one", "gpu_capacity": 1.0},
+                    {"name": "two", "docker_host": "ssh://two", "address": "10.0.0.2", "gpu_capacity": 1.0}],
+           "model": [{"image": "fake:test", "gpu_memory": 0.6, **m} for m in models]}
+    return parse_config(raw, Path("/nonexistent/models.toml"))
+
+
+async def open_two(*models: dict, running_two: dict[str, str] | None = None):
+    one, two = FakeDriver(), FakeDriver(running_now=dict(running_two or {}))
+    shell = await open_shell(two_hosts(*models), hosts={"one": one, "two": two})
+    return shell, one, two
+
+
+async def test_each_model_starts_through_the_driver_of_the_host_it_was_placed_on():
+    shell, one, two = await open_two({"id": "a"}, {"id": "b"})
+    await ready(shell, "a")
+    await ready(shell, "b")  # does not fit beside a on one: placed on two, a keeps serving
+    assert (one.up_calls("a"), two.up_calls("a"), one.up_calls("b"), two.up_calls("b")) == (1, 0, 0, 1)
+    assert shell.supervisor.records["b"].slot.hosts == ("two",) and shell.supervisor.host_of("b") == "two"
+    assert shell.supervisor.state("a") is State.READY
+    shell.supervisor.stop("b", StopReason.MANUAL)
+    await shell.reach("b", State.STOPPED)
+    assert two.count("down", "b") == 1 and one.count("down", "b") == 0
+    await shell.supervisor.close()
+
+
+async def test_a_lost_host_marks_its_models_down_and_the_other_host_keeps_serving():
+    shell, one, two = await open_two({"id": "a", "host": "one"}, {"id": "b", "host": "two"})
+    await ready(shell, "a")
+    await ready(shell, "b")
+    two.lose("ssh: connect to host two port 22: No route to host")
+    assert shell.supervisor.state("b") is State.STOPPED and shell.supervisor.state("a") is State.READY
+    assert shell.kinds("host_lost", host="two", models=["b"])
+    assert shell.supervisor.docker_error is None  # one still answers: requests are not refused at the door
+    assert shell.supervisor.hosts.down() == {"two": "ssh: connect to host two port 22: No route to host"}
+    with pytest.raises(RequestRefused) as refused:
+        await request_for(shell, "b")
+    assert refused.value.status == 503 and refused.value.code == "host_unavailable"
+    assert "host 'two' is down" in refused.value.message
+    await ready(shell, "a")
+    two.lose("still unreachable")  # the reconnect loop's later failures are not news
+    assert len(shell.kinds("host_lost")) == 1
+    await two.reconnect()  # b's container ran on: found in the listing, adopted, not restarted
+    await shell.reach("b", State.READY)
+    assert shell.kinds("host_back", host="two") and two.up_calls("b") == 1
+    assert shell.kinds("container_adopted", model="b", hosts=["two"])
+    await shell.supervisor.close()
+
+
+async def test_no_request_is_served_only_when_every_host_is_down():
+    shell, one, two = await open_two({"id": "a"})
+    one.lose("gone one")
+    two.lose("gone two")
+    assert shell.supervisor.docker_error == "host 'one': gone one; host 'two': gone two"
+    await one.reconnect()
+    assert shell.supervisor.docker_error is None
+    await shell.supervisor.close()
+
+
+async def test_a_death_reported_by_another_host_is_an_old_container_s():
+    shell, one, two = await open_two({"id": "a", "host": "two"})
+    await ready(shell, "a")
+    one.emit(ContainerEvent(ContainerChange.DIED, "a", "old-container-on-one", "137"))
+    assert shell.supervisor.state("a") is State.READY
+    two.emit(ContainerEvent(ContainerChange.DIED, "a", two.running_now["a"], "137"))
+    assert shell.supervisor.state("a") is State.FAILED
+    assert "exited with code 137 while serving on host 'two'" in shell.supervisor.records["a"].slot.last_error
+    await shell.supervisor.close()
+
+
+async def test_containers_found_running_on_a_host_are_adopted_there():
+    shell, one, two = await open_two({"id": "a"}, running_two={"a": "a-on-two"})
+    await shell.reach("a", State.READY)
+    assert shell.supervisor.records["a"].slot.hosts == ("two",)
+    assert two.calls[0] == ("adopt", "a", "a-on-two") and not one.calls
+    await shell.supervisor.close()
+
+
+async def test_until_every_host_has_answered_or_failed_once_nothing_is_decided():
+    class Silent(FakeDriver):  # its engine neither answers nor fails yet (an ssh connect still trying)
+        async def follow(self, on_event, on_connect, on_lost):
+            self._on_event, self._on_connect, self._on_lost = on_event, on_connect, on_lost
+            await asyncio.Event().wait()
+    one, two = FakeDriver(), Silent()
+    supervisor = Supervisor(two_hosts({"id": "a", "keep_warm": True}), Fleet({"one": one, "two": two}), EventBus(),
+                            FakeClock())
+    await supervisor.open()
+    await until(lambda: one._on_connect is not None and two._on_lost is not None, "both follows")
+    supervisor.reconcile()
+    assert supervisor.state("a") is State.STOPPED and not one.calls
+    two.lose("connection timed out")
+    await until(lambda: supervisor.state("a") is State.READY, "the keep_warm start on the host that answers")
+    assert one.up_calls("a") == 1
+    await supervisor.close()
