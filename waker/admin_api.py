@@ -95,7 +95,8 @@ def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] 
         "failures": slot.failures,
         "retry_in_seconds": round(slot.retry_at - now, 1) if slot.retry_at > now else None,
         "image": model.image, "container_id": supervisor.records[model.id].container,
-        "host_port": model.host_port, "address": str(model.address), "context_length": model.context_length,
+        "host_port": model.host_port, "address": str(supervisor.address_of(model)),
+        "hosts": list(slot.hosts), "host": model.host or None, "context_length": model.context_length,
         "vision": model.vision, "tools": model.tools, "fixups": [f.value for f in model.fixups],
         "last_start_seconds": round(slot.expected_start_seconds, 1) if slot.expected_start_seconds else None,
         "sleep": slot.sleep_level,  # 0 also where sleep mode is off (no nginx routed by the waker)
@@ -126,6 +127,7 @@ async def list_models(request: web.Request) -> web.Response:
         "queue_length": len(supervisor.waiting),
         "docker": supervisor.docker_error or "connected",
         "gpu_capacity": supervisor.policy.capacity,
+        "hosts": [asdict(status) for status in supervisor.hosts.status(slots)],
         "gpu": [asdict(reading) for reading in request.app[GPU].read()],
     })
 

@@ -147,7 +147,9 @@ def _print(args: argparse.Namespace, data: Any, human: str) -> int:
 
 def status(client: Client, args: argparse.Namespace) -> int:
     data = client.call("GET", "/admin/models")
-    rows = [("MODEL", "STATE", "IN-FLIGHT", "QUEUED", "UPTIME", "IDLE", "GPU", "FLAGS", "LAST ERROR")]
+    several = len(data.get("hosts", ())) > 1
+    rows = [("MODEL", "STATE", *(("HOST",) if several else ()), "IN-FLIGHT", "QUEUED", "UPTIME", "IDLE", "GPU", "FLAGS",
+             "LAST ERROR")]
     for m in data["models"]:
         flags = ",".join(f for f in ("exclusive", "keep_warm", "pinned") if m[f]) or "-"
         state = m["state"]
@@ -156,11 +158,16 @@ def status(client: Client, args: argparse.Namespace) -> int:
             if m["loading"].get("pull"):
                 state += f" ({m['loading']['pull']['text']})"
         error = (m["last_error"] or "-").splitlines()[0][:60]
-        rows.append((m["id"], state, str(m["in_flight"]), str(m["queued"]), _seconds(m["uptime_seconds"]),
+        where = ("+".join(m["hosts"]) or "-",) if several else ()
+        rows.append((m["id"], state, *where, str(m["in_flight"]), str(m["queued"]), _seconds(m["uptime_seconds"]),
                      _seconds(m["idle_seconds"]), f"{m['gpu_memory']:g}", flags, error))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
     footer = f"\nqueue: {data['queue_length']}   docker: {data['docker']}"
+    for host in data["hosts"] if several else ():
+        state = "connected" if host["connected"] else f"DOWN: {host['error']}"
+        footer += (f"\nhost {host['name']}: GPU {host['gpu_used']:g} of {host['gpu_capacity']:g} "
+                   f"({', '.join(host['models']) or 'nothing'}), {state}")
     return _print(args, data, table + footer)
 
 

@@ -5,12 +5,14 @@ from __future__ import annotations
 import argparse
 import asyncio
 import sys
+from dataclasses import asdict
 from pathlib import Path
 
 import tomli_w
 
 from waker import admin_client, logs
 from waker.config import Config, ConfigError, ModelConfig, load_config
+from waker.config_hosts import HostConfig
 from waker.config_overrides import overrides_or_env
 from waker.nginx_render import render
 from waker.units import format_duration, format_size
@@ -141,6 +143,10 @@ def resolved_config(config: Config) -> dict:
                          wake_timeout=format_duration(m.sleep.wake_timeout))
         if m.fixups:
             entry["fixups"] = [f.value for f in m.fixups]
+        if m.host:
+            entry["host"] = m.host
+        if m.hosts > 1:
+            entry["hosts"] = m.hosts
         entry.update(_guide_fields(m))
         models.append(entry)
     return {
@@ -149,7 +155,7 @@ def resolved_config(config: Config) -> dict:
                     "cors_origins": list(g.cors_origins),
                     "read_timeout": format_duration(g.read_timeout), "nginx": g.nginx, "njs_module": g.njs_module,
                     "loading_feedback": g.loading_feedback.value},
-        "waker": {"listen": str(w.listen), "docker_host": w.docker_host, "name": w.name,
+        "waker": {"listen": str(w.listen), **({} if config.hosts else {"docker_host": w.docker_host}), "name": w.name,
                   "model_port_base": w.model_port_base, "runtime_dir": str(w.runtime_dir),
                   **({"network": w.network, "model_ip_base": w.model_ip_base} if w.network else {}),
                   **({"egress_network": w.egress_network} if w.egress_network else {})},
@@ -162,8 +168,17 @@ def resolved_config(config: Config) -> dict:
                       "start_backoff": format_duration(s.start_backoff),
                       "sleep_timeout": format_duration(s.sleep_timeout),
                       "wake_timeout": format_duration(s.wake_timeout), "max_wake_failures": s.max_wake_failures},
+        **({"host": [_host_entry(h) for h in config.hosts]} if config.hosts else {}),
         "model": models,
     }
+
+
+def _host_entry(h: HostConfig) -> dict:
+    entry: dict = {"name": h.name, **({"docker_host": h.docker.url} if h.docker.url else {}), "address": h.address,
+                   "gpu_capacity": h.gpu_capacity}
+    if h.docker.tls is not None:
+        entry.update(tls_ca=str(h.docker.tls.ca), tls_cert=str(h.docker.tls.cert), tls_key=str(h.docker.tls.key))
+    return {**entry, **{key: value for key, value in asdict(h.interconnect).items() if value}}
 
 
 if __name__ == "__main__":

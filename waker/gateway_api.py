@@ -88,11 +88,17 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def healthz(request: web.Request) -> web.Response:
-    """200 when the waker can do its job; 503 saying why when it cannot reach Docker."""
-    problem = request.app[SUPERVISOR].docker_error
+    """200 when the waker can do its job; 503 saying why when it cannot reach Docker. With several
+    hosts, 503 only when none answers; 200 and "degraded" naming the host(s) down while one does."""
+    supervisor = request.app[SUPERVISOR]
+    problem, down = supervisor.docker_error, supervisor.hosts.down()
+    hosts = {"hosts": {name: down.get(name, "connected") for name in supervisor.hosts.errors}} \
+        if supervisor.hosts.several else {}
     if problem:
-        return web.json_response({"status": "degraded", "docker": problem}, status=503)
-    return web.json_response({"status": "ok", "docker": "connected"})
+        return web.json_response({"status": "degraded", "docker": problem, **hosts}, status=503)
+    if down:
+        return web.json_response({"status": "degraded", "docker": "connected", **hosts})
+    return web.json_response({"status": "ok", "docker": "connected", **hosts})
 
 
 async def stats(request: web.Request) -> web.Response:

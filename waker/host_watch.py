@@ -11,7 +11,7 @@ others keep serving), placement skips it, and it is back in the plan after its r
 from __future__ import annotations
 
 from collections.abc import Coroutine
-from dataclasses import replace
+from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
 
@@ -25,13 +25,25 @@ from waker.events import EventBus, EventKind
 from waker.fleet import Fleet
 from waker.lifecycle import Event, State
 from waker.model_record import ModelRecord
-from waker.plan import Policy
-from waker.scheduler import hosts_of
+from waker.plan import Policy, Slot
+from waker.scheduler import held, hosts_of, occupying_on
 from waker.sleep_shell import GATED
 
 log = structlog.get_logger("waker.hosts")
 
 NOT_CONNECTED = "not connected yet"
+
+
+@dataclass(frozen=True, slots=True)
+class HostStatus:
+    """One host as the admin API, the dashboard and the metrics show it."""
+
+    name: str
+    gpu_capacity: float
+    gpu_used: float  # what the models occupying it hold now (a sleeping one its sleep_memory)
+    connected: bool
+    error: str | None  # why its engine does not answer
+    models: tuple[str, ...]  # the models occupying it
 
 
 class Shell(Protocol):
@@ -79,6 +91,16 @@ class HostWatch:
 
     def down(self) -> dict[str, str]:
         return {name: error for name, error in self.errors.items() if error is not None}
+
+    def status(self, slots: dict[str, Slot]) -> list[HostStatus]:
+        policy = self.shell.policy
+        result = []
+        for budget in policy.budgets:
+            there = occupying_on(slots, (budget.name,), policy)
+            error = self.errors.get(budget.name)
+            result.append(HostStatus(budget.name, budget.capacity, round(sum(held(s) for s in there), 6),
+                                     error is None, error, tuple(sorted(s.id for s in there))))
+        return result
 
     def policy(self, policy: Policy) -> Policy:
         """`policy` with each host's `up` as its engine is now (one host is always up, see above)."""

@@ -13,6 +13,7 @@ from enum import StrEnum
 from waker.engine_log import EngineStage
 from waker.image_pull import PullProgress
 from waker.lifecycle import State
+from waker.placement import Unplaceable
 from waker.scheduler import (
     OCCUPYING,
     Policy,
@@ -20,7 +21,10 @@ from waker.scheduler import (
     Waiter,
     fits,
     holders_of,
+    hosts_of,
+    occupying_on,
     release_estimate,
+    where,
 )
 from waker.units import format_bytes
 
@@ -99,16 +103,21 @@ def _queued(slot: Slot, slots: dict[str, Slot], queue: tuple[Waiter, ...], polic
         if waiter.model not in order and slots[waiter.model].state not in (State.READY, State.STARTING):
             order.append(waiter.model)
     position = order.index(slot.id) + 1
-    occupying = [s for s in slots.values() if s.state in OCCUPYING]
+    placed = where(slot, slots, policy)  # with several hosts, what matters is the host it goes to
+    hosts = () if isinstance(placed, Unplaceable) else placed
+    occupying = occupying_on(slots, hosts, policy) if hosts else [s for s in slots.values() if s.state in OCCUPYING]
     waited = now - since
     bound = f" of at most {policy.queue_timeout:.0f} s" if policy.on_busy == "queue" else ""
     detail = f"waited {waited:.0f} s{bound}"
-    headline = f"queued for {slot.id} (#{position} of {len(order)}): {_waits_for(slot, order, occupying, policy, now)}"
+    reason = f"it cannot be placed: {placed.reason}" if isinstance(placed, Unplaceable) else \
+        _waits_for(slot, order, occupying, hosts, policy, now)
+    headline = f"queued for {slot.id} (#{position} of {len(order)}): {reason}"
     return Progress(slot.id, Phase.QUEUED, "queued", headline, detail, waited, slot.expected_start_seconds, position,
                     len(order))
 
 
-def _waits_for(slot: Slot, order: list[str], occupying: list[Slot], policy: Policy, now: float) -> str:
+def _waits_for(slot: Slot, order: list[str], occupying: list[Slot], hosts: tuple[str, ...], policy: Policy,
+               now: float) -> str:
     if slot.state is State.STOPPING:
         return "its previous run is stopping"
     starting = [s for s in occupying if s.state is State.STARTING]
@@ -121,7 +130,8 @@ def _waits_for(slot: Slot, order: list[str], occupying: list[Slot], policy: Poli
     stopping = [s.id for s in occupying if s.state is State.STOPPING]
     if stopping:
         return f"{', '.join(repr(m) for m in stopping)} stopping to make room"
-    if fits(slot, occupying, policy.capacity):
+    if all(fits(slot, [s for s in occupying if b.name in hosts_of(s, policy)], b.capacity)
+           for b in policy.budgets if b.name in hosts):
         return "starting now"
     holders = holders_of(slot, occupying, now)
     if not holders:

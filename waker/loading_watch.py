@@ -38,7 +38,7 @@ class LoadingWatch:
         s = self.supervisor
         model = s.config.model(model_id)
         pull = s.fleet.pulling(model.image) if model else None
-        return progress(model_id, s.current_slots(), s.waiting.waiting(), s.policy, pull,
+        return progress(model_id, s.current_slots(), s.waiting.waiting(), s.hosts.policy(s.policy), pull,
                         self.stages.get(model_id), s.now())
 
     async def open(self) -> None:

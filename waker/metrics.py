@@ -110,8 +110,13 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
             for m in models])
     metric("waker_busy_refusals_total", "counter", "Requests refused with 429 because the GPU was busy.",
            [({"model": m}, counters.busy_refusals[m]) for m in models])
-    metric("waker_docker_connected", "gauge", "1 while the waker follows the Docker events stream.",
-           [({}, float(supervisor.docker_error is None))])
+    metric("waker_docker_connected", "gauge", "1 while the waker follows the Docker events stream (of a host).",
+           [({}, float(supervisor.docker_error is None))] if not supervisor.hosts.several else
+           [({"host": h.name}, float(h.connected)) for h in supervisor.hosts.status(slots)])
+    metric("waker_host_gpu_capacity", "gauge", "Each host's gpu_capacity (the local one without [[host]]).",
+           [({"host": h.name}, h.gpu_capacity) for h in supervisor.hosts.status(slots)])
+    metric("waker_host_gpu_used", "gauge", "What the models occupying each host hold of its gpu_capacity.",
+           [({"host": h.name}, h.gpu_used) for h in supervisor.hosts.status(slots)])
     readings = gpu.read()
     if readings:
         metric("waker_gpu_memory_used_bytes", "gauge", "GPU memory in use; source=system where the GPU "

@@ -21,6 +21,7 @@ import structlog
 from waker.activity import Mark
 from waker.config import Config, ModelConfig
 from waker.config_change import ConfigChange
+from waker.config_fields import Address
 from waker.docker_runtime import DockerError
 from waker.driver import Clock, Driver, Router, Timer
 from waker.errors import RequestRefused, StartError
@@ -370,6 +371,13 @@ class Supervisor:
             await driver.down(model, None)
         except DockerError as exc:
             log.error("tear_down_failed", model=model.id, error=str(exc))
+
+    def address_of(self, model: ModelConfig) -> Address:
+        """Where the model's server is reached: on the host it runs on (or last ran on)."""
+        host = next((h for h in self.config.hosts if h.name == self.host_of(model.id)), None)
+        if host is None or self.config.waker.network:
+            return model.address
+        return Address(host.address, model.host_port)
 
     def host_of(self, model_id: str) -> str:
         """The host the model's requests go to (its head's): where it runs, else where it last ran."""

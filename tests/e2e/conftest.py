@@ -2,6 +2,7 @@ import shutil
 import subprocess
 
 import pytest
+from playwright.sync_api import sync_playwright
 
 from tests.e2e.docker_proxy import DockerCallCounter
 from tests.e2e.second_engine import SecondEngine
@@ -57,3 +58,18 @@ def second_engine():
     finally:
         engine.stop()
         engine.release()
+
+
+CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
+CHROMIUM_FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync"]
+
+
+@pytest.fixture
+def page():
+    """A real browser's page (Chromium, headless), for the dashboard."""
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=CHROMIUM_FLAGS)
+        page = browser.new_page()
+        yield page
+        browser.close()

@@ -111,6 +111,7 @@ class Stack:
     waker: dict = field(default_factory=dict)  # extra [waker] keys
     gateway: dict = field(default_factory=dict)  # extra [gateway] keys
     env: dict = field(default_factory=dict)  # extra environment for `waker run`
+    hosts: list[dict] = field(default_factory=list)  # [[host]] entries
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     proc: subprocess.Popen | None = None
 
@@ -145,6 +146,9 @@ class Stack:
             *(f"{k} = {toml_value(v)}" for k, v in self.waker.items()),
             "[scheduler]", *(f"{k} = {toml_value(v)}" for k, v in self.scheduler.items()),
         ]
+        for host in self.hosts:
+            lines.append("[[host]]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in host.items()]
         for model in self.models:
             lines.append("[[model]]")
             lines += [f"{k} = {toml_value(v)}" for k, v in model.items()]

@@ -6,31 +6,18 @@ from __future__ import annotations
 
 import json
 import re
-import shutil
 import threading
 import urllib.request
 
 import pytest
-from playwright.sync_api import expect, sync_playwright
+from playwright.sync_api import expect
 
 from tests.e2e.stack import fake_model
 from tests.e2e.test_sleep import sleeper
 
 pytestmark = pytest.mark.e2e
 
-CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-FLAGS = ["--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run", "--disable-background-networking",
-         "--disable-component-update", "--disable-sync"]
 TOKEN = "dashboard-token"
-
-
-@pytest.fixture
-def page():
-    with sync_playwright() as playwright:
-        browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=FLAGS)
-        page = browser.new_page()
-        yield page
-        browser.close()
 
 
 def test_dashboard_starts_shows_logs_and_stops_a_model(make_stack, page, tmp_path):

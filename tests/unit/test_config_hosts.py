@@ -1,6 +1,9 @@
 """`[[host]]` entries and a model's `host` / `hosts` (issue 17): read, checked, and absent = unchanged."""
 
+import subprocess
+import sys
 import textwrap
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -156,3 +159,16 @@ def test_every_host_problem_is_reported_at_once(tmp_path):
     found = problems(tmp_path, '[[host]]\nname = "a"\ndocker_host = "ssh://x"\n[[host]]\nname = "a"\n'
                                '[[model]]\nid = "m"\nimage = "i"\nhost = "z"')
     assert len(found) == 3, found  # a's missing address, the second 'a', the unknown host 'z'
+
+
+def test_the_resolved_config_keeps_the_hosts_and_each_model_s_host(tmp_path):
+    (tmp_path / "certs").mkdir()
+    original = load(tmp_path, TWO_SPARKS)
+    result = subprocess.run([sys.executable, "-m", "waker.cli", "check", "--resolved", "--config",
+                             str(original.path)], capture_output=True, text=True, check=False)
+    assert result.returncode == 0, result.stderr
+    again_path = tmp_path / "again.toml"
+    again_path.write_text(result.stdout)
+    again = load_config(again_path)
+    assert again.hosts == original.hosts and again.models == original.models
+    assert tomllib.loads(result.stdout)["host"][1]["docker_host"] == "ssh://admin@spark2"

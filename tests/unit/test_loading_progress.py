@@ -18,6 +18,7 @@ from waker.loading_progress import (
     ready_line,
     should_send,
 )
+from waker.plan import HostBudget
 from waker.scheduler import Policy, Slot, Waiter
 
 POLICY = Policy(capacity=1.0, queue_timeout=600)
@@ -59,6 +60,17 @@ def test_a_queued_model_names_its_place_and_who_holds_the_gpu():
     assert shown.text == ("queued for beta (#1 of 1): room on the GPU, held by 'alpha' (ready, 2 request(s) in "
                           "flight, release expected in ~40 s) · waited 3 s of at most 600 s")
     assert (shown.queue_position, shown.queue_length) == (1, 1)
+
+
+def test_with_two_hosts_a_queued_model_speaks_of_its_own_host():
+    two = replace(POLICY, hosts=(HostBudget("one", 1.0), HostBudget("two", 1.0, up=False)))
+    table = slots(alpha=Slot("", 0.7, state=State.READY, in_flight=2, hosts=("one",), oldest_request_since=90.0),
+                  beta=Slot("", 0.5, host="two"), gamma=Slot("", 0.5, hosts=("one",)))
+    shown = progress("beta", table, (Waiter(1, "beta", 97.0),), two, None, None, now=100.0)
+    assert shown.text.startswith("queued for beta (#1 of 1): it cannot be placed: host 'two' is down")
+    up = replace(two, hosts=(HostBudget("one", 1.0), HostBudget("two", 1.0)))
+    shown = progress("gamma", table, (Waiter(1, "gamma", 97.0),), up, None, None, now=100.0)
+    assert "starting now" in shown.text  # one is held by alpha, two has room: no holder to name
 
 
 def test_a_queued_model_behind_another_start_and_behind_another_model():
