@@ -18,10 +18,11 @@ import subprocess
 import uuid
 from pathlib import Path
 
+import openai
 import pytest
 from structlog.testing import capture_logs
 
-from tests.e2e.stack import FAKE_IMAGE, docker, free_port
+from tests.e2e.stack import FAKE_IMAGE, docker, fake_model, free_port
 from tests.eventually import eventually
 from waker.config_hosts import DockerEndpoint, DockerScheme, TlsFiles
 from waker.container_spec import LABEL_MANAGED, LABEL_MODEL, LABEL_STACK
@@ -166,3 +167,25 @@ def test_unreadable_tls_files_are_a_docker_error_naming_the_settings(tmp_path):
                               TlsFiles(tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"))
     with pytest.raises(DockerError, match="cannot use the TLS files of tcp://127.0.0.1:2376: .*tls_ca, tls_cert"):
         DockerRuntime("any", endpoint)
+
+
+async def test_the_gateway_serves_a_model_it_started_on_a_host_reached_over_ssh(ssh_host, make_stack, second_engine):
+    """The whole path over ssh://: the waker creates and starts the container on the other host's engine,
+    nginx reaches it at that host's address, the official SDK gets its answer, a stop ends it there."""
+    hosts = [{"name": "one"}, {"name": "spark2", "docker_host": "ssh://spark2-test", "address": "127.0.0.2"}]
+    stack = make_stack([fake_model("far", host="spark2", gpu_memory=0.5)], hosts=hosts,
+                       env={"PATH": f"{ssh_host}:{os.environ['PATH']}"})
+    try:
+        client = openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="unused", timeout=60, max_retries=0)
+        reply = await client.chat.completions.create(model="far", messages=[{"role": "user", "content": "hi"}],
+                                                     max_tokens=3)
+        await client.close()
+        assert reply.model == "far"
+        labels = f"label=io.waker.stack={stack.name}"
+        assert second_engine.docker("ps", "-q", "--filter", labels).strip() and not docker("ps", "-q", "--filter",
+                                                                                           labels).strip()
+        stopped = stack.cli("stop", "far")
+        assert stopped.returncode == 0, stopped.stderr
+        assert not second_engine.docker("ps", "-q", "--filter", labels).strip()
+    finally:
+        second_engine.remove_all_containers()
