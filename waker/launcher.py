@@ -12,7 +12,7 @@ import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
-from typing import Any, Protocol
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import structlog
@@ -29,6 +29,7 @@ from waker.units import format_duration
 
 log = structlog.get_logger("waker.launcher")
 
+T = TypeVar("T")
 HEALTH_POLL_INTERVAL = 0.02  # a refused connection costs next to nothing; waiting costs latency
 # The Docker events stream reports an exit at once; this inspect is only the fallback if it is down.
 EXIT_CHECK_INTERVAL = 2.0
@@ -84,12 +85,20 @@ class Launcher:
         return Node(container_name(self.stack, model.id), container_spec(model, self.stack, self.network,
                                                                           self.egress_network))
 
-    async def launch(self, model: ModelConfig, node: Node, deadline: float) -> str:
-        """Makes the image present and the node's container run (created, or recreated when its spec
-        changed); returns its id. Raises StartError."""
+    async def ensure_image(self, model: ModelConfig, deadline: float) -> str:
+        """Makes the model's image present here (pulled as its policy says); returns its id. Raises
+        StartError."""
+        return await self._starting(model, asyncio.wait_for(self.images.ensure(model), deadline - self.clock()))
+
+    async def launch(self, model: ModelConfig, node: Node, deadline: float, image_id: str | None = None) -> str:
+        """Makes the node's container run (created, or recreated when its spec changed or `image_id` is
+        newer), its image made present first unless given; returns its id. Raises StartError."""
+        image_id = image_id or await self.ensure_image(model, deadline)
+        return await self._starting(model, self._create_and_start(model, image_id, node))
+
+    async def _starting(self, model: ModelConfig, step: Awaitable[T]) -> T:
         try:
-            image_id = await asyncio.wait_for(self.images.ensure(model), deadline - self.clock())
-            return await self._create_and_start(model, image_id, node)
+            return await step
         except TimeoutError:
             pulling = self.images.pulling.get(model.image)
             raise StartError(504, "model_start_timeout", f"model {model.id!r}: its image was still being pulled "

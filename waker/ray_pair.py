@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Awaitable
 from dataclasses import dataclass
 
 import structlog
@@ -58,17 +58,25 @@ class RayPair:
             await self.down(model, None)
         except DockerError as exc:
             raise StartError(503, "model_start_failed", f"model {model.id!r} could not be started: {exc}") from None
-        ids: dict[RayNode, str] = {}
-        for role in (RayNode.WORKER, RayNode.HEAD):
-            launcher, host = self._side(role)
-            try:
-                ids[role] = await launcher.launch(model, self.node(model, role), deadline)
-            except StartError as exc:
-                await self._stop_quietly(model)
-                raise StartError(exc.status, exc.code, f"{exc.message} (its Ray {role} on host "
-                                 f"{host.name!r})") from None
+        # Both images first: a worker started before a long pull on the head's host would give up on
+        # a head that is not there yet.
+        images = {role: await self._step(model, role, self._side(role)[0].ensure_image(model, deadline))
+                  for role in (RayNode.WORKER, RayNode.HEAD)}
+        ids = {role: await self._step(model, role, self._side(role)[0].launch(model, self.node(model, role),
+                                                                             deadline, images[role]))
+               for role in (RayNode.WORKER, RayNode.HEAD)}
         await self.head.wait_healthy(model, deadline, died, _Watch(self, model, ids))
         return ids[RayNode.HEAD]
+
+    async def _step(self, model: ModelConfig, role: RayNode, step: Awaitable[str]) -> str:
+        """A step of the start on one host; when it fails, what started of the pair is stopped and the
+        error names the host."""
+        try:
+            return await step
+        except StartError as exc:
+            await self._stop_quietly(model)
+            raise StartError(exc.status, exc.code, f"{exc.message} (its Ray {role} on host "
+                             f"{self._side(role)[1].name!r})") from None
 
     async def adopt(self, model: ModelConfig, container_id: str, deadline: float, died: asyncio.Event) -> None:
         worker = await self._find(model.id, RayNode.WORKER)

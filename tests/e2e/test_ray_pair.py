@@ -40,7 +40,8 @@ WORKER = ["/opt/ray/bin/python", "-u", "/node.py", "worker", "--ip", "{worker_ip
 class Pair:
     """A RayPair over the two engines, the model it runs, and the events both engines report."""
 
-    def __init__(self, second_engine, worker_address: str = "{head_ip}:{ray_port}", start_timeout: str = "3m"):
+    def __init__(self, second_engine, worker_address: str = "{head_ip}:{ray_port}", start_timeout: str = "3m",
+                 image: str = RAY_IMAGE):
         self.stack, self.port = f"ray{uuid.uuid4().hex[:8]}", free_port()
         self.model_id = "big"
         raw = {
@@ -48,7 +49,7 @@ class Pair:
             "host": [{"name": "one", "gpu_capacity": 1.0},
                      {"name": "two", "docker_host": second_engine.host, "gpu_capacity": 1.0}],
             "model": [{
-                "id": self.model_id, "image": RAY_IMAGE, "pull": "never", "hosts": 2, "host": "one",
+                "id": self.model_id, "image": image, "pull": "never", "hosts": 2, "host": "one",
                 "port": self.port, "ray_port": free_port(), "start_timeout": start_timeout, "stop_timeout": "5s",
                 "command": ["head", "--ip", "{head_ip}", "--port", "{ray_port}", "--port-base",
                             str(free_port_range(64)), "--nodes", "2", "--", "serve", f"fake/{self.model_id}",
@@ -195,3 +196,18 @@ async def test_a_worker_that_exits_while_the_head_waits_fails_the_start_at_once(
         assert "Ray head on host 'one':" in message and "Ray worker on host 'two':" in message
         assert asyncio.get_running_loop().time() - began < 120  # the death ended the wait, not start_timeout
         pair.assert_both_exited()
+
+
+async def test_an_image_missing_on_the_heads_host_fails_the_start_before_any_container_runs(engines):
+    image = f"waker-ray:only-engine2-{uuid.uuid4().hex[:8]}"
+    engines.docker("tag", RAY_IMAGE, image)
+    try:
+        async with Pair(engines, image=image).following() as pair:
+            with pytest.raises(StartError) as failed:
+                await pair.driver.up(pair.model, pair.died)
+            assert failed.value.code == "image_missing", failed.value.message
+            assert failed.value.message.endswith("(its Ray head on host 'one')"), failed.value.message
+            # Both images are made present before either container starts: the worker was not started.
+            assert pair.worker_id() == ""
+    finally:
+        engines.docker("rmi", image)
