@@ -62,7 +62,7 @@ class Pair:
         head_host, worker_host = self.config.hosts
         self.launchers = [Launcher(self.config.waker, runtime, Images(runtime, lambda image, progress: None))
                           for runtime in (DockerRuntime(self.stack, h.docker) for h in (head_host, worker_host))]
-        self.driver = RayPair(*self.launchers, head_host, worker_host)
+        self.driver = RayPair(self.launchers[0], self.launchers[1], head_host, worker_host)
         self.events: list[tuple[str, ContainerEvent]] = []
         self.died = asyncio.Event()
         self.engines = [lambda *a: docker(*a), second_engine.docker]
@@ -77,12 +77,14 @@ class Pair:
             if event.change is ContainerChange.DIED:
                 self.died.set()
 
-        async def on_connect(index: int) -> None:
-            connected[index].set()
+        def follow(index: int, host: str) -> asyncio.Task[None]:
+            async def on_connect() -> None:
+                connected[index].set()
 
-        tasks = [asyncio.create_task(launcher.follow(lambda e, h=host: on_event(h, e),
-                                                     lambda i=index: on_connect(i), lambda reason: None))
-                 for index, (host, launcher) in enumerate(zip(("one", "two"), self.launchers, strict=True))]
+            return asyncio.create_task(self.launchers[index].follow(lambda event: on_event(host, event), on_connect,
+                                                                    lambda reason: None))
+
+        tasks = [follow(0, "one"), follow(1, "two")]
         try:
             await asyncio.wait_for(asyncio.gather(*(c.wait() for c in connected)), 30)
             yield self
