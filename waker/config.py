@@ -15,7 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from waker import config_fields as fields
-from waker import config_fixups, config_hosts
+from waker import config_fixups, config_hosts, config_ray
 from waker.config_feedback import LoadingFeedback, parse_feedback
 from waker.config_fields import Address, Source
 from waker.config_fixups import Fixup, fixup_problems
@@ -136,6 +136,7 @@ class ModelConfig:
     sleep: SleepConfig
     host: str = ""  # the [[host]] it must run on (for hosts = 2: its Ray head's); "" = placed by the scheduler
     hosts: int = 1  # 2 = tensor-parallel over two hosts on Ray
+    ray: config_ray.RayConfig = config_ray.RayConfig()  # for hosts = 2: the Ray port and the worker's command
     loading_feedback: LoadingFeedback = LoadingFeedback.REASONING
 
     @property
@@ -285,7 +286,7 @@ _MODEL_KEYS = {
     "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "fixups", "vision", "tools", "description",
     "status", "notes", "source", "best_for", "tradeoffs", "known_issues", "picks", "exclusive", "keep_warm",
     "start_timeout", "stop_timeout", "idle_timeout", "min_uptime", *SLEEP_KEYS, "host", "hosts", "loading_feedback",
-}
+} | set(config_ray.MODEL_KEYS)
 _MERGED_TABLES = ("env", "ulimits")
 
 
@@ -309,7 +310,7 @@ def _parse_model(
     model_id = model.get("id", fields.model_id, required=True)
     config_dir = path.parent.resolve()
     port = model.get("port", fields.port, 8000)
-    host_port = model.get("host_port", fields.port, waker.model_port_base + index)
+    host_port = model.get("host_port", fields.port, port if merged.get("hosts") == 2 else waker.model_port_base + index)
     gpu_memory = model.get("gpu_memory", fields.fraction, 0.0)
     command = tuple(model.get("command", fields.list_of(fields.string), []))
     result = ModelConfig(
@@ -352,12 +353,14 @@ def _parse_model(
         host=model.get("host", config_hosts.host_name) or "",
         hosts=model.get("hosts", config_hosts.host_count, 1),
         loading_feedback=parse_feedback(model, gateway.loading_feedback),
+        ray=config_ray.parse_ray(model),
     )
     model.reject_unknown(_MODEL_KEYS)
     where = f"{path}: model '{result.id}'"
     if result.status == "disabled" and not result.notes:
         problems.append(f"{where}: a disabled model needs 'notes' saying why, so that users know")
     problems += [f"{where}: field 'fixups': {problem}" for problem in fixup_problems(result)]
+    problems += config_ray.ray_problems(where, result, entry, result.sleep.enabled, waker.network)
     if result.keep_warm and result.exclusive:
         problems.append(f"{where}: a keep_warm model cannot be exclusive: it would keep every other model out")
     return result
@@ -397,3 +400,4 @@ def _check_across_models(models: tuple[ModelConfig, ...], gateway: GatewayConfig
             problems.append(f"{path}: model '{model.id}': field 'host_port': port {model.host_port} is already used "
                             f"by {ports[model.host_port]}; set another host_port or [waker] model_port_base")
         ports.setdefault(model.host_port, f"model '{model.id}'")
+        problems += config_ray.claim_ray_port(f"{path}: model '{model.id}'", model, ports)

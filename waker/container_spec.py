@@ -12,12 +12,17 @@ from typing import Any
 
 from waker.config import ModelConfig
 from waker.config_fields import SERVED_NAME_FLAG, served_names_index
+from waker.config_hosts import Interconnect
+from waker.config_ray import RayNode, RayNodes
 
 LABEL_MANAGED = "io.waker.managed"
 LABEL_STACK = "io.waker.stack"
 LABEL_MODEL = "io.waker.model"
 LABEL_SPEC = "io.waker.spec-hash"
 LABEL_EGRESS = "io.waker.egress-network"
+# Head or worker of a model over two hosts (driver.RayNode); absent on a one-host model's container.
+# Not io.waker.role: that one is the operator's, and the socket proxy refuses it on a create.
+LABEL_RAY_NODE = "io.waker.ray-node"
 # The compose gateway (nginx) carries io.waker.role=gateway and never the managed label: the waker does
 # not stop, start or remove it; it may only ask it to reload (SIGHUP), through the socket proxy.
 LABEL_ROLE = "io.waker.role"
@@ -36,6 +41,11 @@ DEV_MODE = "VLLM_SERVER_DEV_MODE"
 SLEEP_MODE_FLAG = "--enable-sleep-mode"
 
 
+def worker_name(stack: str, model_id: str) -> str:
+    """The Ray worker's container name: never a model's (":" is not Docker-legal, so it adds a hash)."""
+    return container_name(stack, f"{model_id}:ray-worker")
+
+
 def container_name(stack: str, model_id: str) -> str:
     """A Docker-legal, collision-free name: characters Docker refuses are replaced and a hash added."""
     safe = re.sub(r"[^A-Za-z0-9_.-]", "_", model_id)
@@ -52,15 +62,60 @@ def container_spec(model: ModelConfig, stack: str, network: str = "", egress_net
     publishes nothing and joins that network at its fixed address, where only the gateway reaches it.
     The egress network (joined after create: one network per create call) only lets it download."""
     port_key = f"{model.port}/tcp"
+    host_config = _host_config(model)
+    if not network:
+        host_config["PortBindings"] = {port_key: [{"HostIp": model.address.host, "HostPort": str(model.host_port)}]}
+    else:
+        host_config["NetworkMode"] = network
+    command, env = model.command, dict(model.env)
+    if served_names_index(command) is not None:
+        command = served_names_command(command, model.names)
+        env.setdefault(SKIP_NAME_VALIDATION, "1")
+    if model.sleep.enabled:
+        env[DEV_MODE] = "1"
+        if model.gpus and SLEEP_MODE_FLAG not in command:
+            command = (*command, SLEEP_MODE_FLAG)
+    spec = _spec(model, stack, host_config, env, command, model.entrypoint)
+    spec["ExposedPorts"] = {port_key: {}}
+    if network:
+        spec["NetworkingConfig"] = {"EndpointsConfig": {network: {"IPAMConfig": {"IPv4Address": model.address.host}}}}
+    if egress_network:
+        spec["Labels"][LABEL_EGRESS] = egress_network
+    spec["Labels"][LABEL_SPEC] = spec_hash(spec)
+    return spec
+
+
+def ray_node_spec(model: ModelConfig, stack: str, node: RayNode, nodes: RayNodes,
+                  interconnect: Interconnect) -> dict[str, Any]:
+    """A container of a model over two hosts, as NVIDIA's playbook runs it: host networking (the
+    head's server listens on its host's `port`; nothing is published), the host's interconnect in
+    the environment, the placeholders filled in for this placement. The head runs the model's
+    `command`; the worker runs `worker_command` in place of the image's entrypoint, as the playbook's
+    `run_cluster.sh` does (`--entrypoint /bin/bash -c "ray start ..."`)."""
+    host_config = _host_config(model)
+    host_config["NetworkMode"] = "host"
+    own_ip = nodes.head_ip if node is RayNode.HEAD else nodes.worker_ip
+    env = {"RAY_memory_monitor_refresh_ms": "0", "VLLM_HOST_IP": own_ip, "MASTER_ADDR": nodes.head_ip,
+           **dict(interconnect.env()), **dict(model.env)}
+    if node is RayNode.HEAD:
+        command = nodes.fill(model.command)
+        if served_names_index(command) is not None:
+            command = served_names_command(command, model.names)
+            env.setdefault(SKIP_NAME_VALIDATION, "1")
+        spec = _spec(model, stack, host_config, env, command, model.entrypoint)
+    else:
+        spec = _spec(model, stack, host_config, env, (), nodes.fill(model.ray.worker_command))
+    spec["Labels"][LABEL_RAY_NODE] = node.value
+    spec["Labels"][LABEL_SPEC] = spec_hash(spec)
+    return spec
+
+
+def _host_config(model: ModelConfig) -> dict[str, Any]:
     host_config: dict[str, Any] = {
         "Binds": list(model.volumes),
         "RestartPolicy": {"Name": "no"},
         "LogConfig": {"Type": "json-file", "Config": {"max-size": "10m", "max-file": "3"}},
     }
-    if not network:
-        host_config["PortBindings"] = {port_key: [{"HostIp": model.address.host, "HostPort": str(model.host_port)}]}
-    else:
-        host_config["NetworkMode"] = network
     if model.shm_size:
         host_config["ShmSize"] = model.shm_size
     if model.ulimits:
@@ -72,30 +127,21 @@ def container_spec(model: ModelConfig, stack: str, network: str = "", egress_net
         else:
             request["DeviceIDs"] = model.gpus.split(",")
         host_config["DeviceRequests"] = [request]
-    command, env = model.command, dict(model.env)
-    if served_names_index(command) is not None:
-        command = served_names_command(command, model.names)
-        env.setdefault(SKIP_NAME_VALIDATION, "1")
-    if model.sleep.enabled:
-        env[DEV_MODE] = "1"
-        if model.gpus and SLEEP_MODE_FLAG not in command:
-            command = (*command, SLEEP_MODE_FLAG)
+    return host_config
+
+
+def _spec(model: ModelConfig, stack: str, host_config: dict[str, Any], env: dict[str, str],
+          command: tuple[str, ...], entrypoint: tuple[str, ...] | None) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "Image": model.image,
         "Env": [f"{k}={v}" for k, v in sorted(env.items())],
-        "ExposedPorts": {port_key: {}},
         "HostConfig": host_config,
         "Labels": {LABEL_MANAGED: "true", LABEL_STACK: stack, LABEL_MODEL: model.id},
     }
-    if network:
-        spec["NetworkingConfig"] = {"EndpointsConfig": {network: {"IPAMConfig": {"IPv4Address": model.address.host}}}}
-    if egress_network:
-        spec["Labels"][LABEL_EGRESS] = egress_network
     if command:
         spec["Cmd"] = list(command)
-    if model.entrypoint is not None:
-        spec["Entrypoint"] = list(model.entrypoint)
-    spec["Labels"][LABEL_SPEC] = spec_hash(spec)
+    if entrypoint is not None:
+        spec["Entrypoint"] = list(entrypoint)
     return spec
 
 

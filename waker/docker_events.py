@@ -15,7 +15,7 @@ import aiohttp
 import structlog
 
 from waker.container_spec import LABEL_MODEL
-from waker.docker_runtime import DockerError, DockerRuntime
+from waker.docker_runtime import DockerError, DockerRuntime, ray_node
 from waker.driver import ContainerChange, ContainerEvent
 
 log = structlog.get_logger("waker.docker_events")
@@ -32,7 +32,8 @@ def container_event(raw: dict[str, Any]) -> ContainerEvent | None:
     change = _CHANGES.get(raw.get("Action") or raw.get("status") or "")
     if model_id is None or change is None:
         return None
-    return ContainerEvent(change, model_id, raw.get("id") or actor.get("ID", ""), attributes.get("exitCode", "?"))
+    return ContainerEvent(change, model_id, raw.get("id") or actor.get("ID", ""), attributes.get("exitCode", "?"),
+                          ray_node(attributes))
 
 
 async def follow(

@@ -20,9 +20,11 @@ from aiodocker.networks import DockerNetwork
 from aiohttp.http_exceptions import LineTooLong
 
 from waker.config_hosts import DockerEndpoint
+from waker.config_ray import RayNode
 from waker.container_spec import (
     LABEL_MANAGED,
     LABEL_MODEL,
+    LABEL_RAY_NODE,
     LABEL_ROLE,
     LABEL_SPEC,
     LABEL_STACK,
@@ -58,6 +60,12 @@ class ContainerInfo:
     running: bool
     exit_code: int
     error: str
+    ray_node: RayNode | None = None  # None: a one-host model's container
+
+    @property
+    def serves(self) -> bool:
+        """The model's own container (a one-host model's, or a Ray head), not a Ray worker of it."""
+        return self.ray_node is not RayNode.WORKER
 
 
 class _docker_errors:  # lower case: it reads as a function where it is used, `with _docker_errors(...)`
@@ -100,10 +108,16 @@ class DockerRuntime:
             listed = await self._docker.containers.list(all=True, filters=self._filters())
         return [await self._inspect(c.id) for c in listed]
 
-    async def find(self, model_id: str) -> ContainerInfo | None:
+    async def find(self, model_id: str, worker: bool = False) -> ContainerInfo | None:
+        """The model's own container here, or with `worker` the Ray worker of it (a host may hold
+        both for one model, from placements before)."""
         with _docker_errors("cannot list containers"):
             listed = await self._docker.containers.list(all=True, filters=self._filters(model_id))
-        return await self._inspect(listed[0].id) if listed else None
+        for container in listed:
+            info = await self._inspect(container.id)
+            if info.serves != worker:
+                return info
+        return None
 
     def _filters(self, model_id: str | None = None) -> dict[str, list[str]]:
         labels = [f"{LABEL_MANAGED}=true", f"{LABEL_STACK}={self.stack}"]
@@ -238,7 +252,13 @@ class DockerRuntime:
             running=bool(state.get("Running")),
             exit_code=int(state.get("ExitCode") or 0),
             error=state.get("Error") or "",
+            ray_node=ray_node(labels),
         )
+
+
+def ray_node(labels: dict[str, str]) -> RayNode | None:
+    value = labels.get(LABEL_RAY_NODE)
+    return RayNode(value) if value in tuple(RayNode) else None
 
 
 async def _json_lines(response: aiohttp.ClientResponse) -> AsyncIterator[dict[str, Any]]:

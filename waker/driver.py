@@ -21,6 +21,7 @@ from enum import StrEnum
 from typing import Protocol
 
 from waker.config import Config, ModelConfig
+from waker.config_ray import RayNode
 from waker.image_pull import PullProgress
 
 
@@ -36,6 +37,7 @@ class ContainerEvent:
     model_id: str
     container_id: str
     exit_code: str = "?"  # as the engine reports it; only for DIED
+    ray_node: RayNode | None = None  # None: a one-host model's container
 
 
 class Driver(Protocol):

@@ -11,7 +11,8 @@ import contextlib
 import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import replace
+from dataclasses import dataclass, replace
+from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import structlog
@@ -30,12 +31,33 @@ from waker.units import format_duration
 
 log = structlog.get_logger("waker.launcher")
 
+T = TypeVar("T")
 HEALTH_POLL_INTERVAL = 0.02  # a refused connection costs next to nothing; waiting costs latency
 # The Docker events stream reports an exit at once; this inspect is only the fallback if it is down.
 EXIT_CHECK_INTERVAL = 2.0
 LOG_TAIL_LINES = 20
 METRICS_TIMEOUT = 10.0  # off the request path: an idle stop can wait for a loaded server's answer
 _RUNNING_METRIC = re.compile(r"^vllm:num_requests_(?:running|waiting)(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.M)
+
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    """One container of a model on this engine: the model's own, or the Ray worker of a model over two
+    hosts (`ray_pair.RayPair` starts one of each through two launchers)."""
+
+    name: str
+    spec: dict[str, Any]
+    worker: bool = False
+
+
+class Watch(Protocol):
+    """The containers a start waits on, besides the health check."""
+
+    async def check_exited(self) -> None:
+        """Raises StartError when one of them has exited (after stopping the others)."""
+
+    async def give_up(self) -> str:
+        """Stops them all (the start timed out); returns their last log lines."""
 
 
 class Launcher:
@@ -67,9 +89,28 @@ class Launcher:
         the model answers its health check. Returns the container id; raises StartError."""
         model = self._here(model)
         deadline = self.clock() + model.start_timeout
+        container_id = await self.launch(model, self.node(model), deadline)
+        await self.wait_healthy(model, deadline, died, _OneContainer(self, model, container_id))
+        return container_id
+
+    def node(self, model: ModelConfig) -> Node:
+        return Node(container_name(self.stack, model.id), container_spec(model, self.stack, self.network,
+                                                                          self.egress_network))
+
+    async def ensure_image(self, model: ModelConfig, deadline: float) -> str:
+        """Makes the model's image present here (pulled as its policy says); returns its id. Raises
+        StartError."""
+        return await self._starting(model, asyncio.wait_for(self.images.ensure(model), deadline - self.clock()))
+
+    async def launch(self, model: ModelConfig, node: Node, deadline: float, image_id: str | None = None) -> str:
+        """Makes the node's container run (created, or recreated when its spec changed or `image_id` is
+        newer), its image made present first unless given; returns its id. Raises StartError."""
+        image_id = image_id or await self.ensure_image(model, deadline)
+        return await self._starting(model, self._create_and_start(model, image_id, node))
+
+    async def _starting(self, model: ModelConfig, step: Awaitable[T]) -> T:
         try:
-            image_id = await asyncio.wait_for(self.images.ensure(model), deadline - self.clock())
-            container_id = await self._create_and_start(model, image_id)
+            return await step
         except TimeoutError:
             pulling = self.images.pulling.get(model.image)
             raise StartError(504, "model_start_timeout", f"model {model.id!r}: its image was still being pulled "
@@ -81,12 +122,10 @@ class Launcher:
             raise StartError(503, "image_pull_failed", f"model {model.id!r} could not be started: {exc}") from None
         except DockerError as exc:
             raise StartError(503, "model_start_failed", f"model {model.id!r} could not be started: {exc}") from None
-        await self._wait_healthy(model, container_id, deadline, died)
-        return container_id
 
-    async def _create_and_start(self, model: ModelConfig, image_id: str) -> str:
-        spec = self._spec(model)
-        info = await self.runtime.find(model.id)
+    async def _create_and_start(self, model: ModelConfig, image_id: str, node: Node) -> str:
+        spec = node.spec
+        info = await self.runtime.find(model.id, node.worker)
         outdated = "spec changed" if info is not None and info.spec_hash != spec["Labels"][LABEL_SPEC] else (
             "image updated" if info is not None and not info.running and info.image_id != image_id else "")
         if info is not None and outdated:
@@ -96,7 +135,7 @@ class Launcher:
             await self.runtime.remove(info.id)
             info = None
         if info is None:
-            container_id = await self._create(model, spec)
+            container_id = await self._create(node)
             log.info("container_created", model=model.id, container=container_id[:12])
         else:
             container_id = info.id
@@ -111,7 +150,7 @@ class Launcher:
             if info is None:
                 raise
             log.info("container_recreate", model=model.id, container=info.name, reason=f"start failed: {exc}")
-            container_id = await self._create(model, spec)
+            container_id = await self._create(node)
             try:
                 await self.runtime.start(container_id)
             except DockerError:
@@ -120,11 +159,9 @@ class Launcher:
         log.info("container_started", model=model.id, container=container_id[:12])
         return container_id
 
-    def _spec(self, model: ModelConfig) -> dict:
-        return container_spec(model, self.stack, self.network, self.egress_network)
-
-    async def _create(self, model: ModelConfig, spec: dict) -> str:
-        container_id = await self.runtime.create(container_name(self.stack, model.id), spec)
+    async def _create(self, node: Node) -> str:
+        spec = node.spec
+        container_id = await self.runtime.create(node.name, spec)
         if LABEL_EGRESS in spec["Labels"]:
             try:
                 await self.runtime.connect(spec["Labels"][LABEL_EGRESS], container_id)
@@ -135,10 +172,11 @@ class Launcher:
 
     async def adopt(self, model: ModelConfig, container_id: str, deadline: float, died: asyncio.Event) -> None:
         model = self._here(model)
-        await self._wait_healthy(model, container_id, deadline, died)
+        await self.wait_healthy(model, deadline, died, _OneContainer(self, model, container_id))
 
     async def running(self) -> dict[str, str]:
-        return {info.model_id: info.id for info in await self.runtime.managed_containers() if info.running}
+        return {info.model_id: info.id for info in await self.runtime.managed_containers()
+                if info.running and info.serves}
 
     async def follow(self, on_event: Callable[[ContainerEvent], None], on_connect: Callable[[], Awaitable[None]],
                      on_lost: Callable[[str], None]) -> None:
@@ -156,7 +194,10 @@ class Launcher:
     def pulling(self, image: str) -> PullProgress | None:
         return self.images.pulling.get(image)
 
-    async def _wait_healthy(self, model: ModelConfig, container_id: str, deadline: float, died: asyncio.Event) -> None:
+    async def wait_healthy(self, model: ModelConfig, deadline: float, died: asyncio.Event, watch: Watch) -> None:
+        """Polls the model's health check until it answers, checking `watch` for an exit when `died`
+        is set (and every EXIT_CHECK_INTERVAL, in case the events stream is down); at `deadline`
+        stops what `watch` holds and raises StartError."""
         url = f"{model.address.url}{model.health}"
         next_exit_check = self.clock() + EXIT_CHECK_INTERVAL
         while True:
@@ -164,12 +205,11 @@ class Launcher:
                 return
             now = self.clock()
             if died.is_set() or now >= next_exit_check:
-                await self._fail_if_exited(model, container_id)
+                await watch.check_exited()
                 died.clear()
                 next_exit_check = now + EXIT_CHECK_INTERVAL
             if now >= deadline:
-                tail = await self.runtime.logs_tail(container_id, LOG_TAIL_LINES)
-                await self.down(model, container_id)
+                tail = await watch.give_up()
                 raise StartError(
                     504, "model_start_timeout",
                     f"model {model.id!r} was not ready after {format_duration(model.start_timeout)} "
@@ -230,7 +270,7 @@ class Launcher:
         model = self._here(model)
         return await engine_sleep.is_sleeping(self._http, engine_sleep.Engine.of(model), model.sleep.wake_timeout)
 
-    async def prepare(self, model: ModelConfig) -> dict[str, str]:
+    async def prepare(self, model: ModelConfig, node: Node | None = None) -> dict[str, str]:
         """Makes a model ready to start fast: its image present (pulled as its policy allows) and its
         container created, not started. Reports what it found and did."""
         model = self._here(model)
@@ -242,16 +282,16 @@ class Launcher:
             except (ImageMissing, ImagePullFailed) as exc:
                 return {"image": "missing", "error": str(exc)}
             report["image"] = "present" if before == image_id else "pulled"
-            spec = self._spec(model)
-            info = await self.runtime.find(model.id)
-            if info is not None and info.spec_hash == spec["Labels"][LABEL_SPEC] and info.image_id == image_id:
+            node = node or self.node(model)
+            info = await self.runtime.find(model.id, node.worker)
+            if info is not None and info.spec_hash == node.spec["Labels"][LABEL_SPEC] and info.image_id == image_id:
                 report["container"] = "exists"
             elif info is not None and info.running:
                 report["container"] = "outdated, running: recreated at its next start"
             else:
                 if info is not None:
                     await self.runtime.remove(info.id)
-                await self._create(model, spec)
+                await self._create(node)
                 report["container"] = "recreated" if info is not None else "created"
         except DockerError as exc:
             report["error"] = str(exc)
@@ -265,3 +305,18 @@ class Launcher:
                 return
             container_id = info.id
         await self.runtime.stop(container_id, model.stop_timeout)
+
+
+@dataclass(frozen=True, slots=True)
+class _OneContainer:
+    launcher: Launcher
+    model: ModelConfig
+    container_id: str
+
+    async def check_exited(self) -> None:
+        await self.launcher._fail_if_exited(self.model, self.container_id)
+
+    async def give_up(self) -> str:
+        tail = await self.launcher.runtime.logs_tail(self.container_id, LOG_TAIL_LINES)
+        await self.launcher.down(self.model, self.container_id)
+        return tail

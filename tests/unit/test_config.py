@@ -449,7 +449,7 @@ def test_the_configuration_reference_documents_every_key():
         first_cells = re.findall(r"^\| ((?:`[a-z_]+`(?:, )?)+) \|", body, re.MULTILINE)
         return {name for cell in first_cells for name in re.findall(r"`([a-z_]+)`", cell)}
 
-    computed = {"address"}  # derived from host_port or model_ip_base, not a key
+    computed = {"address", "ray"}  # derived from host_port or model_ip_base; ray_port and worker_command
     secrets_from_files = {"api_keys_file", "admin_token_file"}
     expected = {
         "`[gateway]`": {f.name for f in dataclass_fields(GatewayConfig)} | {"api_keys_file"},

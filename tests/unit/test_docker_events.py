@@ -6,6 +6,7 @@ from aiohttp import web
 
 from tests.eventually import eventually_async
 from waker import docker_events
+from waker.config_ray import RayNode
 from waker.docker_runtime import DockerRuntime
 from waker.driver import ContainerChange, ContainerEvent
 from waker.lifecycle import IllegalTransition
@@ -100,3 +101,12 @@ def test_docker_events_become_typed_container_events_and_others_are_ignored():
     assert docker_events.container_event({"Action": "exec_start", "Actor": {"Attributes": {"io.waker.model": "a"}}}) \
         is None
     assert docker_events.container_event({"Action": "die", "Actor": {"Attributes": {}}}) is None
+
+
+def test_a_ray_workers_death_is_its_models_death_marked_as_the_workers():
+    attributes = {"io.waker.model": "huge", "io.waker.ray-node": "worker", "exitCode": "137"}
+    died = docker_events.container_event({"Action": "die", "id": "w1", "Actor": {"ID": "w1", "Attributes": attributes}})
+    assert died == ContainerEvent(ContainerChange.DIED, "huge", "w1", "137", RayNode.WORKER)
+    head = {"io.waker.model": "huge", "io.waker.ray-node": "head"}
+    assert docker_events.container_event({"Action": "start", "id": "h1", "Actor": {"Attributes": head}}).ray_node \
+        is RayNode.HEAD
