@@ -146,7 +146,7 @@ def resolved_config(config: Config) -> dict:
         if m.host:
             entry["host"] = m.host
         if m.hosts > 1:
-            entry["hosts"] = m.hosts
+            entry.update(hosts=m.hosts, ray_port=m.ray.port, worker_command=list(m.ray.worker_command))
         entry.update(_guide_fields(m))
         models.append(entry)
     return {

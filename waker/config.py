@@ -246,11 +246,8 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
     )
     for table in (gateway, waker, scheduler):
         table.reject_unknown()
-    hosts = config_hosts.parse_hosts(raw.get("host"), path, "docker_host" in waker.table,
+    hosts = config_hosts.parse_hosts(raw.get("host"), path, "docker_host" in waker.table, waker_cfg.network,
                                      scheduler_cfg.gpu_capacity, problems)
-    if hosts and waker_cfg.network:
-        problems.append(f"{path}: [[host]] entries need the host deployment (models publish their ports on each "
-                        "host's address); [waker] network is the one-box compose deployment: remove one of them")
 
     defaults = raw.get("defaults", {})
     if not isinstance(defaults, dict):

@@ -136,13 +136,16 @@ def link_names(value: Any) -> str:
     return text
 
 
-def parse_hosts(raw: Any, path: Path, docker_host_set: bool, default_capacity: float,
+def parse_hosts(raw: Any, path: Path, docker_host_set: bool, network: str, default_capacity: float,
                 problems: list[str]) -> tuple[HostConfig, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
         problems.append(f"{path}: 'host' must be an array of tables, written [[host]]")
         return ()
+    if raw and network:
+        problems.append(f"{path}: [[host]] entries need the host deployment (models publish their ports on each "
+                        "host's address); [waker] network is the one-box compose deployment: remove one of them")
     if raw and docker_host_set:
         problems.append(f"{path}: [waker] docker_host and [[host]] are both set: with [[host]] entries, each "
                         "names its own docker_host; remove [waker] docker_host")

@@ -58,15 +58,6 @@ class Driver(Protocol):
     async def busy(self, model: ModelConfig) -> int | None:
         """Requests the engine itself reports running or waiting, or None when it does not say."""
 
-    async def running(self) -> dict[str, str]:
-        """The models whose container runs now, with its id: what a resync adopts."""
-
-    async def follow(self, on_event: Callable[[ContainerEvent], None], on_connect: Callable[[], Awaitable[None]],
-                     on_lost: Callable[[str], None]) -> None:
-        """Runs until cancelled: calls `on_connect` each time the engine's event stream is (re)opened
-        (before any event, so a listing then loses nothing), `on_event` for each event of a managed
-        container, and `on_lost` with the reason when the engine goes away."""
-
     async def log_tail(self, container_id: str) -> str: ...
 
     def loading_log(self, model_id: str, since: float) -> AsyncIterator[str]:
@@ -90,6 +81,20 @@ class Driver(Protocol):
         """What the engine says (an adopted container may be asleep); raises `SleepModeError`."""
 
     async def close(self) -> None: ...
+
+
+class HostDriver(Driver, Protocol):
+    """The driver of one host's engine (`launcher.Launcher`): besides a model's calls, what runs on that
+    engine and what happens there. A model over two hosts has a `Driver` made of two of these."""
+
+    async def running(self) -> dict[str, str]:
+        """The models whose container runs now, with its id: what a resync adopts."""
+
+    async def follow(self, on_event: Callable[[ContainerEvent], None], on_connect: Callable[[], Awaitable[None]],
+                     on_lost: Callable[[str], None]) -> None:
+        """Runs until cancelled: calls `on_connect` each time the engine's event stream is (re)opened
+        (before any event, so a listing then loses nothing), `on_event` for each event of a managed
+        container, and `on_lost` with the reason when the engine goes away."""
 
 
 class Router(Protocol):

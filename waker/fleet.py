@@ -6,14 +6,14 @@ from __future__ import annotations
 
 from collections.abc import Callable, Mapping
 
-from waker.driver import Driver
+from waker.driver import Driver, HostDriver
 from waker.image_pull import PullProgress
 
 PairFactory = Callable[[str, str], Driver]  # (head host, worker host) -> the driver of the pair
 
 
 class Fleet:
-    def __init__(self, drivers: Mapping[str, Driver], pair: PairFactory | None = None) -> None:
+    def __init__(self, drivers: Mapping[str, HostDriver], pair: PairFactory | None = None) -> None:
         assert drivers, "a fleet has at least one host"
         self.drivers = dict(drivers)
         self._pair = pair

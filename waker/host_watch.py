@@ -18,6 +18,7 @@ from typing import Any, Protocol
 import structlog
 
 from waker.config import Config
+from waker.config_ray import RayNode
 from waker.docker_runtime import DockerError
 from waker.driver import ContainerChange, ContainerEvent
 from waker.errors import StartError
@@ -154,7 +155,8 @@ class HostWatch:
         if event.change is ContainerChange.OOM:
             self.shell.bus.publish(EventKind.MODEL_OOM, model=event.model_id)
         elif event.change is ContainerChange.STARTED:
-            if state in (State.STOPPED, State.FAILED):  # while we run nothing: started by hand
+            # While we run nothing: started by hand. (A Ray worker is never its model: its head is.)
+            if state in (State.STOPPED, State.FAILED) and event.ray_node is not RayNode.WORKER:
                 self.shell.adopt(event.model_id, event.container_id, self._adopted_hosts(event.model_id, host))
         elif self._on_host(record, host):  # a death elsewhere is an old container's
             self._died(record, host, event)

@@ -198,6 +198,7 @@ class Launcher:
         """Polls the model's health check until it answers, checking `watch` for an exit when `died`
         is set (and every EXIT_CHECK_INTERVAL, in case the events stream is down); at `deadline`
         stops what `watch` holds and raises StartError."""
+        model = self._here(model)
         url = f"{model.address.url}{model.health}"
         next_exit_check = self.clock() + EXIT_CHECK_INTERVAL
         while True:

@@ -29,6 +29,7 @@ from waker.manual_control import ManualControl
 from waker.metrics import Counters, render
 from waker.nginx_container import NginxContainer
 from waker.nginx_process import Nginx, NginxError, NginxProcess
+from waker.ray_pair import RayPair
 from waker.supervisor import Supervisor
 
 log = structlog.get_logger("waker.service")
@@ -105,8 +106,11 @@ async def serve(config: Config, nginx_mode: NginxMode) -> int:
         return 1
     runtime = runtimes[local_host(hosts).name]  # the engine of this machine: nginx's, in compose
     clock = LoopClock()
-    fleet = Fleet({host.name: docker_driver(config.waker, lambda: supervisor.config, runtimes[host.name], bus,
-                                            clock, host) for host in hosts})
+    launchers = {host.name: docker_driver(config.waker, lambda: supervisor.config, runtimes[host.name], bus, clock,
+                                          host) for host in hosts}
+    by_name = {host.name: host for host in hosts}
+    fleet = Fleet(launchers, lambda head, worker: RayPair(launchers[head], launchers[worker], by_name[head],
+                                                          by_name[worker]))
     nginx = _nginx(nginx_mode, config, runtime)
     router: Router | None = NginxRouter(nginx) if nginx is not None else None
     supervisor = Supervisor(config, fleet, bus, clock, router)

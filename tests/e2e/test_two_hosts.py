@@ -16,7 +16,7 @@ import openai
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.stack import Stack, docker, fake_model
+from tests.e2e.stack import Stack, docker, fake_model, free_port, free_port_range
 from tests.eventually import eventually_async
 
 pytestmark = pytest.mark.e2e
@@ -133,3 +133,54 @@ def test_the_dashboard_and_waker_status_show_each_host_its_budget_and_its_models
     assert "host two: GPU 0.25 of 1 (b), connected" in status.stdout
     row = next(line for line in status.stdout.splitlines() if line.startswith("b "))
     assert row.split()[1:3] == ["ready", "two"]
+
+
+RAY_IMAGE = "waker-ray:test"
+RAY_WORKER = ["/opt/ray/bin/python", "-u", "/node.py", "worker", "--ip", "{worker_ip}", "--address",
+              "{head_ip}:{ray_port}"]
+
+
+async def test_a_model_over_two_hosts_runs_its_ray_worker_there_serves_from_its_head_and_fails_as_one(
+        make_stack, second_engine):
+    """hosts = 2 through the gateway: the worker on engine two, the head on engine one (the Ray test
+    image's server listens only once both nodes are in the cluster, as vLLM does), charged on both
+    budgets; a stop takes both down; the worker killed fails the model with both log tails and the head
+    torn down. Both hosts keep the default loopback address: Ray's nodes meet there."""
+    second_engine.load_images(RAY_IMAGE)
+    port = free_port()
+    big = {"id": "big", "image": RAY_IMAGE, "pull": "never", "hosts": 2, "host": "one", "gpu_memory": 0.8,
+           "port": port, "ray_port": free_port(), "start_timeout": "3m", "stop_timeout": "5s",
+           "command": ["head", "--ip", "{head_ip}", "--port", "{ray_port}", "--port-base", str(free_port_range(64)),
+                       "--nodes", "2", "--", "serve", "fake/big", "--host", "127.0.0.1", "--port", str(port),
+                       "--served-model-name", "big"],
+           "worker_command": [*RAY_WORKER, "--port-base", str(free_port_range(64))]}
+    hosts = [{"name": "one", "gpu_capacity": 1.0}, {"name": "two", "docker_host": second_engine.host,
+                                                     "gpu_capacity": 1.0}]
+    stack = make_stack([big], hosts=hosts)
+    labels = ("--filter", f"label=io.waker.stack={stack.name}")
+    try:
+        assert await ask(stack, "big") == "big"
+        workers = second_engine.docker("ps", "-q", *labels, "--filter", "label=io.waker.ray-node=worker")
+        assert docker("ps", "-q", *labels).strip() and workers.strip()
+        _, listing = get_json(f"{stack.waker_url}/admin/models")
+        assert next(m for m in listing["models"] if m["id"] == "big")["hosts"] == ["one", "two"]
+        assert [(h["name"], h["gpu_used"]) for h in listing["hosts"]] == [("one", 0.8), ("two", 0.8)]
+
+        stopped = stack.cli("stop", "big")
+        assert stopped.returncode == 0, stopped.stderr
+        assert not docker("ps", "-q", *labels).strip() and not second_engine.docker("ps", "-q", *labels).strip()
+
+        assert await ask(stack, "big") == "big"  # the same pair again
+        worker = second_engine.docker("ps", "-q", *labels).split()
+        second_engine.docker("kill", *worker)
+
+        async def failed() -> dict | None:
+            _, model = await asyncio.to_thread(get_json, f"{stack.waker_url}/admin/models/big")
+            return model if model["state"] == "failed" and "last log lines" in (model["last_error"] or "") else None
+        model = await eventually_async(failed, 30, "big failed with its log tails", stack.log)
+        assert "on host 'two'" in model["last_error"]
+        assert "Ray head on host 'one':" in model["last_error"] and "Ray worker on host 'two':" in model["last_error"]
+        await eventually_async(lambda: asyncio.to_thread(lambda: not docker("ps", "-q", *labels).strip()), 30,
+                               "the head torn down with its worker", stack.log)
+    finally:
+        second_engine.remove_all_containers()
