@@ -4,7 +4,7 @@ function of the two configs and the models' states, checked before anything (ngi
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from waker.config import Config
 from waker.errors import AdminError
@@ -31,6 +31,10 @@ def plan_reload(old: Config, new: Config, slots: Mapping[str, Slot]) -> ConfigCh
     applied live (a moved address under a running model, a busy model removed, a restart-only setting)."""
     problems = [f"[waker] {key} changed: restart the waker to apply it"
                 for key in RESTART_ONLY if getattr(old.waker, key) != getattr(new.waker, key)]
+    # Each host's engine is connected and followed from the start; only its budget may change live.
+    if [replace(h, gpu_capacity=0.0) for h in old.hosts] != [replace(h, gpu_capacity=0.0) for h in new.hosts]:
+        problems.append("[[host]] entries changed (added, removed, renamed, or another engine, address or link): "
+                        "restart the waker to apply them; a host's gpu_capacity alone may change live")
     for model in new.models:
         before = old.model(model.id)
         if before and slots[model.id].state in OCCUPYING and before.address != model.address:

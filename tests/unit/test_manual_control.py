@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 import tomli_w
 
-from tests.unit.shell_fakes import FakeNginx, make_config, open_shell, until
+from tests.unit.shell_fakes import FakeDriver, FakeNginx, make_config, open_shell, until
 from tests.unit.test_supervisor import begin, ready, request_for
 from waker.config import ConfigError, load_config
 from waker.errors import AdminError, RequestRefused, StartError
@@ -101,10 +101,13 @@ async def test_unload_stops_what_runs_except_pinned_and_busy_models():
 
 # ---- live reload --------------------------------------------------------------------------------
 
-def write(path: Path, models: list[dict[str, Any]], waker: dict[str, Any] | None = None) -> None:
+def write(path: Path, models: list[dict[str, Any]], waker: dict[str, Any] | None = None,
+          hosts: list[dict[str, Any]] | None = None) -> None:
     raw: dict[str, Any] = {"model": [{"image": "fake:test", "gpu_memory": 0.3, **m} for m in models]}
     if waker:
         raw["waker"] = waker
+    if hosts:
+        raw["host"] = hosts
     path.write_text(tomli_w.dumps(raw))
 
 
@@ -147,6 +150,22 @@ async def test_a_reload_that_cannot_apply_live_changes_nothing(tmp_path):
     assert "model 'a' runs at" in message and "keep its position" in message
     assert "model 'b' is removed but is busy" in message
     assert shell.supervisor.config is before and not nginx.reloaded
+
+
+async def test_a_reload_may_change_a_host_s_budget_but_not_the_hosts(tmp_path):
+    path = tmp_path / "models.toml"
+    hosts = [{"name": "one", "gpu_capacity": 1.0}, {"name": "two", "docker_host": "ssh://two", "address": "10.0.0.2"}]
+    write(path, [{"id": "a"}], hosts=hosts)
+    shell = await open_shell(load_config(path), hosts={"one": FakeDriver(), "two": FakeDriver()})
+    write(path, [{"id": "a"}], hosts=[{**hosts[0], "gpu_capacity": 0.5}, hosts[1]])
+    await shell.control.reload()
+    assert [b.capacity for b in shell.supervisor.policy.hosts] == [0.5, 1.0]
+    before = shell.supervisor.config
+    write(path, [{"id": "a"}], hosts=[hosts[0], {**hosts[1], "address": "10.0.0.3"}])
+    with pytest.raises(AdminError) as refused:
+        await shell.control.reload()
+    assert "[[host]] entries changed" in refused.value.message and "restart the waker" in refused.value.message
+    assert shell.supervisor.config is before
 
 
 async def test_a_reload_nginx_refuses_leaves_the_supervisor_on_the_old_config(tmp_path):
