@@ -20,7 +20,7 @@ import structlog
 from waker.config import Config
 from waker.config_ray import RayNode
 from waker.docker_runtime import DockerError
-from waker.driver import ContainerChange, ContainerEvent
+from waker.driver import Clock, ContainerChange, ContainerEvent, Timer
 from waker.errors import StartError
 from waker.events import EventBus, EventKind
 from waker.fleet import Fleet
@@ -33,6 +33,9 @@ from waker.sleep_shell import GATED
 log = structlog.get_logger("waker.hosts")
 
 NOT_CONNECTED = "not connected yet"
+# With several hosts, how long the first decisions wait for a host's engine that neither answers nor
+# fails (an ssh:// host that is off: the TCP connect only times out after minutes).
+SETTLE_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -52,6 +55,7 @@ class Shell(Protocol):
 
     config: Config
     bus: EventBus
+    clock: Clock
     records: dict[str, ModelRecord]
     policy: Policy
 
@@ -70,6 +74,7 @@ class HostWatch:
         self.fleet = fleet
         self.errors: dict[str, str | None] = dict.fromkeys(fleet.names, NOT_CONNECTED)
         self._heard: set[str] = set()  # hosts synced or found lost at least once
+        self._settle: Timer | None = None
 
     @property
     def several(self) -> bool:
@@ -113,6 +118,16 @@ class HostWatch:
         for name, driver in self.fleet.drivers.items():
             self.shell.spawn(driver.follow(partial(self._on_event, name), partial(self._resync, name),
                                            partial(self._lost, name)))
+        if self.several:
+            self._settle = self.shell.clock.call_at(self.shell.clock.now() + SETTLE_SECONDS, self._stop_waiting)
+
+    def close(self) -> None:
+        if self._settle is not None:
+            self._settle.cancel()
+
+    def _stop_waiting(self) -> None:
+        for host in [h for h in self.errors if h not in self._heard]:
+            self._lost(host, f"its engine did not answer within {SETTLE_SECONDS:g} s of the waker's start")
 
     async def _resync(self, host: str) -> None:
         """Rebuilds what runs on `host` from what its driver finds: running containers are adopted

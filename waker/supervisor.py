@@ -85,6 +85,7 @@ class Supervisor:
         self.hosts.open()
 
     async def close(self) -> None:
+        self.hosts.close()
         if self._timer is not None:
             self._timer.cancel()
         for task in list(self._tasks):

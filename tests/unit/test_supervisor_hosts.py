@@ -13,6 +13,7 @@ from waker.driver import ContainerChange, ContainerEvent
 from waker.errors import RequestRefused
 from waker.events import EventBus
 from waker.fleet import Fleet
+from waker.host_watch import SETTLE_SECONDS
 from waker.lifecycle import State, StopReason
 from waker.supervisor import Supervisor
 
@@ -110,4 +111,23 @@ async def test_until_every_host_has_answered_or_failed_once_nothing_is_decided()
     two.lose("connection timed out")
     await until(lambda: supervisor.state("a") is State.READY, "the keep_warm start on the host that answers")
     assert one.up_calls("a") == 1
+    await supervisor.close()
+
+
+async def test_a_host_that_neither_answers_nor_fails_holds_the_first_decisions_only_a_few_seconds():
+    class Silent(FakeDriver):  # an ssh:// host that is off: the connect hangs for minutes
+        async def follow(self, on_event, on_connect, on_lost):
+            self._on_connect = on_connect
+            await asyncio.Event().wait()
+    one, two, clock = FakeDriver(), Silent(), FakeClock()
+    supervisor = Supervisor(two_hosts({"id": "a", "keep_warm": True}), Fleet({"one": one, "two": two}), EventBus(),
+                            clock)
+    await supervisor.open()
+    await until(lambda: one._on_connect is not None and two._on_connect is not None, "both follows")
+    assert supervisor.state("a") is State.STOPPED
+    clock.advance(SETTLE_SECONDS)
+    await until(lambda: supervisor.state("a") is State.READY, "the keep_warm start on the host that answered")
+    assert "did not answer within 10 s" in supervisor.hosts.down()["two"]
+    await two.reconnect()
+    assert not supervisor.hosts.down()
     await supervisor.close()
