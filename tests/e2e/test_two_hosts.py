@@ -79,6 +79,11 @@ async def test_models_go_where_they_fit_each_host_keeps_its_own_budget_and_evict
     assert (hosts["two"]["gpu_used"], hosts["two"]["models"]) == (0.9, ["b", "c"])
     b = next(m for m in listing["models"] if m["id"] == "b")
     assert b["hosts"] == ["two"] and b["address"].startswith(f"{HOST_TWO_ADDRESS}:")
+    with urllib.request.urlopen(f"{stack.waker_url}/metrics", timeout=5) as response:
+        metrics = response.read().decode()
+    for line in ('waker_host_gpu_used{host="one"} 0.6', 'waker_host_gpu_used{host="two"} 0.9',
+                 'waker_host_gpu_capacity{host="two"} 1', 'waker_docker_connected{host="two"} 1'):
+        assert line in metrics.splitlines(), line
 
     # d fits nowhere now: room is made where it is cheapest (one has more left), by evicting a only.
     assert await ask(stack, "d") == "d"
