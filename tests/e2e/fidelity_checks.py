@@ -290,11 +290,12 @@ async def check_sleep_aborts_streams(engine: Engine) -> dict[str, str]:
         for label, path, body in (("chat", "/v1/chat/completions", chat(900, stream=True)),
                                   ("completion", "/v1/completions", completion(900, stream=True))):
             # On a loaded machine the real engine can generate all 900 tokens before it handles the
-            # sleep call: that attempt shows nothing about a sleep landing mid-stream, so it is made
-            # again (after a wake); an engine whose sleep never aborts a stream fails all three.
-            for _attempt in range(3):
+            # sleep call (CI measured its API server taking 3 s to take the call, with the engine
+            # generating at 236 tokens/s): that attempt shows nothing about a sleep landing mid-stream,
+            # so it is made again (after a wake); an engine whose sleep never aborts a stream fails all.
+            for _attempt in range(6):
                 async with session.post(f"{engine.url}{path}", json=body) as response:
-                    first = await read_stream(response, until=lambda events: len(events) >= 5)
+                    first = await read_stream(response, until=lambda events: len(events) >= 1)
                     status, answer = await post(session, f"{engine.url}/sleep?level=1", b"")
                     assert status == 200, answer
                     rest = await asyncio.wait_for(read_stream(response), 30)
