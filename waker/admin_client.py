@@ -163,7 +163,9 @@ def status(client: Client, args: argparse.Namespace) -> int:
                      _seconds(m["idle_seconds"]), f"{m['gpu_memory']:g}", flags, error))
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
-    footer = f"\nqueue: {data['queue_length']}   docker: {data['docker']}"
+    # The line a waiting stream and the dashboard show, for each model queued or loading.
+    progress = "".join(f"\n{m['id']}: {m['progress']['text']}" for m in data["models"] if m.get("progress"))
+    footer = f"{progress}\nqueue: {data['queue_length']}   docker: {data['docker']}"
     for host in data["hosts"] if several else ():
         state = "connected" if host["connected"] else f"DOWN: {host['error']}"
         footer += (f"\nhost {host['name']}: GPU {host['gpu_used']:g} of {host['gpu_capacity']:g} "

@@ -14,6 +14,7 @@ from playwright.sync_api import expect
 
 from tests.e2e.stack import fake_model
 from tests.e2e.test_sleep import sleeper
+from tests.eventually import eventually
 
 pytestmark = pytest.mark.e2e
 
@@ -70,6 +71,11 @@ def test_the_dashboard_shows_the_progress_a_waiting_stream_shows(make_stack, pag
 
     reader = threading.Thread(target=stream)
     reader.start()
+
+    def status_line() -> str | None:  # `waker status` shows the same line under its table
+        out = stack.cli("status").stdout
+        return out if "\nalpha: loading alpha: " in out else None
+    eventually(status_line, 8, "the progress line in waker status")
     shown = alpha.locator(".loading-progress")
     expect(shown).to_contain_text("loading alpha: KV cache allocated: 2,097,152 tokens", timeout=15000)
     on_dashboard = shown.inner_text()
