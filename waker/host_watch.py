@@ -140,12 +140,26 @@ class HostWatch:
             elif model_id not in running and here and state in (State.READY, State.SLEEPING):
                 record.container = None
                 self.shell.transition(model_id, Event.EXITED)
+            elif model_id in running and not self._on_host(record, host):
+                # It ran here when this host went away, and runs elsewhere now: this copy would hold
+                # the GPU unseen by the scheduler.
+                self.shell.spawn(self._stop_stray(host, model_id, running[model_id]))
         was_down = self.errors[host] is not None and host in self._heard
         self.errors[host] = None
         self._heard.add(host)
         if was_down and self.several:
             self.shell.bus.publish(EventKind.HOST_BACK, host=host)
         self.shell.reconcile()
+
+    async def _stop_stray(self, host: str, model_id: str, container_id: str) -> None:
+        model = self.shell.config.model(model_id)
+        assert model is not None
+        log.warning("stray_container_stopped", model=model_id, host=host, container=container_id[:12],
+                    runs_on=list(hosts_of(self.shell.records[model_id].slot, self.shell.policy)))
+        try:
+            await self.fleet.drivers[host].down(model, container_id)
+        except DockerError as exc:
+            log.error("stray_container_stop_failed", model=model_id, host=host, error=str(exc))
 
     def _lost(self, host: str, reason: str) -> None:
         first = host not in self._heard or self.errors[host] is None

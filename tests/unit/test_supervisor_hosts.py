@@ -131,3 +131,19 @@ async def test_a_host_that_neither_answers_nor_fails_holds_the_first_decisions_o
     await two.reconnect()
     assert not supervisor.hosts.down()
     await supervisor.close()
+
+
+async def test_a_copy_found_on_a_host_that_comes_back_is_stopped_when_the_model_runs_elsewhere_now():
+    shell, one, two = await open_two({"id": "c"})
+    shell.supervisor.update("c", hosts=("two",))  # it last ran on two: placed there again
+    await ready(shell, "c")
+    on_two = shell.supervisor.records["c"].container
+    assert two.up_calls("c") == 1 and on_two is not None
+    two.lose("cable pulled")  # its container runs on, unseen
+    assert shell.supervisor.state("c") is State.STOPPED
+    await ready(shell, "c")  # two is down: placed on one
+    assert shell.supervisor.records["c"].slot.hosts == ("one",)
+    await two.reconnect()
+    await until(lambda: ("down", "c", on_two) in two.calls, "the stray copy on two stopped")
+    assert shell.supervisor.state("c") is State.READY and shell.supervisor.records["c"].slot.hosts == ("one",)
+    await shell.supervisor.close()
