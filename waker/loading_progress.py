@@ -19,9 +19,8 @@ from waker.scheduler import (
     Policy,
     Slot,
     Waiter,
-    fits,
+    fits_on,
     holders_of,
-    hosts_of,
     occupying_on,
     release_estimate,
     where,
@@ -110,14 +109,13 @@ def _queued(slot: Slot, slots: dict[str, Slot], queue: tuple[Waiter, ...], polic
     bound = f" of at most {policy.queue_timeout:.0f} s" if policy.on_busy == "queue" else ""
     detail = f"waited {waited:.0f} s{bound}"
     reason = f"it cannot be placed: {placed.reason}" if isinstance(placed, Unplaceable) else \
-        _waits_for(slot, order, occupying, hosts, policy, now)
+        _waits_for(slot, order, occupying, fits_on(slot, hosts, slots, policy), now)
     headline = f"queued for {slot.id} (#{position} of {len(order)}): {reason}"
     return Progress(slot.id, Phase.QUEUED, "queued", headline, detail, waited, slot.expected_start_seconds, position,
                     len(order))
 
 
-def _waits_for(slot: Slot, order: list[str], occupying: list[Slot], hosts: tuple[str, ...], policy: Policy,
-               now: float) -> str:
+def _waits_for(slot: Slot, order: list[str], occupying: list[Slot], fits_now: bool, now: float) -> str:
     if slot.state is State.STOPPING:
         return "its previous run is stopping"
     starting = [s for s in occupying if s.state is State.STARTING]
@@ -130,8 +128,7 @@ def _waits_for(slot: Slot, order: list[str], occupying: list[Slot], hosts: tuple
     stopping = [s.id for s in occupying if s.state is State.STOPPING]
     if stopping:
         return f"{', '.join(repr(m) for m in stopping)} stopping to make room"
-    if all(fits(slot, [s for s in occupying if b.name in hosts_of(s, policy)], b.capacity)
-           for b in policy.budgets if b.name in hosts):
+    if fits_now:
         return "starting now"
     holders = holders_of(slot, occupying, now)
     if not holders:

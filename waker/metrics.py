@@ -73,6 +73,7 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
         out.extend(f"{name}{_labels(**labels)} {value:g}" for labels, value in samples)
 
     slots = supervisor.current_slots()
+    hosts = supervisor.hosts.status(slots)
     models = [m.id for m in supervisor.config.models]
     metric("waker_model_state", "gauge", "1 for the state each model is in.",
            [({"model": m, "state": s.value}, float(slots[m].state is s)) for m in models for s in State])
@@ -112,11 +113,11 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
            [({"model": m}, counters.busy_refusals[m]) for m in models])
     metric("waker_docker_connected", "gauge", "1 while the waker follows the Docker events stream (of a host).",
            [({}, float(supervisor.docker_error is None))] if not supervisor.hosts.several else
-           [({"host": h.name}, float(h.connected)) for h in supervisor.hosts.status(slots)])
+           [({"host": h.name}, float(h.connected)) for h in hosts])
     metric("waker_host_gpu_capacity", "gauge", "Each host's gpu_capacity (the local one without [[host]]).",
-           [({"host": h.name}, h.gpu_capacity) for h in supervisor.hosts.status(slots)])
+           [({"host": h.name}, h.gpu_capacity) for h in hosts])
     metric("waker_host_gpu_used", "gauge", "What the models occupying each host hold of its gpu_capacity.",
-           [({"host": h.name}, h.gpu_used) for h in supervisor.hosts.status(slots)])
+           [({"host": h.name}, h.gpu_used) for h in hosts])
     readings = gpu.read()
     if readings:
         metric("waker_gpu_memory_used_bytes", "gauge", "GPU memory in use; source=system where the GPU "

@@ -88,7 +88,7 @@ class _Planner:
         return where(slot, self.slots, self.policy)
 
     def fits_on(self, slot: Slot, hosts: tuple[str, ...]) -> bool:
-        return all(fits(slot, self.on((b.name,)), b.capacity) for b in self.policy.budgets if b.name in hosts)
+        return fits_on(slot, hosts, self.slots, self.policy)
 
     def coming_up_on(self, hosts: tuple[str, ...]) -> bool:
         return any(s.state in COMING_UP for s in self.on(hosts))
@@ -136,6 +136,12 @@ def where(slot: Slot, slots: dict[str, Slot], policy: Policy) -> tuple[str, ...]
                               last_ran_here=budget.name in slot.hosts))
     placed = place(Need(slot.gpu_memory, slot.exclusive, slot.host, slot.host_count), tuple(views))
     return placed if isinstance(placed, Unplaceable) else placed.hosts
+
+
+def fits_on(candidate: Slot, hosts: tuple[str, ...], slots: dict[str, Slot], policy: Policy) -> bool:
+    """`fits` on each of `hosts`, against what occupies that host and its own capacity."""
+    return all(fits(candidate, occupying_on(slots, (b.name,), policy), b.capacity)
+               for b in policy.budgets if b.name in hosts)
 
 
 def fits(candidate: Slot, staying: list[Slot], capacity: float) -> bool:
