@@ -277,9 +277,11 @@ async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
     is kept busy by two clients sending back-to-back direct requests of different lengths (so that they
     never end together and the engine is never idle between two of them) until an idle stop has been
     called off, however fast it generates; then left alone: the idle stop comes after the last one."""
-    # vLLM's running gauge can lag a new request by seconds on a loaded machine: the idle timeout
-    # leaves it room, and the test waits for the gauge before it expects anything.
-    stack = module_stacks("postpone", [real_model("tiny", max_model_len=2048, idle_timeout="6s")])
+    # vLLM's running gauge can lag a new request by seconds on a loaded machine (CI saw it still at 0
+    # six seconds after the model was ready and the direct requests had begun): the idle timeout leaves
+    # it room, and once the gauge counts them a request through the gateway restarts the idle clock, so
+    # that the first idle check comes after the engine is seen busy.
+    stack = module_stacks("postpone", [real_model("tiny", max_model_len=2048, idle_timeout="15s")])
     await asyncio.to_thread(ensure_ready, stack, "tiny")
     enough = asyncio.Event()
     finished: list[float] = []
@@ -303,6 +305,7 @@ async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
         work = [asyncio.create_task(keep_busy(tokens)) for tokens in (500, 310)]
         try:
             await eventually_async(engine_busy, 20, "the engine counting the direct requests", stack.log)
+            await asyncio.to_thread(ensure_ready, stack, "tiny")
             await eventually_async(postponed, 60, "an idle stop called off", stack.log)
         finally:
             enough.set()
