@@ -142,6 +142,11 @@ async def start(request: web.Request) -> web.Response:
     preload = asyncio.ensure_future(supervisor.acquire(model))
     if not wait:
         keep_until_done(request.app[STARTS], preload, model.id)
+        # One turn of the loop queues the request (acquire runs up to its first wait); deciding now
+        # rather than on the next turn makes the answer show the decision ("starting", or still
+        # "stopped" with its place in the queue), not the state before it.
+        await asyncio.sleep(0)
+        supervisor.reconcile()
         return web.json_response(_described(request, model), status=202)
     try:
         await preload

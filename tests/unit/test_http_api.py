@@ -101,7 +101,8 @@ async def test_admin_start_without_waiting_answers_at_once(api):
     gate = shell.driver.hold("a")
     response = await client.post("/admin/models/a/start?wait=false")
     assert response.status == 202
-    await shell.reach("a", State.STARTING)  # answered before the start it asked for
+    assert (await response.json())["state"] == "starting"  # the decision, not the state before it
+    assert shell.supervisor.state("a") is State.STARTING  # answered before the start ended
     gate.set_result(None)
     await shell.reach("a", State.READY)
 
