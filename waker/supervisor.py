@@ -313,8 +313,9 @@ class Supervisor:
             self._answer(waiter.id, RequestRefused(exc.status, exc.code, exc.message))
 
     async def _run_stop(self, model: ModelConfig, reason: StopReason, for_model: str | None) -> None:
+        checked: dict[str, int | None] = {}  # an idle stop logs what the engine said (None: nothing)
         if reason is StopReason.IDLE:
-            busy = await self.driver_of(model.id).busy(model)
+            busy = checked["server_requests"] = await self.driver_of(model.id).busy(model)
             # The engine may be working on requests nginx never told us about (a waker restart), and
             # nginx may have passed it a new one while we asked: either calls the stop off.
             in_flight = self.records[model.id].activity.in_flight
@@ -333,7 +334,7 @@ class Supervisor:
             return
         self.records[model.id].container = None
         self.transition(model.id, Event.STOPPED, failures=0)  # a run we ended is a good run
-        self.bus.publish(EventKind.MODEL_STOPPED, model=model.id, reason=reason.value,
+        self.bus.publish(EventKind.MODEL_STOPPED, model=model.id, reason=reason.value, **checked,
                          **({"for_model": for_model} if for_model else {}))
         if self.config.model(model.id) is None:  # removed by a reload
             del self.records[model.id]

@@ -203,6 +203,8 @@ async def test_an_idle_stop_is_called_off_while_the_engine_reports_work():
     await timer_in(shell, 10)
     shell.clock.advance(10)
     await shell.reach("a", State.STOPPED)
+    # The stop says what the engine reported, to tell "it said 0" from "it did not say" (None).
+    assert shell.kinds("model_stopped", model="a", reason="idle", server_requests=0)
 
 
 async def test_an_idle_stop_is_called_off_by_a_request_that_arrives_during_its_check():
