@@ -64,7 +64,7 @@ def _timed(*args: str) -> float:
     runs = []
     for _ in range(3):
         began = time.monotonic()
-        subprocess.run([sys.executable, "-m", "waker.cli", *args], check=True, capture_output=True)
+        subprocess.run([sys.executable, "-m", "waker.cli.main", *args], check=True, capture_output=True)
         runs.append(time.monotonic() - began)
     return median(runs)
 

@@ -76,7 +76,7 @@ def run(quick: bool) -> Section:
         section.rows.append(Row(f"the model's first chunk in the same streams, p50 ({LOAD_DELAY:g} s load)",
                                 f"{median(answers) * 1000:.0f} ms"))
         section.notes.append("The first event waits 50 ms for the scheduler's decision, so that it says what "
-                             "happens to the request (waker/loading_stream.py).")
+                             "happens to the request (waker/http/loading_stream.py).")
     finally:
         stack.stop()
     return section

@@ -48,7 +48,7 @@ class AdminError(Exception):
 
 
 class SleepStep(StrEnum):
-    """The steps of vLLM's sleep protocol, as the waker takes them (waker/engine_sleep.py)."""
+    """The steps of vLLM's sleep protocol, as the waker takes them (waker/engine/sleep.py)."""
 
     SLEEP = "sleep"  # POST /sleep?level=N
     CHECK_ASLEEP = "check_asleep"  # GET /is_sleeping: true

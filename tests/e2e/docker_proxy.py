@@ -8,7 +8,7 @@ import re
 import threading
 from pathlib import Path
 
-from waker.socket_proxy import relay
+from waker.docker.socket_proxy import relay
 
 REQUEST_LINE = re.compile(rb"^(GET|POST|PUT|DELETE|HEAD) (\S+) HTTP/1\.[01]\r\n")
 

@@ -36,7 +36,7 @@ from tests.e2e.fidelity_sleep import (
     check_waker_sleep_adapter,
 )
 from tests.eventually import eventually_async
-from waker.engine_log import Step, parse_line
+from waker.core.engine_log import Step, parse_line
 
 SIGTERM_WAIT = 5.0  # how long a stream may take to end after SIGTERM before it counts as hung
 # What vLLM 0.32.0 does to a stream in flight on SIGTERM, all seen here: the engine core is killed at
@@ -58,7 +58,7 @@ async def check_start_and_health(engine: Engine) -> dict[str, str]:
 
 
 async def check_loading_log(engine: Engine) -> dict[str, str]:
-    """The loading stages the waker reads from an engine's log (waker/engine_log.py), in order. Lines
+    """The loading stages the waker reads from an engine's log (waker/core/engine_log.py), in order. Lines
     are sorted by Docker's timestamps: vLLM logs to stdout, its progress bars go to stderr."""
     out = await asyncio.to_thread(subprocess.run, ["docker", "logs", "--timestamps", engine.container],
                                   capture_output=True, check=True)

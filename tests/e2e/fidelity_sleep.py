@@ -1,5 +1,5 @@
 """Fidelity checks of sleep mode beyond its basics (fidelity_checks.check_sleep): vLLM's level-2 wake
-protocol step by step, and the waker's own sleep adapter (waker/engine_sleep.py) run against each
+protocol step by step, and the waker's own sleep adapter (waker/engine/sleep.py) run against each
 engine. Like every check, each returns rows that test_fidelity.py compares between the fake and vLLM."""
 
 from __future__ import annotations
@@ -17,8 +17,8 @@ from tests.e2e.engine_probe import (
     post,
     read_stream,
 )
-from waker import engine_sleep
-from waker.config_sleep import SleepLevel
+from waker.config.sleep import SleepLevel
+from waker.engine import sleep as engine_sleep
 
 UNANSWERED_FOR = 1.5  # "hangs" is an absence: the time a request is given to be answered
 
@@ -76,7 +76,7 @@ async def check_level_2_wake_protocol(engine: Engine) -> dict[str, str]:
 
 
 async def check_waker_sleep_adapter(engine: Engine) -> dict[str, str]:
-    """waker.engine_sleep at both levels: asleep, a request sent meanwhile hangs, the wake (with its
+    """waker.engine.sleep at both levels: asleep, a request sent meanwhile hangs, the wake (with its
     check: awake, and a one-token completion answered) succeeds, and the held request is then served."""
     rows = {}
     target = engine_sleep.Engine(engine.url, MODEL)

@@ -72,7 +72,7 @@ def docker(*args: str, check: bool = True) -> str:
 
 def start_socket_proxy(sock: Path, **popen) -> subprocess.Popen:
     """`waker socket-proxy` listening on `sock` (its socket made) in front of the host's Docker."""
-    process = subprocess.Popen([sys.executable, "-m", "waker.cli", "socket-proxy", "--listen", str(sock)],
+    process = subprocess.Popen([sys.executable, "-m", "waker.cli.main", "socket-proxy", "--listen", str(sock)],
                                cwd=REPO, **popen)
     eventually(sock.exists, 10, f"the socket proxy's {sock}", lambda: f"(exit code {process.poll()})")
     return process
@@ -160,7 +160,7 @@ class Stack:
         self.started_at = getattr(self, "started_at", time.time())
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "waker.cli", "run", "--config", str(self.config_path)],
+            [sys.executable, "-m", "waker.cli.main", "run", "--config", str(self.config_path)],
             stdout=self.log_path.open("w"), stderr=subprocess.STDOUT, env=env, cwd=REPO,
         )
 
@@ -202,7 +202,7 @@ class Stack:
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Runs the `waker` command against this stack, finding it through the config file."""
-        return subprocess.run([sys.executable, "-m", "waker.cli", *args, "--config", str(self.config_path)],
+        return subprocess.run([sys.executable, "-m", "waker.cli.main", *args, "--config", str(self.config_path)],
                               capture_output=True, text=True, timeout=timeout, cwd=REPO)
 
     def log(self) -> str:

@@ -237,7 +237,7 @@ def test_cli_commands_against_the_running_stack(stack):
 
 
 def test_cli_follows_events(stack):
-    events = subprocess.Popen([sys.executable, "-m", "waker.cli", "events", "--config", str(stack.config_path)],
+    events = subprocess.Popen([sys.executable, "-m", "waker.cli.main", "events", "--config", str(stack.config_path)],
                               stdout=subprocess.PIPE, text=True, cwd=REPO)
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(events.stdout.readline, "")), daemon=True)
@@ -263,6 +263,6 @@ def test_cli_follows_events(stack):
 def test_cli_exit_codes_for_a_wrong_token_and_an_absent_waker(stack):
     wrong = stack.cli("status", "--token", "nope")
     assert wrong.returncode == 1 and "admin token" in wrong.stderr
-    absent = subprocess.run([sys.executable, "-m", "waker.cli", "status", "--url", "http://127.0.0.1:9"],
+    absent = subprocess.run([sys.executable, "-m", "waker.cli.main", "status", "--url", "http://127.0.0.1:9"],
                             capture_output=True, text=True, cwd=REPO)
     assert absent.returncode == 3 and "cannot reach the waker" in absent.stderr

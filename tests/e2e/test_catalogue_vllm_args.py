@@ -35,7 +35,7 @@ from typing import Any
 import pytest
 
 from tests.e2e.stack import REAL_IMAGE
-from waker.config import load_config
+from waker.config.schema import load_config
 
 pytestmark = pytest.mark.e2e
 

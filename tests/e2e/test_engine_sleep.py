@@ -1,4 +1,4 @@
-"""The waker's sleep adapter (waker/engine_sleep.py) against what vLLM's CPU build cannot show, played
+"""The waker's sleep adapter (waker/engine/sleep.py) against what vLLM's CPU build cannot show, played
 by the fake: wakes that hang, crash or leave a wedged engine (the GB10 reports in shared/real-vllm.md),
 the wake's latency, and the memory held awake and asleep. The protocol itself, at both levels, is
 checked against the real engine in test_fidelity.py ("the waker's sleep adapter")."""
@@ -14,8 +14,8 @@ import pytest
 
 from tests.e2e.engine_probe import MODEL, Engine, start_engine
 from tests.eventually import eventually
-from waker import engine_sleep
-from waker.config_sleep import SleepLevel
+from waker.config.sleep import SleepLevel
+from waker.engine import sleep as engine_sleep
 from waker.errors import SleepModeError, SleepStep
 
 pytestmark = pytest.mark.e2e

@@ -20,15 +20,15 @@ import pytest
 
 from tests.e2e.stack import docker, free_port, free_port_range
 from tests.eventually import eventually_async
-from waker.config import ModelConfig, parse_config
-from waker.config_ray import RayNode
-from waker.container_spec import LABEL_RAY_NODE, LABEL_STACK
-from waker.docker_runtime import DockerRuntime
-from waker.driver import ContainerChange, ContainerEvent
+from waker.config.ray import RayNode
+from waker.config.schema import ModelConfig, parse_config
+from waker.core.driver import ContainerChange, ContainerEvent
+from waker.docker.images import Images
+from waker.docker.launcher import Launcher
+from waker.docker.ray_pair import RayPair
+from waker.docker.runtime import DockerRuntime
+from waker.docker.spec import LABEL_RAY_NODE, LABEL_STACK
 from waker.errors import StartError
-from waker.images import Images
-from waker.launcher import Launcher
-from waker.ray_pair import RayPair
 
 pytestmark = pytest.mark.e2e
 

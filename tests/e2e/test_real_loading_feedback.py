@@ -13,7 +13,7 @@ from tests.e2e.stack import REAL_IMAGE, REAL_SCHEDULER, real_model
 pytestmark = pytest.mark.e2e
 
 READY_TIMEOUT = 300
-# Stages the waker reads from vLLM's log (waker/engine_log.py); a start on two cores shows several.
+# Stages the waker reads from vLLM's log (waker/core/engine_log.py); a start on two cores shows several.
 REAL_STAGES = ("loading the model /models/tiny-llama", "loading weights: safetensors checkpoint shards",
                "weights loaded in", "KV cache allocated:", "engine initialised in", "starting the API server",
                "initialising the engine (vLLM 0.32.0)", "reading the model's config (LlamaForCausalLM)")

@@ -24,9 +24,9 @@ from structlog.testing import capture_logs
 
 from tests.e2e.stack import FAKE_IMAGE, docker, fake_model, free_port
 from tests.eventually import eventually
-from waker.config_hosts import DockerEndpoint, DockerScheme, TlsFiles
-from waker.container_spec import LABEL_MANAGED, LABEL_MODEL, LABEL_STACK
-from waker.docker_runtime import DockerError, DockerRuntime
+from waker.config.hosts import DockerEndpoint, DockerScheme, TlsFiles
+from waker.docker.runtime import DockerError, DockerRuntime
+from waker.docker.spec import LABEL_MANAGED, LABEL_MODEL, LABEL_STACK
 
 pytestmark = pytest.mark.e2e
 

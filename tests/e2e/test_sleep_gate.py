@@ -17,8 +17,8 @@ import pytest
 from aiohttp import web
 
 from tests.e2e.stack import free_port_range
-from waker.config import parse_config
-from waker.nginx_process import _args, current_generation, wait_generation, write_files
+from waker.config.schema import parse_config
+from waker.nginx.process import _args, current_generation, wait_generation, write_files
 
 pytestmark = pytest.mark.e2e
 

@@ -6,8 +6,8 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_nginx_render import config
-from waker.config import parse_config
-from waker.nginx_render import render
+from waker.config.schema import parse_config
+from waker.nginx.render import render
 
 pytestmark = pytest.mark.integration
 

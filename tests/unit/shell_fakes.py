@@ -11,18 +11,18 @@ from pathlib import Path
 from typing import Any
 
 from tests.eventually import eventually_async
-from waker.config import Config, ModelConfig, parse_config
-from waker.config_hosts import IMPLICIT_HOST
-from waker.docker_runtime import DockerError
-from waker.driver import ContainerEvent
+from waker.config.hosts import IMPLICIT_HOST
+from waker.config.schema import Config, ModelConfig, parse_config
+from waker.core.driver import ContainerEvent
+from waker.core.image_pull import PullProgress
+from waker.core.lifecycle import State
+from waker.docker.runtime import DockerError
 from waker.errors import SleepModeError, SleepStep, StartError
-from waker.events import EventBus
-from waker.fleet import Fleet
-from waker.image_pull import PullProgress
-from waker.lifecycle import State
-from waker.manual_control import ManualControl
-from waker.nginx_process import NginxError
-from waker.supervisor import Supervisor
+from waker.nginx.process import NginxError
+from waker.shell.events import EventBus
+from waker.shell.fleet import Fleet
+from waker.shell.manual_control import ManualControl
+from waker.shell.supervisor import Supervisor
 
 
 @dataclass

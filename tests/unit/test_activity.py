@@ -1,4 +1,4 @@
-from waker.activity import Mark, ModelActivity, parse
+from waker.nginx.activity import Mark, ModelActivity, parse
 
 
 def test_parses_nginx_syslog_marks():

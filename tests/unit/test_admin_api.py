@@ -5,8 +5,8 @@ import asyncio
 import pytest
 from structlog.testing import capture_logs
 
-from waker.admin_api import keep_until_done
 from waker.errors import RequestRefused
+from waker.http.admin import keep_until_done
 
 
 async def ends_with(outcome: BaseException, gate: asyncio.Event) -> None:

@@ -1,5 +1,5 @@
-"""The layer map in docs/architecture.md is true of the code: every module in one layer, imports only
-of its own layer or lower ones, no import cycle, no module over MAX_LINES lines."""
+"""The layer map in docs/architecture.md is true of the code: every module in one layer, every
+sub-package in one layer, imports only of its own layer or lower ones, no import cycle."""
 
 from __future__ import annotations
 
@@ -11,9 +11,8 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parents[2]
 DOC = REPO / "docs" / "architecture.md"
-SECTION = "## Layers and modules"
+SECTION = "## Layers and packages"
 PACKAGE = REPO / "waker"
-MAX_LINES = 400
 
 
 def layer_map() -> list[tuple[str, list[str]]]:
@@ -33,14 +32,15 @@ def layer_map() -> list[tuple[str, list[str]]]:
 
 
 def modules() -> dict[str, Path]:
-    """Every module of the package by its name under waker/ (`config`; `drivers.docker` in a sub-package)."""
-    found = {}
-    for path in sorted(PACKAGE.rglob("*.py")):
-        parts = path.relative_to(PACKAGE).with_suffix("").parts
-        name = ".".join(parts[:-1] if parts[-1] == "__init__" else parts)
-        if name:
-            found[name] = path
-    return found
+    """Every module of the package by its name under waker/ (`errors`; `shell.supervisor` in a sub-package).
+    A sub-package's `__init__` says what the package is and holds no code (see `test_packages_hold_no_code`)."""
+    return {".".join(path.relative_to(PACKAGE).with_suffix("").parts): path for path in sorted(PACKAGE.rglob("*.py"))
+            if path.name != "__init__.py"}
+
+
+def packages() -> dict[str, Path]:
+    """Every sub-package of waker/ by its name (`shell`), with its `__init__.py`."""
+    return {path.parent.name: path for path in sorted(PACKAGE.glob("*/__init__.py"))}
 
 
 def _module_of(dotted: str, known: dict[str, Path]) -> str | None:
@@ -126,17 +126,29 @@ def test_no_import_cycles():
     assert not cycles, "import cycles: " + "; ".join(" -> ".join(cycle) for cycle in cycles)
 
 
-def test_no_module_is_over_the_size_limit():
-    sizes = {module: len(path.read_text().splitlines()) for module, path in modules().items()}
-    over = {str(modules()[module].relative_to(REPO)): lines for module, lines in sizes.items() if lines > MAX_LINES}
-    assert not over, f"over {MAX_LINES} lines, split by job: {over}"
+def test_every_package_is_one_layer():
+    names = [name for name, _ in layer_map()]
+    placed = layer_of()
+    for package in packages():
+        layers = {names[placed[m]] for m in modules() if m.startswith(f"{package}.") and m in placed}
+        assert len(layers) <= 1, f"waker/{package}/ spans the layers {sorted(layers)}: a package is one layer"
+    nested = sorted(str(p.relative_to(REPO)) for p in PACKAGE.glob("*/*/__init__.py"))
+    assert not nested, f"packages inside sub-packages: {nested}; the map is one level deep"
+
+
+def test_packages_hold_no_code():
+    """An `__init__.py` is the package's docstring only: what a module holds is found under its own name."""
+    for package, init in packages().items():
+        tree = ast.parse(init.read_text())
+        assert ast.get_docstring(tree), f"{init.relative_to(REPO)} needs a docstring saying what waker/{package}/ is"
+        assert len(tree.body) == 1, f"{init.relative_to(REPO)} holds code: move it into a module of the package"
 
 
 def test_the_check_command_imports_no_aiohttp(tmp_path):
     """`waker check` runs where the server does not (a laptop, CI): it needs the config and core only."""
     config = tmp_path / "models.toml"
     config.write_text('[[model]]\nid = "alpha"\nimage = "i"\n')
-    probe = ("import sys; from waker.cli import main; code = main(['check', '--config', sys.argv[1]]); "
+    probe = ("import sys; from waker.cli.main import main; code = main(['check', '--config', sys.argv[1]]); "
              "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'aiohttp', 'aiodocker'}); "
              "print(code, heavy)")
     result = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True, text=True, timeout=60,

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from waker.config import PullPolicy, load_config
+from waker.config.schema import PullPolicy, load_config
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIG = load_config(ROOT / "config" / "models.toml")

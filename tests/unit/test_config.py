@@ -8,9 +8,9 @@ from pathlib import Path
 
 import pytest
 
-from waker.config import ConfigError, LoadingFeedback, load_config
-from waker.config_fields import address
-from waker.config_fixups import model_context
+from waker.config.fields import address
+from waker.config.fixups import model_context
+from waker.config.schema import ConfigError, LoadingFeedback, load_config
 
 ISSUE_EXAMPLE = """
 [gateway]
@@ -229,7 +229,7 @@ def test_sleep_settings_per_model_with_scheduler_defaults(tmp_path):
 
 
 def test_sleep_defaults():
-    from waker.config import parse_config
+    from waker.config.schema import parse_config
 
     config = parse_config({"model": [{"id": "m", "image": "i", "gpu_memory": 0.5}]}, Path("m.toml"))
     scheduler, model = config.scheduler, config.models[0]
@@ -250,7 +250,7 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "waker.cli", *args], capture_output=True, text=True, timeout=30,
+    return subprocess.run([sys.executable, "-m", "waker.cli.main", *args], capture_output=True, text=True, timeout=30,
                           check=False)
 
 
@@ -318,7 +318,7 @@ def test_shipped_config_is_valid():
 
 
 def test_models_doc_matches_the_catalogue():
-    from waker.model_docs import render
+    from waker.cli.model_docs import render
 
     root = Path(__file__).resolve().parents[2]
     expected = render(load_config(root / "config" / "models.toml"))
@@ -421,7 +421,7 @@ def test_cli_takes_overrides_from_set_or_waker_set(tmp_path):
     path = write(tmp_path, '[[model]]\nid = "a"\nimage = "i"\n')
     flag = run_cli("check", "--config", str(path), "--set", "gateway.listen=0.0.0.0:9000")
     assert flag.returncode == 0 and "gateway on 0.0.0.0:9000" in flag.stdout
-    env = subprocess.run([sys.executable, "-m", "waker.cli", "check", "--config", str(path)], capture_output=True,
+    env = subprocess.run([sys.executable, "-m", "waker.cli.main", "check", "--config", str(path)], capture_output=True,
                          text=True, timeout=30, check=False,
                          env={**os.environ, "WAKER_SET": "waker.listen=0.0.0.0:9001 x=1"})
     assert env.returncode == 2 and "--set 'x=1'" in env.stderr
@@ -431,14 +431,14 @@ def test_the_configuration_reference_documents_every_key():
     """docs/configuration.md is checked against the schema: each section's table lists each field."""
     from dataclasses import fields as dataclass_fields
 
-    from waker.config import (
+    from waker.config.hosts import HOST_KEYS
+    from waker.config.schema import (
         _MODEL_KEYS,
         GatewayConfig,
         ModelConfig,
         SchedulerConfig,
         WakerConfig,
     )
-    from waker.config_hosts import HOST_KEYS
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
     sections = {title: body for title, body in

@@ -8,8 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from waker.config import ConfigError, load_config
-from waker.config_hosts import DockerScheme
+from waker.config.hosts import DockerScheme
+from waker.config.schema import ConfigError, load_config
 
 TWO_SPARKS = """
 [scheduler]
@@ -164,7 +164,7 @@ def test_every_host_problem_is_reported_at_once(tmp_path):
 def test_the_resolved_config_keeps_the_hosts_and_each_model_s_host(tmp_path):
     (tmp_path / "certs").mkdir()
     original = load(tmp_path, TWO_SPARKS)
-    result = subprocess.run([sys.executable, "-m", "waker.cli", "check", "--resolved", "--config",
+    result = subprocess.run([sys.executable, "-m", "waker.cli.main", "check", "--resolved", "--config",
                              str(original.path)], capture_output=True, text=True, check=False)
     assert result.returncode == 0, result.stderr
     again_path = tmp_path / "again.toml"

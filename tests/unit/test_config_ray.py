@@ -5,10 +5,11 @@ from pathlib import Path
 
 import pytest
 
-from waker.config import ConfigError, parse_config
-from waker.config_hosts import Interconnect
-from waker.config_ray import DEFAULT_WORKER_COMMAND, RayNode, RayNodes
-from waker.container_spec import (
+from waker.config.hosts import Interconnect
+from waker.config.ray import DEFAULT_WORKER_COMMAND, RayNode, RayNodes
+from waker.config.schema import ConfigError, parse_config
+from waker.docker.ray_pair import node_ip
+from waker.docker.spec import (
     LABEL_MODEL,
     LABEL_RAY_NODE,
     LABEL_SPEC,
@@ -17,7 +18,6 @@ from waker.container_spec import (
     ray_node_spec,
     worker_name,
 )
-from waker.ray_pair import node_ip
 
 PATH = Path("/etc/waker/models.toml")
 HOSTS = [

@@ -1,7 +1,7 @@
 from pathlib import Path
 
-from waker.config import parse_config
-from waker.container_spec import (
+from waker.config.schema import parse_config
+from waker.docker.spec import (
     LABEL_EGRESS,
     LABEL_MANAGED,
     LABEL_MODEL,

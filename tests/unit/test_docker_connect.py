@@ -1,7 +1,7 @@
 """The ssh command line for an ssh:// Docker host: the docker CLI's, never a prompt (tests/e2e/
 test_remote_docker.py runs it against a real sshd)."""
 
-from waker.docker_connect import ssh_command
+from waker.docker.connect import ssh_command
 
 
 def test_user_and_port_go_to_ssh_and_the_remote_docker_bridges_its_socket():

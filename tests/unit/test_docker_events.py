@@ -5,11 +5,11 @@ import asyncio
 from aiohttp import web
 
 from tests.eventually import eventually_async
-from waker import docker_events
-from waker.config_ray import RayNode
-from waker.docker_runtime import DockerRuntime
-from waker.driver import ContainerChange, ContainerEvent
-from waker.lifecycle import IllegalTransition
+from waker.config.ray import RayNode
+from waker.core.driver import ContainerChange, ContainerEvent
+from waker.core.lifecycle import IllegalTransition
+from waker.docker import events as docker_events
+from waker.docker.runtime import DockerRuntime
 
 DIE = b'{"Type": "container", "Action": "die", "Actor": {"Attributes": {"io.waker.model": "alpha"}}}\n'
 

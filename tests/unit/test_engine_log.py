@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from waker.engine_log import EngineStage, Step, parse_line
+from waker.core.engine_log import EngineStage, Step, parse_line
 
 CPU_START = Path(__file__).with_name("engine_logs") / "vllm_cpu_start.log"
 

@@ -3,7 +3,7 @@ were checked on an H200 (see the closing note of the operations issue): they mat
 
 from types import SimpleNamespace
 
-from waker.gpu import GpuMemory, MemoryReading, system_memory
+from waker.system.gpu import GpuMemory, MemoryReading, system_memory
 
 
 class FakeNvml:

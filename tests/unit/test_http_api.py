@@ -10,11 +10,11 @@ import pytest
 
 from tests.unit.shell_fakes import FakeDriver, FakeNginx, make_config, open_shell, until
 from tests.unit.test_supervisor import begin, end, ready
-from waker.docker_runtime import DockerRuntime
+from waker.core.lifecycle import State
+from waker.docker.runtime import DockerRuntime
 from waker.errors import StartError
-from waker.lifecycle import State
-from waker.metrics import Counters
-from waker.service import build_app
+from waker.http.metrics import Counters
+from waker.http.service import build_app
 
 
 @pytest.fixture

@@ -4,10 +4,10 @@ from pathlib import Path
 
 import pytest
 
-from waker.lifecycle import Event, IllegalTransition, State, next_state
+from waker.core.lifecycle import Event, IllegalTransition, State, next_state
 
 S, E = State, Event
-# The specification, written out independently of the table in waker/lifecycle.py: every transition a
+# The specification, written out independently of the table in waker/core/lifecycle.py: every transition a
 # model may make. Anything else must be refused.
 EXPECTED = {
     (S.STOPPED, E.START): S.STARTING,
@@ -69,7 +69,7 @@ def test_every_state_is_reachable_and_every_state_can_get_back_to_stopped():
 
 def test_every_event_is_triggered_by_the_shell():
     """A transition nothing triggers is dead code that hides what really happens."""
-    source = "\n".join(p.read_text() for p in WAKER.glob("*.py") if p.name != "lifecycle.py")
+    source = "\n".join(p.read_text() for p in WAKER.rglob("*.py") if p.name != "lifecycle.py")
     used = set(re.findall(r"\bEvent\.([A-Z]+)\b", source))
     assert {e.name for e in Event} - used == set()
 

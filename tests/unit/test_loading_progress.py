@@ -5,11 +5,11 @@ from __future__ import annotations
 import json
 from dataclasses import replace
 
-from waker import sse
-from waker.engine_log import EngineStage, Step
-from waker.image_pull import PullProgress
-from waker.lifecycle import State
-from waker.loading_progress import (
+from waker.core.engine_log import EngineStage, Step
+from waker.core.image_pull import PullProgress
+from waker.core.lifecycle import State
+from waker.core.plan import HostBudget
+from waker.core.progress import (
     HEARTBEAT,
     MIN_GAP,
     Phase,
@@ -18,8 +18,8 @@ from waker.loading_progress import (
     ready_line,
     should_send,
 )
-from waker.plan import HostBudget
-from waker.scheduler import Policy, Slot, Waiter
+from waker.core.scheduler import Policy, Slot, Waiter
+from waker.http import sse
 
 POLICY = Policy(capacity=1.0, queue_timeout=600)
 

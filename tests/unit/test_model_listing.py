@@ -4,9 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from waker.config import parse_config
-from waker.lifecycle import State
-from waker.model_listing import ClientStatus, client_status, openai_entry
+from waker.config.schema import parse_config
+from waker.core.lifecycle import State
+from waker.http.model_list import ClientStatus, client_status, openai_entry
 
 
 @pytest.mark.parametrize(("state", "status"), [

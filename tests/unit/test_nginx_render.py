@@ -2,8 +2,8 @@
 
 import json
 
-from waker.config import parse_config
-from waker.nginx_render import location_key, render
+from waker.config.schema import parse_config
+from waker.nginx.render import location_key, render
 
 
 def config(tmp_path, models):
@@ -60,7 +60,7 @@ def test_access_control_is_rendered_into_the_config(tmp_path):
 
 
 def test_without_keys_the_gateway_falls_back_to_loopback_and_says_so(tmp_path):
-    from waker.nginx_access import exposure_warning
+    from waker.nginx.access import exposure_warning
 
     open_cfg = parse_config({"waker": {"runtime_dir": str(tmp_path)}, "gateway": {"listen": "0.0.0.0:8009"},
                              "model": [{"id": "alpha", "image": "i"}]}, tmp_path / "models.toml")

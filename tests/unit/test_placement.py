@@ -2,7 +2,7 @@
 
 import pytest
 
-from waker.placement import HostView, Need, Placement, Unplaceable, place
+from waker.core.placement import HostView, Need, Placement, Unplaceable, place
 
 ONE = HostView("spark1", capacity=1.0)
 TWO = HostView("spark2", capacity=1.0)

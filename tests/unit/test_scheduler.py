@@ -5,10 +5,10 @@ from dataclasses import replace
 
 import pytest
 
-from waker.config_hosts import IMPLICIT_HOST
-from waker.lifecycle import State, StopReason
-from waker.plan import Grant, Policy, Refuse, Slot, Start, Stop, Waiter
-from waker.scheduler import OCCUPYING, decide, release_estimate
+from waker.config.hosts import IMPLICIT_HOST
+from waker.core.lifecycle import State, StopReason
+from waker.core.plan import Grant, Policy, Refuse, Slot, Start, Stop, Waiter
+from waker.core.scheduler import OCCUPYING, decide, release_estimate
 
 NOW = 1000.0
 LOCAL = (IMPLICIT_HOST,)

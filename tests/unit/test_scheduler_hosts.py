@@ -7,9 +7,9 @@ from dataclasses import replace
 import pytest
 
 from tests.unit.test_scheduler import NOW, STARTING, random_state, ready, slots, stopped, wait
-from waker.lifecycle import SleepReason, State, StopReason
-from waker.plan import HostBudget, Policy, Refuse, Sleep, Start, Stop
-from waker.scheduler import OCCUPYING, decide
+from waker.core.lifecycle import SleepReason, State, StopReason
+from waker.core.plan import HostBudget, Policy, Refuse, Sleep, Start, Stop
+from waker.core.scheduler import OCCUPYING, decide
 
 ONE, TWO = ("one",), ("two",)
 TWO_BOXES = Policy(hosts=(HostBudget("one", 1.0), HostBudget("two", 1.0)))

@@ -6,10 +6,10 @@ from dataclasses import replace
 
 import pytest
 
-from waker.config_hosts import IMPLICIT_HOST
-from waker.lifecycle import SleepReason, State, StopReason
-from waker.plan import Grant, Policy, Refuse, Sleep, Slot, Start, Stop, Waiter, Wake
-from waker.scheduler import decide, held
+from waker.config.hosts import IMPLICIT_HOST
+from waker.core.lifecycle import SleepReason, State, StopReason
+from waker.core.plan import Grant, Policy, Refuse, Sleep, Slot, Start, Stop, Waiter, Wake
+from waker.core.scheduler import decide, held
 
 NOW = 1000.0
 LOCAL = (IMPLICIT_HOST,)

@@ -5,7 +5,7 @@ import socket
 
 import pytest
 
-from waker.socket_proxy import (
+from waker.docker.socket_proxy import (
     KILL,
     NETWORK_CONNECT,
     ON_CONTAINER,

@@ -7,13 +7,13 @@ import asyncio
 import pytest
 
 from tests.unit.shell_fakes import FakeClock, FakeDriver, make_config, open_shell, until
-from waker.activity import Mark
-from waker.driver import ContainerChange, ContainerEvent
+from waker.core.driver import ContainerChange, ContainerEvent
+from waker.core.lifecycle import State
 from waker.errors import RequestRefused, StartError
-from waker.events import EventBus
-from waker.fleet import Fleet
-from waker.lifecycle import State
-from waker.supervisor import Supervisor
+from waker.nginx.activity import Mark
+from waker.shell.events import EventBus
+from waker.shell.fleet import Fleet
+from waker.shell.supervisor import Supervisor
 
 
 def request_for(shell, model_id: str) -> asyncio.Task[None]:

@@ -8,14 +8,14 @@ import pytest
 
 from tests.unit.shell_fakes import FakeClock, FakeDriver, open_shell, until
 from tests.unit.test_supervisor import ready, request_for
-from waker.config import Config, parse_config
-from waker.driver import ContainerChange, ContainerEvent
+from waker.config.schema import Config, parse_config
+from waker.core.driver import ContainerChange, ContainerEvent
+from waker.core.lifecycle import State, StopReason
 from waker.errors import RequestRefused
-from waker.events import EventBus
-from waker.fleet import Fleet
-from waker.host_watch import SETTLE_SECONDS
-from waker.lifecycle import State, StopReason
-from waker.supervisor import Supervisor
+from waker.shell.events import EventBus
+from waker.shell.fleet import Fleet
+from waker.shell.hosts import SETTLE_SECONDS
+from waker.shell.supervisor import Supervisor
 
 
 def two_hosts(*models: dict) -> Config:

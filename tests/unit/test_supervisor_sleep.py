@@ -12,11 +12,11 @@ import tomli_w
 
 from tests.unit.shell_fakes import FakeDriver, FakeNginx, make_config, open_shell, until
 from tests.unit.test_supervisor import begin, end, ready, request_for
-from waker.config import load_config
-from waker.driver import ContainerChange, ContainerEvent
+from waker.config.schema import load_config
+from waker.core.driver import ContainerChange, ContainerEvent
+from waker.core.lifecycle import State
 from waker.errors import AdminError, SleepModeError, SleepStep
-from waker.lifecycle import State
-from waker.manual_control import SleepOutcome
+from waker.shell.manual_control import SleepOutcome
 
 NOTHING: frozenset[str] = frozenset()
 

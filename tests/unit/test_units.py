@@ -1,6 +1,6 @@
 import pytest
 
-from waker.units import format_duration, format_size, parse_duration, parse_size
+from waker.config.units import format_duration, format_size, parse_duration, parse_size
 
 
 @pytest.mark.parametrize("text, seconds", [

@@ -1,0 +1,1 @@
+"""Layer 7, the `waker` command and the processes it runs."""

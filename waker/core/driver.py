@@ -1,0 +1,130 @@
+"""The seams between the shell (`supervisor`) and the world it acts on, passed in as small interfaces.
+
+A `Driver` brings a model's engine up and down, puts it to sleep and wakes it, and reports what
+happens to it; `launcher.Launcher` is the one for a local Docker engine. The interface is drawn for a
+Docker engine on another host as well (one driver per host, each with its own events stream and its
+own `lost` state).
+
+A `Router` is nginx's gate for sleep mode: requests for a model in sleep mode must reach the waker
+(which wakes it) instead of the engine (which would answer them asleep).
+
+A `Clock` gives the time and the timers, so that the shell's rules (idle stops, back-off, queue
+time-outs, stop retries) are unit-tested with a fake clock in microseconds instead of real seconds.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import Protocol
+
+from waker.config.ray import RayNode
+from waker.config.schema import Config, ModelConfig
+from waker.core.image_pull import PullProgress
+
+
+class ContainerChange(StrEnum):
+    STARTED = "started"  # a container of a model started (by us, or by hand)
+    DIED = "died"  # its process exited, whoever asked
+    OOM = "oom"  # the kernel's OOM killer hit it
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerEvent:
+    change: ContainerChange
+    model_id: str
+    container_id: str
+    exit_code: str = "?"  # as the engine reports it; only for DIED
+    ray_node: RayNode | None = None  # None: a one-host model's container
+
+
+class Driver(Protocol):
+    async def up(self, model: ModelConfig, died: asyncio.Event) -> str:
+        """Makes `model` serve: creates or recreates its container, starts it, waits until healthy
+        or `start_timeout`. Returns the container id; raises `StartError`. `died` is set by the
+        shell when the container's death is reported, so the wait ends at once."""
+
+    async def adopt(self, model: ModelConfig, container_id: str, deadline: float, died: asyncio.Event) -> None:
+        """Waits until a container found running (a waker restart, a start by hand) is healthy."""
+
+    async def down(self, model: ModelConfig, container_id: str | None) -> None:
+        """Stops the model's container (found by its labels when the id is not known); returns once
+        it has exited. Raises `DockerError` when the engine refuses (the shell retries)."""
+
+    async def healthy(self, model: ModelConfig) -> bool: ...
+
+    async def busy(self, model: ModelConfig) -> int | None:
+        """Requests the engine itself reports running or waiting, or None when it does not say."""
+
+    async def log_tail(self, container_id: str) -> str: ...
+
+    def loading_log(self, model_id: str, since: float) -> AsyncIterator[str]:
+        """The log of the model's running container from `since` (a Unix time), as it is written;
+        nothing when no container of it runs. Raises `DockerError` when the engine fails."""
+
+    async def prepare(self, model: ModelConfig) -> dict[str, str]:
+        """Makes a start fast (image present, container created); reports what it found and did."""
+
+    def pulling(self, image: str) -> PullProgress | None:
+        """The progress of the pull of `image` in progress, if one is."""
+
+    async def sleep(self, model: ModelConfig) -> None:
+        """Puts the model's engine to sleep at its `sleep` level; raises `SleepModeError`. The shell
+        makes sure no request is in flight first."""
+
+    async def wake(self, model: ModelConfig) -> None:
+        """Wakes the model's engine and checks that it serves; raises `SleepModeError`."""
+
+    async def is_sleeping(self, model: ModelConfig) -> bool:
+        """What the engine says (an adopted container may be asleep); raises `SleepModeError`."""
+
+    async def close(self) -> None: ...
+
+
+class HostDriver(Driver, Protocol):
+    """The driver of one host's engine (`launcher.Launcher`): besides a model's calls, what runs on that
+    engine and what happens there. A model over two hosts has a `Driver` made of two of these."""
+
+    async def running(self) -> dict[str, str]:
+        """The models whose container runs now, with its id: what a resync adopts."""
+
+    async def follow(self, on_event: Callable[[ContainerEvent], None], on_connect: Callable[[], Awaitable[None]],
+                     on_lost: Callable[[str], None]) -> None:
+        """Runs until cancelled: calls `on_connect` each time the engine's event stream is (re)opened
+        (before any event, so a listing then loses nothing), `on_event` for each event of a managed
+        container, and `on_lost` with the reason when the engine goes away."""
+
+
+class Router(Protocol):
+    async def route(self, config: Config, asleep: frozenset[str]) -> None:
+        """Has nginx route `config` with the gate of the models in `asleep` closed (their requests go
+        to the waker); returns once nginx routes so. Raises `NginxError`."""
+
+
+class Timer(Protocol):
+    def cancel(self) -> None: ...
+
+    def when(self) -> float: ...
+
+
+class Clock(Protocol):
+    def now(self) -> float: ...
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer: ...
+
+    async def sleep(self, seconds: float) -> None: ...
+
+
+class LoopClock:
+    """The event loop's monotonic clock: what `loop.call_at` counts in."""
+
+    def now(self) -> float:
+        return asyncio.get_running_loop().time()
+
+    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
+        return asyncio.get_running_loop().call_at(when, callback)
+
+    async def sleep(self, seconds: float) -> None:
+        await asyncio.sleep(seconds)

@@ -1,0 +1,54 @@
+"""What a new config changes for the running waker, and whether it may change it live: a pure
+function of the two configs and the models' states, checked before anything (nginx included) moves."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, replace
+
+from waker.config.schema import Config
+from waker.core.lifecycle import State
+from waker.core.plan import Slot
+from waker.core.scheduler import OCCUPYING
+from waker.errors import AdminError
+
+# Settings the waker reads once at its start: a reload that changes them is refused.
+RESTART_ONLY = ("listen", "name", "docker_host", "runtime_dir", "network", "model_ip_base", "egress_network")
+
+
+@dataclass(frozen=True, slots=True)
+class ConfigChange:
+    added: tuple[str, ...] = ()
+    changed: tuple[str, ...] = ()
+    removed: tuple[str, ...] = ()
+
+    def as_dict(self) -> dict[str, list[str]]:
+        return {"added": list(self.added), "changed": list(self.changed), "removed": list(self.removed)}
+
+
+def plan_reload(old: Config, new: Config, slots: Mapping[str, Slot]) -> ConfigChange:
+    """The models `new` adds, changes and removes; raises AdminError naming every reason it cannot be
+    applied live (a moved address under a running model, a busy model removed, a restart-only setting)."""
+    problems = [f"[waker] {key} changed: restart the waker to apply it"
+                for key in RESTART_ONLY if getattr(old.waker, key) != getattr(new.waker, key)]
+    # Each host's engine is connected and followed from the start; only its budget may change live.
+    if [replace(h, gpu_capacity=0.0) for h in old.hosts] != [replace(h, gpu_capacity=0.0) for h in new.hosts]:
+        problems.append("[[host]] entries changed (added, removed, renamed, or another engine, address or link): "
+                        "restart the waker to apply them; a host's gpu_capacity alone may change live")
+    for model in new.models:
+        before = old.model(model.id)
+        if before and slots[model.id].state in OCCUPYING and before.address != model.address:
+            problems.append(f"model {model.id!r} runs at {before.address} and the new config moves it to "
+                            f"{model.address}: keep its position (add new models at the end; with host ports, "
+                            f"set host_port = {before.host_port}), or stop it first")
+    removed = [m.id for m in old.models if new.model(m.id) is None]
+    for model_id in removed:
+        slot = slots[model_id]
+        if slot.in_flight or slot.state in (State.STARTING, State.FALLING_ASLEEP, State.WAKING):
+            problems.append(f"model {model_id!r} is removed but is busy ({slot.state.value}, "
+                            f"{slot.in_flight} request(s) in flight); retry when it is idle")
+    if problems:
+        raise AdminError(409, "the new config cannot be applied live: " + "; ".join(problems))
+    added = tuple(m.id for m in new.models if old.model(m.id) is None)
+    changed = tuple(m.id for m in new.models if (before := old.model(m.id)) is not None and before != m)
+    return ConfigChange(added, changed, tuple(removed))

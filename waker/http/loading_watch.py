@@ -1,0 +1,92 @@
+"""Follows each starting model's container log and keeps the engine's latest loading stage; answers
+`progress(model)` for the streams and the admin API alike (one source, so both show the same).
+
+Works beside the Supervisor, from its events and read-only views: a model entering "starting"
+starts a follower of its container's log (from that moment, so that a reused container's previous
+run says nothing), leaving "starting" ends it.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import contextlib
+from typing import Any
+
+import structlog
+from aiohttp import web
+
+from waker.core.engine_log import EngineStage, parse_line
+from waker.core.progress import Progress, progress
+from waker.docker.runtime import DockerError
+from waker.shell.events import EventKind
+from waker.shell.supervisor import Supervisor
+
+log = structlog.get_logger("waker.http.loading_watch")
+
+FIND_INTERVAL = 0.25  # seconds between two looks for the container while it is being created
+
+
+class LoadingWatch:
+    def __init__(self, supervisor: Supervisor) -> None:
+        self.supervisor = supervisor
+        self.stages: dict[str, EngineStage] = {}
+        self._followers: dict[str, asyncio.Task[None]] = {}
+        self._events: asyncio.Queue[dict[str, Any]] | None = None
+        self._task: asyncio.Task[None] | None = None
+
+    def progress(self, model_id: str) -> Progress:
+        s = self.supervisor
+        model = s.config.model(model_id)
+        pull = s.fleet.pulling(model.image) if model else None
+        return progress(model_id, s.current_slots(), s.waiting.waiting(), s.hosts.policy(s.policy), pull,
+                        self.stages.get(model_id), s.now())
+
+    async def open(self) -> None:
+        self._events = self.supervisor.bus.listen()
+        self._task = asyncio.create_task(self._run(self._events))
+
+    async def close(self) -> None:
+        tasks = [t for t in (self._task, *self._followers.values()) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
+        if self._events is not None:
+            self.supervisor.bus.unlisten(self._events)
+
+    async def _run(self, events: asyncio.Queue[dict[str, Any]]) -> None:
+        while True:
+            event = await events.get()
+            if event["type"] != EventKind.MODEL_STATE:
+                continue
+            model_id = event["model"]
+            if event["state"] == "starting":
+                self._end(model_id)
+                self._followers[model_id] = asyncio.create_task(self._follow(model_id, event["time"]))
+            elif event["previous"] == "starting":
+                self._end(model_id)
+
+    def _end(self, model_id: str) -> None:
+        follower = self._followers.pop(model_id, None)
+        if follower is not None:
+            follower.cancel()
+        self.stages.pop(model_id, None)
+
+    async def _follow(self, model_id: str, since: float) -> None:
+        """Reads the log of the model's running container until the start ends (the task is
+        cancelled then); a container replaced meanwhile (its spec changed) is found again."""
+        while True:
+            with contextlib.suppress(DockerError):
+                async for chunk in self.supervisor.driver_of(model_id).loading_log(model_id, since):
+                    for line in chunk.split("\n"):
+                        self._saw(model_id, line)
+            await asyncio.sleep(FIND_INTERVAL)
+
+    def _saw(self, model_id: str, line: str) -> None:
+        stage = parse_line(line)
+        if stage is not None and stage != self.stages.get(model_id):
+            self.stages[model_id] = stage
+            self.supervisor.bus.publish(EventKind.LOADING_STAGE, model=model_id, step=stage.step.name.lower(),
+                                        text=stage.text, percent=stage.percent)
+
+
+WATCH = web.AppKey("loading_watch", LoadingWatch)

@@ -1,0 +1,161 @@
+"""The long-running processes: `waker serve` (control plane; nginx elsewhere, or in another container)
+and `waker run` (nginx as a child + control plane)."""
+
+from __future__ import annotations
+
+import asyncio
+import signal
+from collections.abc import Callable
+from pathlib import Path
+from typing import Literal
+
+import structlog
+from aiohttp import web
+
+from waker.config.hosts import HostConfig, local_host
+from waker.config.schema import Config, WakerConfig
+from waker.core.driver import LoopClock, Router
+from waker.core.image_pull import PullProgress
+from waker.docker.images import Images
+from waker.docker.launcher import Launcher
+from waker.docker.ray_pair import RayPair
+from waker.docker.runtime import DockerError, DockerRuntime
+from waker.http import admin as admin_api
+from waker.http.gateway import make_app
+from waker.http.metrics import Counters, render
+from waker.nginx import access as nginx_access
+from waker.nginx.activity import listen as listen_for_activity
+from waker.nginx.container import NginxContainer
+from waker.nginx.process import Nginx, NginxError, NginxProcess
+from waker.shell.events import EventBus, EventKind
+from waker.shell.fleet import Fleet
+from waker.shell.manual_control import ManualControl
+from waker.shell.supervisor import Supervisor
+from waker.system import systemd
+from waker.system.gpu import GpuMemory
+
+log = structlog.get_logger("waker.http.service")
+
+UI_DIR = Path(__file__).with_name("ui")
+
+# Where nginx runs: "child" (`waker run`), "container" (the compose gateway, reloaded through Docker),
+# "none" (managed by someone else; the waker never touches it).
+NginxMode = Literal["child", "container", "none"]
+
+
+def build_app(supervisor: Supervisor, control: ManualControl, runtimes: dict[str, DockerRuntime],
+              counters: Counters) -> web.Application:
+    app = make_app(supervisor, control)
+    gpu = GpuMemory()
+    admin_api.add_routes(app, supervisor, control, runtimes, gpu)
+
+    async def metrics(request: web.Request) -> web.Response:
+        return web.Response(text=render(supervisor, counters, gpu), content_type="text/plain",
+                            headers={"X-Content-Type-Options": "nosniff"})
+
+    async def dashboard(request: web.Request) -> web.FileResponse:
+        return web.FileResponse(UI_DIR / "index.html", headers={"Cache-Control": "no-cache"})
+
+    app.router.add_get("/metrics", metrics)
+    app.router.add_get("/ui/", dashboard)
+    return app
+
+
+def docker_driver(waker: WakerConfig, config: Callable[[], Config], runtime: DockerRuntime, bus: EventBus,
+                  clock: LoopClock, host: HostConfig) -> Launcher:
+    """A host's driver: its Docker engine, with image pulls reported as `image_pull` events naming the
+    models of the config in force (`config`, read at each report: a reload may add models)."""
+    def pull_progress(image: str, progress: PullProgress) -> None:
+        models = [m.id for m in config().models if m.image == image]
+        bus.publish(EventKind.IMAGE_PULL, image=image, models=models, layers_done=progress.layers_done,
+                    layers_total=progress.layers_total, bytes_done=progress.bytes_done,
+                    bytes_total=progress.bytes_total, **({"host": host.name} if len(config().hosts) > 1 else {}))
+    return Launcher(waker, runtime, Images(runtime, pull_progress), clock.now, host)
+
+
+class NginxRouter:
+    """Sleep mode's gate (`driver.Router`) over the gateway's nginx: a graceful reload."""
+
+    def __init__(self, nginx: Nginx) -> None:
+        self.nginx = nginx
+
+    async def route(self, config: Config, asleep: frozenset[str]) -> None:
+        await self.nginx.reload(config, asleep)
+
+
+def _nginx(mode: NginxMode, config: Config, runtime: DockerRuntime) -> Nginx | None:
+    if mode == "child":
+        return NginxProcess(config)
+    if mode == "container":
+        return NginxContainer(config, runtime)
+    return None
+
+
+async def serve(config: Config, nginx_mode: NginxMode) -> int:
+    """Runs until SIGINT/SIGTERM (exit 0) or until nginx dies or stops answering (exit 1)."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        loop.add_signal_handler(sig, stop.set)
+
+    bus, counters = EventBus(), Counters()
+    bus.add_sink(counters.observe)
+    hosts = config.placement_hosts
+    try:
+        runtimes = {host.name: DockerRuntime(config.waker.name, host.docker) for host in hosts}
+    except DockerError as exc:  # unreadable TLS files of a tcp:// host
+        log.error("startup_failed", error=str(exc))
+        return 1
+    runtime = runtimes[local_host(hosts).name]  # the engine of this machine: nginx's, in compose
+    clock = LoopClock()
+    launchers = {host.name: docker_driver(config.waker, lambda: supervisor.config, runtimes[host.name], bus, clock,
+                                          host) for host in hosts}
+    by_name = {host.name: host for host in hosts}
+    fleet = Fleet(launchers, lambda head, worker: RayPair(launchers[head], launchers[worker], by_name[head],
+                                                          by_name[worker]))
+    nginx = _nginx(nginx_mode, config, runtime)
+    router: Router | None = NginxRouter(nginx) if nginx is not None else None
+    supervisor = Supervisor(config, fleet, bus, clock, router)
+    control = ManualControl(supervisor, nginx)
+    # A client that hangs up while its request is held must be noticed: the handler is cancelled.
+    runner = web.AppRunner(build_app(supervisor, control, runtimes, counters), access_log=None,
+                           handler_cancellation=True)
+    activity = None
+    code = 0
+    try:
+        await runner.setup()
+        listen = config.waker.listen
+        await web.TCPSite(runner, listen.host, listen.port, reuse_address=True).start()
+        activity = await listen_for_activity(listen.host, listen.port, supervisor.on_activity)
+        log.info("waker_listening", listen=str(listen), models=len(config.models))
+        if (exposure := nginx_access.exposure_warning(config)) is not None:
+            log.warning("no_api_keys", warning=exposure)
+        watchers: list[asyncio.Task[object]] = [asyncio.create_task(stop.wait())]
+        if nginx is not None:  # before the supervisor: adopting a sleeping model routes its gate
+            await nginx.start()
+            watchers.append(asyncio.create_task(nginx.wait()))
+        await supervisor.open()
+        systemd.notify(f"READY=1\nSTATUS=serving {len(config.models)} models on {config.gateway.listen}")
+        watchdog = asyncio.create_task(systemd.feed_watchdog(lambda: nginx is None or nginx.alive()))
+        done, pending = await asyncio.wait(watchers, return_when=asyncio.FIRST_COMPLETED)
+        for task in (*pending, watchdog):
+            task.cancel()
+        if not stop.is_set():
+            log.error("nginx_exited", mode=nginx_mode, code=next(iter(done)).result())
+            code = 1
+    except (NginxError, DockerError, OSError) as exc:
+        log.error("startup_failed", error=str(exc))
+        code = 1
+    finally:
+        log.info("shutting_down")
+        systemd.notify("STOPPING=1")
+        if nginx is not None:
+            await nginx.stop()
+        if activity is not None:
+            asyncio.get_running_loop().remove_reader(activity)
+            activity.close()
+        await runner.cleanup()
+        await supervisor.close()
+        for each in runtimes.values():
+            await each.close()
+    return code

@@ -1,0 +1,32 @@
+"""Everything the shell keeps about one model while it runs the waker: one record, so that adding or
+forgetting a model cannot leave a piece of it behind."""
+
+from __future__ import annotations
+
+import asyncio
+from dataclasses import dataclass, field, replace
+
+from waker.config.schema import ModelConfig
+from waker.core.plan import Slot
+from waker.nginx.activity import ModelActivity
+
+
+def slot_for(model: ModelConfig, can_sleep: bool = True) -> Slot:
+    """The scheduler's view of a configured model, before anything has happened to it. Without
+    `can_sleep` (nothing could gate nginx), a model configured to sleep is stopped instead."""
+    return Slot(id=model.id, gpu_memory=model.gpu_memory, exclusive=model.exclusive, keep_warm=model.keep_warm,
+                idle_timeout=model.idle_timeout, min_uptime=model.min_uptime,
+                sleep_level=int(model.sleep.level) if can_sleep else 0, sleep_memory=model.sleep.memory,
+                sleep_timeout=model.sleep.timeout, host=model.host, host_count=model.hosts)
+
+
+@dataclass(slots=True)
+class ModelRecord:
+    slot: Slot  # what the scheduler knows; replaced, never mutated
+    activity: ModelActivity = field(default_factory=ModelActivity)  # requests in flight, from nginx
+    died: asyncio.Event = field(default_factory=asyncio.Event)  # set when Docker reports its death
+    container: str | None = None  # the id of the container serving it, once known
+
+    @classmethod
+    def new(cls, model: ModelConfig, now: float = 0.0, can_sleep: bool = True) -> ModelRecord:
+        return cls(slot=replace(slot_for(model, can_sleep), since=now))

@@ -1,0 +1,1 @@
+"""Layer 4, adapters to this machine: GPU memory, systemd."""
