@@ -14,8 +14,19 @@ from pathlib import Path
 
 from tests.e2e.stack import Stack, docker, fake_model
 
-__all__ = ["Stack", "docker", "fake_model", "Row", "Section", "start_stack", "admin", "container_ip", "wrk",
-           "median", "percentile"]
+__all__ = [
+    "Stack",
+    "docker",
+    "fake_model",
+    "Row",
+    "Section",
+    "start_stack",
+    "admin",
+    "container_ip",
+    "wrk",
+    "median",
+    "percentile",
+]
 
 
 @dataclass
@@ -45,8 +56,9 @@ def admin(stack: Stack, method: str, path: str) -> dict:
 
 
 def container_ip(stack: Stack, model: str) -> str:
-    ids = docker("ps", "-q", "--filter", f"label=io.waker.stack={stack.name}",
-                 "--filter", f"label=io.waker.model={model}").split()
+    ids = docker(
+        "ps", "-q", "--filter", f"label=io.waker.stack={stack.name}", "--filter", f"label=io.waker.model={model}"
+    ).split()
     return docker("inspect", "--format", "{{range .NetworkSettings.Networks}}{{.IPAddress}}{{end}}", ids[0]).strip()
 
 
@@ -54,15 +66,22 @@ _WRK_LATENCY = re.compile(r"^\s+(50|99)%\s+([\d.]+)(us|ms|s)\s*$", re.M)
 _UNITS = {"us": 0.001, "ms": 1.0, "s": 1000.0}
 
 
-def wrk(url: str, body: dict, seconds: float, connections: int = 16,
-        headers: dict[str, str] | None = None) -> dict[str, float]:
+def wrk(
+    url: str, body: dict, seconds: float, connections: int = 16, headers: dict[str, str] | None = None
+) -> dict[str, float]:
     """Requests/s and p50/p99 latency (ms) of POSTing `body` to `url` with wrk."""
     script = Path(tempfile.mkstemp(suffix=".lua")[1])
     extra = "".join(f"wrk.headers['{k}'] = '{v}'\n" for k, v in (headers or {}).items())
-    script.write_text(f"wrk.method = 'POST'\nwrk.body = [[{json.dumps(body)}]]\n"
-                      "wrk.headers['Content-Type'] = 'application/json'\n" + extra)
-    out = subprocess.run(["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
-                         capture_output=True, text=True, timeout=seconds + 60).stdout
+    script.write_text(
+        f"wrk.method = 'POST'\nwrk.body = [[{json.dumps(body)}]]\n"
+        "wrk.headers['Content-Type'] = 'application/json'\n" + extra
+    )
+    out = subprocess.run(
+        ["wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--latency", "-s", str(script), url],
+        capture_output=True,
+        text=True,
+        timeout=seconds + 60,
+    ).stdout
     script.unlink()
     latency = {p: float(v) * _UNITS[u] for p, v, u in _WRK_LATENCY.findall(out)}
     rps = float(re.search(r"Requests/sec:\s+([\d.]+)", out).group(1))

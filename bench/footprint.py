@@ -55,8 +55,14 @@ def idle_cost(quick: bool) -> Section:
 def _big_config(path: Path, count: int) -> None:
     lines = ["[waker]", f'runtime_dir = "{path.parent / "run"}"', "model_port_base = 30000"]
     for i in range(count):
-        lines += ["[[model]]", f'id = "model-{i:03d}"', f'aliases = ["m{i}"]', 'image = "waker-fake-vllm:test"',
-                  "gpu_memory = 0.1", "context_length = 32768"]
+        lines += [
+            "[[model]]",
+            f'id = "model-{i:03d}"',
+            f'aliases = ["m{i}"]',
+            'image = "waker-fake-vllm:test"',
+            "gpu_memory = 0.1",
+            "context_length = 32768",
+        ]
     path.write_text("\n".join(lines) + "\n")
 
 
@@ -77,8 +83,9 @@ def scale(quick: bool) -> Section:
     check, render = _timed("check", "--config", str(path)), _timed("nginx-config", "--config", str(path))
     section.rows.append(Row("`waker check` (whole command)", f"{check * 1000:.0f} ms", "< 1 s", check < 1))
     section.rows.append(Row("`waker nginx-config` (whole command)", f"{render * 1000:.0f} ms", "< 1 s", render < 1))
-    stack = start_stack([fake_model(f"model-{i:03d}", aliases=[f"m{i}"], gpu_memory=0.1, context_length=32768)
-                         for i in range(count)])
+    stack = start_stack(
+        [fake_model(f"model-{i:03d}", aliases=[f"m{i}"], gpu_memory=0.1, context_length=32768) for i in range(count)]
+    )
     try:
         timings = []
         for _ in range(50 if quick else 300):

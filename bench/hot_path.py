@@ -30,19 +30,25 @@ def _plain_nginx(model_port: int, listen: int) -> subprocess.Popen:
     os.chmod(run_dir, 0o755)
     (run_dir / "nginx.conf").write_text(PLAIN_NGINX.format(dir=run_dir, port=model_port, listen=listen))
     nginx = shutil.which("nginx", path="/usr/sbin:/usr/bin") or "nginx"
-    proc = subprocess.Popen([nginx, "-p", str(run_dir), "-c", str(run_dir / "nginx.conf"), "-e",
-                             str(run_dir / "error.log")])
+    proc = subprocess.Popen(
+        [nginx, "-p", str(run_dir), "-c", str(run_dir / "nginx.conf"), "-e", str(run_dir / "error.log")]
+    )
     time.sleep(0.5)
     return proc
 
 
 def _litellm(litellm: str, model_port: int, listen: int) -> subprocess.Popen | None:
     config = Path(tempfile.mkstemp(suffix=".yaml")[1])
-    config.write_text(f"model_list:\n  - model_name: hot\n    litellm_params:\n      model: openai/hot\n"
-                      f"      api_base: http://127.0.0.1:{model_port}/v1\n      api_key: none\n")
-    proc = subprocess.Popen([litellm, "--config", str(config), "--host", "127.0.0.1", "--port", str(listen),
-                             "--num_workers", "1"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                            env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": LITELLM_KEY})
+    config.write_text(
+        f"model_list:\n  - model_name: hot\n    litellm_params:\n      model: openai/hot\n"
+        f"      api_base: http://127.0.0.1:{model_port}/v1\n      api_key: none\n"
+    )
+    proc = subprocess.Popen(
+        [litellm, "--config", str(config), "--host", "127.0.0.1", "--port", str(listen), "--num_workers", "1"],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        env={**os.environ, "LITELLM_LOG": "ERROR", "LITELLM_MASTER_KEY": LITELLM_KEY},
+    )
     for _ in range(240):
         try:
             urllib.request.urlopen(f"http://127.0.0.1:{listen}/health/liveliness", timeout=1)
@@ -77,8 +83,10 @@ def run(quick: bool, litellm: str | None) -> Section:
                 section.notes.append("LiteLLM's proxy did not come up; it is left out.")
             else:
                 processes.append(proc)
-                targets["e. LiteLLM proxy"] = (f"http://127.0.0.1:{litellm_port}/v1/chat/completions",
-                                               {**BODY, "model": "hot"})
+                targets["e. LiteLLM proxy"] = (
+                    f"http://127.0.0.1:{litellm_port}/v1/chat/completions",
+                    {**BODY, "model": "hot"},
+                )
         else:
             section.notes.append("LiteLLM not measured in this run (pass --litellm PATH to its `litellm` command).")
         samples: dict[str, list[dict[str, float]]] = {name: [] for name in targets}
@@ -88,19 +96,26 @@ def run(quick: bool, litellm: str | None) -> Section:
         for _ in range(rounds):  # interleaved rounds: the machine's noise hits every target alike
             for name, (url, body) in targets.items():
                 samples[name].append(wrk(url, body, seconds, headers=auth))
-        result = {name: {k: median([s[k] for s in runs]) for k in ("rps", "p50", "p99")}
-                  for name, runs in samples.items()}
+        result = {
+            name: {k: median([s[k] for s in runs]) for k in ("rps", "p50", "p99")} for name, runs in samples.items()
+        }
         for name, r in result.items():
             section.rows.append(Row(name, f"{r['rps']:.0f} req/s, p50 {r['p50']:.2f} ms, p99 {r['p99']:.2f} ms"))
         base = result["b. plain nginx, no waker"]
-        for name, ratio_target, added_target in (("c. gateway, path-routed", 0.9, 0.3),
-                                                 ("d. gateway, body-routed", 0.7, 1.0)):
+        for name, ratio_target, added_target in (
+            ("c. gateway, path-routed", 0.9, 0.3),
+            ("d. gateway, body-routed", 0.7, 1.0),
+        ):
             r = result[name]
             ratio, added = r["rps"] / base["rps"], r["p50"] - base["p50"]
-            section.rows.append(Row(f"{name[:2]} throughput / (b)", f"{ratio:.2f}", f">= {ratio_target}",
-                                    ratio >= ratio_target))
-            section.rows.append(Row(f"{name[:2]} p50 added over (b)", f"{added:+.2f} ms", f"<= {added_target} ms",
-                                    added <= added_target))
+            section.rows.append(
+                Row(f"{name[:2]} throughput / (b)", f"{ratio:.2f}", f">= {ratio_target}", ratio >= ratio_target)
+            )
+            section.rows.append(
+                Row(
+                    f"{name[:2]} p50 added over (b)", f"{added:+.2f} ms", f"<= {added_target} ms", added <= added_target
+                )
+            )
         if "e. LiteLLM proxy" in result:
             ratio = result["d. gateway, body-routed"]["rps"] / result["e. LiteLLM proxy"]["rps"]
             section.rows.append(Row("(d) throughput / LiteLLM", f"{ratio:.1f}x"))

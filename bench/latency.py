@@ -15,8 +15,9 @@ LOAD_DELAY = 1.0
 
 
 def _first_byte(url: str, body: dict) -> float:
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     began = time.monotonic()
     with urllib.request.urlopen(request, timeout=120) as response:
         response.read(1)
@@ -61,8 +62,14 @@ def swap(quick: bool) -> Section:
             admin(stack, "POST", "/admin/models/b/stop")
         exit_p50, overhead_p50 = median(exits) * 1000, median(overheads) * 1000
         section.rows.append(Row("A's exit time p50", f"{exit_p50:.0f} ms"))
-        section.rows.append(Row("swap overhead p50 (B first byte - B load)", f"{overhead_p50:.0f} ms",
-                                f"<= A's exit + 100 ms = {exit_p50 + 100:.0f} ms", overhead_p50 <= exit_p50 + 100))
+        section.rows.append(
+            Row(
+                "swap overhead p50 (B first byte - B load)",
+                f"{overhead_p50:.0f} ms",
+                f"<= A's exit + 100 ms = {exit_p50 + 100:.0f} ms",
+                overhead_p50 <= exit_p50 + 100,
+            )
+        )
     finally:
         stack.stop()
     return section
@@ -71,11 +78,13 @@ def swap(quick: bool) -> Section:
 async def _burst(url: str, count: int) -> tuple[list[int], list[float]]:
     connector = aiohttp.TCPConnector(limit=0)
     async with aiohttp.ClientSession(connector=connector, timeout=aiohttp.ClientTimeout(total=120)) as session:
+
         async def one() -> tuple[int, float]:
             began = time.monotonic()
             async with session.post(url, json={"model": "burst", "prompt": "x", "max_tokens": 1}) as response:
                 await response.read()
                 return response.status, time.monotonic() - began
+
         results = await asyncio.gather(*(one() for _ in range(count)), return_exceptions=True)
     statuses = [r[0] if isinstance(r, tuple) else 0 for r in results]
     return statuses, [r[1] for r in results if isinstance(r, tuple)]
@@ -92,8 +101,11 @@ def burst(quick: bool) -> Section:
         slowest = max(latencies) if latencies else float("inf")
         section.rows.append(Row("container starts", str(starts), "1", starts == 1))
         section.rows.append(Row("errors", str(errors), "0", errors == 0))
-        section.rows.append(Row("slowest answer", f"{slowest:.2f} s", f"<= load + 1 s = {LOAD_DELAY + 1:g} s",
-                                slowest <= LOAD_DELAY + 1))
+        section.rows.append(
+            Row(
+                "slowest answer", f"{slowest:.2f} s", f"<= load + 1 s = {LOAD_DELAY + 1:g} s", slowest <= LOAD_DELAY + 1
+            )
+        )
     finally:
         stack.stop()
     return section

@@ -1,10 +1,10 @@
 """Load and soak, through the gateway against fake models (results: docs/reliability.md).
 
-    python -m bench.load streams [--concurrency 500] [--seconds 60]
-        holds N streaming requests open for the whole duration: every one must finish whole.
-    python -m bench.load soak [--minutes 10] [--swap-every 3]
-        two models that cannot run together, asked for in turn: every request must be answered,
-        and the waker's memory must stay flat.
+python -m bench.load streams [--concurrency 500] [--seconds 60]
+    holds N streaming requests open for the whole duration: every one must finish whole.
+python -m bench.load soak [--minutes 10] [--swap-every 3]
+    two models that cannot run together, asked for in turn: every request must be answered,
+    and the waker's memory must stay flat.
 """
 
 from __future__ import annotations
@@ -41,8 +41,7 @@ async def _stream(session: aiohttp.ClientSession, url: str, tokens: int) -> str 
 
 
 def streams(concurrency: int, seconds: float) -> int:
-    stack = start_stack([fake_model("streamer", load_delay=0.2,
-                                    extra=["--tokens-per-second", str(TOKENS_PER_SECOND)])])
+    stack = start_stack([fake_model("streamer", load_delay=0.2, extra=["--tokens-per-second", str(TOKENS_PER_SECOND)])])
     try:
         admin(stack, "POST", "/admin/models/streamer/start")
         tokens = int(seconds * TOKENS_PER_SECOND)
@@ -58,9 +57,11 @@ def streams(concurrency: int, seconds: float) -> int:
         results = asyncio.run(run())
         elapsed = time.monotonic() - began
         errors = [r for r in results if r is not None]
-        print(f"streams: {concurrency} concurrent streams of {tokens} chunks ({seconds:g} s each) in "
-              f"{elapsed:.1f} s: {len(results) - len(errors)} whole, {len(errors)} errors; "
-              f"waker RSS {_rss_mb(stack.proc.pid):.1f} MB")
+        print(
+            f"streams: {concurrency} concurrent streams of {tokens} chunks ({seconds:g} s each) in "
+            f"{elapsed:.1f} s: {len(results) - len(errors)} whole, {len(errors)} errors; "
+            f"waker RSS {_rss_mb(stack.proc.pid):.1f} MB"
+        )
         for error in errors[:5]:
             print(f"  {error}")
         return 1 if errors else 0
@@ -72,14 +73,16 @@ def _starts(stack) -> int:
     """Model starts, from the waker's own counters (Docker keeps too short an event history for a soak)."""
     with urllib.request.urlopen(f"{stack.waker_url}/metrics") as response:
         text = response.read().decode()
-    return sum(int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines()
-               if line.startswith("waker_model_starts_total{"))
+    return sum(
+        int(float(line.rsplit(" ", 1)[1])) for line in text.splitlines() if line.startswith("waker_model_starts_total{")
+    )
 
 
 def soak(minutes: float, swap_every: float) -> int:
     models = [fake_model("a", load_delay=0.5, gpu_memory=0.6), fake_model("b", load_delay=0.5, gpu_memory=0.6)]
     stack = start_stack(models, scheduler={"min_uptime": "0s", "stop_timeout": "5s"})
     try:
+
         async def run() -> tuple[int, list[str], list[float]]:
             served, errors, rss = 0, [], []
             deadline = time.monotonic() + minutes * 60
@@ -89,10 +92,15 @@ def soak(minutes: float, swap_every: float) -> int:
                     model = "ab"[turn % 2]
                     phase_end = time.monotonic() + swap_every
                     while time.monotonic() < phase_end:  # a few clients on one model, then the other
-                        replies = await asyncio.gather(*(
-                            session.post(f"{stack.url}/v1/completions",
-                                         json={"model": model, "prompt": "x", "max_tokens": 4})
-                            for _ in range(4)), return_exceptions=True)
+                        replies = await asyncio.gather(
+                            *(
+                                session.post(
+                                    f"{stack.url}/v1/completions", json={"model": model, "prompt": "x", "max_tokens": 4}
+                                )
+                                for _ in range(4)
+                            ),
+                            return_exceptions=True,
+                        )
                         for reply in replies:
                             if isinstance(reply, BaseException):
                                 errors.append(repr(reply))
@@ -112,10 +120,12 @@ def soak(minutes: float, swap_every: float) -> int:
         served, errors, rss = asyncio.run(run())
         starts = _starts(stack)
         first = statistics.mean(rss[: max(1, len(rss) // 4)])
-        last = statistics.mean(rss[-max(1, len(rss) // 4):])
-        print(f"soak: {minutes:g} min, a swap every {swap_every:g} s: {served} requests answered, "
-              f"{len(errors)} lost, {starts} container starts; waker RSS {first:.1f} MB (first quarter) -> "
-              f"{last:.1f} MB (last quarter), max {max(rss):.1f} MB")
+        last = statistics.mean(rss[-max(1, len(rss) // 4) :])
+        print(
+            f"soak: {minutes:g} min, a swap every {swap_every:g} s: {served} requests answered, "
+            f"{len(errors)} lost, {starts} container starts; waker RSS {first:.1f} MB (first quarter) -> "
+            f"{last:.1f} MB (last quarter), max {max(rss):.1f} MB"
+        )
         for error in errors[:5]:
             print(f"  {error}")
         return 1 if errors or last > first * 1.2 + 2 else 0

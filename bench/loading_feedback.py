@@ -17,8 +17,9 @@ LOAD_DELAY = 3.0
 
 def _first_event(url: str, body: dict) -> tuple[float, float]:
     """Seconds to the first SSE event, and to the model's first chunk (its id is not the waker's)."""
-    request = urllib.request.Request(url, data=json.dumps(body).encode(), method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url, data=json.dumps(body).encode(), method="POST", headers={"Content-Type": "application/json"}
+    )
     began = time.monotonic()
     first = model_first = None
     with urllib.request.urlopen(request, timeout=120) as response:
@@ -36,18 +37,27 @@ def _first_event(url: str, body: dict) -> tuple[float, float]:
 def run(quick: bool) -> Section:
     seconds, rounds, starts = (1, 2, 2) if quick else (2, 14, 5)
     fast = ["--tokens-per-second", "1000000"]
-    stack = start_stack([fake_model("on", load_delay=0.1, extra=fast, loading_feedback="reasoning"),
-                         fake_model("off", load_delay=0.1, extra=fast, loading_feedback="off"),
-                         fake_model("cold", load_delay=LOAD_DELAY)], scheduler={"min_uptime": "0s"})
+    stack = start_stack(
+        [
+            fake_model("on", load_delay=0.1, extra=fast, loading_feedback="reasoning"),
+            fake_model("off", load_delay=0.1, extra=fast, loading_feedback="off"),
+            fake_model("cold", load_delay=LOAD_DELAY),
+        ],
+        scheduler={"min_uptime": "0s"},
+    )
     section = Section("10. Loading feedback: hot path with it on vs off; first progress event of a cold stream")
     try:
         admin(stack, "POST", "/admin/models/on/start")
         admin(stack, "POST", "/admin/models/off/start")
-        targets = {f"{model}, {routing}, {kind}": (url, body)
-                   for model in ("on", "off")
-                   for routing, url, extra in (("path", f"{stack.url}/v1/{model}/chat/completions", {}),
-                                               ("body", f"{stack.url}/v1/chat/completions", {"model": model}))
-                   for kind, body in (("plain", {**BODY, **extra}), ("stream", {**STREAM, **extra}))}
+        targets = {
+            f"{model}, {routing}, {kind}": (url, body)
+            for model in ("on", "off")
+            for routing, url, extra in (
+                ("path", f"{stack.url}/v1/{model}/chat/completions", {}),
+                ("body", f"{stack.url}/v1/chat/completions", {"model": model}),
+            )
+            for kind, body in (("plain", {**BODY, **extra}), ("stream", {**STREAM, **extra}))
+        }
         for url, body in targets.values():  # warm-up
             wrk(url, body, 1)
         ratios: dict[str, list[float]] = {name[4:]: [] for name in targets if name.startswith("on, ")}
@@ -57,11 +67,21 @@ def run(quick: bool) -> Section:
                 rps = {model: wrk(*targets[f"{model}, {kind}"], seconds)["rps"] for model in order}
                 pair.append(rps["on"] / rps["off"])
         for kind, pair in ratios.items():
-            section.rows.append(Row(f"throughput feedback on / off ({kind}), median of {rounds} pairs",
-                                    f"{median(pair):.2f} ({min(pair):.2f} to {max(pair):.2f})"))
+            section.rows.append(
+                Row(
+                    f"throughput feedback on / off ({kind}), median of {rounds} pairs",
+                    f"{median(pair):.2f} ({min(pair):.2f} to {max(pair):.2f})",
+                )
+            )
         every = [ratio for pair in ratios.values() for ratio in pair]
-        section.rows.append(Row(f"throughput feedback on / off, all {len(every)} pairs", f"{median(every):.2f}",
-                                ">= 0.95", median(every) >= 0.95))
+        section.rows.append(
+            Row(
+                f"throughput feedback on / off, all {len(every)} pairs",
+                f"{median(every):.2f}",
+                ">= 0.95",
+                median(every) >= 0.95,
+            )
+        )
         admin(stack, "POST", "/admin/prepare")  # the container exists, as after `waker prepare`
         firsts, answers = [], []
         for _ in range(starts):
@@ -71,12 +91,19 @@ def run(quick: bool) -> Section:
             firsts.append(first)
             answers.append(answer)
         p50 = median(firsts) * 1000
-        section.rows.append(Row(f"first progress event of a cold stream, p50 of {starts}", f"{p50:.0f} ms",
-                                "<= 1000 ms", p50 <= 1000))
-        section.rows.append(Row(f"the model's first chunk in the same streams, p50 ({LOAD_DELAY:g} s load)",
-                                f"{median(answers) * 1000:.0f} ms"))
-        section.notes.append("The first event waits 50 ms for the scheduler's decision, so that it says what "
-                             "happens to the request (waker/http/loading_stream.py).")
+        section.rows.append(
+            Row(f"first progress event of a cold stream, p50 of {starts}", f"{p50:.0f} ms", "<= 1000 ms", p50 <= 1000)
+        )
+        section.rows.append(
+            Row(
+                f"the model's first chunk in the same streams, p50 ({LOAD_DELAY:g} s load)",
+                f"{median(answers) * 1000:.0f} ms",
+            )
+        )
+        section.notes.append(
+            "The first event waits 50 ms for the scheduler's decision, so that it says what "
+            "happens to the request (waker/http/loading_stream.py)."
+        )
     finally:
         stack.stop()
     return section

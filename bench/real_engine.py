@@ -51,8 +51,9 @@ class PortProbe:
 def _first_byte(url: str, model: str) -> tuple[float, float]:
     """When the request was sent and when its first byte came back (wall clock, as Docker's events)."""
     body = json.dumps({"model": model, "prompt": "x", "max_tokens": 1}).encode()
-    request = urllib.request.Request(f"{url}/v1/completions", data=body, method="POST",
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        f"{url}/v1/completions", data=body, method="POST", headers={"Content-Type": "application/json"}
+    )
     sent = time.time()
     with urllib.request.urlopen(request, timeout=600) as response:
         response.read(1)
@@ -62,8 +63,11 @@ def _first_byte(url: str, model: str) -> tuple[float, float]:
 
 
 def _event_time(stack: Stack, event: str, model: str, after: float) -> float:
-    times = [e["timeNano"] / 1e9 for e in stack.docker_events(event)
-             if e["Actor"]["Attributes"]["io.waker.model"] == model and e["timeNano"] / 1e9 >= after]
+    times = [
+        e["timeNano"] / 1e9
+        for e in stack.docker_events(event)
+        if e["Actor"]["Attributes"]["io.waker.model"] == model and e["timeNano"] / 1e9 >= after
+    ]
     return min(times)
 
 
@@ -71,23 +75,32 @@ def _port(stack: Stack, model: str) -> int:
     return int(stack.model_url(model).rsplit(":", 1)[1])
 
 
-def _against_the_engine(total: list[float], engine: list[float], engine_label: str, total_label: str,
-                        max_overhead: float) -> list[Row]:
+def _against_the_engine(
+    total: list[float], engine: list[float], engine_label: str, total_label: str, max_overhead: float
+) -> list[Row]:
     """The rows comparing what the client waited with what the engine itself took, run by run."""
     overhead = median([t - e for t, e in zip(total, engine, strict=True)])
     ratio = median([t / e for t, e in zip(total, engine, strict=True)])
-    return [Row(f"{engine_label}, p50", f"{median(engine):.2f} s"),
-            Row(f"{total_label}, p50", f"{median(total):.2f} s"),
-            Row("gateway overhead (the difference), p50", f"{overhead * 1000:.0f} ms",
-                f"<= {max_overhead * 1000:.0f} ms", overhead <= max_overhead),
-            Row("ratio gateway / engine, p50", f"{ratio:.3f}", "<= 1.02", ratio <= 1.02)]
+    return [
+        Row(f"{engine_label}, p50", f"{median(engine):.2f} s"),
+        Row(f"{total_label}, p50", f"{median(total):.2f} s"),
+        Row(
+            "gateway overhead (the difference), p50",
+            f"{overhead * 1000:.0f} ms",
+            f"<= {max_overhead * 1000:.0f} ms",
+            overhead <= max_overhead,
+        ),
+        Row("ratio gateway / engine, p50", f"{ratio:.3f}", "<= 1.02", ratio <= 1.02),
+    ]
 
 
 def cold_start(quick: bool) -> Section:
     runs = 1 if quick else 3
     stack = start_stack([real_model("real")], scheduler={**REAL_SCHEDULER})
-    section = Section("8. Real vLLM cold start: request to first byte through the gateway, against the "
-                      "engine's own start (container start to its first HTTP answer) in the same start")
+    section = Section(
+        "8. Real vLLM cold start: request to first byte through the gateway, against the "
+        "engine's own start (container start to its first HTTP answer) in the same start"
+    )
     try:
         admin(stack, "POST", "/admin/prepare")  # the container exists, as after `waker prepare`
         engine, total = [], []
@@ -98,10 +111,16 @@ def cold_start(quick: bool) -> Section:
             total.append(first - sent)
             admin(stack, "POST", "/admin/models/real/stop")
         section.rows += _against_the_engine(
-            total, engine, "engine's own start (Docker start event to its first /health 200)",
-            "through the gateway: request to first byte", 0.3)
-        section.notes.append(f"{runs} start(s); the overhead holds the container start call, the waker's health "
-                             "polling (every 20 ms), nginx's replay of the request and one generated token")
+            total,
+            engine,
+            "engine's own start (Docker start event to its first /health 200)",
+            "through the gateway: request to first byte",
+            0.3,
+        )
+        section.notes.append(
+            f"{runs} start(s); the overhead holds the container start call, the waker's health "
+            "polling (every 20 ms), nginx's replay of the request and one generated token"
+        )
     finally:
         stack.stop()
     return section
@@ -109,8 +128,9 @@ def cold_start(quick: bool) -> Section:
 
 def swap(quick: bool) -> Section:
     runs = 1 if quick else 3
-    stack = start_stack([real_model("a", gpu_memory=0.6), real_model("b", gpu_memory=0.6)],
-                        scheduler={**REAL_SCHEDULER})
+    stack = start_stack(
+        [real_model("a", gpu_memory=0.6), real_model("b", gpu_memory=0.6)], scheduler={**REAL_SCHEDULER}
+    )
     section = Section("9. Real vLLM swap: A ready, a request for B, against A's exit plus B's own start")
     try:
         admin(stack, "POST", "/admin/prepare")
@@ -124,8 +144,9 @@ def swap(quick: bool) -> Section:
             floor.append(a_exit + b_start)
             total.append(first - sent)
             admin(stack, "POST", "/admin/models/b/stop")
-        section.rows += _against_the_engine(total, floor, "A's exit + B's own start",
-                                            "swap through the gateway: request for B to first byte", 0.4)
+        section.rows += _against_the_engine(
+            total, floor, "A's exit + B's own start", "swap through the gateway: request for B to first byte", 0.4
+        )
     finally:
         stack.stop()
     return section

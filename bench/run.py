@@ -35,17 +35,36 @@ SCENARIOS = {
 
 
 def machine() -> str:
-    cpu = next((line.split(":", 1)[1].strip() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                if line.startswith("model name")), platform.processor())
-    memory = int(next(line.split()[1] for line in Path("/proc/meminfo").read_text().splitlines()
-                      if line.startswith("MemTotal"))) // 1024 // 1024
+    cpu = next(
+        (
+            line.split(":", 1)[1].strip()
+            for line in Path("/proc/cpuinfo").read_text().splitlines()
+            if line.startswith("model name")
+        ),
+        platform.processor(),
+    )
+    memory = (
+        int(
+            next(
+                line.split()[1]
+                for line in Path("/proc/meminfo").read_text().splitlines()
+                if line.startswith("MemTotal")
+            )
+        )
+        // 1024
+        // 1024
+    )
     return f"{os.cpu_count()} cores ({cpu}), {memory} GiB, {platform.system()} {platform.release()}"
 
 
 def report(sections: list[Section], args: argparse.Namespace, seconds: float) -> str:
     command = "python -m bench.run" + (" --quick" if args.quick else "") + (" --litellm PATH" if args.litellm else "")
-    lines = [f"- machine: {machine()}", f"- date: {datetime.date.today().isoformat()}",
-             f"- command: `{command}` ({seconds:.0f} s)", ""]
+    lines = [
+        f"- machine: {machine()}",
+        f"- date: {datetime.date.today().isoformat()}",
+        f"- command: `{command}` ({seconds:.0f} s)",
+        "",
+    ]
     for section in sections:
         lines += [f"### {section.title}", "", "| metric | value | target | |", "|---|---|---|---|"]
         for row in section.rows:
@@ -60,8 +79,11 @@ def main() -> int:
     parser.add_argument("--quick", action="store_true", help="short runs, to prove the benchmarks work")
     parser.add_argument("--litellm", help="path to LiteLLM's `litellm` command, to measure its proxy too")
     parser.add_argument("--only", nargs="*", choices=list(SCENARIOS), help="run only these scenarios")
-    parser.add_argument("--out", type=Path, help="write the results (markdown) into this file, between its "
-                        "results markers (docs/performance.md)")
+    parser.add_argument(
+        "--out",
+        type=Path,
+        help="write the results (markdown) into this file, between its results markers (docs/performance.md)",
+    )
     args = parser.parse_args()
     began = time.monotonic()
     sections = []
@@ -82,7 +104,7 @@ def write_results(path: Path, text: str) -> None:
     if start not in old or end not in old:
         old = f"{old.rstrip()}\n\n{start}\n{end}\n"
     head, rest = old.split(start, 1)
-    path.write_text(f"{head}{start}\n{text}\n{rest[rest.index(end):]}")
+    path.write_text(f"{head}{start}\n{text}\n{rest[rest.index(end) :]}")
 
 
 if __name__ == "__main__":

@@ -16,11 +16,18 @@ WAKE = 1.0
 
 def _swap_back_times(sleep: int, runs: int) -> tuple[list[float], int]:
     """Seconds to A's first byte after B displaced it, for each run; and A's container starts."""
-    a = fake_model("a", load_delay=COLD_LOAD, gpu_memory=0.6, sleep=sleep,
-                   extra=["--wake-delay", str(WAKE), "--sleep-memory", "0.1"],
-                   **({"sleep_memory": 0.1} if sleep else {}))
-    stack = start_stack([a, fake_model("b", load_delay=0.5, gpu_memory=0.6)],
-                        scheduler={"min_uptime": "0s", "stop_timeout": "5s", "start_timeout": "120s"})
+    a = fake_model(
+        "a",
+        load_delay=COLD_LOAD,
+        gpu_memory=0.6,
+        sleep=sleep,
+        extra=["--wake-delay", str(WAKE), "--sleep-memory", "0.1"],
+        **({"sleep_memory": 0.1} if sleep else {}),
+    )
+    stack = start_stack(
+        [a, fake_model("b", load_delay=0.5, gpu_memory=0.6)],
+        scheduler={"min_uptime": "0s", "stop_timeout": "5s", "start_timeout": "120s"},
+    )
     try:
         url = f"{stack.url}/v1/completions"
         _first_byte(url, {"model": "a", "prompt": "x"})  # A's first cold start, not measured
@@ -38,17 +45,33 @@ def _swap_back_times(sleep: int, runs: int) -> tuple[list[float], int]:
 
 def run(quick: bool) -> Section:
     runs = 2 if quick else 4
-    section = Section(f"10. Sleep against stop: A -> B -> A, A's first byte on its return (cold start {COLD_LOAD:g} s, "
-                      f"wake {WAKE:g} s, as the fake plays them)")
+    section = Section(
+        f"10. Sleep against stop: A -> B -> A, A's first byte on its return (cold start {COLD_LOAD:g} s, "
+        f"wake {WAKE:g} s, as the fake plays them)"
+    )
     slept, slept_starts = _swap_back_times(1, runs)
     stopped, stopped_starts = _swap_back_times(0, runs)
     ratio = median(stopped) / median(slept)
-    section.rows.append(Row("A back, asleep: p50", f"{median(slept):.2f} s", f"<= wake + 1 s = {WAKE + 1:g} s",
-                            median(slept) <= WAKE + 1))
+    section.rows.append(
+        Row(
+            "A back, asleep: p50",
+            f"{median(slept):.2f} s",
+            f"<= wake + 1 s = {WAKE + 1:g} s",
+            median(slept) <= WAKE + 1,
+        )
+    )
     section.rows.append(Row("A back, stopped: p50", f"{median(stopped):.2f} s"))
     section.rows.append(Row("stop / sleep ratio (same run)", f"{ratio:.1f}x", ">= 5x", ratio >= 5))
-    section.rows.append(Row("A's container starts (sleep / stop)", f"{slept_starts} / {stopped_starts}",
-                            f"1 / {runs + 1}", slept_starts == 1 and stopped_starts == runs + 1))
-    section.notes.append("On a Spark a cold start of a real model is one to fifteen minutes, so the gap is wider "
-                         "there; the wake's cost is the engine's, the waker adds a gate reload before the sleep.")
+    section.rows.append(
+        Row(
+            "A's container starts (sleep / stop)",
+            f"{slept_starts} / {stopped_starts}",
+            f"1 / {runs + 1}",
+            slept_starts == 1 and stopped_starts == runs + 1,
+        )
+    )
+    section.notes.append(
+        "On a Spark a cold start of a real model is one to fifteen minutes, so the gap is wider "
+        "there; the wake's cost is the engine's, the waker adds a gate reload before the sleep."
+    )
     return section

@@ -49,10 +49,14 @@ def run(quick: bool) -> Section:
             g = asyncio.run(_measure(gateway, body, streams))
             ratio = g[0] / d[0]
             for label, (rate, gap, p99) in (("direct", d), ("gateway", g)):
-                section.rows.append(Row(f"{streams} stream(s), {label}",
-                                        f"{rate:.0f} tokens/s, gap mean {gap:.1f} ms, p99 {p99:.1f} ms"))
-            section.rows.append(Row(f"{streams} stream(s), gateway / direct tokens/s", f"{ratio:.3f}", ">= 0.97",
-                                    ratio >= 0.97))
+                section.rows.append(
+                    Row(
+                        f"{streams} stream(s), {label}", f"{rate:.0f} tokens/s, gap mean {gap:.1f} ms, p99 {p99:.1f} ms"
+                    )
+                )
+            section.rows.append(
+                Row(f"{streams} stream(s), gateway / direct tokens/s", f"{ratio:.3f}", ">= 0.97", ratio >= 0.97)
+            )
     finally:
         stack.stop()
     return section

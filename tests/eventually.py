@@ -11,8 +11,9 @@ T = TypeVar("T")
 POLL_SECONDS = 0.05
 
 
-def eventually(condition: Callable[[], T], timeout: float, what: str = "the condition",
-               explain: Callable[[], Any] = lambda: "") -> T:
+def eventually(
+    condition: Callable[[], T], timeout: float, what: str = "the condition", explain: Callable[[], Any] = lambda: ""
+) -> T:
     """Returns the first truthy value of `condition()`; fails naming `what` after `timeout` seconds."""
     deadline = time.monotonic() + timeout
     while True:
@@ -24,8 +25,12 @@ def eventually(condition: Callable[[], T], timeout: float, what: str = "the cond
         time.sleep(POLL_SECONDS)
 
 
-async def eventually_async(condition: Callable[[], Awaitable[T]], timeout: float, what: str = "the condition",
-                           explain: Callable[[], Any] = lambda: "") -> T:
+async def eventually_async(
+    condition: Callable[[], Awaitable[T]],
+    timeout: float,
+    what: str = "the condition",
+    explain: Callable[[], Any] = lambda: "",
+) -> T:
     """`eventually` for a coroutine condition, without blocking the event loop."""
     deadline = time.monotonic() + timeout
     while True:

@@ -15,8 +15,14 @@ def error_body(message: str, code: str, status: int, details: dict[str, Any] | N
 class RequestRefused(Exception):
     """What a waiting request gets instead of the model: an HTTP status, code, message, details."""
 
-    def __init__(self, status: int, code: str, message: str, retry_after: int | None = None,
-                 details: dict[str, Any] | None = None) -> None:
+    def __init__(
+        self,
+        status: int,
+        code: str,
+        message: str,
+        retry_after: int | None = None,
+        details: dict[str, Any] | None = None,
+    ) -> None:
         super().__init__(message)
         self.status, self.code, self.message = status, code, message
         self.retry_after, self.details = retry_after, details or {}

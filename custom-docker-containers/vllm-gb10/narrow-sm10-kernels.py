@@ -14,7 +14,7 @@ import sys
 from pathlib import Path
 
 KERNELS = ("FP4_ARCHS", "SCALED_MM_ARCHS")
-INTERSECTION = re.compile(r'(cuda_archs_loose_intersection\((' + "|".join(KERNELS) + r')\s+")([^"]*)(")')
+INTERSECTION = re.compile(r"(cuda_archs_loose_intersection\((" + "|".join(KERNELS) + r')\s+")([^"]*)(")')
 
 
 def narrow(arch_list: str) -> str:

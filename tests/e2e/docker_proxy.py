@@ -48,15 +48,17 @@ class DockerCallCounter:
 
     def _run(self) -> None:
         asyncio.set_event_loop(self._loop)
-        self._server = self._loop.run_until_complete(
-            asyncio.start_unix_server(self._serve, path=str(self.socket_path)))
+        self._server = self._loop.run_until_complete(asyncio.start_unix_server(self._serve, path=str(self.socket_path)))
         self._ready.set()
         self._loop.run_forever()
 
     async def _serve(self, client_reader, client_writer) -> None:
         docker_reader, docker_writer = await asyncio.open_unix_connection(self.upstream)
-        await asyncio.gather(relay(client_reader, docker_writer, self._count),
-                             relay(docker_reader, client_writer), return_exceptions=True)
+        await asyncio.gather(
+            relay(client_reader, docker_writer, self._count),
+            relay(docker_reader, client_writer),
+            return_exceptions=True,
+        )
 
     def _count(self, data: bytes) -> None:
         if match := REQUEST_LINE.match(data):

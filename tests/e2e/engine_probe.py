@@ -36,13 +36,18 @@ class Engine:
         subprocess.run(["docker", "kill", "--signal", "TERM", self.container], capture_output=True, check=True)
 
     def state(self) -> tuple[bool, int]:
-        out = subprocess.run(["docker", "inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}",
-                              self.container], check=False, capture_output=True, text=True).stdout.split()
+        out = subprocess.run(
+            ["docker", "inspect", "--format", "{{.State.Running}} {{.State.ExitCode}}", self.container],
+            check=False,
+            capture_output=True,
+            text=True,
+        ).stdout.split()
         return (out[0] == "true", int(out[1])) if out else (False, -1)
 
     def logs(self) -> str:
-        result = subprocess.run(["docker", "logs", "--tail", "60", self.container], check=False,
-                                capture_output=True, text=True)
+        result = subprocess.run(
+            ["docker", "logs", "--tail", "60", self.container], check=False, capture_output=True, text=True
+        )
         return result.stdout + result.stderr
 
     def remove(self) -> None:
@@ -53,12 +58,31 @@ def engine_command(kind: str, config: str, extra: list[str]) -> list[str]:
     """`docker run` arguments for one engine; both answer to the name "tiny" with a 1024-token context.
     Config "main": sleep routes on (dev mode) and --max-num-seqs 1; "plain": neither."""
     env = ["--env", "VLLM_SERVER_DEV_MODE=1"] if config == "main" else []
-    flags = ["--port", "8000", "--served-model-name", MODEL, "--max-model-len", str(CONTEXT),
-             *(["--max-num-seqs", "1"] if config == "main" else []), *extra]
+    flags = [
+        "--port",
+        "8000",
+        "--served-model-name",
+        MODEL,
+        "--max-model-len",
+        str(CONTEXT),
+        *(["--max-num-seqs", "1"] if config == "main" else []),
+        *extra,
+    ]
     if kind == "real":
         # shm and the KV cache size: what vLLM's CPU build needs here (shared/real-vllm.md).
-        return [*env, "--shm-size", "1g", "--env", "VLLM_CPU_KVCACHE_SPACE=1", REAL_IMAGE,
-                "/models/tiny-llama", "--host", "0.0.0.0", "--enforce-eager", *flags]
+        return [
+            *env,
+            "--shm-size",
+            "1g",
+            "--env",
+            "VLLM_CPU_KVCACHE_SPACE=1",
+            REAL_IMAGE,
+            "/models/tiny-llama",
+            "--host",
+            "0.0.0.0",
+            "--enforce-eager",
+            *flags,
+        ]
     return [*env, FAKE_IMAGE, "serve", "fake/tiny", "--load-delay", "1", *flags]
 
 
@@ -67,12 +91,26 @@ async def start_engine(kind: str, config: str, extra: list[str] = ()) -> Engine:
     (vLLM gives none: it does not listen until the engine is ready)."""
     port = free_port()
     name = f"fidelity-{kind}-{config}-{uuid.uuid4().hex[:6]}"
-    await asyncio.to_thread(subprocess.run, ["docker", "run", "--detach", "--name", name, "--publish",
-                                             f"127.0.0.1:{port}:8000", *engine_command(kind, config, list(extra))],
-                            capture_output=True, text=True, check=True)
+    await asyncio.to_thread(
+        subprocess.run,
+        [
+            "docker",
+            "run",
+            "--detach",
+            "--name",
+            name,
+            "--publish",
+            f"127.0.0.1:{port}:8000",
+            *engine_command(kind, config, list(extra)),
+        ],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     engine = Engine(kind, name, f"http://127.0.0.1:{port}")
     next_state_check = 0.0
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=5)) as session:
+
         async def healthy() -> bool:
             nonlocal next_state_check
             try:
@@ -95,6 +133,7 @@ async def start_engine(kind: str, config: str, extra: list[str] = ()) -> Engine:
 
 
 # ---- helpers ----
+
 
 def keys(obj: dict) -> str:
     return ",".join(k for k in obj if k not in FAKE_ONLY_KEYS)
@@ -146,13 +185,18 @@ async def metrics(session, url: str) -> dict[str, float]:
 
 
 def completion(max_tokens: int, **extra) -> dict:
-    return {"model": MODEL, "prompt": "hello", "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True,
-            **extra}
+    return {"model": MODEL, "prompt": "hello", "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, **extra}
 
 
 def chat(max_tokens: int, **extra) -> dict:
-    return {"model": MODEL, "messages": [{"role": "user", "content": "hello"}], "max_tokens": max_tokens,
-            "temperature": 0, "ignore_eos": True, **extra}
+    return {
+        "model": MODEL,
+        "messages": [{"role": "user", "content": "hello"}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        **extra,
+    }
 
 
 @dataclass

@@ -38,50 +38,75 @@ from tests.e2e.fidelity_sleep import (
 from tests.eventually import eventually_async
 from waker.core.engine_log import Step, parse_line
 
+ABORTS = "vllm:request_success_total[abort]"
 SIGTERM_WAIT = 5.0  # how long a stream may take to end after SIGTERM before it counts as hung
 # What vLLM 0.32.0 does to a stream in flight on SIGTERM, all seen here: the engine core is killed at
 # once, and the race between its last outputs and its death decides (tests/fake_vllm/README.md). Once,
 # the shutdown began only after the stream had run to its end ("length").
-SIGTERM_OUTCOMES = {"abort chunk, [DONE]", "error chunk, [DONE]", "hangs until the client leaves",
-                    "length chunk, [DONE]"}
-ENGINE_DEAD = {"error": {"message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
-                         "type": "InternalServerError", "param": None, "code": 500}}
+SIGTERM_OUTCOMES = {
+    "abort chunk, [DONE]",
+    "error chunk, [DONE]",
+    "hangs until the client leaves",
+    "length chunk, [DONE]",
+}
+ENGINE_DEAD = {
+    "error": {
+        "message": "EngineCore encountered an issue. See stack trace (above) for the root cause.",
+        "type": "InternalServerError",
+        "param": None,
+        "code": 500,
+    }
+}
 
 
 # ---- the checks: each returns {row: observation} ----
 
+
 async def check_start_and_health(engine: Engine) -> dict[str, str]:
     assert engine.before_ready == [], f"answers before ready: {engine.before_ready}"
     assert engine.health == (200, b"")
-    return {"HTTP answers before the first /health 200": "none",
-            "GET /health": f"{engine.health[0]} body={engine.health[1]!r}"}
+    return {
+        "HTTP answers before the first /health 200": "none",
+        "GET /health": f"{engine.health[0]} body={engine.health[1]!r}",
+    }
 
 
 async def check_loading_log(engine: Engine) -> dict[str, str]:
     """The loading stages the waker reads from an engine's log (waker/core/engine_log.py), in order. Lines
     are sorted by Docker's timestamps: vLLM logs to stdout, its progress bars go to stderr."""
-    out = await asyncio.to_thread(subprocess.run, ["docker", "logs", "--timestamps", engine.container],
-                                  capture_output=True, check=True)
+    out = await asyncio.to_thread(
+        subprocess.run, ["docker", "logs", "--timestamps", engine.container], capture_output=True, check=True
+    )
     # Bytes split on newlines only (text mode would turn them into new lines): tqdm's "\r" stays in its line.
     lines = sorted((out.stdout + out.stderr).decode("utf-8", "replace").split("\n"))
     stages = [stage for line in lines if (stage := parse_line(line.split(" ", 1)[-1]))]
     steps = [stage.step.name.lower() for stage in stages]
     bar = [stage.percent for stage in stages if stage.step is Step.WEIGHTS]
-    return {"stages, in order": ", ".join(step for i, step in enumerate(steps) if i == 0 or steps[i - 1] != step),
-            "weights bar": f"{bar[0]}% to {bar[-1]}%" if bar else "none"}
+    return {
+        "stages, in order": ", ".join(step for i, step in enumerate(steps) if i == 0 or steps[i - 1] != step),
+        "weights bar": f"{bar[0]}% to {bar[-1]}%" if bar else "none",
+    }
 
 
 async def check_metrics_names(engine: Engine) -> dict[str, str]:
     async with aiohttp.ClientSession() as session, session.get(f"{engine.url}/metrics") as response:
         text = await response.text()
         content_type = response.headers["Content-Type"]
-    labels = {name: sorted(re.findall(r'(\w+)="', label_text))
-              for name, label_text in re.findall(r"^(vllm:\w+)\{([^}]*)\}", text, re.MULTILINE)}
+    labels = {
+        name: sorted(re.findall(r'(\w+)="', label_text))
+        for name, label_text in re.findall(r"^(vllm:\w+)\{([^}]*)\}", text, re.MULTILINE)
+    }
     reasons = re.findall(r'^vllm:request_success_total\{[^}]*finished_reason="(\w+)"', text, re.MULTILINE)
     states = re.findall(r'^vllm:engine_sleep_state\{[^}]*sleep_state="(\w+)"', text, re.MULTILINE)
     rows = {"Content-Type": content_type}
-    for name in ("vllm:num_requests_running", "vllm:num_requests_waiting", "vllm:request_success_total",
-                 "vllm:engine_sleep_state", "vllm:prompt_tokens_total", "vllm:generation_tokens_total"):
+    for name in (
+        "vllm:num_requests_running",
+        "vllm:num_requests_waiting",
+        "vllm:request_success_total",
+        "vllm:engine_sleep_state",
+        "vllm:prompt_tokens_total",
+        "vllm:generation_tokens_total",
+    ):
         assert name in labels, f"{name} missing from /metrics"
         rows[f"{name} labels"] = ",".join(labels[name])
     rows["finished_reason values"] = ",".join(reasons)
@@ -103,8 +128,9 @@ async def check_queue(engine: Engine) -> dict[str, str]:
         rounds = 0
         while rounds < 3 and seen != {"running": 1.0, "waiting": 2.0}:
             rounds += 1
-            requests = asyncio.gather(*(post(session, f"{engine.url}/v1/completions", completion(tokens))
-                                        for _ in range(3)))
+            requests = asyncio.gather(
+                *(post(session, f"{engine.url}/v1/completions", completion(tokens)) for _ in range(3))
+            )
             while not requests.done() and seen != {"running": 1.0, "waiting": 2.0}:
                 now = await metrics(session, engine.url)
                 seen["running"] = max(seen["running"], now["vllm:num_requests_running"])
@@ -120,30 +146,35 @@ async def check_queue(engine: Engine) -> dict[str, str]:
         after = await eventually_async(drained, 20, "an idle engine")
     finished = (after["vllm:request_success_total[length]"] - before["vllm:request_success_total[length]"]) / rounds
     generated = (after["vllm:generation_tokens_total"] - before["vllm:generation_tokens_total"]) / rounds
-    return {"3 requests, --max-num-seqs 1: most seen": f"running {seen['running']:g}, waiting {seen['waiting']:g}",
-            "afterwards": "running 0, waiting 0",
-            "request_success_total{length} increase, per round": f"{finished:g}",
-            "generation_tokens_total increase, per round": f"{generated:g}"}
+    return {
+        "3 requests, --max-num-seqs 1: most seen": f"running {seen['running']:g}, waiting {seen['waiting']:g}",
+        "afterwards": "running 0, waiting 0",
+        "request_success_total{length} increase, per round": f"{finished:g}",
+        "generation_tokens_total increase, per round": f"{generated:g}",
+    }
 
 
 TOOLS = [{"type": "function", "function": {"name": "f", "parameters": {"type": "object", "properties": {}}}}]
 ERROR_CASES = {
     # "hello " is one token of the real test model's tokenizer, and one word for the fake.
-    "prompt over the context": ("/v1/completions", {"model": MODEL, "prompt": "hello " * (CONTEXT + 76),
-                                                    "max_tokens": 4}),
+    "prompt over the context": (
+        "/v1/completions",
+        {"model": MODEL, "prompt": "hello " * (CONTEXT + 76), "max_tokens": 4},
+    ),
     "max_tokens over the context": ("/v1/chat/completions", chat(5000)),
     "unknown model": ("/v1/chat/completions", {**chat(4), "model": "nope"}),
     "n: 0": ("/v1/chat/completions", chat(4, n=0)),
     "max_tokens: -1": ("/v1/completions", completion(-1)),
     "temperature: -1": ("/v1/completions", completion(4, temperature=-1)),
-    "max_tokens: \"x\"": ("/v1/completions", completion("x")),
+    'max_tokens: "x"': ("/v1/completions", completion("x")),
     "a body that is not JSON": ("/v1/completions", b"{not json"),
     # Served without a tool parser: what the "strip_tools" fix-up exists for.
     "tools without --enable-auto-tool-choice": ("/v1/chat/completions", chat(4, tools=TOOLS)),
-    "tool_choice required without --tool-call-parser": ("/v1/chat/completions",
-                                                        chat(4, tools=TOOLS, tool_choice="required")),
-    "max_completion_tokens over the context": ("/v1/chat/completions",
-                                               {**chat(4), "max_completion_tokens": 5000}),
+    "tool_choice required without --tool-call-parser": (
+        "/v1/chat/completions",
+        chat(4, tools=TOOLS, tool_choice="required"),
+    ),
+    "max_completion_tokens over the context": ("/v1/chat/completions", {**chat(4), "max_completion_tokens": 5000}),
 }
 
 
@@ -155,15 +186,18 @@ async def check_errors(engine: Engine) -> dict[str, str]:
             assert status in (400, 404) and set(answer["error"]) == {"message", "type", "param", "code"}, answer
             rows[case] = f"{status} {compact(answer)}"
         # Not UTF-8: FastAPI guesses the encoding from the first bytes, as Python's json.loads does.
-        for case, body in (("a body that is not UTF-8, UTF-16 to a guess", b"\xff\xfe{not UTF-8 \x80"),
-                           ("a body that is not UTF-8, in no encoding", b"\xff\xfe\x00 not json at all \x80")):
+        for case, body in (
+            ("a body that is not UTF-8, UTF-16 to a guess", b"\xff\xfe{not UTF-8 \x80"),
+            ("a body that is not UTF-8, in no encoding", b"\xff\xfe\x00 not json at all \x80"),
+        ):
             status, answer = await post(session, f"{engine.url}/v1/completions", body)
             rows[case] = f"{status} {compact(answer)}"
         async with session.get(f"{engine.url}/no/such/route") as response:
             rows["GET an unknown route"] = f"{response.status} {await response.text()}"
         async with session.get(f"{engine.url}/v1/chat/completions") as response:
-            rows["GET /v1/chat/completions"] = (f"{response.status} allow={response.headers.get('Allow')} "
-                                                f"{await response.text()}")
+            rows["GET /v1/chat/completions"] = (
+                f"{response.status} allow={response.headers.get('Allow')} {await response.text()}"
+            )
     return rows
 
 
@@ -177,12 +211,23 @@ async def stream_rows(engine: Engine, path: str, body: dict, tokens: int) -> dic
     with_choices = [chunk for chunk in chunks if chunk["choices"]]
     final = [chunk for chunk in with_choices if chunk["choices"][0]["finish_reason"]]
     assert len(final) == 1 and final[0] is with_choices[-1], "the finish reason comes once, in the last content chunk"
-    rows = {"Content-Type": stream.content_type, "events": shape(stream.events, tokens),
-            "id prefix": chunks[0]["id"].split("-")[0], "object": chunks[0]["object"]}
+    rows = {
+        "Content-Type": stream.content_type,
+        "events": shape(stream.events, tokens),
+        "id prefix": chunks[0]["id"].split("-")[0],
+        "object": chunks[0]["object"],
+    }
     kinds = {}
     for chunk in chunks:
-        kind = ("usage" if not chunk["choices"] else "role" if "role" in chunk["choices"][0].get("delta", {})
-                else "final" if chunk["choices"][0]["finish_reason"] else "content")
+        kind = (
+            "usage"
+            if not chunk["choices"]
+            else "role"
+            if "role" in chunk["choices"][0].get("delta", {})
+            else "final"
+            if chunk["choices"][0]["finish_reason"]
+            else "content"
+        )
         kinds.setdefault(kind, chunk)
     for kind, chunk in kinds.items():
         rows[f"{kind} chunk keys"] = keys(chunk)
@@ -218,10 +263,15 @@ async def check_completion_stream_without_usage(engine: Engine) -> dict[str, str
 async def check_non_streaming(engine: Engine) -> dict[str, str]:
     rows = {}
     async with aiohttp.ClientSession() as session:
-        for label, path, body in (("chat", "/v1/chat/completions", chat(5)),
-                                  ("completion", "/v1/completions", completion(5)),
-                                  ("completion without max_tokens", "/v1/completions",
-                                   {"model": MODEL, "prompt": "hello", "temperature": 0, "ignore_eos": True})):
+        for label, path, body in (
+            ("chat", "/v1/chat/completions", chat(5)),
+            ("completion", "/v1/completions", completion(5)),
+            (
+                "completion without max_tokens",
+                "/v1/completions",
+                {"model": MODEL, "prompt": "hello", "temperature": 0, "ignore_eos": True},
+            ),
+        ):
             async with session.post(f"{engine.url}{path}", json=body) as response:
                 status, content_type, answer = response.status, response.headers["Content-Type"], await response.json()
             choice = answer["choices"][0]
@@ -232,8 +282,9 @@ async def check_non_streaming(engine: Engine) -> dict[str, str]:
                 rows[f"{label}: message keys"] = keys(choice["message"])
             rows[f"{label}: usage keys"] = keys(answer["usage"])
             rows[f"{label}: id prefix, object"] = f"{answer['id'].split('-')[0]} {answer['object']}"
-            rows[f"{label}: finish, completion_tokens"] = (f"{choice['finish_reason']} "
-                                                           f"{answer['usage']['completion_tokens']}")
+            rows[f"{label}: finish, completion_tokens"] = (
+                f"{choice['finish_reason']} {answer['usage']['completion_tokens']}"
+            )
         async with session.get(f"{engine.url}/v1/models") as response:
             listing = await response.json()
         rows["/v1/models card keys"] = keys(listing["data"][0])
@@ -255,7 +306,8 @@ async def check_sleep(engine: Engine) -> dict[str, str]:
         asleep = await metrics(session, engine.url)
         rows["engine_sleep_state (level 1)"] = ",".join(
             f"{state}={asleep[f'vllm:engine_sleep_state[{state}]']:g}"
-            for state in ("awake", "weights_offloaded", "discard_all"))
+            for state in ("awake", "weights_offloaded", "discard_all")
+        )
         pending = asyncio.create_task(post(session, f"{engine.url}/v1/completions", completion(5)))
         # "Hangs" is an absence: give the request a fair time to be answered, checking /health meanwhile.
         health = set()
@@ -263,8 +315,7 @@ async def check_sleep(engine: Engine) -> dict[str, str]:
             async with session.get(f"{engine.url}/health") as response:
                 health.add(response.status)
             await asyncio.sleep(0.1)
-        rows["a request while asleep"] = (f"answered {pending.result()}" if pending.done()
-                                          else "unanswered after 1.5 s")
+        rows["a request while asleep"] = f"answered {pending.result()}" if pending.done() else "unanswered after 1.5 s"
         rows["GET /health while asleep"] = ",".join(map(str, sorted(health)))
         status, answer = await post(session, f"{engine.url}/wake_up", b"")
         rows["POST /wake_up"] = f"{status} {compact(answer)}"
@@ -277,7 +328,8 @@ async def check_sleep(engine: Engine) -> dict[str, str]:
         deep = await metrics(session, engine.url)
         rows["engine_sleep_state (level 2)"] = ",".join(
             f"{state}={deep[f'vllm:engine_sleep_state[{state}]']:g}"
-            for state in ("awake", "weights_offloaded", "discard_all"))
+            for state in ("awake", "weights_offloaded", "discard_all")
+        )
         status, answer = await post(session, f"{engine.url}/wake_up?tags=weights&tags=kv_cache", b"")
         rows["POST /wake_up?tags=weights&tags=kv_cache"] = f"{status} {compact(answer)}"
     assert rows["a request while asleep"] == "unanswered after 1.5 s"
@@ -289,8 +341,10 @@ async def check_sleep_aborts_streams(engine: Engine) -> dict[str, str]:
     rows = {}
     async with aiohttp.ClientSession() as session:
         before = await metrics(session, engine.url)
-        for label, path, body in (("chat", "/v1/chat/completions", chat(900, stream=True)),
-                                  ("completion", "/v1/completions", completion(900, stream=True))):
+        for label, path, body in (
+            ("chat", "/v1/chat/completions", chat(900, stream=True)),
+            ("completion", "/v1/completions", completion(900, stream=True)),
+        ):
             # On a loaded machine the real engine can generate all 900 tokens before it handles the
             # sleep call (CI measured its API server taking 3 s to take the call, with the engine
             # generating at 236 tokens/s): that attempt shows nothing about a sleep landing mid-stream,
@@ -309,13 +363,13 @@ async def check_sleep_aborts_streams(engine: Engine) -> dict[str, str]:
             assert events[-1] == "[DONE]" and len(first.events) + len(events) < 900, "aborted before the end"
             final = events[-2]
             rows[f"{label}: the stream's end"] = ", ".join(
-                "[DONE]" if e == "[DONE]" else f"final({e['choices'][0]['finish_reason']})" for e in events[-2:])
+                "[DONE]" if e == "[DONE]" else f"final({e['choices'][0]['finish_reason']})" for e in events[-2:]
+            )
             rows[f"{label}: abort chunk"] = anonymous(final)
             status, _ = await post(session, f"{engine.url}/wake_up", b"")
             assert status == 200
         after = await metrics(session, engine.url)
-    rows["request_success_total{abort} increase"] = (
-        f"{after['vllm:request_success_total[abort]'] - before['vllm:request_success_total[abort]']:g}")
+    rows["request_success_total{abort} increase"] = f"{after[ABORTS] - before[ABORTS]:g}"
     return rows
 
 
@@ -332,9 +386,10 @@ async def check_client_disconnect(engine: Engine) -> dict[str, str]:
             return now if now["vllm:num_requests_running"] == 0 else None
 
         after = await eventually_async(idle, 20, "num_requests_running back to 0")
-    return {"num_requests_running after the client left": "0",
-            "request_success_total{abort} increase":
-                f"{after['vllm:request_success_total[abort]'] - before['vllm:request_success_total[abort]']:g}"}
+    return {
+        "num_requests_running after the client left": "0",
+        "request_success_total{abort} increase": f"{after[ABORTS] - before[ABORTS]:g}",
+    }
 
 
 async def check_sleep_routes_need_dev_mode(engine: Engine) -> dict[str, str]:
@@ -350,8 +405,10 @@ async def sigterm_mid_stream(engine: Engine) -> dict[str, str]:
     """SIGTERM while a stream is in flight: how the stream ends and when the process exits. A stream
     not ended within SIGTERM_WAIT is hung; the client then leaves, as one with a timeout would."""
     body = chat(900, stream=True)
-    async with aiohttp.ClientSession() as session, session.post(f"{engine.url}/v1/chat/completions",
-                                                                json=body) as response:
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{engine.url}/v1/chat/completions", json=body) as response,
+    ):
         await read_stream(response, until=lambda events: len(events) >= 10)
         await asyncio.to_thread(engine.sigterm)
         try:
@@ -374,8 +431,11 @@ async def sigterm_mid_stream(engine: Engine) -> dict[str, str]:
 
     await eventually_async(exited, 30, f"{engine.container} exiting")
     took = time.monotonic() - ended
-    return {"stream": outcome, "exit code": str(engine.state()[1]),
-            "exit after the stream ended or its client left": "within 3 s" if took < 3 else f"{took:.1f} s"}
+    return {
+        "stream": outcome,
+        "exit code": str(engine.state()[1]),
+        "exit after the stream ended or its client left": "within 3 s" if took < 3 else f"{took:.1f} s",
+    }
 
 
 CHECKS: dict[str, tuple[str, Callable[[Engine], Awaitable[dict[str, str]]]]] = {

@@ -51,8 +51,9 @@ async def check_level_2_wake_protocol(engine: Engine) -> dict[str, str]:
         rows["GET /is_sleeping (weights awake)"] = await call("GET", "/is_sleeping")
         pending = asyncio.create_task(post(session, f"{engine.url}/v1/completions", completion(5)))
         rows["a request with only the weights awake"] = await unanswered(pending)
-        rows["POST /collective_rpc reload_weights"] = await call("POST", "/collective_rpc",
-                                                                 {"method": "reload_weights"})
+        rows["POST /collective_rpc reload_weights"] = await call(
+            "POST", "/collective_rpc", {"method": "reload_weights"}
+        )
         rows["POST /collective_rpc without a method"] = await call("POST", "/collective_rpc", {})
         rows["POST /wake_up?tags=kv_cache"] = await call("POST", "/wake_up?tags=kv_cache")
         rows["that request after the KV cache woke"] = await finished(pending)
@@ -61,7 +62,8 @@ async def check_level_2_wake_protocol(engine: Engine) -> dict[str, str]:
         awake = await metrics(session, engine.url)
         rows["engine_sleep_state after"] = ",".join(
             f"{state}={awake[f'vllm:engine_sleep_state[{state}]']:g}"
-            for state in ("awake", "weights_offloaded", "discard_all"))
+            for state in ("awake", "weights_offloaded", "discard_all")
+        )
         async with session.post(f"{engine.url}/v1/completions", json=completion(900, stream=True)) as response:
             await read_stream(response, until=lambda events: len(events) >= 3)
             rows["POST /reset_prefix_cache with a request running"] = await call("POST", "/reset_prefix_cache")

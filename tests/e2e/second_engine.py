@@ -46,8 +46,9 @@ START_TIMEOUT = 60.0
 STOP_TIMEOUT = 30.0
 
 
-def _run(args: list[str], *, check: bool = True, stdin: IO[bytes] | None = None,
-         timeout: float = 300) -> subprocess.CompletedProcess[str]:
+def _run(
+    args: list[str], *, check: bool = True, stdin: IO[bytes] | None = None, timeout: float = 300
+) -> subprocess.CompletedProcess[str]:
     result = subprocess.run(args, check=False, stdin=stdin, capture_output=True, text=True, timeout=timeout)
     if check and result.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed ({result.returncode}): {result.stderr!s}")
@@ -117,13 +118,38 @@ class SecondEngine:
         self.tls_port = self.tls_port or free_port()
         tls = self.tls_dir
         self.proc = subprocess.Popen(
-            ["dockerd", "-H", self.host, "-H", f"tcp://127.0.0.1:{self.tls_port}", "--tlsverify",
-             "--tlscacert", str(tls / "ca.pem"), "--tlscert", str(tls / "server-cert.pem"),
-             "--tlskey", str(tls / "server-key.pem"), "--data-root", str(self.root / "data"),
-             "--exec-root", str(self.root / "exec"), "--pidfile", str(self.root / "docker.pid"),
-             "--bridge", self.bridge, "--iptables=false", "--ip-masq=false", "--ip6tables=false",
-             "--cgroup-parent", "waker-engine2", "--storage-driver", "overlay2"],
-            stdout=self.log_path.open("ab"), stderr=subprocess.STDOUT, start_new_session=True,
+            [
+                "dockerd",
+                "-H",
+                self.host,
+                "-H",
+                f"tcp://127.0.0.1:{self.tls_port}",
+                "--tlsverify",
+                "--tlscacert",
+                str(tls / "ca.pem"),
+                "--tlscert",
+                str(tls / "server-cert.pem"),
+                "--tlskey",
+                str(tls / "server-key.pem"),
+                "--data-root",
+                str(self.root / "data"),
+                "--exec-root",
+                str(self.root / "exec"),
+                "--pidfile",
+                str(self.root / "docker.pid"),
+                "--bridge",
+                self.bridge,
+                "--iptables=false",
+                "--ip-masq=false",
+                "--ip6tables=false",
+                "--cgroup-parent",
+                "waker-engine2",
+                "--storage-driver",
+                "overlay2",
+            ],
+            stdout=self.log_path.open("ab"),
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
         )
         eventually(self._answers, timeout, f"engine 2 answering on {self.socket}", self._explain)
         return self
@@ -149,8 +175,14 @@ class SecondEngine:
 
     def logs(self, name: str) -> str:
         """A container's output, stdout and stderr together."""
-        return subprocess.run(["docker", "-H", self.host, "logs", name], stdout=subprocess.PIPE,
-                              stderr=subprocess.STDOUT, text=True, check=False, timeout=60).stdout
+        return subprocess.run(
+            ["docker", "-H", self.host, "logs", name],
+            stdout=subprocess.PIPE,
+            stderr=subprocess.STDOUT,
+            text=True,
+            check=False,
+            timeout=60,
+        ).stdout
 
     def load_images(self, *images: str) -> list[str]:
         """Copies images from the main engine (no registry here): only those engine 2 lacks or holds in
@@ -176,8 +208,12 @@ class SecondEngine:
     def _answers(self) -> bool:
         if self.proc is not None and self.proc.poll() is not None:
             raise RuntimeError(f"dockerd of engine 2 exited with {self.proc.returncode}: {self._explain()}")
-        return _run(["docker", "-H", self.host, "version", "--format", "{{.Server.Version}}"],
-                    check=False, timeout=10).returncode == 0
+        return (
+            _run(
+                ["docker", "-H", self.host, "version", "--format", "{{.Server.Version}}"], check=False, timeout=10
+            ).returncode
+            == 0
+        )
 
     def _explain(self) -> str:
         lines = self.log_path.read_text(errors="replace").splitlines() if self.log_path.exists() else []
@@ -207,12 +243,13 @@ class SecondEngine:
         for route in routes:
             dst = route.get("dst", "")
             if dst not in ("", "default") and ipaddress.ip_network(dst, strict=False).overlaps(network):
-                raise RuntimeError(f"engine 2's bridge subnet {network} overlaps the route {dst} on "
-                                   f"{route.get('dev')}: set another BRIDGE_ADDRESS in {__file__}")
+                raise RuntimeError(
+                    f"engine 2's bridge subnet {network} overlaps the route {dst} on "
+                    f"{route.get('dev')}: set another BRIDGE_ADDRESS in {__file__}"
+                )
         _run(["ip", "link", "add", "name", self.bridge, "type", "bridge"])
         _run(["ip", "addr", "add", self.bridge_address, "dev", self.bridge])
         _run(["ip", "link", "set", self.bridge, "up"])
-
 
 
 def make_tls(directory: Path) -> None:
@@ -225,17 +262,60 @@ def make_tls(directory: Path) -> None:
         _run(["openssl", *args])
 
     d = str(directory)
-    openssl("req", "-x509", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-days", "3650",
-            "-subj", "/CN=waker test CA", "-keyout", f"{d}/ca-key.pem", "-out", f"{d}/ca.pem")
+    openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "ec",
+        "-pkeyopt",
+        "ec_paramgen_curve:P-256",
+        "-nodes",
+        "-days",
+        "3650",
+        "-subj",
+        "/CN=waker test CA",
+        "-keyout",
+        f"{d}/ca-key.pem",
+        "-out",
+        f"{d}/ca.pem",
+    )
     for name, subject, extension in (
-            ("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
-            ("client", "/CN=waker", "extendedKeyUsage=clientAuth")):
+        ("server", "/CN=127.0.0.1", "subjectAltName=IP:127.0.0.1,DNS:localhost\nextendedKeyUsage=serverAuth"),
+        ("client", "/CN=waker", "extendedKeyUsage=clientAuth"),
+    ):
         key, request = f"{d}/{name}-key.pem", f"{d}/{name}.csr"
-        openssl("req", "-newkey", "ec", "-pkeyopt", "ec_paramgen_curve:P-256", "-nodes", "-subj", subject,
-                "-keyout", key, "-out", request)
+        openssl(
+            "req",
+            "-newkey",
+            "ec",
+            "-pkeyopt",
+            "ec_paramgen_curve:P-256",
+            "-nodes",
+            "-subj",
+            subject,
+            "-keyout",
+            key,
+            "-out",
+            request,
+        )
         (directory / f"{name}.ext").write_text(extension + "\n")
-        openssl("x509", "-req", "-in", request, "-CA", f"{d}/ca.pem", "-CAkey", f"{d}/ca-key.pem",
-                "-CAcreateserial", "-days", "3650", "-extfile", f"{d}/{name}.ext", "-out", f"{d}/{name}-cert.pem")
+        openssl(
+            "x509",
+            "-req",
+            "-in",
+            request,
+            "-CA",
+            f"{d}/ca.pem",
+            "-CAkey",
+            f"{d}/ca-key.pem",
+            "-CAcreateserial",
+            "-days",
+            "3650",
+            "-extfile",
+            f"{d}/{name}.ext",
+            "-out",
+            f"{d}/{name}-cert.pem",
+        )
     # The names the docker CLI looks for in a DOCKER_CERT_PATH; key.pem last: it marks the set complete.
     (directory / "cert.pem").write_bytes((directory / "client-cert.pem").read_bytes())
     (directory / "key.pem").write_bytes((directory / "client-key.pem").read_bytes())

@@ -72,28 +72,63 @@ def docker(*args: str, check: bool = True) -> str:
 
 def start_socket_proxy(sock: Path, **popen) -> subprocess.Popen:
     """`waker socket-proxy` listening on `sock` (its socket made) in front of the host's Docker."""
-    process = subprocess.Popen([sys.executable, "-m", "waker.cli.main", "socket-proxy", "--listen", str(sock)],
-                               cwd=REPO, **popen)
+    process = subprocess.Popen(
+        [sys.executable, "-m", "waker.cli.main", "socket-proxy", "--listen", str(sock)], cwd=REPO, **popen
+    )
     eventually(sock.exists, 10, f"the socket proxy's {sock}", lambda: f"(exit code {process.poll()})")
     return process
 
 
 def fake_model(model_id: str, *, load_delay: float = 0.5, extra: list[str] | None = None, **keys) -> dict:
     """A [[model]] table running the fake vLLM server."""
-    command = ["serve", f"fake/{model_id}", "--port", "8000", "--served-model-name", model_id,
-               "--load-delay", str(load_delay), *(extra or [])]
+    command = [
+        "serve",
+        f"fake/{model_id}",
+        "--port",
+        "8000",
+        "--served-model-name",
+        model_id,
+        "--load-delay",
+        str(load_delay),
+        *(extra or []),
+    ]
     return {"id": model_id, "image": FAKE_IMAGE, "command": command, **keys}
 
 
-def real_model(model_id: str, *, weights: str = "/models/tiny-llama", max_model_len: int = 1024,
-               extra: list[str] | None = None, kv_cache_gib: int | None = 1, **keys) -> dict:
+def real_model(
+    model_id: str,
+    *,
+    weights: str = "/models/tiny-llama",
+    max_model_len: int = 1024,
+    extra: list[str] | None = None,
+    kv_cache_gib: int | None = 1,
+    **keys,
+) -> dict:
     """A [[model]] table running the real vLLM on the CPU with a tiny local model. Without a KV-cache
     size (kv_cache_gib=None) vLLM exits at start, as it does on these machines."""
-    command = [weights, "--host", "0.0.0.0", "--port", "8000", "--served-model-name", model_id,
-               "--max-model-len", str(max_model_len), "--enforce-eager", *(extra or [])]
+    command = [
+        weights,
+        "--host",
+        "0.0.0.0",
+        "--port",
+        "8000",
+        "--served-model-name",
+        model_id,
+        "--max-model-len",
+        str(max_model_len),
+        "--enforce-eager",
+        *(extra or []),
+    ]
     env = {"VLLM_CPU_KVCACHE_SPACE": str(kv_cache_gib)} if kv_cache_gib is not None else {}
-    return {"id": model_id, "image": REAL_IMAGE, "command": command, "shm_size": "1g", "env": env,
-            "context_length": max_model_len, **keys}
+    return {
+        "id": model_id,
+        "image": REAL_IMAGE,
+        "command": command,
+        "shm_size": "1g",
+        "env": env,
+        "context_length": max_model_len,
+        **keys,
+    }
 
 
 def toml_value(value) -> str:
@@ -138,13 +173,18 @@ class Stack:
 
     def write_config(self) -> Path:
         lines = [
-            "[gateway]", f'listen = "127.0.0.1:{self.gateway_port}"',
+            "[gateway]",
+            f'listen = "127.0.0.1:{self.gateway_port}"',
             *(f"{k} = {toml_value(v)}" for k, v in self.gateway.items()),
-            "[waker]", f'listen = "127.0.0.1:{self.waker_port}"', f'name = "{self.name}"',
-            f'runtime_dir = "{self.runtime_dir}"', f"model_port_base = {self.model_port_base}",
+            "[waker]",
+            f'listen = "127.0.0.1:{self.waker_port}"',
+            f'name = "{self.name}"',
+            f'runtime_dir = "{self.runtime_dir}"',
+            f"model_port_base = {self.model_port_base}",
             *([f'docker_host = "{self.docker_host}"'] if self.docker_host else []),
             *(f"{k} = {toml_value(v)}" for k, v in self.waker.items()),
-            "[scheduler]", *(f"{k} = {toml_value(v)}" for k, v in self.scheduler.items()),
+            "[scheduler]",
+            *(f"{k} = {toml_value(v)}" for k, v in self.scheduler.items()),
         ]
         for host in self.hosts:
             lines.append("[[host]]")
@@ -161,7 +201,10 @@ class Stack:
         env = {**os.environ, "PYTHONUNBUFFERED": "1", **self.env}
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "waker.cli.main", "run", "--config", str(self.config_path)],
-            stdout=self.log_path.open("w"), stderr=subprocess.STDOUT, env=env, cwd=REPO,
+            stdout=self.log_path.open("w"),
+            stderr=subprocess.STDOUT,
+            env=env,
+            cwd=REPO,
         )
 
         def up(proc: subprocess.Popen = self.proc) -> bool:
@@ -202,8 +245,13 @@ class Stack:
 
     def cli(self, *args: str, timeout: float = 60) -> subprocess.CompletedProcess:
         """Runs the `waker` command against this stack, finding it through the config file."""
-        return subprocess.run([sys.executable, "-m", "waker.cli.main", *args, "--config", str(self.config_path)],
-                              capture_output=True, text=True, timeout=timeout, cwd=REPO)
+        return subprocess.run(
+            [sys.executable, "-m", "waker.cli.main", *args, "--config", str(self.config_path)],
+            capture_output=True,
+            text=True,
+            timeout=timeout,
+            cwd=REPO,
+        )
 
     def log(self) -> str:
         return self.log_path.read_text() if self.log_path.exists() else ""
@@ -213,7 +261,19 @@ class Stack:
 
     def docker_events(self, event: str) -> list[dict]:
         """Docker's own record of container `event`s (create, start, ...) for this stack so far."""
-        out = docker("events", "--since", f"{self.started_at - 1:.3f}", "--until", f"{time.time():.3f}",
-                     "--filter", "type=container", "--filter", f"event={event}",
-                     "--filter", f"label=io.waker.stack={self.name}", "--format", "{{json .}}")
+        out = docker(
+            "events",
+            "--since",
+            f"{self.started_at - 1:.3f}",
+            "--until",
+            f"{time.time():.3f}",
+            "--filter",
+            "type=container",
+            "--filter",
+            f"event={event}",
+            "--filter",
+            f"label=io.waker.stack={self.name}",
+            "--format",
+            "{{json .}}",
+        )
         return [json.loads(line) for line in out.splitlines() if line.strip()]

@@ -20,9 +20,14 @@ def stack(make_stack, tmp_path, monkeypatch):
     monkeypatch.setenv("WAKER_TEST_KEY", OTHER_KEY)
     keys = tmp_path / "keys.txt"
     keys.write_text("# one key per line\n${WAKER_TEST_KEY}\n")
-    return make_stack([fake_model("alpha", load_delay=0.2)],
-                      gateway={"api_keys": [KEY], "api_keys_file": str(keys),
-                               "cors_origins": ["http://localhost:3000", "vscode-webview://*"]})
+    return make_stack(
+        [fake_model("alpha", load_delay=0.2)],
+        gateway={
+            "api_keys": [KEY],
+            "api_keys_file": str(keys),
+            "cors_origins": ["http://localhost:3000", "vscode-webview://*"],
+        },
+    )
 
 
 async def request(session, stack, headers=None, method="POST", path="/v1/chat/completions"):
@@ -33,8 +38,12 @@ async def request(session, stack, headers=None, method="POST", path="/v1/chat/co
 
 async def test_requests_without_a_valid_key_never_reach_the_waker(stack):
     async with aiohttp.ClientSession() as session:
-        for headers in ({}, {"Authorization": "Bearer wrong-key-123"}, {"x-api-key": "nope-nope"},
-                        {"Authorization": KEY}):
+        for headers in (
+            {},
+            {"Authorization": "Bearer wrong-key-123"},
+            {"x-api-key": "nope-nope"},
+            {"Authorization": KEY},
+        ):
             for path in ("/v1/chat/completions", "/v1/alpha/chat/completions"):
                 status, response_headers, body = await request(session, stack, headers, path=path)
                 assert status == 401 and response_headers["WWW-Authenticate"] == "Bearer"
@@ -46,8 +55,11 @@ async def test_requests_without_a_valid_key_never_reach_the_waker(stack):
 
 async def test_keys_from_the_config_and_the_keys_file_in_either_header(stack):
     async with aiohttp.ClientSession() as session:
-        for headers in ({"Authorization": f"Bearer {KEY}"}, {"x-api-key": KEY},
-                        {"Authorization": f"Bearer {OTHER_KEY}"}):
+        for headers in (
+            {"Authorization": f"Bearer {KEY}"},
+            {"x-api-key": KEY},
+            {"Authorization": f"Bearer {OTHER_KEY}"},
+        ):
             status, _, _ = await request(session, stack, headers)
             assert status == 200
         status, _, _ = await request(session, stack, method="GET", path="/healthz")

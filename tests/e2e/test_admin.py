@@ -32,10 +32,22 @@ def model_row(listing, model_id):
 
 @pytest.fixture
 def stack(make_stack):
-    return make_stack([fake_model("alpha", aliases=["a"], load_delay=0.3, gpu_memory=0.5, context_length=8192,
-                                  tools=True, extra=["--tokens-per-second", "10"]),
-                       fake_model("beta", load_delay=0.3, gpu_memory=0.4)],
-                      scheduler=SCHED, waker={"admin_token": TOKEN})
+    return make_stack(
+        [
+            fake_model(
+                "alpha",
+                aliases=["a"],
+                load_delay=0.3,
+                gpu_memory=0.5,
+                context_length=8192,
+                tools=True,
+                extra=["--tokens-per-second", "10"],
+            ),
+            fake_model("beta", load_delay=0.3, gpu_memory=0.4),
+        ],
+        scheduler=SCHED,
+        waker={"admin_token": TOKEN},
+    )
 
 
 async def test_models_listing_has_every_documented_field(stack):
@@ -45,8 +57,20 @@ async def test_models_listing_has_every_documented_field(stack):
         status, listing = await call(session, stack, "GET", "/admin/models")
     assert status == 200 and listing["docker"] == "connected" and listing["queue_length"] == 0
     alpha = model_row(listing, "alpha")
-    for key in ("state", "uptime_seconds", "idle_seconds", "in_flight", "queued", "gpu_memory", "last_error",
-                "image", "container_id", "pinned", "retry_in_seconds", "last_start_seconds"):
+    for key in (
+        "state",
+        "uptime_seconds",
+        "idle_seconds",
+        "in_flight",
+        "queued",
+        "gpu_memory",
+        "last_error",
+        "image",
+        "container_id",
+        "pinned",
+        "retry_in_seconds",
+        "last_start_seconds",
+    ):
         assert key in alpha, key
     assert alpha["state"] == "ready" and alpha["gpu_memory"] == 0.5 and alpha["container_id"]
     assert alpha["image"] == FAKE_IMAGE and alpha["uptime_seconds"] >= 0
@@ -68,6 +92,7 @@ async def test_start_without_waiting_then_stop_pin_and_unload(stack):
         status, body = await call(session, stack, "POST", "/admin/models/beta/start?wait=false")
         assert status == 202 and body["state"] == "starting"
         await call(session, stack, "POST", "/admin/models/alpha/start")
+
         async def beta_ready() -> bool:
             return model_row((await call(session, stack, "GET", "/admin/models"))[1], "beta")["state"] == "ready"
 
@@ -237,8 +262,12 @@ def test_cli_commands_against_the_running_stack(stack):
 
 
 def test_cli_follows_events(stack):
-    events = subprocess.Popen([sys.executable, "-m", "waker.cli.main", "events", "--config", str(stack.config_path)],
-                              stdout=subprocess.PIPE, text=True, cwd=REPO)
+    events = subprocess.Popen(
+        [sys.executable, "-m", "waker.cli.main", "events", "--config", str(stack.config_path)],
+        stdout=subprocess.PIPE,
+        text=True,
+        cwd=REPO,
+    )
     lines: list[str] = []
     reader = threading.Thread(target=lambda: lines.extend(iter(events.stdout.readline, "")), daemon=True)
     reader.start()
@@ -263,6 +292,10 @@ def test_cli_follows_events(stack):
 def test_cli_exit_codes_for_a_wrong_token_and_an_absent_waker(stack):
     wrong = stack.cli("status", "--token", "nope")
     assert wrong.returncode == 1 and "admin token" in wrong.stderr
-    absent = subprocess.run([sys.executable, "-m", "waker.cli.main", "status", "--url", "http://127.0.0.1:9"],
-                            capture_output=True, text=True, cwd=REPO)
+    absent = subprocess.run(
+        [sys.executable, "-m", "waker.cli.main", "status", "--url", "http://127.0.0.1:9"],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+    )
     assert absent.returncode == 3 and "cannot reach the waker" in absent.stderr

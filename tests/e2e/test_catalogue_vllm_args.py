@@ -64,9 +64,16 @@ def load_extras() -> list[Extras]:
     extras = []
     for path in sorted((ROOT / "custom-docker-containers").glob("*/vllm-extras.toml")):
         raw = tomllib.loads(path.read_text(encoding="utf-8"))
-        extras.append(Extras(path, tuple(raw["images"]), raw["source"]["repo"], raw["source"]["commit"],
-                             tuple(flag["name"] for flag in raw.get("flag", [])),
-                             tuple(var["name"] for var in raw.get("env", []))))
+        extras.append(
+            Extras(
+                path,
+                tuple(raw["images"]),
+                raw["source"]["repo"],
+                raw["source"]["commit"],
+                tuple(flag["name"] for flag in raw.get("flag", [])),
+                tuple(var["name"] for var in raw.get("env", [])),
+            )
+        )
     return extras
 
 
@@ -75,9 +82,14 @@ EXTRAS = load_extras()
 
 def checker_input(model_id: str, image: str, args: Iterable[str], env: Iterable[str]) -> dict[str, Any]:
     declared = [extras for extras in EXTRAS if any(fnmatchcase(image, pattern) for pattern in extras.images)]
-    return {"id": model_id, "image": image, "args": list(args), "env": list(env),
-            "extra_flags": [flag for extras in declared for flag in extras.flags],
-            "extra_env": [var for extras in declared for var in extras.env]}
+    return {
+        "id": model_id,
+        "image": image,
+        "args": list(args),
+        "env": list(env),
+        "extra_flags": [flag for extras in declared for flag in extras.flags],
+        "extra_env": [var for extras in declared for var in extras.env],
+    }
 
 
 def check(models: list[dict[str, Any]]) -> dict[str, list[str]]:
@@ -85,9 +97,27 @@ def check(models: list[dict[str, Any]]) -> dict[str, list[str]]:
     if subprocess.run(["docker", "image", "inspect", REAL_IMAGE], capture_output=True, check=False).returncode != 0:
         pytest.fail(f"image {REAL_IMAGE} is missing: run scripts/build-test-images", pytrace=False)
     run = subprocess.run(
-        ["docker", "run", "--rm", "-i", "--pull", "never", "--network", "none",
-         "--entrypoint", "/opt/vllm/bin/python", REAL_IMAGE, "-I", "-c", CHECKER.read_text(encoding="utf-8")],
-        input=json.dumps(models), capture_output=True, text=True, timeout=300, check=False,
+        [
+            "docker",
+            "run",
+            "--rm",
+            "-i",
+            "--pull",
+            "never",
+            "--network",
+            "none",
+            "--entrypoint",
+            "/opt/vllm/bin/python",
+            REAL_IMAGE,
+            "-I",
+            "-c",
+            CHECKER.read_text(encoding="utf-8"),
+        ],
+        input=json.dumps(models),
+        capture_output=True,
+        text=True,
+        timeout=300,
+        check=False,
     )
     if run.returncode != 0:
         pytest.fail(f"check_args.py failed (exit {run.returncode}):\n{run.stderr[-4000:]}", pytrace=False)
@@ -102,13 +132,17 @@ def test_every_enabled_vllm_model_has_arguments_vllm_accepts():
     unchecked = {model.id for model in config.models} - {model.id for model in vllm_models}
     assert unchecked == NOT_VLLM, "a model's server changed: update NOT_VLLM only if vLLM does not serve it"
 
-    answer = check([checker_input(model.id, model.image, model.command, (name for name, _ in model.env))
-                    for model in vllm_models])
+    answer = check(
+        [checker_input(model.id, model.image, model.command, (name for name, _ in model.env)) for model in vllm_models]
+    )
 
     problems = [problem for model in vllm_models for problem in answer[model.id]]
     if problems:
-        pytest.fail(f"{len(problems)} problems in config/models.toml, found by vLLM 0.32's own code:\n"
-                    + "\n".join(f"- {problem}" for problem in problems), pytrace=False)
+        pytest.fail(
+            f"{len(problems)} problems in config/models.toml, found by vLLM 0.32's own code:\n"
+            + "\n".join(f"- {problem}" for problem in problems),
+            pytrace=False,
+        )
 
 
 def test_the_checker_reports_each_kind_of_defect():
@@ -117,12 +151,15 @@ def test_the_checker_reports_each_kind_of_defect():
     models = [
         checker_input("misspelt-flag", GENERAL_IMAGE, [*serve, "--gpu-memory-utilisation", "0.5"], []),
         checker_input("plugin-given-a-name", GENERAL_IMAGE, [*serve, "--reasoning-parser-plugin", "qwen3"], []),
-        checker_input("unknown-tool-parser", GENERAL_IMAGE,
-                      [*serve, "--enable-auto-tool-choice", "--tool-call-parser", "hermes3"], []),
+        checker_input(
+            "unknown-tool-parser",
+            GENERAL_IMAGE,
+            [*serve, "--enable-auto-tool-choice", "--tool-call-parser", "hermes3"],
+            [],
+        ),
         checker_input("misspelt-env", GENERAL_IMAGE, serve, ["VLLM_NO_USAGE_STAT", "HF_HOME"]),
         checker_input("fork-flag-elsewhere", GENERAL_IMAGE, [*serve, *fork_flags], []),
-        checker_input("fork-flag-on-fork", MXFP4_IMAGE, [*serve, *fork_flags],
-                      ["VLLM_USE_FLASHINFER_MOE_MXFP4_BF16"]),
+        checker_input("fork-flag-on-fork", MXFP4_IMAGE, [*serve, *fork_flags], ["VLLM_USE_FLASHINFER_MOE_MXFP4_BF16"]),
         checker_input("fork-flag-on-the-fork's-name", "christopherowen/vllm-dgx-spark:v12", [*serve, *fork_flags], []),
         # A chat template path is a file of the model's container, not of the checker's.
         checker_input("chat-template-path", GENERAL_IMAGE, [*serve, "--chat-template", "/workspace/t.jinja"], []),
@@ -149,5 +186,6 @@ def test_fork_declarations_name_the_commit_their_image_builds(extras: Extras):
     pinned = dict(re.findall(r"^ARG (VLLM_REPO|VLLM_COMMIT)=(\S+)$", dockerfile, re.MULTILINE))
     assert (extras.repo, extras.commit) == (pinned["VLLM_REPO"].removesuffix(".git"), pinned["VLLM_COMMIT"]), (
         f"{extras.path.relative_to(ROOT)} was checked against another vLLM than its Dockerfile builds: "
-        "check each flag and environment name in the new commit, then update [source]")
+        "check each flag and environment name in the new commit, then update [source]"
+    )
     assert extras.flags or extras.env

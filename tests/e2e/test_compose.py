@@ -27,13 +27,18 @@ def compose_command() -> list[str]:
         return ["docker", "compose"]
     if shutil.which("docker-compose"):
         return ["docker-compose"]
-    pytest.fail("neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)",
-                pytrace=False)
+    pytest.fail(
+        "neither `docker compose` nor `docker-compose` is installed (apt-get install docker-compose)", pytrace=False
+    )
 
 
 def http(method: str, url: str, body: dict | None = None, timeout: float = 60) -> tuple[int, dict]:
-    request = urllib.request.Request(url, method=method, data=json.dumps(body).encode() if body else None,
-                                     headers={"Content-Type": "application/json"})
+    request = urllib.request.Request(
+        url,
+        method=method,
+        data=json.dumps(body).encode() if body else None,
+        headers={"Content-Type": "application/json"},
+    )
     try:
         with urllib.request.urlopen(request, timeout=timeout) as response:
             return response.status, json.loads(response.read() or b"{}")
@@ -52,8 +57,14 @@ def remove_stale_networks(subnet: str) -> None:
     """This test's networks left by an earlier run that was killed before its clean-up (no container
     on them): they would hold the fixed subnet, and Docker would refuse the new ones."""
     for name in docker("network", "ls", "--filter", "name=wakerci", "--format", "{{.Name}}").split():
-        inspected = docker("network", "inspect", name, "--format",
-                           "{{range .IPAM.Config}}{{.Subnet}} {{end}}{{len .Containers}}", check=False)
+        inspected = docker(
+            "network",
+            "inspect",
+            name,
+            "--format",
+            "{{range .IPAM.Config}}{{.Subnet}} {{end}}{{len .Containers}}",
+            check=False,
+        )
         subnets, _, attached = inspected.strip().rpartition(" ")
         if subnets.startswith(f"{subnet}.") and attached == "0":
             docker("network", "rm", name, check=False)
@@ -66,25 +77,47 @@ def deployment(tmp_path_factory):
     tmp_path = tmp_path_factory.mktemp("compose")
     project = f"wakerci{os.getpid()}"
     (tmp_path / "config").mkdir()
-    models = [fake_model("tiny", load_delay=0.3, extra=["--tokens-per-second", "20"]),
-              fake_model("cold", load_delay=0.3)]
+    models = [
+        fake_model("tiny", load_delay=0.3, extra=["--tokens-per-second", "20"]),
+        fake_model("cold", load_delay=0.3),
+    ]
     (tmp_path / "config" / "models.toml").write_text(
-        f'[waker]\nname = "{project}"\n' + "".join(model_table(m) for m in models))
+        f'[waker]\nname = "{project}"\n' + "".join(model_table(m) for m in models)
+    )
     port = free_port()
-    env = {**os.environ, "PWD": str(tmp_path), "WAKER_PUBLISH": f"127.0.0.1:{port}",
-           "WAKER_BASE_IMAGE": "waker-test-base:bookworm", "WAKER_IMAGE": "waker-gateway:compose-test",
-           "WAKER_NETWORK": f"{project}-models", "WAKER_EGRESS": f"{project}-egress", "WAKER_SUBNET": "172.30.193"}
+    env = {
+        **os.environ,
+        "PWD": str(tmp_path),
+        "WAKER_PUBLISH": f"127.0.0.1:{port}",
+        "WAKER_BASE_IMAGE": "waker-test-base:bookworm",
+        "WAKER_IMAGE": "waker-gateway:compose-test",
+        "WAKER_NETWORK": f"{project}-models",
+        "WAKER_EGRESS": f"{project}-egress",
+        "WAKER_SUBNET": "172.30.193",
+    }
     compose = [*compose_command(), "-f", str(REPO / "compose.yaml"), "-p", project]
     remove_stale_networks(env["WAKER_SUBNET"])
     try:
-        up = subprocess.run([*compose, "up", "-d", "--build"], cwd=tmp_path, env=env, capture_output=True,
-                            text=True, timeout=600, check=False)
+        up = subprocess.run(
+            [*compose, "up", "-d", "--build"],
+            cwd=tmp_path,
+            env=env,
+            capture_output=True,
+            text=True,
+            timeout=600,
+            check=False,
+        )
         assert up.returncode == 0, f"compose up failed:\n{up.stdout}\n{up.stderr}"
         yield project, f"http://127.0.0.1:{port}", compose, env, tmp_path / "config" / "models.toml"
     finally:  # also after a failed up: it may have created the networks before failing
-        down = subprocess.run([str(REPO / "scripts" / "compose-down"), "-v"],
-                              env={**env, "COMPOSE_PROJECT_NAME": project}, capture_output=True, text=True,
-                              timeout=300, check=False)
+        down = subprocess.run(
+            [str(REPO / "scripts" / "compose-down"), "-v"],
+            env={**env, "COMPOSE_PROJECT_NAME": project},
+            capture_output=True,
+            text=True,
+            timeout=300,
+            check=False,
+        )
         leftovers = docker("ps", "-aq", "--filter", f"label=io.waker.stack={project}").split()
         if leftovers:
             docker("rm", "-f", *leftovers, check=False)
@@ -106,17 +139,20 @@ def wait_healthy(url: str, what: str = "compose up") -> float:
 
 
 def container(compose: list[str], env: dict, service: str) -> str:
-    return subprocess.run([*compose, "ps", "-q", service], env=env, capture_output=True, text=True,
-                          cwd=REPO, check=True).stdout.strip()
+    return subprocess.run(
+        [*compose, "ps", "-q", service], env=env, capture_output=True, text=True, cwd=REPO, check=True
+    ).stdout.strip()
 
 
 # Run inside the waker container: one call through the socket proxy, printing "<status> <body>".
-PROXY_CALL = ("import http.client, socket, sys\n"
-              "class C(http.client.HTTPConnection):\n"
-              "    def connect(self):\n"
-              "        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect('/run/docker-proxy/docker.sock')\n"
-              "c = C('docker'); c.request('POST', sys.argv[1]); r = c.getresponse()\n"
-              "print(r.status, r.read().decode())\n")
+PROXY_CALL = (
+    "import http.client, socket, sys\n"
+    "class C(http.client.HTTPConnection):\n"
+    "    def connect(self):\n"
+    "        self.sock = socket.socket(socket.AF_UNIX); self.sock.connect('/run/docker-proxy/docker.sock')\n"
+    "c = C('docker'); c.request('POST', sys.argv[1]); r = c.getresponse()\n"
+    "print(r.status, r.read().decode())\n"
+)
 
 
 def proxy_call(waker: str, path: str) -> str:
@@ -124,8 +160,12 @@ def proxy_call(waker: str, path: str) -> str:
 
 
 def chat(url: str, model: str, **extra) -> tuple[int, dict]:
-    return http("POST", f"{url}/v1/chat/completions",
-                {"model": model, "messages": [{"role": "user", "content": "hello"}], **extra}, timeout=120)
+    return http(
+        "POST",
+        f"{url}/v1/chat/completions",
+        {"model": model, "messages": [{"role": "user", "content": "hello"}], **extra},
+        timeout=120,
+    )
 
 
 class Stream(threading.Thread):
@@ -139,16 +179,23 @@ class Stream(threading.Thread):
         self.error: BaseException | None = None
 
     def run(self) -> None:
-        body = {"model": self.model, "stream": True, "max_tokens": self.tokens,
-                "messages": [{"role": "user", "content": "hello"}]}
-        request = urllib.request.Request(f"{self.url}/v1/chat/completions", data=json.dumps(body).encode(),
-                                         headers={"Content-Type": "application/json"})
+        body = {
+            "model": self.model,
+            "stream": True,
+            "max_tokens": self.tokens,
+            "messages": [{"role": "user", "content": "hello"}],
+        }
+        request = urllib.request.Request(
+            f"{self.url}/v1/chat/completions",
+            data=json.dumps(body).encode(),
+            headers={"Content-Type": "application/json"},
+        )
         try:
             with urllib.request.urlopen(request, timeout=120) as response:
                 for raw in response:
                     line = raw.decode().strip()
                     if line.startswith("data: "):
-                        self.lines.append(line[len("data: "):])
+                        self.lines.append(line[len("data: ") :])
                         if '"content"' in line:
                             self.started.set()
         except (OSError, ValueError) as exc:  # reported by the test, not lost in the thread
@@ -164,8 +211,12 @@ class Stream(threading.Thread):
 def test_compose_up_cold_request_through_the_gateway_then_down(deployment):
     project, url, compose, env, _ = deployment
     wait_healthy(url)
-    status, body = http("POST", f"{url}/v1/chat/completions",
-                        {"model": "tiny", "messages": [{"role": "user", "content": "hello"}]}, timeout=120)
+    status, body = http(
+        "POST",
+        f"{url}/v1/chat/completions",
+        {"model": "tiny", "messages": [{"role": "user", "content": "hello"}]},
+        timeout=120,
+    )
     assert status == 200, body
     assert body["choices"][0]["message"]["content"]
 
@@ -188,8 +239,12 @@ def test_compose_up_cold_request_through_the_gateway_then_down(deployment):
     refused = proxy_call(waker, f"/containers/{gateway}/stop")
     assert refused.startswith("403") and "not managed by the waker" in refused
     assert proxy_call(waker, f"/containers/{gateway}/kill?signal=HUP").startswith("204")
-    for target, reason in ((gateway, "only signal=HUP"), (f"{project}-tiny", "is not the gateway"),
-                           (proxy, "is not the gateway"), (waker, "is not the gateway")):
+    for target, reason in (
+        (gateway, "only signal=HUP"),
+        (f"{project}-tiny", "is not the gateway"),
+        (proxy, "is not the gateway"),
+        (waker, "is not the gateway"),
+    ):
         signal = "KILL" if target == gateway else "HUP"
         refused = proxy_call(waker, f"/containers/{target}/kill?signal={signal}")
         assert refused.startswith("403") and reason in refused, (target, refused)

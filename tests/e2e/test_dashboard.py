@@ -22,8 +22,11 @@ TOKEN = "dashboard-token"
 
 
 def test_dashboard_starts_shows_logs_and_stops_a_model(make_stack, page, tmp_path):
-    stack = make_stack([fake_model("alpha", load_delay=2.0, gpu_memory=0.5), fake_model("beta", gpu_memory=0.3)],
-                       scheduler={"stop_timeout": "2s", "min_uptime": "0s"}, waker={"admin_token": TOKEN})
+    stack = make_stack(
+        [fake_model("alpha", load_delay=2.0, gpu_memory=0.5), fake_model("beta", gpu_memory=0.3)],
+        scheduler={"stop_timeout": "2s", "min_uptime": "0s"},
+        waker={"admin_token": TOKEN},
+    )
     page.goto(f"{stack.url}/ui/")
     page.fill("#token-input", TOKEN)  # an admin token is set: the page asks for it
     page.click("#token button")
@@ -58,10 +61,12 @@ def test_the_dashboard_shows_the_progress_a_waiting_stream_shows(make_stack, pag
     lines: list[str] = []
 
     def stream() -> None:
-        body = json.dumps({"model": "alpha", "stream": True, "max_tokens": 2,
-                           "messages": [{"role": "user", "content": "hi"}]}).encode()
-        request = urllib.request.Request(f"{stack.url}/v1/chat/completions", data=body,
-                                         headers={"Content-Type": "application/json"})
+        body = json.dumps(
+            {"model": "alpha", "stream": True, "max_tokens": 2, "messages": [{"role": "user", "content": "hi"}]}
+        ).encode()
+        request = urllib.request.Request(
+            f"{stack.url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        )
         with urllib.request.urlopen(request, timeout=60) as response:
             for raw in response:
                 if raw.startswith(b"data: {"):
@@ -75,6 +80,7 @@ def test_the_dashboard_shows_the_progress_a_waiting_stream_shows(make_stack, pag
     def status_line() -> str | None:  # `waker status` shows the same line under its table
         out = stack.cli("status").stdout
         return out if "\nalpha: loading alpha: " in out else None
+
     eventually(status_line, 8, "the progress line in waker status")
     shown = alpha.locator(".loading-progress")
     expect(shown).to_contain_text("loading alpha: KV cache allocated: 2,097,152 tokens", timeout=15000)
@@ -91,8 +97,9 @@ def test_the_dashboard_shows_the_progress_a_waiting_stream_shows(make_stack, pag
 
 
 def test_dashboard_puts_a_model_to_sleep_counts_its_sleep_memory_and_wakes_it(make_stack, page):
-    stack = make_stack([sleeper("nap", gpu_memory=0.5, idle_timeout="1h")],
-                       scheduler={"stop_timeout": "2s", "min_uptime": "0s"})
+    stack = make_stack(
+        [sleeper("nap", gpu_memory=0.5, idle_timeout="1h")], scheduler={"stop_timeout": "2s", "min_uptime": "0s"}
+    )
     page.goto(f"{stack.url}/ui/")
     nap = page.locator("tr[data-model='nap']")
     nap.locator("button[data-action='start']").click()

@@ -22,13 +22,29 @@ READY_TIMEOUT = 300  # a cold start of the real engine on a loaded machine, with
 # Every route vLLM 0.32.0 adds with VLLM_SERVER_DEV_MODE=1 (vllm/entrypoints/serve/dev/*/api_router.py
 # and vllm/entrypoints/rl/online/api_router.py, registered by launchers/api_server/routers.py).
 DEV_ROUTES = {
-    "/sleep": "POST", "/wake_up": "POST", "/is_sleeping": "GET", "/release_kv_cache_memory": "POST",
-    "/collective_rpc": "POST", "/reset_prefix_cache": "POST", "/reset_mm_cache": "POST",
-    "/reset_encoder_cache": "POST", "/server_info": "GET", "/pause": "POST", "/resume": "POST",
-    "/abort_requests": "POST", "/is_paused": "GET", "/init_weight_transfer_engine": "POST",
-    "/shutdown_weight_transfer_engine": "POST", "/start_weight_update": "POST",
-    "/start_draft_weight_update": "POST", "/update_weights": "POST", "/finish_weight_update": "POST",
-    "/update_weight_version": "POST", "/weight_info": "GET", "/weight_checker": "POST", "/get_world_size": "GET",
+    "/sleep": "POST",
+    "/wake_up": "POST",
+    "/is_sleeping": "GET",
+    "/release_kv_cache_memory": "POST",
+    "/collective_rpc": "POST",
+    "/reset_prefix_cache": "POST",
+    "/reset_mm_cache": "POST",
+    "/reset_encoder_cache": "POST",
+    "/server_info": "GET",
+    "/pause": "POST",
+    "/resume": "POST",
+    "/abort_requests": "POST",
+    "/is_paused": "GET",
+    "/init_weight_transfer_engine": "POST",
+    "/shutdown_weight_transfer_engine": "POST",
+    "/start_weight_update": "POST",
+    "/start_draft_weight_update": "POST",
+    "/update_weights": "POST",
+    "/finish_weight_update": "POST",
+    "/update_weight_version": "POST",
+    "/weight_info": "GET",
+    "/weight_checker": "POST",
+    "/get_world_size": "GET",
 }
 
 
@@ -38,20 +54,37 @@ def disguises(route: str) -> list[str]:
     every way into body routing (/v1/..., /tokenize) and path routing (/v1/<model>/...)."""
     bare = route[1:]
     return [
-        route, f"{route}?level=1", f"{route}/", route.upper(), f"/%{ord(bare[0]):02x}{bare[1:]}", f"//{bare}",
-        f"/./{bare}", f"http://127.0.0.1{route}",
-        f"/v1/..{route}", f"/v1/%2e%2e{route}", f"/v1/%2E%2E%2F{bare}", f"/v1/chat/completions/../..{route}",
-        f"/tokenize/..{route}", f"/v1//tiny/../..{route}",
-        f"/v1/tiny{route}", f"/v1/tiny/..{route}", f"/v1/tiny/../..{route}", f"/v1/tiny/%2e%2e/%2e%2e{route}",
-        f"/v1/tiny/..%2f..{route}", f"/v1/tiny/%2e%2e%2f%2e%2e%2f{bare}", f"/v1/tiny//..//..{route}",
+        route,
+        f"{route}?level=1",
+        f"{route}/",
+        route.upper(),
+        f"/%{ord(bare[0]):02x}{bare[1:]}",
+        f"//{bare}",
+        f"/./{bare}",
+        f"http://127.0.0.1{route}",
+        f"/v1/..{route}",
+        f"/v1/%2e%2e{route}",
+        f"/v1/%2E%2E%2F{bare}",
+        f"/v1/chat/completions/../..{route}",
+        f"/tokenize/..{route}",
+        f"/v1//tiny/../..{route}",
+        f"/v1/tiny{route}",
+        f"/v1/tiny/..{route}",
+        f"/v1/tiny/../..{route}",
+        f"/v1/tiny/%2e%2e/%2e%2e{route}",
+        f"/v1/tiny/..%2f..{route}",
+        f"/v1/tiny/%2e%2e%2f%2e%2e%2f{bare}",
+        f"/v1/tiny//..//..{route}",
         f"/v1/tiny-alias/../..{route}",
     ]
 
 
 def raw_request(port: int, method: str, target: str, body: bytes) -> tuple[int, dict[str, str], bytes]:
     """One request sent byte for byte (HTTP clients normalise paths before sending)."""
-    head = (f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
-            f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n").encode()
+    head = (
+        f"{method} {target} HTTP/1.1\r\nHost: 127.0.0.1\r\nContent-Type: application/json\r\n"
+        f"Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode()
     with socket.create_connection(("127.0.0.1", port), timeout=30) as sock:
         sock.sendall(head + body)
         answer = b""
@@ -72,7 +105,7 @@ def dechunk(data: bytes) -> bytes:
         size = int(size_line.split(b";")[0], 16)
         if size == 0:
             return body
-        body, data = body + data[:size], data[size + 2:]
+        body, data = body + data[:size], data[size + 2 :]
 
 
 def dev_route_hits(engine_url: str) -> dict[str, float]:
@@ -87,13 +120,17 @@ def dev_route_hits(engine_url: str) -> dict[str, float]:
 
 
 def test_no_dev_endpoint_is_reachable_from_the_client_port(make_stack):
-    stack = make_stack([real_model("tiny", aliases=["tiny-alias"], sleep=1, idle_timeout="1h")],
-                       scheduler=REAL_SCHEDULER)
+    stack = make_stack(
+        [real_model("tiny", aliases=["tiny-alias"], sleep=1, idle_timeout="1h")], scheduler=REAL_SCHEDULER
+    )
     body = json.dumps({"model": "tiny", "method": "reload_weights", "level": 1}).encode()
     # A cold start first, so that every attempt below has an engine to reach.
-    warm_up = urllib.request.Request(f"{stack.url}/v1/completions", method="POST",
-                                     data=json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 1}).encode(),
-                                     headers={"Content-Type": "application/json"})
+    warm_up = urllib.request.Request(
+        f"{stack.url}/v1/completions",
+        method="POST",
+        data=json.dumps({"model": "tiny", "prompt": "hi", "max_tokens": 1}).encode(),
+        headers={"Content-Type": "application/json"},
+    )
     with urllib.request.urlopen(warm_up, timeout=READY_TIMEOUT) as response:
         assert response.status == 200
     engine = stack.model_url("tiny")
@@ -110,8 +147,10 @@ def test_no_dev_endpoint_is_reachable_from_the_client_port(make_stack):
                 assert headers.get("content-type", "").startswith("application/json"), (verb, target, payload[:200])
                 json.loads(payload)
     assert dev_route_hits(engine) == {}, "a dev route was reached through the gateway"
-    print(f"{len(answers)} attempts, answers by status: "
-          f"{ {s: list(answers.values()).count(s) for s in sorted(set(answers.values()))} }")
+    print(
+        f"{len(answers)} attempts, answers by status: "
+        f"{ {s: list(answers.values()).count(s) for s in sorted(set(answers.values()))} }"
+    )
 
     # The evidence is sound: the engine does serve the dev routes, and counts a request to one.
     with urllib.request.urlopen(f"{engine}/is_sleeping", timeout=30) as response:

@@ -51,8 +51,9 @@ def engines():
         engine.remove()
 
 
-@pytest.mark.parametrize(("level", "step"), [(SleepLevel.OFFLOAD, SleepStep.WAKE),
-                                             (SleepLevel.DISCARD, SleepStep.WAKE_KV_CACHE)])
+@pytest.mark.parametrize(
+    ("level", "step"), [(SleepLevel.OFFLOAD, SleepStep.WAKE), (SleepLevel.DISCARD, SleepStep.WAKE_KV_CACHE)]
+)
 def test_a_wake_that_hangs_fails_at_its_deadline_naming_the_step(engines, level, step):
     engines.append(engine := fake("--wake-fail", "hang"))
     began = time.monotonic()

@@ -63,14 +63,18 @@ def docker_proxy(tmp_path):
 
 async def test_docker_going_away_degrades_health_then_the_waker_reconnects(make_stack, docker_proxy):
     sock, state, start = docker_proxy
-    stack = make_stack([fake_model("alpha", load_delay=0.2), fake_model("beta", load_delay=0.2)],
-                       scheduler=SCHED, docker_host=f"unix://{sock}")
+    stack = make_stack(
+        [fake_model("alpha", load_delay=0.2), fake_model("beta", load_delay=0.2)],
+        scheduler=SCHED,
+        docker_host=f"unix://{sock}",
+    )
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{stack.url}/v1/alpha/completions", data=b"{}") as response:
             assert response.status == 200
         state["process"].terminate()  # Docker "restarts": the socket goes away
         state["process"].wait(timeout=10)
         sock.unlink(missing_ok=True)
+
         async def health_is(wanted: int) -> tuple[int, dict] | None:
             status, body = await health(session, stack)
             return (status, body) if status == wanted else None
@@ -95,8 +99,9 @@ async def test_a_container_removed_by_hand_is_recreated_and_others_are_unaffecte
         for model in ("alpha", "beta"):
             async with session.post(f"{stack.url}/v1/{model}/completions", data=b"{}") as response:
                 assert response.status == 200
-        alpha = docker("ps", "-q", "--filter", f"label=io.waker.stack={stack.name}",
-                       "--filter", "label=io.waker.model=alpha").strip()
+        alpha = docker(
+            "ps", "-q", "--filter", f"label=io.waker.stack={stack.name}", "--filter", "label=io.waker.model=alpha"
+        ).strip()
         docker("rm", "-f", alpha)
         async with session.post(f"{stack.url}/v1/beta/completions", data=b"{}") as response:
             assert response.status == 200
@@ -108,8 +113,9 @@ async def test_a_container_removed_by_hand_is_recreated_and_others_are_unaffecte
 async def test_a_deleted_image_is_named_in_the_error_and_others_are_unaffected(make_stack):
     image = f"waker-test/deleted:{int(time.time() * 1000)}"
     docker("tag", FAKE_IMAGE, image)
-    stack = make_stack([{**fake_model("alpha", load_delay=0.2), "image": image}, fake_model("beta", load_delay=0.2)],
-                       scheduler=SCHED)
+    stack = make_stack(
+        [{**fake_model("alpha", load_delay=0.2), "image": image}, fake_model("beta", load_delay=0.2)], scheduler=SCHED
+    )
     docker("rmi", image)
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{stack.url}/v1/alpha/completions", data=b"{}") as response:
@@ -141,8 +147,9 @@ def test_nginx_reloads_under_load_drop_no_request(make_stack):
         stack.models.append(fake_model(f"extra{i}", host_port=stack.model_port_base + 10 + i))
         stack.write_config()
         assert stack.cli("reload").returncode == 0
-        eventually(lambda before=served[0]: served[0] >= before + 12, 10, "requests served after the reload",
-                   lambda: failures)
+        eventually(
+            lambda before=served[0]: served[0] >= before + 12, 10, "requests served after the reload", lambda: failures
+        )
     stop.set()
     for worker in workers:
         worker.join()
@@ -165,8 +172,11 @@ async def test_a_missing_egress_network_is_a_clear_error_and_leaves_no_half_made
                 assert response.status == 503 and f"{network}-absent" in message
         assert docker("ps", "-aq", "--filter", f"label=io.waker.stack={stack.name}").split() == []
         stack.stop()
-        working = make_stack([fake_model("alpha", load_delay=0.2)], scheduler=SCHED,
-                             waker={"network": network, "model_ip_base": f"{subnet}.128"})
+        working = make_stack(
+            [fake_model("alpha", load_delay=0.2)],
+            scheduler=SCHED,
+            waker={"network": network, "model_ip_base": f"{subnet}.128"},
+        )
         async with aiohttp.ClientSession() as session:
             async with session.post(f"{working.url}/v1/alpha/completions", data=b"{}") as response:
                 assert response.status == 200

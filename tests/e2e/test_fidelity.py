@@ -72,8 +72,11 @@ def slug(name: str) -> str:
     return re.sub(r"[^a-z0-9]+", "-", name.lower()).strip("-")
 
 
-@pytest.mark.parametrize(("check", "kind"), [(check, kind) for check in CHECKS for kind in KINDS],
-                         ids=[f"{slug(check)}-{kind}" for check in CHECKS for kind in KINDS])
+@pytest.mark.parametrize(
+    ("check", "kind"),
+    [(check, kind) for check in CHECKS for kind in KINDS],
+    ids=[f"{slug(check)}-{kind}" for check in CHECKS for kind in KINDS],
+)
 def test_engine_behaves_like_vllm(engines, check, kind):
     for row, seen in observe(engines, check, kind).items():
         print(f"{row}: {seen}")
@@ -97,8 +100,10 @@ def test_fidelity_table(engines, capsys):
     assert [name for name, *_, why in verdicts if why is None] == []
 
 
-@pytest.mark.parametrize(("mode", "outcome"), [("abort", "abort chunk, [DONE]"), ("error", "error chunk, [DONE]"),
-                                              ("hang", "hangs until the client leaves")])
+@pytest.mark.parametrize(
+    ("mode", "outcome"),
+    [("abort", "abort chunk, [DONE]"), ("error", "error chunk, [DONE]"), ("hang", "hangs until the client leaves")],
+)
 def test_the_fake_plays_each_sigterm_outcome_of_vllm(mode, outcome):
     """vLLM's SIGTERM outcome is a race (fidelity_checks.SIGTERM_OUTCOMES); the fake plays each on demand."""
     assert outcome in SIGTERM_OUTCOMES

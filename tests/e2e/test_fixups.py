@@ -25,14 +25,14 @@ def compact(doc: dict) -> bytes:
     return json.dumps(doc, separators=(",", ":"), ensure_ascii=False).encode()
 
 
-def send(stack: Stack, path: str, body: bytes, *, chunked: bool = False,
-         method: str = "POST") -> tuple[int, dict[str, str], bytes]:
+def send(
+    stack: Stack, path: str, body: bytes, *, chunked: bool = False, method: str = "POST"
+) -> tuple[int, dict[str, str], bytes]:
     connection = http.client.HTTPConnection("127.0.0.1", stack.gateway_port, timeout=60)
     try:
         headers = {"Content-Type": "application/json"}
         if chunked:
-            connection.request(method, path, body=iter([body[:7], body[7:]]), headers=headers,
-                               encode_chunked=True)
+            connection.request(method, path, body=iter([body[:7], body[7:]]), headers=headers, encode_chunked=True)
         else:
             connection.request(method, path, body=body if method == "POST" else None, headers=headers)
         response = connection.getresponse()
@@ -42,40 +42,58 @@ def send(stack: Stack, path: str, body: bytes, *, chunked: bool = False,
 
 
 def arrived(headers: dict[str, str], body: bytes) -> bool:
-    return (int(headers["x-fake-body-bytes"]) == len(body)
-            and headers["x-fake-body-sha256"] == hashlib.sha256(body).hexdigest())
+    return (
+        int(headers["x-fake-body-bytes"]) == len(body)
+        and headers["x-fake-body-sha256"] == hashlib.sha256(body).hexdigest()
+    )
 
 
 @pytest.fixture(scope="module")
 def fake_stack(tmp_path_factory, docker_engine):
-    """"fx" (alias "fx-alias") declares every fix-up, with a context of 100; "plain" declares none."""
-    stack = Stack(models=[fake_model("fx", aliases=["fx-alias"], load_delay=0.3, fixups=FIXUPS,
-                                     extra=["--max-model-len", "100"]),
-                          fake_model("plain", load_delay=0.3, extra=["--max-model-len", "100"])],
-                  tmp=tmp_path_factory.mktemp("fixups")).start()
+    """ "fx" (alias "fx-alias") declares every fix-up, with a context of 100; "plain" declares none."""
+    stack = Stack(
+        models=[
+            fake_model("fx", aliases=["fx-alias"], load_delay=0.3, fixups=FIXUPS, extra=["--max-model-len", "100"]),
+            fake_model("plain", load_delay=0.3, extra=["--max-model-len", "100"]),
+        ],
+        tmp=tmp_path_factory.mktemp("fixups"),
+    ).start()
     yield stack
     stack.stop()
 
 
-REQUEST = {"model": "fx", "messages": [{"role": "user", "content": "héllo 🚀"}], "max_tokens": 5000,
-           "tools": TOOLS, "tool_choice": "auto", "stream": False}
+REQUEST = {
+    "model": "fx",
+    "messages": [{"role": "user", "content": "héllo 🚀"}],
+    "max_tokens": 5000,
+    "tools": TOOLS,
+    "tool_choice": "auto",
+    "stream": False,
+}
 EXPECTED = {"model": "fx", "messages": [{"role": "user", "content": "héllo 🚀"}], "stream": False}
 
 
 @pytest.mark.parametrize("routing", ["body", "path", "alias path", "chunked body"])
 def test_a_rewritten_body_arrives_whole_with_its_length_and_the_header_names_the_fixups(fake_stack, routing):
-    path = "/v1/chat/completions" if routing.endswith("body") else (
-        "/v1/fx-alias/chat/completions" if routing.startswith("alias") else "/v1/fx/chat/completions")
-    status, headers, reply = send(fake_stack, path, json.dumps(REQUEST, indent=2).encode(),
-                                  chunked=routing.startswith("chunked"))
+    path = (
+        "/v1/chat/completions"
+        if routing.endswith("body")
+        else ("/v1/fx-alias/chat/completions" if routing.startswith("alias") else "/v1/fx/chat/completions")
+    )
+    status, headers, reply = send(
+        fake_stack, path, json.dumps(REQUEST, indent=2).encode(), chunked=routing.startswith("chunked")
+    )
     assert status == 200, reply
     assert headers["x-waker-fixups"] == "max_tokens,strip_tools"
     assert arrived(headers, compact(EXPECTED))
     # Without the fix-ups the same engine refuses each part: the fake, like vLLM, checks both.
-    for part, needle in (({"max_tokens": 5000}, "cannot be greater than max_model_len=100"),
-                         ({"tools": TOOLS}, '"auto" tool choice requires --enable-auto-tool-choice')):
-        status, headers, reply = send(fake_stack, "/v1/chat/completions", json.dumps({**EXPECTED, "model": "plain",
-                                                                                   **part}).encode())
+    for part, needle in (
+        ({"max_tokens": 5000}, "cannot be greater than max_model_len=100"),
+        ({"tools": TOOLS}, '"auto" tool choice requires --enable-auto-tool-choice'),
+    ):
+        status, headers, reply = send(
+            fake_stack, "/v1/chat/completions", json.dumps({**EXPECTED, "model": "plain", **part}).encode()
+        )
         assert status == 400 and needle in json.loads(reply)["error"]["message"]
         assert "x-waker-fixups" not in headers
 
@@ -84,40 +102,78 @@ SYSTEM_PARTS = [{"type": "text", "text": "rule one"}, {"type": "text", "text": "
 IMAGE = {"type": "image_url", "image_url": {"url": "data:image/png;base64,AAAA"}}
 REWRITES = {
     "system parts folded, array and string turns merged": (
-        {"messages": [{"role": "system", "content": SYSTEM_PARTS}, {"role": "user", "content": [IMAGE]},
-                      {"role": "user", "content": "and this"}]},
-        {"messages": [{"role": "user", "content": [
-            {"type": "text", "text": "[System Instruction]\nrule one\nrule two\n\n"}, IMAGE,
-            {"type": "text", "text": "and this"}]}]},
-        "alternate_roles"),
+        {
+            "messages": [
+                {"role": "system", "content": SYSTEM_PARTS},
+                {"role": "user", "content": [IMAGE]},
+                {"role": "user", "content": "and this"},
+            ]
+        },
+        {
+            "messages": [
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "[System Instruction]\nrule one\nrule two\n\n"},
+                        IMAGE,
+                        {"type": "text", "text": "and this"},
+                    ],
+                }
+            ]
+        },
+        "alternate_roles",
+    ),
     "an assistant first gets an empty user turn; tool turns kept apart": (
-        {"messages": [{"role": "assistant", "content": "hi", "tool_calls": [{"id": "c1"}]},
-                      {"role": "tool", "tool_call_id": "c1", "content": "1"},
-                      {"role": "tool", "tool_call_id": "c2", "content": "2"}]},
-        {"messages": [{"role": "user", "content": " "},
-                      {"role": "assistant", "content": "hi", "tool_calls": [{"id": "c1"}]},
-                      {"role": "tool", "tool_call_id": "c1", "content": "1"},
-                      {"role": "tool", "tool_call_id": "c2", "content": "2"}]},
-        "alternate_roles"),
+        {
+            "messages": [
+                {"role": "assistant", "content": "hi", "tool_calls": [{"id": "c1"}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "1"},
+                {"role": "tool", "tool_call_id": "c2", "content": "2"},
+            ]
+        },
+        {
+            "messages": [
+                {"role": "user", "content": " "},
+                {"role": "assistant", "content": "hi", "tool_calls": [{"id": "c1"}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "1"},
+                {"role": "tool", "tool_call_id": "c2", "content": "2"},
+            ]
+        },
+        "alternate_roles",
+    ),
     "Responses-style effort, other reasoning keys kept": (
         {"reasoning": {"effort": " None ", "summary": "auto"}, "messages": [{"role": "user", "content": "x"}]},
-        {"reasoning": {"summary": "auto"}, "messages": [{"role": "user", "content": "x"}],
-         "chat_template_kwargs": {"enable_thinking": False, "thinking": False}},
-        "thinking"),
+        {
+            "reasoning": {"summary": "auto"},
+            "messages": [{"role": "user", "content": "x"}],
+            "chat_template_kwargs": {"enable_thinking": False, "thinking": False},
+        },
+        "thinking",
+    ),
     "an unknown effort is only removed": (
         {"reasoningEffort": "turbo", "messages": [{"role": "user", "content": "x"}]},
         {"messages": [{"role": "user", "content": "x"}]},
-        "thinking"),
+        "thinking",
+    ),
     "the client's own switch wins": (
-        {"reasoning_effort": "high", "chat_template_kwargs": {"thinking": False, "other": 1},
-         "messages": [{"role": "user", "content": "x"}]},
+        {
+            "reasoning_effort": "high",
+            "chat_template_kwargs": {"thinking": False, "other": 1},
+            "messages": [{"role": "user", "content": "x"}],
+        },
         {"chat_template_kwargs": {"thinking": False, "other": 1}, "messages": [{"role": "user", "content": "x"}]},
-        "thinking"),
+        "thinking",
+    ),
     "max_completion_tokens over the context, legacy functions": (
-        {"messages": [{"role": "user", "content": "x"}], "max_completion_tokens": 101, "functions": [{"name": "f"}],
-         "function_call": "auto"},
+        {
+            "messages": [{"role": "user", "content": "x"}],
+            "max_completion_tokens": 101,
+            "functions": [{"name": "f"}],
+            "function_call": "auto",
+        },
         {"messages": [{"role": "user", "content": "x"}]},
-        "max_tokens,strip_tools"),
+        "max_tokens,strip_tools",
+    ),
 }
 
 
@@ -130,11 +186,17 @@ def test_each_rewrite_sends_exactly_the_documented_body(fake_stack, name):
     assert arrived(headers, compact({"model": "fx", **expected}))
 
 
-@pytest.mark.parametrize("body", [
-    b'{\n  "model": "fx",\n  "messages": [{"role": "user", "content": "hi"}],  "max_tokens": 100.0\n}',
-    (b'{"model":"fx","messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"},'
-     b'{"role":"user","content":"c"}],"chat_template_kwargs":{"enable_thinking":false},"stream":false}'),
-], ids=["max_tokens at the context", "alternating turns, no effort"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{\n  "model": "fx",\n  "messages": [{"role": "user", "content": "hi"}],  "max_tokens": 100.0\n}',
+        (
+            b'{"model":"fx","messages":[{"role":"user","content":"a"},{"role":"assistant","content":"b"},'
+            b'{"role":"user","content":"c"}],"chat_template_kwargs":{"enable_thinking":false},"stream":false}'
+        ),
+    ],
+    ids=["max_tokens at the context", "alternating turns, no effort"],
+)
 def test_a_request_no_fixup_changes_goes_byte_for_byte_without_a_header(fake_stack, body):
     status, headers, reply = send(fake_stack, "/v1/chat/completions", body)
     assert status == 200, reply
@@ -142,9 +204,16 @@ def test_a_request_no_fixup_changes_goes_byte_for_byte_without_a_header(fake_sta
     assert "x-waker-fixups" not in headers
 
 
-@pytest.mark.parametrize("body", [b"\xff\xfe\x00 not json at all \x80", b'["a", "JSON", "array"]', b"",
-                                  b'{"max_tokens": 5000, "messages": [{"role": "user"'],
-                         ids=["binary", "JSON array", "empty", "truncated JSON"])
+@pytest.mark.parametrize(
+    "body",
+    [
+        b"\xff\xfe\x00 not json at all \x80",
+        b'["a", "JSON", "array"]',
+        b"",
+        b'{"max_tokens": 5000, "messages": [{"role": "user"',
+    ],
+    ids=["binary", "JSON array", "empty", "truncated JSON"],
+)
 def test_a_body_that_is_not_a_json_object_passes_through_untouched(fake_stack, body):
     status, headers, _ = send(fake_stack, "/v1/fx/chat/completions", body)
     assert status in (200, 400, 422)  # the fake's own answer to the body, as vLLM's would be
@@ -191,16 +260,30 @@ def real_stack(tmp_path_factory, docker_engine):
     the gateway get the fix-ups; the same engine on its own port (stack.model_url) shows vLLM without."""
     if subprocess.run(["docker", "image", "inspect", REAL_IMAGE], capture_output=True, check=False).returncode != 0:
         pytest.fail(f"image {REAL_IMAGE} is missing: run scripts/build-test-images", pytrace=False)
-    stack = Stack(models=[real_model("strict", max_model_len=CONTEXT, fixups=FIXUPS, idle_timeout="1h",
-                                     extra=["--chat-template", STRICT_TEMPLATE])],
-                  tmp=tmp_path_factory.mktemp("fixups-real"), scheduler=REAL_SCHEDULER).start()
+    stack = Stack(
+        models=[
+            real_model(
+                "strict",
+                max_model_len=CONTEXT,
+                fixups=FIXUPS,
+                idle_timeout="1h",
+                extra=["--chat-template", STRICT_TEMPLATE],
+            )
+        ],
+        tmp=tmp_path_factory.mktemp("fixups-real"),
+        scheduler=REAL_SCHEDULER,
+    ).start()
     yield stack
     stack.stop()
 
 
 def gateway(stack: Stack, path_routed: bool = False) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.url}/v1{'/strict' if path_routed else ''}", api_key="unused",
-                         timeout=READY_TIMEOUT, max_retries=0)
+    return openai.OpenAI(
+        base_url=f"{stack.url}/v1{'/strict' if path_routed else ''}",
+        api_key="unused",
+        timeout=READY_TIMEOUT,
+        max_retries=0,
+    )
 
 
 def engine(stack: Stack) -> openai.OpenAI:
@@ -211,8 +294,12 @@ def ask(client: openai.OpenAI, messages=None, **extra):
     """A deterministic chat completion (3 tokens unless told; openai.NOT_GIVEN for none): (reply, headers)."""
     extra.setdefault("max_tokens", 3)
     raw = client.chat.completions.with_raw_response.create(
-        model="strict", messages=messages or [{"role": "user", "content": "hello"}], temperature=0,
-        extra_body={"ignore_eos": True, **extra.pop("extra_body", {})}, **extra)
+        model="strict",
+        messages=messages or [{"role": "user", "content": "hello"}],
+        temperature=0,
+        extra_body={"ignore_eos": True, **extra.pop("extra_body", {})},
+        **extra,
+    )
     return raw.parse(), raw.headers
 
 
@@ -230,7 +317,8 @@ def test_real_max_tokens_over_the_context_cold_and_warm_both_routings(real_stack
     assert reply.choices[0].finish_reason == "length" and reply.usage.completion_tokens == room
     assert "max_tokens=5000 cannot be greater than max_model_len=512" in refused(engine(real_stack), max_tokens=5000)
     assert "max_completion_tokens=9000 cannot be greater than max_model_len=512" in refused(
-        engine(real_stack), max_tokens=openai.NOT_GIVEN, max_completion_tokens=9000)
+        engine(real_stack), max_tokens=openai.NOT_GIVEN, max_completion_tokens=9000
+    )
     reply, headers = ask(gateway(real_stack), max_tokens=openai.NOT_GIVEN, max_completion_tokens=9000)
     assert headers["x-waker-fixups"] == "max_tokens" and reply.usage.completion_tokens == room
     reply, headers = ask(gateway(real_stack), max_tokens=CONTEXT)  # within the context: left as it is
@@ -239,8 +327,9 @@ def test_real_max_tokens_over_the_context_cold_and_warm_both_routings(real_stack
 
 def test_real_tools_for_a_model_without_a_tool_parser(real_stack):
     assert '"auto" tool choice requires --enable-auto-tool-choice' in refused(engine(real_stack), tools=TOOLS)
-    assert 'tool_choice="required" requires --tool-call-parser' in refused(engine(real_stack), tools=TOOLS,
-                                                                          tool_choice="required")
+    assert 'tool_choice="required" requires --tool-call-parser' in refused(
+        engine(real_stack), tools=TOOLS, tool_choice="required"
+    )
     for choice in ("auto", "required"):
         reply, headers = ask(gateway(real_stack), tools=TOOLS, tool_choice=choice, parallel_tool_calls=False)
         assert headers["x-waker-fixups"] == "strip_tools"
@@ -249,13 +338,21 @@ def test_real_tools_for_a_model_without_a_tool_parser(real_stack):
 
 
 def test_real_strict_template_system_prompt_and_repeated_turns(real_stack):
-    sent = [{"role": "system", "content": "be brief"}, {"role": "user", "content": "hello"},
-            {"role": "user", "content": "again"}, {"role": "assistant", "content": "one"},
-            {"role": "assistant", "content": "two"}, {"role": "user", "content": "three"}]
+    sent = [
+        {"role": "system", "content": "be brief"},
+        {"role": "user", "content": "hello"},
+        {"role": "user", "content": "again"},
+        {"role": "assistant", "content": "one"},
+        {"role": "assistant", "content": "two"},
+        {"role": "user", "content": "three"},
+    ]
     assert "System role not supported" in refused(engine(real_stack), sent)
     assert "Conversation roles must alternate" in refused(engine(real_stack), sent[1:])
-    folded = [{"role": "user", "content": "[System Instruction]\nbe brief\n\nhello\n\nagain"},
-              {"role": "assistant", "content": "one\n\ntwo"}, {"role": "user", "content": "three"}]
+    folded = [
+        {"role": "user", "content": "[System Instruction]\nbe brief\n\nhello\n\nagain"},
+        {"role": "assistant", "content": "one\n\ntwo"},
+        {"role": "user", "content": "three"},
+    ]
     reply, headers = ask(gateway(real_stack), sent)
     assert headers["x-waker-fixups"] == "alternate_roles"
     direct, _ = ask(engine(real_stack), folded)  # what the fix-up sends, sent by hand: the same prompt
@@ -268,8 +365,13 @@ def test_real_strict_template_system_prompt_and_repeated_turns(real_stack):
 def test_real_streams_always_end_with_usage(real_stack):
     def stream(client):
         raw = client.chat.completions.with_raw_response.create(
-            model="strict", messages=[{"role": "user", "content": "hello"}], max_tokens=4, temperature=0,
-            stream=True, extra_body={"ignore_eos": True})
+            model="strict",
+            messages=[{"role": "user", "content": "hello"}],
+            max_tokens=4,
+            temperature=0,
+            stream=True,
+            extra_body={"ignore_eos": True},
+        )
         return list(raw.parse()), raw.headers
 
     chunks, _ = stream(engine(real_stack))
@@ -277,8 +379,10 @@ def test_real_streams_always_end_with_usage(real_stack):
     chunks, headers = stream(gateway(real_stack))
     assert headers["x-waker-fixups"] == "include_usage"
     assert chunks[-1].choices == [] and chunks[-1].usage.completion_tokens == 4
-    assert "".join(c.choices[0].delta.content or "" for c in chunks if c.choices) == \
-        ask(engine(real_stack), max_tokens=4)[0].choices[0].message.content
+    assert (
+        "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+        == ask(engine(real_stack), max_tokens=4)[0].choices[0].message.content
+    )
 
 
 def test_real_reasoning_effort_switches_the_templates_thinking(real_stack):
@@ -298,6 +402,7 @@ def test_real_reasoning_effort_switches_the_templates_thinking(real_stack):
     tokens, headers = prompt_tokens(gateway(real_stack), extra_body={"reasoning": {"effort": "none"}})
     assert (tokens, headers["x-waker-fixups"]) == (thinking_off, "thinking")
     # A switch the client set itself wins over the effort.
-    tokens, _ = prompt_tokens(gateway(real_stack), extra_body={"reasoning_effort": "none",
-                                                                "chat_template_kwargs": {"enable_thinking": True}})
+    tokens, _ = prompt_tokens(
+        gateway(real_stack), extra_body={"reasoning_effort": "none", "chat_template_kwargs": {"enable_thinking": True}}
+    )
     assert tokens == thinking_on

@@ -20,10 +20,20 @@ CATALOGUE = [
     ("unknown model in the path", "POST /v1/nope/chat/completions", b"{}", 404, "model_not_found"),
     ("model id with a slash", "POST /v1/chat/completions", b'{"model": "alpha/../x"}', 404, "model_not_found"),
     ("model id with spaces", "POST /v1/chat/completions", b'{"model": "al pha"}', 404, "model_not_found"),
-    ("model id with control characters", "POST /v1/chat/completions", b'{"model": "al\\u0000pha\\n"}', 404,
-     "model_not_found"),
-    ("model id of 300 characters", "POST /v1/chat/completions", b'{"model": "' + b"m" * 300 + b'"}', 404,
-     "model_not_found"),
+    (
+        "model id with control characters",
+        "POST /v1/chat/completions",
+        b'{"model": "al\\u0000pha\\n"}',
+        404,
+        "model_not_found",
+    ),
+    (
+        "model id of 300 characters",
+        "POST /v1/chat/completions",
+        b'{"model": "' + b"m" * 300 + b'"}',
+        404,
+        "model_not_found",
+    ),
     ("path escaping with ..", "POST /v1/alpha/../../admin/models", b"{}", 404, "not_found"),
     ("body not JSON", "POST /v1/chat/completions", b"model=alpha", 400, "invalid_json"),
     ("JSON that is not an object", "POST /v1/chat/completions", b'"alpha"', 400, "invalid_body"),
@@ -32,12 +42,27 @@ CATALOGUE = [
     ("empty body", "POST /v1/chat/completions", b"", 400, "missing_body"),
     ("invalid UTF-8", "POST /v1/chat/completions", b'{"model": "\xff\xfe"}', 400, "invalid_utf8"),
     ("very deep JSON", "POST /v1/chat/completions", b"[" * 200_000 + b"]" * 200_000, 400, "invalid_json"),
-    ("body over max_body", "POST /v1/chat/completions", b'{"model": "alpha", "x": "' + b"a" * 1_200_000 + b'"}',
-     413, "body_too_large"),
-    ("huge header", "POST /v1/chat/completions\r\nX-Big: " + "x" * 40_000, b'{"model": "alpha"}', 400,
-     "headers_too_large"),
-    ("duplicated Content-Length", "POST /v1/chat/completions\r\nContent-Length: 3", b'{"model": "alpha"}', 400,
-     "bad_request"),
+    (
+        "body over max_body",
+        "POST /v1/chat/completions",
+        b'{"model": "alpha", "x": "' + b"a" * 1_200_000 + b'"}',
+        413,
+        "body_too_large",
+    ),
+    (
+        "huge header",
+        "POST /v1/chat/completions\r\nX-Big: " + "x" * 40_000,
+        b'{"model": "alpha"}',
+        400,
+        "headers_too_large",
+    ),
+    (
+        "duplicated Content-Length",
+        "POST /v1/chat/completions\r\nContent-Length: 3",
+        b'{"model": "alpha"}',
+        400,
+        "bad_request",
+    ),
     ("GET on a body route", "GET /v1/chat/completions", b"", 400, "model_required"),
     ("admin API through the client port without token", "GET /admin/models", b"", 401, "unauthorized"),
     ("the waker's wake endpoint", "GET /_wake/alpha", b"", 404, "not_found"),
@@ -50,8 +75,12 @@ CATALOGUE = [
 @pytest.fixture(scope="module")
 def stack(tmp_path_factory, docker_engine):
     tmp = tmp_path_factory.mktemp("hostile")
-    stack = Stack(models=[fake_model("alpha")], tmp=tmp, gateway={"max_body": "1m", "client_timeout": "2s"},
-                  waker={"admin_token": "hostile-admin-token"}).start()
+    stack = Stack(
+        models=[fake_model("alpha")],
+        tmp=tmp,
+        gateway={"max_body": "1m", "client_timeout": "2s"},
+        waker={"admin_token": "hostile-admin-token"},
+    ).start()
     yield stack
     stack.stop()
 
@@ -60,8 +89,9 @@ def raw_request(port: int, head: str, body: bytes) -> tuple[int, dict[str, str],
     if " HTTP/" not in head.split("\r\n")[0]:
         first, _, rest = head.partition("\r\n")
         head = first + " HTTP/1.1" + ("\r\n" + rest if rest else "")
-    message = (f"{head}\r\nHost: gateway\r\n{JSON_HEADERS}Content-Length: {len(body)}\r\n"
-               "Connection: close\r\n\r\n").encode() + body
+    message = (
+        f"{head}\r\nHost: gateway\r\n{JSON_HEADERS}Content-Length: {len(body)}\r\nConnection: close\r\n\r\n"
+    ).encode() + body
     with socket.create_connection(("127.0.0.1", port), timeout=20) as sock:
         sock.sendall(message)
         data = b""

@@ -34,12 +34,19 @@ class Registry:
         return f"127.0.0.1:{self.port}"  # loopback registries are plain HTTP to Docker, no TLS needed
 
     def start(self) -> Registry:
-        self.config.write_text(json.dumps({  # YAML is a superset of JSON
-            "version": 0.1, "log": {"level": "warn", "accesslog": {"disabled": True}},
-            "storage": {"filesystem": {"rootdirectory": str(self.root)}},
-            "http": {"addr": self.host}}))
-        self.process = subprocess.Popen([REGISTRY, "serve", str(self.config)], stdout=subprocess.DEVNULL,
-                                        stderr=subprocess.DEVNULL)
+        self.config.write_text(
+            json.dumps(
+                {  # YAML is a superset of JSON
+                    "version": 0.1,
+                    "log": {"level": "warn", "accesslog": {"disabled": True}},
+                    "storage": {"filesystem": {"rootdirectory": str(self.root)}},
+                    "http": {"addr": self.host},
+                }
+            )
+        )
+        self.process = subprocess.Popen(
+            [REGISTRY, "serve", str(self.config)], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
+        )
         eventually(self._answers, 20, "the registry answering")
         return self
 
@@ -83,10 +90,22 @@ def registry(tmp_path):
 
 def pulls(image: str, since: float) -> list[dict]:
     """Docker's own record of pulls of `image` since `since`."""
-    out = docker("events", "--since", f"{since:.3f}", "--until", f"{time.time():.3f}", "--filter", "type=image",
-                 "--filter", "event=pull", "--format", "{{json .}}")
-    return [e for e in map(json.loads, out.splitlines())
-            if e.get("id") == image or e.get("Actor", {}).get("ID") == image]
+    out = docker(
+        "events",
+        "--since",
+        f"{since:.3f}",
+        "--until",
+        f"{time.time():.3f}",
+        "--filter",
+        "type=image",
+        "--filter",
+        "event=pull",
+        "--format",
+        "{{json .}}",
+    )
+    return [
+        e for e in map(json.loads, out.splitlines()) if e.get("id") == image or e.get("Actor", {}).get("ID") == image
+    ]
 
 
 def pulled_model(image: str, **keys) -> dict:
@@ -94,8 +113,11 @@ def pulled_model(image: str, **keys) -> dict:
 
 
 async def complete(session, stack, model: str = "pulled") -> tuple[int, dict]:
-    async with session.post(f"{stack.url}/v1/completions", json={"model": model, "prompt": "x", "max_tokens": 2},
-                            timeout=aiohttp.ClientTimeout(total=120)) as response:
+    async with session.post(
+        f"{stack.url}/v1/completions",
+        json={"model": model, "prompt": "x", "max_tokens": 2},
+        timeout=aiohttp.ClientTimeout(total=120),
+    ) as response:
         return response.status, await response.json()
 
 
@@ -137,4 +159,3 @@ async def test_never_fails_at_once_and_always_falls_back_to_the_local_image(make
         status, _ = await complete(session, stack, "local")
     assert status == 200
     assert '"event": "image_pull_failed_using_local"' in stack.log()
-

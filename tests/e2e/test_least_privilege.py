@@ -63,13 +63,15 @@ def proxy(tmp_path):
 
 
 def through(sock, *args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(["docker", "-H", f"unix://{sock}", *args], capture_output=True, text=True, timeout=60,
-                          check=False)
+    return subprocess.run(
+        ["docker", "-H", f"unix://{sock}", *args], capture_output=True, text=True, timeout=60, check=False
+    )
 
 
 async def test_the_whole_lifecycle_works_through_the_proxy(make_stack, proxy):
-    stack = make_stack([fake_model("alpha", load_delay=0.2)], scheduler={"min_uptime": "0s"},
-                       docker_host=f"unix://{proxy}")
+    stack = make_stack(
+        [fake_model("alpha", load_delay=0.2)], scheduler={"min_uptime": "0s"}, docker_host=f"unix://{proxy}"
+    )
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{stack.url}/v1/alpha/completions", data=b"{}") as response:
             assert response.status == 200
@@ -83,10 +85,18 @@ async def test_the_whole_lifecycle_works_through_the_proxy(make_stack, proxy):
 
 
 def test_forbidden_docker_calls_are_refused_by_the_proxy(proxy, unmanaged):
-    for args in (["exec", unmanaged, "true"], ["stop", unmanaged], ["rm", "-f", unmanaged],
-                 ["run", "--rm", FAKE_IMAGE, "true"], ["volume", "ls"], ["image", "rm", "nothing:1"],
-                 # SIGHUP passes only to the compose gateway (io.waker.role=gateway), no other signal at all.
-                 ["kill", unmanaged], ["kill", "-s", "HUP", unmanaged], ["kill", "-s", "TERM", unmanaged]):
+    for args in (
+        ["exec", unmanaged, "true"],
+        ["stop", unmanaged],
+        ["rm", "-f", unmanaged],
+        ["run", "--rm", FAKE_IMAGE, "true"],
+        ["volume", "ls"],
+        ["image", "rm", "nothing:1"],
+        # SIGHUP passes only to the compose gateway (io.waker.role=gateway), no other signal at all.
+        ["kill", unmanaged],
+        ["kill", "-s", "HUP", unmanaged],
+        ["kill", "-s", "TERM", unmanaged],
+    ):
         result = through(proxy, *args)
         assert result.returncode != 0 and "refused by the waker's Docker socket proxy" in result.stderr, args
     assert running(unmanaged)
@@ -95,14 +105,19 @@ def test_forbidden_docker_calls_are_refused_by_the_proxy(proxy, unmanaged):
 
 async def test_the_proxy_refuses_privileged_or_unlabelled_creates(proxy):
     async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(proxy))) as session:
-        for spec in ({"Image": FAKE_IMAGE},
-                     {"Image": FAKE_IMAGE, "Labels": {"io.waker.managed": "true"}, "HostConfig": {"Privileged": True}},
-                     {"Image": FAKE_IMAGE, "Labels": {"io.waker.managed": "true"},
-                      "HostConfig": {"Binds": ["/var/run/docker.sock:/var/run/docker.sock"]}},
-                     {"Image": FAKE_IMAGE, "Labels": {"io.waker.managed": "true"},
-                      "HostConfig": {"NetworkMode": "host"}}):
-            async with session.post("http://docker/containers/create", data=json.dumps(spec),
-                                    headers={"Content-Type": "application/json"}) as response:
+        for spec in (
+            {"Image": FAKE_IMAGE},
+            {"Image": FAKE_IMAGE, "Labels": {"io.waker.managed": "true"}, "HostConfig": {"Privileged": True}},
+            {
+                "Image": FAKE_IMAGE,
+                "Labels": {"io.waker.managed": "true"},
+                "HostConfig": {"Binds": ["/var/run/docker.sock:/var/run/docker.sock"]},
+            },
+            {"Image": FAKE_IMAGE, "Labels": {"io.waker.managed": "true"}, "HostConfig": {"NetworkMode": "host"}},
+        ):
+            async with session.post(
+                "http://docker/containers/create", data=json.dumps(spec), headers={"Content-Type": "application/json"}
+            ) as response:
                 assert response.status == 403, spec
                 assert "refused" in (await response.json())["message"]
     await asyncio.sleep(0)
@@ -112,9 +127,14 @@ async def test_the_proxy_connects_only_managed_containers_to_networks(proxy, unm
     network = f"waker-test-net-{os.getpid()}"
     docker("network", "create", network)
     try:
-        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(proxy))) as session, \
-                session.post(f"http://docker/networks/{network}/connect", data=json.dumps({"Container": unmanaged}),
-                             headers={"Content-Type": "application/json"}) as response:
+        async with (
+            aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(proxy))) as session,
+            session.post(
+                f"http://docker/networks/{network}/connect",
+                data=json.dumps({"Container": unmanaged}),
+                headers={"Content-Type": "application/json"},
+            ) as response,
+        ):
             assert response.status == 403
             assert "not managed by the waker" in (await response.json())["message"]
         assert json.loads(docker("network", "inspect", network))[0]["Containers"] == {}

@@ -37,7 +37,7 @@ async def read_events(response: aiohttp.ClientResponse) -> list[tuple[float, byt
         while b"\n\n" in buffer:
             event, buffer = buffer.split(b"\n\n", 1)
             assert event.startswith(b"data: "), event
-            events.append((time.monotonic(), event[len(b"data: "):]))
+            events.append((time.monotonic(), event[len(b"data: ") :]))
     assert buffer == b"", buffer
     return events
 
@@ -110,9 +110,13 @@ def test_the_openai_npm_package_parses_the_whole_stream(make_stack):
     assert node, "Node.js is not installed"
     assert (REPO / "tests" / "node" / "node_modules" / "openai").exists(), "run: npm ci --prefix tests/node"
     stack = make_stack([fake_model("alpha", load_delay=LOAD)])
-    result = subprocess.run([node, str(REPO / "tests" / "node" / "loading.mjs"), f"{stack.url}/v1", "alpha", "3"],
-                            check=False,
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [node, str(REPO / "tests" / "node" / "loading.mjs"), f"{stack.url}/v1", "alpha", "3"],
+        check=False,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert answer["content"] == "tok0 tok1 tok2 "
@@ -123,6 +127,7 @@ async def test_a_failed_start_ends_the_stream_with_the_error_a_non_streaming_cli
     stack = make_stack([fake_model("broken", load_delay=2.0, extra=["--fail", "exit_during_load"])])
     url = f"{stack.url}/v1/chat/completions"
     async with aiohttp.ClientSession() as session:
+
         async def streaming():
             async with session.post(url, json=chat("broken")) as response:
                 assert response.status == 200
@@ -157,16 +162,19 @@ async def test_feedback_off_streams_only_the_model(make_stack):
             events = await read_events(response)
         chunks = [json.loads(p) for _, p in events[:-1]]
         assert not any(c["id"].startswith("chatcmpl-waker-") for c in chunks)
-        assert "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"]) == \
-            "tok0 tok1 tok2 tok3 tok4 "
+        assert (
+            "".join(c["choices"][0]["delta"].get("content") or "" for c in chunks if c["choices"])
+            == "tok0 tok1 tok2 tok3 tok4 "
+        )
         counted = await stats(session, stack)
     assert counted["loading_streams"] == 0 and counted["wakes"] == 1
 
 
 async def test_the_gateway_setting_is_the_default_a_model_overrides(make_stack):
-    stack = make_stack([fake_model("quiet", load_delay=1.0), fake_model("chatty", load_delay=1.0,
-                                                                         loading_feedback="reasoning")],
-                       gateway={"loading_feedback": "off"})
+    stack = make_stack(
+        [fake_model("quiet", load_delay=1.0), fake_model("chatty", load_delay=1.0, loading_feedback="reasoning")],
+        gateway={"loading_feedback": "off"},
+    )
     async with aiohttp.ClientSession() as session:
         for model in ("quiet", "chatty"):
             async with session.post(f"{stack.url}/v1/chat/completions", json=chat(model)) as response:
@@ -178,8 +186,9 @@ async def test_other_cold_requests_are_unchanged_and_a_ready_model_never_meets_t
     stack = make_stack([fake_model("alpha", load_delay=1.0)])
     body = json.dumps(chat("alpha", stream=False)).encode()
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{stack.url}/v1/chat/completions", data=body,
-                                headers={"Content-Type": "application/json"}) as response:
+        async with session.post(
+            f"{stack.url}/v1/chat/completions", data=body, headers={"Content-Type": "application/json"}
+        ) as response:
             reply = await response.json()
             assert response.status == 200 and response.headers["x-fake-body-sha256"] == hashlib.sha256(body).hexdigest()
         assert reply["choices"][0]["message"]["content"] == "tok0 tok1 tok2 tok3 tok4"
@@ -202,6 +211,7 @@ async def test_a_client_that_leaves_while_waiting_leaves_the_queue(make_stack):
         async def queued() -> bool:
             async with session.get(f"{stack.waker_url}/admin/models/alpha") as reply:
                 return (await reply.json())["queued"] == 0
+
         await eventually_async(queued, 5, "the waiting request leaving the queue")
     assert "request_abandoned" in stack.log()
 
@@ -209,10 +219,15 @@ async def test_a_client_that_leaves_while_waiting_leaves_the_queue(make_stack):
 async def test_a_large_body_reaches_the_model_whole_through_the_waker(make_stack):
     stack = make_stack([fake_model("alpha", load_delay=1.0)])
     words = "Grüße 日本語 🚀 " * 400_000  # about 6 MB of multi-byte text, 1.2 million words
-    body = {**chat("alpha", 2), "messages": [{"role": "user", "content": words}],
-            "stream_options": {"include_usage": True}}
-    async with aiohttp.ClientSession() as session, session.post(f"{stack.url}/v1/chat/completions",
-                                                               json=body) as response:
+    body = {
+        **chat("alpha", 2),
+        "messages": [{"role": "user", "content": words}],
+        "stream_options": {"include_usage": True},
+    }
+    async with (
+        aiohttp.ClientSession() as session,
+        session.post(f"{stack.url}/v1/chat/completions", json=body) as response,
+    ):
         events = await read_events(response)
     usage = json.loads(events[-2][1])["usage"]
     assert usage["prompt_tokens"] == 1 + len(words.split())  # the fake counts the words it received
@@ -220,10 +235,16 @@ async def test_a_large_body_reaches_the_model_whole_through_the_waker(make_stack
 
 
 async def test_a_missing_image_and_a_refusal_for_room_end_the_stream_with_their_errors(make_stack):
-    stack = make_stack([fake_model("alpha", gpu_memory=0.6), fake_model("beta", gpu_memory=0.6),
-                        {**fake_model("ghost"), "image": "waker/not-here:never", "pull": "never"}],
-                       scheduler={"on_busy": "reject", "stop_timeout": "2s"})
+    stack = make_stack(
+        [
+            fake_model("alpha", gpu_memory=0.6),
+            fake_model("beta", gpu_memory=0.6),
+            {**fake_model("ghost"), "image": "waker/not-here:never", "pull": "never"},
+        ],
+        scheduler={"on_busy": "reject", "stop_timeout": "2s"},
+    )
     async with aiohttp.ClientSession() as session:
+
         async def last_error(model: str) -> dict:
             async with session.post(f"{stack.url}/v1/chat/completions", json=chat(model)) as response:
                 assert response.status == 200
@@ -248,8 +269,9 @@ async def test_a_relayed_answer_is_in_flight_and_a_client_that_leaves_ends_it(ma
     async def running(session: aiohttp.ClientSession) -> float:
         async with session.get(f"{stack.model_url('alpha')}/metrics") as reply:
             text = await reply.text()
-        return float(next(line.split()[-1] for line in text.splitlines()
-                          if line.startswith("vllm:num_requests_running{")))
+        return float(
+            next(line.split()[-1] for line in text.splitlines() if line.startswith("vllm:num_requests_running{"))
+        )
 
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{stack.url}/v1/chat/completions", json=chat("alpha", 100)) as response:
@@ -261,4 +283,5 @@ async def test_a_relayed_answer_is_in_flight_and_a_client_that_leaves_ends_it(ma
 
         async def ended() -> bool:
             return await running(session) == 0
+
         await eventually_async(ended, 5, "the model's request ending once its client left")

@@ -73,9 +73,14 @@ async def post(session, stack, path, body=None, data=None, headers=None, base=No
 
 @pytest.fixture
 def stack(make_stack):
-    return make_stack([fake_model("alpha", aliases=["a"], load_delay=1.0),
-                       fake_model("beta", load_delay=0.2, extra=["--tokens-per-second", "10"])],
-                      scheduler=SCHED, gateway=ON)
+    return make_stack(
+        [
+            fake_model("alpha", aliases=["a"], load_delay=1.0),
+            fake_model("beta", load_delay=0.2, extra=["--tokens-per-second", "10"]),
+        ],
+        scheduler=SCHED,
+        gateway=ON,
+    )
 
 
 async def test_load_answers_once_ready_and_unload_stops(stack):
@@ -170,8 +175,11 @@ async def test_with_api_keys_the_controls_and_the_lists_need_a_key(make_stack):
 
 
 async def test_a_load_that_cannot_start_answers_at_once_with_the_state_and_the_error(make_stack):
-    stack = make_stack([fake_model("broken", extra=["--fail", "exit_during_load"])], gateway=ON,
-                       scheduler={**SCHED, "max_start_failures": 1, "start_backoff": "5m"})
+    stack = make_stack(
+        [fake_model("broken", extra=["--fail", "exit_during_load"])],
+        gateway=ON,
+        scheduler={**SCHED, "max_start_failures": 1, "start_backoff": "5m"},
+    )
     async with aiohttp.ClientSession() as session:
         status, _, body = await post(session, stack, "/models/load", {"model": "broken"})
         assert status == 503 and body["error"]["state"] == "failed"
@@ -186,8 +194,11 @@ async def test_a_load_that_cannot_start_answers_at_once_with_the_state_and_the_e
 
 
 async def test_a_load_while_an_exclusive_model_holds_the_gpu_does_what_a_request_would(make_stack):
-    stack = make_stack([fake_model("big", exclusive=True, load_delay=0.2), fake_model("small", load_delay=0.2)],
-                       gateway=ON, scheduler={**SCHED, "on_busy": "reject"})
+    stack = make_stack(
+        [fake_model("big", exclusive=True, load_delay=0.2), fake_model("small", load_delay=0.2)],
+        gateway=ON,
+        scheduler={**SCHED, "on_busy": "reject"},
+    )
     async with aiohttp.ClientSession() as session:
         await post(session, stack, "/models/load", {"model": "big"})
         await post(session, stack, "/admin/models/big/pin", base=stack.waker_url)  # not evictable

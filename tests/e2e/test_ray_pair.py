@@ -40,28 +40,63 @@ WORKER = ["/opt/ray/bin/python", "-u", "/node.py", "worker", "--ip", "{worker_ip
 class Pair:
     """A RayPair over the two engines, the model it runs, and the events both engines report."""
 
-    def __init__(self, second_engine, worker_address: str = "{head_ip}:{ray_port}", start_timeout: str = "3m",
-                 image: str = RAY_IMAGE):
+    def __init__(
+        self,
+        second_engine,
+        worker_address: str = "{head_ip}:{ray_port}",
+        start_timeout: str = "3m",
+        image: str = RAY_IMAGE,
+    ):
         self.stack, self.port = f"ray{uuid.uuid4().hex[:8]}", free_port()
         self.model_id = "big"
         raw = {
             "waker": {"name": self.stack},
-            "host": [{"name": "one", "gpu_capacity": 1.0},
-                     {"name": "two", "docker_host": second_engine.host, "gpu_capacity": 1.0}],
-            "model": [{
-                "id": self.model_id, "image": image, "pull": "never", "hosts": 2, "host": "one",
-                "port": self.port, "ray_port": free_port(), "start_timeout": start_timeout, "stop_timeout": "5s",
-                "command": ["head", "--ip", "{head_ip}", "--port", "{ray_port}", "--port-base",
-                            str(free_port_range(64)), "--nodes", "2", "--", "serve", f"fake/{self.model_id}",
-                            "--host", "127.0.0.1", "--port", str(self.port), "--served-model-name", self.model_id],
-                "worker_command": [*WORKER, "--address", worker_address, "--port-base", str(free_port_range(64))],
-            }],
+            "host": [
+                {"name": "one", "gpu_capacity": 1.0},
+                {"name": "two", "docker_host": second_engine.host, "gpu_capacity": 1.0},
+            ],
+            "model": [
+                {
+                    "id": self.model_id,
+                    "image": image,
+                    "pull": "never",
+                    "hosts": 2,
+                    "host": "one",
+                    "port": self.port,
+                    "ray_port": free_port(),
+                    "start_timeout": start_timeout,
+                    "stop_timeout": "5s",
+                    "command": [
+                        "head",
+                        "--ip",
+                        "{head_ip}",
+                        "--port",
+                        "{ray_port}",
+                        "--port-base",
+                        str(free_port_range(64)),
+                        "--nodes",
+                        "2",
+                        "--",
+                        "serve",
+                        f"fake/{self.model_id}",
+                        "--host",
+                        "127.0.0.1",
+                        "--port",
+                        str(self.port),
+                        "--served-model-name",
+                        self.model_id,
+                    ],
+                    "worker_command": [*WORKER, "--address", worker_address, "--port-base", str(free_port_range(64))],
+                }
+            ],
         }
         self.config = parse_config(raw, Path("/nonexistent/models.toml"))
         self.model: ModelConfig = self.config.models[0]
         head_host, worker_host = self.config.hosts
-        self.launchers = [Launcher(self.config.waker, runtime, Images(runtime, lambda image, progress: None))
-                          for runtime in (DockerRuntime(self.stack, h.docker) for h in (head_host, worker_host))]
+        self.launchers = [
+            Launcher(self.config.waker, runtime, Images(runtime, lambda image, progress: None))
+            for runtime in (DockerRuntime(self.stack, h.docker) for h in (head_host, worker_host))
+        ]
         self.driver = RayPair(self.launchers[0], self.launchers[1], head_host, worker_host)
         self.events: list[tuple[str, ContainerEvent]] = []
         self.died = asyncio.Event()
@@ -81,8 +116,9 @@ class Pair:
             async def on_connect() -> None:
                 connected[index].set()
 
-            return asyncio.create_task(self.launchers[index].follow(lambda event: on_event(host, event), on_connect,
-                                                                    lambda reason: None))
+            return asyncio.create_task(
+                self.launchers[index].follow(lambda event: on_event(host, event), on_connect, lambda reason: None)
+            )
 
         tasks = [follow(0, "one"), follow(1, "two")]
         try:
@@ -101,8 +137,9 @@ class Pair:
                 await launcher.runtime.close()
 
     def state(self, engine: int, container_id: str) -> tuple[str, int]:
-        status, code = self.engines[engine]("inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}",
-                                            container_id).split()
+        status, code = self.engines[engine](
+            "inspect", "--format", "{{.State.Status}} {{.State.ExitCode}}", container_id
+        ).split()
         return status, int(code)
 
     async def exited(self, engine: int, container_id: str) -> tuple[str, int] | None:
@@ -130,12 +167,18 @@ async def test_up_serves_once_both_nodes_joined_and_a_dead_worker_is_the_model_d
     async with Pair(engines).following() as pair:
         head_id = await pair.driver.up(pair.model, pair.died)
 
-        reply = await asyncio.to_thread(pair.client().chat.completions.create, model=pair.model_id, max_tokens=5,
-                                        messages=[{"role": "user", "content": "hello"}])
+        reply = await asyncio.to_thread(
+            pair.client().chat.completions.create,
+            model=pair.model_id,
+            max_tokens=5,
+            messages=[{"role": "user", "content": "hello"}],
+        )
         assert reply.model == pair.model_id and reply.usage is not None and reply.usage.completion_tokens == 5
         worker_id = pair.worker_id()
-        assert engines.docker("inspect", "--format", f'{{{{index .Config.Labels "{LABEL_RAY_NODE}"}}}}',
-                              worker_id).strip() == RayNode.WORKER
+        assert (
+            engines.docker("inspect", "--format", f'{{{{index .Config.Labels "{LABEL_RAY_NODE}"}}}}', worker_id).strip()
+            == RayNode.WORKER
+        )
         assert engines.docker("inspect", "--format", "{{.HostConfig.NetworkMode}}", worker_id).strip() == "host"
         # Each host's listing (what a resync adopts) has the model's head, never its worker.
         assert await pair.launchers[0].running() == {pair.model_id: head_id}
@@ -147,10 +190,15 @@ async def test_up_serves_once_both_nodes_joined_and_a_dead_worker_is_the_model_d
         engines.docker("kill", worker_id)
         await asyncio.wait_for(pair.died.wait(), 30)
         host, event = next((h, e) for h, e in pair.events if e.change is ContainerChange.DIED)
-        assert (host, event.model_id, event.container_id, event.ray_node) == ("two", pair.model_id, worker_id,
-                                                                             RayNode.WORKER)
-        assert await eventually_async(lambda: pair.exited(0, head_id), 60,
-                                      "the head exiting after its worker died") == ("exited", NODE_LOST_EXIT)
+        assert (host, event.model_id, event.container_id, event.ray_node) == (
+            "two",
+            pair.model_id,
+            worker_id,
+            RayNode.WORKER,
+        )
+        assert await eventually_async(
+            lambda: pair.exited(0, head_id), 60, "the head exiting after its worker died"
+        ) == ("exited", NODE_LOST_EXIT)
         tails = await pair.driver.log_tail(worker_id)
         assert "Ray head on host 'one':" in tails and "a node left the cluster" in tails
         assert "Ray worker on host 'two':" in tails

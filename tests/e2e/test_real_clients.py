@@ -24,8 +24,9 @@ def stack(make_stack):
 
 def test_python_sdk_sync_chat_completion_and_embeddings_body_routed(stack):
     client = openai.OpenAI(base_url=f"{stack.url}/v1", api_key="unused")
-    reply = client.chat.completions.create(model="chat-model", messages=[{"role": "user", "content": "Hello"}],
-                                           max_tokens=3)
+    reply = client.chat.completions.create(
+        model="chat-model", messages=[{"role": "user", "content": "Hello"}], max_tokens=3
+    )
     assert reply.model == "chat-model" and reply.choices[0].message.content == "tok0 tok1 tok2"
     embedding = client.embeddings.create(model="chat-alias", input="hello")
     assert embedding.data[0].embedding == [0.1, 0.2, 0.3]
@@ -40,8 +41,9 @@ def test_python_sdk_path_routed_base_url(stack):
 
 async def test_python_sdk_async_streaming(stack):
     client = openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="unused")
-    stream = await client.chat.completions.create(model="chat-model", stream=True, max_tokens=5,
-                                                  messages=[{"role": "user", "content": "Count"}])
+    stream = await client.chat.completions.create(
+        model="chat-model", stream=True, max_tokens=5, messages=[{"role": "user", "content": "Count"}]
+    )
     pieces = [chunk.choices[0].delta.content async for chunk in stream if chunk.choices]
     assert "".join(pieces) == "tok0 tok1 tok2 tok3 tok4 "
     await client.close()
@@ -58,8 +60,12 @@ def test_node_openai_package_chat_and_stream(stack):
     node = shutil.which("node")
     assert node, "Node.js is not installed"
     assert (NODE_CLIENT / "node_modules" / "openai").exists(), "run: npm ci --prefix tests/node"
-    result = subprocess.run([node, str(NODE_CLIENT / "client.mjs"), f"{stack.url}/v1", "chat-model"],
-                            capture_output=True, text=True, timeout=60)
+    result = subprocess.run(
+        [node, str(NODE_CLIENT / "client.mjs"), f"{stack.url}/v1", "chat-model"],
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
     assert result.returncode == 0, result.stderr
     answer = json.loads(result.stdout)
     assert answer == {"chat": "tok0 tok1 tok2", "stream": "tok0 tok1 tok2 tok3 "}

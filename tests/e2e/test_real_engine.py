@@ -39,8 +39,9 @@ def module_stacks(tmp_path_factory):
     def get(key: str, models: list[dict], **kwargs) -> Stack:
         if key not in stacks:
             tmp = tmp_path_factory.mktemp(key)
-            stacks[key] = Stack(models=models, tmp=tmp, scheduler={**REAL_SCHEDULER, **kwargs.pop("scheduler", {})},
-                                **kwargs).start()
+            stacks[key] = Stack(
+                models=models, tmp=tmp, scheduler={**REAL_SCHEDULER, **kwargs.pop("scheduler", {})}, **kwargs
+            ).start()
         return stacks[key]
 
     yield get
@@ -53,14 +54,29 @@ def main_stack(module_stacks) -> Stack:
     """One real model, "tiny" (alias "tiny-alias"), with --max-num-seqs 1 so that parallel requests
     make a queue inside the engine, a drain on SIGTERM shorter than stop_timeout, and an idle timeout
     no test reaches by accident."""
-    return module_stacks("main", [real_model("tiny", aliases=["tiny-alias"], max_model_len=2048,
-                                             extra=["--max-num-seqs", "1", "--shutdown-timeout", "10"],
-                                             idle_timeout="1h")])
+    return module_stacks(
+        "main",
+        [
+            real_model(
+                "tiny",
+                aliases=["tiny-alias"],
+                max_model_len=2048,
+                extra=["--max-num-seqs", "1", "--shutdown-timeout", "10"],
+                idle_timeout="1h",
+            )
+        ],
+    )
 
 
 def chat(model: str, max_tokens: int, **extra) -> dict:
-    return {"model": model, "messages": [{"role": "user", "content": "say something"}],
-            "max_tokens": max_tokens, "temperature": 0, "ignore_eos": True, **extra}
+    return {
+        "model": model,
+        "messages": [{"role": "user", "content": "say something"}],
+        "max_tokens": max_tokens,
+        "temperature": 0,
+        "ignore_eos": True,
+        **extra,
+    }
 
 
 async def admin(session, stack: Stack, model: str) -> dict:
@@ -72,20 +88,30 @@ async def engine_metrics(session, stack: Stack, model: str) -> dict[str, float]:
     """vLLM's own running/waiting gauges, read from the engine's port."""
     async with session.get(f"{stack.model_url(model)}/metrics") as response:
         text = await response.text()
-    return {name: float(value) for name, value in
-            re.findall(r"^vllm:num_requests_(running|waiting)\{[^}]*\}\s+(\S+)", text, re.MULTILINE)}
+    return {
+        name: float(value)
+        for name, value in re.findall(r"^vllm:num_requests_(running|waiting)\{[^}]*\}\s+(\S+)", text, re.MULTILINE)
+    }
 
 
 def container_running(stack: Stack, model: str) -> bool:
-    return bool(docker("ps", "-q", "--filter", f"label=io.waker.stack={stack.name}",
-                       "--filter", f"label=io.waker.model={model}").strip())
+    return bool(
+        docker(
+            "ps", "-q", "--filter", f"label=io.waker.stack={stack.name}", "--filter", f"label=io.waker.model={model}"
+        ).strip()
+    )
 
 
 def sdk_chat(client: openai.OpenAI, model: str, max_tokens: int, **extra):
     """A chat completion of exactly `max_tokens` tokens through the official SDK."""
     return client.chat.completions.create(
-        model=model, messages=[{"role": "user", "content": "say something"}], max_tokens=max_tokens,
-        temperature=0, extra_body={"ignore_eos": True}, **extra)
+        model=model,
+        messages=[{"role": "user", "content": "say something"}],
+        max_tokens=max_tokens,
+        temperature=0,
+        extra_body={"ignore_eos": True},
+        **extra,
+    )
 
 
 def ensure_ready(stack: Stack, model: str) -> None:
@@ -107,6 +133,7 @@ async def read_stream(response, pace: float = 0.0) -> tuple[list[dict], bool]:
 
 
 # ---- 1. cold start through the gateway, both routings, the official SDK --------------------------
+
 
 def test_cold_start_body_and_path_routed_with_the_openai_sdk(main_stack):
     stack = main_stack
@@ -130,11 +157,15 @@ def test_cold_start_body_and_path_routed_with_the_openai_sdk(main_stack):
 
 # ---- 2. vLLM's own errors reach the client unchanged ---------------------------------------------
 
-@pytest.mark.parametrize("case, body", [
-    ("max_tokens over the context", chat("tiny", 5000)),
-    ("prompt over the context", {"model": "tiny", "prompt": "hello " * 2100, "max_tokens": 4}),
-    ("a parameter vLLM rejects", chat("tiny", 4, n=0)),
-])
+
+@pytest.mark.parametrize(
+    "case, body",
+    [
+        ("max_tokens over the context", chat("tiny", 5000)),
+        ("prompt over the context", {"model": "tiny", "prompt": "hello " * 2100, "max_tokens": 4}),
+        ("a parameter vLLM rejects", chat("tiny", 4, n=0)),
+    ],
+)
 async def test_engine_errors_reach_the_client_unchanged(main_stack, case, body):
     stack = main_stack
     await asyncio.to_thread(ensure_ready, stack, "tiny")
@@ -151,6 +182,7 @@ async def test_engine_errors_reach_the_client_unchanged(main_stack, case, body):
 
 # ---- 3. idle stop counted from the end of a long stream -------------------------------------------
 
+
 async def slow_stream(stack: Stack, body: dict, per_read: int, pause: float) -> tuple[bytes, float]:
     """Reads a response `per_read` bytes at a time with a pause between reads, through a socket whose
     receive buffer is small, so that nginx (and behind it the engine's socket) cannot run ahead of the
@@ -162,8 +194,10 @@ async def slow_stream(stack: Stack, body: dict, per_read: int, pause: float) -> 
     await asyncio.get_running_loop().sock_connect(sock, ("127.0.0.1", stack.gateway_port))
     reader, writer = await asyncio.open_connection(sock=sock)
     payload = json.dumps(body).encode()
-    writer.write(b"POST /v1/chat/completions HTTP/1.0\r\nHost: gateway\r\nContent-Type: application/json\r\n"
-                 b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload)
+    writer.write(
+        b"POST /v1/chat/completions HTTP/1.0\r\nHost: gateway\r\nContent-Type: application/json\r\n"
+        b"Content-Length: " + str(len(payload)).encode() + b"\r\n\r\n" + payload
+    )
     received = bytearray()
     while chunk := await reader.read(per_read):
         received += chunk
@@ -194,6 +228,7 @@ async def test_idle_stop_waits_for_a_long_slow_stream(module_stacks):
 
 # ---- 4. swap between two real models that do not fit together -------------------------------------
 
+
 async def test_swap_between_two_real_models(module_stacks):
     stack = module_stacks("swap", [real_model("left", gpu_memory=0.6), real_model("right", gpu_memory=0.6)])
     for model in ("left", "right", "left"):
@@ -208,6 +243,7 @@ async def test_swap_between_two_real_models(module_stacks):
 
 
 # ---- 5. the container killed mid-stream -----------------------------------------------------------
+
 
 async def killed_mid_stream(session, stack: Stack) -> tuple[bool, int, float]:
     """Streams LONG tokens and kills the container at the first chunk: (completed, chunks, seconds the
@@ -247,6 +283,7 @@ async def test_container_killed_mid_stream_ends_the_stream_and_the_next_request_
 
 # ---- 6. in-flight and queued requests as the engine reports them ----------------------------------
 
+
 async def test_waker_in_flight_count_agrees_with_the_engine_queue(main_stack):
     """While the engine has a queue (--max-num-seqs 1, three streams), the waker's in-flight count
     equals the engine's running + waiting. The two are read one after the other, so a reading counts
@@ -257,6 +294,7 @@ async def test_waker_in_flight_count_agrees_with_the_engine_queue(main_stack):
     await asyncio.to_thread(ensure_ready, stack, "tiny")
     readings: list[tuple[int, dict[str, float], int]] = []
     async with aiohttp.ClientSession() as session:
+
         async def one_stream():
             async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", 1500, stream=True)) as r:
                 return await read_stream(r)
@@ -280,8 +318,9 @@ async def test_waker_in_flight_count_agrees_with_the_engine_queue(main_stack):
             assert all(done for _, done in results)
             if found:
                 break
-        assert found, f"no reading of a queue where the two counts agree (waker before, engine, waker after): " \
-                      f"{readings[-20:]}"
+        assert found, (
+            f"no reading of a queue where the two counts agree (waker before, engine, waker after): {readings[-20:]}"
+        )
 
         async def none_in_flight() -> bool:
             return (await admin(session, stack, "tiny"))["in_flight"] == 0
@@ -302,16 +341,19 @@ async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
     cores stalls for up to 14 s while the engine works (measured here: /metrics unanswered, streamed
     chunks held, then sent at once), so a later check may find the work done, or get no answer in
     time and stop the model under the last request."""
-    stack = module_stacks("postpone", [real_model("tiny", max_model_len=2048, idle_timeout="3s",
-                                                  extra=["--max-num-seqs", "1"])])
+    stack = module_stacks(
+        "postpone", [real_model("tiny", max_model_len=2048, idle_timeout="3s", extra=["--max-num-seqs", "1"])]
+    )
 
     def events(kind: str) -> list[dict]:
         return [json.loads(line) for line in stack.log().splitlines() if f'"event": "{kind}"' in line]
 
     async with aiohttp.ClientSession() as session:
+
         async def direct() -> None:
-            async with session.post(f"{stack.model_url('tiny')}/v1/chat/completions",
-                                    json=chat("tiny", 1900, stream=True)) as r:
+            async with session.post(
+                f"{stack.model_url('tiny')}/v1/chat/completions", json=chat("tiny", 1900, stream=True)
+            ) as r:
                 await read_stream(r)
 
         async def engine_busy() -> bool:
@@ -337,8 +379,9 @@ async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
             async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", 5000)) as refused:
                 assert refused.status == 400  # through the gateway: the idle clock starts again
             await admin_call("unpin")
-            decided = await eventually_async(functools.partial(outcome, stops_before), 60,
-                                             "the idle check's outcome", stack.log)
+            decided = await eventually_async(
+                functools.partial(outcome, stops_before), 60, "the idle check's outcome", stack.log
+            )
             if decided == "called off":
                 break
             await work
@@ -347,19 +390,26 @@ async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
         assert called_off[0]["server_requests"] >= 1 and called_off[0]["in_flight"] == 0, called_off
         assert container_running(stack, "tiny")
         await work
-    stopped = await asyncio.to_thread(eventually, lambda: events("model_stopped")[stops_before:], 60,
-                                      "the idle stop once the work was done", stack.log)
+    stopped = await asyncio.to_thread(
+        eventually,
+        lambda: events("model_stopped")[stops_before:],
+        60,
+        "the idle stop once the work was done",
+        stack.log,
+    )
     assert stopped[0]["reason"] == "idle", stopped
 
 
 # ---- 7. failures as vLLM really fails -------------------------------------------------------------
 
+
 async def test_start_that_exits_gives_the_exit_code_and_the_real_log_tail(module_stacks):
     no_kv_cache = real_model("nokv", kv_cache_gib=None)
     stack = module_stacks("exits", [no_kv_cache], scheduler={"max_start_failures": 1, "start_backoff": "1h"})
     async with aiohttp.ClientSession() as session:
-        async with session.post(f"{stack.url}/v1/chat/completions", json=chat("nokv", 4),
-                                timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT)) as r:
+        async with session.post(
+            f"{stack.url}/v1/chat/completions", json=chat("nokv", 4), timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT)
+        ) as r:
             status, body = r.status, await r.json()
             answered = time.time()
         assert status == 503, body
@@ -370,8 +420,9 @@ async def test_start_that_exits_gives_the_exit_code_and_the_real_log_tail(module
         assert answered - died[0]["timeNano"] / 1e9 < 5, "the client waited long after the engine had exited"
         message = body["error"]["message"]
         tail = [line for line in message.split("last log lines:\n", 1)[-1].splitlines() if line.strip()]
-        logs = await asyncio.to_thread(subprocess.run, ["docker", "logs", stack.containers()[0]],
-                                       capture_output=True, text=True, check=True)
+        logs = await asyncio.to_thread(
+            subprocess.run, ["docker", "logs", stack.containers()[0]], capture_output=True, text=True, check=True
+        )
         assert len(tail) >= 3 and all(line in logs.stdout + logs.stderr for line in tail), message
         assert "RuntimeError" in message, "the tail shows vLLM's own reason"
         # Back-off as configured: the next request fails at once, naming the cause, without a new start.
@@ -383,16 +434,20 @@ async def test_start_that_exits_gives_the_exit_code_and_the_real_log_tail(module
 
 async def test_model_that_dies_after_becoming_healthy_is_noticed_and_backs_off(module_stacks):
     """Head size 16: vLLM starts and says healthy, its first request fails, then it exits."""
-    stack = module_stacks("dies", [real_model("h16", weights="/models/tiny-llama-h16")],
-                          scheduler={"max_start_failures": 2, "start_backoff": "1h"})
+    stack = module_stacks(
+        "dies",
+        [real_model("h16", weights="/models/tiny-llama-h16")],
+        scheduler={"max_start_failures": 2, "start_backoff": "1h"},
+    )
     async with aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=READY_TIMEOUT)) as session:
         statuses = []
         for _ in range(2):
             async with session.post(f"{stack.url}/v1/chat/completions", json=chat("h16", 4)) as r:
                 statuses.append((r.status, await r.json(content_type=None)))
             # The engine exits after its failed request; the waker learns it from Docker's events.
-            await eventually_async(lambda: admin_state(session, stack, "h16", ("failed", "stopped")), 60,
-                                   "the exit noticed", stack.log)
+            await eventually_async(
+                lambda: admin_state(session, stack, "h16", ("failed", "stopped")), 60, "the exit noticed", stack.log
+            )
         assert all(status >= 500 and body["error"]["message"] for status, body in statuses), statuses
         model = await admin(session, stack, "h16")
         assert model["failures"] == 2 and model["retry_in_seconds"] is not None, model
@@ -408,6 +463,7 @@ async def admin_state(session, stack: Stack, model: str, states: tuple[str, ...]
 
 
 # ---- 8. SIGTERM with a stream in flight ----------------------------------------------------------
+
 
 async def test_stop_with_a_stream_in_flight_drains_it_cleanly(main_stack):
     """vLLM drains in-flight requests on SIGTERM for --shutdown-timeout seconds; a stop_timeout longer

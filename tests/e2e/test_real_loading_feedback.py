@@ -14,16 +14,28 @@ pytestmark = pytest.mark.e2e
 
 READY_TIMEOUT = 300
 # Stages the waker reads from vLLM's log (waker/core/engine_log.py); a start on two cores shows several.
-REAL_STAGES = ("loading the model /models/tiny-llama", "loading weights: safetensors checkpoint shards",
-               "weights loaded in", "KV cache allocated:", "engine initialised in", "starting the API server",
-               "initialising the engine (vLLM 0.32.0)", "reading the model's config (LlamaForCausalLM)")
+REAL_STAGES = (
+    "loading the model /models/tiny-llama",
+    "loading weights: safetensors checkpoint shards",
+    "weights loaded in",
+    "KV cache allocated:",
+    "engine initialised in",
+    "starting the API server",
+    "initialising the engine (vLLM 0.32.0)",
+    "reading the model's config (LlamaForCausalLM)",
+)
 
 
 def answer(client: openai.OpenAI) -> tuple[str, str]:
     """The (reasoning, content) of a greedy 24-token streaming chat completion."""
     stream = client.chat.completions.create(
-        model="tiny", messages=[{"role": "user", "content": "say something"}], max_tokens=24, temperature=0,
-        stream=True, extra_body={"ignore_eos": True})
+        model="tiny",
+        messages=[{"role": "user", "content": "say something"}],
+        max_tokens=24,
+        temperature=0,
+        stream=True,
+        extra_body={"ignore_eos": True},
+    )
     reasoning, content = "", ""
     for chunk in stream:
         if chunk.choices:

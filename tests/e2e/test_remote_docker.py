@@ -51,23 +51,32 @@ def ssh_host(second_engine, tmp_path_factory):
     (tmp / "sshd_config").write_text(
         f"Port {port}\nListenAddress 127.0.0.1\nHostKey {tmp}/host_key\nPidFile {tmp}/sshd.pid\n"
         f"AuthorizedKeysFile {tmp}/authorized_keys\nPasswordAuthentication no\nKbdInteractiveAuthentication no\n"
-        f"PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nSetEnv DOCKER_HOST={second_engine.host}\n")
+        f"PermitRootLogin prohibit-password\nStrictModes no\nUsePAM no\nSetEnv DOCKER_HOST={second_engine.host}\n"
+    )
     (tmp / "known_hosts").write_text(f"[127.0.0.1]:{port} {host_key}\n")
     (tmp / "ssh_config").write_text(
         f"Host spark2-test stranger-test\n  HostName 127.0.0.1\n  Port {port}\n  User root\n"
         f"  IdentityFile {tmp}/client_key\n  StrictHostKeyChecking yes\n"
         f"Host spark2-test\n  UserKnownHostsFile {tmp}/known_hosts\n"
-        f"Host stranger-test\n  UserKnownHostsFile /dev/null\n")
+        f"Host stranger-test\n  UserKnownHostsFile /dev/null\n"
+    )
     bin_dir = tmp / "bin"
     bin_dir.mkdir()
     (bin_dir / "ssh").write_text(f'#!/bin/sh\nexec {shutil.which("ssh")} -F {tmp}/ssh_config "$@"\n')
     (bin_dir / "ssh").chmod(0o755)
     Path("/run/sshd").mkdir(exist_ok=True)  # sshd's privilege separation directory
-    sshd = subprocess.Popen([SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")], stdout=subprocess.PIPE,
-                            stderr=subprocess.STDOUT, text=True)
+    sshd = subprocess.Popen(
+        [SSHD, "-D", "-e", "-f", str(tmp / "sshd_config")], stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True
+    )
     try:
-        eventually(lambda: subprocess.run([bin_dir / "ssh", "spark2-test", "true"], check=False,
-                                          capture_output=True).returncode == 0, 20, "sshd accepting the key")
+        eventually(
+            lambda: (
+                subprocess.run([bin_dir / "ssh", "spark2-test", "true"], check=False, capture_output=True).returncode
+                == 0
+            ),
+            20,
+            "sshd accepting the key",
+        )
         yield bin_dir
     finally:
         sshd.terminate()
@@ -82,9 +91,18 @@ def ssh_on_path(ssh_host, monkeypatch):
 def _labelled_fake(engine, stack: str, name: str) -> str:
     """A fake model on engine 2, once it serves: until its SIGTERM handler is set, process 1 of a
     container ignores SIGTERM and a stop would wait for Docker's SIGKILL."""
-    container_id = engine.docker("run", "-d", "--name", name, f"--label={LABEL_MANAGED}=true",
-                                 f"--label={LABEL_STACK}={stack}", f"--label={LABEL_MODEL}={name}", FAKE_IMAGE,
-                                 "serve", f"fake/{name}").strip()
+    container_id = engine.docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        f"--label={LABEL_MANAGED}=true",
+        f"--label={LABEL_STACK}={stack}",
+        f"--label={LABEL_MODEL}={name}",
+        FAKE_IMAGE,
+        "serve",
+        f"fake/{name}",
+    ).strip()
     eventually(lambda: "serving" in engine.logs(name), 20, f"{name} serving")
     return container_id
 
@@ -123,8 +141,9 @@ async def test_an_ssh_host_whose_key_is_unknown_fails_clearly_and_logs_why(ssh_o
     runtime = DockerRuntime("any", DockerEndpoint(DockerScheme.SSH, "ssh://stranger-test"))
     with capture_logs() as logs:
         try:
-            with pytest.raises(DockerError, match="cannot list containers: Cannot connect to Docker Engine via "
-                                                  "ssh://stranger-test "):
+            with pytest.raises(
+                DockerError, match="cannot list containers: Cannot connect to Docker Engine via ssh://stranger-test "
+            ):
                 await runtime.managed_containers()
         finally:
             await runtime.close()  # waits for the ssh processes, whose complaints are logged
@@ -135,8 +154,9 @@ async def test_an_ssh_host_whose_key_is_unknown_fails_clearly_and_logs_why(ssh_o
 
 def _tls(engine, cert: str = "cert.pem", key: str = "key.pem") -> DockerEndpoint:
     tls = engine.tls_dir
-    return DockerEndpoint(DockerScheme.TCP, f"tcp://127.0.0.1:{engine.tls_port}",
-                          TlsFiles(tls / "ca.pem", tls / cert, tls / key))
+    return DockerEndpoint(
+        DockerScheme.TCP, f"tcp://127.0.0.1:{engine.tls_port}", TlsFiles(tls / "ca.pem", tls / cert, tls / key)
+    )
 
 
 async def test_the_adapter_drives_an_engine_over_tcp_with_tls(second_engine):
@@ -155,16 +175,22 @@ async def test_a_tcp_engine_refuses_a_client_without_its_certificate(second_engi
     # The server's own certificate is no client certificate: the engine refuses the TLS handshake.
     runtime = DockerRuntime("any", _tls(second_engine, cert="server-cert.pem", key="server-key.pem"))
     try:
-        with pytest.raises(DockerError, match=r"cannot list containers: Cannot connect to Docker Engine via "
-                                              r"https://127\.0\.0\.1:\d+ .*bad certificate"):
+        with pytest.raises(
+            DockerError,
+            match=r"cannot list containers: Cannot connect to Docker Engine via "
+            r"https://127\.0\.0\.1:\d+ .*bad certificate",
+        ):
             await runtime.managed_containers()
     finally:
         await runtime.close()
 
 
 def test_unreadable_tls_files_are_a_docker_error_naming_the_settings(tmp_path):
-    endpoint = DockerEndpoint(DockerScheme.TCP, "tcp://127.0.0.1:2376",
-                              TlsFiles(tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"))
+    endpoint = DockerEndpoint(
+        DockerScheme.TCP,
+        "tcp://127.0.0.1:2376",
+        TlsFiles(tmp_path / "ca.pem", tmp_path / "cert.pem", tmp_path / "key.pem"),
+    )
     with pytest.raises(DockerError, match="cannot use the TLS files of tcp://127.0.0.1:2376: .*tls_ca, tls_cert"):
         DockerRuntime("any", endpoint)
 
@@ -173,17 +199,23 @@ async def test_the_gateway_serves_a_model_it_started_on_a_host_reached_over_ssh(
     """The whole path over ssh://: the waker creates and starts the container on the other host's engine,
     nginx reaches it at that host's address, the official SDK gets its answer, a stop ends it there."""
     hosts = [{"name": "one"}, {"name": "spark2", "docker_host": "ssh://spark2-test", "address": "127.0.0.2"}]
-    stack = make_stack([fake_model("far", host="spark2", gpu_memory=0.5)], hosts=hosts,
-                       env={"PATH": f"{ssh_host}:{os.environ['PATH']}"})
+    stack = make_stack(
+        [fake_model("far", host="spark2", gpu_memory=0.5)],
+        hosts=hosts,
+        env={"PATH": f"{ssh_host}:{os.environ['PATH']}"},
+    )
     try:
         client = openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="unused", timeout=60, max_retries=0)
-        reply = await client.chat.completions.create(model="far", messages=[{"role": "user", "content": "hi"}],
-                                                     max_tokens=3)
+        reply = await client.chat.completions.create(
+            model="far", messages=[{"role": "user", "content": "hi"}], max_tokens=3
+        )
         await client.close()
         assert reply.model == "far"
         labels = f"label=io.waker.stack={stack.name}"
-        assert second_engine.docker("ps", "-q", "--filter", labels).strip() and not docker("ps", "-q", "--filter",
-                                                                                           labels).strip()
+        assert (
+            second_engine.docker("ps", "-q", "--filter", labels).strip()
+            and not docker("ps", "-q", "--filter", labels).strip()
+        )
         stopped = stack.cli("stop", "far")
         assert stopped.returncode == 0, stopped.stderr
         assert not second_engine.docker("ps", "-q", "--filter", labels).strip()

@@ -72,8 +72,9 @@ async def test_fifty_concurrent_cold_requests_share_one_start(make_stack):
 
 async def test_stream_arrives_chunk_by_chunk(make_stack):
     stack = make_stack([fake_model("alpha", load_delay=0.2, extra=["--tokens-per-second", "10"])])
-    body = json.dumps({"model": "alpha", "stream": True, "max_tokens": 20,
-                       "messages": [{"role": "user", "content": "count"}]}).encode()
+    body = json.dumps(
+        {"model": "alpha", "stream": True, "max_tokens": 20, "messages": [{"role": "user", "content": "count"}]}
+    ).encode()
     async with aiohttp.ClientSession() as session:
         await post(session, f"{stack.url}/v1/alpha/models", b"")  # warm the model up first
         arrivals, chunks = [], []
@@ -115,10 +116,10 @@ async def test_ready_model_traffic_bypasses_the_waker(make_stack):
         ("/v1/nope/chat/completions", b'{"messages": []}', 404, "model_not_found", "alpha"),
         ("/v1/chat/completions", b'{"model": "alpha", "messages": [', 400, "invalid_json", "JSON"),
         ("/v1/chat/completions", b'{"messages": []}', 400, "missing_model", "model"),
-        ("/v1/chat/completions", b'', 400, "missing_body", "body"),
+        ("/v1/chat/completions", b"", 400, "missing_body", "body"),
         ("/v1/chat/completions", b'["alpha"]', 400, "invalid_body", "object"),
         ("/v1/chat/completions", b'{"model": 7}', 400, "invalid_model", "string"),
-        ("/nothing/here", b'{}', 404, "not_found", "/v1/"),
+        ("/nothing/here", b"{}", 404, "not_found", "/v1/"),
     ],
 )
 async def test_bad_requests_get_openai_errors_and_start_nothing(make_stack, path, body, status, code, needle):
@@ -137,13 +138,15 @@ async def test_bad_requests_get_openai_errors_and_start_nothing(make_stack, path
 
 
 async def test_model_exiting_during_load_fails_fast_with_exit_code_and_logs(make_stack):
-    stack = make_stack([fake_model("crashy", load_delay=0.5, extra=["--fail", "exit_during_load",
-                                                                   "--exit-code", "7"])],
-                       scheduler={"start_timeout": "10m", "stop_timeout": "2s"})
+    stack = make_stack(
+        [fake_model("crashy", load_delay=0.5, extra=["--fail", "exit_during_load", "--exit-code", "7"])],
+        scheduler={"start_timeout": "10m", "stop_timeout": "2s"},
+    )
     began = time.monotonic()
     async with aiohttp.ClientSession() as session:
-        status, headers, reply = await post(session, f"{stack.url}/v1/chat/completions",
-                                            b'{"model": "crashy", "messages": []}')
+        status, headers, reply = await post(
+            session, f"{stack.url}/v1/chat/completions", b'{"model": "crashy", "messages": []}'
+        )
     elapsed = time.monotonic() - began
     assert status == 503
     assert headers["Content-Type"].startswith("application/json")
@@ -171,7 +174,7 @@ async def test_model_list_shows_every_model_with_its_state(make_stack):
 async def test_missing_image_is_named_in_the_error(make_stack):
     stack = make_stack([{"id": "ghost", "image": "waker-test/no-such-image:1"}])
     async with aiohttp.ClientSession() as session:
-        status, _, reply = await post(session, f"{stack.url}/v1/ghost/chat/completions", b'{}')
+        status, _, reply = await post(session, f"{stack.url}/v1/ghost/chat/completions", b"{}")
     assert status == 503
     assert "waker-test/no-such-image:1" in json.loads(reply)["error"]["message"]
     assert stack.containers() == []
@@ -221,8 +224,10 @@ async def test_running_models_keep_serving_when_the_waker_dies_and_a_new_one_ado
 async def test_a_disabled_model_is_not_served_and_says_why(make_stack):
     stack = make_stack([fake_model("alpha"), fake_model("old", status="disabled", notes="crashes on GB10")])
     async with aiohttp.ClientSession() as session:
-        for url, body in ((f"{stack.url}/v1/chat/completions", b'{"model": "old"}'),
-                          (f"{stack.url}/v1/old/chat/completions", b'{}')):
+        for url, body in (
+            (f"{stack.url}/v1/chat/completions", b'{"model": "old"}'),
+            (f"{stack.url}/v1/old/chat/completions", b"{}"),
+        ):
             status, _, reply = await post(session, url, body)
             error = json.loads(reply)["error"]
             assert status == 404 and error["code"] == "model_disabled" and "crashes on GB10" in error["message"]

@@ -26,6 +26,7 @@ async def states(session, stack) -> dict[str, str]:
 
 async def wait_state(session, stack, model, state, timeout=20.0) -> float:
     """The moment `model` was seen in `state`."""
+
     async def reached() -> float | None:
         return time.monotonic() if (await states(session, stack))[model] == state else None
 
@@ -39,6 +40,7 @@ async def in_flight(session, stack, model) -> int:
 
 async def wait_in_flight(session, stack, model, count: int) -> None:
     """Until the waker counts `count` requests of `model` in flight (nginx's begin and end marks)."""
+
     async def counted() -> bool:
         return await in_flight(session, stack, model) == count
 
@@ -75,14 +77,17 @@ async def streaming_in_flight(session, stack, model, tokens: int) -> asyncio.Tas
 
 
 def running(stack, model) -> bool:
-    out = docker("ps", "-q", "--filter", f"label=io.waker.stack={stack.name}",
-                 "--filter", f"label=io.waker.model={model}")
+    out = docker(
+        "ps", "-q", "--filter", f"label=io.waker.stack={stack.name}", "--filter", f"label=io.waker.model={model}"
+    )
     return bool(out.strip())
 
 
 async def test_swap_evicts_the_idle_model_and_waits_for_its_exit(make_stack):
-    stack = make_stack([fake_model("a", load_delay=0.3, gpu_memory=0.6),
-                        fake_model("b", load_delay=0.3, gpu_memory=0.6)], scheduler=SCHED)
+    stack = make_stack(
+        [fake_model("a", load_delay=0.3, gpu_memory=0.6), fake_model("b", load_delay=0.3, gpu_memory=0.6)],
+        scheduler=SCHED,
+    )
     async with aiohttp.ClientSession() as session:
         assert (await complete(session, stack, "a"))[0] == 200
         status, headers, body = await complete(session, stack, "b")
@@ -95,8 +100,13 @@ async def test_swap_evicts_the_idle_model_and_waits_for_its_exit(make_stack):
 
 
 async def test_a_request_for_b_waits_while_a_streams_then_runs(make_stack):
-    stack = make_stack([fake_model("a", load_delay=0.2, gpu_memory=0.6, extra=["--tokens-per-second", "10"]),
-                        fake_model("b", load_delay=0.2, gpu_memory=0.6)], scheduler=SCHED)
+    stack = make_stack(
+        [
+            fake_model("a", load_delay=0.2, gpu_memory=0.6, extra=["--tokens-per-second", "10"]),
+            fake_model("b", load_delay=0.2, gpu_memory=0.6),
+        ],
+        scheduler=SCHED,
+    )
     async with aiohttp.ClientSession() as session:
         await complete(session, stack, "a", max_tokens=1)
         streaming = await streaming_in_flight(session, stack, "a", 25)
@@ -108,9 +118,13 @@ async def test_a_request_for_b_waits_while_a_streams_then_runs(make_stack):
 
 
 async def test_reject_mode_answers_429_with_retry_after_naming_the_busy_model(make_stack):
-    stack = make_stack([fake_model("a", load_delay=0.2, gpu_memory=0.6, extra=["--tokens-per-second", "10"]),
-                        fake_model("b", load_delay=0.2, gpu_memory=0.6)],
-                       scheduler={**SCHED, "on_busy": "reject"})
+    stack = make_stack(
+        [
+            fake_model("a", load_delay=0.2, gpu_memory=0.6, extra=["--tokens-per-second", "10"]),
+            fake_model("b", load_delay=0.2, gpu_memory=0.6),
+        ],
+        scheduler={**SCHED, "on_busy": "reject"},
+    )
     async with aiohttp.ClientSession() as session:
         await complete(session, stack, "a", max_tokens=1)
         streaming = await streaming_in_flight(session, stack, "a", 30)
@@ -128,9 +142,13 @@ async def test_reject_mode_answers_429_with_retry_after_naming_the_busy_model(ma
 
 
 async def test_keep_warm_yields_to_an_exclusive_model_and_comes_back(make_stack):
-    stack = make_stack([fake_model("util", load_delay=0.2, gpu_memory=0.04, keep_warm=True),
-                        fake_model("big", load_delay=0.2, gpu_memory=0.8, exclusive=True, idle_timeout="2s")],
-                       scheduler=SCHED)
+    stack = make_stack(
+        [
+            fake_model("util", load_delay=0.2, gpu_memory=0.04, keep_warm=True),
+            fake_model("big", load_delay=0.2, gpu_memory=0.8, exclusive=True, idle_timeout="2s"),
+        ],
+        scheduler=SCHED,
+    )
     async with aiohttp.ClientSession() as session:
         await wait_state(session, stack, "util", "ready")  # started with the waker, unasked
         status, _, _ = await complete(session, stack, "big")
@@ -142,8 +160,9 @@ async def test_keep_warm_yields_to_an_exclusive_model_and_comes_back(make_stack)
 
 
 async def test_a_stream_longer_than_idle_timeout_finishes_and_only_then_the_model_stops(make_stack):
-    stack = make_stack([fake_model("a", load_delay=0.2, idle_timeout="1s", extra=["--tokens-per-second", "10"])],
-                       scheduler=SCHED)
+    stack = make_stack(
+        [fake_model("a", load_delay=0.2, idle_timeout="1s", extra=["--tokens-per-second", "10"])], scheduler=SCHED
+    )
     async with aiohttp.ClientSession() as session:
         arrivals = await stream(session, stack, "a", 30)  # 3 s of stream, three idle timeouts long
         assert arrivals[-1] - arrivals[0] > 2.5
@@ -185,8 +204,10 @@ async def test_waker_kill_and_restart_under_traffic_loses_no_request_and_stops_n
 
 
 async def test_a_model_that_keeps_crashing_backs_off_and_fails_fast(make_stack):
-    stack = make_stack([fake_model("crashy", load_delay=0.2, extra=["--fail", "exit_during_load"])],
-                       scheduler={**SCHED, "max_start_failures": 2, "start_backoff": "60s"})
+    stack = make_stack(
+        [fake_model("crashy", load_delay=0.2, extra=["--fail", "exit_during_load"])],
+        scheduler={**SCHED, "max_start_failures": 2, "start_backoff": "60s"},
+    )
     async with aiohttp.ClientSession() as session:
         for _ in range(2):
             status, _, body = await complete(session, stack, "crashy")
@@ -201,14 +222,19 @@ async def test_a_model_that_keeps_crashing_backs_off_and_fails_fast(make_stack):
 
 
 async def test_a_client_that_gives_up_while_queued_starts_nothing(make_stack):
-    stack = make_stack([fake_model("a", load_delay=0.2, gpu_memory=0.6, idle_timeout="1h",
-                                   extra=["--tokens-per-second", "10"]),
-                        fake_model("b", load_delay=0.2, gpu_memory=0.6)], scheduler=SCHED)
+    stack = make_stack(
+        [
+            fake_model("a", load_delay=0.2, gpu_memory=0.6, idle_timeout="1h", extra=["--tokens-per-second", "10"]),
+            fake_model("b", load_delay=0.2, gpu_memory=0.6),
+        ],
+        scheduler=SCHED,
+    )
     async with aiohttp.ClientSession() as session:
         await complete(session, stack, "a", max_tokens=1)
         streaming = await streaming_in_flight(session, stack, "a", 20)
         with pytest.raises(asyncio.TimeoutError):
             await complete(session, stack, "b", timeout=aiohttp.ClientTimeout(total=0.5))
+
         async def abandoned() -> bool:
             return "request_abandoned" in stack.log()
 
@@ -234,8 +260,11 @@ async def test_a_container_that_dies_while_ready_is_noticed_and_restarted_on_dem
 
 
 async def test_the_waker_makes_no_docker_calls_at_idle(make_stack, docker_call_counter):
-    stack = make_stack([fake_model("a", load_delay=0.2), fake_model("b", load_delay=0.2)],
-                       scheduler=SCHED, docker_host=docker_call_counter.url)
+    stack = make_stack(
+        [fake_model("a", load_delay=0.2), fake_model("b", load_delay=0.2)],
+        scheduler=SCHED,
+        docker_host=docker_call_counter.url,
+    )
     async with aiohttp.ClientSession() as session:
         await complete(session, stack, "a")
         await complete(session, stack, "b")
@@ -243,5 +272,5 @@ async def test_the_waker_makes_no_docker_calls_at_idle(make_stack, docker_call_c
         before = docker_call_counter.calls()
         await asyncio.sleep(5)
         after = docker_call_counter.calls()
-    assert after == before, [c for c in docker_call_counter.log[len(before):]]
+    assert after == before, [c for c in docker_call_counter.log[len(before) :]]
     assert any(re.search(r"GET /[^ ]*events", c) for c in before)  # it follows the events stream

@@ -36,8 +36,22 @@ def _served_models(port: int) -> list[str]:
 
 def _run_fake(engine, name: str, port: int, stack: str = "") -> str:
     labels = [f"--label={LABEL_MANAGED}=true", f"--label={LABEL_STACK}={stack}", f"--label={LABEL_MODEL}={name}"]
-    return engine.docker("run", "-d", "--name", name, *(labels if stack else []), "-p", f"127.0.0.1:{port}:8000",
-                         FAKE_IMAGE, "serve", f"fake/{name}", "--port", "8000", "--served-model-name", name).strip()
+    return engine.docker(
+        "run",
+        "-d",
+        "--name",
+        name,
+        *(labels if stack else []),
+        "-p",
+        f"127.0.0.1:{port}:8000",
+        FAKE_IMAGE,
+        "serve",
+        f"fake/{name}",
+        "--port",
+        "8000",
+        "--served-model-name",
+        name,
+    ).strip()
 
 
 def test_a_model_container_on_engine_two_answers_from_the_host(second_engine):

@@ -16,8 +16,13 @@ pytestmark = pytest.mark.e2e
 
 def sleeper(model_id: str, *, extra: list[str] | None = None, **keys) -> dict:
     """A fake model that sleeps at level 1 and then holds 0.1 of the GPU (the waker sets dev mode)."""
-    return fake_model(model_id, extra=["--sleep-memory", "0.1", *(extra or [])], sleep=1, sleep_memory=0.1,
-                      **{"gpu_memory": 0.5, **keys})
+    return fake_model(
+        model_id,
+        extra=["--sleep-memory", "0.1", *(extra or [])],
+        sleep=1,
+        sleep_memory=0.1,
+        **{"gpu_memory": 0.5, **keys},
+    )
 
 
 async def admin(session, stack, model: str) -> dict:
@@ -36,8 +41,9 @@ def starts(stack, model: str) -> int:
 
 
 async def test_a_swap_puts_a_to_sleep_and_wakes_it_without_a_new_container(make_stack):
-    stack = make_stack([sleeper("a", gpu_memory=0.6, idle_timeout="1h"), fake_model("b", gpu_memory=0.6)],
-                       scheduler=SCHED)
+    stack = make_stack(
+        [sleeper("a", gpu_memory=0.6, idle_timeout="1h"), fake_model("b", gpu_memory=0.6)], scheduler=SCHED
+    )
     async with fresh_connections() as session:
         status, _, body = await complete(session, stack, "a")
         assert status == 200 and body["choices"]
@@ -68,8 +74,9 @@ async def _metrics(stack) -> str:
 
 @pytest.mark.parametrize("failure", ["hang", "crash"])
 async def test_a_wake_that_hangs_or_crashes_falls_back_to_a_cold_start(make_stack, failure):
-    stack = make_stack([sleeper("a", extra=["--wake-fail", failure], wake_timeout="3s", idle_timeout="1h")],
-                       scheduler=SCHED)
+    stack = make_stack(
+        [sleeper("a", extra=["--wake-fail", failure], wake_timeout="3s", idle_timeout="1h")], scheduler=SCHED
+    )
     async with fresh_connections() as session:
         assert (await complete(session, stack, "a"))[0] == 200
         await wait_in_flight(session, stack, "a", 0)  # the request's end mark has reached the waker
@@ -96,5 +103,6 @@ async def test_the_gateway_puts_an_idle_model_to_sleep_and_a_request_wakes_it(ma
 
     async def gate_open() -> bool:  # routed after the wake, while the woken request is answered
         return "asleep-never-listening.sock" not in (stack.runtime_dir / "nginx.conf").read_text()
+
     await eventually_async(gate_open, 10, "a's gate opening again", stack.log)
     assert starts(stack, "a") == 1

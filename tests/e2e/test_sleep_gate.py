@@ -54,10 +54,14 @@ def runtime_dir():
 
 async def gate_scenario(runtime_dir: Path) -> None:
     base = free_port_range(3)
-    config = parse_config({"gateway": {"listen": f"127.0.0.1:{base}"},
-                           "waker": {"listen": f"127.0.0.1:{base + 1}", "runtime_dir": str(runtime_dir),
-                                     "model_port_base": base + 2},
-                           "model": [{"id": "tiny", "image": "unused"}]}, runtime_dir / "models.toml")
+    config = parse_config(
+        {
+            "gateway": {"listen": f"127.0.0.1:{base}"},
+            "waker": {"listen": f"127.0.0.1:{base + 1}", "runtime_dir": str(runtime_dir), "model_port_base": base + 2},
+            "model": [{"id": "tiny", "image": "unused"}],
+        },
+        runtime_dir / "models.toml",
+    )
     stand_ins = StandIns()
     model_app, waker_app = web.Application(), web.Application()
     model_app.router.add_route("*", "/{tail:.*}", stand_ins.model)
@@ -65,14 +69,17 @@ async def gate_scenario(runtime_dir: Path) -> None:
     runners = [await stand_ins.serve(base + 2, model_app), await stand_ins.serve(base + 1, waker_app)]
     rendered = write_files(config, asleep=frozenset({"tiny"}))
     conf = runtime_dir / "nginx.conf"
-    nginx = await asyncio.create_subprocess_exec(*_args(config, conf), stdout=asyncio.subprocess.DEVNULL,
-                                                 stderr=asyncio.subprocess.STDOUT)
+    nginx = await asyncio.create_subprocess_exec(
+        *_args(config, conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.STDOUT
+    )
     try:
         await wait_generation(config, rendered.generation)
         body = {"model": "tiny", "prompt": "while asleep", "max_tokens": 1}
         async with aiohttp.ClientSession() as session:
-            for url, path in ((f"http://127.0.0.1:{base}/v1/completions", "/v1/completions"),
-                              (f"http://127.0.0.1:{base}/v1/tiny/completions", "/v1/completions")):
+            for url, path in (
+                (f"http://127.0.0.1:{base}/v1/completions", "/v1/completions"),
+                (f"http://127.0.0.1:{base}/v1/tiny/completions", "/v1/completions"),
+            ):
                 before = len(stand_ins.wakes)
                 async with session.post(url, json=body) as response:
                     assert response.status == 200 and await response.json() == {"served_by": "model"}

@@ -20,8 +20,11 @@ def test_unit_file_passes_systemd_analyze_verify(tmp_path):
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is not installed (apt-get install systemd)"
     unit = tmp_path / "waker.http.service"
-    unit.write_text(subprocess.run([REPO / "scripts" / "install-systemd", "--print"], check=True,
-                                   capture_output=True, text=True).stdout)
+    unit.write_text(
+        subprocess.run(
+            [REPO / "scripts" / "install-systemd", "--print"], check=True, capture_output=True, text=True
+        ).stdout
+    )
     result = subprocess.run([analyze, "verify", str(unit)], capture_output=True, text=True)
     assert result.returncode == 0 and not result.stderr.strip(), result.stderr
     text = unit.read_text()

@@ -27,9 +27,12 @@ HOST_TWO_ADDRESS = "127.0.0.2"  # loopback too, but not engine one's: which host
 @pytest.fixture
 def two_hosts(make_stack, second_engine):
     def make(*models: dict) -> Stack:
-        hosts = [{"name": "one", "gpu_capacity": 1.0},
-                 {"name": "two", "docker_host": second_engine.host, "address": HOST_TWO_ADDRESS, "gpu_capacity": 1.0}]
+        hosts = [
+            {"name": "one", "gpu_capacity": 1.0},
+            {"name": "two", "docker_host": second_engine.host, "address": HOST_TWO_ADDRESS, "gpu_capacity": 1.0},
+        ]
         return make_stack(list(models), hosts=hosts)
+
     yield make
     second_engine.remove_all_containers()
 
@@ -40,8 +43,9 @@ def running_on_one(stack: Stack) -> set[str]:
 
 
 def running_on_two(engine, stack: Stack) -> set[str]:
-    out = engine.docker("ps", "--filter", f"label=io.waker.stack={stack.name}", "--format",
-                        '{{.Label "io.waker.model"}}')
+    out = engine.docker(
+        "ps", "--filter", f"label=io.waker.stack={stack.name}", "--format", '{{.Label "io.waker.model"}}'
+    )
     return set(out.split())
 
 
@@ -59,16 +63,20 @@ def logged(stack: Stack, event: str) -> list[dict]:
 
 async def ask(stack: Stack, model: str) -> str:
     client = openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="unused", timeout=60, max_retries=0)
-    reply = await client.chat.completions.create(model=model, messages=[{"role": "user", "content": "hi"}],
-                                                 max_tokens=3)
+    reply = await client.chat.completions.create(
+        model=model, messages=[{"role": "user", "content": "hi"}], max_tokens=3
+    )
     await client.close()
     return reply.model
 
 
-async def test_models_go_where_they_fit_each_host_keeps_its_own_budget_and_evicts_only_there(two_hosts,
-                                                                                             second_engine):
-    stack = two_hosts(fake_model("a", gpu_memory=0.6), fake_model("b", gpu_memory=0.6),
-                      fake_model("c", gpu_memory=0.3, host="two"), fake_model("d", gpu_memory=0.5))
+async def test_models_go_where_they_fit_each_host_keeps_its_own_budget_and_evicts_only_there(two_hosts, second_engine):
+    stack = two_hosts(
+        fake_model("a", gpu_memory=0.6),
+        fake_model("b", gpu_memory=0.6),
+        fake_model("c", gpu_memory=0.3, host="two"),
+        fake_model("d", gpu_memory=0.5),
+    )
     for model in ("a", "b", "c"):
         assert await ask(stack, model) == model
     # b has no room beside a on one: it went to two, and a kept running. c names two.
@@ -81,8 +89,12 @@ async def test_models_go_where_they_fit_each_host_keeps_its_own_budget_and_evict
     assert b["hosts"] == ["two"] and b["address"].startswith(f"{HOST_TWO_ADDRESS}:")
     with urllib.request.urlopen(f"{stack.waker_url}/metrics", timeout=5) as response:
         metrics = response.read().decode()
-    for line in ('waker_host_gpu_used{host="one"} 0.6', 'waker_host_gpu_used{host="two"} 0.9',
-                 'waker_host_gpu_capacity{host="two"} 1', 'waker_docker_connected{host="two"} 1'):
+    for line in (
+        'waker_host_gpu_used{host="one"} 0.6',
+        'waker_host_gpu_used{host="two"} 0.9',
+        'waker_host_gpu_capacity{host="two"} 1',
+        'waker_docker_connected{host="two"} 1',
+    ):
         assert line in metrics.splitlines(), line
 
     # d fits nowhere now: room is made where it is cheapest (one has more left), by evicting a only.
@@ -92,14 +104,17 @@ async def test_models_go_where_they_fit_each_host_keeps_its_own_budget_and_evict
 
 
 async def test_a_host_whose_engine_goes_away_is_reported_its_models_fail_clearly_and_the_other_serves(
-        two_hosts, second_engine):
+    two_hosts, second_engine
+):
     stack = two_hosts(fake_model("a", gpu_memory=0.5, host="one"), fake_model("c", gpu_memory=0.5, host="two"))
     assert await ask(stack, "a") == "a" and await ask(stack, "c") == "c"
     await asyncio.to_thread(second_engine.stop)
     try:
+
         async def degraded() -> dict | None:
             status, health = await asyncio.to_thread(get_json, f"{stack.url}/healthz")
             return health if status == 200 and health["status"] == "degraded" else None
+
         health = await eventually_async(degraded, 30, "/healthz naming host two as down", stack.log)
         assert health["hosts"]["one"] == "connected" and health["hosts"]["two"] != "connected"
         _, c = await asyncio.to_thread(get_json, f"{stack.waker_url}/admin/models/c")
@@ -117,6 +132,7 @@ async def test_a_host_whose_engine_goes_away_is_reported_its_models_fail_clearly
     async def healthy() -> bool:
         status, health = await asyncio.to_thread(get_json, f"{stack.url}/healthz")
         return status == 200 and health["status"] == "ok"
+
     await eventually_async(healthy, 60, "host two back in /healthz (the events stream reconnects)", stack.log)
     assert await ask(stack, "c") == "c"
     assert running_on_two(second_engine, stack) == {"c"}
@@ -141,26 +157,64 @@ def test_the_dashboard_and_waker_status_show_each_host_its_budget_and_its_models
 
 
 RAY_IMAGE = "waker-ray:test"
-RAY_WORKER = ["/opt/ray/bin/python", "-u", "/node.py", "worker", "--ip", "{worker_ip}", "--address",
-              "{head_ip}:{ray_port}"]
+RAY_WORKER = [
+    "/opt/ray/bin/python",
+    "-u",
+    "/node.py",
+    "worker",
+    "--ip",
+    "{worker_ip}",
+    "--address",
+    "{head_ip}:{ray_port}",
+]
 
 
 async def test_a_model_over_two_hosts_runs_its_ray_worker_there_serves_from_its_head_and_fails_as_one(
-        make_stack, second_engine):
+    make_stack, second_engine
+):
     """hosts = 2 through the gateway: the worker on engine two, the head on engine one (the Ray test
     image's server listens only once both nodes are in the cluster, as vLLM does), charged on both
     budgets; a stop takes both down; the worker killed fails the model with both log tails and the head
     torn down. Both hosts keep the default loopback address: Ray's nodes meet there."""
     second_engine.load_images(RAY_IMAGE)
     port = free_port()
-    big = {"id": "big", "image": RAY_IMAGE, "pull": "never", "hosts": 2, "host": "one", "gpu_memory": 0.8,
-           "port": port, "ray_port": free_port(), "start_timeout": "3m", "stop_timeout": "5s",
-           "command": ["head", "--ip", "{head_ip}", "--port", "{ray_port}", "--port-base", str(free_port_range(64)),
-                       "--nodes", "2", "--", "serve", "fake/big", "--host", "127.0.0.1", "--port", str(port),
-                       "--served-model-name", "big"],
-           "worker_command": [*RAY_WORKER, "--port-base", str(free_port_range(64))]}
-    hosts = [{"name": "one", "gpu_capacity": 1.0}, {"name": "two", "docker_host": second_engine.host,
-                                                     "gpu_capacity": 1.0}]
+    big = {
+        "id": "big",
+        "image": RAY_IMAGE,
+        "pull": "never",
+        "hosts": 2,
+        "host": "one",
+        "gpu_memory": 0.8,
+        "port": port,
+        "ray_port": free_port(),
+        "start_timeout": "3m",
+        "stop_timeout": "5s",
+        "command": [
+            "head",
+            "--ip",
+            "{head_ip}",
+            "--port",
+            "{ray_port}",
+            "--port-base",
+            str(free_port_range(64)),
+            "--nodes",
+            "2",
+            "--",
+            "serve",
+            "fake/big",
+            "--host",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--served-model-name",
+            "big",
+        ],
+        "worker_command": [*RAY_WORKER, "--port-base", str(free_port_range(64))],
+    }
+    hosts = [
+        {"name": "one", "gpu_capacity": 1.0},
+        {"name": "two", "docker_host": second_engine.host, "gpu_capacity": 1.0},
+    ]
     stack = make_stack([big], hosts=hosts)
     labels = ("--filter", f"label=io.waker.stack={stack.name}")
     try:
@@ -182,10 +236,15 @@ async def test_a_model_over_two_hosts_runs_its_ray_worker_there_serves_from_its_
         async def failed() -> dict | None:
             _, model = await asyncio.to_thread(get_json, f"{stack.waker_url}/admin/models/big")
             return model if model["state"] == "failed" and "last log lines" in (model["last_error"] or "") else None
+
         model = await eventually_async(failed, 30, "big failed with its log tails", stack.log)
         assert "on host 'two'" in model["last_error"]
         assert "Ray head on host 'one':" in model["last_error"] and "Ray worker on host 'two':" in model["last_error"]
-        await eventually_async(lambda: asyncio.to_thread(lambda: not docker("ps", "-q", *labels).strip()), 30,
-                               "the head torn down with its worker", stack.log)
+        await eventually_async(
+            lambda: asyncio.to_thread(lambda: not docker("ps", "-q", *labels).strip()),
+            30,
+            "the head torn down with its worker",
+            stack.log,
+        )
     finally:
         second_engine.remove_all_containers()

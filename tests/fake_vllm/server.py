@@ -48,8 +48,11 @@ COMPACT = (",", ":")  # vLLM serialises its responses with pydantic: no spaces
 
 def json_response(body, status=200, headers=None):
     """JSON as vLLM sends it: compact, and `application/json` without a charset."""
-    return web.Response(body=json.dumps(body, separators=COMPACT).encode(), status=status,
-                        headers={"Content-Type": "application/json", **(headers or {})})
+    return web.Response(
+        body=json.dumps(body, separators=COMPACT).encode(),
+        status=status,
+        headers={"Content-Type": "application/json", **(headers or {})},
+    )
 
 
 def env_flag(name, truthy):
@@ -73,13 +76,15 @@ def parse_args(argv):
     parser.add_argument("--tokens-per-second", type=float, default=float(os.environ.get("FAKE_TPS", "1000")))
     parser.add_argument("--fail", default=os.environ.get("FAKE_FAIL", ""))
     parser.add_argument("--exit-code", type=int, default=int(os.environ.get("FAKE_EXIT_CODE", "3")))
-    parser.add_argument("--on-sigterm", choices=("abort", "error", "hang"),
-                        default=os.environ.get("FAKE_ON_SIGTERM", "abort"))
+    parser.add_argument(
+        "--on-sigterm", choices=("abort", "error", "hang"), default=os.environ.get("FAKE_ON_SIGTERM", "abort")
+    )
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.0)
     parser.add_argument("--sleep-memory", type=float, default=None)  # fake-only; default: nothing freed
     parser.add_argument("--wake-delay", type=float, default=float(os.environ.get("FAKE_WAKE_DELAY", "0")))
-    parser.add_argument("--wake-fail", choices=("", "hang", "crash", "wedge"),
-                        default=os.environ.get("FAKE_WAKE_FAIL", ""))
+    parser.add_argument(
+        "--wake-fail", choices=("", "hang", "crash", "wedge"), default=os.environ.get("FAKE_WAKE_FAIL", "")
+    )
     args, _unknown = parser.parse_known_args(argv)  # other vLLM flags are accepted and ignored
     return args
 
@@ -123,8 +128,10 @@ def words(content):
     if isinstance(content, str):
         return len(content.split())
     if isinstance(content, list):
-        return sum(1 if isinstance(part, int) else words(part.get("text") if isinstance(part, dict) else part)
-                   for part in content)
+        return sum(
+            1 if isinstance(part, int) else words(part.get("text") if isinstance(part, dict) else part)
+            for part in content
+        )
     return 0
 
 
@@ -235,13 +242,31 @@ class Fake:
 
     async def models(self, request):
         created = int(time.time())
-        card = {"id": self.model, "object": "model", "created": created, "owned_by": "vllm",
-                "root": self.args.model_path, "parent": None, "max_model_len": self.args.max_model_len or 8192,
-                "permission": [{"id": f"modelperm-{uuid.uuid4().hex[:16]}", "object": "model_permission",
-                                "created": created, "allow_create_engine": False, "allow_sampling": True,
-                                "allow_logprobs": True, "allow_search_indices": False, "allow_view": True,
-                                "allow_fine_tuning": False, "organization": "*", "group": None,
-                                "is_blocking": False}]}
+        card = {
+            "id": self.model,
+            "object": "model",
+            "created": created,
+            "owned_by": "vllm",
+            "root": self.args.model_path,
+            "parent": None,
+            "max_model_len": self.args.max_model_len or 8192,
+            "permission": [
+                {
+                    "id": f"modelperm-{uuid.uuid4().hex[:16]}",
+                    "object": "model_permission",
+                    "created": created,
+                    "allow_create_engine": False,
+                    "allow_sampling": True,
+                    "allow_logprobs": True,
+                    "allow_search_indices": False,
+                    "allow_view": True,
+                    "allow_fine_tuning": False,
+                    "organization": "*",
+                    "group": None,
+                    "is_blocking": False,
+                }
+            ],
+        }
         return self.stamp(request, b"", json_response({"object": "list", "data": [card]}))
 
     async def metrics(self, request):
@@ -249,33 +274,46 @@ class Fake:
         # The scheduler does not step while asleep, so its gauges keep their last values: 0 after the
         # sleep aborted everything, even with requests queued since.
         running, waiting = (0, 0) if self.sleep_level is not None else (self.running, len(self.queue))
-        states = {"awake": self.sleep_level is None, "weights_offloaded": self.sleep_level == 1,
-                  "discard_all": self.sleep_level == 2}
-        sleep_memory = (self.args.sleep_memory if self.args.sleep_memory is not None
-                        else self.args.gpu_memory_utilization)
+        states = {
+            "awake": self.sleep_level is None,
+            "weights_offloaded": self.sleep_level == 1,
+            "discard_all": self.sleep_level == 2,
+        }
+        sleep_memory = (
+            self.args.sleep_memory if self.args.sleep_memory is not None else self.args.gpu_memory_utilization
+        )
         held = self.args.gpu_memory_utilization if self.sleep_level is None else sleep_memory
         lines = [
-            "# TYPE fake:gpu_memory_held gauge", f'fake:gpu_memory_held{{model_name="{self.model}"}} {float(held)}',
-            "# TYPE vllm:num_requests_running gauge", f"vllm:num_requests_running{{{labels}}} {float(running)}",
-            "# TYPE vllm:num_requests_waiting gauge", f"vllm:num_requests_waiting{{{labels}}} {float(waiting)}",
+            "# TYPE fake:gpu_memory_held gauge",
+            f'fake:gpu_memory_held{{model_name="{self.model}"}} {float(held)}',
+            "# TYPE vllm:num_requests_running gauge",
+            f"vllm:num_requests_running{{{labels}}} {float(running)}",
+            "# TYPE vllm:num_requests_waiting gauge",
+            f"vllm:num_requests_waiting{{{labels}}} {float(waiting)}",
             "# TYPE vllm:engine_sleep_state gauge",
             *(f'vllm:engine_sleep_state{{{labels},sleep_state="{state}"}} {float(on)}' for state, on in states.items()),
             "# TYPE vllm:request_success_total counter",
-            *(f'vllm:request_success_total{{engine="0",finished_reason="{reason}",model_name="{self.model}"}} '
-              f"{float(count)}" for reason, count in self.success.items()),
+            *(
+                f'vllm:request_success_total{{engine="0",finished_reason="{reason}",model_name="{self.model}"}} '
+                f"{float(count)}"
+                for reason, count in self.success.items()
+            ),
             "# TYPE vllm:prompt_tokens_total counter",
             f"vllm:prompt_tokens_total{{{labels}}} {float(self.prompt_tokens)}",
             "# TYPE vllm:generation_tokens_total counter",
             f"vllm:generation_tokens_total{{{labels}}} {float(self.generation_tokens)}",
         ]
-        return web.Response(body=("\n".join(lines) + "\n").encode(),
-                            headers={"Content-Type": "text/plain; version=1.0.0; charset=utf-8"})
+        return web.Response(
+            body=("\n".join(lines) + "\n").encode(),
+            headers={"Content-Type": "text/plain; version=1.0.0; charset=utf-8"},
+        )
 
     async def sleep(self, request):
         level = request.query.get("level", "1")
         if level not in ("0", "1", "2"):
-            refused = validation_error("less_than_equal", "query.level", "Input should be less than or equal to 2",
-                                       level, {"le": 2})
+            refused = validation_error(
+                "less_than_equal", "query.level", "Input should be less than or equal to 2", level, {"le": 2}
+            )
             return json_response(refused.body, status=refused.status)
         # vLLM's default pause mode, "abort": every request in the engine ends with finish_reason abort.
         self.end_all("abort")
@@ -292,8 +330,11 @@ class Fake:
             if self.args.wake_fail == "hang":
                 await self.hang(request)
             if self.args.wake_fail == "crash":
-                print("fake-vllm: RuntimeError: CUDA error: an illegal memory access was encountered (waking)",
-                      file=sys.stderr, flush=True)
+                print(
+                    "fake-vllm: RuntimeError: CUDA error: an illegal memory access was encountered (waking)",
+                    file=sys.stderr,
+                    flush=True,
+                )
                 os._exit(1)
             await asyncio.sleep(self.args.wake_delay)
             self.wedged = self.args.wake_fail == "wedge"
@@ -306,18 +347,25 @@ class Fake:
         try:
             doc = json.loads(await request.read())
         except ValueError as bad:
-            return json_response({"error": {"message": f"JSON decode error: {bad}", "type": "Bad Request",
-                                            "param": None, "code": 400}}, status=400)
+            return json_response(
+                {"error": {"message": f"JSON decode error: {bad}", "type": "Bad Request", "param": None, "code": 400}},
+                status=400,
+            )
         if not isinstance(doc, dict) or doc.get("method") is None:
-            message = "Missing 'method' in request body" if isinstance(doc, dict) else \
-                "Request body must be a JSON object"
-            return json_response({"error": {"message": message, "type": "Bad Request", "param": None, "code": 400}},
-                                 status=400)
+            message = (
+                "Missing 'method' in request body" if isinstance(doc, dict) else "Request body must be a JSON object"
+            )
+            return json_response(
+                {"error": {"message": message, "type": "Bad Request", "param": None, "code": 400}}, status=400
+            )
         if doc["method"] != "reload_weights":  # the only worker method the fake has
-            message = (f"Call to collective_rpc method failed: Worker failed with error ''Worker' object has no "
-                       f"attribute '{doc['method']}'', please check the stack trace above for the root cause")
-            return json_response({"error": {"message": message, "type": "InternalServerError", "param": None,
-                                            "code": 500}}, status=500)
+            message = (
+                f"Call to collective_rpc method failed: Worker failed with error ''Worker' object has no "
+                f"attribute '{doc['method']}'', please check the stack trace above for the root cause"
+            )
+            return json_response(
+                {"error": {"message": message, "type": "InternalServerError", "param": None, "code": 500}}, status=500
+            )
         return json_response({"results": [None]})
 
     async def reset_prefix_cache(self, request):
@@ -345,12 +393,17 @@ class Fake:
         limit_key = "max_completion_tokens" if chat and "max_completion_tokens" in doc else "max_tokens"
         max_tokens = int_field(doc, limit_key)
         if max_tokens is not None and max_tokens < 1:
-            raise BadRequest(f"max_tokens must be at least 1, got {max_tokens}. "
-                             f"(parameter=max_tokens, value={max_tokens})", param="max_tokens")
+            raise BadRequest(
+                f"max_tokens must be at least 1, got {max_tokens}. (parameter=max_tokens, value={max_tokens})",
+                param="max_tokens",
+            )
         temperature = doc.get("temperature")
         if isinstance(temperature, (int, float)) and temperature < 0:
-            raise BadRequest(f"temperature must be non-negative, got {float(temperature)}. "
-                             f"(parameter=temperature, value={float(temperature)})", param="temperature")
+            raise BadRequest(
+                f"temperature must be non-negative, got {float(temperature)}. "
+                f"(parameter=temperature, value={float(temperature)})",
+                param="temperature",
+            )
         if chat:
             messages = doc.get("messages") if isinstance(doc.get("messages"), list) else []
             prompt = 1 + sum(words(m.get("content")) for m in messages if isinstance(m, dict))
@@ -360,17 +413,23 @@ class Fake:
         if limit is not None and prompt > limit:
             # vLLM's tokenizer stops counting one token past the limit.
             at_least = min(prompt, limit + 1)
-            raise BadRequest(f"This model's maximum context length is {limit} tokens. However, your prompt "
-                             f"contains at least {at_least} input tokens, which exceeds this limit even without "
-                             "any output tokens. Please reduce the length of the input prompt. "
-                             f"(parameter=input_tokens, value={at_least})", param="input_tokens")
+            raise BadRequest(
+                f"This model's maximum context length is {limit} tokens. However, your prompt "
+                f"contains at least {at_least} input tokens, which exceeds this limit even without "
+                "any output tokens. Please reduce the length of the input prompt. "
+                f"(parameter=input_tokens, value={at_least})",
+                param="input_tokens",
+            )
         if chat and doc.get("tools"):
             self.check_tool_choice(doc.get("tool_choice") or "auto")
         if limit is not None and max_tokens is not None and max_tokens > limit:
-            raise BadRequest(f"{limit_key}={max_tokens} cannot be greater than max_model_len={limit}. Please request "
-                             f"fewer output tokens. (parameter={limit_key}, value={max_tokens})", param=limit_key)
+            raise BadRequest(
+                f"{limit_key}={max_tokens} cannot be greater than max_model_len={limit}. Please request "
+                f"fewer output tokens. (parameter={limit_key}, value={max_tokens})",
+                param=limit_key,
+            )
         if max_tokens is None:
-            tokens, finish = ((CHAT_NATURAL_LENGTH, "stop") if chat else (COMPLETIONS_DEFAULT_MAX_TOKENS, "length"))
+            tokens, finish = (CHAT_NATURAL_LENGTH, "stop") if chat else (COMPLETIONS_DEFAULT_MAX_TOKENS, "length")
         else:
             tokens, finish = max_tokens, "length"
         if limit is not None and tokens > limit - prompt:
@@ -392,20 +451,33 @@ class Fake:
         except UnicodeDecodeError:
             raise BadRequest("", body={"detail": "There was an error parsing the body"}) from None
         except json.JSONDecodeError as bad:
-            raise validation_error("json_invalid", f"body.{bad.pos}", "JSON decode error", "<dict of 0 items>",
-                                   {"error": bad.msg}) from None
+            raise validation_error(
+                "json_invalid", f"body.{bad.pos}", "JSON decode error", "<dict of 0 items>", {"error": bad.msg}
+            ) from None
         if not isinstance(doc, dict):
-            raise validation_error("model_attributes_type", "body",
-                                   "Input should be a valid dictionary or object to extract fields from", doc)
+            raise validation_error(
+                "model_attributes_type",
+                "body",
+                "Input should be a valid dictionary or object to extract fields from",
+                doc,
+            )
         name = doc.get("model")
         if name and not self.skip_model_check and name not in self.names:
-            raise BadRequest(f"The model `{name}` does not exist. Valid aliases: {', '.join(self.names)}.",
-                             kind="NotFoundError", param="model", status=404)
+            raise BadRequest(
+                f"The model `{name}` does not exist. Valid aliases: {', '.join(self.names)}.",
+                kind="NotFoundError",
+                param="model",
+                status=404,
+            )
         if request.path.endswith("/embeddings"):
-            return json_response({
-                "object": "list", "model": self.model,
-                "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
-                "usage": {"prompt_tokens": 1, "total_tokens": 1}})
+            return json_response(
+                {
+                    "object": "list",
+                    "model": self.model,
+                    "data": [{"object": "embedding", "index": 0, "embedding": [0.1, 0.2, 0.3]}],
+                    "usage": {"prompt_tokens": 1, "total_tokens": 1},
+                }
+            )
         chat = request.path.endswith("/chat/completions")
         prompt, tokens, finish = self.check(doc, chat)
         seq = Seq()
@@ -456,20 +528,51 @@ class Fake:
         reason = self.finished(seq, finish, len(produced), tokens)
         text = " ".join(f"tok{i}" for i in produced)
         if chat:
-            choice = {"index": 0, "message": {"role": "assistant", "content": text, "refusal": None,
-                                              "annotations": None, "audio": None, "function_call": None,
-                                              "reasoning": None},
-                      "logprobs": None, "finish_reason": reason, "stop_reason": None, "token_ids": None,
-                      "routed_experts": None}
+            choice = {
+                "index": 0,
+                "message": {
+                    "role": "assistant",
+                    "content": text,
+                    "refusal": None,
+                    "annotations": None,
+                    "audio": None,
+                    "function_call": None,
+                    "reasoning": None,
+                },
+                "logprobs": None,
+                "finish_reason": reason,
+                "stop_reason": None,
+                "token_ids": None,
+                "routed_experts": None,
+            }
         else:
-            choice = {"index": 0, "text": text, "logprobs": None, "finish_reason": reason, "stop_reason": None,
-                      "token_ids": None, "prompt_logprobs": None, "prompt_token_ids": None, "routed_experts": None}
-        body = {"id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:16]}",
-                "object": "chat.completion" if chat else "text_completion", "created": int(time.time()),
-                "model": self.model, "choices": [choice], "service_tier": None, "system_fingerprint": FINGERPRINT,
-                "usage": {"prompt_tokens": prompt, "total_tokens": prompt + len(produced),
-                          "completion_tokens": len(produced), "prompt_tokens_details": None,
-                          "completion_tokens_details": None}}
+            choice = {
+                "index": 0,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": reason,
+                "stop_reason": None,
+                "token_ids": None,
+                "prompt_logprobs": None,
+                "prompt_token_ids": None,
+                "routed_experts": None,
+            }
+        body = {
+            "id": f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:16]}",
+            "object": "chat.completion" if chat else "text_completion",
+            "created": int(time.time()),
+            "model": self.model,
+            "choices": [choice],
+            "service_tier": None,
+            "system_fingerprint": FINGERPRINT,
+            "usage": {
+                "prompt_tokens": prompt,
+                "total_tokens": prompt + len(produced),
+                "completion_tokens": len(produced),
+                "prompt_tokens_details": None,
+                "completion_tokens_details": None,
+            },
+        }
         if chat:
             body.update(prompt_logprobs=None, prompt_token_ids=None, prompt_text=None)
         body.update(kv_transfer_params=None, ec_transfer_params=None, metrics=None)
@@ -481,8 +584,12 @@ class Fake:
         include_usage = bool((doc.get("stream_options") or {}).get("include_usage"))
         stream_id = f"{'chatcmpl' if chat else 'cmpl'}-{uuid.uuid4().hex[:16]}"
         created = int(time.time())
-        head = {"id": stream_id, "object": "chat.completion.chunk" if chat else "text_completion",
-                "created": created, "model": self.model}
+        head = {
+            "id": stream_id,
+            "object": "chat.completion.chunk" if chat else "text_completion",
+            "created": created,
+            "model": self.model,
+        }
         response = web.StreamResponse(headers={"Content-Type": "text/event-stream; charset=utf-8"})
         await response.prepare(request)
 
@@ -493,10 +600,23 @@ class Fake:
         def choice(text, reason):
             if chat:
                 end = {"stop_reason": None} if reason else {}
-                return {"index": 0, "delta": {"content": text}, "logprobs": None, "finish_reason": reason,
-                        **end, "token_ids": None}
-            return {"index": 0, "text": text, "logprobs": None, "finish_reason": reason, "stop_reason": None,
-                    "prompt_token_ids": None, "token_ids": None}
+                return {
+                    "index": 0,
+                    "delta": {"content": text},
+                    "logprobs": None,
+                    "finish_reason": reason,
+                    **end,
+                    "token_ids": None,
+                }
+            return {
+                "index": 0,
+                "text": text,
+                "logprobs": None,
+                "finish_reason": reason,
+                "stop_reason": None,
+                "prompt_token_ids": None,
+                "token_ids": None,
+            }
 
         def last(chunk):
             if not include_usage:  # the fingerprint marks the final message: this one, or the usage chunk
@@ -506,9 +626,21 @@ class Fake:
         produced = 0
         async for i in self.tokens(request, seq, prompt, tokens):
             if i == 0 and chat:
-                await send({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                 "logprobs": None, "finish_reason": None}],
-                            "prompt_token_ids": None, "prompt_text": None})
+                await send(
+                    {
+                        **head,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ],
+                        "prompt_token_ids": None,
+                        "prompt_text": None,
+                    }
+                )
             produced += 1
             reason = finish if produced == tokens else None
             chunk = {**head, "choices": [choice(f"tok{i} ", reason)]}
@@ -524,15 +656,36 @@ class Fake:
                 await response.write_eof()
                 return response
             if produced == 0 and chat:
-                await send({**head, "choices": [{"index": 0, "delta": {"role": "assistant", "content": ""},
-                                                 "logprobs": None, "finish_reason": None}],
-                            "prompt_token_ids": None, "prompt_text": None})
+                await send(
+                    {
+                        **head,
+                        "choices": [
+                            {
+                                "index": 0,
+                                "delta": {"role": "assistant", "content": ""},
+                                "logprobs": None,
+                                "finish_reason": None,
+                            }
+                        ],
+                        "prompt_token_ids": None,
+                        "prompt_text": None,
+                    }
+                )
             await send(last({**head, "choices": [choice("", seq.ended)]}))
         self.finished(seq, finish, produced, tokens)
         if include_usage:
-            await send({**head, "choices": [], "usage": {"prompt_tokens": prompt, "total_tokens": prompt + produced,
-                                                         "completion_tokens": produced},
-                        "system_fingerprint": FINGERPRINT})
+            await send(
+                {
+                    **head,
+                    "choices": [],
+                    "usage": {
+                        "prompt_tokens": prompt,
+                        "total_tokens": prompt + produced,
+                        "completion_tokens": produced,
+                    },
+                    "system_fingerprint": FINGERPRINT,
+                }
+            )
         await response.write(b"data: [DONE]\n\n")
         await response.write_eof()
         return response
@@ -541,23 +694,31 @@ class Fake:
         raw = await request.read()
         allowed = self.routes.get(request.path)
         if allowed:  # FastAPI answers a known path with the wrong method so
-            response = json_response({"detail": "Method Not Allowed"}, status=405,
-                                         headers={"Allow": ", ".join(sorted(allowed))})
+            response = json_response(
+                {"detail": "Method Not Allowed"}, status=405, headers={"Allow": ", ".join(sorted(allowed))}
+            )
         else:
             response = json_response({"detail": "Not Found"}, status=404)
         return self.stamp(request, raw, response)
 
     def application(self):
         app = web.Application(client_max_size=256 * 1024 * 1024)
-        routes = [("GET", "/health", self.health), ("GET", "/version", self.version),
-                  ("GET", "/v1/models", self.models), ("GET", "/metrics", self.metrics),
-                  *(("POST", path, self.generate)
-                    for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings"))]
+        routes = [
+            ("GET", "/health", self.health),
+            ("GET", "/version", self.version),
+            ("GET", "/v1/models", self.models),
+            ("GET", "/metrics", self.metrics),
+            *(("POST", path, self.generate) for path in ("/v1/chat/completions", "/v1/completions", "/v1/embeddings")),
+        ]
         # vLLM registers its development routes, sleep mode among them, only with this variable set.
         if env_flag("VLLM_SERVER_DEV_MODE", ("1",)):
-            routes += [("POST", "/sleep", self.sleep), ("POST", "/wake_up", self.wake_up),
-                       ("GET", "/is_sleeping", self.is_sleeping), ("POST", "/collective_rpc", self.collective_rpc),
-                       ("POST", "/reset_prefix_cache", self.reset_prefix_cache)]
+            routes += [
+                ("POST", "/sleep", self.sleep),
+                ("POST", "/wake_up", self.wake_up),
+                ("GET", "/is_sleeping", self.is_sleeping),
+                ("POST", "/collective_rpc", self.collective_rpc),
+                ("POST", "/reset_prefix_cache", self.reset_prefix_cache),
+            ]
         self.routes = {}
         for method, path, handler in routes:
             app.router.add_route(method, path, handler)
@@ -578,8 +739,11 @@ class Fake:
         for signum in (signal.SIGTERM, signal.SIGINT):
             loop.add_signal_handler(signum, stop.set)
         await stop.wait()
-        print(f"fake-vllm: shutting down, requests in flight end with: {self.args.on_sigterm}",
-              file=sys.stderr, flush=True)
+        print(
+            f"fake-vllm: shutting down, requests in flight end with: {self.args.on_sigterm}",
+            file=sys.stderr,
+            flush=True,
+        )
         self.end_all(self.args.on_sigterm)
         await runner.cleanup()  # stops listening, then waits for the requests in flight
 
@@ -608,23 +772,56 @@ def vllm_line(process, source, message):
 def loading_log(args):
     """vLLM 0.32's loading lines (tests/unit/engine_logs/vllm_cpu_start.log has a real start), spread
     over the load delay as (fraction of the delay, line); the shards bar as tqdm prints it."""
+
     def bar(done):
-        return (f"Loading safetensors checkpoint shards: {100 * done // SHARDS:3d}% Completed | {done}/{SHARDS} "
-                f"[00:0{done}<00:0{SHARDS - done}, 1.00s/it]")
-    lines = [(0.0, vllm_line("APIServer", "api_utils.py:286", f"non-default args: {{'model_tag': '{args.model_path}', "
-                             f"'model': '{args.model_path}'}}")),
-             (0.05, vllm_line("APIServer", "model.py:733", "Resolved architecture: LlamaForCausalLM")),
-             (0.1, vllm_line("EngineCore", "core.py:133", f"Initializing a V1 LLM engine (v{VERSION}) with config: "
-                                                          f"model='{args.model_path}', dtype=torch.bfloat16")),
-             (0.2, vllm_line("Worker", "cpu_model_runner.py:68", f"Starting to load model {args.model_path}...")),
-             *((0.25 + 0.1 * done, bar(done)) for done in range(SHARDS + 1)),
-             (0.7, vllm_line("Worker", "default_loader.py:501",
-                             f"Loading weights took {0.4 * args.load_delay:.2f} seconds")),
-             (0.8, vllm_line("EngineCore", "kv_cache_utils.py:2327", "CPU KV cache size: 2,097,152 tokens, Maximum "
-                             "concurrency for 1,024 tokens per request: 2048.00x")),
-             (0.9, vllm_line("EngineCore", "core.py:402", "init engine (profile, create kv cache, warmup model) took "
-                             f"{0.1 * args.load_delay:.2f} s")),
-             (0.95, vllm_line("APIServer", "entry.py:140", f"Starting vLLM server on http://{args.host}:{args.port}"))]
+        return (
+            f"Loading safetensors checkpoint shards: {100 * done // SHARDS:3d}% Completed | {done}/{SHARDS} "
+            f"[00:0{done}<00:0{SHARDS - done}, 1.00s/it]"
+        )
+
+    lines = [
+        (
+            0.0,
+            vllm_line(
+                "APIServer",
+                "api_utils.py:286",
+                f"non-default args: {{'model_tag': '{args.model_path}', 'model': '{args.model_path}'}}",
+            ),
+        ),
+        (0.05, vllm_line("APIServer", "model.py:733", "Resolved architecture: LlamaForCausalLM")),
+        (
+            0.1,
+            vllm_line(
+                "EngineCore",
+                "core.py:133",
+                f"Initializing a V1 LLM engine (v{VERSION}) with config: "
+                f"model='{args.model_path}', dtype=torch.bfloat16",
+            ),
+        ),
+        (0.2, vllm_line("Worker", "cpu_model_runner.py:68", f"Starting to load model {args.model_path}...")),
+        *((0.25 + 0.1 * done, bar(done)) for done in range(SHARDS + 1)),
+        (
+            0.7,
+            vllm_line("Worker", "default_loader.py:501", f"Loading weights took {0.4 * args.load_delay:.2f} seconds"),
+        ),
+        (
+            0.8,
+            vllm_line(
+                "EngineCore",
+                "kv_cache_utils.py:2327",
+                "CPU KV cache size: 2,097,152 tokens, Maximum concurrency for 1,024 tokens per request: 2048.00x",
+            ),
+        ),
+        (
+            0.9,
+            vllm_line(
+                "EngineCore",
+                "core.py:402",
+                f"init engine (profile, create kv cache, warmup model) took {0.1 * args.load_delay:.2f} s",
+            ),
+        ),
+        (0.95, vllm_line("APIServer", "entry.py:140", f"Starting vLLM server on http://{args.host}:{args.port}")),
+    ]
     return lines
 
 

@@ -37,10 +37,14 @@ def log(message: str) -> None:
 
 def node_ports(base: int) -> list[str]:
     return [
-        f"--node-manager-port={base}", f"--object-manager-port={base + 1}",
-        f"--runtime-env-agent-port={base + 2}", f"--dashboard-agent-grpc-port={base + 3}",
-        f"--dashboard-agent-listen-port={base + 4}", f"--metrics-export-port={base + 5}",
-        f"--min-worker-port={base + 10}", f"--max-worker-port={base + 60}",
+        f"--node-manager-port={base}",
+        f"--object-manager-port={base + 1}",
+        f"--runtime-env-agent-port={base + 2}",
+        f"--dashboard-agent-grpc-port={base + 3}",
+        f"--dashboard-agent-listen-port={base + 4}",
+        f"--metrics-export-port={base + 5}",
+        f"--min-worker-port={base + 10}",
+        f"--max-worker-port={base + 60}",
     ]
 
 
@@ -56,8 +60,18 @@ def alive_nodes() -> int:
 
 
 def head(options: argparse.Namespace, server_args: list[str]) -> int:
-    subprocess.run(ray_command(["--head", f"--node-ip-address={options.ip}", f"--port={options.port}",
-                                "--include-dashboard=false", *node_ports(options.port_base)]), check=True)
+    subprocess.run(
+        ray_command(
+            [
+                "--head",
+                f"--node-ip-address={options.ip}",
+                f"--port={options.port}",
+                "--include-dashboard=false",
+                *node_ports(options.port_base),
+            ]
+        ),
+        check=True,
+    )
     ray.init(address=f"{options.ip}:{options.port}", logging_level="warning")
     deadline = time.monotonic() + options.timeout
     seen = 0
@@ -85,13 +99,14 @@ def head(options: argparse.Namespace, server_args: list[str]) -> int:
 def worker(options: argparse.Namespace) -> int:
     # exec: `ray start --block` becomes the container's process and gets Docker's SIGTERM, on which it
     # stops its node (a process 1 without a handler would ignore it until Docker's SIGKILL).
-    command = ray_command([f"--address={options.address}", f"--node-ip-address={options.ip}", "--block",
-                           *node_ports(options.port_base)])
+    command = ray_command(
+        [f"--address={options.address}", f"--node-ip-address={options.ip}", "--block", *node_ports(options.port_base)]
+    )
     os.execvp(command[0], command)
 
 
 def main(argv: list[str]) -> int:
-    own, server_args = (argv[:argv.index("--")], argv[argv.index("--") + 1:]) if "--" in argv else (argv, [])
+    own, server_args = (argv[: argv.index("--")], argv[argv.index("--") + 1 :]) if "--" in argv else (argv, [])
     parser = argparse.ArgumentParser(prog="node.py")
     sub = parser.add_subparsers(dest="role", required=True)
     head_parser = sub.add_parser("head")

@@ -109,18 +109,43 @@ class Checker:
         # Namespace attribute -> (flag, what it names, the names vLLM knows, how they are compared,
         # the attribute of the plugin flag that can register more names).
         self.named: dict[str, tuple[str, str, list[str], Callable[[str], str], str | None]] = {
-            "tool_call_parser": ("--tool-call-parser", "tool-call parser (vllm.tool_parsers.ToolParserManager)",
-                                 ToolParserManager.list_registered(), str, "tool_parser_plugin"),
-            "reasoning_parser": ("--reasoning-parser", "reasoning parser (vllm.reasoning.ReasoningParserManager)",
-                                 ReasoningParserManager.list_registered(), str, "reasoning_parser_plugin"),
-            "quantization": ("--quantization", "quantization method (QUANTIZATION_METHODS)",
-                             list(QUANTIZATION_METHODS), str, None),
+            "tool_call_parser": (
+                "--tool-call-parser",
+                "tool-call parser (vllm.tool_parsers.ToolParserManager)",
+                ToolParserManager.list_registered(),
+                str,
+                "tool_parser_plugin",
+            ),
+            "reasoning_parser": (
+                "--reasoning-parser",
+                "reasoning parser (vllm.reasoning.ReasoningParserManager)",
+                ReasoningParserManager.list_registered(),
+                str,
+                "reasoning_parser_plugin",
+            ),
+            "quantization": (
+                "--quantization",
+                "quantization method (QUANTIZATION_METHODS)",
+                list(QUANTIZATION_METHODS),
+                str,
+                None,
+            ),
             # LoadConfig lowercases the load format before looking it up.
-            "load_format": ("--load-format", "load format (vllm.model_executor.model_loader.LoadFormats)",
-                            list(get_args(LoadFormats)), str.lower, None),
+            "load_format": (
+                "--load-format",
+                "load format (vllm.model_executor.model_loader.LoadFormats)",
+                list(get_args(LoadFormats)),
+                str.lower,
+                None,
+            ),
             # AttentionConfig.validate_backend_before takes "auto" or a member name, in any case.
-            "attention_backend": ("--attention-backend", "attention backend (AttentionBackendEnum)",
-                                  ["auto", *AttentionBackendEnum.__members__], str.lower, None),
+            "attention_backend": (
+                "--attention-backend",
+                "attention backend (AttentionBackendEnum)",
+                ["auto", *AttentionBackendEnum.__members__],
+                str.lower,
+                None,
+            ),
         }
 
     def check(self, model: ModelArgs) -> list[str]:
@@ -149,8 +174,10 @@ class Checker:
                 continue
             longer = [option for option in self.options if option.startswith(flag)]
             if len(longer) == 1:
-                problems.append(f"{name}: {flag} is an abbreviation of {longer[0]}: vLLM 0.32 accepts it, but "
-                                "another vLLM version can reject it or read it as another flag; write it in full")
+                problems.append(
+                    f"{name}: {flag} is an abbreviation of {longer[0]}: vLLM 0.32 accepts it, but "
+                    "another vLLM version can reject it or read it as another flag; write it in full"
+                )
         return problems
 
     def flag_hints(self, error: Exception) -> str:
@@ -158,8 +185,9 @@ class Checker:
         if not message.startswith("unrecognized arguments:"):
             return ""
         words = message.removeprefix("unrecognized arguments:").split()
-        hints = [f"{word}{hint(word, self.options)}" for word in words
-                 if word.startswith("--") and hint(word, self.options)]
+        hints = [
+            f"{word}{hint(word, self.options)}" for word in words if word.startswith("--") and hint(word, self.options)
+        ]
         return f"; {', '.join(hints)}" if hints else ""
 
     def validate(self, name: str, namespace: Namespace) -> list[str]:
@@ -195,20 +223,25 @@ class Checker:
                 continue
             # vllm.utils.import_utils.import_plugin imports a module name, else a file path; failing, it logs.
             if not value.endswith(".py") and importlib.util.find_spec(value) is None:
-                problems.append(f"{name}: {flag} takes the path of a Python file that registers a parser, "
-                                f"not a parser name: {value!r} is neither a .py file nor an importable module, "
-                                "so vLLM logs the failed import and serves without it (for a parser vLLM "
-                                f"registers itself, give {parser_flag} NAME)")
+                problems.append(
+                    f"{name}: {flag} takes the path of a Python file that registers a parser, "
+                    f"not a parser name: {value!r} is neither a .py file nor an importable module, "
+                    "so vLLM logs the failed import and serves without it (for a parser vLLM "
+                    f"registers itself, give {parser_flag} NAME)"
+                )
             if not getattr(namespace, parser_attribute):
                 problems.append(f"{name}: {flag} only registers parsers; without {parser_flag} NAME none is used")
         return problems
 
     def env(self, model: ModelArgs) -> list[str]:
         known = self.env_names | set(model["extra_env"])
-        return [f"{model['id']}: {var} is not an environment variable vLLM 0.32 reads "
-                f"(vllm.envs.environment_variables) nor one declared for image {model['image']}: vLLM only logs "
-                f"'Unknown vLLM environment variable detected' and the setting does nothing{hint(var, known)}"
-                for var in model["env"] if var.startswith("VLLM_") and var not in known]
+        return [
+            f"{model['id']}: {var} is not an environment variable vLLM 0.32 reads "
+            f"(vllm.envs.environment_variables) nor one declared for image {model['image']}: vLLM only logs "
+            f"'Unknown vLLM environment variable detected' and the setting does nothing{hint(var, known)}"
+            for var in model["env"]
+            if var.startswith("VLLM_") and var not in known
+        ]
 
 
 def main() -> None:

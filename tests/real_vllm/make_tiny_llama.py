@@ -28,9 +28,11 @@ CHAT_TEMPLATE = (
     "{% endfor %}"
     "{% if add_generation_prompt %}<|assistant|>\n{% endif %}"
 )
-WORDS = ("the model answers a question about gateways containers engines tokens streams requests "
-         "hello world you are a helpful assistant say something short please count one two three "
-         "four five six seven eight nine ten system user assistant").split()
+WORDS = (
+    "the model answers a question about gateways containers engines tokens streams requests "
+    "hello world you are a helpful assistant say something short please count one two three "
+    "four five six seven eight nine ten system user assistant"
+).split()
 
 
 def corpus(lines: int = 600) -> list[str]:
@@ -42,11 +44,18 @@ def tokenizer() -> PreTrainedTokenizerFast:
     tok = Tokenizer(models.BPE(unk_token="<unk>"))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    trainer = trainers.BpeTrainer(vocab_size=512, special_tokens=SPECIAL,
-                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet())
+    trainer = trainers.BpeTrainer(
+        vocab_size=512, special_tokens=SPECIAL, initial_alphabet=pre_tokenizers.ByteLevel.alphabet()
+    )
     tok.train_from_iterator(corpus(), trainer=trainer)
-    fast = PreTrainedTokenizerFast(tokenizer_object=tok, unk_token="<unk>", bos_token="<s>",
-                                   eos_token="</s>", pad_token="<pad>", model_max_length=2048)
+    fast = PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        unk_token="<unk>",
+        bos_token="<s>",
+        eos_token="</s>",
+        pad_token="<pad>",
+        model_max_length=2048,
+    )
     fast.chat_template = CHAT_TEMPLATE
     return fast
 
@@ -54,10 +63,17 @@ def tokenizer() -> PreTrainedTokenizerFast:
 def save_model(out: Path, tok: PreTrainedTokenizerFast, *, hidden: int, heads: int) -> None:
     torch.manual_seed(0)
     config = LlamaConfig(
-        hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=2,
-        num_attention_heads=heads, num_key_value_heads=heads, vocab_size=len(tok),
-        max_position_embeddings=2048, bos_token_id=tok.bos_token_id, eos_token_id=tok.eos_token_id,
-        pad_token_id=tok.pad_token_id, tie_word_embeddings=False,
+        hidden_size=hidden,
+        intermediate_size=2 * hidden,
+        num_hidden_layers=2,
+        num_attention_heads=heads,
+        num_key_value_heads=heads,
+        vocab_size=len(tok),
+        max_position_embeddings=2048,
+        bos_token_id=tok.bos_token_id,
+        eos_token_id=tok.eos_token_id,
+        pad_token_id=tok.pad_token_id,
+        tie_word_embeddings=False,
     )
     LlamaForCausalLM(config).save_pretrained(out)
     tok.save_pretrained(out)

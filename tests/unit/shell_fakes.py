@@ -158,8 +158,12 @@ class FakeDriver:
     async def running(self) -> dict[str, str]:
         return dict(self.running_now)
 
-    async def follow(self, on_event: Callable[[ContainerEvent], None], on_connect: Callable[[], Awaitable[None]],
-                     on_lost: Callable[[str], None]) -> None:
+    async def follow(
+        self,
+        on_event: Callable[[ContainerEvent], None],
+        on_connect: Callable[[], Awaitable[None]],
+        on_lost: Callable[[str], None],
+    ) -> None:
         self._on_event, self._on_connect, self._on_lost = on_event, on_connect, on_lost
         await on_connect()
         await asyncio.Event().wait()
@@ -193,8 +197,9 @@ class FakeDriver:
     async def is_sleeping(self, model: ModelConfig) -> bool:
         return model.id in self.asleep
 
-    async def _scripted(self, model_id: str, gates: dict[str, asyncio.Future[None]],
-                        outcomes: dict[str, deque[SleepModeError]]) -> None:
+    async def _scripted(
+        self, model_id: str, gates: dict[str, asyncio.Future[None]], outcomes: dict[str, deque[SleepModeError]]
+    ) -> None:
         gate = gates.pop(model_id, None)
         if gate is not None:
             await gate
@@ -212,8 +217,9 @@ class FakeDriver:
 
     def fail_wake(self, model_id: str, times: int = 1, timed_out: bool = False) -> None:
         for _ in range(times):
-            self.wake_outcomes[model_id].append(SleepModeError(
-                SleepStep.CHECK_SERVES, "the check completion failed: connection reset", timed_out))
+            self.wake_outcomes[model_id].append(
+                SleepModeError(SleepStep.CHECK_SERVES, "the check completion failed: connection reset", timed_out)
+            )
 
     # ---- what the engine does on its own --------------------------------------------------------
 
@@ -241,8 +247,9 @@ class FakeNginx:
     as `service.NginxRouter`). Each reload or route is recorded in the driver's calls too, when given
     one, so a test sees the gate's order against the engines' calls."""
 
-    def __init__(self, driver: FakeDriver | None = None, refuse_check: bool = False,
-                 refuse_reload: bool = False) -> None:
+    def __init__(
+        self, driver: FakeDriver | None = None, refuse_check: bool = False, refuse_reload: bool = False
+    ) -> None:
         self.driver = driver
         self.refuse_check, self.refuse_reload = refuse_check, refuse_reload
         self.checked: list[Config] = []
@@ -290,11 +297,17 @@ class Shell:
 
     async def reach(self, model_id: str, *states: State) -> None:
         assert await self.supervisor.wait_until(model_id, states, 2.0), (
-            f"{model_id} is {self.supervisor.state(model_id).value}, not {[s.value for s in states]}")
+            f"{model_id} is {self.supervisor.state(model_id).value}, not {[s.value for s in states]}"
+        )
 
 
-async def open_shell(config: Config, driver: FakeDriver | None = None, nginx: Any = None, router: Any = None,
-                     hosts: dict[str, FakeDriver] | None = None) -> Shell:
+async def open_shell(
+    config: Config,
+    driver: FakeDriver | None = None,
+    nginx: Any = None,
+    router: Any = None,
+    hosts: dict[str, FakeDriver] | None = None,
+) -> Shell:
     """The shell over fakes; `router` (a FakeNginx, usually the same as `nginx`) turns sleep mode on.
     `hosts`: a driver per `[[host]]` of `config` (then `driver` is the first)."""
     bus, events = EventBus(), []
@@ -310,4 +323,5 @@ async def open_shell(config: Config, driver: FakeDriver | None = None, nginx: An
 async def until(condition: Callable[[], Any], what: str) -> Any:
     async def check() -> Any:
         return condition()
+
     return await eventually_async(check, 2.0, what)

@@ -8,8 +8,14 @@ def test_parses_nginx_syslog_marks():
 
 
 def test_ignores_anything_else():
-    for datagram in (b"", b"garbage", b"<190>Nov 27 waker: begin /elsewhere/x 1-1-1", b"<190> waker: end x",
-                     b"<190>Nov 27 other: end x 1-1-1 200", b"\xff\xfe waker: nap x 1 2"):
+    for datagram in (
+        b"",
+        b"garbage",
+        b"<190>Nov 27 waker: begin /elsewhere/x 1-1-1",
+        b"<190> waker: end x",
+        b"<190>Nov 27 other: end x 1-1-1 200",
+        b"\xff\xfe waker: nap x 1 2",
+    ):
         assert parse(datagram) is None
 
 

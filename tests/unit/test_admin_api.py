@@ -14,13 +14,26 @@ async def ends_with(outcome: BaseException, gate: asyncio.Event) -> None:
     raise outcome
 
 
-@pytest.mark.parametrize("outcome, logged", [
-    (RequestRefused(503, "model_exited", "exited with code 1"),
-     {"event": "admin_start_refused", "log_level": "warning", "model": "alpha", "status": 503,
-      "code": "model_exited", "error": "exited with code 1"}),
-    (RuntimeError("a bug"), {"event": "admin_start_failed", "log_level": "error", "model": "alpha",
-                             "error": "RuntimeError('a bug')"}),
-])
+@pytest.mark.parametrize(
+    "outcome, logged",
+    [
+        (
+            RequestRefused(503, "model_exited", "exited with code 1"),
+            {
+                "event": "admin_start_refused",
+                "log_level": "warning",
+                "model": "alpha",
+                "status": 503,
+                "code": "model_exited",
+                "error": "exited with code 1",
+            },
+        ),
+        (
+            RuntimeError("a bug"),
+            {"event": "admin_start_failed", "log_level": "error", "model": "alpha", "error": "RuntimeError('a bug')"},
+        ),
+    ],
+)
 async def test_a_start_nobody_waits_for_is_held_until_it_ends_and_its_failure_logged(outcome, logged):
     tasks: set[asyncio.Task[None]] = set()
     gate = asyncio.Event()

@@ -34,8 +34,11 @@ def layer_map() -> list[tuple[str, list[str]]]:
 def modules() -> dict[str, Path]:
     """Every module of the package by its name under waker/ (`errors`; `shell.supervisor` in a sub-package).
     A sub-package's `__init__` says what the package is and holds no code (see `test_packages_hold_no_code`)."""
-    return {".".join(path.relative_to(PACKAGE).with_suffix("").parts): path for path in sorted(PACKAGE.rglob("*.py"))
-            if path.name != "__init__.py"}
+    return {
+        ".".join(path.relative_to(PACKAGE).with_suffix("").parts): path
+        for path in sorted(PACKAGE.rglob("*.py"))
+        if path.name != "__init__.py"
+    }
 
 
 def packages() -> dict[str, Path]:
@@ -75,12 +78,14 @@ def where_to_add(module: str, placed: dict[str, int]) -> str:
     names = [name for name, _ in layer_map()]
     below = [(placed[m], m) for m in imports(modules()[module]) if m in placed]
     lowest = max((index for index, _ in below), default=0)
-    because = (", ".join(f"{m} ({names[i]})" for i, m in sorted(below)) or "no waker module")
-    return (f"{modules()[module].relative_to(REPO)} is in no layer: add a row \"| `{module}` | <its job> |\" "
-            "to the table under "
-            f"'### {lowest + 1}. {names[lowest]}' in {DOC.relative_to(REPO)} ({SECTION!r}), the lowest layer its "
-            f"imports allow (it imports {because}), or to a later one if its job belongs there "
-            f"(the layers: {', '.join(names)})")
+    because = ", ".join(f"{m} ({names[i]})" for i, m in sorted(below)) or "no waker module"
+    return (
+        f'{modules()[module].relative_to(REPO)} is in no layer: add a row "| `{module}` | <its job> |" '
+        "to the table under "
+        f"'### {lowest + 1}. {names[lowest]}' in {DOC.relative_to(REPO)} ({SECTION!r}), the lowest layer its "
+        f"imports allow (it imports {because}), or to a later one if its job belongs there "
+        f"(the layers: {', '.join(names)})"
+    )
 
 
 def test_every_module_is_in_exactly_one_layer():
@@ -100,8 +105,10 @@ def test_no_module_imports_a_later_layer():
     wrong = [
         f"{path.relative_to(REPO)}:{line} ({names[placed[module]]}) imports waker.{imported} "
         f"({names[placed[imported]]}), a later layer: move what it needs down, or pass it in from the layer above"
-        for module, path in modules().items() if module in placed
-        for imported, line in imports(path).items() if imported in placed and placed[imported] > placed[module]
+        for module, path in modules().items()
+        if module in placed
+        for imported, line in imports(path).items()
+        if imported in placed and placed[imported] > placed[module]
     ]
     assert not wrong, "\n".join(wrong)
 
@@ -115,7 +122,7 @@ def test_no_import_cycles():
         state[module] = "open"
         for imported in sorted(graph[module]):
             if state.get(imported) == "open":
-                cycles.append([*path[path.index(imported):], imported])
+                cycles.append([*path[path.index(imported) :], imported])
             elif imported not in state:
                 visit(imported, [*path, imported])
         state[module] = "done"
@@ -148,10 +155,13 @@ def test_the_check_command_imports_no_aiohttp(tmp_path):
     """`waker check` runs where the server does not (a laptop, CI): it needs the config and core only."""
     config = tmp_path / "models.toml"
     config.write_text('[[model]]\nid = "alpha"\nimage = "i"\n')
-    probe = ("import sys; from waker.cli.main import main; code = main(['check', '--config', sys.argv[1]]); "
-             "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'aiohttp', 'aiodocker'}); "
-             "print(code, heavy)")
-    result = subprocess.run([sys.executable, "-c", probe, str(config)], capture_output=True, text=True, timeout=60,
-                            cwd=REPO, check=False)
+    probe = (
+        "import sys; from waker.cli.main import main; code = main(['check', '--config', sys.argv[1]]); "
+        "heavy = sorted({m.split('.')[0] for m in sys.modules} & {'aiohttp', 'aiodocker'}); "
+        "print(code, heavy)"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", probe, str(config)], capture_output=True, text=True, timeout=60, cwd=REPO, check=False
+    )
     assert result.returncode == 0, result.stderr
     assert result.stdout.splitlines()[-1] == "0 []", result.stdout

@@ -21,29 +21,38 @@ ORIGINAL_REPO = "https://github.com/jdaln/dgx-spark-inference-stack"
 
 
 def built_images() -> set[str]:
-    listed = subprocess.run([str(ROOT / "scripts" / "build-images"), "--list"], capture_output=True, text=True,
-                            check=True)
+    listed = subprocess.run(
+        [str(ROOT / "scripts" / "build-images"), "--list"], capture_output=True, text=True, check=True
+    )
     return set(listed.stdout.split())
 
 
 def test_every_enabled_model_names_an_image_that_is_built_here_or_pullable():
     built = built_images()
-    unprovided = [f"{m.id}: {m.image}" for m in CONFIG.models
-                  if m.image not in built and not REGISTRY_HOST.match(m.image)]
-    assert not unprovided, ("these images are neither built by scripts/build-images (--list) nor on a registry:\n"
-                            + "\n".join(unprovided))
+    unprovided = [
+        f"{m.id}: {m.image}" for m in CONFIG.models if m.image not in built and not REGISTRY_HOST.match(m.image)
+    ]
+    assert not unprovided, (
+        "these images are neither built by scripts/build-images (--list) nor on a registry:\n" + "\n".join(unprovided)
+    )
     # An image built here is on no registry: a pull would only fail, slowly, before naming the script.
     pulled_in_vain = [m.id for m in CONFIG.models if m.image in built and m.pull is not PullPolicy.NEVER]
-    assert not pulled_in_vain, f"set pull = \"never\" for the models on images built here: {pulled_in_vain}"
+    assert not pulled_in_vain, f'set pull = "never" for the models on images built here: {pulled_in_vain}'
     never_pulled = [m.id for m in CONFIG.models if REGISTRY_HOST.match(m.image) and m.pull is PullPolicy.NEVER]
     assert not never_pulled, f"these registry images would never be pulled: {never_pulled}"
 
 
-@pytest.mark.parametrize("image, provided", [
-    ("waker/vllm-gb10:v11", True), ("waker/vllm-gb10:20261130", False), ("avarok/vllm-dgx-spark:v11", False),
-    ("nvcr.io/nvidia/vllm:25.10-py3", True), ("docker.io/scitrera/dgx-spark-sglang:0.5.9-t5", True),
-    ("localhost:5000/x:1", True),
-])
+@pytest.mark.parametrize(
+    "image, provided",
+    [
+        ("waker/vllm-gb10:v11", True),
+        ("waker/vllm-gb10:20261130", False),
+        ("avarok/vllm-dgx-spark:v11", False),
+        ("nvcr.io/nvidia/vllm:25.10-py3", True),
+        ("docker.io/scitrera/dgx-spark-sglang:0.5.9-t5", True),
+        ("localhost:5000/x:1", True),
+    ],
+)
 def test_the_provenance_rule_tells_built_pullable_and_neither(image, provided):
     assert (image in built_images() or bool(REGISTRY_HOST.match(image))) is provided
 
@@ -76,8 +85,14 @@ def test_the_utility_sits_beside_every_main_model_in_the_measured_budget():
 def test_gpt_oss_keeps_the_mxfp4_tuning_its_image_exists_for():
     for model_id in ("gpt-oss-20b", "gpt-oss-120b"):
         command = " ".join(CONFIG.model(model_id).command)
-        for flag in ("--mxfp4-backend CUTLASS", "--mxfp4-layers moe,qkv,o,lm_head", "--max-num-seqs 2",
-                     "--max-num-batched-tokens 8192", "--enable-prefix-caching", "--quantization mxfp4"):
+        for flag in (
+            "--mxfp4-backend CUTLASS",
+            "--mxfp4-layers moe,qkv,o,lm_head",
+            "--max-num-seqs 2",
+            "--max-num-batched-tokens 8192",
+            "--enable-prefix-caching",
+            "--quantization mxfp4",
+        ):
             assert flag in command, (model_id, flag)
         assert dict(CONFIG.model(model_id).env)["VLLM_USE_FLASHINFER_MOE_MXFP4_BF16"] == "1"
 

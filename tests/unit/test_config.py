@@ -85,9 +85,14 @@ def test_minimal_config_uses_documented_defaults(tmp_path):
 
 
 def test_loading_feedback_is_set_for_the_gateway_and_overridden_per_model(tmp_path):
-    config = load_config(write(tmp_path, '[gateway]\nloading_feedback = "off"\n'
-                                         '[[model]]\nid = "a"\nimage = "i"\n'
-                                         '[[model]]\nid = "b"\nimage = "i"\nloading_feedback = "reasoning"\n'))
+    config = load_config(
+        write(
+            tmp_path,
+            '[gateway]\nloading_feedback = "off"\n'
+            '[[model]]\nid = "a"\nimage = "i"\n'
+            '[[model]]\nid = "b"\nimage = "i"\nloading_feedback = "reasoning"\n',
+        )
+    )
     assert config.gateway.loading_feedback is LoadingFeedback.OFF
     assert [m.loading_feedback for m in config.models] == [LoadingFeedback.OFF, LoadingFeedback.REASONING]
 
@@ -111,15 +116,17 @@ BROKEN = [
     ('[[model]]\nid = "m"\nimage = "i"\nshm_size = "big"', ["field 'shm_size'", "size"]),
     ('[[model]]\nid = "m"\nimage = "i"\ncolour = "red"', ["model 'm'", "unknown field 'colour'"]),
     ('[[model]]\nid = "m"\nimage = "i"\n[[model]]\nid = "m"\nimage = "j"', ["id 'm' is already used"]),
-    ('[[model]]\nid = "m"\nimage = "i"\n[[model]]\nid = "n"\nimage = "j"\naliases = ["m"]',
-     ["model 'n'", "alias 'm' is already used by model 'm'"]),
+    (
+        '[[model]]\nid = "m"\nimage = "i"\n[[model]]\nid = "n"\nimage = "j"\naliases = ["m"]',
+        ["model 'n'", "alias 'm' is already used by model 'm'"],
+    ),
     ('[[model]]\nid = "chat"\nimage = "i"', ["'chat' is reserved"]),
     ('[[model]]\nid = "m"\nimage = "i"\nhost_port = 8009', ["field 'host_port'", "8009"]),
     ('[gateway]\nlisten = "nowhere"', ["[gateway]", "field 'listen'", "HOST:PORT"]),
-    ('[gateway]\ncolour = 1', ["[gateway]", "unknown field 'colour'"]),
+    ("[gateway]\ncolour = 1", ["[gateway]", "unknown field 'colour'"]),
     ('[waker]\nname = "Has Spaces"', ["[waker]", "field 'name'"]),
-    ('[scheduler]\nidle_timeout = true', ["[scheduler]", "field 'idle_timeout'"]),
-    ('[gpu]\nx = 1', ["unknown section [gpu]"]),
+    ("[scheduler]\nidle_timeout = true", ["[scheduler]", "field 'idle_timeout'"]),
+    ("[gpu]\nx = 1", ["unknown section [gpu]"]),
     ('[gateway]\napi_keys = ["short"]', ["field 'api_keys'", "8 to 512 characters"]),
     ('[gateway]\napi_keys = ["${WAKER_UNSET_VARIABLE_X}"]', ["WAKER_UNSET_VARIABLE_X is not set"]),
     ('[gateway]\napi_keys_file = "absent-keys.txt"', ["field 'api_keys_file'", "cannot read"]),
@@ -128,57 +135,99 @@ BROKEN = [
     ('[gateway]\nloading_feedback = "dots"', ["[gateway]", "field 'loading_feedback'", "'reasoning', 'off'"]),
     ('[[model]]\nid = "m"\nimage = "i"\nloading_feedback = true', ["model 'm'", "field 'loading_feedback'", "'off'"]),
     ('[scheduler]\non_busy = "wait"', ["[scheduler]", "field 'on_busy'", "'queue', 'reject'"]),
-    ('[scheduler]\nmax_start_failures = 0', ["field 'max_start_failures'", "at least 1"]),
-    ('[scheduler]\ngpu_capacity = -1', ["field 'gpu_capacity'", "positive"]),
-    ('[scheduler]\nqueue_timeout = 0', ["field 'queue_timeout'", "longer than zero"]),
+    ("[scheduler]\nmax_start_failures = 0", ["field 'max_start_failures'", "at least 1"]),
+    ("[scheduler]\ngpu_capacity = -1", ["field 'gpu_capacity'", "positive"]),
+    ("[scheduler]\nqueue_timeout = 0", ["field 'queue_timeout'", "longer than zero"]),
     ('[[model]]\nid = "m"\nimage = "i"\nkeep_warm = true\nexclusive = true', ["keep_warm model cannot be exclusive"]),
     ('[[model]]\nid = "m"\nimage = "i"\nkeep_warm = "yes"', ["field 'keep_warm'", "true or false"]),
-    ('[scheduler]\ngpu_capacity = 0.5\n[[model]]\nid = "m"\nimage = "i"\ngpu_memory = 0.8',
-     ["field 'gpu_memory'", "could never start"]),
+    (
+        '[scheduler]\ngpu_capacity = 0.5\n[[model]]\nid = "m"\nimage = "i"\ngpu_memory = 0.8',
+        ["field 'gpu_memory'", "could never start"],
+    ),
     ('[defaults]\nid = "x"', ["[defaults]", "'id' is per model"]),
     ('model = "x"', ["[[model]]"]),
     ('[waker]\nnetwork = "models"', ["'network' is set", "'model_ip_base' is needed"]),
     ('[waker]\nnetwork = "bad name!"', ["field 'network'", "Docker network name"]),
     ('[waker]\nnetwork = "m"\nmodel_ip_base = "172.30.1.300"', ["field 'model_ip_base'", "IPv4"]),
     ('[waker]\negress_network = "out"', ["'egress_network' needs 'network'"]),
-    (('[waker]\nnetwork = "m"\nmodel_ip_base = "255.255.255.255"\n[[model]]\nid = "a"\nimage = "i"\n'
-      '[[model]]\nid = "b"\nimage = "i"'), ["model 'b'", "leaves no address"]),
+    (
+        (
+            '[waker]\nnetwork = "m"\nmodel_ip_base = "255.255.255.255"\n[[model]]\nid = "a"\nimage = "i"\n'
+            '[[model]]\nid = "b"\nimage = "i"'
+        ),
+        ["model 'b'", "leaves no address"],
+    ),
     ('[[model]\nid = "m"', ["not valid TOML"]),
     ('[[model]]\nid = "m"\nimage = "i"\nsource = "github"', ["model 'm'", "field 'source'", "repo = ..."]),
-    ('[[model]]\nid = "m"\nimage = "i"\nsource = { repo = "https://github.com/o/r", commit = "a686d89" }',
-     ["field 'source'", "missing: file"]),
-    (('[[model]]\nid = "m"\nimage = "i"\n'
-      'source = { repo = "https://github.com/o/r", commit = "HEAD", file = "x.yml" }'),
-     ["model 'm'", "field 'source'", "commit", "hex"]),
-    ('[[model]]\nid = "m"\nimage = "i"\nsource = { repo = "github.com/o/r", commit = "a686d89", file = "f" }',
-     ["field 'source'", "repository URL"]),
+    (
+        '[[model]]\nid = "m"\nimage = "i"\nsource = { repo = "https://github.com/o/r", commit = "a686d89" }',
+        ["field 'source'", "missing: file"],
+    ),
+    (
+        (
+            '[[model]]\nid = "m"\nimage = "i"\n'
+            'source = { repo = "https://github.com/o/r", commit = "HEAD", file = "x.yml" }'
+        ),
+        ["model 'm'", "field 'source'", "commit", "hex"],
+    ),
+    (
+        '[[model]]\nid = "m"\nimage = "i"\nsource = { repo = "github.com/o/r", commit = "a686d89", file = "f" }',
+        ["field 'source'", "repository URL"],
+    ),
     ('[[model]]\nid = "m"\nimage = "i"\npicks = ["coding", "poetry"]', ["field 'picks'", "'poetry'", "'ocr'"]),
     ('[[model]]\nid = "m"\nimage = "i"\nknown_issues = "none"', ["field 'known_issues'", "array"]),
     ('[[model]]\nid = "m"\nimage = "i"\nsleep = 3', ["model 'm'", "field 'sleep'", "0 (never sleep", "got 3"]),
     ('[[model]]\nid = "m"\nimage = "i"\nsleep = true', ["field 'sleep'", "got True"]),
-    ('[[model]]\nid = "m"\nimage = "i"\ngpu_memory = 0.3\nsleep = 1\nsleep_memory = 0.5',
-     ["model 'm'", "field 'sleep_memory'", "more than the model's gpu_memory (0.3)", "(0 to 0.3)"]),
-    ('[[model]]\nid = "m"\nimage = "i"\ngpu_memory = 0.3\nsleep = 1\nsleep_memory = -0.1',
-     ["field 'sleep_memory'", "[0, 1]"]),
-    ('[[model]]\nid = "m"\nimage = "i"\ngpu_memory = 0.3\nsleep_memory = 0.1',
-     ["model 'm'", "field 'sleep_memory' has no effect with sleep = 0", "set sleep = 1 or 2"]),
+    (
+        '[[model]]\nid = "m"\nimage = "i"\ngpu_memory = 0.3\nsleep = 1\nsleep_memory = 0.5',
+        ["model 'm'", "field 'sleep_memory'", "more than the model's gpu_memory (0.3)", "(0 to 0.3)"],
+    ),
+    (
+        '[[model]]\nid = "m"\nimage = "i"\ngpu_memory = 0.3\nsleep = 1\nsleep_memory = -0.1',
+        ["field 'sleep_memory'", "[0, 1]"],
+    ),
+    (
+        '[[model]]\nid = "m"\nimage = "i"\ngpu_memory = 0.3\nsleep_memory = 0.1',
+        ["model 'm'", "field 'sleep_memory' has no effect with sleep = 0", "set sleep = 1 or 2"],
+    ),
     ('[[model]]\nid = "m"\nimage = "i"\nwake_timeout = "5s"', ["field 'wake_timeout' has no effect"]),
     ('[[model]]\nid = "m"\nimage = "i"\nsleep = 2\nwake_timeout = 0', ["field 'wake_timeout'", "longer than zero"]),
     ('[[model]]\nid = "m"\nimage = "i"\nsleep = 2\nsleep_timeout = "later"', ["field 'sleep_timeout'", "duration"]),
-    ('[[model]]\nid = "m"\nimage = "i"\nsleep = 1\ncommand = ["serve", "x"]',
-     ["model 'm'", "sleep = 1 needs vLLM's --served-model-name in 'command'", "or set sleep = 0"]),
-    ('[scheduler]\nmax_wake_failures = 0', ["[scheduler]", "field 'max_wake_failures'", "at least 1"]),
+    (
+        '[[model]]\nid = "m"\nimage = "i"\nsleep = 1\ncommand = ["serve", "x"]',
+        ["model 'm'", "sleep = 1 needs vLLM's --served-model-name in 'command'", "or set sleep = 0"],
+    ),
+    ("[scheduler]\nmax_wake_failures = 0", ["[scheduler]", "field 'max_wake_failures'", "at least 1"]),
     ('[scheduler]\nwake_timeout = "0s"', ["[scheduler]", "field 'wake_timeout'", "longer than zero"]),
-    ('[[model]]\nid = "m"\nimage = "i"\nfixups = ["max_token"]',
-     ["model 'm'", "field 'fixups'", "'max_token'", "'max_tokens'", "'strip_tools'", "'alternate_roles'",
-      "'include_usage'", "'thinking'"]),
+    (
+        '[[model]]\nid = "m"\nimage = "i"\nfixups = ["max_token"]',
+        [
+            "model 'm'",
+            "field 'fixups'",
+            "'max_token'",
+            "'max_tokens'",
+            "'strip_tools'",
+            "'alternate_roles'",
+            "'include_usage'",
+            "'thinking'",
+        ],
+    ),
     ('[[model]]\nid = "m"\nimage = "i"\nfixups = "thinking"', ["field 'fixups'", "array"]),
-    ('[[model]]\nid = "m"\nimage = "i"\nfixups = ["max_tokens"]',
-     ["model 'm'", "\"max_tokens\" needs the model's context", "--max-model-len", "context_length"]),
-    (('[[model]]\nid = "m"\nimage = "i"\ncommand = ["--max-model-len", "1024"]\ncontext_length = 2048\n'
-      'fixups = ["max_tokens"]'), ["model 'm'", "--max-model-len is 1024", "context_length 2048"]),
-    ('[[model]]\nid = "m"\nimage = "i"\ntools = true\nfixups = ["strip_tools"]',
-     ["model 'm'", "\"strip_tools\"", "tools = true"]),
+    (
+        '[[model]]\nid = "m"\nimage = "i"\nfixups = ["max_tokens"]',
+        ["model 'm'", '"max_tokens" needs the model\'s context', "--max-model-len", "context_length"],
+    ),
+    (
+        (
+            '[[model]]\nid = "m"\nimage = "i"\ncommand = ["--max-model-len", "1024"]\ncontext_length = 2048\n'
+            'fixups = ["max_tokens"]'
+        ),
+        ["model 'm'", "--max-model-len is 1024", "context_length 2048"],
+    ),
+    (
+        '[[model]]\nid = "m"\nimage = "i"\ntools = true\nfixups = ["strip_tools"]',
+        ["model 'm'", '"strip_tools"', "tools = true"],
+    ),
 ]
 
 
@@ -194,7 +243,10 @@ def test_each_mistake_is_explained(tmp_path, text, needles):
 
 
 def test_sleep_settings_per_model_with_scheduler_defaults(tmp_path):
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
         [scheduler]
         sleep_timeout = "30m"
         wake_timeout = "45s"
@@ -218,7 +270,9 @@ def test_sleep_settings_per_model_with_scheduler_defaults(tmp_path):
         id = "c"
         image = "i"
         gpu_memory = 0.2
-    """))
+    """,
+        )
+    )
     a, b, c = config.models
     assert config.scheduler.max_wake_failures == 4 and config.scheduler.wake_timeout == 45
     assert (int(a.sleep.level), a.sleep.memory, a.sleep.timeout, a.sleep.wake_timeout) == (2, 0.03, 7200, 45)
@@ -250,8 +304,9 @@ def test_missing_file_is_a_config_error(tmp_path):
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", "waker.cli.main", *args], capture_output=True, text=True, timeout=30,
-                          check=False)
+    return subprocess.run(
+        [sys.executable, "-m", "waker.cli.main", *args], capture_output=True, text=True, timeout=30, check=False
+    )
 
 
 def test_check_on_broken_config_exits_2_naming_file_model_and_field(tmp_path):
@@ -287,7 +342,10 @@ def test_resolved_config_is_toml_that_loads_to_the_same_config(tmp_path):
 
 
 def test_resolved_config_keeps_the_sleep_settings(tmp_path):
-    original = load_config(write(tmp_path, """
+    original = load_config(
+        write(
+            tmp_path,
+            """
         [scheduler]
         wake_timeout = "30s"
         [[model]]
@@ -301,7 +359,9 @@ def test_resolved_config_keeps_the_sleep_settings(tmp_path):
         id = "b"
         image = "i"
         gpu_memory = 0.3
-    """))
+    """,
+        )
+    )
     result = run_cli("check", "--resolved", "--config", str(original.path))
     assert result.returncode == 0, result.stderr
     again_path = tmp_path / "again" / "models.toml"
@@ -328,15 +388,25 @@ def test_models_doc_matches_the_catalogue():
 def test_catalogue_covers_the_original_stack():
     config = load_config(Path(__file__).resolve().parents[2] / "config" / "models.toml")
     ids = {m.id for m in (*config.models, *config.disabled)}
-    for expected in ("gpt-oss-20b", "gpt-oss-120b", "qwen2.5-1.5b-instruct", "qwen3-coder-30b-a3b-instruct",
-                     "glm-4.7-flash-awq", "llama-3.3-70b-instruct-fp4", "nemotron-3-nano-30b-nvfp4"):
+    for expected in (
+        "gpt-oss-20b",
+        "gpt-oss-120b",
+        "qwen2.5-1.5b-instruct",
+        "qwen3-coder-30b-a3b-instruct",
+        "glm-4.7-flash-awq",
+        "llama-3.3-70b-instruct-fp4",
+        "nemotron-3-nano-30b-nvfp4",
+    ):
         assert expected in ids
     assert {"deepseek-ocr", "gemma4-26b-a4b", "qwen3.6-35b-a3b-fp8", "qwen3.5-0.8b"} <= ids
     assert "nemotron-3-nano-30b-nvfp4" in {m.id for m in config.disabled}
 
 
 def test_the_catalogue_guide_fields_are_typed(tmp_path):
-    config = load_config(write(tmp_path, """
+    config = load_config(
+        write(
+            tmp_path,
+            """
         [[model]]
         id = "m"
         image = "i"
@@ -349,7 +419,9 @@ def test_the_catalogue_guide_fields_are_typed(tmp_path):
         [[model]]
         id = "n"
         image = "i"
-        """))
+        """,
+        )
+    )
     m, n = config.models
     assert str(m.source) == "https://github.com/jdaln/dgx-spark-inference-stack a686d89 compose/models-gpt.yml"
     assert m.best_for == "everyday chat" and m.tradeoffs == "" and m.known_issues == ("no tools",)
@@ -357,7 +429,9 @@ def test_the_catalogue_guide_fields_are_typed(tmp_path):
 
 
 def test_fixups_apply_in_one_order_and_max_tokens_uses_the_context_vllm_enforces(tmp_path):
-    path = write(tmp_path, textwrap.dedent("""\
+    path = write(
+        tmp_path,
+        textwrap.dedent("""\
         [[model]]
         id = "a"
         image = "i"
@@ -372,7 +446,8 @@ def test_fixups_apply_in_one_order_and_max_tokens_uses_the_context_vllm_enforces
         id = "c"
         image = "i"
         command = ["serve", "x", "--max-model-len", "2048"]
-        """))
+        """),
+    )
     a, b, c = load_config(path).models
     assert [f.value for f in a.fixups] == ["max_tokens", "thinking"] and model_context(a) == 4096
     assert model_context(b) == 8192
@@ -380,8 +455,9 @@ def test_fixups_apply_in_one_order_and_max_tokens_uses_the_context_vllm_enforces
 
 
 def test_resolved_config_keeps_the_fixups(tmp_path):
-    path = write(tmp_path, '[[model]]\nid = "m"\nimage = "i"\ncontext_length = 512\n'
-                           'fixups = ["thinking", "max_tokens"]\n')
+    path = write(
+        tmp_path, '[[model]]\nid = "m"\nimage = "i"\ncontext_length = 512\nfixups = ["thinking", "max_tokens"]\n'
+    )
     result = run_cli("check", "--resolved", "--config", str(path))
     assert result.returncode == 0, result.stderr
     assert tomllib.loads(result.stdout)["model"][0]["fixups"] == ["max_tokens", "thinking"]
@@ -397,19 +473,29 @@ def test_models_reached_on_loopback_ports_or_at_fixed_addresses_in_a_network(tmp
 
 def test_set_overrides_deployment_settings_and_is_kept_for_reloads(tmp_path):
     path = write(tmp_path, '[gateway]\nlisten = "127.0.0.1:8009"\n[[model]]\nid = "a"\nimage = "i"\n')
-    overrides = ("gateway.listen=0.0.0.0:8009", "gateway.allow_no_keys=true", "waker.network=models",
-                 "waker.model_ip_base=172.30.92.128", "scheduler.on_busy=reject")
+    overrides = (
+        "gateway.listen=0.0.0.0:8009",
+        "gateway.allow_no_keys=true",
+        "waker.network=models",
+        "waker.model_ip_base=172.30.92.128",
+        "scheduler.on_busy=reject",
+    )
     config = load_config(path, overrides)
     assert str(config.gateway.listen) == "0.0.0.0:8009" and config.gateway.allow_no_keys is True
     assert str(config.models[0].address) == "172.30.92.128:8000" and config.scheduler.on_busy == "reject"
     assert config.overrides == overrides
 
 
-@pytest.mark.parametrize("override, needle", [
-    ("gateway.listen", "expected SECTION.KEY=VALUE"), ("listen=1", "expected SECTION.KEY=VALUE"),
-    ("model.image=x", "only gateway, waker, scheduler"), ("gateway.colour=red", "unknown field 'colour'"),
-    ("gateway.allow_no_keys=maybe", "field 'allow_no_keys'"),
-])
+@pytest.mark.parametrize(
+    "override, needle",
+    [
+        ("gateway.listen", "expected SECTION.KEY=VALUE"),
+        ("listen=1", "expected SECTION.KEY=VALUE"),
+        ("model.image=x", "only gateway, waker, scheduler"),
+        ("gateway.colour=red", "unknown field 'colour'"),
+        ("gateway.allow_no_keys=maybe", "field 'allow_no_keys'"),
+    ],
+)
 def test_bad_overrides_are_explained(tmp_path, override, needle):
     path = write(tmp_path, '[[model]]\nid = "a"\nimage = "i"\n')
     with pytest.raises(ConfigError) as caught:
@@ -421,9 +507,14 @@ def test_cli_takes_overrides_from_set_or_waker_set(tmp_path):
     path = write(tmp_path, '[[model]]\nid = "a"\nimage = "i"\n')
     flag = run_cli("check", "--config", str(path), "--set", "gateway.listen=0.0.0.0:9000")
     assert flag.returncode == 0 and "gateway on 0.0.0.0:9000" in flag.stdout
-    env = subprocess.run([sys.executable, "-m", "waker.cli.main", "check", "--config", str(path)], capture_output=True,
-                         text=True, timeout=30, check=False,
-                         env={**os.environ, "WAKER_SET": "waker.listen=0.0.0.0:9001 x=1"})
+    env = subprocess.run(
+        [sys.executable, "-m", "waker.cli.main", "check", "--config", str(path)],
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+        env={**os.environ, "WAKER_SET": "waker.listen=0.0.0.0:9001 x=1"},
+    )
     assert env.returncode == 2 and "--set 'x=1'" in env.stderr
 
 
@@ -441,8 +532,7 @@ def test_the_configuration_reference_documents_every_key():
     )
 
     doc = (Path(__file__).resolve().parents[2] / "docs" / "configuration.md").read_text()
-    sections = {title: body for title, body in
-                (part.split("\n", 1) for part in doc.split("\n## ")[1:])}
+    sections = {title: body for title, body in (part.split("\n", 1) for part in doc.split("\n## ")[1:])}
 
     def documented(heading: str) -> set[str]:
         body = next(b for t, b in sections.items() if t.startswith(heading))
@@ -471,6 +561,7 @@ def test_the_demo_model_runs_without_a_gpu_and_keeps_its_download():
     demo = config.model("demo-cpu")
     assert demo.image.startswith("ghcr.io/ggml-org/llama.cpp:server") and demo.entrypoint == ("/app/llama-server",)
     assert demo.gpus == "" and demo.gpu_memory == 0 and not demo.exclusive
+
     def after(flag: str) -> str:
         return demo.command[demo.command.index(flag) + 1]
 
@@ -481,9 +572,15 @@ def test_the_demo_model_runs_without_a_gpu_and_keeps_its_download():
     assert max(m.host_port for m in (*config.models, *config.disabled)) == demo.host_port
 
 
-@pytest.mark.parametrize("listen, reached", [
-    ("0.0.0.0:18080", "127.0.0.1:18080"), (":18080", "127.0.0.1:18080"), ("[::]:18080", "[::1]:18080"),
-    ("10.1.2.3:18080", "10.1.2.3:18080"), ("[fd00::5]:18080", "[fd00::5]:18080"),
-])
+@pytest.mark.parametrize(
+    "listen, reached",
+    [
+        ("0.0.0.0:18080", "127.0.0.1:18080"),
+        (":18080", "127.0.0.1:18080"),
+        ("[::]:18080", "[::1]:18080"),
+        ("10.1.2.3:18080", "10.1.2.3:18080"),
+        ("[fd00::5]:18080", "[fd00::5]:18080"),
+    ],
+)
 def test_a_wildcard_listen_address_is_reached_on_loopback(listen, reached):
     assert str(address(listen).reachable()) == reached

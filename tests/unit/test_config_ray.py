@@ -33,8 +33,14 @@ def config(*models, waker=None, defaults=None):
 
 
 def huge(**keys):
-    model = {"id": "huge", "image": "vllm:1", "hosts": 2, "entrypoint": HEAD,
-             "command": ["ray start --head --node-ip-address={head_ip} --port={ray_port} && exec vllm serve m"], **keys}
+    model = {
+        "id": "huge",
+        "image": "vllm:1",
+        "hosts": 2,
+        "entrypoint": HEAD,
+        "command": ["ray start --head --node-ip-address={head_ip} --port={ray_port} && exec vllm serve m"],
+        **keys,
+    }
     return {key: value for key, value in model.items() if value is not None}
 
 
@@ -53,25 +59,43 @@ def test_defaults_are_the_playbooks_and_the_model_is_reached_at_its_own_port():
 
 def test_placeholders_are_filled_for_the_placement_and_json_braces_are_left_alone():
     nodes = RayNodes("192.168.100.10", "192.168.100.11", 6380)
-    assert nodes.fill(DEFAULT_WORKER_COMMAND) == ("ray", "start", "--block", "--address=192.168.100.10:6380",
-                                                 "--node-ip-address=192.168.100.11")
+    assert nodes.fill(DEFAULT_WORKER_COMMAND) == (
+        "ray",
+        "start",
+        "--block",
+        "--address=192.168.100.10:6380",
+        "--node-ip-address=192.168.100.11",
+    )
     assert nodes.fill(('--compilation-config={"level": 3}',)) == ('--compilation-config={"level": 3}',)
     spark1, spark2 = config(huge()).hosts
     assert (node_ip(spark1), node_ip(spark2)) == ("192.168.100.10", "spark2.lan")  # link address, else address
 
 
-@pytest.mark.parametrize(("model", "kwargs", "expected"), [
-    (huge(sleep=1, gpu_memory=0.5), {}, "sleep mode is not available for hosts = 2"),
-    (huge(), {"waker": {"network": "models", "model_ip_base": "172.30.92.128"}},
-     "hosts = 2 runs its Ray containers with host networking, which the network deployment"),
-    (huge(port=8000, host_port=18100), {}, "host_port (18100) must be its port (8000); leave host_port out"),
-    (huge(worker_command=["ray", "start", "--address={head}:{ray_port}"]), {},
-     "field 'worker_command': unknown placeholder(s) {head}; the placeholders are {head_ip}, {worker_ip}, {ray_port}"),
-    (huge(worker_command=[]), {}, "field 'worker_command' is empty"),
-    (huge(ray_port=0), {}, "field 'ray_port': expected a port number"),
-    ({"id": "small", "image": "x", "ray_port": 6400}, {},
-     "model 'small': field 'ray_port' is only for a model with hosts = 2"),
-])
+@pytest.mark.parametrize(
+    ("model", "kwargs", "expected"),
+    [
+        (huge(sleep=1, gpu_memory=0.5), {}, "sleep mode is not available for hosts = 2"),
+        (
+            huge(),
+            {"waker": {"network": "models", "model_ip_base": "172.30.92.128"}},
+            "hosts = 2 runs its Ray containers with host networking, which the network deployment",
+        ),
+        (huge(port=8000, host_port=18100), {}, "host_port (18100) must be its port (8000); leave host_port out"),
+        (
+            huge(worker_command=["ray", "start", "--address={head}:{ray_port}"]),
+            {},
+            "field 'worker_command': unknown placeholder(s) {head}; "
+            "the placeholders are {head_ip}, {worker_ip}, {ray_port}",
+        ),
+        (huge(worker_command=[]), {}, "field 'worker_command' is empty"),
+        (huge(ray_port=0), {}, "field 'ray_port': expected a port number"),
+        (
+            {"id": "small", "image": "x", "ray_port": 6400},
+            {},
+            "model 'small': field 'ray_port' is only for a model with hosts = 2",
+        ),
+    ],
+)
 def test_what_cannot_run_over_two_hosts_is_refused_clearly(model, kwargs, expected):
     assert expected in problems(model, **kwargs)
 
@@ -92,8 +116,11 @@ def specs(model_keys=None, env=None):
     cfg = config(huge(env=env or {}, gpus="all", shm_size="10g", **(model_keys or {})))
     model, (spark1, spark2) = cfg.models[0], cfg.hosts
     nodes = RayNodes(node_ip(spark1), node_ip(spark2), model.ray.port)
-    return (model, ray_node_spec(model, "spark", RayNode.HEAD, nodes, spark1.interconnect),
-            ray_node_spec(model, "spark", RayNode.WORKER, nodes, spark2.interconnect))
+    return (
+        model,
+        ray_node_spec(model, "spark", RayNode.HEAD, nodes, spark1.interconnect),
+        ray_node_spec(model, "spark", RayNode.WORKER, nodes, spark2.interconnect),
+    )
 
 
 def test_head_and_worker_run_on_the_host_network_with_their_hosts_interconnect():
@@ -110,13 +137,17 @@ def test_head_and_worker_run_on_the_host_network_with_their_hosts_interconnect()
     # The head runs the model's command; the worker its worker_command, in place of the image's entrypoint.
     assert head["Entrypoint"] == HEAD
     assert head["Cmd"] == ["ray start --head --node-ip-address=192.168.100.10 --port=6379 && exec vllm serve m"]
-    assert worker["Entrypoint"] == ["ray", "start", "--block", "--address=192.168.100.10:6379",
-                                    "--node-ip-address=spark2.lan"] and "Cmd" not in worker
+    assert (
+        worker["Entrypoint"]
+        == ["ray", "start", "--block", "--address=192.168.100.10:6379", "--node-ip-address=spark2.lan"]
+        and "Cmd" not in worker
+    )
 
 
 def test_the_heads_served_names_get_the_aliases_as_a_one_host_models_do():
-    _, head, _ = specs({"entrypoint": None, "aliases": ["big"],
-                        "command": ["serve", "m", "--served-model-name", "huge-v1"]})
+    _, head, _ = specs(
+        {"entrypoint": None, "aliases": ["big"], "command": ["serve", "m", "--served-model-name", "huge-v1"]}
+    )
     assert head["Cmd"] == ["serve", "m", "--served-model-name", "huge-v1", "huge", "big"]
     assert "VLLM_SKIP_MODEL_NAME_VALIDATION=1" in head["Env"]
 
@@ -125,6 +156,8 @@ def test_a_new_placement_is_a_new_spec_and_the_worker_has_a_name_no_model_can_ha
     model, head, worker = specs()
     moved = ray_node_spec(model, "spark", RayNode.HEAD, RayNodes("10.0.0.1", "10.0.0.2", 6379), Interconnect())
     assert moved["Labels"][LABEL_SPEC] != head["Labels"][LABEL_SPEC]
-    assert worker_name("spark", "huge") not in (container_name("spark", "huge"),
-                                                container_name("spark", "huge_ray-worker"))
+    assert worker_name("spark", "huge") not in (
+        container_name("spark", "huge"),
+        container_name("spark", "huge_ray-worker"),
+    )
     assert head["Labels"][LABEL_SPEC] != container_spec(model, "spark")["Labels"][LABEL_SPEC]

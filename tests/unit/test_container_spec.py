@@ -19,8 +19,18 @@ def model(waker=None, **keys):
 
 
 def test_spec_carries_everything_the_config_says():
-    spec = container_spec(model(command=["serve", "x"], env={"A": "1"}, volumes=["/data:/models:ro"],
-                                gpus="all", shm_size="16g", ulimits={"memlock": -1}, port=8001), "spark")
+    spec = container_spec(
+        model(
+            command=["serve", "x"],
+            env={"A": "1"},
+            volumes=["/data:/models:ro"],
+            gpus="all",
+            shm_size="16g",
+            ulimits={"memlock": -1},
+            port=8001,
+        ),
+        "spark",
+    )
     host = spec["HostConfig"]
     assert spec["Image"] == "img:1" and spec["Cmd"] == ["serve", "x"] and spec["Env"] == ["A=1"]
     assert host["PortBindings"] == {"8001/tcp": [{"HostIp": "127.0.0.1", "HostPort": "18100"}]}
@@ -63,8 +73,14 @@ def test_in_a_network_the_model_publishes_nothing_and_has_its_fixed_address():
 
 
 def test_a_vllm_command_serves_the_aliases_too_and_any_name_on_its_path():
-    spec = container_spec(model(aliases=["q", "talk"], env={"A": "1"},
-                                command=["serve", "Qwen/Q", "--served-model-name", "qwen:7b", "--port", "8000"]), "s")
+    spec = container_spec(
+        model(
+            aliases=["q", "talk"],
+            env={"A": "1"},
+            command=["serve", "Qwen/Q", "--served-model-name", "qwen:7b", "--port", "8000"],
+        ),
+        "s",
+    )
     assert spec["Cmd"] == ["serve", "Qwen/Q", "--served-model-name", "qwen:7b", "q", "talk", "--port", "8000"]
     assert spec["Env"] == ["A=1", "VLLM_SKIP_MODEL_NAME_VALIDATION=1"]
 
@@ -72,15 +88,26 @@ def test_a_vllm_command_serves_the_aliases_too_and_any_name_on_its_path():
 def test_served_names_keep_the_given_ones_first_in_either_flag_form():
     names = ("m", "alias")
     assert served_names_command(("serve", "x", "--served-model-name=other"), names) == (
-        "serve", "x", "--served-model-name", "other", "m", "alias")
+        "serve",
+        "x",
+        "--served-model-name",
+        "other",
+        "m",
+        "alias",
+    )
     assert served_names_command(("serve", "--served-model-name", "alias", "m"), names) == (
-        "serve", "--served-model-name", "alias", "m")
+        "serve",
+        "--served-model-name",
+        "alias",
+        "m",
+    )
     assert served_names_command(("serve", "x"), names) == ("serve", "x")  # not vLLM's flag: left alone
 
 
 def test_an_explicit_name_validation_setting_is_kept_and_other_servers_are_left_alone():
-    kept = container_spec(model(env={"VLLM_SKIP_MODEL_NAME_VALIDATION": "0"},
-                                command=["serve", "x", "--served-model-name", "m"]), "s")
+    kept = container_spec(
+        model(env={"VLLM_SKIP_MODEL_NAME_VALIDATION": "0"}, command=["serve", "x", "--served-model-name", "m"]), "s"
+    )
     assert kept["Env"] == ["VLLM_SKIP_MODEL_NAME_VALIDATION=0"]
     llama_cpp = container_spec(model(aliases=["q"], command=["-m", "/m.gguf", "--alias", "m"]), "s")
     assert llama_cpp["Cmd"] == ["-m", "/m.gguf", "--alias", "m"] and llama_cpp["Env"] == []
@@ -99,11 +126,14 @@ def test_a_sleeping_model_gets_dev_mode_and_on_gpus_vllm_sleep_mode():
 
 
 def test_dev_mode_is_forced_on_for_a_sleeping_model_and_never_added_otherwise():
-    forced = container_spec(model(env={"VLLM_SERVER_DEV_MODE": "0"}, command=["serve", "x", "--served-model-name", "m"],
-                                  sleep=1), "s")
+    forced = container_spec(
+        model(env={"VLLM_SERVER_DEV_MODE": "0"}, command=["serve", "x", "--served-model-name", "m"], sleep=1), "s"
+    )
     assert "VLLM_SERVER_DEV_MODE=1" in forced["Env"]
     serve = ["serve", "x", "--served-model-name=m"]
     plain = container_spec(model(command=serve, gpus="all"), "s")
     assert plain["Env"] == ["VLLM_SKIP_MODEL_NAME_VALIDATION=1"] and "--enable-sleep-mode" not in plain["Cmd"]
-    assert plain["Labels"][LABEL_SPEC] != container_spec(model(command=serve, gpus="all", sleep=1),
-                                                         "s")["Labels"][LABEL_SPEC]
+    assert (
+        plain["Labels"][LABEL_SPEC]
+        != container_spec(model(command=serve, gpus="all", sleep=1), "s")["Labels"][LABEL_SPEC]
+    )

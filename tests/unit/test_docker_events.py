@@ -16,6 +16,7 @@ DIE = b'{"Type": "container", "Action": "die", "Actor": {"Attributes": {"io.wake
 
 async def docker_serving(aiohttp_server, *lines: bytes) -> DockerRuntime:
     """A runtime whose engine answers /version and streams `lines` as its events, then holds the stream open."""
+
     async def version(request: web.Request) -> web.Response:
         return web.json_response({"ApiVersion": "1.43"})
 
@@ -96,10 +97,14 @@ def test_docker_events_become_typed_container_events_and_others_are_ignored():
     start = {"Action": "start", "Actor": {"ID": "c2", "Attributes": {"io.waker.model": "b"}}}
     assert docker_events.container_event(die) == ContainerEvent(ContainerChange.DIED, "a", "c1", "137")
     assert docker_events.container_event(start) == ContainerEvent(ContainerChange.STARTED, "b", "c2")
-    assert docker_events.container_event({"Action": "oom", "Actor": {"Attributes": {"io.waker.model": "a"}}}).change \
+    assert (
+        docker_events.container_event({"Action": "oom", "Actor": {"Attributes": {"io.waker.model": "a"}}}).change
         is ContainerChange.OOM
-    assert docker_events.container_event({"Action": "exec_start", "Actor": {"Attributes": {"io.waker.model": "a"}}}) \
+    )
+    assert (
+        docker_events.container_event({"Action": "exec_start", "Actor": {"Attributes": {"io.waker.model": "a"}}})
         is None
+    )
     assert docker_events.container_event({"Action": "die", "Actor": {"Attributes": {}}}) is None
 
 
@@ -108,5 +113,7 @@ def test_a_ray_workers_death_is_its_models_death_marked_as_the_workers():
     died = docker_events.container_event({"Action": "die", "id": "w1", "Actor": {"ID": "w1", "Attributes": attributes}})
     assert died == ContainerEvent(ContainerChange.DIED, "huge", "w1", "137", RayNode.WORKER)
     head = {"io.waker.model": "huge", "io.waker.ray-node": "head"}
-    assert docker_events.container_event({"Action": "start", "id": "h1", "Actor": {"Attributes": head}}).ray_node \
+    assert (
+        docker_events.container_event({"Action": "start", "id": "h1", "Actor": {"Attributes": head}}).ray_node
         is RayNode.HEAD
+    )

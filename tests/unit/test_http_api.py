@@ -31,6 +31,7 @@ async def api(aiohttp_client):
         runtime = DockerRuntime("unit", "unix:///nonexistent/docker.sock")
         client = await aiohttp_client(build_app(shell.supervisor, shell.control, {"local": runtime}, counters))
         return shell, client
+
     return make
 
 

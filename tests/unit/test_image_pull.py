@@ -47,15 +47,26 @@ def test_progress_counts_layers_and_bytes_as_docker_streams_them():
 def test_an_error_in_the_stream_is_the_registrys_own_words():
     tracker = PullTracker("img")
     with pytest.raises(PullFailed, match="manifest for img not found: manifest unknown"):
-        tracker.feed({"errorDetail": {"message": "manifest for img not found: manifest unknown"},
-                      "error": "manifest for img not found"})
+        tracker.feed(
+            {
+                "errorDetail": {"message": "manifest for img not found: manifest unknown"},
+                "error": "manifest for img not found",
+            }
+        )
 
 
-@pytest.mark.parametrize("image, registry", [
-    ("ubuntu", "docker.io"), ("user/repo:1", "docker.io"), ("nvcr.io/nvidia/vllm:25.10-py3", "nvcr.io"),
-    ("localhost:5000/x", "localhost:5000"), ("127.0.0.1:5000/a/b:1", "127.0.0.1:5000"),
-    ("ghcr.io/ggml-org/llama.cpp:server", "ghcr.io"), ("localhost/x", "localhost"),
-])
+@pytest.mark.parametrize(
+    "image, registry",
+    [
+        ("ubuntu", "docker.io"),
+        ("user/repo:1", "docker.io"),
+        ("nvcr.io/nvidia/vllm:25.10-py3", "nvcr.io"),
+        ("localhost:5000/x", "localhost:5000"),
+        ("127.0.0.1:5000/a/b:1", "127.0.0.1:5000"),
+        ("ghcr.io/ggml-org/llama.cpp:server", "ghcr.io"),
+        ("localhost/x", "localhost"),
+    ],
+)
 def test_the_registry_of_a_reference_as_docker_reads_it(image, registry):
     assert registry_of(image) == registry
 
@@ -70,8 +81,11 @@ def test_credentials_from_docker_login_entries(tmp_path):
     auth = base64.b64encode(b"me:s3cret:with-colon").decode()
     hub = base64.b64encode(b"hub:pw").decode()
     path = write_config(tmp_path, {"auths": {"nvcr.io": {"auth": auth}, "https://index.docker.io/v1/": {"auth": hub}}})
-    assert credentials("nvcr.io/nvidia/vllm:1", path) == {"username": "me", "password": "s3cret:with-colon",
-                                                          "serveraddress": "nvcr.io"}
+    assert credentials("nvcr.io/nvidia/vllm:1", path) == {
+        "username": "me",
+        "password": "s3cret:with-colon",
+        "serveraddress": "nvcr.io",
+    }
     assert credentials("org/image:1", path)["username"] == "hub"
     assert credentials("ghcr.io/x/y:1", path) is None  # no entry: anonymous
     assert credentials("ghcr.io/x/y:1", tmp_path / "absent.json") is None
@@ -79,9 +93,11 @@ def test_credentials_from_docker_login_entries(tmp_path):
 
 def test_credentials_from_a_credential_helper(tmp_path, monkeypatch):
     helper = tmp_path / "docker-credential-fake"
-    helper.write_text("#!/bin/sh\nread server\n"
-                      "[ \"$server\" = ghcr.io ] || { echo 'credentials not found' >&2; exit 1; }\n"
-                      "echo '{\"ServerURL\":\"ghcr.io\",\"Username\":\"bot\",\"Secret\":\"tok\"}'\n")
+    helper.write_text(
+        "#!/bin/sh\nread server\n"
+        "[ \"$server\" = ghcr.io ] || { echo 'credentials not found' >&2; exit 1; }\n"
+        'echo \'{"ServerURL":"ghcr.io","Username":"bot","Secret":"tok"}\'\n'
+    )
     helper.chmod(helper.stat().st_mode | stat.S_IEXEC)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
     path = write_config(tmp_path, {"credHelpers": {"ghcr.io": "fake"}, "credsStore": "fake"})

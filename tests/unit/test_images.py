@@ -13,8 +13,13 @@ import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
 IMAGES = ROOT / "custom-docker-containers"
-DOCKERFILES = sorted([*IMAGES.glob("*/Dockerfile"), ROOT / "tests" / "fake_vllm" / "Dockerfile",
-                      ROOT / "tests" / "ray_node" / "Dockerfile"])
+DOCKERFILES = sorted(
+    [
+        *IMAGES.glob("*/Dockerfile"),
+        ROOT / "tests" / "fake_vllm" / "Dockerfile",
+        ROOT / "tests" / "ray_node" / "Dockerfile",
+    ]
+)
 
 
 def hadolint() -> str:
@@ -26,22 +31,42 @@ def hadolint() -> str:
 
 @pytest.mark.parametrize("dockerfile", DOCKERFILES, ids=[str(d.relative_to(ROOT)) for d in DOCKERFILES])
 def test_dockerfile_passes_hadolint(dockerfile):
-    result = subprocess.run([hadolint(), "--config", str(IMAGES / ".hadolint.yaml"), str(dockerfile)],
-                            capture_output=True, text=True, timeout=60, check=False)
+    result = subprocess.run(
+        [hadolint(), "--config", str(IMAGES / ".hadolint.yaml"), str(dockerfile)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
     assert result.returncode == 0, result.stdout + result.stderr
 
 
 def test_the_vllm_images_are_there_with_pinned_sources():
     assert {d.parent.name for d in IMAGES.glob("*/Dockerfile")} >= {
-        "waker", "vllm-gb10", "vllm-gb10-tf5", "vllm-glm47-flash", "vllm-gb10-mxfp4"}
+        "waker",
+        "vllm-gb10",
+        "vllm-gb10-tf5",
+        "vllm-glm47-flash",
+        "vllm-gb10-mxfp4",
+    }
     mxfp4 = (IMAGES / "vllm-gb10-mxfp4" / "Dockerfile").read_text()
-    for sha in ("459541683f2d8c21f9c0e2f44954b04f59611cbe", "f349e52496a72a00d8c4ac02c7a1e38523ff7194",
-                "11af7f02ab52c9130e422eeb4b44042fbd60c083"):
+    for sha in (
+        "459541683f2d8c21f9c0e2f44954b04f59611cbe",
+        "f349e52496a72a00d8c4ac02c7a1e38523ff7194",
+        "11af7f02ab52c9130e422eeb4b44042fbd60c083",
+    ):
         assert sha in mxfp4
     # What the original's MXFP4 build does and an earlier version of ours missed (catalogue-review.md §4).
-    for step in ("submodule update --init 3rdparty/spdlog", "sed -i '/flashinfer/d' requirements/cuda.txt",
-                 "--no-deps -e .", 'FLASHINFER_CUDA_ARCH_LIST="12.1f"', "UV_BREAK_SYSTEM_PACKAGES=1",
-                 "PIP_BREAK_SYSTEM_PACKAGES=1", "opencv-python", 's/"10.0f;11.0f;12.0f"/"10.0f"/g'):
+    for step in (
+        "submodule update --init 3rdparty/spdlog",
+        "sed -i '/flashinfer/d' requirements/cuda.txt",
+        "--no-deps -e .",
+        'FLASHINFER_CUDA_ARCH_LIST="12.1f"',
+        "UV_BREAK_SYSTEM_PACKAGES=1",
+        "PIP_BREAK_SYSTEM_PACKAGES=1",
+        "opencv-python",
+        's/"10.0f;11.0f;12.0f"/"10.0f"/g',
+    ):
         assert step in mxfp4, step
     general = (IMAGES / "vllm-gb10" / "Dockerfile").read_text()
     assert 'TORCH_CUDA_ARCH_LIST="12.1f"' in general and "ARG VLLM_COMMIT=50cd5674b" in general
@@ -78,14 +103,20 @@ def test_build_images_refuses_unknown_images_and_a_missing_base():
     unknown = subprocess.run([str(script), "vllm-nope"], capture_output=True, text=True, check=False)
     assert unknown.returncode == 2 and "no image 'vllm-nope'" in unknown.stderr
     # `docker image inspect` of a missing base fails (or docker is absent): nothing is built.
-    overlay = subprocess.run([str(script), "vllm-glm47-flash"], capture_output=True, text=True,
-                             env={"PATH": "/usr/bin:/bin", "DOCKER_HOST": "unix:///nonexistent.sock"}, check=False)
+    overlay = subprocess.run(
+        [str(script), "vllm-glm47-flash"],
+        capture_output=True,
+        text=True,
+        env={"PATH": "/usr/bin:/bin", "DOCKER_HOST": "unix:///nonexistent.sock"},
+        check=False,
+    )
     assert overlay.returncode == 2 and "built on waker/vllm-gb10-tf5:v11" in overlay.stderr
 
 
 def test_build_images_lists_fixed_tags_with_a_recipe_each():
-    listed = subprocess.run([str(ROOT / "scripts" / "build-images"), "--list"], capture_output=True, text=True,
-                            check=True).stdout.split()
+    listed = subprocess.run(
+        [str(ROOT / "scripts" / "build-images"), "--list"], capture_output=True, text=True, check=True
+    ).stdout.split()
     assert listed == sorted(set(listed), key=listed.index) and listed
     for tag in listed:
         name, _, version = tag.removeprefix("waker/").partition(":")
@@ -102,9 +133,14 @@ def test_fetch_tokenizers_installs_nothing_that_fails_its_checksum(tmp_path):
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         target = tmp_path / "tiktoken"
-        result = subprocess.run([str(ROOT / "scripts" / "fetch-tokenizers"), str(target)], capture_output=True,
-                                text=True, timeout=60, env={"PATH": "/usr/bin:/bin",
-                                "TIKTOKEN_BASE_URL": f"http://127.0.0.1:{server.server_port}"}, check=False)
+        result = subprocess.run(
+            [str(ROOT / "scripts" / "fetch-tokenizers"), str(target)],
+            capture_output=True,
+            text=True,
+            timeout=60,
+            env={"PATH": "/usr/bin:/bin", "TIKTOKEN_BASE_URL": f"http://127.0.0.1:{server.server_port}"},
+            check=False,
+        )
     finally:
         server.shutdown()
     assert result.returncode == 1 and "does not match its known SHA-256" in result.stderr

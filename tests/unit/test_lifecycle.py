@@ -76,8 +76,12 @@ def test_every_event_is_triggered_by_the_shell():
 
 def test_sleep_and_wake_round_trip():
     state = State.READY
-    for event, expected in [(Event.SLEEP, State.FALLING_ASLEEP), (Event.ASLEEP, State.SLEEPING),
-                            (Event.WAKE, State.WAKING), (Event.READY, State.READY)]:
+    for event, expected in [
+        (Event.SLEEP, State.FALLING_ASLEEP),
+        (Event.ASLEEP, State.SLEEPING),
+        (Event.WAKE, State.WAKING),
+        (Event.READY, State.READY),
+    ]:
         state = next_state(state, event)
         assert state is expected
 
@@ -89,9 +93,16 @@ def test_a_failed_wake_or_a_long_sleep_stops_the_container_and_a_busy_model_is_n
     assert next_state(State.WAKING, Event.FAIL) is State.FAILED  # the engine died waking: a failed run
 
 
-@pytest.mark.parametrize("state, event", [(State.SLEEPING, Event.READY), (State.STOPPED, Event.WAKE),
-                                          (State.STARTING, Event.SLEEP), (State.SLEEPING, Event.SLEEP),
-                                          (State.WAKING, Event.SLEEP)])
+@pytest.mark.parametrize(
+    "state, event",
+    [
+        (State.SLEEPING, Event.READY),
+        (State.STOPPED, Event.WAKE),
+        (State.STARTING, Event.SLEEP),
+        (State.SLEEPING, Event.SLEEP),
+        (State.WAKING, Event.SLEEP),
+    ],
+)
 def test_sleep_nonsense_is_refused(state, event):
     with pytest.raises(IllegalTransition, match=event.value):
         next_state(state, event)

@@ -32,8 +32,9 @@ def test_a_loading_model_shows_the_engines_stage_against_its_last_start():
     table = slots(beta=Slot("", 0.5, state=State.STARTING, starting_since=100.0, expected_start_seconds=95.0))
     stage = EngineStage(Step.WEIGHTS, "loading weights: safetensors checkpoint shards 45% (5/11)", 45)
     shown = progress("beta", table, (Waiter(1, "beta", 99.0),), POLICY, None, stage, now=138.0)
-    assert shown.text == ("loading beta: loading weights: safetensors checkpoint shards 45% (5/11) · 38 s of ~95 s "
-                          "(its last start)")
+    assert shown.text == (
+        "loading beta: loading weights: safetensors checkpoint shards 45% (5/11) · 38 s of ~95 s (its last start)"
+    )
     assert (shown.phase, shown.step, shown.percent, shown.elapsed_seconds) == (Phase.LOADING, "weights", 45, 38.0)
 
 
@@ -53,19 +54,33 @@ def test_an_image_pull_shows_layers_and_bytes():
 
 
 def test_a_queued_model_names_its_place_and_who_holds_the_gpu():
-    table = slots(alpha=Slot("", 0.7, state=State.READY, in_flight=2, oldest_request_since=90.0,
-                             mean_request_seconds=50.0, last_active=95.0),
-                  beta=Slot("", 0.5))
+    table = slots(
+        alpha=Slot(
+            "",
+            0.7,
+            state=State.READY,
+            in_flight=2,
+            oldest_request_since=90.0,
+            mean_request_seconds=50.0,
+            last_active=95.0,
+        ),
+        beta=Slot("", 0.5),
+    )
     shown = progress("beta", table, (Waiter(1, "beta", 97.0),), POLICY, None, None, now=100.0)
-    assert shown.text == ("queued for beta (#1 of 1): room on the GPU, held by 'alpha' (ready, 2 request(s) in "
-                          "flight, release expected in ~40 s) · waited 3 s of at most 600 s")
+    assert shown.text == (
+        "queued for beta (#1 of 1): room on the GPU, held by 'alpha' (ready, 2 request(s) in "
+        "flight, release expected in ~40 s) · waited 3 s of at most 600 s"
+    )
     assert (shown.queue_position, shown.queue_length) == (1, 1)
 
 
 def test_with_two_hosts_a_queued_model_speaks_of_its_own_host():
     two = replace(POLICY, hosts=(HostBudget("one", 1.0), HostBudget("two", 1.0, up=False)))
-    table = slots(alpha=Slot("", 0.7, state=State.READY, in_flight=2, hosts=("one",), oldest_request_since=90.0),
-                  beta=Slot("", 0.5, host="two"), gamma=Slot("", 0.5, hosts=("one",)))
+    table = slots(
+        alpha=Slot("", 0.7, state=State.READY, in_flight=2, hosts=("one",), oldest_request_since=90.0),
+        beta=Slot("", 0.5, host="two"),
+        gamma=Slot("", 0.5, hosts=("one",)),
+    )
     shown = progress("beta", table, (Waiter(1, "beta", 97.0),), two, None, None, now=100.0)
     assert shown.text.startswith("queued for beta (#1 of 1): it cannot be placed: host 'two' is down")
     up = replace(two, hosts=(HostBudget("one", 1.0), HostBudget("two", 1.0)))
@@ -74,16 +89,21 @@ def test_with_two_hosts_a_queued_model_speaks_of_its_own_host():
 
 
 def test_a_queued_model_behind_another_start_and_behind_another_model():
-    table = slots(alpha=Slot("", 0.6, state=State.STARTING, starting_since=90.0, expected_start_seconds=30.0),
-                  beta=Slot("", 0.6), gamma=Slot("", 0.6))
+    table = slots(
+        alpha=Slot("", 0.6, state=State.STARTING, starting_since=90.0, expected_start_seconds=30.0),
+        beta=Slot("", 0.6),
+        gamma=Slot("", 0.6),
+    )
     queue = (Waiter(1, "gamma", 91.0), Waiter(2, "beta", 92.0), Waiter(3, "alpha", 93.0))
     first = progress("gamma", table, queue, POLICY, None, None, now=100.0)
     second = progress("beta", table, queue, POLICY, None, None, now=100.0)
     assert first.headline == "queued for gamma (#1 of 2): 'alpha' is starting (one start at a time; ~20 s left)"
     assert second.queue_position == 2
     table = {**table, "alpha": replace(table["alpha"], state=State.READY, in_flight=1)}
-    assert progress("beta", table, queue, POLICY, None, None, now=100.0).headline == \
-        "queued for beta (#2 of 2): 'gamma' goes first"
+    assert (
+        progress("beta", table, queue, POLICY, None, None, now=100.0).headline
+        == "queued for beta (#2 of 2): 'gamma' goes first"
+    )
 
 
 def test_a_ready_model_and_the_last_line():
@@ -110,14 +130,25 @@ def test_a_new_phase_or_step_goes_at_once_moving_figures_at_most_once_a_second_a
 def test_chunks_carry_the_line_as_reasoning_and_add_no_content():
     first = json.loads(sse.progress_chunk("chatcmpl-waker-1", "beta", 1700000000, "one line", True)[6:])
     later = json.loads(sse.progress_chunk("chatcmpl-waker-1", "beta", 1700000000, "next", False)[6:])
-    assert first == {"id": "chatcmpl-waker-1", "object": "chat.completion.chunk", "created": 1700000000,
-                     "model": "beta", "choices": [{"index": 0, "delta": {"role": "assistant", "content": "",
-                                                                         "reasoning_content": "one line\n"},
-                                                   "logprobs": None, "finish_reason": None}]}
+    assert first == {
+        "id": "chatcmpl-waker-1",
+        "object": "chat.completion.chunk",
+        "created": 1700000000,
+        "model": "beta",
+        "choices": [
+            {
+                "index": 0,
+                "delta": {"role": "assistant", "content": "", "reasoning_content": "one line\n"},
+                "logprobs": None,
+                "finish_reason": None,
+            }
+        ],
+    }
     assert later["choices"][0]["delta"] == {"content": "", "reasoning_content": "next\n"}
 
 
 def test_a_failure_is_vllms_error_event_then_done():
     body = {"error": {"message": "model 'beta' exited", "type": "server_error", "param": None, "code": "model_exited"}}
-    assert sse.error_events(body) == b'data: ' + json.dumps(body, separators=(",", ":")).encode() + \
-        b"\n\ndata: [DONE]\n\n"
+    assert (
+        sse.error_events(body) == b"data: " + json.dumps(body, separators=(",", ":")).encode() + b"\n\ndata: [DONE]\n\n"
+    )

@@ -18,6 +18,7 @@ from waker.shell.manual_control import StopOutcome
 
 # ---- stop by hand -------------------------------------------------------------------------------
 
+
 async def test_stop_by_hand_in_each_state():
     shell = await open_shell(make_config({"id": "a"}, {"id": "b"}))
     control = shell.control
@@ -69,9 +70,15 @@ async def test_a_keep_warm_model_stopped_by_hand_stays_down_until_asked_for():
 
 # ---- pin, unload --------------------------------------------------------------------------------
 
+
 async def test_a_pinned_model_is_neither_idle_stopped_nor_evicted_until_unpinned():
-    shell = await open_shell(make_config({"id": "a", "gpu_memory": 0.6, "idle_timeout": "10s", "min_uptime": "0s"},
-                                         {"id": "b", "gpu_memory": 0.6}, on_busy="reject"))
+    shell = await open_shell(
+        make_config(
+            {"id": "a", "gpu_memory": 0.6, "idle_timeout": "10s", "min_uptime": "0s"},
+            {"id": "b", "gpu_memory": 0.6},
+            on_busy="reject",
+        )
+    )
     await ready(shell, "a")
     shell.control.set_pinned("a", True)
     assert shell.kinds("model_pinned", model="a")
@@ -86,8 +93,14 @@ async def test_a_pinned_model_is_neither_idle_stopped_nor_evicted_until_unpinned
 
 
 async def test_unload_stops_what_runs_except_pinned_and_busy_models():
-    shell = await open_shell(make_config({"id": "a", "gpu_memory": 0.3}, {"id": "b", "gpu_memory": 0.3},
-                                         {"id": "c", "gpu_memory": 0.3}, {"id": "d", "gpu_memory": 0.05}))
+    shell = await open_shell(
+        make_config(
+            {"id": "a", "gpu_memory": 0.3},
+            {"id": "b", "gpu_memory": 0.3},
+            {"id": "c", "gpu_memory": 0.3},
+            {"id": "d", "gpu_memory": 0.05},
+        )
+    )
     for model_id in ("a", "b", "c"):
         await ready(shell, model_id)
     shell.control.set_pinned("a", True)
@@ -101,8 +114,13 @@ async def test_unload_stops_what_runs_except_pinned_and_busy_models():
 
 # ---- live reload --------------------------------------------------------------------------------
 
-def write(path: Path, models: list[dict[str, Any]], waker: dict[str, Any] | None = None,
-          hosts: list[dict[str, Any]] | None = None) -> None:
+
+def write(
+    path: Path,
+    models: list[dict[str, Any]],
+    waker: dict[str, Any] | None = None,
+    hosts: list[dict[str, Any]] | None = None,
+) -> None:
     raw: dict[str, Any] = {"model": [{"image": "fake:test", "gpu_memory": 0.3, **m} for m in models]}
     if waker:
         raw["waker"] = waker

@@ -9,16 +9,19 @@ from waker.core.lifecycle import State
 from waker.http.model_list import ClientStatus, client_status, openai_entry
 
 
-@pytest.mark.parametrize(("state", "status"), [
-    (State.STOPPED, "unloaded"),
-    (State.STARTING, "loading"),
-    (State.READY, "loaded"),
-    (State.STOPPING, "unloaded"),
-    (State.FAILED, "failed"),
-    (State.FALLING_ASLEEP, "sleeping"),
-    (State.SLEEPING, "sleeping"),
-    (State.WAKING, "loading"),
-])
+@pytest.mark.parametrize(
+    ("state", "status"),
+    [
+        (State.STOPPED, "unloaded"),
+        (State.STARTING, "loading"),
+        (State.READY, "loaded"),
+        (State.STOPPING, "unloaded"),
+        (State.FAILED, "failed"),
+        (State.FALLING_ASLEEP, "sleeping"),
+        (State.SLEEPING, "sleeping"),
+        (State.WAKING, "loading"),
+    ],
+)
 def test_each_state_has_the_status_llama_cpp_clients_read(state, status):
     assert client_status(state) == status
 
@@ -29,9 +32,20 @@ def test_the_status_set_is_llama_cpp_routers_plus_failed_and_sleeping_and_every_
 
 
 def test_an_entry_carries_state_status_and_metadata(tmp_path):
-    config = parse_config({"model": [{"id": "alpha", "aliases": ["a"], "image": "i", "context_length": 8192,
-                                      "tools": True}]}, tmp_path / "models.toml")
+    config = parse_config(
+        {"model": [{"id": "alpha", "aliases": ["a"], "image": "i", "context_length": 8192, "tools": True}]},
+        tmp_path / "models.toml",
+    )
     entry = openai_entry(config.models[0], State.STARTING, 1700000000)
-    assert entry == {"id": "alpha", "object": "model", "created": 1700000000, "owned_by": "waker", "aliases": ["a"],
-                     "state": "starting", "status": {"value": "loading"},
-                     "capabilities": {"vision": False, "tools": True}, "context_length": 8192, "max_model_len": 8192}
+    assert entry == {
+        "id": "alpha",
+        "object": "model",
+        "created": 1700000000,
+        "owned_by": "waker",
+        "aliases": ["a"],
+        "state": "starting",
+        "status": {"value": "loading"},
+        "capabilities": {"vision": False, "tools": True},
+        "context_length": 8192,
+        "max_model_len": 8192,
+    }

@@ -49,10 +49,15 @@ def test_router_table_maps_ids_and_aliases(tmp_path):
 
 
 def test_access_control_is_rendered_into_the_config(tmp_path):
-    raw = {"waker": {"runtime_dir": str(tmp_path), "admin_token": "admin-secret"},
-           "gateway": {"listen": "0.0.0.0:8009", "api_keys": ["sk-abcdefgh", "key:with/odd+chars="],
-                       "cors_origins": ["http://localhost:3000", "vscode-webview://*"]},
-           "model": [{"id": "alpha", "image": "i"}]}
+    raw = {
+        "waker": {"runtime_dir": str(tmp_path), "admin_token": "admin-secret"},
+        "gateway": {
+            "listen": "0.0.0.0:8009",
+            "api_keys": ["sk-abcdefgh", "key:with/odd+chars="],
+            "cors_origins": ["http://localhost:3000", "vscode-webview://*"],
+        },
+        "model": [{"id": "alpha", "image": "i"}],
+    }
     cfg = parse_config(raw, tmp_path / "models.toml")
     conf = render(cfg, tmp_path).nginx_conf
     assert "listen 0.0.0.0:8009;" in conf and "'Bearer sk-abcdefgh' 1;" in conf
@@ -62,15 +67,26 @@ def test_access_control_is_rendered_into_the_config(tmp_path):
 def test_without_keys_the_gateway_falls_back_to_loopback_and_says_so(tmp_path):
     from waker.nginx.access import exposure_warning
 
-    open_cfg = parse_config({"waker": {"runtime_dir": str(tmp_path)}, "gateway": {"listen": "0.0.0.0:8009"},
-                             "model": [{"id": "alpha", "image": "i"}]}, tmp_path / "models.toml")
+    open_cfg = parse_config(
+        {
+            "waker": {"runtime_dir": str(tmp_path)},
+            "gateway": {"listen": "0.0.0.0:8009"},
+            "model": [{"id": "alpha", "image": "i"}],
+        },
+        tmp_path / "models.toml",
+    )
     conf = render(open_cfg, tmp_path).nginx_conf
     assert "listen 127.0.0.1:8009;" in conf and "$key_denied" not in conf
     assert "listens on 127.0.0.1:8009 only" in exposure_warning(open_cfg)
     assert "location /admin/ { allow 127.0.0.0/8; allow ::1; deny all;" in conf
-    allowed = parse_config({"waker": {"runtime_dir": str(tmp_path)},
-                            "gateway": {"listen": "0.0.0.0:8009", "allow_no_keys": True},
-                            "model": [{"id": "alpha", "image": "i"}]}, tmp_path / "models.toml")
+    allowed = parse_config(
+        {
+            "waker": {"runtime_dir": str(tmp_path)},
+            "gateway": {"listen": "0.0.0.0:8009", "allow_no_keys": True},
+            "model": [{"id": "alpha", "image": "i"}],
+        },
+        tmp_path / "models.toml",
+    )
     assert "listen 0.0.0.0:8009;" in render(allowed, tmp_path).nginx_conf
     assert "anyone who reaches" in exposure_warning(allowed)
 
@@ -86,14 +102,17 @@ def test_model_controls_go_to_the_waker_and_a_load_may_wait_as_long_as_a_wake(tm
 
 def test_nginx_sends_activity_marks_to_a_waker_on_a_wildcard_address_over_loopback(tmp_path):
     for listen, server in (("0.0.0.0:18080", "127.0.0.1:18080"), ("[::]:18080", "[::1]:18080")):
-        cfg = parse_config({"waker": {"runtime_dir": str(tmp_path), "listen": listen},
-                            "model": [{"id": "alpha", "image": "i"}]}, tmp_path / "models.toml")
+        cfg = parse_config(
+            {"waker": {"runtime_dir": str(tmp_path), "listen": listen}, "model": [{"id": "alpha", "image": "i"}]},
+            tmp_path / "models.toml",
+        )
         assert f"syslog:server={server},tag=waker" in render(cfg, tmp_path).nginx_conf
 
 
 def test_a_sleeping_model_s_requests_go_to_the_waker_and_only_the_waker_s_redirect_reaches_it(tmp_path):
-    cfg = config(tmp_path, [{"id": "alpha", "image": "i", "host_port": 19001},
-                            {"id": "beta", "image": "i", "host_port": 19002}])
+    cfg = config(
+        tmp_path, [{"id": "alpha", "image": "i", "host_port": 19001}, {"id": "beta", "image": "i", "host_port": 19002}]
+    )
     conf = render(cfg, tmp_path, asleep=frozenset({"alpha"})).nginx_conf
     assert f"upstream model_alpha {{ server unix:{tmp_path}/asleep-never-listening.sock " in conf
     assert "upstream retry_alpha { server 127.0.0.1:19001 " in conf
@@ -105,8 +124,13 @@ def test_a_sleeping_model_s_requests_go_to_the_waker_and_only_the_waker_s_redire
 def test_fixups_are_rendered_only_into_the_locations_of_models_that_declare_them(tmp_path):
     plain = {"id": "plain", "aliases": ["p"], "image": "i"}
     before = render(config(tmp_path, [plain]), tmp_path)
-    fixed = {"id": "fix.ed", "aliases": ["f"], "image": "i", "command": ["--max-model-len", "4096"],
-             "fixups": ["thinking", "max_tokens"]}
+    fixed = {
+        "id": "fix.ed",
+        "aliases": ["f"],
+        "image": "i",
+        "command": ["--max-model-len", "4096"],
+        "fixups": ["thinking", "max_tokens"],
+    }
     cfg = config(tmp_path, [plain, fixed])
     rendered = render(cfg, tmp_path)
     assert "js_set" not in before.nginx_conf and "waker_fixed_body" not in before.nginx_conf
@@ -122,25 +146,39 @@ def test_fixups_are_rendered_only_into_the_locations_of_models_that_declare_them
     header = "add_header X-Waker-Fixups $waker_fixups always;"
     path_fix = f"set $waker_fixups_for fix_2eed; proxy_set_body $waker_fixed_body; {header}"
     body_fix = f"proxy_set_body $waker_body; {header}"
-    carrying = {line.split("{")[0].strip(): fix for line in rendered.nginx_conf.splitlines()
-                for fix in (path_fix, body_fix) if fix in line}
+    carrying = {
+        line.split("{")[0].strip(): fix
+        for line in rendered.nginx_conf.splitlines()
+        for fix in (path_fix, body_fix)
+        if fix in line
+    }
     # The loading feedback's location sends the waker the body the fix-ups made, which it relays.
-    assert carrying == {"location /v1/fix.ed/": path_fix, "location /v1/f/": path_fix,
-                        "location @model_fix_2eed": body_fix, "location @retry_fix_2eed": body_fix,
-                        "location @feedback_fix_2eed": body_fix}
+    assert carrying == {
+        "location /v1/fix.ed/": path_fix,
+        "location /v1/f/": path_fix,
+        "location @model_fix_2eed": body_fix,
+        "location @retry_fix_2eed": body_fix,
+        "location @feedback_fix_2eed": body_fix,
+    }
     # Set before the path locations' `rewrite ... break`, which would end the `set`s after it.
     path_line = next(line for line in rendered.nginx_conf.splitlines() if "location /v1/f/ " in line)
     assert path_line.index(path_fix) < path_line.index("rewrite ")
     assert rendered.nginx_conf.count("js_set $waker_fixed_body route.fixedBody;") == 1
     table = next(line for line in rendered.route_js.splitlines() if line.startswith("var FIXUPS"))
     assert json.loads(table.split(" = ", 1)[1].split(";  //")[0]) == {
-        "fix_2eed": {"fixups": ["max_tokens", "thinking"], "context": 4096}}
+        "fix_2eed": {"fixups": ["max_tokens", "thinking"], "context": 4096}
+    }
 
 
 def test_fixup_locations_repeat_the_cors_headers_their_own_header_would_hide(tmp_path):
-    cfg = parse_config({"gateway": {"cors_origins": ["http://localhost:3000"]}, "waker": {"runtime_dir": str(tmp_path)},
-                        "model": [{"id": "m", "image": "i", "context_length": 64, "fixups": ["max_tokens"]}]},
-                       tmp_path / "models.toml")
+    cfg = parse_config(
+        {
+            "gateway": {"cors_origins": ["http://localhost:3000"]},
+            "waker": {"runtime_dir": str(tmp_path)},
+            "model": [{"id": "m", "image": "i", "context_length": 64, "fixups": ["max_tokens"]}],
+        },
+        tmp_path / "models.toml",
+    )
     conf = render(cfg, tmp_path).nginx_conf
     for line in (line for line in conf.splitlines() if "X-Waker-Fixups $waker_fixups" in line):
         assert "add_header Access-Control-Allow-Origin $cors_origin always;" in line
@@ -149,10 +187,14 @@ def test_fixup_locations_repeat_the_cors_headers_their_own_header_would_hide(tmp
 
 
 def test_with_hosts_a_model_is_reached_on_each_host_it_may_run_on_the_first_host_first(tmp_path):
-    raw = {"waker": {"runtime_dir": str(tmp_path)},
-           "host": [{"name": "one"}, {"name": "two", "docker_host": "ssh://two", "address": "192.168.100.2"}],
-           "model": [{"id": "free", "image": "i", "host_port": 19001},
-                     {"id": "named", "image": "i", "host_port": 19002, "host": "two"}]}
+    raw = {
+        "waker": {"runtime_dir": str(tmp_path)},
+        "host": [{"name": "one"}, {"name": "two", "docker_host": "ssh://two", "address": "192.168.100.2"}],
+        "model": [
+            {"id": "free", "image": "i", "host_port": 19001},
+            {"id": "named", "image": "i", "host_port": 19002, "host": "two"},
+        ],
+    }
     conf = render(parse_config(raw, tmp_path / "models.toml"), tmp_path).nginx_conf
     both = "server 127.0.0.1:19001 max_fails=0; server 192.168.100.2:19001 max_fails=0 backup;"
     assert f"upstream model_free {{ {both} keepalive 16; }}" in conf

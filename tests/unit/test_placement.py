@@ -55,14 +55,20 @@ def test_a_two_host_model_evicts_where_either_side_lacks_room():
     assert place(Need(0.8, hosts=2), (HostView("spark1", 1.0, used=0.5, running=1), TWO)).evicts
 
 
-@pytest.mark.parametrize(("need", "hosts", "reason"), [
-    (Need(0.5, host="spark3"), (ONE, TWO), "host 'spark3' is not declared"),
-    (Need(0.5, host="spark2"), (ONE, HostView("spark2", 1.0, up=False)), "host 'spark2' is down"),
-    (Need(0.8, hosts=2), (ONE, HostView("spark2", 1.0, up=False)),
-     "the model needs 2 hosts and 1 can take it now; down: spark2"),
-    (Need(0.8), (HostView("spark1", 0.5), HostView("spark2", 0.5)), "needs 1 host and 0 can take it now"),
-    (Need(0.8, host="spark1"), (HostView("spark1", 0.5), TWO), "more than host 'spark1' can hold (0.5)"),
-])
+@pytest.mark.parametrize(
+    ("need", "hosts", "reason"),
+    [
+        (Need(0.5, host="spark3"), (ONE, TWO), "host 'spark3' is not declared"),
+        (Need(0.5, host="spark2"), (ONE, HostView("spark2", 1.0, up=False)), "host 'spark2' is down"),
+        (
+            Need(0.8, hosts=2),
+            (ONE, HostView("spark2", 1.0, up=False)),
+            "the model needs 2 hosts and 1 can take it now; down: spark2",
+        ),
+        (Need(0.8), (HostView("spark1", 0.5), HostView("spark2", 0.5)), "needs 1 host and 0 can take it now"),
+        (Need(0.8, host="spark1"), (HostView("spark1", 0.5), TWO), "more than host 'spark1' can hold (0.5)"),
+    ],
+)
 def test_what_cannot_be_placed_says_why(need, hosts, reason):
     result = place(need, hosts)
     assert isinstance(result, Unplaceable) and reason in result.reason, result

@@ -53,8 +53,7 @@ def test_models_that_fit_run_together():
 
 
 def test_full_budget_evicts_the_least_recently_used_idle_model():
-    state = slots(ready("old", 0.4, last_active=NOW - 500), ready("new", 0.4, last_active=NOW - 10),
-                  stopped("b", 0.5))
+    state = slots(ready("old", 0.4, last_active=NOW - 500), ready("new", 0.4, last_active=NOW - 10), stopped("b", 0.5))
     plan = decide(state, wait("b"), Policy(), NOW)
     assert plan.actions == (Stop("old", StopReason.EVICTED, "b"),)
 
@@ -74,23 +73,34 @@ def test_a_model_with_requests_in_flight_is_never_evicted_the_request_waits():
 
 
 def test_eviction_takes_only_as_many_models_as_needed():
-    state = slots(ready("x", 0.3, last_active=NOW - 300), ready("y", 0.3, last_active=NOW - 200),
-                  ready("z", 0.3, last_active=NOW - 100), stopped("b", 0.5))
-    assert decide(state, wait("b"), Policy(), NOW).of(Stop) == [Stop("x", StopReason.EVICTED, "b"),
-                                                                Stop("y", StopReason.EVICTED, "b")]
+    state = slots(
+        ready("x", 0.3, last_active=NOW - 300),
+        ready("y", 0.3, last_active=NOW - 200),
+        ready("z", 0.3, last_active=NOW - 100),
+        stopped("b", 0.5),
+    )
+    assert decide(state, wait("b"), Policy(), NOW).of(Stop) == [
+        Stop("x", StopReason.EVICTED, "b"),
+        Stop("y", StopReason.EVICTED, "b"),
+    ]
 
 
 def test_keep_warm_is_evicted_last():
-    state = slots(ready("util", 0.3, keep_warm=True, last_active=NOW - 900),
-                  ready("chat", 0.3, last_active=NOW - 10), stopped("b", 0.6))
+    state = slots(
+        ready("util", 0.3, keep_warm=True, last_active=NOW - 900),
+        ready("chat", 0.3, last_active=NOW - 10),
+        stopped("b", 0.6),
+    )
     assert decide(state, wait("b"), Policy(), NOW).of(Stop) == [Stop("chat", StopReason.EVICTED, "b")]
 
 
 def test_exclusive_evicts_everything_including_keep_warm():
     state = slots(ready("util", 0.04, keep_warm=True), ready("small", 0.1), stopped("big", 0.8, exclusive=True))
     plan = decide(state, wait("big"), Policy(), NOW)
-    assert sorted(plan.of(Stop), key=lambda s: s.model) == [Stop("small", StopReason.EVICTED, "big"),
-                                                              Stop("util", StopReason.EVICTED, "big")]
+    assert sorted(plan.of(Stop), key=lambda s: s.model) == [
+        Stop("small", StopReason.EVICTED, "big"),
+        Stop("util", StopReason.EVICTED, "big"),
+    ]
 
 
 def test_nothing_starts_beside_an_exclusive_model():
@@ -116,8 +126,15 @@ def test_queue_collation_serves_models_in_order_of_their_oldest_waiter():
     queue = (Waiter(0, "a", NOW - 4), Waiter(1, "b", NOW - 3), Waiter(2, "a", NOW - 2), Waiter(3, "b", NOW - 1))
     assert decide(state, queue, Policy(), NOW).actions == (Start("a", LOCAL),)
     # Both A requests are in flight (nginx counted them when they arrived); B waits for them.
-    state["a"] = replace(state["a"], state=R, ready_since=NOW, last_active=NOW, idle_timeout=1200,
-                         in_flight=2, oldest_request_since=NOW - 4)
+    state["a"] = replace(
+        state["a"],
+        state=R,
+        ready_since=NOW,
+        last_active=NOW,
+        idle_timeout=1200,
+        in_flight=2,
+        oldest_request_since=NOW - 4,
+    )
     plan = decide(state, queue, Policy(), NOW)
     assert plan.actions == (Grant(0), Grant(2))
     state["a"] = replace(state["a"], in_flight=0, oldest_request_since=None)
@@ -187,11 +204,13 @@ def test_idle_stop_counts_from_the_end_of_the_last_request():
 
 
 def test_no_idle_stop_while_in_flight_before_min_uptime_for_keep_warm_or_when_disabled():
-    for model in (ready("a", idle_timeout=60, in_flight=1, oldest_request_since=NOW - 600),
-                  ready("a", idle_timeout=60, min_uptime=900, ready_since=NOW - 500),
-                  ready("a", idle_timeout=60, keep_warm=True),
-                  ready("a", idle_timeout=0),
-                  ready("a", idle_timeout=60, pinned=True)):
+    for model in (
+        ready("a", idle_timeout=60, in_flight=1, oldest_request_since=NOW - 600),
+        ready("a", idle_timeout=60, min_uptime=900, ready_since=NOW - 500),
+        ready("a", idle_timeout=60, keep_warm=True),
+        ready("a", idle_timeout=0),
+        ready("a", idle_timeout=60, pinned=True),
+    ):
         assert decide(slots(model), (), Policy(), NOW).of(Stop) == [], model
 
 
@@ -207,6 +226,7 @@ def test_models_without_a_gpu_budget_always_fit():
 
 # ---- invariants over random states -------------------------------------------------------------
 
+
 def random_state(rng: random.Random) -> tuple[dict[str, Slot], tuple[Waiter, ...], Policy]:
     models = {}
     starting_used = False
@@ -218,12 +238,21 @@ def random_state(rng: random.Random) -> tuple[dict[str, Slot], tuple[Waiter, ...
             starting_used = True
         in_flight = rng.choice([0, 0, 1, 3]) if state is R else 0
         models[f"m{i}"] = Slot(
-            id=f"m{i}", gpu_memory=rng.choice([0.0, 0.1, 0.3, 0.5, 0.8]), exclusive=rng.random() < 0.15,
-            keep_warm=rng.random() < 0.2, pinned=rng.random() < 0.1, idle_timeout=rng.choice([0, 30, 600]),
-            min_uptime=rng.choice([0, 30]), state=state, in_flight=in_flight,
-            last_active=NOW - rng.uniform(0, 900), ready_since=NOW - rng.uniform(0, 900),
-            starting_since=NOW - rng.uniform(0, 60), oldest_request_since=NOW - 5 if in_flight else None,
-            failures=rng.choice([0, 1, 3]), retry_at=rng.choice([0.0, NOW + 10]),
+            id=f"m{i}",
+            gpu_memory=rng.choice([0.0, 0.1, 0.3, 0.5, 0.8]),
+            exclusive=rng.random() < 0.15,
+            keep_warm=rng.random() < 0.2,
+            pinned=rng.random() < 0.1,
+            idle_timeout=rng.choice([0, 30, 600]),
+            min_uptime=rng.choice([0, 30]),
+            state=state,
+            in_flight=in_flight,
+            last_active=NOW - rng.uniform(0, 900),
+            ready_since=NOW - rng.uniform(0, 900),
+            starting_since=NOW - rng.uniform(0, 60),
+            oldest_request_since=NOW - 5 if in_flight else None,
+            failures=rng.choice([0, 1, 3]),
+            retry_at=rng.choice([0.0, NOW + 10]),
         )
     queue = tuple(Waiter(i, rng.choice(list(models)), NOW - rng.uniform(0, 700)) for i in range(rng.randint(0, 5)))
     policy = Policy(on_busy=rng.choice(["queue", "reject"]), queue_timeout=600)

@@ -54,19 +54,28 @@ def test_one_start_at_a_time_per_host_not_across_hosts():
 
 
 def test_a_model_waiting_for_room_holds_back_only_its_own_host_s_queue():
-    state = slots(on(ONE, ready("busy", 0.8, in_flight=1)), stopped("a", 0.5, host="one"),
-                  stopped("later-one", 0.1, host="one"), stopped("b", 0.5, host="two"))
+    state = slots(
+        on(ONE, ready("busy", 0.8, in_flight=1)),
+        stopped("a", 0.5, host="one"),
+        stopped("later-one", 0.1, host="one"),
+        stopped("b", 0.5, host="two"),
+    )
     plan = decide(state, wait("a", "later-one", "b"), TWO_BOXES, NOW)
     assert plan.actions == (Start("b", TWO),)  # later-one would fit on one, but a is first in one's queue
 
 
 def test_a_model_over_two_hosts_needs_room_on_both_and_is_charged_on_both():
-    state = slots(on(ONE, ready("a", 0.5)), on(TWO, ready("c", 0.5, sleep_level=1, sleep_memory=0.1)),
-                  stopped("big", 0.8, host="one", host_count=2))
+    state = slots(
+        on(ONE, ready("a", 0.5)),
+        on(TWO, ready("c", 0.5, sleep_level=1, sleep_memory=0.1)),
+        stopped("big", 0.8, host="one", host_count=2),
+    )
     plan = decide(state, wait("big"), TWO_BOXES, NOW)
     assert set(plan.actions) == {Stop("a", StopReason.EVICTED, "big"), Sleep("c", SleepReason.ROOM, "big")}
-    freed = slots(on(TWO, replace(ready("c", 0.5, sleep_level=1, sleep_memory=0.1), state=State.SLEEPING)),
-                  stopped("big", 0.8, host="one", host_count=2))
+    freed = slots(
+        on(TWO, replace(ready("c", 0.5, sleep_level=1, sleep_memory=0.1), state=State.SLEEPING)),
+        stopped("big", 0.8, host="one", host_count=2),
+    )
     assert decide(freed, wait("big"), TWO_BOXES, NOW).actions == (Start("big", ("one", "two")),)
     running = slots(on(("one", "two"), ready("big", 0.8, in_flight=1)), stopped("d", 0.3))
     refused = decide(running, wait("d"), Policy(on_busy="reject", hosts=TWO_BOXES.hosts), NOW).actions
@@ -97,8 +106,12 @@ def test_invariants_per_host(seed):
     for slot in state.values():
         count = 2 if rng.random() < 0.2 else 1
         hosts = ("one", "two") if count == 2 else (rng.choice(["one", "two"]),)
-        placed[slot.id] = replace(slot, host_count=count, hosts=hosts if slot.state in OCCUPYING else
-                                  rng.choice([(), hosts]), host=rng.choice(["", "", hosts[0]]))
+        placed[slot.id] = replace(
+            slot,
+            host_count=count,
+            hosts=hosts if slot.state in OCCUPYING else rng.choice([(), hosts]),
+            host=rng.choice(["", "", hosts[0]]),
+        )
     budgets = (HostBudget("one", 1.0), HostBudget("two", rng.choice([0.5, 1.0]), up=rng.random() < 0.9))
     policy = replace(policy, hosts=budgets)
     plan = decide(placed, queue, policy, NOW)
@@ -107,8 +120,11 @@ def test_invariants_per_host(seed):
         assert len(start.hosts) == slot.host_count and (not slot.host or start.hosts[0] == slot.host)
         for budget in (b for b in budgets if b.name in start.hosts):
             assert budget.up
-            others = [s for s in placed.values() if s.state in OCCUPYING and s.id != slot.id
-                      and budget.name in (s.hosts or ("one",))]
+            others = [
+                s
+                for s in placed.values()
+                if s.state in OCCUPYING and s.id != slot.id and budget.name in (s.hosts or ("one",))
+            ]
             assert not any(s.state is STARTING for s in others)  # one start at a time per host
             assert sum(s.gpu_memory for s in others) + slot.gpu_memory <= budget.capacity + 1e-9
             assert not (others and (slot.exclusive or any(s.exclusive for s in others)))

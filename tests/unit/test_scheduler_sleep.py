@@ -46,11 +46,13 @@ def wait(*models: str, since: float = NOW - 1) -> tuple[Waiter, ...]:
 
 # ---- idle: sleep instead of stop; asleep too long: stop ----
 
+
 def test_an_idle_sleep_capable_model_sleeps_instead_of_stopping():
     model = sleeper("a", idle_timeout=60, last_active=NOW - 60)
     assert decide(slots(model), (), Policy(), NOW).actions == (Sleep("a", SleepReason.IDLE),)
     assert decide(slots(ready("b", idle_timeout=60, last_active=NOW - 60)), (), Policy(), NOW).actions == (
-        Stop("b", StopReason.IDLE),)
+        Stop("b", StopReason.IDLE),
+    )
 
 
 def test_a_model_whose_wakes_failed_too_often_is_stopped_instead_of_slept():
@@ -75,9 +77,11 @@ def test_asleep_for_sleep_timeout_it_is_stopped_and_not_before():
 
 
 def test_no_sleep_timeout_stop_when_disabled_for_keep_warm_pinned_or_a_model_someone_waits_for():
-    for model in (sleeping("a", since=NOW - 9999, sleep_timeout=0),
-                  sleeping("a", since=NOW - 9999, keep_warm=True),
-                  sleeping("a", since=NOW - 9999, pinned=True)):
+    for model in (
+        sleeping("a", since=NOW - 9999, sleep_timeout=0),
+        sleeping("a", since=NOW - 9999, keep_warm=True),
+        sleeping("a", since=NOW - 9999, pinned=True),
+    ):
         assert decide(slots(model), (), Policy(), NOW).of(Stop) == [], model
     # Its waiter cannot have it yet (a busy model holds the room); the sleeper is kept for the wake.
     state = slots(sleeping("a", 0.5, since=NOW - 9999), ready("b", 0.8, in_flight=1, oldest_request_since=NOW))
@@ -85,6 +89,7 @@ def test_no_sleep_timeout_stop_when_disabled_for_keep_warm_pinned_or_a_model_som
 
 
 # ---- a request for a sleeping model wakes it ----
+
 
 def test_one_wake_serves_every_waiter_of_a_sleeping_model():
     plan = decide(slots(sleeping("a")), wait("a", "a", "a"), Policy(), NOW)
@@ -122,6 +127,7 @@ def test_one_start_or_wake_at_a_time():
 
 # ---- room: sleep first if that is enough, else stop sleeping ones ----
 
+
 def test_the_budget_counts_what_sleeping_models_hold():
     state = slots(sleeping("a", 0.5, asleep=0.05), stopped("b", 0.9))
     assert held(state["a"]) == 0.05
@@ -131,15 +137,21 @@ def test_the_budget_counts_what_sleeping_models_hold():
 
 
 def test_idle_models_are_put_to_sleep_for_room_when_that_is_enough():
-    state = slots(sleeper("old", 0.4, asleep=0.05, last_active=NOW - 500),
-                  sleeper("new", 0.4, asleep=0.05, last_active=NOW - 10), stopped("b", 0.5))
+    state = slots(
+        sleeper("old", 0.4, asleep=0.05, last_active=NOW - 500),
+        sleeper("new", 0.4, asleep=0.05, last_active=NOW - 10),
+        stopped("b", 0.5),
+    )
     assert decide(state, wait("b"), Policy(), NOW).actions == (Sleep("old", SleepReason.ROOM, "b"),)
 
 
 def test_when_sleeping_is_not_enough_sleeping_models_are_stopped_least_recently_used_first():
-    state = slots(sleeping("older", 0.5, asleep=0.3, last_active=NOW - 900),
-                  sleeping("newer", 0.5, asleep=0.3, last_active=NOW - 800),
-                  sleeper("idle", 0.2, asleep=0.2, last_active=NOW - 10), stopped("b", 0.5))
+    state = slots(
+        sleeping("older", 0.5, asleep=0.3, last_active=NOW - 900),
+        sleeping("newer", 0.5, asleep=0.3, last_active=NOW - 800),
+        sleeper("idle", 0.2, asleep=0.2, last_active=NOW - 10),
+        stopped("b", 0.5),
+    )
     # Sleeping "idle" frees nothing; stopping "older" is enough.
     assert decide(state, wait("b"), Policy(), NOW).actions == (Stop("older", StopReason.EVICTED, "b"),)
 
@@ -151,8 +163,11 @@ def test_a_sleep_and_a_stop_together_when_neither_alone_makes_room():
 
 
 def test_idle_models_that_cannot_sleep_are_stopped_before_sleep_capable_ones():
-    state = slots(ready("plain", 0.5, last_active=NOW - 10), sleeper("capable", 0.5, asleep=0.5, last_active=NOW - 900),
-                  stopped("b", 0.5))
+    state = slots(
+        ready("plain", 0.5, last_active=NOW - 10),
+        sleeper("capable", 0.5, asleep=0.5, last_active=NOW - 900),
+        stopped("b", 0.5),
+    )
     assert decide(state, wait("b"), Policy(), NOW).actions == (Stop("plain", StopReason.EVICTED, "b"),)
 
 
@@ -166,8 +181,10 @@ def test_the_start_waits_until_the_models_put_to_sleep_are_asleep():
 def test_an_exclusive_model_stops_sleeping_models_too():
     state = slots(sleeping("a", 0.3, asleep=0.0), sleeper("b", 0.3, asleep=0.0), stopped("big", 0.5, exclusive=True))
     plan = decide(state, wait("big"), Policy(), NOW)
-    assert sorted(plan.of(Stop), key=lambda s: s.model) == [Stop("a", StopReason.EVICTED, "big"),
-                                                            Stop("b", StopReason.EVICTED, "big")]
+    assert sorted(plan.of(Stop), key=lambda s: s.model) == [
+        Stop("a", StopReason.EVICTED, "big"),
+        Stop("b", StopReason.EVICTED, "big"),
+    ]
     assert plan.of(Sleep) == []
 
 
@@ -185,6 +202,7 @@ def test_a_keep_warm_model_put_to_sleep_for_room_wakes_when_the_room_is_back():
 
 # ---- invariants over random states with every sleep state ----
 
+
 def random_state(rng: random.Random) -> tuple[dict[str, Slot], tuple[Waiter, ...], Policy]:
     models = {}
     coming_up = False
@@ -196,13 +214,25 @@ def random_state(rng: random.Random) -> tuple[dict[str, Slot], tuple[Waiter, ...
         gpu = rng.choice([0.0, 0.1, 0.3, 0.5, 0.8])
         level = rng.choice([0, 1, 2]) if state not in (ASLEEP, FALLING, WAKING) else rng.choice([1, 2])
         models[f"m{i}"] = Slot(
-            id=f"m{i}", gpu_memory=gpu, exclusive=rng.random() < 0.15, keep_warm=rng.random() < 0.2,
-            pinned=rng.random() < 0.1, idle_timeout=rng.choice([0, 30, 600]), min_uptime=rng.choice([0, 30]),
-            state=state, since=NOW - rng.uniform(0, 5000), in_flight=in_flight,
-            last_active=NOW - rng.uniform(0, 900), ready_since=NOW - rng.uniform(0, 900),
-            starting_since=NOW - rng.uniform(0, 60), oldest_request_since=NOW - 5 if in_flight else None,
-            failures=rng.choice([0, 1, 3]), retry_at=rng.choice([0.0, NOW + 10]), sleep_level=level,
-            sleep_memory=gpu * rng.choice([0.0, 0.1, 1.0]), sleep_timeout=rng.choice([0, 60, 3600]),
+            id=f"m{i}",
+            gpu_memory=gpu,
+            exclusive=rng.random() < 0.15,
+            keep_warm=rng.random() < 0.2,
+            pinned=rng.random() < 0.1,
+            idle_timeout=rng.choice([0, 30, 600]),
+            min_uptime=rng.choice([0, 30]),
+            state=state,
+            since=NOW - rng.uniform(0, 5000),
+            in_flight=in_flight,
+            last_active=NOW - rng.uniform(0, 900),
+            ready_since=NOW - rng.uniform(0, 900),
+            starting_since=NOW - rng.uniform(0, 60),
+            oldest_request_since=NOW - 5 if in_flight else None,
+            failures=rng.choice([0, 1, 3]),
+            retry_at=rng.choice([0.0, NOW + 10]),
+            sleep_level=level,
+            sleep_memory=gpu * rng.choice([0.0, 0.1, 1.0]),
+            sleep_timeout=rng.choice([0, 60, 3600]),
             wake_failures=rng.choice([0, 0, 2]),
         )
     queue = tuple(Waiter(i, rng.choice(list(models)), NOW - rng.uniform(0, 700)) for i in range(rng.randint(0, 5)))

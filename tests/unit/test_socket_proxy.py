@@ -20,36 +20,66 @@ from waker.docker.socket_proxy import (
 MANAGED = {"Image": "i", "Labels": {"io.waker.managed": "true"}, "HostConfig": {"Binds": ["/data:/models"]}}
 
 
-@pytest.mark.parametrize("method, target", [
-    ("GET", "/v1.41/_ping"), ("GET", "/v1.41/events?filters=%7B%7D"), ("GET", "/v1.41/containers/json?all=1"),
-    ("GET", "/v1.41/containers/abc123/json"), ("GET", "/v1.41/containers/abc/logs?tail=5"),
-    ("POST", "/v1.41/containers/abc/start"), ("POST", "/v1.41/containers/abc/stop?t=5"),
-    ("DELETE", "/v1.41/containers/abc?force=1"), ("GET", "/v1.41/images/waker-fake-vllm:test/json"),
-    ("POST", "/v1.41/images/create?fromImage=x"), ("POST", "/v1.41/networks/egress/connect"),
-    ("POST", "/v1.41/containers/gw/kill?signal=HUP"), ("POST", "/v1.41/containers/gw/kill?signal=SIGHUP"),
-])
+@pytest.mark.parametrize(
+    "method, target",
+    [
+        ("GET", "/v1.41/_ping"),
+        ("GET", "/v1.41/events?filters=%7B%7D"),
+        ("GET", "/v1.41/containers/json?all=1"),
+        ("GET", "/v1.41/containers/abc123/json"),
+        ("GET", "/v1.41/containers/abc/logs?tail=5"),
+        ("POST", "/v1.41/containers/abc/start"),
+        ("POST", "/v1.41/containers/abc/stop?t=5"),
+        ("DELETE", "/v1.41/containers/abc?force=1"),
+        ("GET", "/v1.41/images/waker-fake-vllm:test/json"),
+        ("POST", "/v1.41/images/create?fromImage=x"),
+        ("POST", "/v1.41/networks/egress/connect"),
+        ("POST", "/v1.41/containers/gw/kill?signal=HUP"),
+        ("POST", "/v1.41/containers/gw/kill?signal=SIGHUP"),
+    ],
+)
 def test_the_calls_the_waker_makes_pass(method, target):
     check(method, target, b"")
 
 
-@pytest.mark.parametrize("method, target", [
-    ("POST", "/v1.41/containers/abc/exec"), ("POST", "/v1.41/exec/abc/start"), ("GET", "/v1.41/volumes"),
-    ("DELETE", "/v1.41/images/x"), ("POST", "/v1.41/build"),
-    ("POST", "/v1.41/swarm/init"), ("GET", "/v1.41/secrets"), ("POST", "/v1.41/containers/abc/attach"),
-    ("PUT", "/v1.41/containers/abc/archive"), ("GET", "/v1.41/containers/abc/archive?path=/"),
-    ("POST", "/v1.41/networks/create"), ("POST", "/v1.41/networks/abc/disconnect"), ("DELETE", "/v1.41/networks/abc"),
-])
+@pytest.mark.parametrize(
+    "method, target",
+    [
+        ("POST", "/v1.41/containers/abc/exec"),
+        ("POST", "/v1.41/exec/abc/start"),
+        ("GET", "/v1.41/volumes"),
+        ("DELETE", "/v1.41/images/x"),
+        ("POST", "/v1.41/build"),
+        ("POST", "/v1.41/swarm/init"),
+        ("GET", "/v1.41/secrets"),
+        ("POST", "/v1.41/containers/abc/attach"),
+        ("PUT", "/v1.41/containers/abc/archive"),
+        ("GET", "/v1.41/containers/abc/archive?path=/"),
+        ("POST", "/v1.41/networks/create"),
+        ("POST", "/v1.41/networks/abc/disconnect"),
+        ("DELETE", "/v1.41/networks/abc"),
+    ],
+)
 def test_anything_else_is_refused(method, target):
     with pytest.raises(Refused, match="not a call the waker makes"):
         check(method, target, b"")
 
 
-@pytest.mark.parametrize("target", [
-    "/v1.41/containers/gw/kill", "/v1.41/containers/gw/kill?signal=KILL", "/v1.41/containers/gw/kill?signal=TERM",
-    "/v1.41/containers/gw/kill?signal=9", "/v1.41/containers/gw/kill?signal=1", "/v1.41/containers/gw/kill?signal=hup",
-    "/v1.41/containers/gw/kill?signal=HUP&signal=KILL", "/v1.41/containers/gw/kill?signal=HUP&x=1",
-    "/v1.41/containers/gw/kill?signal=", "/v1.41/containers/gw/kill?signal=HUP%00",
-])
+@pytest.mark.parametrize(
+    "target",
+    [
+        "/v1.41/containers/gw/kill",
+        "/v1.41/containers/gw/kill?signal=KILL",
+        "/v1.41/containers/gw/kill?signal=TERM",
+        "/v1.41/containers/gw/kill?signal=9",
+        "/v1.41/containers/gw/kill?signal=1",
+        "/v1.41/containers/gw/kill?signal=hup",
+        "/v1.41/containers/gw/kill?signal=HUP&signal=KILL",
+        "/v1.41/containers/gw/kill?signal=HUP&x=1",
+        "/v1.41/containers/gw/kill?signal=",
+        "/v1.41/containers/gw/kill?signal=HUP%00",
+    ],
+)
 def test_kill_is_refused_for_every_signal_but_hup(target):
     with pytest.raises(Refused, match="only signal=HUP"):
         check("POST", target, b"")
@@ -62,15 +92,21 @@ def test_a_kill_names_its_container_for_the_gateway_check():
     assert ON_CONTAINER.match("POST /v1.41/containers/abc123/kill?signal=HUP") is None  # not a managed-only call
 
 
-@pytest.mark.parametrize("change, reason", [
-    ({"Labels": {}}, "labelled"), ({"HostConfig": {"Privileged": True}}, "privileged"),
-    ({"HostConfig": {"CapAdd": ["SYS_ADMIN"]}}, "capabilities"), ({"HostConfig": {"PidMode": "host"}}, "PidMode"),
-    ({"HostConfig": {"NetworkMode": "host"}}, "NetworkMode"), ({"HostConfig": {"Binds": ["/:/host"]}}, "mounting /"),
-    ({"HostConfig": {"Binds": ["/var/run/docker.sock:/s"]}}, "docker.sock"),
-    ({"HostConfig": {"NetworkMode": "container:gateway"}}, "shares another namespace"),
-    ({"HostConfig": {"PidMode": "container:abc"}}, "shares another namespace"),
-    ({"Labels": {"io.waker.managed": "true", "io.waker.role": "gateway"}}, "operator's"),
-])
+@pytest.mark.parametrize(
+    "change, reason",
+    [
+        ({"Labels": {}}, "labelled"),
+        ({"HostConfig": {"Privileged": True}}, "privileged"),
+        ({"HostConfig": {"CapAdd": ["SYS_ADMIN"]}}, "capabilities"),
+        ({"HostConfig": {"PidMode": "host"}}, "PidMode"),
+        ({"HostConfig": {"NetworkMode": "host"}}, "NetworkMode"),
+        ({"HostConfig": {"Binds": ["/:/host"]}}, "mounting /"),
+        ({"HostConfig": {"Binds": ["/var/run/docker.sock:/s"]}}, "docker.sock"),
+        ({"HostConfig": {"NetworkMode": "container:gateway"}}, "shares another namespace"),
+        ({"HostConfig": {"PidMode": "container:abc"}}, "shares another namespace"),
+        ({"Labels": {"io.waker.managed": "true", "io.waker.role": "gateway"}}, "operator's"),
+    ],
+)
 def test_dangerous_creates_are_refused(change, reason):
     check("POST", "/v1.41/containers/create?name=x", json.dumps(MANAGED).encode())
     with pytest.raises(Refused, match=reason):
@@ -87,8 +123,13 @@ def test_container_calls_name_their_container_but_create_and_list_do_not():
 def test_network_connect_names_one_container_and_nothing_else():
     assert NETWORK_CONNECT.match("POST /v1.41/networks/egress/connect")
     assert connected_container(b'{"Container": "abc123"}') == "abc123"
-    for body in (b"[]", b"nope", b'{"Container": "abc", "EndpointConfig": {"IPAMConfig": {}}}', b'{"Container": 1}',
-                 b'{"Container": "../x"}'):
+    for body in (
+        b"[]",
+        b"nope",
+        b'{"Container": "abc", "EndpointConfig": {"IPAMConfig": {}}}',
+        b'{"Container": 1}',
+        b'{"Container": "../x"}',
+    ):
         with pytest.raises(Refused, match="network connect"):
             connected_container(body)
 
@@ -100,8 +141,9 @@ def test_a_pull_names_its_image_with_its_tag():
 
 async def test_a_pull_without_credentials_gets_the_hosts_docker_login(tmp_path, monkeypatch):
     """Through a real proxy to a stand-in Docker socket that records what reaches it."""
-    (tmp_path / "config.json").write_text(json.dumps(
-        {"auths": {"reg.io": {"auth": base64.b64encode(b"me:pw").decode()}}}))
+    (tmp_path / "config.json").write_text(
+        json.dumps({"auths": {"reg.io": {"auth": base64.b64encode(b"me:pw").decode()}}})
+    )
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
     seen: list[bytes] = []
 
@@ -125,7 +167,10 @@ async def test_a_pull_without_credentials_gets_the_hosts_docker_login(tmp_path, 
         upstream.close()
     header = [line for line in seen[0].split(b"\r\n") if line.lower().startswith(b"x-registry-auth:")]
     assert json.loads(base64.urlsafe_b64decode(header[0].split(b":", 1)[1].strip())) == {
-        "username": "me", "password": "pw", "serveraddress": "reg.io"}
+        "username": "me",
+        "password": "pw",
+        "serveraddress": "reg.io",
+    }
     assert b"x-registry-auth" not in seen[1].lower()  # no login for that registry: anonymous
 
 

@@ -41,6 +41,7 @@ async def timer_in(shell, seconds: float) -> None:
 
 # ---- starts -------------------------------------------------------------------------------------
 
+
 async def test_a_burst_of_cold_requests_shares_one_start():
     shell = await open_shell(make_config({"id": "a"}))
     gate = shell.driver.hold("a")
@@ -84,6 +85,7 @@ async def test_a_crash_of_the_start_code_itself_fails_the_start_instead_of_hangi
     class Broken(FakeDriver):
         async def up(self, model, died):
             raise KeyError("a bug")
+
     shell = await open_shell(make_config({"id": "a"}), Broken())
     with pytest.raises(RequestRefused) as refused:
         await request_for(shell, "a")
@@ -116,6 +118,7 @@ async def test_a_client_that_hangs_up_while_queued_starts_nothing():
 
 
 # ---- a model believed ready ---------------------------------------------------------------------
+
 
 async def test_a_ready_model_that_no_longer_answers_is_stopped_and_started_again():
     shell = await open_shell(make_config({"id": "a"}))
@@ -176,6 +179,7 @@ async def test_events_of_containers_of_unknown_models_are_ignored():
 
 # ---- idle stops ---------------------------------------------------------------------------------
 
+
 async def test_an_idle_model_is_stopped_after_its_idle_timeout_and_not_before():
     shell = await open_shell(make_config({"id": "a", "idle_timeout": "10s", "min_uptime": "0s"}))
     await ready(shell, "a")
@@ -234,6 +238,7 @@ async def test_a_refused_stop_is_retried_until_the_engine_accepts():
 
 # ---- room on the GPU ----------------------------------------------------------------------------
 
+
 async def test_an_idle_model_is_evicted_for_one_that_needs_the_room():
     shell = await open_shell(make_config({"id": "a", "gpu_memory": 0.6}, {"id": "b", "gpu_memory": 0.6}))
     await ready(shell, "a")
@@ -243,8 +248,9 @@ async def test_an_idle_model_is_evicted_for_one_that_needs_the_room():
 
 
 async def test_a_busy_model_is_not_evicted_and_the_request_waits_then_times_out():
-    shell = await open_shell(make_config({"id": "a", "gpu_memory": 0.6}, {"id": "b", "gpu_memory": 0.6},
-                                         queue_timeout="30s"))
+    shell = await open_shell(
+        make_config({"id": "a", "gpu_memory": 0.6}, {"id": "b", "gpu_memory": 0.6}, queue_timeout="30s")
+    )
     await ready(shell, "a")
     begin(shell, "a", b"r1")
     waiting = request_for(shell, "b")
@@ -257,6 +263,7 @@ async def test_a_busy_model_is_not_evicted_and_the_request_waits_then_times_out(
 
 
 # ---- Docker's view ------------------------------------------------------------------------------
+
 
 async def test_running_containers_are_adopted_after_a_restart_never_restarted():
     driver = FakeDriver(running_now={"a": "old-a"})
@@ -272,9 +279,11 @@ async def test_nothing_is_decided_before_the_first_sync():
     class Unsynced(FakeDriver):
         async def follow(self, on_event, on_connect, on_lost):
             await asyncio.Event().wait()
+
     driver = Unsynced()
-    supervisor = Supervisor(make_config({"id": "a", "keep_warm": True}), Fleet({"local": driver}), EventBus(),
-                            FakeClock())
+    supervisor = Supervisor(
+        make_config({"id": "a", "keep_warm": True}), Fleet({"local": driver}), EventBus(), FakeClock()
+    )
     await supervisor.open()
     supervisor.reconcile()
     assert supervisor.state("a") is State.STOPPED and not driver.calls

@@ -19,9 +19,13 @@ from waker.shell.supervisor import Supervisor
 
 
 def two_hosts(*models: dict) -> Config:
-    raw = {"host": [{"name": "one", "gpu_capacity": 1.0},
-                    {"name": "two", "docker_host": "ssh://two", "address": "10.0.0.2", "gpu_capacity": 1.0}],
-           "model": [{"image": "fake:test", "gpu_memory": 0.6, **m} for m in models]}
+    raw = {
+        "host": [
+            {"name": "one", "gpu_capacity": 1.0},
+            {"name": "two", "docker_host": "ssh://two", "address": "10.0.0.2", "gpu_capacity": 1.0},
+        ],
+        "model": [{"image": "fake:test", "gpu_memory": 0.6, **m} for m in models],
+    }
     return parse_config(raw, Path("/nonexistent/models.toml"))
 
 
@@ -101,9 +105,11 @@ async def test_until_every_host_has_answered_or_failed_once_nothing_is_decided()
         async def follow(self, on_event, on_connect, on_lost):
             self._on_event, self._on_connect, self._on_lost = on_event, on_connect, on_lost
             await asyncio.Event().wait()
+
     one, two = FakeDriver(), Silent()
-    supervisor = Supervisor(two_hosts({"id": "a", "keep_warm": True}), Fleet({"one": one, "two": two}), EventBus(),
-                            FakeClock())
+    supervisor = Supervisor(
+        two_hosts({"id": "a", "keep_warm": True}), Fleet({"one": one, "two": two}), EventBus(), FakeClock()
+    )
     await supervisor.open()
     await until(lambda: one._on_connect is not None and two._on_lost is not None, "both follows")
     supervisor.reconcile()
@@ -119,9 +125,11 @@ async def test_a_host_that_neither_answers_nor_fails_holds_the_first_decisions_o
         async def follow(self, on_event, on_connect, on_lost):
             self._on_connect = on_connect
             await asyncio.Event().wait()
+
     one, two, clock = FakeDriver(), Silent(), FakeClock()
-    supervisor = Supervisor(two_hosts({"id": "a", "keep_warm": True}), Fleet({"one": one, "two": two}), EventBus(),
-                            clock)
+    supervisor = Supervisor(
+        two_hosts({"id": "a", "keep_warm": True}), Fleet({"one": one, "two": two}), EventBus(), clock
+    )
     await supervisor.open()
     await until(lambda: one._on_connect is not None and two._on_connect is not None, "both follows")
     assert supervisor.state("a") is State.STOPPED

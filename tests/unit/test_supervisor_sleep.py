@@ -22,8 +22,14 @@ NOTHING: frozenset[str] = frozenset()
 
 
 def sleeper(model_id: str, **extra: Any) -> dict[str, Any]:
-    return {"id": model_id, "sleep": 1, "command": ["--served-model-name", model_id], "idle_timeout": "10s",
-            "min_uptime": "0s", **extra}
+    return {
+        "id": model_id,
+        "sleep": 1,
+        "command": ["--served-model-name", model_id],
+        "idle_timeout": "10s",
+        "min_uptime": "0s",
+        **extra,
+    }
 
 
 async def sleep_shell(*models: dict[str, Any], driver: FakeDriver | None = None, **scheduler: Any):
@@ -133,8 +139,9 @@ async def test_a_model_asleep_for_its_sleep_timeout_is_stopped():
 
 
 async def test_room_is_made_by_putting_an_idle_model_to_sleep():
-    shell, _ = await sleep_shell(sleeper("a", gpu_memory=0.6, sleep_memory=0.1, idle_timeout="1h"),
-                                 {"id": "b", "gpu_memory": 0.6})
+    shell, _ = await sleep_shell(
+        sleeper("a", gpu_memory=0.6, sleep_memory=0.1, idle_timeout="1h"), {"id": "b", "gpu_memory": 0.6}
+    )
     await ready(shell, "a")
     await ready(shell, "b")
     assert shell.supervisor.state("a") is State.SLEEPING

@@ -3,10 +3,22 @@ import pytest
 from waker.config.units import format_duration, format_size, parse_duration, parse_size
 
 
-@pytest.mark.parametrize("text, seconds", [
-    ("90s", 90), ("15m", 900), ("1h", 3600), ("1h30m", 5400), ("0", 0), (42, 42), (1.5, 1.5),
-    ("250ms", 0.25), ("2d", 172800), (" 5S ", 5), ("120", 120),
-])
+@pytest.mark.parametrize(
+    "text, seconds",
+    [
+        ("90s", 90),
+        ("15m", 900),
+        ("1h", 3600),
+        ("1h30m", 5400),
+        ("0", 0),
+        (42, 42),
+        (1.5, 1.5),
+        ("250ms", 0.25),
+        ("2d", 172800),
+        (" 5S ", 5),
+        ("120", 120),
+    ],
+)
 def test_durations(text, seconds):
     assert parse_duration(text) == seconds
 
@@ -22,10 +34,17 @@ def test_format_duration_round_trips(seconds):
     assert parse_duration(format_duration(seconds)) == seconds
 
 
-@pytest.mark.parametrize("text, size", [
-    ("16g", 16 * 1024**3), ("512m", 512 * 1024**2), ("64k", 65536), (1000, 1000), ("4GB", 4 * 1024**3),
-    ("2gi", 2 * 1024**3),
-])
+@pytest.mark.parametrize(
+    "text, size",
+    [
+        ("16g", 16 * 1024**3),
+        ("512m", 512 * 1024**2),
+        ("64k", 65536),
+        (1000, 1000),
+        ("4GB", 4 * 1024**3),
+        ("2gi", 2 * 1024**3),
+    ],
+)
 def test_sizes(text, size):
     assert parse_size(text) == size
     assert parse_size(format_size(size)) == size

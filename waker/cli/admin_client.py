@@ -38,12 +38,14 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         return parser
 
     command("status", "show every model: state, requests, uptime, idle time")
-    for name, help_text in (("start", "start a model and wait until it is ready"),
-                            ("stop", "stop a model"),
-                            ("sleep", "put an idle model in sleep mode now (its config needs sleep = 1 or 2)"),
-                            ("wake", "wake a sleeping model (as start: a stopped one is started)"),
-                            ("pin", "never idle-stop or evict a model"),
-                            ("unpin", "let a model be idle-stopped and evicted again")):
+    for name, help_text in (
+        ("start", "start a model and wait until it is ready"),
+        ("stop", "stop a model"),
+        ("sleep", "put an idle model in sleep mode now (its config needs sleep = 1 or 2)"),
+        ("wake", "wake a sleeping model (as start: a stopped one is started)"),
+        ("pin", "never idle-stop or evict a model"),
+        ("unpin", "let a model be idle-stopped and evicted again"),
+    ):
         parser = command(name, help_text)
         parser.add_argument("model")
         if name in ("start", "stop", "sleep", "wake"):
@@ -51,7 +53,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
         if name == "stop":
             parser.add_argument("--force", action="store_true", help="even if requests are in flight")
     command("unload", "stop every model that is not pinned").add_argument(
-        "--force", action="store_true", help="even models with requests in flight")
+        "--force", action="store_true", help="even models with requests in flight"
+    )
     logs = command("logs", "print a model's container logs")
     logs.add_argument("model")
     logs.add_argument("-f", "--follow", action="store_true", help="keep printing new lines")
@@ -59,7 +62,8 @@ def add_commands(sub: argparse._SubParsersAction) -> None:
     command("events", "print what happens, as it happens")
     command("reload", "re-read the config file; a broken one is refused and the running one stays")
     command("prepare", "check images and create containers without starting them").add_argument(
-        "models", nargs="*", help="model ids (default: all)")
+        "models", nargs="*", help="model ids (default: all)"
+    )
 
 
 def run(args: argparse.Namespace) -> int:
@@ -82,8 +86,9 @@ def _target(args: argparse.Namespace) -> tuple[str, str]:
     except ConfigError as exc:
         if url:
             return url, token or ""
-        raise ClientError(EXIT_USAGE, "no --url or $WAKER_URL, and the config cannot be read: "
-                          + "; ".join(exc.problems)) from None
+        raise ClientError(
+            EXIT_USAGE, "no --url or $WAKER_URL, and the config cannot be read: " + "; ".join(exc.problems)
+        ) from None
     return url or config.waker.listen.reachable().url, token if token is not None else config.waker.admin_token
 
 
@@ -124,8 +129,10 @@ class Client:
             raise ClientError(EXIT_REFUSED, message) from None
         except (urllib.error.URLError, OSError) as exc:
             reason = getattr(exc, "reason", exc)
-            raise ClientError(EXIT_UNREACHABLE, f"cannot reach the waker at {self.url} ({reason}); "
-                              "is `waker run` running, and is --url right?") from None
+            raise ClientError(
+                EXIT_UNREACHABLE,
+                f"cannot reach the waker at {self.url} ({reason}); is `waker run` running, and is --url right?",
+            ) from None
 
 
 def _quoted(model: str) -> str:
@@ -136,8 +143,11 @@ def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
     value = int(value)
-    return f"{value // 3600}h{value % 3600 // 60:02d}m" if value >= 3600 else (
-        f"{value // 60}m{value % 60:02d}s" if value >= 60 else f"{value}s")
+    return (
+        f"{value // 3600}h{value % 3600 // 60:02d}m"
+        if value >= 3600
+        else (f"{value // 60}m{value % 60:02d}s" if value >= 60 else f"{value}s")
+    )
 
 
 def _print(args: argparse.Namespace, data: Any, human: str) -> int:
@@ -148,8 +158,20 @@ def _print(args: argparse.Namespace, data: Any, human: str) -> int:
 def status(client: Client, args: argparse.Namespace) -> int:
     data = client.call("GET", "/admin/models")
     several = len(data.get("hosts", ())) > 1
-    rows = [("MODEL", "STATE", *(("HOST",) if several else ()), "IN-FLIGHT", "QUEUED", "UPTIME", "IDLE", "GPU", "FLAGS",
-             "LAST ERROR")]
+    rows = [
+        (
+            "MODEL",
+            "STATE",
+            *(("HOST",) if several else ()),
+            "IN-FLIGHT",
+            "QUEUED",
+            "UPTIME",
+            "IDLE",
+            "GPU",
+            "FLAGS",
+            "LAST ERROR",
+        )
+    ]
     for m in data["models"]:
         flags = ",".join(f for f in ("exclusive", "keep_warm", "pinned") if m[f]) or "-"
         state = m["state"]
@@ -159,8 +181,20 @@ def status(client: Client, args: argparse.Namespace) -> int:
                 state += f" ({m['loading']['pull']['text']})"
         error = (m["last_error"] or "-").splitlines()[0][:60]
         where = ("+".join(m["hosts"]) or "-",) if several else ()
-        rows.append((m["id"], state, *where, str(m["in_flight"]), str(m["queued"]), _seconds(m["uptime_seconds"]),
-                     _seconds(m["idle_seconds"]), f"{m['gpu_memory']:g}", flags, error))
+        rows.append(
+            (
+                m["id"],
+                state,
+                *where,
+                str(m["in_flight"]),
+                str(m["queued"]),
+                _seconds(m["uptime_seconds"]),
+                _seconds(m["idle_seconds"]),
+                f"{m['gpu_memory']:g}",
+                flags,
+                error,
+            )
+        )
     widths = [max(len(r[i]) for r in rows) for i in range(len(rows[0]))]
     table = "\n".join("  ".join(c.ljust(w) for c, w in zip(r, widths, strict=True)).rstrip() for r in rows)
     # The line a waiting stream and the dashboard show, for each model queued or loading.
@@ -168,8 +202,10 @@ def status(client: Client, args: argparse.Namespace) -> int:
     footer = f"{progress}\nqueue: {data['queue_length']}   docker: {data['docker']}"
     for host in data["hosts"] if several else ():
         state = "connected" if host["connected"] else f"DOWN: {host['error']}"
-        footer += (f"\nhost {host['name']}: GPU {host['gpu_used']:g} of {host['gpu_capacity']:g} "
-                   f"({', '.join(host['models']) or 'nothing'}), {state}")
+        footer += (
+            f"\nhost {host['name']}: GPU {host['gpu_used']:g} of {host['gpu_capacity']:g} "
+            f"({', '.join(host['models']) or 'nothing'}), {state}"
+        )
     return _print(args, data, table + footer)
 
 
@@ -220,11 +256,25 @@ def reload(client: Client, args: argparse.Namespace) -> int:
 
 def prepare(client: Client, args: argparse.Namespace) -> int:
     data = client.call("POST", "/admin/prepare", {"models": args.models})
-    lines = [f"{model}: " + ", ".join(f"{k} {v}" if k != "error" else f"ERROR {v}" for k, v in report.items())
-             for model, report in data["models"].items()]
+    lines = [
+        f"{model}: " + ", ".join(f"{k} {v}" if k != "error" else f"ERROR {v}" for k, v in report.items())
+        for model, report in data["models"].items()
+    ]
     _print(args, data, "\n".join(lines))
     return 0 if data["ok"] else EXIT_REFUSED
 
 
-COMMANDS = {"status": status, "start": act, "stop": act, "sleep": act, "wake": act, "pin": act, "unpin": act,
-            "unload": unload, "logs": logs, "events": events, "reload": reload, "prepare": prepare}
+COMMANDS = {
+    "status": status,
+    "start": act,
+    "stop": act,
+    "sleep": act,
+    "wake": act,
+    "pin": act,
+    "unpin": act,
+    "unload": unload,
+    "logs": logs,
+    "events": events,
+    "reload": reload,
+    "prepare": prepare,
+}

@@ -27,25 +27,40 @@ def main(argv: list[str] | None = None) -> int:
     check.add_argument("--resolved", action="store_true", help="print the effective config (defaults applied) as TOML")
     sub.add_parser("nginx-config", help="print the rendered nginx config")
     serve_command = sub.add_parser("serve", help="run the control plane (nginx runs elsewhere)")
-    serve_command.add_argument("--nginx", choices=("none", "container"), default="none",
-                       help="none: leave nginx alone (default); container: render its config into the runtime dir "
-                            "and reload it in the gateway container whose network namespace this one shares "
-                            "(the compose deployment)")
+    serve_command.add_argument(
+        "--nginx",
+        choices=("none", "container"),
+        default="none",
+        help="none: leave nginx alone (default); container: render its config into the runtime dir "
+        "and reload it in the gateway container whose network namespace this one shares "
+        "(the compose deployment)",
+    )
     sub.add_parser("run", help="run nginx and the control plane in the foreground")
-    sub.add_parser("gateway", help="render the nginx config, then become nginx in the foreground (the compose "
-                                   "gateway; a `waker serve --nginx container` beside it reloads it)")
+    sub.add_parser(
+        "gateway",
+        help="render the nginx config, then become nginx in the foreground (the compose "
+        "gateway; a `waker serve --nginx container` beside it reloads it)",
+    )
     proxy = sub.add_parser("socket-proxy", help="serve a Docker socket that allows only the calls the waker makes")
     proxy.add_argument("--listen", type=Path, required=True, help="socket to create, for the waker's docker_host")
     proxy.add_argument("--docker", type=Path, default=Path("/var/run/docker.sock"), help="the real Docker socket")
-    proxy.add_argument("--owner", type=int, default=None,
-                       help="user id to own the socket (the waker's, when it runs as another user)")
+    proxy.add_argument(
+        "--owner", type=int, default=None, help="user id to own the socket (the waker's, when it runs as another user)"
+    )
     admin_client.add_commands(sub)
     for command in sub.choices.values():
-        command.add_argument("--config", type=Path, default=None,
-                             help="config file (default: $WAKER_CONFIG or config/models.toml)")
-        command.add_argument("--set", dest="overrides", action="append", default=[], metavar="SECTION.KEY=VALUE",
-                             help="override one [gateway], [waker] or [scheduler] setting (repeatable; "
-                                  "default: $WAKER_SET, overrides separated by spaces)")
+        command.add_argument(
+            "--config", type=Path, default=None, help="config file (default: $WAKER_CONFIG or config/models.toml)"
+        )
+        command.add_argument(
+            "--set",
+            dest="overrides",
+            action="append",
+            default=[],
+            metavar="SECTION.KEY=VALUE",
+            help="override one [gateway], [waker] or [scheduler] setting (repeatable; "
+            "default: $WAKER_SET, overrides separated by spaces)",
+        )
     args = parser.parse_args(argv)
     if getattr(args, "remote", False):
         return admin_client.run(args)
@@ -86,17 +101,21 @@ def _check(config: Config, resolved: bool) -> int:
         sys.stdout.write(tomli_w.dumps(resolved_config(config)))
         return 0
     disabled = f" ({len(config.disabled)} more disabled)" if config.disabled else ""
-    print(f"{config.path}: {len(config.models)} model(s){disabled}, gateway on {config.gateway.listen}, "
-          f"waker on {config.waker.listen}")
+    print(
+        f"{config.path}: {len(config.models)} model(s){disabled}, gateway on {config.gateway.listen}, "
+        f"waker on {config.waker.listen}"
+    )
     for m in config.models:
         aliases = f" (aliases: {', '.join(m.aliases)})" if m.aliases else ""
         gpu = f"gpu {m.gpu_memory:g}" if m.gpu_memory else "no gpu budget"
         gpu += "".join(f", {flag}" for flag in ("exclusive", "keep_warm") if getattr(m, flag))
         if m.sleep.enabled:
             gpu += f", sleeps at level {int(m.sleep.level)} holding {m.sleep.memory:g}"
-        print(f"  {m.id}{aliases}: {m.image}, port {m.port} -> {m.address}, {gpu}, "
-              f"start_timeout {format_duration(m.start_timeout)}, idle_timeout {format_duration(m.idle_timeout)}"
-              + (", experimental" if m.status == "experimental" else ""))
+        print(
+            f"  {m.id}{aliases}: {m.image}, port {m.port} -> {m.address}, {gpu}, "
+            f"start_timeout {format_duration(m.start_timeout)}, idle_timeout {format_duration(m.idle_timeout)}"
+            + (", experimental" if m.status == "experimental" else "")
+        )
     for m in config.disabled:
         print(f"  {m.id}: disabled ({m.notes})")
     return 0
@@ -119,14 +138,28 @@ def resolved_config(config: Config) -> dict:
     models = []
     for m in sorted((*config.models, *config.disabled), key=lambda m: m.host_port):
         entry = {
-            "id": m.id, "aliases": list(m.aliases), "image": m.image, "command": list(m.command),
-            "port": m.port, "health": m.health, "env": dict(m.env), "volumes": list(m.volumes),
-            "gpus": m.gpus, "ulimits": dict(m.ulimits), "host_port": m.host_port,
-            "vision": m.vision, "tools": m.tools, "description": m.description, "status": m.status,
+            "id": m.id,
+            "aliases": list(m.aliases),
+            "image": m.image,
+            "command": list(m.command),
+            "port": m.port,
+            "health": m.health,
+            "env": dict(m.env),
+            "volumes": list(m.volumes),
+            "gpus": m.gpus,
+            "ulimits": dict(m.ulimits),
+            "host_port": m.host_port,
+            "vision": m.vision,
+            "tools": m.tools,
+            "description": m.description,
+            "status": m.status,
             "notes": m.notes,
-            "exclusive": m.exclusive, "keep_warm": m.keep_warm,
-            "start_timeout": format_duration(m.start_timeout), "stop_timeout": format_duration(m.stop_timeout),
-            "idle_timeout": format_duration(m.idle_timeout), "min_uptime": format_duration(m.min_uptime),
+            "exclusive": m.exclusive,
+            "keep_warm": m.keep_warm,
+            "start_timeout": format_duration(m.start_timeout),
+            "stop_timeout": format_duration(m.stop_timeout),
+            "idle_timeout": format_duration(m.idle_timeout),
+            "min_uptime": format_duration(m.min_uptime),
             "loading_feedback": m.loading_feedback.value,
         }
         if m.entrypoint is not None:
@@ -138,9 +171,12 @@ def resolved_config(config: Config) -> dict:
         if m.context_length:
             entry["context_length"] = m.context_length
         if m.sleep.enabled:  # the other sleep keys are refused beside sleep = 0
-            entry.update(sleep=int(m.sleep.level), sleep_memory=m.sleep.memory,
-                         sleep_timeout=format_duration(m.sleep.timeout),
-                         wake_timeout=format_duration(m.sleep.wake_timeout))
+            entry.update(
+                sleep=int(m.sleep.level),
+                sleep_memory=m.sleep.memory,
+                sleep_timeout=format_duration(m.sleep.timeout),
+                wake_timeout=format_duration(m.sleep.wake_timeout),
+            )
         if m.fixups:
             entry["fixups"] = [f.value for f in m.fixups]
         if m.host:
@@ -150,32 +186,52 @@ def resolved_config(config: Config) -> dict:
         entry.update(_guide_fields(m))
         models.append(entry)
     return {
-        "gateway": {"listen": str(g.listen), "max_body": format_size(g.max_body),
-                    "client_timeout": format_duration(g.client_timeout), "allow_no_keys": g.allow_no_keys,
-                    "cors_origins": list(g.cors_origins),
-                    "read_timeout": format_duration(g.read_timeout), "nginx": g.nginx, "njs_module": g.njs_module,
-                    "loading_feedback": g.loading_feedback.value},
-        "waker": {"listen": str(w.listen), **({} if config.hosts else {"docker_host": w.docker_host}), "name": w.name,
-                  "model_port_base": w.model_port_base, "runtime_dir": str(w.runtime_dir),
-                  **({"network": w.network, "model_ip_base": w.model_ip_base} if w.network else {}),
-                  **({"egress_network": w.egress_network} if w.egress_network else {})},
-        "scheduler": {"start_timeout": format_duration(s.start_timeout),
-                      "stop_timeout": format_duration(s.stop_timeout),
-                      "idle_timeout": format_duration(s.idle_timeout),
-                      "min_uptime": format_duration(s.min_uptime), "gpu_capacity": s.gpu_capacity,
-                      "on_busy": s.on_busy, "queue_timeout": format_duration(s.queue_timeout),
-                      "max_start_failures": s.max_start_failures,
-                      "start_backoff": format_duration(s.start_backoff),
-                      "sleep_timeout": format_duration(s.sleep_timeout),
-                      "wake_timeout": format_duration(s.wake_timeout), "max_wake_failures": s.max_wake_failures},
+        "gateway": {
+            "listen": str(g.listen),
+            "max_body": format_size(g.max_body),
+            "client_timeout": format_duration(g.client_timeout),
+            "allow_no_keys": g.allow_no_keys,
+            "cors_origins": list(g.cors_origins),
+            "read_timeout": format_duration(g.read_timeout),
+            "nginx": g.nginx,
+            "njs_module": g.njs_module,
+            "loading_feedback": g.loading_feedback.value,
+        },
+        "waker": {
+            "listen": str(w.listen),
+            **({} if config.hosts else {"docker_host": w.docker_host}),
+            "name": w.name,
+            "model_port_base": w.model_port_base,
+            "runtime_dir": str(w.runtime_dir),
+            **({"network": w.network, "model_ip_base": w.model_ip_base} if w.network else {}),
+            **({"egress_network": w.egress_network} if w.egress_network else {}),
+        },
+        "scheduler": {
+            "start_timeout": format_duration(s.start_timeout),
+            "stop_timeout": format_duration(s.stop_timeout),
+            "idle_timeout": format_duration(s.idle_timeout),
+            "min_uptime": format_duration(s.min_uptime),
+            "gpu_capacity": s.gpu_capacity,
+            "on_busy": s.on_busy,
+            "queue_timeout": format_duration(s.queue_timeout),
+            "max_start_failures": s.max_start_failures,
+            "start_backoff": format_duration(s.start_backoff),
+            "sleep_timeout": format_duration(s.sleep_timeout),
+            "wake_timeout": format_duration(s.wake_timeout),
+            "max_wake_failures": s.max_wake_failures,
+        },
         **({"host": [_host_entry(h) for h in config.hosts]} if config.hosts else {}),
         "model": models,
     }
 
 
 def _host_entry(h: HostConfig) -> dict:
-    entry: dict = {"name": h.name, **({"docker_host": h.docker.url} if h.docker.url else {}), "address": h.address,
-                   "gpu_capacity": h.gpu_capacity}
+    entry: dict = {
+        "name": h.name,
+        **({"docker_host": h.docker.url} if h.docker.url else {}),
+        "address": h.address,
+        "gpu_capacity": h.gpu_capacity,
+    }
     if h.docker.tls is not None:
         entry.update(tls_ca=str(h.docker.tls.ca), tls_cert=str(h.docker.tls.cert), tls_key=str(h.docker.tls.key))
     return {**entry, **{key: value for key, value in asdict(h.interconnect).items() if value}}

@@ -1,5 +1,5 @@
 """Renders docs/models.md, the catalogue guide, from the catalogue, so the two cannot drift apart:
-    python -m waker.cli.model_docs [config/models.toml] > docs/models.md   (scripts/gen-models-doc)
+python -m waker.cli.model_docs [config/models.toml] > docs/models.md   (scripts/gen-models-doc)
 """
 
 from __future__ import annotations
@@ -10,9 +10,14 @@ from waker.config.schema import Config, ModelConfig, load_config
 
 # The quick picker's headings, in waker.config.fields.PICKS order.
 PICK_TITLES = {
-    "chat": "Best default chat / general assistant", "reasoning": "Heavy reasoning (maths, logic, planning)",
-    "coding": "Coding", "opencode": "OpenCode (agent in the terminal)", "vision": "Vision (screenshots, diagrams)",
-    "ocr": "OCR (image to text)", "european": "European languages", "utility": "Small utility model (titles, tags)",
+    "chat": "Best default chat / general assistant",
+    "reasoning": "Heavy reasoning (maths, logic, planning)",
+    "coding": "Coding",
+    "opencode": "OpenCode (agent in the terminal)",
+    "vision": "Vision (screenshots, diagrams)",
+    "ocr": "OCR (image to text)",
+    "european": "European languages",
+    "utility": "Small utility model (titles, tags)",
 }
 # Flags that name the served model in the servers the catalogue uses (vLLM's `serve MODEL`, SGLang).
 MODEL_FLAGS = ("serve", "--model", "--model-path")
@@ -25,8 +30,16 @@ def hf_path(model: ModelConfig) -> str:
 
 
 def _features(model: ModelConfig) -> str:
-    return ", ".join(name for name, on in (("tools", model.tools), ("vision", model.vision),
-                                           ("exclusive", model.exclusive), ("keep warm", model.keep_warm)) if on)
+    return ", ".join(
+        name
+        for name, on in (
+            ("tools", model.tools),
+            ("vision", model.vision),
+            ("exclusive", model.exclusive),
+            ("keep warm", model.keep_warm),
+        )
+        if on
+    )
 
 
 def _cell(text: str) -> str:
@@ -35,15 +48,22 @@ def _cell(text: str) -> str:
 
 def _row(model: ModelConfig) -> str:
     path = hf_path(model)
-    cells = [f"[`{model.id}`](#{model.id.replace('.', '')})", model.status, f"`{path}`" if path else "",
-             f"`{model.image}`", f"{model.gpu_memory:g}" if model.gpu_memory else "",
-             f"{model.context_length:,}" if model.context_length else "", _features(model)]
+    cells = [
+        f"[`{model.id}`](#{model.id.replace('.', '')})",
+        model.status,
+        f"`{path}`" if path else "",
+        f"`{model.image}`",
+        f"{model.gpu_memory:g}" if model.gpu_memory else "",
+        f"{model.context_length:,}" if model.context_length else "",
+        _features(model),
+    ]
     return "| " + " | ".join(_cell(c) for c in cells) + " |"
 
 
 def _table(models: tuple[ModelConfig, ...]) -> str:
-    header = ("| id | status | Hugging Face model | image | gpu_memory | context | features |\n"
-              "|---|---|---|---|---|---|---|")
+    header = (
+        "| id | status | Hugging Face model | image | gpu_memory | context | features |\n|---|---|---|---|---|---|---|"
+    )
     return "\n".join([header, *(_row(m) for m in models)])
 
 

@@ -16,5 +16,6 @@ class LoadingFeedback(StrEnum):
 
 
 def parse_feedback(table: fields.Table, default: LoadingFeedback) -> LoadingFeedback:
-    return LoadingFeedback(table.get("loading_feedback", fields.choice(*(f.value for f in LoadingFeedback)),
-                                     default.value))
+    return LoadingFeedback(
+        table.get("loading_feedback", fields.choice(*(f.value for f in LoadingFeedback)), default.value)
+    )

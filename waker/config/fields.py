@@ -56,8 +56,10 @@ SERVED_NAME_FLAG = "--served-model-name"
 
 def served_names_index(command: tuple[str, ...]) -> int | None:
     """Where vLLM's --served-model-name is in `command` (either form), if it is."""
-    return next((i for i, word in enumerate(command)
-                 if word == SERVED_NAME_FLAG or word.startswith(SERVED_NAME_FLAG + "=")), None)
+    return next(
+        (i for i, word in enumerate(command) if word == SERVED_NAME_FLAG or word.startswith(SERVED_NAME_FLAG + "=")),
+        None,
+    )
 
 
 # The quick picker's use cases, in the order docs/models.md shows them.
@@ -87,8 +89,10 @@ def api_key(value: Any) -> str:
     """A client API key ("${ENV}" allowed): 8 or more characters that need no quoting anywhere."""
     key = secret(value)
     if not re.fullmatch(r"[A-Za-z0-9._~+/=:-]{8,512}", key):
-        raise ValueError("an API key must be 8 to 512 characters of A-Z a-z 0-9 . _ ~ + / = : - "
-                         f"(got {len(key)} characters{', with others' if len(key) >= 8 else ''})")
+        raise ValueError(
+            "an API key must be 8 to 512 characters of A-Z a-z 0-9 . _ ~ + / = : - "
+            f"(got {len(key)} characters{', with others' if len(key) >= 8 else ''})"
+        )
     return key
 
 
@@ -96,17 +100,14 @@ def origin(value: Any) -> str:
     """A CORS origin such as "http://localhost:3000", or a prefix ending in "*" ("vscode-webview://*")."""
     text = string(value)
     if not re.fullmatch(r"[a-z][a-z0-9+.-]*://[A-Za-z0-9.:\[\]-]*\*?", text) or text.endswith("/"):
-        raise ValueError(f"expected an origin such as \"http://localhost:3000\" or \"vscode-webview://*\", "
-                         f"got {text!r}")
+        raise ValueError(f'expected an origin such as "http://localhost:3000" or "vscode-webview://*", got {text!r}')
     return text
 
 
 def model_id(value: Any) -> str:
     text = string(value)
     if not MODEL_ID.fullmatch(text):
-        raise ValueError(
-            f"{text!r} is not a valid name: use 1 to 128 of the characters A-Z a-z 0-9 . _ : -"
-        )
+        raise ValueError(f"{text!r} is not a valid name: use 1 to 128 of the characters A-Z a-z 0-9 . _ : -")
     return text
 
 
@@ -122,6 +123,7 @@ def list_of(item: Callable[[Any], Any]) -> Callable[[Any], list[Any]]:
         if not isinstance(value, list):
             raise ValueError(f"expected an array, got {type_name(value)}")
         return [item(v) for v in value]
+
     return parse
 
 
@@ -139,7 +141,7 @@ def address(value: Any) -> Address:
     text = string(value)
     match = re.fullmatch(r"(?:\[([0-9a-fA-F:.]+)\]|([^:\[\]]*)):(\d+)", text)
     if not match:
-        raise ValueError(f"expected HOST:PORT such as \"127.0.0.1:8009\", got {text!r}")
+        raise ValueError(f'expected HOST:PORT such as "127.0.0.1:8009", got {text!r}')
     host = match.group(1) or match.group(2) or "0.0.0.0"
     return Address(host, port(int(match.group(3))))
 
@@ -149,7 +151,7 @@ def ipv4(value: Any) -> str:
     try:
         return str(ipaddress.IPv4Address(text))
     except ValueError:
-        raise ValueError(f"expected an IPv4 address such as \"172.30.92.128\", got {text!r}") from None
+        raise ValueError(f'expected an IPv4 address such as "172.30.92.128", got {text!r}') from None
 
 
 def docker_network(value: Any) -> str:
@@ -168,7 +170,7 @@ def http_path(value: Any) -> str:
 
 def env(value: Any) -> dict[str, str]:
     if not isinstance(value, dict):
-        raise ValueError(f"expected a table of NAME = \"value\", got {type_name(value)}")
+        raise ValueError(f'expected a table of NAME = "value", got {type_name(value)}')
     for key, item in value.items():
         if not re.fullmatch(r"[A-Za-z_][A-Za-z0-9_]*", key):
             raise ValueError(f"{key!r} is not a valid environment variable name")
@@ -181,7 +183,7 @@ def volume(value: Any) -> str:
     text = string(value)
     parts = text.split(":")
     if len(parts) not in (2, 3) or not parts[0] or not parts[1].startswith("/"):
-        raise ValueError(f"expected \"HOST_PATH_OR_VOLUME:/container/path[:ro]\", got {text!r}")
+        raise ValueError(f'expected "HOST_PATH_OR_VOLUME:/container/path[:ro]", got {text!r}')
     if len(parts) == 3 and not set(parts[2].split(",")) <= {"ro", "rw", "z", "Z", "shared", "slave", "private"}:
         raise ValueError(f"unknown volume option {parts[2]!r} in {text!r}")
     return text
@@ -198,7 +200,7 @@ def resolve_volume(volume: str, config_dir: Path) -> str:
 def gpus(value: Any) -> str:
     text = string(value).strip()
     if text and text != "all" and not re.fullmatch(r"\d+(,\d+)*", text):
-        raise ValueError(f"expected \"all\", a list of device indexes such as \"0,1\", or \"\", got {text!r}")
+        raise ValueError(f'expected "all", a list of device indexes such as "0,1", or "", got {text!r}')
     return text
 
 
@@ -242,12 +244,14 @@ def source(value: Any) -> Source:
     unknown = set(value) - {"repo", "commit", "file"}
     missing = {"repo", "commit", "file"} - set(value)
     if unknown or missing:
-        raise ValueError(f"expected exactly the keys repo, commit and file"
-                         f"{'; unknown: ' + ', '.join(sorted(unknown)) if unknown else ''}"
-                         f"{'; missing: ' + ', '.join(sorted(missing)) if missing else ''}")
+        raise ValueError(
+            f"expected exactly the keys repo, commit and file"
+            f"{'; unknown: ' + ', '.join(sorted(unknown)) if unknown else ''}"
+            f"{'; missing: ' + ', '.join(sorted(missing)) if missing else ''}"
+        )
     repo, commit, file = string(value["repo"]), string(value["commit"]), string(value["file"])
     if not re.fullmatch(r"https://[A-Za-z0-9.-]+/[A-Za-z0-9_.-]+/[A-Za-z0-9_.-]+", repo):
-        raise ValueError(f"repo: expected a repository URL such as \"https://github.com/owner/name\", got {repo!r}")
+        raise ValueError(f'repo: expected a repository URL such as "https://github.com/owner/name", got {repo!r}')
     if not re.fullmatch(r"[0-9a-f]{7,40}", commit):
         raise ValueError(f"commit: expected 7 to 40 lowercase hex digits, got {commit!r}")
     if not file or file.startswith("/") or ".." in file.split("/"):
@@ -260,6 +264,7 @@ def choice(*options: str) -> Callable[[Any], str]:
         if value not in options:
             raise ValueError(f"expected one of {', '.join(repr(o) for o in options)}, got {value!r}")
         return value
+
     return parse
 
 
@@ -271,8 +276,14 @@ def positive_duration(value: Any) -> float:
 
 
 def type_name(value: Any) -> str:
-    return {str: "a string", int: "an integer", float: "a number", bool: "a boolean", list: "an array",
-            dict: "a table"}.get(type(value), type(value).__name__)
+    return {
+        str: "a string",
+        int: "an integer",
+        float: "a number",
+        bool: "a boolean",
+        list: "an array",
+        dict: "a table",
+    }.get(type(value), type(value).__name__)
 
 
 class Table:

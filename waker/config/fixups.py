@@ -66,12 +66,18 @@ def fixup_problems(model: FixupSubject) -> list[str]:
     if Fixup.MAX_TOKENS in model.fixups:
         given = max_model_len(model.command)
         if not model_context(model):
-            problems.append('"max_tokens" needs the model\'s context: add "--max-model-len", "N" to its command '
-                            "or context_length = N")
+            problems.append(
+                '"max_tokens" needs the model\'s context: add "--max-model-len", "N" to its command '
+                "or context_length = N"
+            )
         elif given and model.context_length and given != model.context_length:
-            problems.append(f'"max_tokens" needs one context, but --max-model-len is {given} and context_length '
-                            f"{model.context_length}: make them equal")
+            problems.append(
+                f'"max_tokens" needs one context, but --max-model-len is {given} and context_length '
+                f"{model.context_length}: make them equal"
+            )
     if Fixup.STRIP_TOOLS in model.fixups and model.tools:
-        problems.append('"strip_tools" removes tool calling from every request, so the model cannot also '
-                        "declare tools = true: drop one of them")
+        problems.append(
+            '"strip_tools" removes tool calling from every request, so the model cannot also '
+            "declare tools = true: drop one of them"
+        )
     return problems

@@ -17,8 +17,18 @@ from waker.config import fields
 
 IMPLICIT_HOST = "local"
 HOST_KEYS = {
-    "name", "docker_host", "tls_ca", "tls_cert", "tls_key", "gpu_capacity", "address",
-    "nccl_socket_ifname", "ucx_net_devices", "gloo_socket_ifname", "tp_socket_ifname", "nccl_ib_hca",
+    "name",
+    "docker_host",
+    "tls_ca",
+    "tls_cert",
+    "tls_key",
+    "gpu_capacity",
+    "address",
+    "nccl_socket_ifname",
+    "ucx_net_devices",
+    "gloo_socket_ifname",
+    "tp_socket_ifname",
+    "nccl_ib_hca",
     "vllm_host_ip",
 }
 _TLS_KEYS = ("tls_ca", "tls_cert", "tls_key")
@@ -62,9 +72,14 @@ class Interconnect:
 
     def env(self) -> tuple[tuple[str, str], ...]:
         """The environment of this host's Ray node container; unset values are left out."""
-        names = (("NCCL_SOCKET_IFNAME", self.nccl_socket_ifname), ("UCX_NET_DEVICES", self.ucx_net_devices),
-                 ("GLOO_SOCKET_IFNAME", self.gloo_socket_ifname), ("TP_SOCKET_IFNAME", self.tp_socket_ifname),
-                 ("NCCL_IB_HCA", self.nccl_ib_hca), ("VLLM_HOST_IP", self.vllm_host_ip))
+        names = (
+            ("NCCL_SOCKET_IFNAME", self.nccl_socket_ifname),
+            ("UCX_NET_DEVICES", self.ucx_net_devices),
+            ("GLOO_SOCKET_IFNAME", self.gloo_socket_ifname),
+            ("TP_SOCKET_IFNAME", self.tp_socket_ifname),
+            ("NCCL_IB_HCA", self.nccl_ib_hca),
+            ("VLLM_HOST_IP", self.vllm_host_ip),
+        )
         return tuple((name, value) for name, value in names if value)
 
 
@@ -79,8 +94,9 @@ class HostConfig:
 
 def implicit_host(docker_host: str, gpu_capacity: float) -> HostConfig:
     """The one host of a config without `[[host]]`: today's behaviour."""
-    return HostConfig(IMPLICIT_HOST, DockerEndpoint(DockerScheme.AS_GIVEN, docker_host), gpu_capacity, "127.0.0.1",
-                      Interconnect())
+    return HostConfig(
+        IMPLICIT_HOST, DockerEndpoint(DockerScheme.AS_GIVEN, docker_host), gpu_capacity, "127.0.0.1", Interconnect()
+    )
 
 
 def local_host(hosts: tuple[HostConfig, ...]) -> HostConfig:
@@ -91,8 +107,9 @@ def local_host(hosts: tuple[HostConfig, ...]) -> HostConfig:
 def host_name(value: Any) -> str:
     text = fields.string(value)
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", text):
-        raise ValueError(f"{text!r} is not a valid host name: 1 to 63 of a-z 0-9 _ . -, starting with a letter "
-                         "or digit")
+        raise ValueError(
+            f"{text!r} is not a valid host name: 1 to 63 of a-z 0-9 _ . -, starting with a letter or digit"
+        )
     return text
 
 
@@ -122,7 +139,7 @@ def docker_endpoint(value: Any) -> DockerEndpoint:
 def host_address(value: Any) -> str:
     text = fields.string(value)
     if not re.fullmatch(r"[A-Za-z0-9.-]{1,253}|\[?[0-9A-Fa-f:.]+\]?", text):
-        raise ValueError(f"expected an IP address or DNS name, such as \"192.168.100.2\", got {text!r}")
+        raise ValueError(f'expected an IP address or DNS name, such as "192.168.100.2", got {text!r}')
     return text.strip("[]")
 
 
@@ -131,24 +148,28 @@ def link_names(value: Any) -> str:
     "mlx5_0:1,mlx5_1:1", "=rocep1s0f1"."""
     text = fields.string(value)
     if not re.fullmatch(r"[=^]?[A-Za-z0-9_.:@-]+(,[A-Za-z0-9_.:@-]+)*", text):
-        raise ValueError(f"expected interface or device names separated by commas, such as \"enp1s0f1np1\", "
-                         f"got {text!r}")
+        raise ValueError(f'expected interface or device names separated by commas, such as "enp1s0f1np1", got {text!r}')
     return text
 
 
-def parse_hosts(raw: Any, path: Path, docker_host_set: bool, network: str, default_capacity: float,
-                problems: list[str]) -> tuple[HostConfig, ...]:
+def parse_hosts(
+    raw: Any, path: Path, docker_host_set: bool, network: str, default_capacity: float, problems: list[str]
+) -> tuple[HostConfig, ...]:
     if raw is None:
         return ()
     if not isinstance(raw, list) or not all(isinstance(e, dict) for e in raw):
         problems.append(f"{path}: 'host' must be an array of tables, written [[host]]")
         return ()
     if raw and network:
-        problems.append(f"{path}: [[host]] entries need the host deployment (models publish their ports on each "
-                        "host's address); [waker] network is the one-box compose deployment: remove one of them")
+        problems.append(
+            f"{path}: [[host]] entries need the host deployment (models publish their ports on each "
+            "host's address); [waker] network is the one-box compose deployment: remove one of them"
+        )
     if raw and docker_host_set:
-        problems.append(f"{path}: [waker] docker_host and [[host]] are both set: with [[host]] entries, each "
-                        "names its own docker_host; remove [waker] docker_host")
+        problems.append(
+            f"{path}: [waker] docker_host and [[host]] are both set: with [[host]] entries, each "
+            "names its own docker_host; remove [waker] docker_host"
+        )
     hosts = tuple(_parse_host(i, entry, path, default_capacity, problems) for i, entry in enumerate(raw))
     first: dict[tuple[str, str], int] = {}
     for index, host in enumerate(hosts):
@@ -156,13 +177,16 @@ def parse_hosts(raw: Any, path: Path, docker_host_set: bool, network: str, defau
         for what, value in (("name", host.name), ("docker_host", str(host.docker))):
             owner = first.setdefault((what, value), index)
             if owner != index:
-                problems.append(f"{path}: host '{host.name}': {what} {value!r} is already used by host "
-                                f"'{hosts[owner].name}' (entry #{owner + 1}); each [[host]] needs its own")
+                problems.append(
+                    f"{path}: host '{host.name}': {what} {value!r} is already used by host "
+                    f"'{hosts[owner].name}' (entry #{owner + 1}); each [[host]] needs its own"
+                )
     return hosts
 
 
-def _parse_host(index: int, entry: dict[str, Any], path: Path, default_capacity: float,
-                problems: list[str]) -> HostConfig:
+def _parse_host(
+    index: int, entry: dict[str, Any], path: Path, default_capacity: float, problems: list[str]
+) -> HostConfig:
     label = entry.get("name") if isinstance(entry.get("name"), str) else f"#{index + 1}"
     table = fields.Table(entry, None, f"{path}: host '{label}'", problems)
     name = str(table.get("name", host_name, required=True) or label)
@@ -170,8 +194,10 @@ def _parse_host(index: int, entry: dict[str, Any], path: Path, default_capacity:
     tls = [table.get(key, fields.string, "") for key in _TLS_KEYS]
     if docker.scheme == DockerScheme.TCP:
         if not all(tls):
-            problems.append(f"{table.where}: a tcp:// docker_host needs tls_ca, tls_cert and tls_key (the client "
-                            "certificates of the engine's --tlsverify set-up); or reach the host with ssh://")
+            problems.append(
+                f"{table.where}: a tcp:// docker_host needs tls_ca, tls_cert and tls_key (the client "
+                "certificates of the engine's --tlsverify set-up); or reach the host with ssh://"
+            )
         else:
             docker = DockerEndpoint(docker.scheme, docker.url, TlsFiles(*(path.parent / f for f in tls)))
     elif any(tls):
@@ -179,15 +205,26 @@ def _parse_host(index: int, entry: dict[str, Any], path: Path, default_capacity:
     local = docker.scheme == DockerScheme.UNIX
     address = table.get("address", host_address, "127.0.0.1" if local else None) or ""
     if not address:
-        problems.append(f"{table.where}: field 'address' is required for a remote docker_host: the address "
-                        "the gateway reaches this host's models at, such as \"192.168.100.2\"")
+        problems.append(
+            f"{table.where}: field 'address' is required for a remote docker_host: the address "
+            'the gateway reaches this host\'s models at, such as "192.168.100.2"'
+        )
     interconnect = Interconnect(
-        **{key: table.get(key, link_names) or "" for key in
-           ("nccl_socket_ifname", "ucx_net_devices", "gloo_socket_ifname", "tp_socket_ifname", "nccl_ib_hca")},
+        **{
+            key: table.get(key, link_names) or ""
+            for key in (
+                "nccl_socket_ifname",
+                "ucx_net_devices",
+                "gloo_socket_ifname",
+                "tp_socket_ifname",
+                "nccl_ib_hca",
+            )
+        },
         vllm_host_ip=table.get("vllm_host_ip", fields.ipv4) or "",
     )
-    result = HostConfig(name, docker, table.get("gpu_capacity", fields.capacity, default_capacity), address,
-                        interconnect)
+    result = HostConfig(
+        name, docker, table.get("gpu_capacity", fields.capacity, default_capacity), address, interconnect
+    )
     table.reject_unknown(HOST_KEYS)
     return result
 
@@ -205,8 +242,13 @@ class Placed(Protocol):
     def gpu_memory(self) -> float: ...
 
 
-def check_placement(models: tuple[Placed, ...], declared: tuple[HostConfig, ...], scheduler_capacity: float,
-                    path: Path, problems: list[str]) -> None:
+def check_placement(
+    models: tuple[Placed, ...],
+    declared: tuple[HostConfig, ...],
+    scheduler_capacity: float,
+    path: Path,
+    problems: list[str],
+) -> None:
     """Every model can be placed: the host it names exists, a two-host model has two hosts, and its
     gpu_memory fits where it may run (a two-host model is charged on both)."""
     hosts = declared or (implicit_host("", scheduler_capacity),)
@@ -214,24 +256,36 @@ def check_placement(models: tuple[Placed, ...], declared: tuple[HostConfig, ...]
     for model in models:
         where = f"{path}: model '{model.id}'"
         if model.host and model.host not in by_name:
-            problems.append(f"{where}: field 'host': no [[host]] is named {model.host!r}; the hosts are "
-                            f"{', '.join(sorted(by_name))}")
+            problems.append(
+                f"{where}: field 'host': no [[host]] is named {model.host!r}; the hosts are "
+                f"{', '.join(sorted(by_name))}"
+            )
             continue
         if model.hosts > len(hosts):
-            declared_now = f"{len(declared)} {'is' if len(declared) == 1 else 'are'} declared" if declared \
+            declared_now = (
+                f"{len(declared)} {'is' if len(declared) == 1 else 'are'} declared"
+                if declared
                 else "no [[host]] is declared (the one host is the local engine)"
-            problems.append(f"{where}: field 'hosts': {model.hosts} hosts need as many [[host]] entries, and "
-                            f"{declared_now}")
+            )
+            problems.append(
+                f"{where}: field 'hosts': {model.hosts} hosts need as many [[host]] entries, and {declared_now}"
+            )
             continue
         if not declared:
             if model.gpu_memory > scheduler_capacity:
-                problems.append(f"{where}: field 'gpu_memory': {model.gpu_memory:g} is more than [scheduler] "
-                                f"gpu_capacity ({scheduler_capacity:g}), so it could never start")
+                problems.append(
+                    f"{where}: field 'gpu_memory': {model.gpu_memory:g} is more than [scheduler] "
+                    f"gpu_capacity ({scheduler_capacity:g}), so it could never start"
+                )
             continue
         if model.host and model.gpu_memory > by_name[model.host].gpu_capacity:
-            problems.append(f"{where}: field 'gpu_memory': {model.gpu_memory:g} is more than host "
-                            f"'{model.host}' gpu_capacity ({by_name[model.host].gpu_capacity:g}), so it could "
-                            "never start there")
+            problems.append(
+                f"{where}: field 'gpu_memory': {model.gpu_memory:g} is more than host "
+                f"'{model.host}' gpu_capacity ({by_name[model.host].gpu_capacity:g}), so it could "
+                "never start there"
+            )
         elif sum(model.gpu_memory <= host.gpu_capacity for host in hosts) < model.hosts:
-            problems.append(f"{where}: field 'gpu_memory': {model.gpu_memory:g} fits the gpu_capacity of fewer "
-                            f"than {model.hosts} host(s), so it could never start")
+            problems.append(
+                f"{where}: field 'gpu_memory': {model.gpu_memory:g} fits the gpu_capacity of fewer "
+                f"than {model.hosts} host(s), so it could never start"
+            )

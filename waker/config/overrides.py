@@ -25,8 +25,10 @@ def apply_override(raw: dict[str, Any], override: str, problems: list[str]) -> N
         problems.append(f"--set {override!r}: expected SECTION.KEY=VALUE, such as gateway.listen=0.0.0.0:8009")
         return
     if section not in OVERRIDABLE:
-        problems.append(f"--set {override!r}: only {', '.join(OVERRIDABLE)} settings can be set this way; "
-                        "models are declared in the file")
+        problems.append(
+            f"--set {override!r}: only {', '.join(OVERRIDABLE)} settings can be set this way; "
+            "models are declared in the file"
+        )
         return
     try:
         parsed = tomllib.loads(f"v = {value}")["v"]

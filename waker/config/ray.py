@@ -19,8 +19,7 @@ from waker.config import fields
 MODEL_KEYS = ("ray_port", "worker_command")
 DEFAULT_RAY_PORT = 6379  # Ray's own default GCS port, which the playbook keeps
 # The playbook's worker: a Ray node that joins the head's cluster and stays until its container stops.
-DEFAULT_WORKER_COMMAND = ("ray", "start", "--block", "--address={head_ip}:{ray_port}",
-                          "--node-ip-address={worker_ip}")
+DEFAULT_WORKER_COMMAND = ("ray", "start", "--block", "--address={head_ip}:{ray_port}", "--node-ip-address={worker_ip}")
 PLACEHOLDERS = ("head_ip", "worker_ip", "ray_port")
 _PLACEHOLDER = re.compile(r"\{([A-Za-z_][A-Za-z0-9_]*)\}")
 
@@ -72,8 +71,10 @@ class RayModel(Protocol):
 def parse_ray(table: fields.Table) -> RayConfig:
     worker = tuple(table.get("worker_command", fields.list_of(fields.string), list(DEFAULT_WORKER_COMMAND)))
     if not worker:
-        table.problems.append(f"{table.where}: field 'worker_command' is empty: give the Ray worker's command "
-                              f"line, such as {list(DEFAULT_WORKER_COMMAND)}")
+        table.problems.append(
+            f"{table.where}: field 'worker_command' is empty: give the Ray worker's command "
+            f"line, such as {list(DEFAULT_WORKER_COMMAND)}"
+        )
         worker = DEFAULT_WORKER_COMMAND
     return RayConfig(table.get("ray_port", fields.port, DEFAULT_RAY_PORT), worker)
 
@@ -82,26 +83,38 @@ def ray_problems(where: str, model: RayModel, entry: dict[str, Any], sleeps: boo
     """What keeps a model over two hosts from running as declared. A one-host model's own entry may
     not carry the Ray keys ([defaults] may, for the models over two hosts)."""
     if model.hosts != 2:
-        return [f"{where}: field '{key}' is only for a model with hosts = 2 (its Ray worker on the second host); "
-                "remove it or set hosts = 2" for key in MODEL_KEYS if key in entry]
+        return [
+            f"{where}: field '{key}' is only for a model with hosts = 2 (its Ray worker on the second host); "
+            "remove it or set hosts = 2"
+            for key in MODEL_KEYS
+            if key in entry
+        ]
     problems = []
     if network:
-        problems.append(f"{where}: hosts = 2 runs its Ray containers with host networking, which the network "
-                        f"deployment ([waker] network = {network!r}, compose) can neither reach nor create "
-                        "through its socket proxy: run the gateway on the host (docs/deployment.md, systemd)")
+        problems.append(
+            f"{where}: hosts = 2 runs its Ray containers with host networking, which the network "
+            f"deployment ([waker] network = {network!r}, compose) can neither reach nor create "
+            "through its socket proxy: run the gateway on the host (docs/deployment.md, systemd)"
+        )
     if sleeps:
-        problems.append(f"{where}: sleep mode is not available for hosts = 2 (a model over two hosts on Ray "
-                        "stops when idle): set sleep = 0")
+        problems.append(
+            f"{where}: sleep mode is not available for hosts = 2 (a model over two hosts on Ray "
+            "stops when idle): set sleep = 0"
+        )
     if model.host_port != model.port:
-        problems.append(f"{where}: field 'host_port': with hosts = 2 the model listens on its head host's "
-                        f"network directly (no port is published), so host_port ({model.host_port}) must be its "
-                        f"port ({model.port}); leave host_port out")
+        problems.append(
+            f"{where}: field 'host_port': with hosts = 2 the model listens on its head host's "
+            f"network directly (no port is published), so host_port ({model.host_port}) must be its "
+            f"port ({model.port}); leave host_port out"
+        )
     for key, args in (("command", model.command), ("worker_command", model.ray.worker_command)):
         unknown = sorted({m.group(1) for arg in args for m in _PLACEHOLDER.finditer(arg)} - set(PLACEHOLDERS))
         if unknown:
-            problems.append(f"{where}: field '{key}': unknown placeholder(s) "
-                            f"{', '.join('{' + name + '}' for name in unknown)}; the placeholders are "
-                            f"{', '.join('{' + name + '}' for name in PLACEHOLDERS)}")
+            problems.append(
+                f"{where}: field '{key}': unknown placeholder(s) "
+                f"{', '.join('{' + name + '}' for name in unknown)}; the placeholders are "
+                f"{', '.join('{' + name + '}' for name in PLACEHOLDERS)}"
+            )
     return problems
 
 
@@ -111,7 +124,9 @@ def claim_ray_port(where: str, model: RayModel, taken: dict[int, str]) -> list[s
     if model.hosts != 2:
         return []
     if model.ray.port in taken:
-        return [f"{where}: field 'ray_port': port {model.ray.port} is already used by {taken[model.ray.port]}; "
-                "set another ray_port"]
+        return [
+            f"{where}: field 'ray_port': port {model.ray.port} is already used by {taken[model.ray.port]}; "
+            "set another ray_port"
+        ]
     taken[model.ray.port] = f"the Ray head of model '{model.id}'"
     return []

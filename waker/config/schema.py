@@ -29,11 +29,32 @@ from waker.config.units import parse_duration, parse_size
 
 # First path segments of the OpenAI and vLLM routes: a model named like one would shadow the route
 # in path routing (/v1/<model>/...), so such ids are refused.
-RESERVED_NAMES = frozenset({
-    "audio", "batches", "chat", "classify", "completions", "detokenize", "embeddings", "files",
-    "fine_tuning", "images", "invocations", "load", "messages", "models", "moderations", "pooling",
-    "rerank", "responses", "score", "tokenize", "uploads", "vector_stores",
-})
+RESERVED_NAMES = frozenset(
+    {
+        "audio",
+        "batches",
+        "chat",
+        "classify",
+        "completions",
+        "detokenize",
+        "embeddings",
+        "files",
+        "fine_tuning",
+        "images",
+        "invocations",
+        "load",
+        "messages",
+        "models",
+        "moderations",
+        "pooling",
+        "rerank",
+        "responses",
+        "score",
+        "tokenize",
+        "uploads",
+        "vector_stores",
+    }
+)
 
 DEFAULT_CONFIG_PATH = Path("config/models.toml")
 MODEL_STATUSES = ("validated", "experimental", "disabled")
@@ -207,8 +228,14 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         nginx=gateway.get("nginx", fields.string, "nginx"),
         njs_module=gateway.get("njs_module", fields.string, "/usr/lib/nginx/modules/ngx_http_js_module.so"),
         client_timeout=gateway.get("client_timeout", fields.positive_duration, "60s"),
-        api_keys=tuple(dict.fromkeys([*gateway.get("api_keys", fields.list_of(fields.api_key), []),
-                                      *fields.secret_file_field(gateway, "api_keys_file", path, fields.api_key)])),
+        api_keys=tuple(
+            dict.fromkeys(
+                [
+                    *gateway.get("api_keys", fields.list_of(fields.api_key), []),
+                    *fields.secret_file_field(gateway, "api_keys_file", path, fields.api_key),
+                ]
+            )
+        ),
         allow_no_keys=gateway.get("allow_no_keys", fields.boolean, False),
         cors_origins=tuple(gateway.get("cors_origins", fields.list_of(fields.origin), [])),
         client_model_control=gateway.get("client_model_control", fields.boolean, False),
@@ -227,11 +254,14 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         egress_network=waker.get("egress_network", fields.docker_network, ""),
     )
     if waker_cfg.network and not waker_cfg.model_ip_base:
-        problems.append(f"{path}: [waker]: 'network' is set, so 'model_ip_base' is needed too: the first model's "
-                        "address in that network's subnet, outside its dynamic ip_range (see compose.yaml)")
+        problems.append(
+            f"{path}: [waker]: 'network' is set, so 'model_ip_base' is needed too: the first model's "
+            "address in that network's subnet, outside its dynamic ip_range (see compose.yaml)"
+        )
     if waker_cfg.egress_network and not waker_cfg.network:
-        problems.append(f"{path}: [waker]: 'egress_network' needs 'network' (the network the gateway reaches "
-                        "models on)")
+        problems.append(
+            f"{path}: [waker]: 'egress_network' needs 'network' (the network the gateway reaches models on)"
+        )
     scheduler_cfg = SchedulerConfig(
         start_timeout=scheduler.get("start_timeout", fields.positive_duration, "15m"),
         stop_timeout=scheduler.get("stop_timeout", parse_duration, "10s"),
@@ -248,8 +278,9 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
     )
     for table in (gateway, waker, scheduler):
         table.reject_unknown()
-    hosts = config_hosts.parse_hosts(raw.get("host"), path, "docker_host" in waker.table, waker_cfg.network,
-                                     scheduler_cfg.gpu_capacity, problems)
+    hosts = config_hosts.parse_hosts(
+        raw.get("host"), path, "docker_host" in waker.table, waker_cfg.network, scheduler_cfg.gpu_capacity, problems
+    )
 
     defaults = raw.get("defaults", {})
     if not isinstance(defaults, dict):
@@ -281,10 +312,43 @@ def _default_runtime_dir(name: str) -> str:
 
 
 _MODEL_KEYS = {
-    "id", "aliases", "image", "pull", "command", "entrypoint", "port", "health", "env", "volumes", "gpus",
-    "gpu_memory", "shm_size", "ulimits", "host_port", "context_length", "fixups", "vision", "tools", "description",
-    "status", "notes", "source", "best_for", "tradeoffs", "known_issues", "picks", "exclusive", "keep_warm",
-    "start_timeout", "stop_timeout", "idle_timeout", "min_uptime", *SLEEP_KEYS, "host", "hosts", "loading_feedback",
+    "id",
+    "aliases",
+    "image",
+    "pull",
+    "command",
+    "entrypoint",
+    "port",
+    "health",
+    "env",
+    "volumes",
+    "gpus",
+    "gpu_memory",
+    "shm_size",
+    "ulimits",
+    "host_port",
+    "context_length",
+    "fixups",
+    "vision",
+    "tools",
+    "description",
+    "status",
+    "notes",
+    "source",
+    "best_for",
+    "tradeoffs",
+    "known_issues",
+    "picks",
+    "exclusive",
+    "keep_warm",
+    "start_timeout",
+    "stop_timeout",
+    "idle_timeout",
+    "min_uptime",
+    *SLEEP_KEYS,
+    "host",
+    "hosts",
+    "loading_feedback",
 } | set(config_ray.MODEL_KEYS)
 _MERGED_TABLES = ("env", "ulimits")
 
@@ -322,8 +386,9 @@ def _parse_model(
         port=port,
         health=model.get("health", fields.http_path, "/health"),
         env=tuple(sorted(model.get("env", fields.env, {}).items())),
-        volumes=tuple(fields.resolve_volume(v, config_dir)
-                      for v in model.get("volumes", fields.list_of(fields.volume), [])),
+        volumes=tuple(
+            fields.resolve_volume(v, config_dir) for v in model.get("volumes", fields.list_of(fields.volume), [])
+        ),
         gpus=model.get("gpus", fields.gpus, ""),
         gpu_memory=gpu_memory,
         shm_size=model.get("shm_size", parse_size),
@@ -365,8 +430,9 @@ def _parse_model(
     return result
 
 
-def _model_address(index: int, host_port: int, port: int, waker: WakerConfig, where: str,
-                   problems: list[str]) -> Address:
+def _model_address(
+    index: int, host_port: int, port: int, waker: WakerConfig, where: str, problems: list[str]
+) -> Address:
     """Host deployment: the published loopback port. Network deployment: a fixed address per model
     (model_ip_base + position), so that nginx needs no DNS and keeps its upstream connections."""
     if not waker.network or not waker.model_ip_base:
@@ -379,8 +445,9 @@ def _model_address(index: int, host_port: int, port: int, waker: WakerConfig, wh
         return Address(str(base), port)
 
 
-def _check_across_models(models: tuple[ModelConfig, ...], gateway: GatewayConfig, waker: WakerConfig, path: Path,
-                         problems: list[str]) -> None:
+def _check_across_models(
+    models: tuple[ModelConfig, ...], gateway: GatewayConfig, waker: WakerConfig, path: Path, problems: list[str]
+) -> None:
     owner: dict[str, str] = {}
     ports: dict[int, str] = {}
     for listen in (gateway.listen, waker.listen):
@@ -389,14 +456,19 @@ def _check_across_models(models: tuple[ModelConfig, ...], gateway: GatewayConfig
         for name in model.names:
             if name in owner:
                 what = "id" if name == model.id else "alias"
-                problems.append(f"{path}: model '{model.id}': {what} '{name}' is already used by model "
-                                f"'{owner[name]}'; ids and aliases must be unique together")
+                problems.append(
+                    f"{path}: model '{model.id}': {what} '{name}' is already used by model "
+                    f"'{owner[name]}'; ids and aliases must be unique together"
+                )
             elif name.lower() in RESERVED_NAMES:
-                problems.append(f"{path}: model '{model.id}': the name '{name}' is reserved (it is an API route); "
-                                "pick another")
+                problems.append(
+                    f"{path}: model '{model.id}': the name '{name}' is reserved (it is an API route); pick another"
+                )
             owner.setdefault(name, model.id)
         if model.host_port in ports:
-            problems.append(f"{path}: model '{model.id}': field 'host_port': port {model.host_port} is already used "
-                            f"by {ports[model.host_port]}; set another host_port or [waker] model_port_base")
+            problems.append(
+                f"{path}: model '{model.id}': field 'host_port': port {model.host_port} is already used "
+                f"by {ports[model.host_port]}; set another host_port or [waker] model_port_base"
+            )
         ports.setdefault(model.host_port, f"model '{model.id}'")
         problems += config_ray.claim_ray_port(f"{path}: model '{model.id}'", model, ports)

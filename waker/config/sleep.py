@@ -41,8 +41,10 @@ MODEL_KEYS = frozenset({"sleep", *SLEEP_ONLY_KEYS})
 
 def sleep_level(value: Any) -> SleepLevel:
     if isinstance(value, bool) or value not in (0, 1, 2):
-        raise ValueError(f"expected 0 (never sleep: stop when idle), 1 (free the KV cache, weights to host "
-                         f"memory) or 2 (free the KV cache and the weights), got {value!r}")
+        raise ValueError(
+            f"expected 0 (never sleep: stop when idle), 1 (free the KV cache, weights to host "
+            f"memory) or 2 (free the KV cache and the weights), got {value!r}"
+        )
     return SleepLevel(value)
 
 
@@ -52,8 +54,14 @@ def share(value: Any) -> float:
     return float(value)
 
 
-def parse_sleep(model: fields.Table, entry: dict[str, Any], gpu_memory: float, command: tuple[str, ...],
-                sleep_timeout: float, wake_timeout: float) -> SleepConfig:
+def parse_sleep(
+    model: fields.Table,
+    entry: dict[str, Any],
+    gpu_memory: float,
+    command: tuple[str, ...],
+    sleep_timeout: float,
+    wake_timeout: float,
+) -> SleepConfig:
     """The model's sleep settings; `entry` is the model's own table (without [defaults]), to tell a
     setting written for this model from one inherited. Problems go to the table's list."""
     level = model.get("sleep", sleep_level, SleepLevel.NEVER)
@@ -70,19 +78,24 @@ def parse_sleep(model: fields.Table, entry: dict[str, Any], gpu_memory: float, c
     if not result.enabled:
         for key in SLEEP_ONLY_KEYS:
             if key in entry:
-                model.problems.append(f"{model.where}: field '{key}' has no effect with sleep = 0: set sleep = 1 "
-                                      f"or 2 to let the model sleep, or remove '{key}'")
+                model.problems.append(
+                    f"{model.where}: field '{key}' has no effect with sleep = 0: set sleep = 1 "
+                    f"or 2 to let the model sleep, or remove '{key}'"
+                )
         return result
     # The check after a wake is a completion naming the model, which vLLM serves under the names of
     # this flag (the container spec adds the model's id and aliases to them).
     if fields.served_names_index(command) is None:
-        model.problems.append(f"{model.where}: sleep = {int(level)} needs vLLM's {fields.SERVED_NAME_FLAG} "
-                              "in 'command' "
-                              "(sleep mode is vLLM's; the waker checks a woken engine with a completion "
-                              "naming the model): add it, or set sleep = 0")
+        model.problems.append(
+            f"{model.where}: sleep = {int(level)} needs vLLM's {fields.SERVED_NAME_FLAG} "
+            "in 'command' "
+            "(sleep mode is vLLM's; the waker checks a woken engine with a completion "
+            "naming the model): add it, or set sleep = 0"
+        )
     if memory > gpu_memory:
         model.problems.append(
             f"{model.where}: field 'sleep_memory': {memory:g} is more than the model's gpu_memory ({gpu_memory:g}); "
             f"a model cannot hold more asleep than awake: set it to what the engine keeps while asleep "
-            f"(0 to {gpu_memory:g})")
+            f"(0 to {gpu_memory:g})"
+        )
     return result

@@ -16,13 +16,13 @@ def parse_duration(value: object) -> float:
     Raises ValueError with a message a user can act on.
     """
     if isinstance(value, bool):
-        raise ValueError(f"expected a duration such as \"90s\", \"15m\" or \"1h\", got {value!r}")
+        raise ValueError(f'expected a duration such as "90s", "15m" or "1h", got {value!r}')
     if isinstance(value, (int, float)):
         seconds = float(value)
     elif isinstance(value, str):
         seconds = _parse_duration_text(value.strip().lower())
     else:
-        raise ValueError(f"expected a duration such as \"90s\", \"15m\" or \"1h\", got {value!r}")
+        raise ValueError(f'expected a duration such as "90s", "15m" or "1h", got {value!r}')
     if seconds < 0 or seconds != seconds or seconds == float("inf"):
         raise ValueError(f"a duration must be zero or positive and finite, got {value!r}")
     return seconds
@@ -42,9 +42,7 @@ def _parse_duration_text(text: str) -> float:
         total += float(match.group(1)) * _DURATION_UNITS[match.group(2)]
         pos = match.end()
     if pos != len(text) or not text:
-        raise ValueError(
-            f"expected a duration such as \"90s\", \"15m\", \"1h30m\" or plain seconds, got {text!r}"
-        )
+        raise ValueError(f'expected a duration such as "90s", "15m", "1h30m" or plain seconds, got {text!r}')
     return total
 
 
@@ -65,16 +63,16 @@ def format_duration(seconds: float) -> str:
 def parse_size(value: object) -> int:
     """Bytes from an integer or a Docker-style size such as "16g", "512m", "64k"."""
     if isinstance(value, bool):
-        raise ValueError(f"expected a size such as \"16g\" or \"512m\", got {value!r}")
+        raise ValueError(f'expected a size such as "16g" or "512m", got {value!r}')
     if isinstance(value, int):
         size = value
     elif isinstance(value, str):
         match = _SIZE.fullmatch(value.strip().lower())
         if not match:
-            raise ValueError(f"expected a size such as \"16g\", \"512m\" or a number of bytes, got {value!r}")
+            raise ValueError(f'expected a size such as "16g", "512m" or a number of bytes, got {value!r}')
         size = int(float(match.group(1)) * _SIZE_UNITS[match.group(2)])
     else:
-        raise ValueError(f"expected a size such as \"16g\" or \"512m\", got {value!r}")
+        raise ValueError(f'expected a size such as "16g" or "512m", got {value!r}')
     if size <= 0:
         raise ValueError(f"a size must be positive, got {value!r}")
     return size

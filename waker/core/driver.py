@@ -90,8 +90,12 @@ class HostDriver(Driver, Protocol):
     async def running(self) -> dict[str, str]:
         """The models whose container runs now, with its id: what a resync adopts."""
 
-    async def follow(self, on_event: Callable[[ContainerEvent], None], on_connect: Callable[[], Awaitable[None]],
-                     on_lost: Callable[[str], None]) -> None:
+    async def follow(
+        self,
+        on_event: Callable[[ContainerEvent], None],
+        on_connect: Callable[[], Awaitable[None]],
+        on_lost: Callable[[str], None],
+    ) -> None:
         """Runs until cancelled: calls `on_connect` each time the engine's event stream is (re)opened
         (before any event, so a listing then loses nothing), `on_event` for each event of a managed
         container, and `on_lost` with the reason when the engine goes away."""

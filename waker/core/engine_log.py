@@ -61,42 +61,91 @@ def _figures(match: re.Match[str]) -> str:
 # process, level, date and source ("(Worker pid=38) INFO 11-30 09:32:13 [default_loader.py:501] ").
 _BAR = r"(?P<percent>\d{1,3})%.*?(?P<done>\d+)/(?P<total>\d+)"
 _PATTERNS: tuple[tuple[re.Pattern[str], Step, Callable[[re.Match[str]], str]], ...] = tuple(
-    (re.compile(pattern), step, text) for pattern, step, text in (
-        (r"\] non-default args: ", Step.PROCESS,
-         lambda m: "the engine's process runs (importing its libraries, then reading the model's config)"),
-        (r"Resolved architecture: (?P<arch>\S+)", Step.CONFIG,
-         lambda m: f"reading the model's config ({m['arch']})"),
-        (r"Initializing a V1 LLM engine \(v(?P<version>[^)]+)\)", Step.ENGINE,
-         lambda m: f"initialising the engine (vLLM {m['version']})"),
-        (r"Starting to load model (?P<model>\S+?)(?:\.\.\.)?$", Step.MODEL,
-         lambda m: f"loading the model {m['model']}"),
-        ((r"(?:Loading (?P<kind>safetensors|pt|np_cache) checkpoint shards|Multi-thread loading(?: pt checkpoint)? "
-          r"shards)(?: \(eager\))?:\s+" + _BAR), Step.WEIGHTS, _shards),
-        (r"Loading weights took (?P<s>[\d.]+) seconds", Step.WEIGHTS_LOADED,
-         lambda m: f"weights loaded in {_seconds(m['s'])}"),
-        (r"Model loading took (?P<gib>[\d.]+) GiB memory and (?P<s>[\d.]+) seconds", Step.WEIGHTS_LOADED,
-         lambda m: f"model loaded: {float(m['gib']):.1f} GiB in {_seconds(m['s'])}"),
+    (re.compile(pattern), step, text)
+    for pattern, step, text in (
+        (
+            r"\] non-default args: ",
+            Step.PROCESS,
+            lambda m: "the engine's process runs (importing its libraries, then reading the model's config)",
+        ),
+        (r"Resolved architecture: (?P<arch>\S+)", Step.CONFIG, lambda m: f"reading the model's config ({m['arch']})"),
+        (
+            r"Initializing a V1 LLM engine \(v(?P<version>[^)]+)\)",
+            Step.ENGINE,
+            lambda m: f"initialising the engine (vLLM {m['version']})",
+        ),
+        (
+            r"Starting to load model (?P<model>\S+?)(?:\.\.\.)?$",
+            Step.MODEL,
+            lambda m: f"loading the model {m['model']}",
+        ),
+        (
+            (
+                r"(?:Loading (?P<kind>safetensors|pt|np_cache) checkpoint shards"
+                r"|Multi-thread loading(?: pt checkpoint)? shards)(?: \(eager\))?:\s+" + _BAR
+            ),
+            Step.WEIGHTS,
+            _shards,
+        ),
+        (
+            r"Loading weights took (?P<s>[\d.]+) seconds",
+            Step.WEIGHTS_LOADED,
+            lambda m: f"weights loaded in {_seconds(m['s'])}",
+        ),
+        (
+            r"Model loading took (?P<gib>[\d.]+) GiB memory and (?P<s>[\d.]+) seconds",
+            Step.WEIGHTS_LOADED,
+            lambda m: f"model loaded: {float(m['gib']):.1f} GiB in {_seconds(m['s'])}",
+        ),
         (r"Starting torch\.compile", Step.COMPILE, lambda m: "compiling the model (torch.compile)"),
         (r"Warming up model for the compilation", Step.COMPILE, lambda m: "warming up the model for compilation"),
-        (r"Dynamo bytecode transform time: (?P<s>[\d.]+) s", Step.COMPILE,
-         lambda m: f"compiling the model (torch.compile): graph traced in {_seconds(m['s'])}"),
-        (r"Directly load the compiled graph\(s\) for .*? from the cache, took (?P<s>[\d.]+) s", Step.COMPILE,
-         lambda m: f"compiled graphs loaded from the cache in {_seconds(m['s'])}"),
-        (r"Compiling a graph for .*? takes (?P<s>[\d.]+) s", Step.COMPILE,
-         lambda m: f"compiling the model (torch.compile): a graph compiled in {_seconds(m['s'])}"),
-        (r"torch\.compile takes (?P<s>[\d.]+) s in total", Step.COMPILE,
-         lambda m: f"compiled (torch.compile took {_seconds(m['s'])})"),
-        (r"Available KV cache memory: (?P<gib>[\d.]+) GiB", Step.KV_CACHE,
-         lambda m: f"allocating the KV cache: {float(m['gib']):.1f} GiB"),
-        ((r"(?P<device>\w+)(?: \+ host)? KV cache size: (?P<tokens>[\d,]+) tokens, Maximum concurrency for "
-          r"(?P<length>[\d,]+) tokens per request: (?P<x>[\d.]+)x"), Step.KV_CACHE,
-         lambda m: f"KV cache allocated: {m['tokens']} tokens ({float(m['x']):g}x concurrency at {m['length']} "
-                   "tokens a request)"),
+        (
+            r"Dynamo bytecode transform time: (?P<s>[\d.]+) s",
+            Step.COMPILE,
+            lambda m: f"compiling the model (torch.compile): graph traced in {_seconds(m['s'])}",
+        ),
+        (
+            r"Directly load the compiled graph\(s\) for .*? from the cache, took (?P<s>[\d.]+) s",
+            Step.COMPILE,
+            lambda m: f"compiled graphs loaded from the cache in {_seconds(m['s'])}",
+        ),
+        (
+            r"Compiling a graph for .*? takes (?P<s>[\d.]+) s",
+            Step.COMPILE,
+            lambda m: f"compiling the model (torch.compile): a graph compiled in {_seconds(m['s'])}",
+        ),
+        (
+            r"torch\.compile takes (?P<s>[\d.]+) s in total",
+            Step.COMPILE,
+            lambda m: f"compiled (torch.compile took {_seconds(m['s'])})",
+        ),
+        (
+            r"Available KV cache memory: (?P<gib>[\d.]+) GiB",
+            Step.KV_CACHE,
+            lambda m: f"allocating the KV cache: {float(m['gib']):.1f} GiB",
+        ),
+        (
+            (
+                r"(?P<device>\w+)(?: \+ host)? KV cache size: (?P<tokens>[\d,]+) tokens, Maximum concurrency for "
+                r"(?P<length>[\d,]+) tokens per request: (?P<x>[\d.]+)x"
+            ),
+            Step.KV_CACHE,
+            lambda m: (
+                f"KV cache allocated: {m['tokens']} tokens ({float(m['x']):g}x concurrency at {m['length']} "
+                "tokens a request)"
+            ),
+        ),
         (r"(?P<what>Capturing (?:[\w-]+ )*CUDA graphs)(?: \((?P<mode>[^)]*)\))?:\s+" + _BAR, Step.CUDA_GRAPHS, _graphs),
-        (r"Graph capturing finished in (?P<s>\d+) secs, took (?P<gib>[\d.]+) GiB", Step.CUDA_GRAPHS,
-         lambda m: f"CUDA graphs captured in {m['s']} s ({float(m['gib']):.2f} GiB)"),
-        (r"init engine \(profile, create kv cache, warmup model\) took (?P<s>[\d.]+)", Step.ENGINE_READY,
-         lambda m: f"engine initialised in {_seconds(m['s'])}"),
+        (
+            r"Graph capturing finished in (?P<s>\d+) secs, took (?P<gib>[\d.]+) GiB",
+            Step.CUDA_GRAPHS,
+            lambda m: f"CUDA graphs captured in {m['s']} s ({float(m['gib']):.2f} GiB)",
+        ),
+        (
+            r"init engine \(profile, create kv cache, warmup model\) took (?P<s>[\d.]+)",
+            Step.ENGINE_READY,
+            lambda m: f"engine initialised in {_seconds(m['s'])}",
+        ),
         (r"Starting vLLM (?:API )?server on", Step.SERVER, lambda m: "starting the API server"),
         (r"Application startup complete", Step.SERVER_READY, lambda m: "API server up"),
     )

@@ -29,8 +29,16 @@ class PullFailed(Exception):
     """The registry or the engine refused the pull; the message is theirs."""
 
 
-_LAYER_SEEN = {"Pulling fs layer", "Waiting", "Downloading", "Verifying Checksum", "Download complete",
-               "Extracting", "Pull complete", "Already exists"}
+_LAYER_SEEN = {
+    "Pulling fs layer",
+    "Waiting",
+    "Downloading",
+    "Verifying Checksum",
+    "Download complete",
+    "Extracting",
+    "Pull complete",
+    "Already exists",
+}
 _LAYER_DONE = {"Pull complete", "Already exists"}
 
 
@@ -65,5 +73,10 @@ class PullTracker:
 
     def snapshot(self) -> PullProgress:
         layers = self._layers.values()
-        return PullProgress(self.image, sum(layer.done for layer in layers), len(self._layers),
-                            sum(layer.current for layer in layers), sum(layer.total for layer in layers))
+        return PullProgress(
+            self.image,
+            sum(layer.done for layer in layers),
+            len(self._layers),
+            sum(layer.current for layer in layers),
+            sum(layer.total for layer in layers),
+        )

@@ -115,4 +115,3 @@ def next_state(state: State, event: Event) -> State:
     if target is None:
         raise IllegalTransition(f"event {event.value!r} is not allowed in state {state.value!r}")
     return target
-

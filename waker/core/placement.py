@@ -78,14 +78,16 @@ def place(need: Need, hosts: tuple[HostView, ...]) -> Placement | Unplaceable:
         if not named.up:
             return Unplaceable(f"host '{need.host}' is down (its Docker engine does not answer)")
         if need.gpu_memory > named.capacity + EPSILON:
-            return Unplaceable(f"gpu_memory {need.gpu_memory:g} is more than host '{need.host}' can hold "
-                               f"({named.capacity:g})")
+            return Unplaceable(
+                f"gpu_memory {need.gpu_memory:g} is more than host '{need.host}' can hold ({named.capacity:g})"
+            )
         head = [named]
     able = [h for h in hosts if need.gpu_memory <= h.capacity + EPSILON and h.name != need.host]
-    chosen = [*head, *sorted((h for h in able if h.up), key=rank)][:need.hosts]
+    chosen = [*head, *sorted((h for h in able if h.up), key=rank)][: need.hosts]
     if len(chosen) < need.hosts:
         down = [h.name for h in able if not h.up]
-        return Unplaceable(f"the model needs {need.hosts} host{'s' if need.hosts > 1 else ''} and {len(chosen)} "
-                           "can take it now"
-                           + (f"; down: {', '.join(down)}" if down else ""))
+        return Unplaceable(
+            f"the model needs {need.hosts} host{'s' if need.hosts > 1 else ''} and {len(chosen)} "
+            "can take it now" + (f"; down: {', '.join(down)}" if down else "")
+        )
     return Placement(tuple(h.name for h in chosen), evicts=not all(_fits_now(need, h) for h in chosen))

@@ -59,8 +59,15 @@ class Progress:
         return f"{self.headline} · {self.detail}" if self.detail else self.headline
 
 
-def progress(model_id: str, slots: dict[str, Slot], queue: tuple[Waiter, ...], policy: Policy,
-             pull: PullProgress | None, stage: EngineStage | None, now: float) -> Progress:
+def progress(
+    model_id: str,
+    slots: dict[str, Slot],
+    queue: tuple[Waiter, ...],
+    policy: Policy,
+    pull: PullProgress | None,
+    stage: EngineStage | None,
+    now: float,
+) -> Progress:
     """Where `model_id` stands, from the slots (activity merged in), the waiting requests, its
     image pull (if one runs) and the engine's latest stage (if its log showed one)."""
     slot = slots[model_id]
@@ -70,21 +77,29 @@ def progress(model_id: str, slots: dict[str, Slot], queue: tuple[Waiter, ...], p
         timing = _timing(elapsed, expected)
         if pull is not None:
             sizes = f"{format_bytes(pull.bytes_done)} of {format_bytes(pull.bytes_total)}, " if pull.bytes_total else ""
-            return Progress(model_id, Phase.PULLING, "pull",
-                            f"pulling image {pull.image}: {pull.layers_done}/{pull.layers_total} layers",
-                            sizes + timing, elapsed, expected)
+            return Progress(
+                model_id,
+                Phase.PULLING,
+                "pull",
+                f"pulling image {pull.image}: {pull.layers_done}/{pull.layers_total} layers",
+                sizes + timing,
+                elapsed,
+                expected,
+            )
         headline = f"loading {model_id}: {stage.text}" if stage else f"starting {model_id}'s container"
         step = stage.step.name.lower() if stage else "container"
-        return Progress(model_id, Phase.LOADING, step, headline, timing, elapsed, expected,
-                        percent=stage.percent if stage else None)
+        return Progress(
+            model_id, Phase.LOADING, step, headline, timing, elapsed, expected, percent=stage.percent if stage else None
+        )
     if slot.state is State.READY:
         took = f" (started in {expected:.1f} s)" if expected else ""
         return Progress(model_id, Phase.READY, "ready", f"{model_id} is ready{took}", "", expected_seconds=expected)
     waiting = [w for w in queue if w.model == model_id]
     if not waiting:
         phase = Phase.FAILED if slot.state is State.FAILED else Phase.STOPPED
-        return Progress(model_id, phase, phase.value, f"{model_id} is {slot.state.value}", "",
-                        expected_seconds=expected)
+        return Progress(
+            model_id, phase, phase.value, f"{model_id} is {slot.state.value}", "", expected_seconds=expected
+        )
     return _queued(slot, slots, queue, policy, now, min(w.since for w in waiting))
 
 
@@ -94,8 +109,9 @@ def _timing(elapsed: float, expected: float | None) -> str:
     return f"{elapsed:.0f} s of ~{expected:.0f} s (its last start)"
 
 
-def _queued(slot: Slot, slots: dict[str, Slot], queue: tuple[Waiter, ...], policy: Policy, now: float,
-            since: float) -> Progress:
+def _queued(
+    slot: Slot, slots: dict[str, Slot], queue: tuple[Waiter, ...], policy: Policy, now: float, since: float
+) -> Progress:
     """A model with requests waiting and no start under way: its place and what it waits for."""
     order: list[str] = []  # models waiting for a start, by their oldest request (the scheduler's order)
     for waiter in sorted(queue, key=lambda w: w.since):
@@ -108,11 +124,15 @@ def _queued(slot: Slot, slots: dict[str, Slot], queue: tuple[Waiter, ...], polic
     waited = now - since
     bound = f" of at most {policy.queue_timeout:.0f} s" if policy.on_busy == "queue" else ""
     detail = f"waited {waited:.0f} s{bound}"
-    reason = f"it cannot be placed: {placed.reason}" if isinstance(placed, Unplaceable) else \
-        _waits_for(slot, order, occupying, fits_on(slot, hosts, slots, policy), now)
+    reason = (
+        f"it cannot be placed: {placed.reason}"
+        if isinstance(placed, Unplaceable)
+        else _waits_for(slot, order, occupying, fits_on(slot, hosts, slots, policy), now)
+    )
     headline = f"queued for {slot.id} (#{position} of {len(order)}): {reason}"
-    return Progress(slot.id, Phase.QUEUED, "queued", headline, detail, waited, slot.expected_start_seconds, position,
-                    len(order))
+    return Progress(
+        slot.id, Phase.QUEUED, "queued", headline, detail, waited, slot.expected_start_seconds, position, len(order)
+    )
 
 
 def _waits_for(slot: Slot, order: list[str], occupying: list[Slot], fits_now: bool, now: float) -> str:
@@ -135,9 +155,13 @@ def _waits_for(slot: Slot, order: list[str], occupying: list[Slot], fits_now: bo
         return "room being made on the GPU"
     return "room on the GPU, held by " + "; ".join(
         f"{h.model!r} ({h.state}, {h.in_flight} request(s) in flight"
-        + (f", release expected in ~{h.expected_release_seconds} s)" if h.expected_release_seconds is not None
-           else ", no release expected)")
-        for h in holders)
+        + (
+            f", release expected in ~{h.expected_release_seconds} s)"
+            if h.expected_release_seconds is not None
+            else ", no release expected)"
+        )
+        for h in holders
+    )
 
 
 def should_send(last: Progress | None, last_sent_at: float, current: Progress, now: float) -> bool:

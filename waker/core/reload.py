@@ -29,24 +29,33 @@ class ConfigChange:
 def plan_reload(old: Config, new: Config, slots: Mapping[str, Slot]) -> ConfigChange:
     """The models `new` adds, changes and removes; raises AdminError naming every reason it cannot be
     applied live (a moved address under a running model, a busy model removed, a restart-only setting)."""
-    problems = [f"[waker] {key} changed: restart the waker to apply it"
-                for key in RESTART_ONLY if getattr(old.waker, key) != getattr(new.waker, key)]
+    problems = [
+        f"[waker] {key} changed: restart the waker to apply it"
+        for key in RESTART_ONLY
+        if getattr(old.waker, key) != getattr(new.waker, key)
+    ]
     # Each host's engine is connected and followed from the start; only its budget may change live.
     if [replace(h, gpu_capacity=0.0) for h in old.hosts] != [replace(h, gpu_capacity=0.0) for h in new.hosts]:
-        problems.append("[[host]] entries changed (added, removed, renamed, or another engine, address or link): "
-                        "restart the waker to apply them; a host's gpu_capacity alone may change live")
+        problems.append(
+            "[[host]] entries changed (added, removed, renamed, or another engine, address or link): "
+            "restart the waker to apply them; a host's gpu_capacity alone may change live"
+        )
     for model in new.models:
         before = old.model(model.id)
         if before and slots[model.id].state in OCCUPYING and before.address != model.address:
-            problems.append(f"model {model.id!r} runs at {before.address} and the new config moves it to "
-                            f"{model.address}: keep its position (add new models at the end; with host ports, "
-                            f"set host_port = {before.host_port}), or stop it first")
+            problems.append(
+                f"model {model.id!r} runs at {before.address} and the new config moves it to "
+                f"{model.address}: keep its position (add new models at the end; with host ports, "
+                f"set host_port = {before.host_port}), or stop it first"
+            )
     removed = [m.id for m in old.models if new.model(m.id) is None]
     for model_id in removed:
         slot = slots[model_id]
         if slot.in_flight or slot.state in (State.STARTING, State.FALLING_ASLEEP, State.WAKING):
-            problems.append(f"model {model_id!r} is removed but is busy ({slot.state.value}, "
-                            f"{slot.in_flight} request(s) in flight); retry when it is idle")
+            problems.append(
+                f"model {model_id!r} is removed but is busy ({slot.state.value}, "
+                f"{slot.in_flight} request(s) in flight); retry when it is idle"
+            )
     if problems:
         raise AdminError(409, "the new config cannot be applied live: " + "; ".join(problems))
     added = tuple(m.id for m in new.models if old.model(m.id) is None)

@@ -131,17 +131,26 @@ def where(slot: Slot, slots: dict[str, Slot], policy: Policy) -> tuple[str, ...]
     views = []
     for budget in policy.budgets:
         there = [s for s in occupying_on(slots, (budget.name,), policy) if s.id != slot.id]
-        views.append(HostView(budget.name, budget.capacity, budget.up, used=sum(held(s) for s in there),
-                              exclusive_running=any(s.exclusive for s in there), running=len(there),
-                              last_ran_here=budget.name in slot.hosts))
+        views.append(
+            HostView(
+                budget.name,
+                budget.capacity,
+                budget.up,
+                used=sum(held(s) for s in there),
+                exclusive_running=any(s.exclusive for s in there),
+                running=len(there),
+                last_ran_here=budget.name in slot.hosts,
+            )
+        )
     placed = place(Need(slot.gpu_memory, slot.exclusive, slot.host, slot.host_count), tuple(views))
     return placed if isinstance(placed, Unplaceable) else placed.hosts
 
 
 def fits_on(candidate: Slot, hosts: tuple[str, ...], slots: dict[str, Slot], policy: Policy) -> bool:
     """`fits` on each of `hosts`, against what occupies that host and its own capacity."""
-    return all(fits(candidate, occupying_on(slots, (b.name,), policy), b.capacity)
-               for b in policy.budgets if b.name in hosts)
+    return all(
+        fits(candidate, occupying_on(slots, (b.name,), policy), b.capacity) for b in policy.budgets if b.name in hosts
+    )
 
 
 def fits(candidate: Slot, staying: list[Slot], capacity: float) -> bool:
@@ -183,8 +192,12 @@ def room_for(candidate: Slot, occupying: list[Slot], policy: Policy, capacity: f
     idle = lru([s for s in staying.values() if s.state is State.READY and evictable(s)])
     sleepers = [s for s in idle if can_sleep(s, policy)]
     asleep = lru([s for s in staying.values() if s.state is State.SLEEPING and evictable(s)])
-    steps = [*((True, s) for s in sleepers), *((False, s) for s in asleep),
-             *((False, s) for s in idle if not can_sleep(s, policy)), *((False, s) for s in sleepers)]
+    steps = [
+        *((True, s) for s in sleepers),
+        *((False, s) for s in asleep),
+        *((False, s) for s in idle if not can_sleep(s, policy)),
+        *((False, s) for s in sleepers),
+    ]
 
     def fits_after(taken: list[tuple[bool, Slot]]) -> bool:
         after = dict(staying)
@@ -206,8 +219,10 @@ def room_for(candidate: Slot, occupying: list[Slot], policy: Policy, capacity: f
         if fits_after([c for c in chosen if c is not step]):
             chosen.remove(step)
     stopped = {slot.id for sleeps, slot in chosen if not sleeps}
-    return Room(tuple(slot for sleeps, slot in chosen if sleeps and slot.id not in stopped),
-                tuple(slot for sleeps, slot in chosen if not sleeps))
+    return Room(
+        tuple(slot for sleeps, slot in chosen if sleeps and slot.id not in stopped),
+        tuple(slot for sleeps, slot in chosen if not sleeps),
+    )
 
 
 def room_on(candidate: Slot, hosts: tuple[str, ...], slots: dict[str, Slot], policy: Policy) -> Room | None:
@@ -263,16 +278,25 @@ def holders_of(candidate: Slot, occupying: list[Slot], now: float) -> tuple[Hold
 def _busy_refusal(waiter: Waiter, candidate: Slot, holders: tuple[Holder, ...], reason: str) -> Refuse:
     known = [h.expected_release_seconds for h in holders if h.expected_release_seconds is not None]
     retry_after = max(known) if known else None
-    described = "; ".join(
-        f"{h.model!r} ({h.state}, {h.in_flight} request(s) in flight, idle {h.idle_seconds} s, "
-        + (f"expected release in ~{h.expected_release_seconds} s)" if h.expected_release_seconds is not None
-           else "no release expected)")
-        for h in holders
-    ) or "other models"
+    described = (
+        "; ".join(
+            f"{h.model!r} ({h.state}, {h.in_flight} request(s) in flight, idle {h.idle_seconds} s, "
+            + (
+                f"expected release in ~{h.expected_release_seconds} s)"
+                if h.expected_release_seconds is not None
+                else "no release expected)"
+            )
+            for h in holders
+        )
+        or "other models"
+    )
     return Refuse(
-        waiter.id, 429, "model_busy",
+        waiter.id,
+        429,
+        "model_busy",
         f"model {candidate.id!r} cannot start {reason}: the GPU is held by {described}",
-        retry_after, holders,
+        retry_after,
+        holders,
     )
 
 
@@ -285,12 +309,16 @@ def decide(slots: dict[str, Slot], queue: tuple[Waiter, ...] | list[Waiter], pol
         if slot.state is State.READY:
             p.actions.append(Grant(waiter.id))
         elif slot.state is State.FAILED and now < slot.retry_at:
-            p.actions.append(Refuse(
-                waiter.id, 503, "model_failed",
-                f"model {slot.id!r} failed {slot.failures} times in a row (at start or while serving); next attempt in "
-                f"{math.ceil(slot.retry_at - now)} s. Last error: {slot.last_error}",
-                math.ceil(slot.retry_at - now),
-            ))
+            p.actions.append(
+                Refuse(
+                    waiter.id,
+                    503,
+                    "model_failed",
+                    f"model {slot.id!r} failed {slot.failures} times in a row (at start or while serving); "
+                    f"next attempt in {math.ceil(slot.retry_at - now)} s. Last error: {slot.last_error}",
+                    math.ceil(slot.retry_at - now),
+                )
+            )
         elif slot.state not in COMING_UP and now - waiter.since >= policy.queue_timeout:
             placed = p.where(slot)
             holders = holders_of(slot, p.occupying() if isinstance(placed, Unplaceable) else p.on(placed), now)
@@ -322,8 +350,9 @@ def _start_for_waiters(p: _Planner, waiting: list[Waiter]) -> bool:
             continue  # they join the start or wake in progress
         hosts = p.where(slot)
         if isinstance(hosts, Unplaceable):
-            p.actions += [Refuse(w.id, 503, "host_unavailable", f"model {model!r} cannot start: {hosts.reason}")
-                          for w in waiters]
+            p.actions += [
+                Refuse(w.id, 503, "host_unavailable", f"model {model!r} cannot start: {hosts.reason}") for w in waiters
+            ]
             continue
         if held_back & set(hosts) or slot.state in GOING_DOWN or p.coming_up_on(hosts):
             # After an earlier model on its host; once its container has exited it starts, once asleep
@@ -375,8 +404,13 @@ def _restore_keep_warm(p: _Planner) -> None:
 
 def _stop_idle(p: _Planner) -> None:
     for slot in list(p.slots.values()):
-        if (slot.state is not State.READY or slot.keep_warm or slot.pinned or slot.idle_timeout <= 0
-                or slot.in_flight > 0):
+        if (
+            slot.state is not State.READY
+            or slot.keep_warm
+            or slot.pinned
+            or slot.idle_timeout <= 0
+            or slot.in_flight > 0
+        ):
             continue
         due = max(slot.last_active + slot.idle_timeout, slot.ready_since + slot.min_uptime)
         if p.now < due:
@@ -389,8 +423,13 @@ def _stop_idle(p: _Planner) -> None:
 
 def _stop_long_asleep(p: _Planner, waited_for: set[str]) -> None:
     for slot in list(p.slots.values()):
-        if (slot.state is not State.SLEEPING or slot.sleep_timeout <= 0 or slot.keep_warm or slot.pinned
-                or slot.id in waited_for):
+        if (
+            slot.state is not State.SLEEPING
+            or slot.sleep_timeout <= 0
+            or slot.keep_warm
+            or slot.pinned
+            or slot.id in waited_for
+        ):
             continue
         due = slot.since + slot.sleep_timeout
         if p.now >= due:

@@ -51,12 +51,14 @@ class SshDialConnector(aiohttp.UnixConnector):
         self._reapers: set[asyncio.Task[None]] = set()
         self._processes: set[asyncio.subprocess.Process] = set()
 
-    async def _create_connection(self, req: ClientRequest, traces: list[Trace],
-                                 timeout: aiohttp.ClientTimeout) -> ResponseHandler:
+    async def _create_connection(
+        self, req: ClientRequest, traces: list[Trace], timeout: aiohttp.ClientTimeout
+    ) -> ResponseHandler:
         ours, theirs = socket.socketpair()
         try:
-            process = await asyncio.create_subprocess_exec(*self._command, stdin=theirs.fileno(),
-                                                           stdout=theirs.fileno(), stderr=asyncio.subprocess.PIPE)
+            process = await asyncio.create_subprocess_exec(
+                *self._command, stdin=theirs.fileno(), stdout=theirs.fileno(), stderr=asyncio.subprocess.PIPE
+            )
         except OSError as exc:
             ours.close()
             raise aiohttp.ClientConnectionError(f"cannot run {self._command[0]}: {exc}") from None
@@ -111,6 +113,7 @@ def docker_client(docker_host: str | DockerEndpoint) -> aiodocker.Docker:
         url = f"ssh://{parts.hostname}" + (f":{parts.port}" if parts.port else "")
         return aiodocker.Docker(url=url, connector=SshDialConnector(docker_host.url))
     if docker_host.scheme == DockerScheme.TCP:
-        return aiodocker.Docker(url=docker_host.url.replace("tcp://", "https://", 1),
-                                ssl_context=tls_context(docker_host))
+        return aiodocker.Docker(
+            url=docker_host.url.replace("tcp://", "https://", 1), ssl_context=tls_context(docker_host)
+        )
     return aiodocker.Docker(url=docker_host.url or None)

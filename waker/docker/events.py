@@ -32,8 +32,9 @@ def container_event(raw: dict[str, Any]) -> ContainerEvent | None:
     change = _CHANGES.get(raw.get("Action") or raw.get("status") or "")
     if model_id is None or change is None:
         return None
-    return ContainerEvent(change, model_id, raw.get("id") or actor.get("ID", ""), attributes.get("exitCode", "?"),
-                          ray_node(attributes))
+    return ContainerEvent(
+        change, model_id, raw.get("id") or actor.get("ID", ""), attributes.get("exitCode", "?"), ray_node(attributes)
+    )
 
 
 async def follow(

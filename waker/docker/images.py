@@ -33,12 +33,17 @@ def how_to_get(image: str) -> str:
     """What a user runs to put `image` on the host."""
     if image.startswith("waker/"):
         return f"build it (scripts/build-images builds every waker/ image) or pull it (docker pull {image})"
-    return f"pull it (docker pull {image}), or set pull = \"missing\" so that its first start pulls it"
+    return f'pull it (docker pull {image}), or set pull = "missing" so that its first start pulls it'
 
 
 class Images:
-    def __init__(self, runtime: DockerRuntime, report: Report, clock: Callable[[], float] = time.monotonic,
-                 credentials: Callable[[str], dict[str, str] | None] = registry_auth.credentials) -> None:
+    def __init__(
+        self,
+        runtime: DockerRuntime,
+        report: Report,
+        clock: Callable[[], float] = time.monotonic,
+        credentials: Callable[[str], dict[str, str] | None] = registry_auth.credentials,
+    ) -> None:
         self.runtime = runtime
         self.report = report
         self.clock = clock
@@ -51,8 +56,10 @@ class Images:
         present = await self.runtime.image_id(model.image)
         if model.pull is PullPolicy.NEVER or (model.pull is PullPolicy.MISSING and present is not None):
             if present is None:
-                raise ImageMissing(f"image {model.image!r} is not on this Docker host and model {model.id!r} "
-                                   f"has pull = \"never\": {how_to_get(model.image)}")
+                raise ImageMissing(
+                    f"image {model.image!r} is not on this Docker host and model {model.id!r} "
+                    f'has pull = "never": {how_to_get(model.image)}'
+                )
             return present
         try:
             await asyncio.shield(self._pull(model.image))
@@ -63,8 +70,9 @@ class Images:
             return present
         pulled = await self.runtime.image_id(model.image)
         if pulled is None:
-            raise ImagePullFailed(f"image {model.image!r} was pulled but is not on the host: pulled by "
-                                  "another name, or removed since")
+            raise ImagePullFailed(
+                f"image {model.image!r} was pulled but is not on the host: pulled by another name, or removed since"
+            )
         return pulled
 
     def _pull(self, image: str) -> asyncio.Task[None]:
@@ -93,5 +101,10 @@ class Images:
         finally:
             final = self.pulling.pop(image)
         self.report(image, final)
-        log.info("image_pulled", image=image, seconds=round(self.clock() - began, 1),
-                 layers=final.layers_total, bytes=final.bytes_total)
+        log.info(
+            "image_pulled",
+            image=image,
+            seconds=round(self.clock() - began, 1),
+            layers=final.layers_total,
+            bytes=final.bytes_total,
+        )

@@ -65,8 +65,14 @@ class Launcher:
     """Implements `driver.Driver` over one Docker engine, the engine of `host` (by default the local one,
     whose models publish their ports on loopback)."""
 
-    def __init__(self, waker: WakerConfig, runtime: DockerRuntime, images: Images,
-                 clock: Callable[[], float] = time.monotonic, host: HostConfig | None = None) -> None:
+    def __init__(
+        self,
+        waker: WakerConfig,
+        runtime: DockerRuntime,
+        images: Images,
+        clock: Callable[[], float] = time.monotonic,
+        host: HostConfig | None = None,
+    ) -> None:
         self.stack = waker.name
         self.address = host.address if host is not None else "127.0.0.1"
         self.network, self.egress_network = waker.network, waker.egress_network
@@ -95,8 +101,9 @@ class Launcher:
         return container_id
 
     def node(self, model: ModelConfig) -> Node:
-        return Node(container_name(self.stack, model.id), container_spec(model, self.stack, self.network,
-                                                                          self.egress_network))
+        return Node(
+            container_name(self.stack, model.id), container_spec(model, self.stack, self.network, self.egress_network)
+        )
 
     async def ensure_image(self, model: ModelConfig, deadline: float) -> str:
         """Makes the model's image present here (pulled as its policy says); returns its id. Raises
@@ -114,9 +121,13 @@ class Launcher:
             return await step
         except TimeoutError:
             pulling = self.images.pulling.get(model.image)
-            raise StartError(504, "model_start_timeout", f"model {model.id!r}: its image was still being pulled "
-                             f"after {format_duration(model.start_timeout)} (start_timeout)"
-                             + (f"; {pulling.describe()}" if pulling else "")) from None
+            raise StartError(
+                504,
+                "model_start_timeout",
+                f"model {model.id!r}: its image was still being pulled "
+                f"after {format_duration(model.start_timeout)} (start_timeout)"
+                + (f"; {pulling.describe()}" if pulling else ""),
+            ) from None
         except ImageMissing as exc:
             raise StartError(503, "image_missing", f"model {model.id!r} could not be started: {exc}") from None
         except ImagePullFailed as exc:
@@ -127,8 +138,11 @@ class Launcher:
     async def _create_and_start(self, model: ModelConfig, image_id: str, node: Node) -> str:
         spec = node.spec
         info = await self.runtime.find(model.id, node.worker)
-        outdated = "spec changed" if info is not None and info.spec_hash != spec["Labels"][LABEL_SPEC] else (
-            "image updated" if info is not None and not info.running and info.image_id != image_id else "")
+        outdated = (
+            "spec changed"
+            if info is not None and info.spec_hash != spec["Labels"][LABEL_SPEC]
+            else ("image updated" if info is not None and not info.running and info.image_id != image_id else "")
+        )
         if info is not None and outdated:
             log.info("container_recreate", model=model.id, container=info.name, reason=outdated)
             if info.running:
@@ -176,11 +190,16 @@ class Launcher:
         await self.wait_healthy(model, deadline, died, _OneContainer(self, model, container_id))
 
     async def running(self) -> dict[str, str]:
-        return {info.model_id: info.id for info in await self.runtime.managed_containers()
-                if info.running and info.serves}
+        return {
+            info.model_id: info.id for info in await self.runtime.managed_containers() if info.running and info.serves
+        }
 
-    async def follow(self, on_event: Callable[[ContainerEvent], None], on_connect: Callable[[], Awaitable[None]],
-                     on_lost: Callable[[str], None]) -> None:
+    async def follow(
+        self,
+        on_event: Callable[[ContainerEvent], None],
+        on_connect: Callable[[], Awaitable[None]],
+        on_lost: Callable[[str], None],
+    ) -> None:
         await docker_events.follow(self.runtime, on_event, on_connect, on_lost)
 
     async def log_tail(self, container_id: str) -> str:
@@ -213,7 +232,8 @@ class Launcher:
             if now >= deadline:
                 tail = await watch.give_up()
                 raise StartError(
-                    504, "model_start_timeout",
+                    504,
+                    "model_start_timeout",
                     f"model {model.id!r} was not ready after {format_duration(model.start_timeout)} "
                     f"(start_timeout; its health check is {url}); it was stopped. Last log lines:\n{tail}",
                 )
@@ -229,7 +249,8 @@ class Launcher:
             return
         tail = await self.runtime.logs_tail(container_id, LOG_TAIL_LINES)
         raise StartError(
-            503, "model_exited",
+            503,
+            "model_exited",
             f"model {model.id!r} exited with code {info.exit_code} while loading"
             + (f" ({info.error})" if info.error else "")
             + (f"; last log lines:\n{tail}" if tail else "; it printed nothing"),
@@ -250,8 +271,9 @@ class Launcher:
         longer wait than a health check's; one that never answers (wedged) does not keep its model up."""
         model = self._here(model)
         try:
-            async with self._http.get(f"{model.address.url}/metrics",
-                                      timeout=aiohttp.ClientTimeout(total=METRICS_TIMEOUT)) as response:
+            async with self._http.get(
+                f"{model.address.url}/metrics", timeout=aiohttp.ClientTimeout(total=METRICS_TIMEOUT)
+            ) as response:
                 if response.status != 200:
                     return None
                 text = await response.text()

@@ -47,8 +47,9 @@ class RayPair:
         launcher, host = self._side(role)
         nodes = RayNodes(node_ip(self.head_host), node_ip(self.worker_host), model.ray.port)
         name = (container_name if role is RayNode.HEAD else worker_name)(launcher.stack, model.id)
-        return Node(name, ray_node_spec(model, launcher.stack, role, nodes, host.interconnect),
-                    worker=role is RayNode.WORKER)
+        return Node(
+            name, ray_node_spec(model, launcher.stack, role, nodes, host.interconnect), worker=role is RayNode.WORKER
+        )
 
     async def up(self, model: ModelConfig, died: asyncio.Event) -> str:
         """Stops what runs of the pair (a head left from a run whose worker died would pass for
@@ -60,11 +61,16 @@ class RayPair:
             raise StartError(503, "model_start_failed", f"model {model.id!r} could not be started: {exc}") from None
         # Both images first: a worker started before a long pull on the head's host would give up on
         # a head that is not there yet.
-        images = {role: await self._step(model, role, self._side(role)[0].ensure_image(model, deadline))
-                  for role in (RayNode.WORKER, RayNode.HEAD)}
-        ids = {role: await self._step(model, role, self._side(role)[0].launch(model, self.node(model, role),
-                                                                             deadline, images[role]))
-               for role in (RayNode.WORKER, RayNode.HEAD)}
+        images = {
+            role: await self._step(model, role, self._side(role)[0].ensure_image(model, deadline))
+            for role in (RayNode.WORKER, RayNode.HEAD)
+        }
+        ids = {
+            role: await self._step(
+                model, role, self._side(role)[0].launch(model, self.node(model, role), deadline, images[role])
+            )
+            for role in (RayNode.WORKER, RayNode.HEAD)
+        }
         await self.head.wait_healthy(model, deadline, died, _Watch(self, model, ids))
         return ids[RayNode.HEAD]
 
@@ -75,18 +81,24 @@ class RayPair:
             return await step
         except StartError as exc:
             await self._stop_quietly(model)
-            raise StartError(exc.status, exc.code, f"{exc.message} (its Ray {role} on host "
-                             f"{self._side(role)[1].name!r})") from None
+            raise StartError(
+                exc.status, exc.code, f"{exc.message} (its Ray {role} on host {self._side(role)[1].name!r})"
+            ) from None
 
     async def adopt(self, model: ModelConfig, container_id: str, deadline: float, died: asyncio.Event) -> None:
         worker = await self._find(model.id, RayNode.WORKER)
         if worker is None or not worker.running:
             tails = await self.tails(model.id)
             await self._stop_quietly(model)
-            raise StartError(503, "model_exited", f"model {model.id!r}: its Ray head runs but its Ray worker on host "
-                             f"{self.worker_host.name!r} does not; both were stopped. Last log lines:\n{tails}")
-        await self.head.wait_healthy(model, deadline, died,
-                                     _Watch(self, model, {RayNode.HEAD: container_id, RayNode.WORKER: worker.id}))
+            raise StartError(
+                503,
+                "model_exited",
+                f"model {model.id!r}: its Ray head runs but its Ray worker on host "
+                f"{self.worker_host.name!r} does not; both were stopped. Last log lines:\n{tails}",
+            )
+        await self.head.wait_healthy(
+            model, deadline, died, _Watch(self, model, {RayNode.HEAD: container_id, RayNode.WORKER: worker.id})
+        )
 
     async def down(self, model: ModelConfig, container_id: str | None) -> None:
         """Stops the head (the server), then the worker, even when the head's engine refused."""
@@ -119,8 +131,10 @@ class RayPair:
                 parts.append(f"Ray {role} on host {host.name!r}: {exc}")
                 continue
             tail = await launcher.runtime.logs_tail(info.id, LOG_TAIL_LINES) if info is not None else ""
-            parts.append(f"Ray {role} on host {host.name!r}:\n" + ("\n".join(f"  {line}" for line in tail.splitlines())
-                                                                  or "  (nothing)"))
+            parts.append(
+                f"Ray {role} on host {host.name!r}:\n"
+                + ("\n".join(f"  {line}" for line in tail.splitlines()) or "  (nothing)")
+            )
         return "\n".join(parts)
 
     async def log_tail(self, container_id: str) -> str:
@@ -183,14 +197,19 @@ class _Watch:
                 info = await launcher.runtime.inspect(container_id)
             except DockerError as exc:
                 await self.pair._stop_quietly(self.model)
-                raise StartError(503, "model_start_failed", f"model {self.model.id!r}: its Ray {role} on host "
-                                 f"{host.name!r}: {exc}") from None
+                raise StartError(
+                    503, "model_start_failed", f"model {self.model.id!r}: its Ray {role} on host {host.name!r}: {exc}"
+                ) from None
             if not info.running:
                 tails = await self.give_up()
-                raise StartError(503, "model_exited", f"model {self.model.id!r}: its Ray {role} on host "
-                                 f"{host.name!r} exited with code {info.exit_code} while loading"
-                                 + (f" ({info.error})" if info.error else "")
-                                 + f"; both containers were stopped. Last log lines:\n{tails}")
+                raise StartError(
+                    503,
+                    "model_exited",
+                    f"model {self.model.id!r}: its Ray {role} on host "
+                    f"{host.name!r} exited with code {info.exit_code} while loading"
+                    + (f" ({info.error})" if info.error else "")
+                    + f"; both containers were stopped. Last log lines:\n{tails}",
+                )
 
     async def give_up(self) -> str:
         tails = await self.pair.tails(self.model.id)

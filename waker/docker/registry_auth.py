@@ -62,8 +62,14 @@ def credentials(image: str, path: Path | None = None) -> dict[str, str] | None:
 def _from_helper(helper: str, server: str) -> dict[str, str] | None:
     """Asks `docker-credential-<helper>`, as the Docker CLI does."""
     try:
-        done = subprocess.run([f"docker-credential-{helper}", "get"], input=server, capture_output=True,
-                              text=True, timeout=30, check=False)
+        done = subprocess.run(
+            [f"docker-credential-{helper}", "get"],
+            input=server,
+            capture_output=True,
+            text=True,
+            timeout=30,
+            check=False,
+        )
     except (OSError, subprocess.TimeoutExpired) as exc:
         log.warning("credential_helper_failed", helper=helper, error=str(exc))
         return None

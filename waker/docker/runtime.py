@@ -85,8 +85,9 @@ class _docker_errors:  # lower case: it reads as a function where it is used, `w
                 return True
             raise DockerError(f"{self.what}: {exc.message}") from None
         if isinstance(exc, (TimeoutError, aiohttp.ClientError, OSError)):
-            raise DockerError(f"{self.what}: the Docker engine is not reachable "
-                              f"({str(exc) or type(exc).__name__})") from None
+            raise DockerError(
+                f"{self.what}: the Docker engine is not reachable ({str(exc) or type(exc).__name__})"
+            ) from None
         return False
 
 
@@ -96,8 +97,9 @@ class DockerRuntime:
         try:
             self._docker = docker_client(docker_host)
         except (OSError, ssl.SSLError) as exc:
-            raise DockerError(f"cannot use the TLS files of {docker_host}: {exc}; check tls_ca, tls_cert and "
-                              "tls_key of its [[host]]") from None
+            raise DockerError(
+                f"cannot use the TLS files of {docker_host}: {exc}; check tls_ca, tls_cert and tls_key of its [[host]]"
+            ) from None
 
     async def close(self) -> None:
         await self._docker.close()
@@ -134,8 +136,12 @@ class DockerRuntime:
             return str((await self._docker.images.inspect(image))["Id"])
         return None
 
-    async def pull(self, image: str, auth: dict[str, str] | None = None,
-                   on_progress: Callable[[PullProgress], None] = lambda progress: None) -> None:
+    async def pull(
+        self,
+        image: str,
+        auth: dict[str, str] | None = None,
+        on_progress: Callable[[PullProgress], None] = lambda progress: None,
+    ) -> None:
         """Pulls `image`, reporting progress as Docker streams it; raises DockerError with the
         registry's own words when the pull fails."""
         tracker = PullTracker(image)
@@ -212,8 +218,9 @@ class DockerRuntime:
         finally:
             await query.__aexit__(None, None, None)
 
-    async def follow_logs(self, container_id: str, tail: int | None = None,
-                          since: float | None = None) -> AsyncIterator[str]:
+    async def follow_logs(
+        self, container_id: str, tail: int | None = None, since: float | None = None
+    ) -> AsyncIterator[str]:
         """The container's last `tail` log lines (all since `since`, a Unix time, when given), then
         every new one as it is written."""
         window: dict[str, Any] = {"tail": tail} if tail is not None else {"since": f"{since or 0:.6f}"}
@@ -225,9 +232,7 @@ class DockerRuntime:
     async def logs_tail(self, container_id: str, lines: int = 20) -> str:
         try:
             with _docker_errors("cannot read container logs"):
-                chunks = await self._docker.containers.container(container_id).log(
-                    stdout=True, stderr=True, tail=lines
-                )
+                chunks = await self._docker.containers.container(container_id).log(stdout=True, stderr=True, tail=lines)
                 return "".join(chunks).strip()
         except DockerError:
             pass  # the logs only decorate an error message that is already on its way

@@ -34,17 +34,29 @@ log = structlog.get_logger("waker.docker.socket_proxy")
 
 _VERSION = r"(?:/v[0-9.]+)?"
 _ID = r"[A-Za-z0-9_.-]+"
-ALLOWED = [(method, re.compile(f"^{_VERSION}{path}(?:\\?.*)?$")) for method, path in (
-    ("GET", "/_ping"), ("HEAD", "/_ping"), ("GET", "/version"), ("GET", "/events"),
-    ("GET", "/containers/json"), ("GET", f"/containers/{_ID}/json"), ("GET", f"/containers/{_ID}/logs"),
-    ("GET", "/images/[^?]+/json"), ("POST", "/images/create"),
-    ("POST", "/containers/create"), ("POST", f"/containers/{_ID}/start"), ("POST", f"/containers/{_ID}/stop"),
-    ("DELETE", f"/containers/{_ID}"), ("POST", f"/networks/{_ID}/connect"),
-)]
+ALLOWED = [
+    (method, re.compile(f"^{_VERSION}{path}(?:\\?.*)?$"))
+    for method, path in (
+        ("GET", "/_ping"),
+        ("HEAD", "/_ping"),
+        ("GET", "/version"),
+        ("GET", "/events"),
+        ("GET", "/containers/json"),
+        ("GET", f"/containers/{_ID}/json"),
+        ("GET", f"/containers/{_ID}/logs"),
+        ("GET", "/images/[^?]+/json"),
+        ("POST", "/images/create"),
+        ("POST", "/containers/create"),
+        ("POST", f"/containers/{_ID}/start"),
+        ("POST", f"/containers/{_ID}/stop"),
+        ("DELETE", f"/containers/{_ID}"),
+        ("POST", f"/networks/{_ID}/connect"),
+    )
+]
 # Calls that change or read out a container: allowed on managed containers only.
 ON_CONTAINER = re.compile(
-    f"^(?:POST|DELETE|GET) {_VERSION}/containers/(?!(?:create|json)(?:[?/]|$))({_ID})"
-    f"(?:/(start|stop|logs))?(?:\\?.*)?$")
+    f"^(?:POST|DELETE|GET) {_VERSION}/containers/(?!(?:create|json)(?:[?/]|$))({_ID})(?:/(start|stop|logs))?(?:\\?.*)?$"
+)
 NETWORK_CONNECT = re.compile(f"^POST {_VERSION}/networks/{_ID}/connect(?:\\?.*)?$")
 # The gateway's reload: the query must be exactly one SIGHUP (checked in `check`).
 KILL = re.compile(f"^POST {_VERSION}/containers/({_ID})/kill(?:\\?(.*))?$")
@@ -63,7 +75,7 @@ def connected_container(body: bytes) -> str:
     except ValueError:
         raise Refused("network connect: the body is not JSON") from None
     if not isinstance(request, dict) or set(request) != {"Container"} or not isinstance(request["Container"], str):
-        raise Refused("network connect: only {\"Container\": ID} is accepted")
+        raise Refused('network connect: only {"Container": ID} is accepted')
     if not re.fullmatch(_ID, request["Container"]):
         raise Refused("network connect: not a container id")
     return request["Container"]
@@ -167,8 +179,9 @@ async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, str, str, 
     return head, method, target, body
 
 
-async def relay(reader: asyncio.StreamReader, writer: asyncio.StreamWriter,
-                observe: Callable[[bytes], None] | None = None) -> None:
+async def relay(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, observe: Callable[[bytes], None] | None = None
+) -> None:
     """Copies bytes from reader to writer until either side ends; `observe` sees each chunk. Cancelled,
     it closes the writer and stays cancelled."""
     try:
@@ -207,8 +220,10 @@ class SocketProxy:
 
     async def _check_gateway(self, container: str) -> None:
         if not await gateway(self.docker, container):
-            raise Refused(f"container {container[:12]} is not the gateway ({LABEL_ROLE}={ROLE_GATEWAY}): "
-                          "no signal may be sent to it")
+            raise Refused(
+                f"container {container[:12]} is not the gateway ({LABEL_ROLE}={ROLE_GATEWAY}): "
+                "no signal may be sent to it"
+            )
 
     async def _add_credentials(self, head: bytes, image: str) -> bytes:
         """The proxy, not the waker, holds what `docker login` wrote on the host (compose mounts it
@@ -241,8 +256,11 @@ class SocketProxy:
             log.warning("docker_call_refused", reason=str(exc))
             body = json.dumps({"message": f"refused by the waker's Docker socket proxy: {exc}"}).encode()
             # No await until `finally` cancels the relay of Docker's answers: nothing comes after this.
-            client_writer.write(b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                                + f"Content-Length: {len(body)}\r\n\r\n".encode() + body)
+            client_writer.write(
+                b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nConnection: close\r\n"
+                + f"Content-Length: {len(body)}\r\n\r\n".encode()
+                + body
+            )
         except (ConnectionError, OSError, asyncio.IncompleteReadError):
             pass
         finally:

@@ -85,8 +85,9 @@ def container_spec(model: ModelConfig, stack: str, network: str = "", egress_net
     return spec
 
 
-def ray_node_spec(model: ModelConfig, stack: str, node: RayNode, nodes: RayNodes,
-                  interconnect: Interconnect) -> dict[str, Any]:
+def ray_node_spec(
+    model: ModelConfig, stack: str, node: RayNode, nodes: RayNodes, interconnect: Interconnect
+) -> dict[str, Any]:
     """A container of a model over two hosts, as NVIDIA's playbook runs it: host networking (the
     head's server listens on its host's `port`; nothing is published), the host's interconnect in
     the environment, the placeholders filled in for this placement. The head runs the model's
@@ -95,8 +96,13 @@ def ray_node_spec(model: ModelConfig, stack: str, node: RayNode, nodes: RayNodes
     host_config = _host_config(model)
     host_config["NetworkMode"] = "host"
     own_ip = nodes.head_ip if node is RayNode.HEAD else nodes.worker_ip
-    env = {"RAY_memory_monitor_refresh_ms": "0", "VLLM_HOST_IP": own_ip, "MASTER_ADDR": nodes.head_ip,
-           **dict(interconnect.env()), **dict(model.env)}
+    env = {
+        "RAY_memory_monitor_refresh_ms": "0",
+        "VLLM_HOST_IP": own_ip,
+        "MASTER_ADDR": nodes.head_ip,
+        **dict(interconnect.env()),
+        **dict(model.env),
+    }
     if node is RayNode.HEAD:
         command = nodes.fill(model.command)
         if served_names_index(command) is not None:
@@ -130,8 +136,14 @@ def _host_config(model: ModelConfig) -> dict[str, Any]:
     return host_config
 
 
-def _spec(model: ModelConfig, stack: str, host_config: dict[str, Any], env: dict[str, str],
-          command: tuple[str, ...], entrypoint: tuple[str, ...] | None) -> dict[str, Any]:
+def _spec(
+    model: ModelConfig,
+    stack: str,
+    host_config: dict[str, Any],
+    env: dict[str, str],
+    command: tuple[str, ...],
+    entrypoint: tuple[str, ...] | None,
+) -> dict[str, Any]:
     spec: dict[str, Any] = {
         "Image": model.image,
         "Env": [f"{k}={v}" for k, v in sorted(env.items())],
@@ -158,7 +170,7 @@ def served_names_command(command: tuple[str, ...], names: tuple[str, ...]) -> tu
         end = index + 1
         while end < len(command) and not command[end].startswith("-"):
             end += 1
-        given = list(command[index + 1:end])
+        given = list(command[index + 1 : end])
     served = given + [name for name in names if name not in given]
     return (*command[:index], SERVED_NAME_FLAG, *served, *command[end:])
 

@@ -65,24 +65,30 @@ class _Steps:
                 text = await response.text()
         except aiohttp.ClientError as exc:
             raise SleepModeError(step, f"{method} {path} failed: {str(exc) or type(exc).__name__}") from None
-        if response.status == 404 and not text.startswith("{\"error\""):
-            raise SleepModeError(step, f"{method} {path} answered 404: the engine has no sleep endpoints; they need "
-                                       "vLLM with VLLM_SERVER_DEV_MODE=1 (set for models with `sleep`)")
+        if response.status == 404 and not text.startswith('{"error"'):
+            raise SleepModeError(
+                step,
+                f"{method} {path} answered 404: the engine has no sleep endpoints; they need "
+                "vLLM with VLLM_SERVER_DEV_MODE=1 (set for models with `sleep`)",
+            )
         if response.status != 200:
             raise SleepModeError(step, f"{method} {path} answered {response.status}: {text[:ANSWER_EXCERPT]}")
         try:
             return json.loads(text) if text else None
         except ValueError:
-            raise SleepModeError(step, f"{method} {path} answered 200 with a body that is not JSON: "
-                                       f"{text[:ANSWER_EXCERPT]!r}") from None
+            raise SleepModeError(
+                step, f"{method} {path} answered 200 with a body that is not JSON: {text[:ANSWER_EXCERPT]!r}"
+            ) from None
 
-    async def expect(self, step: SleepStep, method: str, path: str, wanted: dict[str, Any],
-                     body: dict[str, Any] | None = None) -> None:
+    async def expect(
+        self, step: SleepStep, method: str, path: str, wanted: dict[str, Any], body: dict[str, Any] | None = None
+    ) -> None:
         answer = await self.call(step, method, path, body)
         seen = {key: answer.get(key) for key in wanted} if isinstance(answer, dict) else answer
         if seen != wanted:
-            raise SleepModeError(step, f"{method} {path} answered {json.dumps(answer)[:ANSWER_EXCERPT]}, "
-                                       f"expected {json.dumps(wanted)}")
+            raise SleepModeError(
+                step, f"{method} {path} answered {json.dumps(answer)[:ANSWER_EXCERPT]}, expected {json.dumps(wanted)}"
+            )
 
     async def until_success(self, step: SleepStep, path: str) -> None:
         """POST `path` until vLLM answers {"success": true}: it answers false while running requests
@@ -93,8 +99,11 @@ class _Steps:
             if success is True:
                 return
             if success is not False:
-                raise SleepModeError(step, f"POST {path} answered {json.dumps(answer)[:ANSWER_EXCERPT]}, "
-                                           "expected {\"success\": true or false}")
+                raise SleepModeError(
+                    step,
+                    f"POST {path} answered {json.dumps(answer)[:ANSWER_EXCERPT]}, "
+                    'expected {"success": true or false}',
+                )
             await asyncio.sleep(RETRY_PAUSE)
 
     async def run(self, steps: Awaitable[T]) -> T:
@@ -102,8 +111,9 @@ class _Steps:
             async with asyncio.timeout(self.timeout):
                 return await steps
         except TimeoutError:
-            raise SleepModeError(self.step, f"not done within {self.timeout:g} s (at step {self.step.value})",
-                                 timed_out=True) from None
+            raise SleepModeError(
+                self.step, f"not done within {self.timeout:g} s (at step {self.step.value})", timed_out=True
+            ) from None
 
 
 async def sleep(session: aiohttp.ClientSession, engine: Engine, level: SleepLevel, timeout: float) -> None:
@@ -112,8 +122,9 @@ async def sleep(session: aiohttp.ClientSession, engine: Engine, level: SleepLeve
     steps = _Steps(session, engine, timeout)
 
     async def run() -> None:
-        await steps.expect(SleepStep.SLEEP, "POST", f"/sleep?level={int(level)}",
-                           {"status": "sleeping", "level": int(level)})
+        await steps.expect(
+            SleepStep.SLEEP, "POST", f"/sleep?level={int(level)}", {"status": "sleeping", "level": int(level)}
+        )
         await steps.expect(SleepStep.CHECK_ASLEEP, "GET", "/is_sleeping", {"is_sleeping": True})
 
     await steps.run(run())
@@ -132,11 +143,17 @@ async def wake(session: aiohttp.ClientSession, engine: Engine, level: SleepLevel
         else:
             await steps.expect(SleepStep.WAKE, "POST", "/wake_up", {"status": "awake"})
         await steps.expect(SleepStep.CHECK_AWAKE, "GET", "/is_sleeping", {"is_sleeping": False})
-        answer = await steps.call(SleepStep.CHECK_SERVES, "POST", "/v1/completions",
-                                  {"model": engine.model, "prompt": "ping", "max_tokens": 1, "temperature": 0})
+        answer = await steps.call(
+            SleepStep.CHECK_SERVES,
+            "POST",
+            "/v1/completions",
+            {"model": engine.model, "prompt": "ping", "max_tokens": 1, "temperature": 0},
+        )
         if not (isinstance(answer, dict) and answer.get("choices")):
-            raise SleepModeError(SleepStep.CHECK_SERVES, f"the check completion answered without a choice: "
-                                                         f"{json.dumps(answer)[:ANSWER_EXCERPT]}")
+            raise SleepModeError(
+                SleepStep.CHECK_SERVES,
+                f"the check completion answered without a choice: {json.dumps(answer)[:ANSWER_EXCERPT]}",
+            )
 
     await steps.run(run())
 
@@ -147,6 +164,8 @@ async def is_sleeping(session: aiohttp.ClientSession, engine: Engine, timeout: f
     answer = await steps.run(steps.call(SleepStep.CHECK_ASLEEP, "GET", "/is_sleeping"))
     state = answer.get("is_sleeping") if isinstance(answer, dict) else None
     if not isinstance(state, bool):
-        raise SleepModeError(SleepStep.CHECK_ASLEEP, f"GET /is_sleeping answered {json.dumps(answer)}, "
-                                                     "expected {\"is_sleeping\": true or false}")
+        raise SleepModeError(
+            SleepStep.CHECK_ASLEEP,
+            f'GET /is_sleeping answered {json.dumps(answer)}, expected {{"is_sleeping": true or false}}',
+        )
     return state

@@ -44,8 +44,11 @@ async def require_token(request: web.Request, handler):
     if token and request.path.startswith("/admin/"):
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
-            return error_response(401, "unauthorized", "missing or wrong admin token: send "
-                                  "'Authorization: Bearer <token>' with [waker] admin_token")
+            return error_response(
+                401,
+                "unauthorized",
+                "missing or wrong admin token: send 'Authorization: Bearer <token>' with [waker] admin_token",
+            )
     return await handler(request)
 
 
@@ -54,8 +57,11 @@ def _model(request: web.Request) -> ModelConfig:
     name = request.match_info["model"]
     model = supervisor.config.model(name) or supervisor.config.resolve(name)
     if model is None:
-        raise _http_error(404, "model_not_found", f"unknown model {name!r}; the models are: "
-                          + ", ".join(m.id for m in supervisor.config.models))
+        raise _http_error(
+            404,
+            "model_not_found",
+            f"unknown model {name!r}; the models are: " + ", ".join(m.id for m in supervisor.config.models),
+        )
     return model
 
 
@@ -76,28 +82,42 @@ def _http_error(status: int, code: str, message: str) -> web.HTTPException:
     return kind(text=json.dumps(error_body(message, code, status)), content_type="application/json")
 
 
-def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] | None = None,
-             progress: Progress | None = None) -> dict[str, Any]:
+def describe(
+    supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] | None = None, progress: Progress | None = None
+) -> dict[str, Any]:
     """One model's state for the API; `slots` lets a listing merge the activity into them once.
     `progress` (a model queued or loading) is the line its waiting streams show too."""
     now = supervisor.now()
     slot = (slots or supervisor.current_slots())[model.id]
     ready = slot.state is State.READY
     entry: dict[str, Any] = {
-        "id": model.id, "aliases": list(model.aliases), "state": slot.state.value,
+        "id": model.id,
+        "aliases": list(model.aliases),
+        "state": slot.state.value,
         "state_seconds": round(now - slot.since, 1),
         "uptime_seconds": round(now - slot.ready_since, 1) if ready else None,
         "idle_seconds": round(now - slot.last_active, 1) if ready and not slot.in_flight else None,
-        "in_flight": slot.in_flight, "queued": len(supervisor.waiting.for_model(model.id)),
+        "in_flight": slot.in_flight,
+        "queued": len(supervisor.waiting.for_model(model.id)),
         "requests_total": supervisor.records[model.id].activity.total,
-        "gpu_memory": model.gpu_memory, "exclusive": model.exclusive, "keep_warm": model.keep_warm,
-        "pinned": slot.pinned, "idle_timeout": model.idle_timeout, "last_error": slot.last_error or None,
+        "gpu_memory": model.gpu_memory,
+        "exclusive": model.exclusive,
+        "keep_warm": model.keep_warm,
+        "pinned": slot.pinned,
+        "idle_timeout": model.idle_timeout,
+        "last_error": slot.last_error or None,
         "failures": slot.failures,
         "retry_in_seconds": round(slot.retry_at - now, 1) if slot.retry_at > now else None,
-        "image": model.image, "container_id": supervisor.records[model.id].container,
-        "host_port": model.host_port, "address": str(supervisor.address_of(model)),
-        "hosts": list(slot.hosts), "host": model.host or None, "context_length": model.context_length,
-        "vision": model.vision, "tools": model.tools, "fixups": [f.value for f in model.fixups],
+        "image": model.image,
+        "container_id": supervisor.records[model.id].container,
+        "host_port": model.host_port,
+        "address": str(supervisor.address_of(model)),
+        "hosts": list(slot.hosts),
+        "host": model.host or None,
+        "context_length": model.context_length,
+        "vision": model.vision,
+        "tools": model.tools,
+        "fixups": [f.value for f in model.fixups],
         "last_start_seconds": round(slot.expected_start_seconds, 1) if slot.expected_start_seconds else None,
         "sleep": slot.sleep_level,  # 0 also where sleep mode is off (no nginx routed by the waker)
         "sleep_memory": slot.sleep_memory,
@@ -107,8 +127,10 @@ def describe(supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] 
     if progress is not None and progress.phase in (Phase.QUEUED, Phase.PULLING, Phase.LOADING):
         entry["progress"] = {**asdict(progress), "text": progress.text}
     if slot.state is State.STARTING:
-        entry["loading"] = {"elapsed_seconds": round(now - slot.starting_since, 1),
-                            "expected_seconds": entry["last_start_seconds"]}
+        entry["loading"] = {
+            "elapsed_seconds": round(now - slot.starting_since, 1),
+            "expected_seconds": entry["last_start_seconds"],
+        }
         pulling = supervisor.fleet.pulling(model.image)
         if pulling is not None:
             entry["loading"]["pull"] = {**asdict(pulling), "text": pulling.describe()}
@@ -122,14 +144,16 @@ def _described(request: web.Request, model: ModelConfig, slots: dict[str, Slot] 
 async def list_models(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
     slots = supervisor.current_slots()
-    return web.json_response({
-        "models": [_described(request, m, slots) for m in supervisor.config.models],
-        "queue_length": len(supervisor.waiting),
-        "docker": supervisor.docker_error or "connected",
-        "gpu_capacity": supervisor.policy.capacity,
-        "hosts": [asdict(status) for status in supervisor.hosts.status(slots)],
-        "gpu": [asdict(reading) for reading in request.app[GPU].read()],
-    })
+    return web.json_response(
+        {
+            "models": [_described(request, m, slots) for m in supervisor.config.models],
+            "queue_length": len(supervisor.waiting),
+            "docker": supervisor.docker_error or "connected",
+            "gpu_capacity": supervisor.policy.capacity,
+            "hosts": [asdict(status) for status in supervisor.hosts.status(slots)],
+            "gpu": [asdict(reading) for reading in request.app[GPU].read()],
+        }
+    )
 
 
 async def get_model(request: web.Request) -> web.Response:
@@ -164,8 +188,9 @@ def keep_until_done(tasks: set[asyncio.Task[None]], task: asyncio.Task[None], mo
         tasks.discard(task)
         failure = None if task.cancelled() else task.exception()
         if isinstance(failure, RequestRefused):
-            log.warning("admin_start_refused", model=model_id, status=failure.status, code=failure.code,
-                        error=failure.message)
+            log.warning(
+                "admin_start_refused", model=model_id, status=failure.status, code=failure.code, error=failure.message
+            )
         elif failure is not None:
             log.error("admin_start_failed", model=model_id, error=repr(failure), exc_info=failure)
 
@@ -206,8 +231,13 @@ async def unload(request: web.Request) -> web.Response:
     supervisor = request.app[SUPERVISOR]
     outcome = request.app[CONTROL].unload(_flag(request, "force", False))
     if _flag(request, "wait", True):
-        await asyncio.gather(*(supervisor.wait_until(model_id, (State.STOPPED,), 60)
-                               for model_id, what in outcome.items() if what == StopOutcome.STOPPING))
+        await asyncio.gather(
+            *(
+                supervisor.wait_until(model_id, (State.STOPPED,), 60)
+                for model_id, what in outcome.items()
+                if what == StopOutcome.STOPPING
+            )
+        )
     return web.json_response({"models": outcome})
 
 
@@ -252,8 +282,12 @@ async def reload(request: web.Request) -> web.Response:
     try:
         change = await request.app[CONTROL].reload()
     except ConfigError as exc:
-        return error_response(400, "invalid_config", "the new config was refused; the running one stays: "
-                              + "; ".join(exc.problems), details={"problems": exc.problems})
+        return error_response(
+            400,
+            "invalid_config",
+            "the new config was refused; the running one stays: " + "; ".join(exc.problems),
+            details={"problems": exc.problems},
+        )
     except AdminError as exc:
         return error_response(exc.status, "conflict", exc.message)
     except NginxError as exc:
@@ -268,9 +302,9 @@ async def prepare(request: web.Request) -> web.Response:
         try:
             body = await request.json()
         except (json.JSONDecodeError, UnicodeDecodeError):
-            return error_response(400, "invalid_json", "the body must be JSON such as {\"models\": [\"id\"]}")
+            return error_response(400, "invalid_json", 'the body must be JSON such as {"models": ["id"]}')
         if not isinstance(body, dict) or not isinstance(body.get("models", []), list):
-            return error_response(400, "invalid_body", "the body must be {\"models\": [\"id\", ...]}")
+            return error_response(400, "invalid_body", 'the body must be {"models": ["id", ...]}')
         ids = body.get("models", [])
     named = [supervisor.config.model(i) if isinstance(i, str) else None for i in ids]
     unknown = [i for i, model in zip(ids, named, strict=True) if model is None]
@@ -283,8 +317,9 @@ async def prepare(request: web.Request) -> web.Response:
 
 
 async def _sse(request: web.Request) -> web.StreamResponse:
-    response = web.StreamResponse(headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache",
-                                           "X-Accel-Buffering": "no"})
+    response = web.StreamResponse(
+        headers={"Content-Type": "text/event-stream", "Cache-Control": "no-cache", "X-Accel-Buffering": "no"}
+    )
     await response.prepare(request)
     return response
 
@@ -293,8 +328,13 @@ def _event(kind: str, data: dict[str, Any]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
 
 
-def add_routes(app: web.Application, supervisor: Supervisor, control: ManualControl, runtimes: dict[str, DockerRuntime],
-               gpu: GpuMemory) -> None:
+def add_routes(
+    app: web.Application,
+    supervisor: Supervisor,
+    control: ManualControl,
+    runtimes: dict[str, DockerRuntime],
+    gpu: GpuMemory,
+) -> None:
     app[SUPERVISOR] = supervisor
     app[CONTROL] = control
     app[RUNTIMES] = runtimes

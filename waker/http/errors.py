@@ -10,8 +10,9 @@ from aiohttp import web
 from waker.errors import error_body
 
 
-def error_response(status: int, code: str, message: str, headers: dict[str, str] | None = None,
-                   details: dict[str, Any] | None = None) -> web.Response:
+def error_response(
+    status: int, code: str, message: str, headers: dict[str, str] | None = None, details: dict[str, Any] | None = None
+) -> web.Response:
     return web.Response(
         status=status,
         text=json.dumps(error_body(message, code, status, details)),

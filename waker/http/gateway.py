@@ -43,8 +43,11 @@ async def count_and_shield(request: web.Request, handler):
     except web.HTTPException as exc:
         if exc.content_type == "application/json":
             return web.Response(status=exc.status, text=exc.text, content_type="application/json")
-        return error_response(exc.status, "not_found" if exc.status == 404 else "bad_request",
-                              f"{exc.reason}: {request.method} {request.path}")
+        return error_response(
+            exc.status,
+            "not_found" if exc.status == 404 else "bad_request",
+            f"{exc.reason}: {request.method} {request.path}",
+        )
     except Exception:
         log.exception("internal_error", path=request.path)
         return error_response(500, "internal_error", "the waker failed on this request; its log has the details")
@@ -71,8 +74,12 @@ async def wake(request: web.Request) -> web.StreamResponse:
         await request.app[SUPERVISOR].acquire(model)
     except RequestRefused as exc:
         return error_response(exc.status, exc.code, exc.message, exc.headers(), exc.details)
-    log.info("wake_served", model=model.id, held_seconds=round(time.monotonic() - began, 3),
-             uri=request.headers.get("X-Original-URI"))
+    log.info(
+        "wake_served",
+        model=model.id,
+        held_seconds=round(time.monotonic() - began, 3),
+        uri=request.headers.get("X-Original-URI"),
+    )
     return web.Response(status=204, headers={"X-Accel-Redirect": f"@retry_{location_key(model.id)}"})
 
 
@@ -92,8 +99,11 @@ async def healthz(request: web.Request) -> web.Response:
     hosts, 503 only when none answers; 200 and "degraded" naming the host(s) down while one does."""
     supervisor = request.app[SUPERVISOR]
     problem, down = supervisor.docker_error, supervisor.hosts.down()
-    hosts = {"hosts": {name: down.get(name, "connected") for name in supervisor.hosts.errors}} \
-        if supervisor.hosts.several else {}
+    hosts = (
+        {"hosts": {name: down.get(name, "connected") for name in supervisor.hosts.errors}}
+        if supervisor.hosts.several
+        else {}
+    )
     if problem:
         return web.json_response({"status": "degraded", "docker": problem, **hosts}, status=503)
     if down:

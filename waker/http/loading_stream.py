@@ -32,13 +32,29 @@ log = structlog.get_logger("waker.http.loading_stream")
 CHAT_PATH = "/v1/chat/completions"
 TICK = 0.25  # seconds between two looks at the progress while the model is not ready
 FIRST_LINE_WAIT = 0.05
-STREAM_HEADERS = {"Content-Type": "text/event-stream; charset=utf-8", "Cache-Control": "no-cache",
-                  "X-Accel-Buffering": "no"}
+STREAM_HEADERS = {
+    "Content-Type": "text/event-stream; charset=utf-8",
+    "Cache-Control": "no-cache",
+    "X-Accel-Buffering": "no",
+}
 # Not passed on to the model: hop-by-hop headers, the body's framing (aiohttp sets its own), the
 # waker's own headers from nginx, and compression (the model's bytes are relayed as they come).
-NOT_FORWARDED = frozenset({"host", "connection", "content-length", "transfer-encoding", "keep-alive", "upgrade",
-                           "te", "trailer", "proxy-connection", "accept-encoding", "x-original-uri",
-                           "x-upstream-uri"})
+NOT_FORWARDED = frozenset(
+    {
+        "host",
+        "connection",
+        "content-length",
+        "transfer-encoding",
+        "keep-alive",
+        "upgrade",
+        "te",
+        "trailer",
+        "proxy-connection",
+        "accept-encoding",
+        "x-original-uri",
+        "x-upstream-uri",
+    }
+)
 
 
 def wants_feedback(method: str, upstream_uri: str, body: bytes) -> bool:
@@ -63,15 +79,17 @@ class LoadingStreams:
     async def open(self) -> None:
         gateway = self.supervisor.config.gateway
         # As nginx's own proxy: a connect timeout, and a read timeout between two reads only.
-        self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(
-            total=None, connect=5, sock_read=gateway.read_timeout), auto_decompress=False)
+        self._http = aiohttp.ClientSession(
+            timeout=aiohttp.ClientTimeout(total=None, connect=5, sock_read=gateway.read_timeout), auto_decompress=False
+        )
 
     async def close(self) -> None:
         if self._http is not None:
             await self._http.close()
 
-    async def serve(self, request: web.Request, model: ModelConfig, body: bytes,
-                    upstream_uri: str) -> web.StreamResponse:
+    async def serve(
+        self, request: web.Request, model: ModelConfig, body: bytes, upstream_uri: str
+    ) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers=STREAM_HEADERS)
         await response.prepare(request)
         stream = _Stream(response, f"chatcmpl-waker-{uuid.uuid4().hex[:16]}", model.id, int(time.time()))
@@ -92,8 +110,9 @@ class LoadingStreams:
         except Exception:  # the stream has begun: the client gets an error event, never a cut-off stream
             log.exception("loading_stream_failed", model=model.id)
             with contextlib.suppress(ConnectionResetError):
-                await stream.end_with(error_body("the waker failed on this request; its log has the details",
-                                                 "internal_error", 500))
+                await stream.end_with(
+                    error_body("the waker failed on this request; its log has the details", "internal_error", 500)
+                )
         finally:
             if not acquire.done():
                 acquire.cancel()  # the client left while waiting: the queue forgets the request
@@ -112,8 +131,9 @@ class LoadingStreams:
                 last, last_sent_at = current, now
             await asyncio.wait({acquire}, timeout=TICK)
 
-    async def _relay(self, request: web.Request, stream: _Stream, model: ModelConfig, body: bytes,
-                     upstream_uri: str) -> None:
+    async def _relay(
+        self, request: web.Request, stream: _Stream, model: ModelConfig, body: bytes, upstream_uri: str
+    ) -> None:
         """Sends the request to the model and its stream on to the client, byte for byte; an error
         answer (vLLM refusing the request) goes into the stream as vLLM's own error event."""
         assert self._http is not None

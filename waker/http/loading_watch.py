@@ -38,8 +38,15 @@ class LoadingWatch:
         s = self.supervisor
         model = s.config.model(model_id)
         pull = s.fleet.pulling(model.image) if model else None
-        return progress(model_id, s.current_slots(), s.waiting.waiting(), s.hosts.policy(s.policy), pull,
-                        self.stages.get(model_id), s.now())
+        return progress(
+            model_id,
+            s.current_slots(),
+            s.waiting.waiting(),
+            s.hosts.policy(s.policy),
+            pull,
+            self.stages.get(model_id),
+            s.now(),
+        )
 
     async def open(self) -> None:
         self._events = self.supervisor.bus.listen()
@@ -85,8 +92,13 @@ class LoadingWatch:
         stage = parse_line(line)
         if stage is not None and stage != self.stages.get(model_id):
             self.stages[model_id] = stage
-            self.supervisor.bus.publish(EventKind.LOADING_STAGE, model=model_id, step=stage.step.name.lower(),
-                                        text=stage.text, percent=stage.percent)
+            self.supervisor.bus.publish(
+                EventKind.LOADING_STAGE,
+                model=model_id,
+                step=stage.step.name.lower(),
+                text=stage.text,
+                percent=stage.percent,
+            )
 
 
 WATCH = web.AppKey("loading_watch", LoadingWatch)

@@ -75,18 +75,42 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
     slots = supervisor.current_slots()
     hosts = supervisor.hosts.status(slots)
     models = [m.id for m in supervisor.config.models]
-    metric("waker_model_state", "gauge", "1 for the state each model is in.",
-           [({"model": m, "state": s.value}, float(slots[m].state is s)) for m in models for s in State])
-    metric("waker_requests_in_flight", "gauge", "Requests in flight per model, streams included.",
-           [({"model": m}, slots[m].in_flight) for m in models])
-    metric("waker_requests_total", "counter", "Requests served per model (ended).",
-           [({"model": m}, supervisor.records[m].activity.total) for m in models])
-    metric("waker_queue_length", "gauge", "Requests held waiting for a model to start or for room.",
-           [({}, len(supervisor.waiting))])
-    metric("waker_model_starts_total", "counter", "Successful model starts.",
-           [({"model": m}, counters.starts[m]) for m in models])
-    metric("waker_model_start_failures_total", "counter", "Failed model starts.",
-           [({"model": m}, counters.start_failures[m]) for m in models])
+    metric(
+        "waker_model_state",
+        "gauge",
+        "1 for the state each model is in.",
+        [({"model": m, "state": s.value}, float(slots[m].state is s)) for m in models for s in State],
+    )
+    metric(
+        "waker_requests_in_flight",
+        "gauge",
+        "Requests in flight per model, streams included.",
+        [({"model": m}, slots[m].in_flight) for m in models],
+    )
+    metric(
+        "waker_requests_total",
+        "counter",
+        "Requests served per model (ended).",
+        [({"model": m}, supervisor.records[m].activity.total) for m in models],
+    )
+    metric(
+        "waker_queue_length",
+        "gauge",
+        "Requests held waiting for a model to start or for room.",
+        [({}, len(supervisor.waiting))],
+    )
+    metric(
+        "waker_model_starts_total",
+        "counter",
+        "Successful model starts.",
+        [({"model": m}, counters.starts[m]) for m in models],
+    )
+    metric(
+        "waker_model_start_failures_total",
+        "counter",
+        "Failed model starts.",
+        [({"model": m}, counters.start_failures[m]) for m in models],
+    )
     out.append("# HELP waker_model_start_seconds Time from start to the first healthy answer.")
     out.append("# TYPE waker_model_start_seconds histogram")
     for m in models:
@@ -95,34 +119,81 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
         out.append(f"waker_model_start_seconds_bucket{_labels(model=m, le='+Inf')} {counters.starts[m]}")
         out.append(f"waker_model_start_seconds_sum{_labels(model=m)} {counters.start_sum[m]:g}")
         out.append(f"waker_model_start_seconds_count{_labels(model=m)} {counters.starts[m]}")
-    metric("waker_model_stops_total", "counter", "Model stops by reason (idle, evicted, manual, exited, ...).",
-           [({"model": m, "reason": r}, n) for (m, r), n in sorted(counters.stops.items())])
-    metric("waker_model_sleeps_total", "counter", "Times a model was put to sleep (sleep mode).",
-           [({"model": m}, counters.sleeps[m]) for m in models])
-    metric("waker_model_wakes_total", "counter", "Successful wakes of a sleeping model.",
-           [({"model": m}, counters.wakes[m]) for m in models])
-    metric("waker_model_wake_seconds_sum", "counter", "Time spent in successful wakes (with the check).",
-           [({"model": m}, counters.wake_sum[m]) for m in models])
-    metric("waker_model_wake_failures_total", "counter", "Wakes that failed or hung (the model was started cold).",
-           [({"model": m}, counters.wake_failures[m]) for m in models])
+    metric(
+        "waker_model_stops_total",
+        "counter",
+        "Model stops by reason (idle, evicted, manual, exited, ...).",
+        [({"model": m, "reason": r}, n) for (m, r), n in sorted(counters.stops.items())],
+    )
+    metric(
+        "waker_model_sleeps_total",
+        "counter",
+        "Times a model was put to sleep (sleep mode).",
+        [({"model": m}, counters.sleeps[m]) for m in models],
+    )
+    metric(
+        "waker_model_wakes_total",
+        "counter",
+        "Successful wakes of a sleeping model.",
+        [({"model": m}, counters.wakes[m]) for m in models],
+    )
+    metric(
+        "waker_model_wake_seconds_sum",
+        "counter",
+        "Time spent in successful wakes (with the check).",
+        [({"model": m}, counters.wake_sum[m]) for m in models],
+    )
+    metric(
+        "waker_model_wake_failures_total",
+        "counter",
+        "Wakes that failed or hung (the model was started cold).",
+        [({"model": m}, counters.wake_failures[m]) for m in models],
+    )
     now = supervisor.now()
-    metric("waker_model_asleep_seconds", "gauge", "How long each model has been asleep (0 when not asleep).",
-           [({"model": m}, round(now - slots[m].since, 3) if slots[m].state is State.SLEEPING else 0.0)
-            for m in models])
-    metric("waker_busy_refusals_total", "counter", "Requests refused with 429 because the GPU was busy.",
-           [({"model": m}, counters.busy_refusals[m]) for m in models])
-    metric("waker_docker_connected", "gauge", "1 while the waker follows the Docker events stream (of a host).",
-           [({}, float(supervisor.docker_error is None))] if not supervisor.hosts.several else
-           [({"host": h.name}, float(h.connected)) for h in hosts])
-    metric("waker_host_gpu_capacity", "gauge", "Each host's gpu_capacity (the local one without [[host]]).",
-           [({"host": h.name}, h.gpu_capacity) for h in hosts])
-    metric("waker_host_gpu_used", "gauge", "What the models occupying each host hold of its gpu_capacity.",
-           [({"host": h.name}, h.gpu_used) for h in hosts])
+    metric(
+        "waker_model_asleep_seconds",
+        "gauge",
+        "How long each model has been asleep (0 when not asleep).",
+        [({"model": m}, round(now - slots[m].since, 3) if slots[m].state is State.SLEEPING else 0.0) for m in models],
+    )
+    metric(
+        "waker_busy_refusals_total",
+        "counter",
+        "Requests refused with 429 because the GPU was busy.",
+        [({"model": m}, counters.busy_refusals[m]) for m in models],
+    )
+    metric(
+        "waker_docker_connected",
+        "gauge",
+        "1 while the waker follows the Docker events stream (of a host).",
+        [({}, float(supervisor.docker_error is None))]
+        if not supervisor.hosts.several
+        else [({"host": h.name}, float(h.connected)) for h in hosts],
+    )
+    metric(
+        "waker_host_gpu_capacity",
+        "gauge",
+        "Each host's gpu_capacity (the local one without [[host]]).",
+        [({"host": h.name}, h.gpu_capacity) for h in hosts],
+    )
+    metric(
+        "waker_host_gpu_used",
+        "gauge",
+        "What the models occupying each host hold of its gpu_capacity.",
+        [({"host": h.name}, h.gpu_used) for h in hosts],
+    )
     readings = gpu.read()
     if readings:
-        metric("waker_gpu_memory_used_bytes", "gauge", "GPU memory in use; source=system where the GPU "
-               "shares system memory and NVML has no figure.",
-               [({"device": r.device, "source": r.source}, r.used_bytes) for r in readings])
-        metric("waker_gpu_memory_total_bytes", "gauge", "GPU memory in all.",
-               [({"device": r.device, "source": r.source}, r.total_bytes) for r in readings])
+        metric(
+            "waker_gpu_memory_used_bytes",
+            "gauge",
+            "GPU memory in use; source=system where the GPU shares system memory and NVML has no figure.",
+            [({"device": r.device, "source": r.source}, r.used_bytes) for r in readings],
+        )
+        metric(
+            "waker_gpu_memory_total_bytes",
+            "gauge",
+            "GPU memory in all.",
+            [({"device": r.device, "source": r.source}, r.total_bytes) for r in readings],
+        )
     return "\n".join(out) + "\n"

@@ -43,8 +43,7 @@ class _Refused(Exception):
 
     def __init__(self, status: int, code: str, message: str) -> None:
         super().__init__(message)
-        self.response = error_response(status, code, message,
-                                       {"WWW-Authenticate": "Bearer"} if status == 401 else None)
+        self.response = error_response(status, code, message, {"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
 
 def _carries_client_key(request: web.Request, keys: tuple[str, ...]) -> bool:
@@ -62,26 +61,33 @@ async def _requested_model(request: web.Request) -> ModelConfig:
     if config.gateway.api_keys and not _carries_client_key(request, config.gateway.api_keys):
         raise _Refused(401, *NGINX_ERRORS[401])  # the answer nginx gives the same mistake
     if not config.gateway.client_model_control:
-        raise _Refused(403, "client_model_control_disabled",
-                       "loading and unloading models from the client port is off: set [gateway] "
-                       "client_model_control = true to allow it (the operator can use `waker start` and "
-                       f"`waker stop`); {request.path} changed nothing")
+        raise _Refused(
+            403,
+            "client_model_control_disabled",
+            "loading and unloading models from the client port is off: set [gateway] "
+            "client_model_control = true to allow it (the operator can use `waker start` and "
+            f"`waker stop`); {request.path} changed nothing",
+        )
     ids = ", ".join(m.id for m in config.models)
     try:
         body = json.loads(await request.read())
     except (json.JSONDecodeError, UnicodeDecodeError):
         raise _Refused(400, "invalid_json", 'the body must be JSON such as {"model": "<id>"}') from None
     if not isinstance(body, dict) or not isinstance(body.get("model"), str):
-        raise _Refused(400, "invalid_body", f'the body must be a JSON object such as {{"model": "<id>"}} '
-                       f"naming one of: {ids}")
+        raise _Refused(
+            400, "invalid_body", f'the body must be a JSON object such as {{"model": "<id>"}} naming one of: {ids}'
+        )
     name = body["model"]
     model = config.resolve(name)
     if model is not None:
         return model
     disabled = next((m for m in config.disabled if name in m.names), None)
     if disabled is not None:
-        raise _Refused(404, "model_disabled", f"model {name!r} is disabled in the config: {disabled.notes}; "
-                       f"the models served are: {ids}")
+        raise _Refused(
+            404,
+            "model_disabled",
+            f"model {name!r} is disabled in the config: {disabled.notes}; the models served are: {ids}",
+        )
     raise _Refused(404, "model_not_found", f"unknown model {name!r}; the models are: {ids}")
 
 
@@ -103,9 +109,13 @@ async def load(request: web.Request) -> web.Response:
     except RequestRefused as exc:
         state = supervisor.state(model.id)
         log.info("client_load_refused", model=model.id, status=exc.status, code=exc.code)
-        return error_response(exc.status, exc.code, exc.message, exc.headers(),
-                              {**exc.details, "model": model.id, "state": state.value,
-                               "status": {"value": client_status(state).value}})
+        return error_response(
+            exc.status,
+            exc.code,
+            exc.message,
+            exc.headers(),
+            {**exc.details, "model": model.id, "state": state.value, "status": {"value": client_status(state).value}},
+        )
     log.info("client_load", model=model.id, waited_seconds=round(time.monotonic() - began, 3))
     return web.json_response({"success": True, **_entry(supervisor, model)})
 
@@ -121,18 +131,27 @@ async def unload(request: web.Request) -> web.Response:
         # Nothing runs. A failed model keeps its failure: `waker stop` clears a back-off, a client may not.
         return web.json_response({"success": True, "outcome": "not running", **_entry(supervisor, model)})
     if slot.pinned:
-        return error_response(409, "model_pinned", f"model {model.id!r} is pinned, so it is never unloaded: the "
-                              f"operator unpins it with `waker unpin {model.id}` (POST /admin/models/{model.id}"
-                              "/unpin); nothing was changed")
+        return error_response(
+            409,
+            "model_pinned",
+            f"model {model.id!r} is pinned, so it is never unloaded: the "
+            f"operator unpins it with `waker unpin {model.id}` (POST /admin/models/{model.id}"
+            "/unpin); nothing was changed",
+        )
     if slot.state is State.STARTING:
-        return error_response(409, "model_loading", f"model {model.id!r} is loading; unload it once it is "
-                              "loaded; nothing was changed")
+        return error_response(
+            409, "model_loading", f"model {model.id!r} is loading; unload it once it is loaded; nothing was changed"
+        )
     if slot.in_flight:
         # Refused, as by `waker stop` without force: an unload clicked in a UI must not cut off
         # someone else's answer mid-stream, and waiting for idle would leave an unload pending that
         # nobody sees; the client can simply ask again.
-        return error_response(409, "model_busy", f"model {model.id!r} has {slot.in_flight} request(s) in flight; "
-                              "unloading it would cut them off; nothing was changed, ask again when they are done")
+        return error_response(
+            409,
+            "model_busy",
+            f"model {model.id!r} has {slot.in_flight} request(s) in flight; "
+            "unloading it would cut them off; nothing was changed, ask again when they are done",
+        )
     outcome = request.app[CONTROL].stop_by_hand(model.id, reason=StopReason.CLIENT)
     if outcome is StopOutcome.STOPPING:
         await supervisor.wait_until(model.id, (State.STOPPED,), model.stop_timeout + 30)

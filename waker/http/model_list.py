@@ -54,8 +54,13 @@ def created(config: Config) -> int:
 def openai_entry(model: ModelConfig, state: State, created: int) -> dict[str, Any]:
     """One model as an OpenAI `model` object, with its live state and what clients need to pick one."""
     entry: dict[str, Any] = {
-        "id": model.id, "object": "model", "created": created, "owned_by": "waker",
-        "aliases": list(model.aliases), "state": state.value, "status": {"value": client_status(state).value},
+        "id": model.id,
+        "object": "model",
+        "created": created,
+        "owned_by": "waker",
+        "aliases": list(model.aliases),
+        "state": state.value,
+        "status": {"value": client_status(state).value},
         "capabilities": {"vision": model.vision, "tools": model.tools},
     }
     if model.context_length:

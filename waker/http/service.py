@@ -43,15 +43,19 @@ UI_DIR = Path(__file__).with_name("ui")
 NginxMode = Literal["child", "container", "none"]
 
 
-def build_app(supervisor: Supervisor, control: ManualControl, runtimes: dict[str, DockerRuntime],
-              counters: Counters) -> web.Application:
+def build_app(
+    supervisor: Supervisor, control: ManualControl, runtimes: dict[str, DockerRuntime], counters: Counters
+) -> web.Application:
     app = make_app(supervisor, control)
     gpu = GpuMemory()
     admin_api.add_routes(app, supervisor, control, runtimes, gpu)
 
     async def metrics(request: web.Request) -> web.Response:
-        return web.Response(text=render(supervisor, counters, gpu), content_type="text/plain",
-                            headers={"X-Content-Type-Options": "nosniff"})
+        return web.Response(
+            text=render(supervisor, counters, gpu),
+            content_type="text/plain",
+            headers={"X-Content-Type-Options": "nosniff"},
+        )
 
     async def dashboard(request: web.Request) -> web.FileResponse:
         return web.FileResponse(UI_DIR / "index.html", headers={"Cache-Control": "no-cache"})
@@ -61,15 +65,30 @@ def build_app(supervisor: Supervisor, control: ManualControl, runtimes: dict[str
     return app
 
 
-def docker_driver(waker: WakerConfig, config: Callable[[], Config], runtime: DockerRuntime, bus: EventBus,
-                  clock: LoopClock, host: HostConfig) -> Launcher:
+def docker_driver(
+    waker: WakerConfig,
+    config: Callable[[], Config],
+    runtime: DockerRuntime,
+    bus: EventBus,
+    clock: LoopClock,
+    host: HostConfig,
+) -> Launcher:
     """A host's driver: its Docker engine, with image pulls reported as `image_pull` events naming the
     models of the config in force (`config`, read at each report: a reload may add models)."""
+
     def pull_progress(image: str, progress: PullProgress) -> None:
         models = [m.id for m in config().models if m.image == image]
-        bus.publish(EventKind.IMAGE_PULL, image=image, models=models, layers_done=progress.layers_done,
-                    layers_total=progress.layers_total, bytes_done=progress.bytes_done,
-                    bytes_total=progress.bytes_total, **({"host": host.name} if len(config().hosts) > 1 else {}))
+        bus.publish(
+            EventKind.IMAGE_PULL,
+            image=image,
+            models=models,
+            layers_done=progress.layers_done,
+            layers_total=progress.layers_total,
+            bytes_done=progress.bytes_done,
+            bytes_total=progress.bytes_total,
+            **({"host": host.name} if len(config().hosts) > 1 else {}),
+        )
+
     return Launcher(waker, runtime, Images(runtime, pull_progress), clock.now, host)
 
 
@@ -108,18 +127,22 @@ async def serve(config: Config, nginx_mode: NginxMode) -> int:
         return 1
     runtime = runtimes[local_host(hosts).name]  # the engine of this machine: nginx's, in compose
     clock = LoopClock()
-    launchers = {host.name: docker_driver(config.waker, lambda: supervisor.config, runtimes[host.name], bus, clock,
-                                          host) for host in hosts}
+    launchers = {
+        host.name: docker_driver(config.waker, lambda: supervisor.config, runtimes[host.name], bus, clock, host)
+        for host in hosts
+    }
     by_name = {host.name: host for host in hosts}
-    fleet = Fleet(launchers, lambda head, worker: RayPair(launchers[head], launchers[worker], by_name[head],
-                                                          by_name[worker]))
+    fleet = Fleet(
+        launchers, lambda head, worker: RayPair(launchers[head], launchers[worker], by_name[head], by_name[worker])
+    )
     nginx = _nginx(nginx_mode, config, runtime)
     router: Router | None = NginxRouter(nginx) if nginx is not None else None
     supervisor = Supervisor(config, fleet, bus, clock, router)
     control = ManualControl(supervisor, nginx)
     # A client that hangs up while its request is held must be noticed: the handler is cancelled.
-    runner = web.AppRunner(build_app(supervisor, control, runtimes, counters), access_log=None,
-                           handler_cancellation=True)
+    runner = web.AppRunner(
+        build_app(supervisor, control, runtimes, counters), access_log=None, handler_cancellation=True
+    )
     activity = None
     code = 0
     try:

@@ -17,8 +17,13 @@ def progress_chunk(stream_id: str, model: str, created: int, line: str, first: b
     delta: dict[str, Any] = {"role": "assistant"} if first else {}
     delta["content"] = ""
     delta["reasoning_content"] = line + "\n"
-    chunk = {"id": stream_id, "object": "chat.completion.chunk", "created": created, "model": model,
-             "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}]}
+    chunk = {
+        "id": stream_id,
+        "object": "chat.completion.chunk",
+        "created": created,
+        "model": model,
+        "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": None}],
+    }
     return event(chunk)
 
 

@@ -15,8 +15,13 @@ LOOPBACK_HOSTS = ("127.0.0.1", "::1", "localhost")
 # answer loopback clients only).
 KEY_EXEMPT = ("/healthz", "~^/_waker/", "~^/admin/", "~^/ui/?")
 CORS_HEADERS = "Authorization, Content-Type, X-Api-Key, OpenAI-Organization, OpenAI-Project, OpenAI-Beta"
-UPSTREAM_CORS = ("Access-Control-Allow-Origin", "Access-Control-Allow-Credentials",
-                 "Access-Control-Allow-Methods", "Access-Control-Allow-Headers", "Access-Control-Expose-Headers")
+UPSTREAM_CORS = (
+    "Access-Control-Allow-Origin",
+    "Access-Control-Allow-Credentials",
+    "Access-Control-Allow-Methods",
+    "Access-Control-Allow-Headers",
+    "Access-Control-Expose-Headers",
+)
 
 
 def listen_address(config: Config) -> Address:
@@ -31,10 +36,14 @@ def exposure_warning(config: Config) -> str | None:
     if config.gateway.api_keys:
         return None
     if listen_address(config) != config.gateway.listen:
-        return (f"no API key is configured, so the gateway listens on {listen_address(config)} only, not on "
-                f"{config.gateway.listen}: set [gateway] api_keys (or api_keys_file) to serve other hosts")
-    return (f"no API key is configured: anyone who reaches {config.gateway.listen} can use every model; "
-            "set [gateway] api_keys (or api_keys_file)")
+        return (
+            f"no API key is configured, so the gateway listens on {listen_address(config)} only, not on "
+            f"{config.gateway.listen}: set [gateway] api_keys (or api_keys_file) to serve other hosts"
+        )
+    return (
+        f"no API key is configured: anyone who reaches {config.gateway.listen} can use every model; "
+        "set [gateway] api_keys (or api_keys_file)"
+    )
 
 
 def _quote(text: str) -> str:
@@ -45,22 +54,34 @@ def http_lines(config: Config) -> list[str]:
     lines = []
     keys = config.gateway.api_keys
     if keys:
-        lines += ["    map $http_authorization $key_bearer {", "        default 0;",
-                  *(f"        {_quote('Bearer ' + key)} 1;" for key in keys), "    }",
-                  "    map $http_x_api_key $key_header {", "        default 0;",
-                  *(f"        {_quote(key)} 1;" for key in keys), "    }",
-                  "    map $uri $key_exempt {", "        default 0;",
-                  *(f"        {_quote(path)} 1;" for path in KEY_EXEMPT), "    }",
-                  "    map $key_exempt$key_bearer$key_header $key_denied { default 0; 000 1; }"]
+        lines += [
+            "    map $http_authorization $key_bearer {",
+            "        default 0;",
+            *(f"        {_quote('Bearer ' + key)} 1;" for key in keys),
+            "    }",
+            "    map $http_x_api_key $key_header {",
+            "        default 0;",
+            *(f"        {_quote(key)} 1;" for key in keys),
+            "    }",
+            "    map $uri $key_exempt {",
+            "        default 0;",
+            *(f"        {_quote(path)} 1;" for path in KEY_EXEMPT),
+            "    }",
+            "    map $key_exempt$key_bearer$key_header $key_denied { default 0; 000 1; }",
+        ]
     origins = config.gateway.cors_origins
     if origins:
         patterns = [f"~^{re.escape(o[:-1])}" if o.endswith("*") else o for o in origins]
-        lines += ["    map $http_origin $cors_origin {", "        default '';",
-                  *(f"        {_quote(p)} $http_origin;" for p in patterns), "    }",
-                  "    map $cors_origin $cors_methods { '' ''; default 'GET, POST, OPTIONS'; }",
-                  f"    map $cors_origin $cors_headers {{ '' ''; default '{CORS_HEADERS}'; }}",
-                  "    map $cors_origin $cors_expose { '' ''; default 'Retry-After, X-Busy-Model, X-Waker-Fixups'; }",
-                  "    map $request_method$cors_origin $cors_preflight { default 0; '~^OPTIONS.' 1; }"]
+        lines += [
+            "    map $http_origin $cors_origin {",
+            "        default '';",
+            *(f"        {_quote(p)} $http_origin;" for p in patterns),
+            "    }",
+            "    map $cors_origin $cors_methods { '' ''; default 'GET, POST, OPTIONS'; }",
+            f"    map $cors_origin $cors_headers {{ '' ''; default '{CORS_HEADERS}'; }}",
+            "    map $cors_origin $cors_expose { '' ''; default 'Retry-After, X-Busy-Model, X-Waker-Fixups'; }",
+            "    map $request_method$cors_origin $cors_preflight { default 0; '~^OPTIONS.' 1; }",
+        ]
     return lines
 
 
@@ -80,10 +101,13 @@ def cors_headers(config: Config) -> list[str]:
     with an add_header inherits none from the server)."""
     if not config.gateway.cors_origins:
         return []
-    return ["add_header Access-Control-Allow-Origin $cors_origin always;", "add_header Vary Origin always;",
-            "add_header Access-Control-Allow-Methods $cors_methods always;",
-            "add_header Access-Control-Allow-Headers $cors_headers always;",
-            "add_header Access-Control-Expose-Headers $cors_expose always;"]
+    return [
+        "add_header Access-Control-Allow-Origin $cors_origin always;",
+        "add_header Vary Origin always;",
+        "add_header Access-Control-Allow-Methods $cors_methods always;",
+        "add_header Access-Control-Allow-Headers $cors_headers always;",
+        "add_header Access-Control-Expose-Headers $cors_expose always;",
+    ]
 
 
 def admin_restriction(config: Config) -> str:

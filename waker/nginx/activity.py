@@ -35,12 +35,12 @@ def parse(datagram: bytes) -> Mark | None:
     at = datagram.find(b"waker: ")
     if at < 0:
         return None
-    parts = datagram[at + 7:].split(b" ")
+    parts = datagram[at + 7 :].split(b" ")
     if len(parts) < 3:
         return None
     kind, model, request = parts[0], parts[1].decode("utf-8", "replace"), parts[2]
     if kind == b"begin" and model.startswith(BEGIN_PREFIX):
-        return Mark("begin", model[len(BEGIN_PREFIX):], request)
+        return Mark("begin", model[len(BEGIN_PREFIX) :], request)
     if kind == b"end":
         return Mark("end", model, request)
     return None
@@ -69,8 +69,11 @@ class ModelActivity:
         self.last_end = now
         if began is not None:
             duration = now - began
-            self.mean_seconds = duration if self.mean_seconds is None else (
-                (1 - self.MEAN_WEIGHT) * self.mean_seconds + self.MEAN_WEIGHT * duration)
+            self.mean_seconds = (
+                duration
+                if self.mean_seconds is None
+                else ((1 - self.MEAN_WEIGHT) * self.mean_seconds + self.MEAN_WEIGHT * duration)
+            )
 
     @property
     def in_flight(self) -> int:

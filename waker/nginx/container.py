@@ -50,16 +50,22 @@ class NginxContainer:
         if running != rendered.generation:
             await self._reload(rendered.generation)
         self._answering = True
-        log.info("nginx_adopted", container=self.container_id[:12], listen=str(self.config.gateway.listen),
-                 reloaded=running != rendered.generation)
+        log.info(
+            "nginx_adopted",
+            container=self.container_id[:12],
+            listen=str(self.config.gateway.listen),
+            reloaded=running != rendered.generation,
+        )
 
     async def _wait_answering(self) -> str:
         deadline = asyncio.get_running_loop().time() + START_TIMEOUT
         while (generation := await current_generation(self.config)) is None:
             if asyncio.get_running_loop().time() > deadline:
                 gateway = self.config.gateway.listen.reachable()
-                raise NginxError(f"the gateway's nginx does not answer on {gateway} within {START_TIMEOUT:g} s; "
-                                 f"is the gateway container ({self.container_id[:12]}) running?")
+                raise NginxError(
+                    f"the gateway's nginx does not answer on {gateway} within {START_TIMEOUT:g} s; "
+                    f"is the gateway container ({self.container_id[:12]}) running?"
+                )
             await asyncio.sleep(0.2)
         return generation
 

@@ -145,6 +145,7 @@ class Nginx(Protocol):
     async def reload(self, config: Config, asleep: frozenset[str] = frozenset()) -> None:
         """Switches nginx to `config`, with the models in `asleep` gated (their requests go to the
         waker), and returns once the new config answers."""
+
     async def wait(self) -> int | None: ...
     async def stop(self) -> None: ...
 
@@ -190,8 +191,10 @@ class NginxProcess:
         gateway = self.config.gateway.listen.reachable()
         for _ in range(200):
             if self.proc is not None and self.proc.returncode is not None:
-                raise NginxError(f"nginx exited with code {self.proc.returncode} at start; see "
-                                 f"{self.config.waker.runtime_dir / 'logs' / 'error.log'}")
+                raise NginxError(
+                    f"nginx exited with code {self.proc.returncode} at start; see "
+                    f"{self.config.waker.runtime_dir / 'logs' / 'error.log'}"
+                )
             try:
                 _, writer = await asyncio.open_connection(gateway.host, gateway.port)
                 writer.close()
@@ -201,8 +204,11 @@ class NginxProcess:
         raise NginxError(f"nginx did not open {self.config.gateway.listen} within 10 s")
 
     def alive(self) -> bool:
-        return self.pid is not None and Path(f"/proc/{self.pid}").exists() and (
-            self.proc is None or self.proc.returncode is None)
+        return (
+            self.pid is not None
+            and Path(f"/proc/{self.pid}").exists()
+            and (self.proc is None or self.proc.returncode is None)
+        )
 
     async def check(self, config: Config) -> None:
         await check_config(config)

@@ -40,16 +40,34 @@ from waker.errors import error_body
 from waker.nginx import access as nginx_access
 
 # Body-routed endpoints outside /v1/ that vLLM serves (all of /v1/ goes through the router already).
-BODY_ROUTES_OUTSIDE_V1 = ("tokenize", "detokenize", "rerank", "score", "pooling", "classify", "invocations",
-                          "v2/rerank")
+BODY_ROUTES_OUTSIDE_V1 = (
+    "tokenize",
+    "detokenize",
+    "rerank",
+    "score",
+    "pooling",
+    "classify",
+    "invocations",
+    "v2/rerank",
+)
 
 # Statuses nginx itself may produce, each answered with an OpenAI error body instead of an HTML page.
 NGINX_ERRORS: dict[int, tuple[str, str]] = {
     400: ("bad_request", "the request is malformed HTTP"),
-    401: ("invalid_api_key", ("missing or wrong API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' "
-                              "with a key from [gateway] api_keys")),
-    403: ("forbidden", ("this route is not open to this client (the admin API and dashboard answer other hosts "
-                        "only when [waker] admin_token is set)")),
+    401: (
+        "invalid_api_key",
+        (
+            "missing or wrong API key: send 'Authorization: Bearer <key>' or 'x-api-key: <key>' "
+            "with a key from [gateway] api_keys"
+        ),
+    ),
+    403: (
+        "forbidden",
+        (
+            "this route is not open to this client (the admin API and dashboard answer other hosts "
+            "only when [waker] admin_token is set)"
+        ),
+    ),
     404: ("not_found", "no such route: the API is under /v1/ (for example POST /v1/chat/completions)"),
     405: ("method_not_allowed", "this method is not allowed on this route"),
     408: ("request_timeout", "the client sent the request too slowly"),
@@ -62,8 +80,13 @@ NGINX_ERRORS: dict[int, tuple[str, str]] = {
     504: ("model_timeout", "the model server did not answer within [gateway] read_timeout ({read_timeout})"),
     505: ("http_version_not_supported", "this HTTP version is not supported: use HTTP/1.1"),
 }
-WAKER_DOWN = ("waker_unavailable", ("the waker (control plane) is not reachable, so models that are not running "
-                                    "cannot be started; check that `waker run` or `waker serve` is running"))
+WAKER_DOWN = (
+    "waker_unavailable",
+    (
+        "the waker (control plane) is not reachable, so models that are not running "
+        "cannot be started; check that `waker run` or `waker serve` is running"
+    ),
+)
 
 GENERATION_PATH = "/_waker/generation"
 # A model request's begin mark: a mirror subrequest to BEGIN_PREFIX + model id, logged to the waker's
@@ -94,8 +117,14 @@ def location_key(model_id: str) -> str:
     return re.sub(r"[^A-Za-z0-9-]", lambda m: f"_{ord(m.group()):02x}", model_id)
 
 
-def render(config: Config, runtime_dir: Path, worker_user: str | None = None, njs_source: str | None = None,
-           files_dir: Path | None = None, asleep: frozenset[str] = frozenset()) -> Rendered:
+def render(
+    config: Config,
+    runtime_dir: Path,
+    worker_user: str | None = None,
+    njs_source: str | None = None,
+    files_dir: Path | None = None,
+    asleep: frozenset[str] = frozenset(),
+) -> Rendered:
     """`files_dir` is where nginx.conf and route.js go (default: the runtime dir); a staging dir
     lets a new config be tested by nginx before it replaces the running one. `asleep`: the ids of
     models in sleep mode (from falling asleep until woken), whose requests must go to the waker."""
@@ -117,11 +146,18 @@ def render_route_js(config: Config, source: str) -> str:
     ids = [m.id for m in config.models]
     reserved = {name: True for name in sorted(RESERVED_NAMES)}
     disabled = {name: m.notes for m in config.disabled for name in m.names}
-    fixups = {location_key(m.id): {"fixups": [f.value for f in m.fixups], "context": config_fixups.model_context(m)}
-              for m in config.models if m.fixups}
-    for placeholder, value in (("var ROUTES = {};", routes), ("var MODEL_IDS = [];", ids),
-                               ("var RESERVED = {};", reserved), ("var DISABLED = {};", disabled),
-                               ("var FIXUPS = {};", fixups)):
+    fixups = {
+        location_key(m.id): {"fixups": [f.value for f in m.fixups], "context": config_fixups.model_context(m)}
+        for m in config.models
+        if m.fixups
+    }
+    for placeholder, value in (
+        ("var ROUTES = {};", routes),
+        ("var MODEL_IDS = [];", ids),
+        ("var RESERVED = {};", reserved),
+        ("var DISABLED = {};", disabled),
+        ("var FIXUPS = {};", fixups),
+    ):
         if placeholder not in source:
             raise ValueError(f"nginx/route.js lacks the line {placeholder!r} the renderer fills in")
         source = source.replace(placeholder, f"var {placeholder.split()[1]} = {json.dumps(value)};", 1)
@@ -135,16 +171,16 @@ def _quote(text: str) -> str:
 
 
 def _error_locations(config: Config) -> list[str]:
-    values = {"max_body": format_size(config.gateway.max_body),
-              "read_timeout": f"{int(config.gateway.read_timeout)}s"}
+    values = {"max_body": format_size(config.gateway.max_body), "read_timeout": f"{int(config.gateway.read_timeout)}s"}
     lines = []
     for status, (code, message) in NGINX_ERRORS.items():
         reply = 400 if status == 494 else status
         body = json.dumps(error_body(message.format(**values), code, reply))
         challenge = "add_header WWW-Authenticate Bearer always; " if status == 401 else ""
         name = f"= {ERROR_PREFIX}{status} {{ internal;" if status in EARLY_ERRORS else f"@error_{status} {{"
-        lines.append(f"        location {name} default_type application/json; {challenge}"
-                     f"return {reply} {_quote(body)}; }}")
+        lines.append(
+            f"        location {name} default_type application/json; {challenge}return {reply} {_quote(body)}; }}"
+        )
     body = json.dumps(error_body(WAKER_DOWN[1], WAKER_DOWN[0], 503))
     lines.append(f"        location @waker_down {{ default_type application/json; return 503 {_quote(body)}; }}")
     return lines
@@ -154,22 +190,28 @@ def _servers(model: ModelConfig, config: Config) -> str:
     """The upstream servers of a model: its address, or with `[[host]]` its port on each host it may run on."""
     if not config.hosts or config.waker.network:
         return f"server {model.address} max_fails=0;"
-    addresses = list(dict.fromkeys(str(Address(h.address, model.host_port)) for h in config.hosts
-                                   if not model.host or h.name == model.host))
+    addresses = list(
+        dict.fromkeys(
+            str(Address(h.address, model.host_port)) for h in config.hosts if not model.host or h.name == model.host
+        )
+    )
     return " ".join(f"server {a} max_fails=0{' backup' if i else ''};" for i, a in enumerate(addresses))
 
 
 def _error_pages(overrides: dict[int, str] | None = None) -> str:
     """error_page lines for a location: a location that sets any error_page inherits none, so all repeat."""
-    pages = {status: f"{ERROR_PREFIX}{status}" if status in EARLY_ERRORS else f"@error_{status}"
-             for status in NGINX_ERRORS}
+    pages = {
+        status: f"{ERROR_PREFIX}{status}" if status in EARLY_ERRORS else f"@error_{status}" for status in NGINX_ERRORS
+    }
     pages.update(overrides or {})
     return " ".join(f"error_page {status} = {target};" for status, target in pages.items())
 
 
-_MODEL_PROXY = ("proxy_pass http://{upstream}_{key}; "
-                # Only the waker may steer nginx: a model's own X-Accel-* headers are ignored.
-                "proxy_ignore_headers X-Accel-Redirect X-Accel-Expires X-Accel-Limit-Rate X-Accel-Charset;")
+_MODEL_PROXY = (
+    "proxy_pass http://{upstream}_{key}; "
+    # Only the waker may steer nginx: a model's own X-Accel-* headers are ignored.
+    "proxy_ignore_headers X-Accel-Redirect X-Accel-Expires X-Accel-Limit-Rate X-Accel-Charset;"
+)
 
 
 def _model_locations(model: ModelConfig, config: Config) -> list[str]:
@@ -188,8 +230,9 @@ def _model_locations(model: ModelConfig, config: Config) -> list[str]:
     # With loading feedback, a cold chat completion goes to the waker with its body ($wake_via).
     wake = _error_pages({502: f"${{wake_via}}{key}" if feedback else f"@wake_{key}"})
     # Where a request enters a model: it is counted in flight from here to its access log line.
-    enter = (f"set $inflight 1; set $inflight_model {model.id}; "
-             f"mirror {BEGIN_PREFIX}{model.id}; mirror_request_body off;")
+    enter = (
+        f"set $inflight 1; set $inflight_model {model.id}; mirror {BEGIN_PREFIX}{model.id}; mirror_request_body off;"
+    )
     # A held request may wait for room in the queue, then for the start itself.
     wake_timeout = int(config.scheduler.queue_timeout + model.start_timeout) + 60
     lines = [f"        # model {model.id}"]
@@ -198,10 +241,12 @@ def _model_locations(model: ModelConfig, config: Config) -> list[str]:
         lines.append(f"        location /v1/{name}/ {{ {fix_path}{enter} {rewrite} {proxy} {wake} }}")
     lines += [
         f"        location @model_{key} {{ {fix}{enter} {proxy} {wake} }}",
-        (f"        location @wake_{key} {{ set $wake_uri /_wake/{model.id}; proxy_pass http://waker$wake_uri; "
-         "proxy_pass_request_body off; proxy_set_header Content-Length ''; proxy_set_header Connection ''; "
-         "proxy_set_header X-Original-URI $request_uri; proxy_method GET; "
-         f"proxy_read_timeout {wake_timeout}s; {_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"),
+        (
+            f"        location @wake_{key} {{ set $wake_uri /_wake/{model.id}; proxy_pass http://waker$wake_uri; "
+            "proxy_pass_request_body off; proxy_set_header Content-Length ''; proxy_set_header Connection ''; "
+            "proxy_set_header X-Original-URI $request_uri; proxy_method GET; "
+            f"proxy_read_timeout {wake_timeout}s; {_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"
+        ),
         f"        location @retry_{key} {{ {fix}{_MODEL_PROXY.format(upstream='retry', key=key)} {_error_pages()} }}",
     ]
     if feedback:
@@ -213,12 +258,18 @@ def _model_locations(model: ModelConfig, config: Config) -> list[str]:
             "proxy_set_header Connection ''; proxy_set_header X-Original-URI $request_uri; "
             "proxy_set_header X-Upstream-URI $uri$is_args$args; "
             f"proxy_read_timeout {max(wake_timeout, int(config.gateway.read_timeout))}s; "
-            f"{_error_pages({502: '@waker_down', 504: '@waker_down'})} }}")
+            f"{_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"
+        )
     return lines
 
 
-def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None = None,
-                      files_dir: Path | None = None, asleep: frozenset[str] = frozenset()) -> str:
+def render_nginx_conf(
+    config: Config,
+    runtime_dir: Path,
+    worker_user: str | None = None,
+    files_dir: Path | None = None,
+    asleep: frozenset[str] = frozenset(),
+) -> str:
     gateway, waker = config.gateway, config.waker
     body_routes = "|".join(re.escape(r) for r in BODY_ROUTES_OUTSIDE_V1)
     to_waker = f"proxy_pass http://waker; {_error_pages({502: '@waker_down', 504: '@waker_down'})}"
@@ -229,7 +280,7 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
     lines = [
         "# Rendered by `waker` from " + str(config.path) + "; edit the TOML, not this file.",
         f"load_module {gateway.njs_module};",
-        *( [f"user {worker_user};"] if worker_user else [] ),
+        *([f"user {worker_user};"] if worker_user else []),
         "daemon off;",
         "worker_processes auto;",
         f"pid {runtime_dir / 'nginx.pid'};",
@@ -252,8 +303,11 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         f"    uwsgi_temp_path {runtime_dir / 'tmp' / 'uwsgi'};",
         f"    scgi_temp_path {runtime_dir / 'tmp' / 'scgi'};",
         f"    js_import route from {(files_dir or runtime_dir) / 'route.js'};",
-        *(["    js_set $waker_fixed_body route.fixedBody;", "    js_var $waker_body;", "    js_var $waker_fixups;"]
-          if any(m.fixups for m in config.models) else []),
+        *(
+            ["    js_set $waker_fixed_body route.fixedBody;", "    js_var $waker_body;", "    js_var $waker_fixups;"]
+            if any(m.fixups for m in config.models)
+            else []
+        ),
         *nginx_access.http_lines(config),
         "    upstream waker {",
         f"        server {waker.listen};",
@@ -281,22 +335,30 @@ def render_nginx_conf(config: Config, runtime_dir: Path, worker_user: str | None
         # shares the request's variables and would run it again, erasing them.
         "        uninitialized_variable_warn off;",
         *nginx_access.server_lines(config),
-        (f"        location ^~ {BEGIN_PREFIX} {{ internal; log_subrequest on; access_log {syslog} inflight_begin; "
-         "return 204; }"),
-        (f"        location = {GENERATION_PATH} {{ allow 127.0.0.0/8; allow ::1; deny all; "
-         f"return 200 '{_GENERATION_PLACEHOLDER}'; }}"),
+        (
+            f"        location ^~ {BEGIN_PREFIX} {{ internal; log_subrequest on; access_log {syslog} inflight_begin; "
+            "return 204; }"
+        ),
+        (
+            f"        location = {GENERATION_PATH} {{ allow 127.0.0.0/8; allow ::1; deny all; "
+            f"return 200 '{_GENERATION_PLACEHOLDER}'; }}"
+        ),
         f"        location = /healthz {{ {to_waker} }}",
         f"        location = /v1/models {{ {to_waker} }}",
         # llama.cpp's router serves the same list without the /v1 prefix; Open WebUI asks there.
         f"        location = /models {{ {to_waker} }}",
         # Its load and unload (the waker refuses them unless [gateway] client_model_control is on).
         # A load is held like a wake: through the queue, then the start.
-        (f"        location = /models/load {{ proxy_pass http://waker; proxy_read_timeout {load_timeout}s; "
-         f"{_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"),
+        (
+            f"        location = /models/load {{ proxy_pass http://waker; proxy_read_timeout {load_timeout}s; "
+            f"{_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"
+        ),
         f"        location = /models/unload {{ {to_waker} }}",
         # The admin API and the dashboard; the waker checks the admin token when one is set.
-        (f"        location /admin/ {{ {admin_only}proxy_pass http://waker; proxy_read_timeout 1d; "
-         f"{_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"),
+        (
+            f"        location /admin/ {{ {admin_only}proxy_pass http://waker; proxy_read_timeout 1d; "
+            f"{_error_pages({502: '@waker_down', 504: '@waker_down'})} }}"
+        ),
         f"        location /ui/ {{ {admin_only}{to_waker} }}",
         "        location = /ui { return 301 /ui/; }",
         f"        location /v1/ {{ js_content route.dispatch; {_error_pages()} }}",

@@ -104,8 +104,16 @@ class HostWatch:
         for budget in policy.budgets:
             there = occupying_on(slots, (budget.name,), policy)
             error = self.errors.get(budget.name)
-            result.append(HostStatus(budget.name, budget.capacity, round(sum(held(s) for s in there), 6),
-                                     error is None, error, tuple(sorted(s.id for s in there))))
+            result.append(
+                HostStatus(
+                    budget.name,
+                    budget.capacity,
+                    round(sum(held(s) for s in there), 6),
+                    error is None,
+                    error,
+                    tuple(sorted(s.id for s in there)),
+                )
+            )
         return result
 
     def policy(self, policy: Policy) -> Policy:
@@ -116,8 +124,9 @@ class HostWatch:
 
     def open(self) -> None:
         for name, driver in self.fleet.drivers.items():
-            self.shell.spawn(driver.follow(partial(self._on_event, name), partial(self._resync, name),
-                                           partial(self._lost, name)))
+            self.shell.spawn(
+                driver.follow(partial(self._on_event, name), partial(self._resync, name), partial(self._lost, name))
+            )
         if self.several:
             self._settle = self.shell.clock.call_at(self.shell.clock.now() + SETTLE_SECONDS, self._stop_waiting)
 
@@ -154,8 +163,13 @@ class HostWatch:
     async def _stop_stray(self, host: str, model_id: str, container_id: str) -> None:
         model = self.shell.config.model(model_id)
         assert model is not None
-        log.warning("stray_container_stopped", model=model_id, host=host, container=container_id[:12],
-                    runs_on=list(hosts_of(self.shell.records[model_id].slot, self.shell.policy)))
+        log.warning(
+            "stray_container_stopped",
+            model=model_id,
+            host=host,
+            container=container_id[:12],
+            runs_on=list(hosts_of(self.shell.records[model_id].slot, self.shell.policy)),
+        )
         try:
             await self.fleet.drivers[host].down(model, container_id)
         except DockerError as exc:
@@ -167,8 +181,11 @@ class HostWatch:
         self._heard.add(host)
         if not self.several:
             return
-        gone = [m for m, r in self.shell.records.items() if self._on_host(r, host)
-                and r.slot.state in (State.READY, State.SLEEPING)]
+        gone = [
+            m
+            for m, r in self.shell.records.items()
+            if self._on_host(r, host) and r.slot.state in (State.READY, State.SLEEPING)
+        ]
         for model_id in gone:
             self.shell.records[model_id].container = None
             self.shell.transition(model_id, Event.EXITED)

@@ -32,8 +32,7 @@ class ManualControl:
         self.supervisor = supervisor
         self.nginx = nginx
 
-    def stop_by_hand(self, model_id: str, force: bool = False,
-                     reason: StopReason = StopReason.MANUAL) -> StopOutcome:
+    def stop_by_hand(self, model_id: str, force: bool = False, reason: StopReason = StopReason.MANUAL) -> StopOutcome:
         """Stops a model now; returns what happened. A keep_warm model stays down until asked for.
         Stopping a failed model clears its failure and back-off, and any stop its failed wakes."""
         slot = self.supervisor.current_slots()[model_id]
@@ -49,11 +48,17 @@ class ManualControl:
         if slot.state is State.STARTING:
             raise AdminError(409, f"model {model_id!r} is starting; stop it once it is ready")
         if slot.state in (State.FALLING_ASLEEP, State.WAKING):
-            raise AdminError(409, f"model {model_id!r} is {slot.state.value.replace('_', ' ')}; stop it in a few "
-                                  "seconds, once it is asleep or ready")
+            raise AdminError(
+                409,
+                f"model {model_id!r} is {slot.state.value.replace('_', ' ')}; stop it in a few "
+                "seconds, once it is asleep or ready",
+            )
         if slot.in_flight and not force:
-            raise AdminError(409, f"model {model_id!r} has {slot.in_flight} request(s) in flight; "
-                                  "stopping it would cut them off (force=true does it anyway)")
+            raise AdminError(
+                409,
+                f"model {model_id!r} has {slot.in_flight} request(s) in flight; "
+                "stopping it would cut them off (force=true does it anyway)",
+            )
         self.supervisor.update(model_id, suspended=slot.keep_warm)
         self.supervisor.stop(model_id, reason)
         return StopOutcome.STOPPING
@@ -64,15 +69,23 @@ class ManualControl:
         if slot.state is State.SLEEPING:
             return SleepOutcome.ALREADY_ASLEEP
         if slot.sleep_level == 0:
-            why = ("its config has sleep = 0: set sleep = 1 or 2 to let it sleep" if self.supervisor.sleep.router
-                   else "sleep mode is off, as the waker does not route nginx (--nginx none): stop it instead")
+            why = (
+                "its config has sleep = 0: set sleep = 1 or 2 to let it sleep"
+                if self.supervisor.sleep.router
+                else "sleep mode is off, as the waker does not route nginx (--nginx none): stop it instead"
+            )
             raise AdminError(409, f"model {model_id!r} cannot sleep: {why}")
         if slot.state is not State.READY:
-            raise AdminError(409, f"model {model_id!r} is {slot.state.value.replace('_', ' ')}; only a ready "
-                                  "model can be put to sleep")
+            raise AdminError(
+                409,
+                f"model {model_id!r} is {slot.state.value.replace('_', ' ')}; only a ready model can be put to sleep",
+            )
         if slot.in_flight:
-            raise AdminError(409, f"model {model_id!r} has {slot.in_flight} request(s) in flight; sleeping would "
-                                  "abort them: retry once it is idle")
+            raise AdminError(
+                409,
+                f"model {model_id!r} has {slot.in_flight} request(s) in flight; sleeping would "
+                "abort them: retry once it is idle",
+            )
         self.supervisor.put_to_sleep(model_id, SleepReason.MANUAL)
         return SleepOutcome.FALLING_ASLEEP
 

@@ -14,10 +14,19 @@ from waker.nginx.activity import ModelActivity
 def slot_for(model: ModelConfig, can_sleep: bool = True) -> Slot:
     """The scheduler's view of a configured model, before anything has happened to it. Without
     `can_sleep` (nothing could gate nginx), a model configured to sleep is stopped instead."""
-    return Slot(id=model.id, gpu_memory=model.gpu_memory, exclusive=model.exclusive, keep_warm=model.keep_warm,
-                idle_timeout=model.idle_timeout, min_uptime=model.min_uptime,
-                sleep_level=int(model.sleep.level) if can_sleep else 0, sleep_memory=model.sleep.memory,
-                sleep_timeout=model.sleep.timeout, host=model.host, host_count=model.hosts)
+    return Slot(
+        id=model.id,
+        gpu_memory=model.gpu_memory,
+        exclusive=model.exclusive,
+        keep_warm=model.keep_warm,
+        idle_timeout=model.idle_timeout,
+        min_uptime=model.min_uptime,
+        sleep_level=int(model.sleep.level) if can_sleep else 0,
+        sleep_memory=model.sleep.memory,
+        sleep_timeout=model.sleep.timeout,
+        host=model.host,
+        host_count=model.hosts,
+    )
 
 
 @dataclass(slots=True)

@@ -121,15 +121,25 @@ class SleepShell:
             await shell.driver_of(model.id).sleep(model)
         except SleepModeError as exc:
             if self._still(model.id, State.FALLING_ASLEEP):
-                shell.bus.publish(EventKind.SLEEP_FAILED, model=model.id, step=exc.step.value,
-                                  timed_out=exc.timed_out, error=exc.message)
+                shell.bus.publish(
+                    EventKind.SLEEP_FAILED,
+                    model=model.id,
+                    step=exc.step.value,
+                    timed_out=exc.timed_out,
+                    error=exc.message,
+                )
                 shell.stop(model.id, StopReason.SLEEP_FAILED)
             return
         if not self._still(model.id, State.FALLING_ASLEEP):
             return
         shell.transition(model.id, Event.ASLEEP)
-        shell.bus.publish(EventKind.MODEL_ASLEEP, model=model.id, reason=reason.value, for_model=for_model,
-                          seconds=round(shell.clock.now() - began, 3))
+        shell.bus.publish(
+            EventKind.MODEL_ASLEEP,
+            model=model.id,
+            reason=reason.value,
+            for_model=for_model,
+            seconds=round(shell.clock.now() - began, 3),
+        )
         shell.reconcile()
 
     def _call_off(self, model: ModelConfig, why: str, **details: Any) -> None:
@@ -149,16 +159,26 @@ class SleepShell:
             if self._still(model.id, State.WAKING):
                 failures = shell.records[model.id].slot.wake_failures + 1
                 shell.update(model.id, wake_failures=failures)
-                shell.bus.publish(EventKind.WAKE_FAILED, model=model.id, step=exc.step.value, timed_out=exc.timed_out,
-                                  error=exc.message, wake_failures=failures)
+                shell.bus.publish(
+                    EventKind.WAKE_FAILED,
+                    model=model.id,
+                    step=exc.step.value,
+                    timed_out=exc.timed_out,
+                    error=exc.message,
+                    wake_failures=failures,
+                )
                 shell.stop(model.id, StopReason.WAKE_FAILED)
             return
         if not self._still(model.id, State.WAKING):
             return
         now = shell.clock.now()
         shell.transition(model.id, Event.READY, ready_since=now, last_active=now, wake_failures=0)
-        shell.bus.publish(EventKind.MODEL_AWAKE, model=model.id, seconds=round(now - began, 3),
-                          asleep_seconds=round(began - asleep_since, 3))
+        shell.bus.publish(
+            EventKind.MODEL_AWAKE,
+            model=model.id,
+            seconds=round(now - began, 3),
+            asleep_seconds=round(began - asleep_since, 3),
+        )
         shell.reconcile()  # its waiters are granted: nginx's @retry_ location needs no new route
 
     # ---- adoption -------------------------------------------------------------------------------

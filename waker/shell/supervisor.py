@@ -42,13 +42,19 @@ STOP_RETRY_SECONDS = 5.0
 
 def policy_of(config: Config) -> Policy:
     s = config.scheduler
-    return Policy(s.gpu_capacity, s.on_busy, s.queue_timeout, s.max_start_failures, s.start_backoff,
-                  s.max_wake_failures, tuple(HostBudget(h.name, h.gpu_capacity) for h in config.hosts))
+    return Policy(
+        s.gpu_capacity,
+        s.on_busy,
+        s.queue_timeout,
+        s.max_start_failures,
+        s.start_backoff,
+        s.max_wake_failures,
+        tuple(HostBudget(h.name, h.gpu_capacity) for h in config.hosts),
+    )
 
 
 class Supervisor:
-    def __init__(self, config: Config, fleet: Fleet, bus: EventBus, clock: Clock,
-                 router: Router | None = None) -> None:
+    def __init__(self, config: Config, fleet: Fleet, bus: EventBus, clock: Clock, router: Router | None = None) -> None:
         self.config = config
         self.fleet = fleet
         self.bus = bus
@@ -57,9 +63,12 @@ class Supervisor:
         self.sleep = SleepShell(self, router)
         self.records: dict[str, ModelRecord] = {m.id: self._new_record(m) for m in config.models}
         if router is None and any(m.sleep.enabled for m in config.models):
-            log.warning("sleep_disabled", models=[m.id for m in config.models if m.sleep.enabled],
-                        reason="nothing routes nginx (--nginx none), so nobody could gate a sleeping model's "
-                               "requests: idle models are stopped instead")
+            log.warning(
+                "sleep_disabled",
+                models=[m.id for m in config.models if m.sleep.enabled],
+                reason="nothing routes nginx (--nginx none), so nobody could gate a sleeping model's "
+                "requests: idle models are stopped instead",
+            )
         self.waiting = WaitingRoom()
         self.hosts = HostWatch(self, fleet)
         self._tasks: set[asyncio.Task[None]] = set()
@@ -103,16 +112,22 @@ class Supervisor:
         slots = {}
         for model_id, record in self.records.items():
             slot, activity = record.slot, record.activity
-            slots[model_id] = replace(slot, in_flight=activity.in_flight, oldest_request_since=activity.oldest,
-                                      last_active=max(slot.last_active, activity.last_end),
-                                      mean_request_seconds=activity.mean_seconds)
+            slots[model_id] = replace(
+                slot,
+                in_flight=activity.in_flight,
+                oldest_request_since=activity.oldest,
+                last_active=max(slot.last_active, activity.last_end),
+                mean_request_seconds=activity.mean_seconds,
+            )
         return slots
 
     async def wait_until(self, model_id: str, states: tuple[State, ...], timeout: float) -> bool:
         """Waits until the model is in one of `states`; False if `timeout` passed first."""
+
         async def reached() -> None:
             async with self._changed:
                 await self._changed.wait_for(lambda: self.state(model_id) in states)
+
         try:
             await asyncio.wait_for(reached(), timeout)
             return True
@@ -195,8 +210,10 @@ class Supervisor:
                 self._answer(action.waiter, None)
             elif isinstance(action, Refuse):
                 details = {"holders": [asdict(h) for h in action.holders]} if action.holders else {}
-                self._answer(action.waiter, RequestRefused(action.status, action.code, action.message,
-                                                           action.retry_after, details))
+                self._answer(
+                    action.waiter,
+                    RequestRefused(action.status, action.code, action.message, action.retry_after, details),
+                )
 
     def _answer(self, waiter_id: int, error: RequestRefused | None) -> None:
         waiter = self.waiting.answer(waiter_id, error)
@@ -229,11 +246,20 @@ class Supervisor:
             self.records[model_id] = self._new_record(self._model(model_id), self.now())
         for model_id in change.changed:
             fresh = slot_for(self._model(model_id), self.sleep.router is not None)
-            self.update(model_id, gpu_memory=fresh.gpu_memory, exclusive=fresh.exclusive, host=fresh.host,
-                        host_count=fresh.host_count,
-                        keep_warm=fresh.keep_warm, idle_timeout=fresh.idle_timeout, min_uptime=fresh.min_uptime,
-                        sleep_level=fresh.sleep_level, sleep_memory=fresh.sleep_memory,
-                        sleep_timeout=fresh.sleep_timeout, wake_failures=0)
+            self.update(
+                model_id,
+                gpu_memory=fresh.gpu_memory,
+                exclusive=fresh.exclusive,
+                host=fresh.host,
+                host_count=fresh.host_count,
+                keep_warm=fresh.keep_warm,
+                idle_timeout=fresh.idle_timeout,
+                min_uptime=fresh.min_uptime,
+                sleep_level=fresh.sleep_level,
+                sleep_memory=fresh.sleep_memory,
+                sleep_timeout=fresh.sleep_timeout,
+                wake_failures=0,
+            )
         for model_id in change.removed:
             for waiter in self.waiting.for_model(model_id):
                 self._answer(waiter.id, RequestRefused(404, "model_not_found", f"model {model_id!r} was removed"))
@@ -253,8 +279,14 @@ class Supervisor:
         before = record.slot
         state = next_state(before.state, event)
         record.slot = replace(before, state=state, since=self.now(), **changes)
-        self.bus.publish(EventKind.MODEL_STATE, model=model_id, state=state.value, previous=before.state.value,
-                         trigger=event.value, error=changes.get("last_error") or None)
+        self.bus.publish(
+            EventKind.MODEL_STATE,
+            model=model_id,
+            state=state.value,
+            previous=before.state.value,
+            trigger=event.value,
+            error=changes.get("last_error") or None,
+        )
         self.sleep.on_transition(before.state, state)
         self.spawn(self._notify())
 
@@ -284,14 +316,27 @@ class Supervisor:
             raise
         except Exception as exc:  # a bug must not leave the model stuck in "starting"
             log.exception("start_crashed", model=model.id)
-            self.fail(model.id, StartError(500, "internal_error", f"model {model.id!r}: the waker failed "
-                                                  f"while starting it ({exc!r}); its log has the details"))
+            self.fail(
+                model.id,
+                StartError(
+                    500,
+                    "internal_error",
+                    f"model {model.id!r}: the waker failed while starting it ({exc!r}); its log has the details",
+                ),
+            )
         else:
             now = self.now()
             record.container = container_id
             # `failures` stays: a run only counts as good once it ends by our stop, not by a crash.
-            self.transition(model.id, Event.READY, ready_since=now, last_active=now, retry_at=0.0,
-                             last_error="", expected_start_seconds=now - began)
+            self.transition(
+                model.id,
+                Event.READY,
+                ready_since=now,
+                last_active=now,
+                retry_at=0.0,
+                last_error="",
+                expected_start_seconds=now - began,
+            )
             self.bus.publish(EventKind.MODEL_READY, model=model.id, seconds=round(now - began, 3))
             if asleep:
                 self.sleep.adopt_asleep(model.id)
@@ -307,8 +352,9 @@ class Supervisor:
         retry_at = self.now() + self.policy.start_backoff if backoff else 0.0
         self.transition(model_id, Event.FAIL, failures=failures, retry_at=retry_at, last_error=exc.message, **changes)
         if backoff:
-            self.bus.publish(EventKind.MODEL_BACKOFF, model=model_id, failures=failures,
-                             seconds=self.policy.start_backoff)
+            self.bus.publish(
+                EventKind.MODEL_BACKOFF, model=model_id, failures=failures, seconds=self.policy.start_backoff
+            )
         for waiter in self.waiting.for_model(model_id) if slot.state is not State.WAKING else ():
             self._answer(waiter.id, RequestRefused(exc.status, exc.code, exc.message))
 
@@ -321,8 +367,9 @@ class Supervisor:
             in_flight = self.records[model.id].activity.in_flight
             if busy or in_flight:
                 self.transition(model.id, Event.RESUME, last_active=self.now())
-                self.bus.publish(EventKind.IDLE_STOP_POSTPONED, model=model.id, server_requests=busy or 0,
-                                 in_flight=in_flight)
+                self.bus.publish(
+                    EventKind.IDLE_STOP_POSTPONED, model=model.id, server_requests=busy or 0, in_flight=in_flight
+                )
                 self.reconcile()
                 return
         try:
@@ -334,8 +381,13 @@ class Supervisor:
             return
         self.records[model.id].container = None
         self.transition(model.id, Event.STOPPED, failures=0)  # a run we ended is a good run
-        self.bus.publish(EventKind.MODEL_STOPPED, model=model.id, reason=reason.value, **checked,
-                         **({"for_model": for_model} if for_model else {}))
+        self.bus.publish(
+            EventKind.MODEL_STOPPED,
+            model=model.id,
+            reason=reason.value,
+            **checked,
+            **({"for_model": for_model} if for_model else {}),
+        )
         if self.config.model(model.id) is None:  # removed by a reload
             del self.records[model.id]
         self.reconcile()
@@ -348,8 +400,7 @@ class Supervisor:
     def _task_done(self, task: asyncio.Task[None]) -> None:
         self._tasks.discard(task)
         if not task.cancelled() and task.exception() is not None:
-            log.error("task_failed", task=task.get_name(), error=repr(task.exception()),
-                      exc_info=task.exception())
+            log.error("task_failed", task=task.get_name(), error=repr(task.exception()), exc_info=task.exception())
 
     def _model(self, model_id: str) -> ModelConfig:
         model = self.config.model(model_id)
@@ -359,8 +410,12 @@ class Supervisor:
     # ---- what the hosts' engines report (host_watch) ------------------------------------------------
 
     def adopt(self, model_id: str, container_id: str, hosts: tuple[str, ...]) -> None:
-        self.bus.publish(EventKind.CONTAINER_ADOPTED, model=model_id, container=container_id[:12],
-                         **({"hosts": list(hosts)} if self.hosts.several else {}))
+        self.bus.publish(
+            EventKind.CONTAINER_ADOPTED,
+            model=model_id,
+            container=container_id[:12],
+            **({"hosts": list(hosts)} if self.hosts.several else {}),
+        )
         self.transition(model_id, Event.START, starting_since=self.now(), hosts=hosts)
         self.spawn(self._run_start(self._model(model_id), container_id))
 
