@@ -4,6 +4,7 @@ aiohttp here: `waker check` and the nginx config use these bodies; the responses
 from __future__ import annotations
 
 from enum import StrEnum
+from pathlib import Path
 from typing import Any
 
 
@@ -75,3 +76,45 @@ class SleepModeError(Exception):
     def __init__(self, step: SleepStep, message: str, timed_out: bool = False) -> None:
         super().__init__(message)
         self.step, self.message, self.timed_out = step, message, timed_out
+
+
+class ConfigError(Exception):
+    """The config cannot be used; `problems` lists every reason, each a complete sentence."""
+
+    def __init__(self, path: Path, problems: list[str]) -> None:
+        self.path = path
+        self.problems = problems
+        super().__init__("\n".join(problems))
+
+
+class IllegalTransition(ValueError):
+    pass
+
+
+class DriverError(Exception):
+    """An engine could not do what the shell asked (a stop, a log, a listing): the message says what and,
+    where it can, what to do. The shell retries a failed stop."""
+
+
+class DockerError(DriverError):
+    """A Docker call failed; the message says what and, where it can, what to do."""
+
+
+class ImageMissing(DockerError):
+    """The image is not on the engine, and its pull policy says not to pull it."""
+
+
+class ImagePullFailed(DockerError):
+    """The registry or the engine refused the pull."""
+
+
+class NotManaged(DockerError):
+    """A call named a container the waker did not create: refused."""
+
+
+class PullFailed(Exception):
+    """The registry or the engine refused the pull; the message is theirs."""
+
+
+class NginxError(Exception):
+    """nginx refused its config, a reload or a signal, or exited; the message is what it said."""

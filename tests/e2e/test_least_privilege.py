@@ -13,7 +13,8 @@ import aiohttp
 import pytest
 
 from tests.e2e.stack import FAKE_IMAGE, docker, fake_model, start_socket_proxy
-from waker.docker.runtime import DockerRuntime, NotManaged
+from waker.docker.runtime import DockerRuntime
+from waker.errors import NotManaged
 
 pytestmark = pytest.mark.e2e
 

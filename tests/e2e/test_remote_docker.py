@@ -25,8 +25,9 @@ from structlog.testing import capture_logs
 from tests.e2e.stack import FAKE_IMAGE, docker, fake_model, free_port
 from tests.eventually import eventually
 from waker.config.hosts import DockerEndpoint, DockerScheme, TlsFiles
-from waker.docker.runtime import DockerError, DockerRuntime
+from waker.docker.runtime import DockerRuntime
 from waker.docker.spec import LABEL_MANAGED, LABEL_MODEL, LABEL_STACK
+from waker.errors import DockerError
 
 pytestmark = pytest.mark.e2e
 

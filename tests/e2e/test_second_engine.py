@@ -20,8 +20,9 @@ import pytest
 from tests.e2e.second_engine import BRIDGE_ADDRESS
 from tests.e2e.stack import FAKE_IMAGE, docker, free_port
 from tests.eventually import eventually, eventually_async
-from waker.docker.runtime import DockerError, DockerRuntime
+from waker.docker.runtime import DockerRuntime
 from waker.docker.spec import LABEL_MANAGED, LABEL_MODEL, LABEL_STACK
+from waker.errors import DockerError
 
 pytestmark = pytest.mark.e2e
 

@@ -16,9 +16,7 @@ from waker.config.schema import Config, ModelConfig, parse_config
 from waker.core.driver import ContainerEvent
 from waker.core.image_pull import PullProgress
 from waker.core.lifecycle import State
-from waker.docker.runtime import DockerError
-from waker.errors import SleepModeError, SleepStep, StartError
-from waker.nginx.process import NginxError
+from waker.errors import DriverError, NginxError, SleepModeError, SleepStep, StartError
 from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet
 from waker.shell.manual_control import ManualControl
@@ -135,7 +133,7 @@ class FakeDriver:
         self.calls.append(("down", model.id, container_id))
         if self.down_failures:
             self.down_failures -= 1
-            raise DockerError("the Docker engine refused the stop")
+            raise DriverError("the Docker engine refused the stop")
         self.running_now.pop(model.id, None)
 
     async def healthy(self, model: ModelConfig) -> bool:

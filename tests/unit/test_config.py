@@ -10,7 +10,8 @@ import pytest
 
 from waker.config.fields import address
 from waker.config.fixups import model_context
-from waker.config.schema import ConfigError, LoadingFeedback, load_config
+from waker.config.schema import LoadingFeedback, load_config
+from waker.errors import ConfigError
 
 ISSUE_EXAMPLE = """
 [gateway]

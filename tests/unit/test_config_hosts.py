@@ -9,7 +9,8 @@ from pathlib import Path
 import pytest
 
 from waker.config.hosts import DockerScheme
-from waker.config.schema import ConfigError, load_config
+from waker.config.schema import load_config
+from waker.errors import ConfigError
 
 TWO_SPARKS = """
 [scheduler]

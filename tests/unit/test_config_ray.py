@@ -7,7 +7,7 @@ import pytest
 
 from waker.config.hosts import Interconnect
 from waker.config.ray import DEFAULT_WORKER_COMMAND, RayNode, RayNodes
-from waker.config.schema import ConfigError, parse_config
+from waker.config.schema import parse_config
 from waker.docker.ray_pair import node_ip
 from waker.docker.spec import (
     LABEL_MODEL,
@@ -18,6 +18,7 @@ from waker.docker.spec import (
     ray_node_spec,
     worker_name,
 )
+from waker.errors import ConfigError
 
 PATH = Path("/etc/waker/models.toml")
 HOSTS = [

@@ -7,9 +7,9 @@ from aiohttp import web
 from tests.eventually import eventually_async
 from waker.config.ray import RayNode
 from waker.core.driver import ContainerChange, ContainerEvent
-from waker.core.lifecycle import IllegalTransition
 from waker.docker import events as docker_events
 from waker.docker.runtime import DockerRuntime
+from waker.errors import IllegalTransition
 
 DIE = b'{"Type": "container", "Action": "die", "Actor": {"Attributes": {"io.waker.model": "alpha"}}}\n'
 

@@ -13,10 +13,10 @@ import pytest
 
 from tests.eventually import eventually_async
 from tests.unit.test_container_spec import model
-from waker.core.image_pull import PullFailed, PullProgress, PullTracker
+from waker.core.image_pull import PullProgress, PullTracker
 from waker.docker.images import Images
 from waker.docker.registry_auth import credentials, registry_of
-from waker.docker.runtime import DockerError, ImageMissing, ImagePullFailed
+from waker.errors import DockerError, ImageMissing, ImagePullFailed, PullFailed
 
 # What Docker 20.10 streams for a two-layer image of which one layer is already here.
 STREAM = [

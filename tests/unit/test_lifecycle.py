@@ -4,7 +4,8 @@ from pathlib import Path
 
 import pytest
 
-from waker.core.lifecycle import Event, IllegalTransition, State, next_state
+from waker.core.lifecycle import Event, State, next_state
+from waker.errors import IllegalTransition
 
 S, E = State, Event
 # The specification, written out independently of the table in waker/core/lifecycle.py: every transition a

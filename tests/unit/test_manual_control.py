@@ -10,10 +10,9 @@ import tomli_w
 
 from tests.unit.shell_fakes import FakeDriver, FakeNginx, make_config, open_shell, until
 from tests.unit.test_supervisor import begin, ready, request_for
-from waker.config.schema import ConfigError, load_config
+from waker.config.schema import load_config
 from waker.core.lifecycle import State, StopReason
-from waker.errors import AdminError, RequestRefused, StartError
-from waker.nginx.process import NginxError
+from waker.errors import AdminError, ConfigError, NginxError, RequestRefused, StartError
 from waker.shell.manual_control import StopOutcome
 
 # ---- stop by hand -------------------------------------------------------------------------------

@@ -13,8 +13,9 @@ import tomli_w
 from waker.cli import admin_client, logs
 from waker.config.hosts import HostConfig
 from waker.config.overrides import overrides_or_env
-from waker.config.schema import Config, ConfigError, ModelConfig, load_config
+from waker.config.schema import Config, ModelConfig, load_config
 from waker.config.units import format_duration, format_size
+from waker.errors import ConfigError
 from waker.nginx.render import render
 
 EXIT_CONFIG = 2

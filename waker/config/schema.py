@@ -26,6 +26,7 @@ from waker.config.overrides import apply_override
 from waker.config.sleep import MODEL_KEYS as SLEEP_KEYS
 from waker.config.sleep import SleepConfig, parse_sleep
 from waker.config.units import parse_duration, parse_size
+from waker.errors import ConfigError
 
 # First path segments of the OpenAI and vLLM routes: a model named like one would shadow the route
 # in path routing (/v1/<model>/...), so such ids are refused.
@@ -64,15 +65,6 @@ class PullPolicy(StrEnum):
     MISSING = "missing"  # pull when the image is not on the Docker host
     ALWAYS = "always"  # pull before every start; fall back to the local image if the pull fails
     NEVER = "never"  # never pull: a missing image is an error naming how to get it
-
-
-class ConfigError(Exception):
-    """The config cannot be used; `problems` lists every reason, each a complete sentence."""
-
-    def __init__(self, path: Path, problems: list[str]) -> None:
-        self.path = path
-        self.problems = problems
-        super().__init__("\n".join(problems))
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,9 +1,11 @@
-"""The seams between the shell (`supervisor`) and the world it acts on, passed in as small interfaces.
+"""The seams between the shell (`shell.supervisor`) and the world it acts on, passed in as small
+interfaces.
 
 A `Driver` brings a model's engine up and down, puts it to sleep and wakes it, and reports what
-happens to it; `launcher.Launcher` is the one for a local Docker engine. The interface is drawn for a
-Docker engine on another host as well (one driver per host, each with its own events stream and its
-own `lost` state).
+happens to it; a `HostDriver` also says what runs on one host's engine and follows its events.
+`docker.launcher.Launcher` is the host driver of a Docker engine (one per host, the `shell.fleet`
+picks it); `docker.ray_pair.RayPair` is the driver of a model over two hosts. Drivers raise the
+project's own errors (`errors.StartError`, `DriverError`, `SleepModeError`), never their library's.
 
 A `Router` is nginx's gate for sleep mode: requests for a model in sleep mode must reach the waker
 (which wakes it) instead of the engine (which would answer them asleep).
@@ -51,7 +53,7 @@ class Driver(Protocol):
 
     async def down(self, model: ModelConfig, container_id: str | None) -> None:
         """Stops the model's container (found by its labels when the id is not known); returns once
-        it has exited. Raises `DockerError` when the engine refuses (the shell retries)."""
+        it has exited. Raises `DriverError` when the engine refuses (the shell retries)."""
 
     async def healthy(self, model: ModelConfig) -> bool: ...
 
@@ -62,7 +64,7 @@ class Driver(Protocol):
 
     def loading_log(self, model_id: str, since: float) -> AsyncIterator[str]:
         """The log of the model's running container from `since` (a Unix time), as it is written;
-        nothing when no container of it runs. Raises `DockerError` when the engine fails."""
+        nothing when no container of it runs. Raises `DriverError` when the engine fails."""
 
     async def prepare(self, model: ModelConfig) -> dict[str, str]:
         """Makes a start fast (image present, container created); reports what it found and did."""

@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from waker.config.units import format_bytes
+from waker.errors import PullFailed
 
 
 @dataclass(frozen=True, slots=True)
@@ -23,10 +24,6 @@ class PullProgress:
         """One line for people: `waker status`, the dashboard, the loading feedback."""
         sizes = f", {format_bytes(self.bytes_done)} of {format_bytes(self.bytes_total)}" if self.bytes_total else ""
         return f"pulling {self.image}: {self.layers_done}/{self.layers_total} layers{sizes}"
-
-
-class PullFailed(Exception):
-    """The registry or the engine refused the pull; the message is theirs."""
 
 
 _LAYER_SEEN = {

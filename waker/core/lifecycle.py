@@ -22,6 +22,8 @@ from __future__ import annotations
 
 from enum import StrEnum
 
+from waker.errors import IllegalTransition
+
 
 class State(StrEnum):
     STOPPED = "stopped"
@@ -103,10 +105,6 @@ _NEXT: dict[tuple[State, Event], State] = {
     (State.WAKING, Event.STOP): State.STOPPING,
     (State.WAKING, Event.FAIL): State.FAILED,
 }
-
-
-class IllegalTransition(ValueError):
-    pass
 
 
 def next_state(state: State, event: Event) -> State:

@@ -15,8 +15,9 @@ import aiohttp
 import structlog
 
 from waker.core.driver import ContainerChange, ContainerEvent
-from waker.docker.runtime import DockerError, DockerRuntime, ray_node
+from waker.docker.runtime import DockerRuntime, ray_node
 from waker.docker.spec import LABEL_MODEL
+from waker.errors import DockerError
 
 log = structlog.get_logger("waker.docker.events")
 

@@ -16,12 +16,8 @@ import structlog
 from waker.config.schema import ModelConfig, PullPolicy
 from waker.core.image_pull import PullProgress
 from waker.docker import registry_auth
-from waker.docker.runtime import (
-    DockerError,
-    DockerRuntime,
-    ImageMissing,
-    ImagePullFailed,
-)
+from waker.docker.runtime import DockerRuntime
+from waker.errors import DockerError, ImageMissing, ImagePullFailed
 
 log = structlog.get_logger("waker.docker.images")
 

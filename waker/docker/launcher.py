@@ -25,10 +25,10 @@ from waker.core.driver import ContainerEvent
 from waker.core.image_pull import PullProgress
 from waker.docker import events as docker_events
 from waker.docker.images import Images
-from waker.docker.runtime import DockerError, DockerRuntime, ImageMissing, ImagePullFailed
+from waker.docker.runtime import DockerRuntime
 from waker.docker.spec import LABEL_EGRESS, LABEL_SPEC, container_name, container_spec
 from waker.engine import sleep as engine_sleep
-from waker.errors import StartError
+from waker.errors import DockerError, ImageMissing, ImagePullFailed, StartError
 
 log = structlog.get_logger("waker.docker.launcher")
 

@@ -20,9 +20,9 @@ from waker.config.ray import RayNode, RayNodes
 from waker.config.schema import ModelConfig
 from waker.core.image_pull import PullProgress
 from waker.docker.launcher import LOG_TAIL_LINES, Launcher, Node
-from waker.docker.runtime import ContainerInfo, DockerError
+from waker.docker.runtime import ContainerInfo
 from waker.docker.spec import container_name, ray_node_spec, worker_name
-from waker.errors import SleepModeError, SleepStep, StartError
+from waker.errors import DockerError, SleepModeError, SleepStep, StartError
 
 log = structlog.get_logger("waker.docker.ray_pair")
 

@@ -21,7 +21,7 @@ from aiohttp.http_exceptions import LineTooLong
 
 from waker.config.hosts import DockerEndpoint
 from waker.config.ray import RayNode
-from waker.core.image_pull import PullFailed, PullProgress, PullTracker
+from waker.core.image_pull import PullProgress, PullTracker
 from waker.docker.connect import docker_client
 from waker.docker.spec import (
     LABEL_MANAGED,
@@ -32,22 +32,7 @@ from waker.docker.spec import (
     LABEL_STACK,
     ROLE_GATEWAY,
 )
-
-
-class DockerError(Exception):
-    """A Docker call failed; the message says what and, where it can, what to do."""
-
-
-class ImageMissing(DockerError):
-    pass
-
-
-class ImagePullFailed(DockerError):
-    pass
-
-
-class NotManaged(DockerError):
-    pass
+from waker.errors import DockerError, NotManaged, PullFailed
 
 
 @dataclass(frozen=True, slots=True)

@@ -15,15 +15,14 @@ from typing import Any
 import structlog
 from aiohttp import web
 
-from waker.config.schema import ConfigError, ModelConfig
+from waker.config.schema import ModelConfig
 from waker.core.lifecycle import State
 from waker.core.plan import Slot
 from waker.core.progress import Phase, Progress
 from waker.docker.runtime import DockerRuntime
-from waker.errors import AdminError, RequestRefused, error_body
+from waker.errors import AdminError, ConfigError, NginxError, RequestRefused, error_body
 from waker.http.errors import error_response
 from waker.http.loading_watch import WATCH
-from waker.nginx.process import NginxError
 from waker.shell.manual_control import ManualControl, SleepOutcome, StopOutcome
 from waker.shell.supervisor import Supervisor
 from waker.system.gpu import GpuMemory

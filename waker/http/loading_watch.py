@@ -17,7 +17,7 @@ from aiohttp import web
 
 from waker.core.engine_log import EngineStage, parse_line
 from waker.core.progress import Progress, progress
-from waker.docker.runtime import DockerError
+from waker.errors import DriverError
 from waker.shell.events import EventKind
 from waker.shell.supervisor import Supervisor
 
@@ -82,7 +82,7 @@ class LoadingWatch:
         """Reads the log of the model's running container until the start ends (the task is
         cancelled then); a container replaced meanwhile (its spec changed) is found again."""
         while True:
-            with contextlib.suppress(DockerError):
+            with contextlib.suppress(DriverError):
                 async for chunk in self.supervisor.driver_of(model_id).loading_log(model_id, since):
                     for line in chunk.split("\n"):
                         self._saw(model_id, line)

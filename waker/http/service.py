@@ -19,14 +19,15 @@ from waker.core.image_pull import PullProgress
 from waker.docker.images import Images
 from waker.docker.launcher import Launcher
 from waker.docker.ray_pair import RayPair
-from waker.docker.runtime import DockerError, DockerRuntime
+from waker.docker.runtime import DockerRuntime
+from waker.errors import DockerError, NginxError
 from waker.http import admin as admin_api
 from waker.http.gateway import make_app
 from waker.http.metrics import Counters, render
 from waker.nginx import access as nginx_access
 from waker.nginx.activity import listen as listen_for_activity
 from waker.nginx.container import NginxContainer
-from waker.nginx.process import Nginx, NginxError, NginxProcess
+from waker.nginx.process import Nginx, NginxProcess
 from waker.shell.events import EventBus, EventKind
 from waker.shell.fleet import Fleet
 from waker.shell.manual_control import ManualControl

@@ -15,13 +15,8 @@ import structlog
 
 from waker.config.schema import Config
 from waker.docker.runtime import DockerRuntime
-from waker.nginx.process import (
-    NginxError,
-    check_config,
-    current_generation,
-    wait_generation,
-    write_and_test,
-)
+from waker.errors import NginxError
+from waker.nginx.process import check_config, current_generation, wait_generation, write_and_test
 
 log = structlog.get_logger("waker.nginx")
 

@@ -17,15 +17,12 @@ from typing import NoReturn, Protocol
 import structlog
 
 from waker.config.schema import Config
+from waker.errors import NginxError
 from waker.nginx.render import GENERATION_PATH, Rendered, render
 
 log = structlog.get_logger("waker.nginx")
 
 TEMP_DIRS = ("body", "proxy", "fastcgi", "uwsgi", "scgi")
-
-
-class NginxError(Exception):
-    pass
 
 
 def worker_user() -> str | None:

@@ -23,8 +23,7 @@ from waker.core.driver import Clock, ContainerChange, ContainerEvent, Timer
 from waker.core.lifecycle import Event, State
 from waker.core.plan import Policy, Slot
 from waker.core.scheduler import held, hosts_of, occupying_on
-from waker.docker.runtime import DockerError
-from waker.errors import StartError
+from waker.errors import DriverError, StartError
 from waker.shell.events import EventBus, EventKind
 from waker.shell.fleet import Fleet
 from waker.shell.record import ModelRecord
@@ -172,7 +171,7 @@ class HostWatch:
         )
         try:
             await self.fleet.drivers[host].down(model, container_id)
-        except DockerError as exc:
+        except DriverError as exc:
             log.error("stray_container_stop_failed", model=model_id, host=host, error=str(exc))
 
     def _lost(self, host: str, reason: str) -> None:
@@ -234,7 +233,7 @@ class HostWatch:
             return
         try:
             tail = await self.fleet.of(hosts_of(record.slot, self.shell.policy)).log_tail(container_id)
-        except DockerError:
+        except DriverError:
             return
         if tail and record.slot.state is State.FAILED and record.slot.last_error == message:
             self.shell.update(model_id, last_error=f"{message}; last log lines:\n{tail}")

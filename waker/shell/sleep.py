@@ -21,8 +21,7 @@ import structlog
 from waker.config.schema import Config, ModelConfig
 from waker.core.driver import Clock, Driver, Router
 from waker.core.lifecycle import Event, SleepReason, State, StopReason
-from waker.errors import SleepModeError
-from waker.nginx.process import NginxError
+from waker.errors import NginxError, SleepModeError
 from waker.shell.events import EventBus, EventKind
 from waker.shell.record import ModelRecord
 

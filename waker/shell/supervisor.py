@@ -25,8 +25,7 @@ from waker.core.lifecycle import Event, SleepReason, State, StopReason, next_sta
 from waker.core.plan import Grant, HostBudget, Plan, Policy, Refuse, Sleep, Slot, Start, Stop, Wake
 from waker.core.reload import ConfigChange
 from waker.core.scheduler import decide, hosts_of
-from waker.docker.runtime import DockerError
-from waker.errors import RequestRefused, StartError
+from waker.errors import DriverError, RequestRefused, StartError
 from waker.nginx.activity import Mark
 from waker.shell.events import EventBus, EventKind
 from waker.shell.fleet import Fleet
@@ -374,7 +373,7 @@ class Supervisor:
                 return
         try:
             await self.driver_of(model.id).down(model, self.records[model.id].container)
-        except DockerError as exc:
+        except DriverError as exc:
             log.error("stop_failed", model=model.id, error=str(exc), retry_in=STOP_RETRY_SECONDS)
             await self.clock.sleep(STOP_RETRY_SECONDS)
             self.spawn(self._run_stop(model, reason, for_model))
@@ -426,7 +425,7 @@ class Supervisor:
     async def _tear_down(self, model: ModelConfig, driver: Driver) -> None:
         try:
             await driver.down(model, None)
-        except DockerError as exc:
+        except DriverError as exc:
             log.error("tear_down_failed", model=model.id, error=str(exc))
 
     def address_of(self, model: ModelConfig) -> Address:
