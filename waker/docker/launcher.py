@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import re
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, replace
@@ -27,6 +26,7 @@ from waker.docker import events as docker_events
 from waker.docker.images import Images
 from waker.docker.runtime import DockerRuntime
 from waker.docker.spec import LABEL_EGRESS, LABEL_SPEC, container_name, container_spec
+from waker.engine import probe
 from waker.engine import sleep as engine_sleep
 from waker.errors import DockerError, ImageMissing, ImagePullFailed, StartError
 
@@ -37,8 +37,6 @@ HEALTH_POLL_INTERVAL = 0.02  # a refused connection costs next to nothing; waiti
 # The Docker events stream reports an exit at once; this inspect is only the fallback if it is down.
 EXIT_CHECK_INTERVAL = 2.0
 LOG_TAIL_LINES = 20
-METRICS_TIMEOUT = 10.0  # off the request path: an idle stop can wait for a loaded server's answer
-_RUNNING_METRIC = re.compile(r"^vllm:num_requests_(?:running|waiting)(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.M)
 
 
 @dataclass(frozen=True, slots=True)
@@ -258,29 +256,10 @@ class Launcher:
 
     async def healthy(self, model: ModelConfig) -> bool:
         model = self._here(model)
-        try:
-            async with self._http.get(f"{model.address.url}{model.health}") as response:
-                return response.status == 200
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            return False
+        return await probe.healthy(self._http, f"{model.address.url}{model.health}")
 
     async def busy(self, model: ModelConfig) -> int | None:
-        """Requests the model server itself reports running or waiting (vLLM's /metrics), or None
-        when it does not say. Asked once before an idle stop, as a check on the gateway's own count.
-        vLLM's API server answers /metrics slowly while it streams (seconds on a loaded CPU), hence a
-        longer wait than a health check's; one that never answers (wedged) does not keep its model up."""
-        model = self._here(model)
-        try:
-            async with self._http.get(
-                f"{model.address.url}/metrics", timeout=aiohttp.ClientTimeout(total=METRICS_TIMEOUT)
-            ) as response:
-                if response.status != 200:
-                    return None
-                text = await response.text()
-        except (TimeoutError, aiohttp.ClientError, OSError):
-            return None
-        values = [float(v) for v in _RUNNING_METRIC.findall(text)]
-        return int(sum(values)) if values else None
+        return await probe.busy(self._http, self._here(model).address.url)
 
     async def sleep(self, model: ModelConfig) -> None:
         model = self._here(model)

@@ -1,1 +1,1 @@
-"""Layer 4, adapters to a model server's own HTTP API (vLLM's sleep protocol)."""
+"""Layer 4, adapters to a model server's own HTTP API: its health, its load, vLLM's sleep protocol."""
