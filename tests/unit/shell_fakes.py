@@ -8,12 +8,13 @@ from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from tests.eventually import eventually_async
 from waker.config.hosts import IMPLICIT_HOST
 from waker.config.schema import Config, ModelConfig, parse_config
 from waker.core.driver import ContainerEvent
+from waker.core.events import WakerEvent
 from waker.core.image_pull import PullProgress
 from waker.core.lifecycle import State
 from waker.errors import DriverError, NginxError, SleepModeError, SleepStep, StartError
@@ -21,6 +22,8 @@ from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet
 from waker.shell.manual_control import ManualControl
 from waker.shell.supervisor import Supervisor
+
+E = TypeVar("E", bound=WakerEvent)
 
 
 @dataclass
@@ -288,10 +291,11 @@ class Shell:
     control: ManualControl
     driver: FakeDriver
     clock: FakeClock
-    events: list[dict[str, Any]]
+    events: list[WakerEvent]
 
-    def kinds(self, kind: str, **match: Any) -> list[dict[str, Any]]:
-        return [e for e in self.events if e["type"] == kind and all(e.get(k) == v for k, v in match.items())]
+    def kinds(self, kind: type[E], **match: Any) -> list[E]:
+        """The published events of `kind` whose fields have the values in `match`."""
+        return [e for e in self.events if isinstance(e, kind) and all(getattr(e, k) == v for k, v in match.items())]
 
     async def reach(self, model_id: str, *states: State) -> None:
         assert await self.supervisor.wait_until(model_id, states, 2.0), (
@@ -308,7 +312,7 @@ async def open_shell(
 ) -> Shell:
     """The shell over fakes; `router` (a FakeNginx, usually the same as `nginx`) turns sleep mode on.
     `hosts`: a driver per `[[host]]` of `config` (then `driver` is the first)."""
-    bus, events = EventBus(), []
+    bus, events = EventBus(), list[WakerEvent]()
     bus.add_sink(events.append)
     drivers: dict[str, FakeDriver] = hosts or {IMPLICIT_HOST: driver or FakeDriver()}
     clock = FakeClock()

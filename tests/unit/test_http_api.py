@@ -10,6 +10,7 @@ import pytest
 
 from tests.unit.shell_fakes import FakeDriver, FakeNginx, make_config, open_shell, until
 from tests.unit.test_supervisor import begin, end, ready
+from waker.core.events import ModelStopped
 from waker.core.lifecycle import State
 from waker.docker.runtime import DockerRuntime
 from waker.errors import StartError
@@ -144,7 +145,7 @@ async def test_client_load_and_unload_when_enabled(api):
     assert loaded["success"] is True and loaded["status"] == {"value": "loaded"}
     unloaded = await (await client.post("/models/unload", json={"model": "a"})).json()
     assert unloaded["outcome"] == "stopping" and unloaded["status"] == {"value": "unloaded"}
-    assert shell.kinds("model_stopped", model="a", reason="client")
+    assert shell.kinds(ModelStopped, model="a", reason="client")
 
 
 async def test_metrics_count_starts_failures_and_stops_by_reason(api):

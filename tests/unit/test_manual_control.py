@@ -11,6 +11,7 @@ import tomli_w
 from tests.unit.shell_fakes import FakeDriver, FakeNginx, make_config, open_shell, until
 from tests.unit.test_supervisor import begin, ready, request_for
 from waker.config.schema import load_config
+from waker.core.events import ConfigReloaded, ModelPinned, ModelStopped, ModelUnpinned, RequestQueued
 from waker.core.lifecycle import State, StopReason
 from waker.errors import AdminError, ConfigError, NginxError, RequestRefused, StartError
 from waker.shell.manual_control import StopOutcome
@@ -26,7 +27,7 @@ async def test_stop_by_hand_in_each_state():
     assert control.stop_by_hand("a") is StopOutcome.STOPPING
     assert control.stop_by_hand("a") is StopOutcome.ALREADY_STOPPING
     await shell.reach("a", State.STOPPED)
-    assert shell.kinds("model_stopped", model="a", reason="manual")
+    assert shell.kinds(ModelStopped, model="a", reason="manual")
     shell.driver.hold("b")
     request_for(shell, "b")
     await shell.reach("b", State.STARTING)
@@ -42,7 +43,7 @@ async def test_a_busy_model_is_only_stopped_with_force_and_the_reason_is_kept():
         shell.control.stop_by_hand("a")
     assert shell.supervisor.state("a") is State.READY
     assert shell.control.stop_by_hand("a", force=True, reason=StopReason.CLIENT) is StopOutcome.STOPPING
-    await until(lambda: shell.kinds("model_stopped", model="a", reason="client"), "the client's stop")
+    await until(lambda: shell.kinds(ModelStopped, model="a", reason="client"), "the client's stop")
 
 
 async def test_stopping_a_failed_model_clears_its_back_off():
@@ -80,14 +81,14 @@ async def test_a_pinned_model_is_neither_idle_stopped_nor_evicted_until_unpinned
     )
     await ready(shell, "a")
     shell.control.set_pinned("a", True)
-    assert shell.kinds("model_pinned", model="a")
+    assert shell.kinds(ModelPinned, model="a")
     shell.clock.advance(60)
     assert shell.supervisor.state("a") is State.READY
     with pytest.raises(RequestRefused) as refused:
         await request_for(shell, "b")
     assert refused.value.status == 429 and "pinned" in refused.value.message
     shell.control.set_pinned("a", False)
-    assert shell.kinds("model_unpinned", model="a")
+    assert shell.kinds(ModelUnpinned, model="a")
     await shell.reach("a", State.STOPPED)  # long idle: stopped as soon as it is unpinned
 
 
@@ -147,9 +148,9 @@ async def test_reload_adds_changes_and_removes_models_running_ones_included(tmp_
     assert shell.supervisor.records["a"].slot.gpu_memory == 0.4
     assert shell.supervisor.records["a"].slot.idle_timeout == 300
     await until(lambda: "gone" not in shell.supervisor.records, "the removed model stopped and forgotten")
-    assert shell.kinds("model_stopped", model="gone", reason="removed")
+    assert shell.kinds(ModelStopped, model="gone", reason="removed")
     await ready(shell, "new")
-    assert shell.kinds("config_reloaded", added=["new"])
+    assert shell.kinds(ConfigReloaded, added=("new",))
 
 
 async def test_a_reload_that_cannot_apply_live_changes_nothing(tmp_path):
@@ -208,7 +209,7 @@ async def test_waiters_of_a_removed_model_are_told_it_was_removed(tmp_path):
     await ready(shell, "a")
     begin(shell, "a", b"r1")
     waiting = request_for(shell, "b")
-    await until(lambda: shell.kinds("request_queued", model="b"), "b queued")
+    await until(lambda: shell.kinds(RequestQueued, model="b"), "b queued")
     write(path, [{"id": "a", "gpu_memory": 0.6}])
     await shell.control.reload()
     with pytest.raises(RequestRefused, match="was removed"):

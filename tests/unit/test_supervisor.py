@@ -8,6 +8,17 @@ import pytest
 
 from tests.unit.shell_fakes import FakeClock, FakeDriver, make_config, open_shell, until
 from waker.core.driver import ContainerChange, ContainerEvent
+from waker.core.events import (
+    ContainerAdopted,
+    IdleStopPostponed,
+    ModelBackoff,
+    ModelExited,
+    ModelOom,
+    ModelReady,
+    ModelStopped,
+    RequestAbandoned,
+    RequestQueued,
+)
 from waker.core.lifecycle import State
 from waker.errors import RequestRefused, StartError
 from waker.nginx.activity import Mark
@@ -51,7 +62,7 @@ async def test_a_burst_of_cold_requests_shares_one_start():
     gate.set_result(None)
     await asyncio.gather(*waiting)
     assert shell.driver.up_calls("a") == 1
-    assert shell.kinds("model_ready", model="a")
+    assert shell.kinds(ModelReady, model="a")
     assert len(shell.supervisor.waiting) == 0
 
 
@@ -71,7 +82,7 @@ async def test_back_off_after_repeated_failures_then_a_retry_once_it_has_passed(
         shell.driver.outcomes["a"].append(StartError(503, "model_exited", "boom"))
         with pytest.raises(RequestRefused):
             await request_for(shell, "a")
-    assert shell.kinds("model_backoff", model="a", failures=2)
+    assert shell.kinds(ModelBackoff, model="a", failures=2)
     with pytest.raises(RequestRefused) as refused:
         await request_for(shell, "a")  # in back-off: fails fast, no start
     assert refused.value.code == "model_failed" and refused.value.retry_after == 60
@@ -109,9 +120,9 @@ async def test_a_client_that_hangs_up_while_queued_starts_nothing():
     await ready(shell, "a")
     begin(shell, "a", b"r1")  # a busy, so b waits for room
     waiting = request_for(shell, "b")
-    await until(lambda: shell.kinds("request_queued", model="b"), "b queued")
+    await until(lambda: shell.kinds(RequestQueued, model="b"), "b queued")
     waiting.cancel()
-    await until(lambda: shell.kinds("request_abandoned", model="b"), "b abandoned")
+    await until(lambda: shell.kinds(RequestAbandoned, model="b"), "b abandoned")
     assert len(shell.supervisor.waiting) == 0
     end(shell, "a", b"r1")
     assert shell.driver.up_calls("b") == 0
@@ -125,7 +136,7 @@ async def test_a_ready_model_that_no_longer_answers_is_stopped_and_started_again
     await ready(shell, "a")
     shell.driver.unhealthy.add("a")
     waiting = request_for(shell, "a")
-    await until(lambda: shell.kinds("model_stopped", model="a", reason="unreachable"), "the unreachable stop")
+    await until(lambda: shell.kinds(ModelStopped, model="a", reason="unreachable"), "the unreachable stop")
     shell.driver.unhealthy.discard("a")
     await waiting
     assert shell.driver.up_calls("a") == 2
@@ -134,9 +145,9 @@ async def test_a_ready_model_that_no_longer_answers_is_stopped_and_started_again
 async def test_a_ready_model_that_answers_is_granted_without_a_decision():
     shell = await open_shell(make_config({"id": "a"}))
     await ready(shell, "a")
-    queued = len(shell.kinds("request_queued"))
+    queued = len(shell.kinds(RequestQueued))
     await request_for(shell, "a")
-    assert len(shell.kinds("request_queued")) == queued
+    assert len(shell.kinds(RequestQueued)) == queued
 
 
 async def test_an_exit_while_serving_is_a_failed_run_with_the_log_tail():
@@ -146,7 +157,7 @@ async def test_an_exit_while_serving_is_a_failed_run_with_the_log_tail():
     shell.driver.running_now.pop("a")
     shell.driver.emit(ContainerEvent(ContainerChange.DIED, "a", "a-1", "0"))
     assert shell.supervisor.state("a") is State.FAILED
-    assert shell.kinds("model_exited", model="a", exit_code="0")
+    assert shell.kinds(ModelExited, model="a", exit_code="0")
     await until(lambda: "engine core died" in shell.supervisor.records["a"].slot.last_error, "the log tail added")
     assert shell.supervisor.records["a"].slot.failures == 1
     assert shell.supervisor.records["a"].container is None
@@ -168,7 +179,7 @@ async def test_an_oom_is_reported():
     shell = await open_shell(make_config({"id": "a"}))
     await ready(shell, "a")
     shell.driver.emit(ContainerEvent(ContainerChange.OOM, "a", "a-1"))
-    assert shell.kinds("model_oom", model="a")
+    assert shell.kinds(ModelOom, model="a")
 
 
 async def test_events_of_containers_of_unknown_models_are_ignored():
@@ -192,7 +203,7 @@ async def test_an_idle_model_is_stopped_after_its_idle_timeout_and_not_before():
     assert shell.supervisor.state("a") is State.READY
     shell.clock.advance(1)
     await shell.reach("a", State.STOPPED)
-    assert shell.kinds("model_stopped", model="a", reason="idle")
+    assert shell.kinds(ModelStopped, model="a", reason="idle")
     assert ("down", "a", "a-1") in shell.driver.calls
 
 
@@ -201,14 +212,14 @@ async def test_an_idle_stop_is_called_off_while_the_engine_reports_work():
     await ready(shell, "a")
     shell.driver.busy_counts["a"] = 2
     shell.clock.advance(10)
-    await until(lambda: shell.kinds("idle_stop_postponed", model="a", server_requests=2), "the call-off")
+    await until(lambda: shell.kinds(IdleStopPostponed, model="a", server_requests=2), "the call-off")
     assert shell.supervisor.state("a") is State.READY
     shell.driver.busy_counts["a"] = 0
     await timer_in(shell, 10)
     shell.clock.advance(10)
     await shell.reach("a", State.STOPPED)
     # The stop says what the engine reported, to tell "it said 0" from "it did not say" (None).
-    assert shell.kinds("model_stopped", model="a", reason="idle", server_requests=0)
+    assert shell.kinds(ModelStopped, model="a", reason="idle", server_requests=0)
 
 
 async def test_an_idle_stop_is_called_off_by_a_request_that_arrives_during_its_check():
@@ -219,7 +230,7 @@ async def test_an_idle_stop_is_called_off_by_a_request_that_arrives_during_its_c
     await asyncio.wait_for(checking.wait(), 2)
     begin(shell, "a", b"new")  # nginx passed a new request to the still-running engine
     answer.set_result(0)
-    await until(lambda: shell.kinds("idle_stop_postponed", model="a", in_flight=1), "the call-off")
+    await until(lambda: shell.kinds(IdleStopPostponed, model="a", in_flight=1), "the call-off")
     assert shell.supervisor.state("a") is State.READY
     assert shell.driver.count("down", "a") == 0
 
@@ -244,7 +255,7 @@ async def test_an_idle_model_is_evicted_for_one_that_needs_the_room():
     await ready(shell, "a")
     await ready(shell, "b")
     assert shell.supervisor.state("a") is State.STOPPED
-    assert shell.kinds("model_stopped", model="a", reason="evicted", for_model="b")
+    assert shell.kinds(ModelStopped, model="a", reason="evicted", for_model="b")
 
 
 async def test_a_busy_model_is_not_evicted_and_the_request_waits_then_times_out():
@@ -308,7 +319,7 @@ async def test_a_container_started_by_hand_is_adopted():
     shell.driver.running_now["a"] = "by-hand"
     shell.driver.emit(ContainerEvent(ContainerChange.STARTED, "a", "by-hand"))
     await shell.reach("a", State.READY)
-    assert shell.kinds("container_adopted", model="a")
+    assert shell.kinds(ContainerAdopted, model="a")
 
 
 async def test_keep_warm_models_are_started_when_they_fit():

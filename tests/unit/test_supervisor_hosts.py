@@ -10,6 +10,7 @@ from tests.unit.shell_fakes import FakeClock, FakeDriver, open_shell, until
 from tests.unit.test_supervisor import ready, request_for
 from waker.config.schema import Config, parse_config
 from waker.core.driver import ContainerChange, ContainerEvent
+from waker.core.events import ContainerAdopted, HostBack, HostLost
 from waker.core.lifecycle import State, StopReason
 from waker.errors import RequestRefused
 from waker.shell.events import EventBus
@@ -54,7 +55,7 @@ async def test_a_lost_host_marks_its_models_down_and_the_other_host_keeps_servin
     await ready(shell, "b")
     two.lose("ssh: connect to host two port 22: No route to host")
     assert shell.supervisor.state("b") is State.STOPPED and shell.supervisor.state("a") is State.READY
-    assert shell.kinds("host_lost", host="two", models=["b"])
+    assert shell.kinds(HostLost, host="two", models=("b",))
     assert shell.supervisor.docker_error is None  # one still answers: requests are not refused at the door
     assert shell.supervisor.hosts.down() == {"two": "ssh: connect to host two port 22: No route to host"}
     with pytest.raises(RequestRefused) as refused:
@@ -63,11 +64,11 @@ async def test_a_lost_host_marks_its_models_down_and_the_other_host_keeps_servin
     assert "host 'two' is down" in refused.value.message
     await ready(shell, "a")
     two.lose("still unreachable")  # the reconnect loop's later failures are not news
-    assert len(shell.kinds("host_lost")) == 1
+    assert len(shell.kinds(HostLost)) == 1
     await two.reconnect()  # b's container ran on: found in the listing, adopted, not restarted
     await shell.reach("b", State.READY)
-    assert shell.kinds("host_back", host="two") and two.up_calls("b") == 1
-    assert shell.kinds("container_adopted", model="b", hosts=["two"])
+    assert shell.kinds(HostBack, host="two") and two.up_calls("b") == 1
+    assert shell.kinds(ContainerAdopted, model="b", hosts=("two",))
     await shell.supervisor.close()
 
 

@@ -14,6 +14,15 @@ from tests.unit.shell_fakes import FakeDriver, FakeNginx, make_config, open_shel
 from tests.unit.test_supervisor import begin, end, ready, request_for
 from waker.config.schema import load_config
 from waker.core.driver import ContainerChange, ContainerEvent
+from waker.core.events import (
+    ModelAsleep,
+    ModelAwake,
+    ModelStateChanged,
+    ModelStopped,
+    SleepCalledOff,
+    SleepFailed,
+    WakeFailed,
+)
 from waker.core.lifecycle import State
 from waker.errors import AdminError, SleepModeError, SleepStep
 from waker.shell.manual_control import SleepOutcome
@@ -55,7 +64,7 @@ async def test_an_idle_model_sleeps_with_its_gate_closed_before_the_sleep_call()
     calls = shell.driver.calls
     assert calls.index(("route", frozenset({"a"}))) < calls.index(("sleep", "a"))
     assert shell.driver.count("down", "a") == 0 and shell.supervisor.records["a"].container == "a-1"
-    assert shell.kinds("model_asleep", model="a", reason="idle")
+    assert shell.kinds(ModelAsleep, model="a", reason="idle")
     assert nginx.gates[-1] == frozenset({"a"})
 
 
@@ -67,7 +76,7 @@ async def test_a_request_arriving_during_the_sleep_check_calls_it_off_and_reopen
     await asyncio.wait_for(checking.wait(), 2)
     begin(shell, "a", b"late")  # passed on to the engine before nginx took the closed gate
     answer.set_result(0)
-    await until(lambda: shell.kinds("sleep_called_off", model="a", in_flight=1), "the call-off")
+    await until(lambda: shell.kinds(SleepCalledOff, model="a", in_flight=1), "the call-off")
     assert shell.supervisor.state("a") is State.READY
     assert shell.driver.count("sleep", "a") == 0
     await gate_is(nginx, NOTHING)
@@ -83,7 +92,7 @@ async def test_one_wake_serves_every_waiter_and_the_gate_opens_after_it():
     held.set_result(None)
     await asyncio.gather(*waiting)
     assert shell.driver.count("wake", "a") == 1 and shell.driver.up_calls("a") == 1
-    assert shell.kinds("model_awake", model="a")
+    assert shell.kinds(ModelAwake, model="a")
     await gate_is(nginx, NOTHING)
 
 
@@ -94,8 +103,8 @@ async def test_a_failed_wake_stops_the_model_and_starts_it_cold_for_its_waiter()
     await request_for(shell, "a")  # answered: by the cold start
     assert shell.supervisor.state("a") is State.READY
     assert shell.driver.up_calls("a") == 2 and ("down", "a", "a-1") in shell.driver.calls
-    assert shell.kinds("wake_failed", model="a", step="check_serves", timed_out=True, wake_failures=1)
-    assert shell.kinds("model_stopped", model="a", reason="wake_failed")
+    assert shell.kinds(WakeFailed, model="a", step="check_serves", timed_out=True, wake_failures=1)
+    assert shell.kinds(ModelStopped, model="a", reason="wake_failed")
     assert shell.supervisor.records["a"].slot.wake_failures == 1
     await gate_is(nginx, NOTHING)
 
@@ -109,7 +118,7 @@ async def test_after_max_wake_failures_an_idle_model_is_stopped_instead_of_slept
         assert shell.supervisor.records["a"].slot.wake_failures == failures
     shell.clock.advance(10)
     await shell.reach("a", State.STOPPED)
-    assert shell.kinds("model_stopped", model="a", reason="idle")
+    assert shell.kinds(ModelStopped, model="a", reason="idle")
     assert shell.driver.count("sleep", "a") == 2
     shell.control.stop_by_hand("a")  # the operator clears the count: it sleeps again
     await asleep(shell, "a")
@@ -121,8 +130,8 @@ async def test_a_refused_sleep_stops_the_model():
     shell.driver.sleep_outcomes["a"].append(SleepModeError(SleepStep.SLEEP, "POST /sleep?level=1 answered 500"))
     shell.clock.advance(10)
     await shell.reach("a", State.STOPPED)
-    assert shell.kinds("sleep_failed", model="a", step="sleep")
-    assert shell.kinds("model_stopped", model="a", reason="sleep_failed")
+    assert shell.kinds(SleepFailed, model="a", step="sleep")
+    assert shell.kinds(ModelStopped, model="a", reason="sleep_failed")
     await gate_is(nginx, NOTHING)
 
 
@@ -134,7 +143,7 @@ async def test_a_model_asleep_for_its_sleep_timeout_is_stopped():
     assert shell.supervisor.state("a") is State.SLEEPING
     shell.clock.advance(1)
     await shell.reach("a", State.STOPPED)
-    assert shell.kinds("model_stopped", model="a", reason="sleep_timeout")
+    assert shell.kinds(ModelStopped, model="a", reason="sleep_timeout")
     await gate_is(nginx, NOTHING)
 
 
@@ -145,11 +154,11 @@ async def test_room_is_made_by_putting_an_idle_model_to_sleep():
     await ready(shell, "a")
     await ready(shell, "b")
     assert shell.supervisor.state("a") is State.SLEEPING
-    assert shell.kinds("model_asleep", model="a", reason="room", for_model="b")
+    assert shell.kinds(ModelAsleep, model="a", reason="room", for_model="b")
     assert shell.driver.count("down", "a") == 0
     await ready(shell, "a")  # b is idle and cannot sleep: it is stopped, and a wakes in its room
     assert shell.driver.count("wake", "a") == 1 and shell.driver.up_calls("a") == 1
-    assert shell.kinds("model_stopped", model="b", reason="evicted", for_model="a")
+    assert shell.kinds(ModelStopped, model="b", reason="evicted", for_model="a")
 
 
 async def test_a_death_while_asleep_is_a_failed_run_and_opens_the_gate():
@@ -208,7 +217,7 @@ async def test_without_a_router_nothing_sleeps_and_the_start_says_so():
     await ready(shell, "a")
     shell.clock.advance(10)
     await shell.reach("a", State.STOPPED)
-    assert shell.kinds("model_stopped", model="a", reason="idle") and shell.driver.count("sleep", "a") == 0
+    assert shell.kinds(ModelStopped, model="a", reason="idle") and shell.driver.count("sleep", "a") == 0
     with pytest.raises(AdminError, match="--nginx none"):
         shell.control.sleep_by_hand("a")
 
@@ -227,7 +236,7 @@ async def test_sleep_by_hand_puts_only_a_ready_idle_sleep_capable_model_to_sleep
     end(shell, "a", b"r1")
     assert shell.control.sleep_by_hand("a") is SleepOutcome.FALLING_ASLEEP
     await shell.reach("a", State.SLEEPING)
-    assert shell.kinds("model_asleep", model="a", reason="manual")
+    assert shell.kinds(ModelAsleep, model="a", reason="manual")
     assert shell.control.sleep_by_hand("a") is SleepOutcome.ALREADY_ASLEEP
 
 
@@ -237,8 +246,8 @@ async def test_a_gate_nginx_cannot_close_calls_the_sleep_off():
     shell = await open_shell(make_config(sleeper("a")), driver, nginx=nginx, router=nginx)
     await ready(shell, "a")
     shell.clock.advance(10)
-    await until(lambda: shell.kinds("sleep_called_off", model="a"), "the call-off")
-    assert "nginx could not close its gate" in shell.kinds("sleep_called_off", model="a")[0]["reason"]
+    await until(lambda: shell.kinds(SleepCalledOff, model="a"), "the call-off")
+    assert "nginx could not close its gate" in shell.kinds(SleepCalledOff, model="a")[0].reason
     assert shell.supervisor.state("a") is State.READY and driver.count("sleep", "a") == 0
 
 
@@ -256,5 +265,5 @@ async def test_a_crash_while_waking_is_a_failed_wake_and_its_waiter_gets_a_cold_
     assert shell.supervisor.state("a") is State.READY and shell.driver.up_calls("a") == 2
     slot = shell.supervisor.records["a"].slot
     assert slot.failures == 1 and slot.wake_failures == 1
-    assert "while waking" in shell.kinds("model_state", state="failed")[0]["error"]
+    assert "while waking" in shell.kinds(ModelStateChanged, state="failed")[0].error
     await gate_is(nginx, NOTHING)

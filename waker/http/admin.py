@@ -272,7 +272,7 @@ async def events(request: web.Request) -> web.StreamResponse:
             except TimeoutError:
                 await response.write(b": heartbeat\n\n")
                 continue
-            await response.write(_event(event["type"], event))
+            await response.write(_event(event.event.kind, event.as_json()))
     finally:
         bus.unlisten(queue)
 

@@ -10,15 +10,16 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-from typing import Any
 
 import structlog
 from aiohttp import web
 
 from waker.core.engine_log import EngineStage, parse_line
+from waker.core.events import LoadingStage, ModelStateChanged
+from waker.core.lifecycle import State
 from waker.core.progress import Progress, progress
 from waker.errors import DriverError
-from waker.shell.events import EventKind
+from waker.shell.events import Published
 from waker.shell.supervisor import Supervisor
 
 log = structlog.get_logger("waker.http.loading_watch")
@@ -31,7 +32,7 @@ class LoadingWatch:
         self.supervisor = supervisor
         self.stages: dict[str, EngineStage] = {}
         self._followers: dict[str, asyncio.Task[None]] = {}
-        self._events: asyncio.Queue[dict[str, Any]] | None = None
+        self._events: asyncio.Queue[Published] | None = None
         self._task: asyncio.Task[None] | None = None
 
     def progress(self, model_id: str) -> Progress:
@@ -60,17 +61,15 @@ class LoadingWatch:
         if self._events is not None:
             self.supervisor.bus.unlisten(self._events)
 
-    async def _run(self, events: asyncio.Queue[dict[str, Any]]) -> None:
+    async def _run(self, events: asyncio.Queue[Published]) -> None:
         while True:
-            event = await events.get()
-            if event["type"] != EventKind.MODEL_STATE:
-                continue
-            model_id = event["model"]
-            if event["state"] == "starting":
-                self._end(model_id)
-                self._followers[model_id] = asyncio.create_task(self._follow(model_id, event["time"]))
-            elif event["previous"] == "starting":
-                self._end(model_id)
+            published = await events.get()
+            match published.event:
+                case ModelStateChanged(model=model_id, state=State.STARTING):
+                    self._end(model_id)
+                    self._followers[model_id] = asyncio.create_task(self._follow(model_id, published.time))
+                case ModelStateChanged(model=model_id, previous=State.STARTING):
+                    self._end(model_id)
 
     def _end(self, model_id: str) -> None:
         follower = self._followers.pop(model_id, None)
@@ -92,13 +91,7 @@ class LoadingWatch:
         stage = parse_line(line)
         if stage is not None and stage != self.stages.get(model_id):
             self.stages[model_id] = stage
-            self.supervisor.bus.publish(
-                EventKind.LOADING_STAGE,
-                model=model_id,
-                step=stage.step.name.lower(),
-                text=stage.text,
-                percent=stage.percent,
-            )
+            self.supervisor.bus.publish(LoadingStage(model_id, stage.step.name.lower(), stage.text, stage.percent))
 
 
 WATCH = web.AppKey("loading_watch", LoadingWatch)

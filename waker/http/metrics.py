@@ -5,10 +5,19 @@ Counters follow the event bus; gauges are read from the supervisor when scraped.
 from __future__ import annotations
 
 from collections import defaultdict
-from typing import Any
 
+from waker.core.events import (
+    ModelAsleep,
+    ModelAwake,
+    ModelExited,
+    ModelReady,
+    ModelStateChanged,
+    ModelStopped,
+    RequestRefusal,
+    WakeFailed,
+    WakerEvent,
+)
 from waker.core.lifecycle import Event, State
-from waker.shell.events import EventKind
 from waker.shell.supervisor import Supervisor
 from waker.system.gpu import GpuMemory
 
@@ -30,29 +39,29 @@ class Counters:
         self.wake_sum: dict[str, float] = defaultdict(float)
         self.wake_failures: dict[str, int] = defaultdict(int)
 
-    def observe(self, event: dict[str, Any]) -> None:
-        kind, model = event["type"], event.get("model", "")
-        if kind == EventKind.MODEL_READY:
-            self.starts[model] += 1
-            self.start_sum[model] += event["seconds"]
-            for i, bound in enumerate(START_BUCKETS):
-                if event["seconds"] <= bound:
-                    self.start_buckets[model][i] += 1
-        elif kind == EventKind.MODEL_STATE and event.get("trigger") == Event.FAIL:
-            self.start_failures[model] += 1
-        elif kind == EventKind.MODEL_STOPPED:
-            self.stops[(model, event["reason"])] += 1
-        elif kind == EventKind.MODEL_EXITED:
-            self.stops[(model, "exited")] += 1
-        elif kind == EventKind.REQUEST_REFUSED and event.get("status") == 429:
-            self.busy_refusals[model] += 1
-        elif kind == EventKind.MODEL_ASLEEP:
-            self.sleeps[model] += 1
-        elif kind == EventKind.MODEL_AWAKE:
-            self.wakes[model] += 1
-            self.wake_sum[model] += event["seconds"]
-        elif kind == EventKind.WAKE_FAILED:
-            self.wake_failures[model] += 1
+    def observe(self, event: WakerEvent) -> None:
+        match event:
+            case ModelReady(model=model, seconds=seconds):
+                self.starts[model] += 1
+                self.start_sum[model] += seconds
+                for i, bound in enumerate(START_BUCKETS):
+                    if seconds <= bound:
+                        self.start_buckets[model][i] += 1
+            case ModelStateChanged(model=model, trigger=Event.FAIL):
+                self.start_failures[model] += 1
+            case ModelStopped(model=model, reason=reason):
+                self.stops[(model, reason.value)] += 1
+            case ModelExited(model=model):
+                self.stops[(model, "exited")] += 1
+            case RequestRefusal(model=model, status=429):
+                self.busy_refusals[model] += 1
+            case ModelAsleep(model=model):
+                self.sleeps[model] += 1
+            case ModelAwake(model=model, seconds=seconds):
+                self.wakes[model] += 1
+                self.wake_sum[model] += seconds
+            case WakeFailed(model=model):
+                self.wake_failures[model] += 1
 
 
 def _labels(**labels: str) -> str:

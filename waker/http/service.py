@@ -15,6 +15,7 @@ from aiohttp import web
 from waker.config.hosts import HostConfig, local_host
 from waker.config.schema import Config, WakerConfig
 from waker.core.driver import LoopClock, Router
+from waker.core.events import ImagePull
 from waker.core.image_pull import PullProgress
 from waker.docker.images import Images
 from waker.docker.launcher import Launcher
@@ -28,7 +29,7 @@ from waker.nginx import access as nginx_access
 from waker.nginx.activity import listen as listen_for_activity
 from waker.nginx.container import NginxContainer
 from waker.nginx.process import Nginx, NginxProcess
-from waker.shell.events import EventBus, EventKind
+from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet
 from waker.shell.manual_control import ManualControl
 from waker.shell.supervisor import Supervisor
@@ -78,16 +79,17 @@ def docker_driver(
     models of the config in force (`config`, read at each report: a reload may add models)."""
 
     def pull_progress(image: str, progress: PullProgress) -> None:
-        models = [m.id for m in config().models if m.image == image]
+        models = tuple(m.id for m in config().models if m.image == image)
         bus.publish(
-            EventKind.IMAGE_PULL,
-            image=image,
-            models=models,
-            layers_done=progress.layers_done,
-            layers_total=progress.layers_total,
-            bytes_done=progress.bytes_done,
-            bytes_total=progress.bytes_total,
-            **({"host": host.name} if len(config().hosts) > 1 else {}),
+            ImagePull(
+                image,
+                models,
+                progress.layers_done,
+                progress.layers_total,
+                progress.bytes_done,
+                progress.bytes_total,
+                host.name if len(config().hosts) > 1 else None,
+            )
         )
 
     return Launcher(waker, runtime, Images(runtime, pull_progress), clock.now, host)

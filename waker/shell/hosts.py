@@ -20,11 +20,12 @@ import structlog
 from waker.config.ray import RayNode
 from waker.config.schema import Config
 from waker.core.driver import Clock, ContainerChange, ContainerEvent, Timer
+from waker.core.events import HostBack, HostLost, ModelExited, ModelOom
 from waker.core.lifecycle import Event, State
 from waker.core.plan import Policy, Slot
 from waker.core.scheduler import held, hosts_of, occupying_on
 from waker.errors import DriverError, StartError
-from waker.shell.events import EventBus, EventKind
+from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet
 from waker.shell.record import ModelRecord
 from waker.shell.sleep import GATED
@@ -156,7 +157,7 @@ class HostWatch:
         self.errors[host] = None
         self._heard.add(host)
         if was_down and self.several:
-            self.shell.bus.publish(EventKind.HOST_BACK, host=host)
+            self.shell.bus.publish(HostBack(host))
         self.shell.reconcile()
 
     async def _stop_stray(self, host: str, model_id: str, container_id: str) -> None:
@@ -189,7 +190,7 @@ class HostWatch:
             self.shell.records[model_id].container = None
             self.shell.transition(model_id, Event.EXITED)
         if first:
-            self.shell.bus.publish(EventKind.HOST_LOST, host=host, error=reason, models=gone)
+            self.shell.bus.publish(HostLost(host, reason, tuple(gone)))
         self.shell.reconcile()
 
     def _on_event(self, host: str, event: ContainerEvent) -> None:
@@ -198,7 +199,7 @@ class HostWatch:
             return
         state = record.slot.state
         if event.change is ContainerChange.OOM:
-            self.shell.bus.publish(EventKind.MODEL_OOM, model=event.model_id)
+            self.shell.bus.publish(ModelOom(event.model_id))
         elif event.change is ContainerChange.STARTED:
             # While we run nothing: started by hand. (A Ray worker is never its model: its head is.)
             if state in (State.STOPPED, State.FAILED) and event.ray_node is not RayNode.WORKER:
@@ -212,7 +213,7 @@ class HostWatch:
             record.died.set()
         elif state is State.READY or state in GATED:
             # Unasked-for, whatever the code: vLLM exits 0 after its engine core died.
-            self.shell.bus.publish(EventKind.MODEL_EXITED, model=event.model_id, exit_code=event.exit_code)
+            self.shell.bus.publish(ModelExited(event.model_id, event.exit_code))
             doing = "serving" if state is State.READY else state.value.replace("_", " ")
             message = f"model {event.model_id!r} exited with code {event.exit_code} while {doing}"
             if self.several:

@@ -7,11 +7,11 @@ from __future__ import annotations
 from enum import StrEnum
 
 from waker.config.schema import load_config
+from waker.core.events import ModelPinned, ModelUnpinned
 from waker.core.lifecycle import SleepReason, State, StopReason
 from waker.core.reload import ConfigChange, plan_reload
 from waker.errors import AdminError
 from waker.nginx.process import Nginx
-from waker.shell.events import EventKind
 from waker.shell.supervisor import Supervisor
 
 
@@ -91,7 +91,7 @@ class ManualControl:
 
     def set_pinned(self, model_id: str, pinned: bool) -> None:
         self.supervisor.update(model_id, pinned=pinned)
-        self.supervisor.bus.publish(EventKind.MODEL_PINNED if pinned else EventKind.MODEL_UNPINNED, model=model_id)
+        self.supervisor.bus.publish(ModelPinned(model_id) if pinned else ModelUnpinned(model_id))
         self.supervisor.reconcile()
 
     def unload(self, force: bool = False) -> dict[str, str]:

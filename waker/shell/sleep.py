@@ -20,9 +20,10 @@ import structlog
 
 from waker.config.schema import Config, ModelConfig
 from waker.core.driver import Clock, Driver, Router
+from waker.core.events import ModelAsleep, ModelAwake, SleepCalledOff, SleepFailed, WakeFailed
 from waker.core.lifecycle import Event, SleepReason, State, StopReason
 from waker.errors import NginxError, SleepModeError
-from waker.shell.events import EventBus, EventKind
+from waker.shell.events import EventBus
 from waker.shell.record import ModelRecord
 
 log = structlog.get_logger("waker.sleep")
@@ -120,30 +121,20 @@ class SleepShell:
             await shell.driver_of(model.id).sleep(model)
         except SleepModeError as exc:
             if self._still(model.id, State.FALLING_ASLEEP):
-                shell.bus.publish(
-                    EventKind.SLEEP_FAILED,
-                    model=model.id,
-                    step=exc.step.value,
-                    timed_out=exc.timed_out,
-                    error=exc.message,
-                )
+                shell.bus.publish(SleepFailed(model.id, exc.step, exc.timed_out, exc.message))
                 shell.stop(model.id, StopReason.SLEEP_FAILED)
             return
         if not self._still(model.id, State.FALLING_ASLEEP):
             return
         shell.transition(model.id, Event.ASLEEP)
-        shell.bus.publish(
-            EventKind.MODEL_ASLEEP,
-            model=model.id,
-            reason=reason.value,
-            for_model=for_model,
-            seconds=round(shell.clock.now() - began, 3),
-        )
+        shell.bus.publish(ModelAsleep(model.id, reason, for_model, round(shell.clock.now() - began, 3)))
         shell.reconcile()
 
-    def _call_off(self, model: ModelConfig, why: str, **details: Any) -> None:
+    def _call_off(
+        self, model: ModelConfig, why: str, server_requests: int | None = None, in_flight: int | None = None
+    ) -> None:
         self.shell.transition(model.id, Event.RESUME, last_active=self.shell.clock.now())
-        self.shell.bus.publish(EventKind.SLEEP_CALLED_OFF, model=model.id, reason=why, **details)
+        self.shell.bus.publish(SleepCalledOff(model.id, why, server_requests, in_flight))
         self.shell.reconcile()
 
     # ---- wake -----------------------------------------------------------------------------------
@@ -158,26 +149,14 @@ class SleepShell:
             if self._still(model.id, State.WAKING):
                 failures = shell.records[model.id].slot.wake_failures + 1
                 shell.update(model.id, wake_failures=failures)
-                shell.bus.publish(
-                    EventKind.WAKE_FAILED,
-                    model=model.id,
-                    step=exc.step.value,
-                    timed_out=exc.timed_out,
-                    error=exc.message,
-                    wake_failures=failures,
-                )
+                shell.bus.publish(WakeFailed(model.id, exc.step, exc.timed_out, exc.message, failures))
                 shell.stop(model.id, StopReason.WAKE_FAILED)
             return
         if not self._still(model.id, State.WAKING):
             return
         now = shell.clock.now()
         shell.transition(model.id, Event.READY, ready_since=now, last_active=now, wake_failures=0)
-        shell.bus.publish(
-            EventKind.MODEL_AWAKE,
-            model=model.id,
-            seconds=round(now - began, 3),
-            asleep_seconds=round(began - asleep_since, 3),
-        )
+        shell.bus.publish(ModelAwake(model.id, round(now - began, 3), round(began - asleep_since, 3)))
         shell.reconcile()  # its waiters are granted: nginx's @retry_ location needs no new route
 
     # ---- adoption -------------------------------------------------------------------------------

@@ -21,13 +21,26 @@ import structlog
 from waker.config.fields import Address
 from waker.config.schema import Config, ModelConfig
 from waker.core.driver import Clock, Driver, Router, Timer
+from waker.core.events import (
+    ConfigReloaded,
+    ContainerAdopted,
+    IdleStopPostponed,
+    ModelBackoff,
+    ModelReady,
+    ModelStateChanged,
+    ModelStopped,
+    ModelUnreachable,
+    RequestAbandoned,
+    RequestQueued,
+    RequestRefusal,
+)
 from waker.core.lifecycle import Event, SleepReason, State, StopReason, next_state
 from waker.core.plan import Grant, HostBudget, Plan, Policy, Refuse, Sleep, Slot, Start, Stop, Wake
 from waker.core.reload import ConfigChange
 from waker.core.scheduler import decide, hosts_of
 from waker.errors import DriverError, RequestRefused, StartError
 from waker.nginx.activity import Mark
-from waker.shell.events import EventBus, EventKind
+from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet
 from waker.shell.hosts import HostWatch
 from waker.shell.record import ModelRecord, slot_for
@@ -144,16 +157,16 @@ class Supervisor:
             if await self.driver_of(model.id).healthy(model):
                 return
             if self.state(model.id) is State.READY:
-                self.bus.publish(EventKind.MODEL_UNREACHABLE, model=model.id)
+                self.bus.publish(ModelUnreachable(model.id))
                 self.stop(model.id, StopReason.UNREACHABLE)
         waiter, answer = self.waiting.enter(model.id, self.now())
-        self.bus.publish(EventKind.REQUEST_QUEUED, model=model.id, waiter=waiter.id, queue_length=len(self.waiting))
+        self.bus.publish(RequestQueued(model.id, waiter.id, len(self.waiting)))
         self._reconcile_soon()  # a burst of requests makes one decision, not one each
         try:
             await answer
         except asyncio.CancelledError:
             if self.waiting.leave(waiter):  # the client went away while queued: start nothing for it
-                self.bus.publish(EventKind.REQUEST_ABANDONED, model=model.id, waiter=waiter.id)
+                self.bus.publish(RequestAbandoned(model.id, waiter.id))
                 self.reconcile()
             raise
 
@@ -217,7 +230,7 @@ class Supervisor:
     def _answer(self, waiter_id: int, error: RequestRefused | None) -> None:
         waiter = self.waiting.answer(waiter_id, error)
         if error is not None:
-            self.bus.publish(EventKind.REQUEST_REFUSED, model=waiter.model, status=error.status, error=error.message)
+            self.bus.publish(RequestRefusal(waiter.model, error.status, error.message))
 
     # ---- commands (the plan's, and manual control's) --------------------------------------------
 
@@ -270,7 +283,7 @@ class Supervisor:
                 self.spawn(self._run_stop(removed, StopReason.REMOVED, None))
             elif state is not State.STOPPING:  # a stopping one is forgotten once its stop ends
                 del self.records[model_id]
-        self.bus.publish(EventKind.CONFIG_RELOADED, **change.as_dict())
+        self.bus.publish(ConfigReloaded(change.added, change.changed, change.removed))
         self.reconcile()
 
     def transition(self, model_id: str, event: Event, **changes: Any) -> None:
@@ -278,14 +291,7 @@ class Supervisor:
         before = record.slot
         state = next_state(before.state, event)
         record.slot = replace(before, state=state, since=self.now(), **changes)
-        self.bus.publish(
-            EventKind.MODEL_STATE,
-            model=model_id,
-            state=state.value,
-            previous=before.state.value,
-            trigger=event.value,
-            error=changes.get("last_error") or None,
-        )
+        self.bus.publish(ModelStateChanged(model_id, state, before.state, event, changes.get("last_error") or None))
         self.sleep.on_transition(before.state, state)
         self.spawn(self._notify())
 
@@ -336,7 +342,7 @@ class Supervisor:
                 last_error="",
                 expected_start_seconds=now - began,
             )
-            self.bus.publish(EventKind.MODEL_READY, model=model.id, seconds=round(now - began, 3))
+            self.bus.publish(ModelReady(model.id, round(now - began, 3)))
             if asleep:
                 self.sleep.adopt_asleep(model.id)
         self.reconcile()
@@ -351,24 +357,20 @@ class Supervisor:
         retry_at = self.now() + self.policy.start_backoff if backoff else 0.0
         self.transition(model_id, Event.FAIL, failures=failures, retry_at=retry_at, last_error=exc.message, **changes)
         if backoff:
-            self.bus.publish(
-                EventKind.MODEL_BACKOFF, model=model_id, failures=failures, seconds=self.policy.start_backoff
-            )
+            self.bus.publish(ModelBackoff(model_id, failures, self.policy.start_backoff))
         for waiter in self.waiting.for_model(model_id) if slot.state is not State.WAKING else ():
             self._answer(waiter.id, RequestRefused(exc.status, exc.code, exc.message))
 
     async def _run_stop(self, model: ModelConfig, reason: StopReason, for_model: str | None) -> None:
-        checked: dict[str, int | None] = {}  # an idle stop logs what the engine said (None: nothing)
+        server_requests = None  # an idle stop says what the engine said (None: nothing)
         if reason is StopReason.IDLE:
-            busy = checked["server_requests"] = await self.driver_of(model.id).busy(model)
+            busy = server_requests = await self.driver_of(model.id).busy(model)
             # The engine may be working on requests nginx never told us about (a waker restart), and
             # nginx may have passed it a new one while we asked: either calls the stop off.
             in_flight = self.records[model.id].activity.in_flight
             if busy or in_flight:
                 self.transition(model.id, Event.RESUME, last_active=self.now())
-                self.bus.publish(
-                    EventKind.IDLE_STOP_POSTPONED, model=model.id, server_requests=busy or 0, in_flight=in_flight
-                )
+                self.bus.publish(IdleStopPostponed(model.id, busy or 0, in_flight))
                 self.reconcile()
                 return
         try:
@@ -380,13 +382,7 @@ class Supervisor:
             return
         self.records[model.id].container = None
         self.transition(model.id, Event.STOPPED, failures=0)  # a run we ended is a good run
-        self.bus.publish(
-            EventKind.MODEL_STOPPED,
-            model=model.id,
-            reason=reason.value,
-            **checked,
-            **({"for_model": for_model} if for_model else {}),
-        )
+        self.bus.publish(ModelStopped(model.id, reason, for_model, server_requests))
         if self.config.model(model.id) is None:  # removed by a reload
             del self.records[model.id]
         self.reconcile()
@@ -409,12 +405,7 @@ class Supervisor:
     # ---- what the hosts' engines report (host_watch) ------------------------------------------------
 
     def adopt(self, model_id: str, container_id: str, hosts: tuple[str, ...]) -> None:
-        self.bus.publish(
-            EventKind.CONTAINER_ADOPTED,
-            model=model_id,
-            container=container_id[:12],
-            **({"hosts": list(hosts)} if self.hosts.several else {}),
-        )
+        self.bus.publish(ContainerAdopted(model_id, container_id[:12], hosts if self.hosts.several else None))
         self.transition(model_id, Event.START, starting_since=self.now(), hosts=hosts)
         self.spawn(self._run_start(self._model(model_id), container_id))
 
