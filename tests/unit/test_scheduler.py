@@ -6,6 +6,7 @@ from dataclasses import replace
 import pytest
 
 from waker.config.hosts import IMPLICIT_HOST
+from waker.config.schema import OnBusy
 from waker.core.lifecycle import State, StopReason
 from waker.core.plan import Grant, Policy, Refuse, Slot, Start, Stop, Waiter
 from waker.core.scheduler import OCCUPYING, decide, release_estimate
@@ -153,7 +154,7 @@ def test_only_one_start_at_a_time():
 
 def test_reject_mode_refuses_with_429_naming_the_holder_and_a_retry_after_from_its_requests():
     busy = ready("a", 0.8, in_flight=2, oldest_request_since=NOW - 4, mean_request_seconds=10)
-    plan = decide(slots(busy, stopped("b", 0.5)), wait("b"), Policy(on_busy="reject"), NOW)
+    plan = decide(slots(busy, stopped("b", 0.5)), wait("b"), Policy(on_busy=OnBusy.REJECT), NOW)
     (refusal,) = plan.of(Refuse)
     assert refusal.status == 429 and refusal.code == "model_busy"
     assert refusal.retry_after == 6  # the mean request lasts 10 s and the oldest is 4 s old
@@ -163,7 +164,7 @@ def test_reject_mode_refuses_with_429_naming_the_holder_and_a_retry_after_from_i
 
 def test_retry_after_without_history_assumes_the_request_is_half_way():
     busy = ready("a", 0.8, in_flight=1, oldest_request_since=NOW - 30)
-    (refusal,) = decide(slots(busy, stopped("b", 0.5)), wait("b"), Policy(on_busy="reject"), NOW).of(Refuse)
+    (refusal,) = decide(slots(busy, stopped("b", 0.5)), wait("b"), Policy(on_busy=OnBusy.REJECT), NOW).of(Refuse)
     assert refusal.retry_after == 30
 
 
@@ -173,7 +174,7 @@ def test_retry_after_for_a_starting_holder_uses_its_last_start_time():
 
 
 def test_reject_mode_still_evicts_idle_models():
-    plan = decide(slots(ready("a", 0.8), stopped("b", 0.5)), wait("b"), Policy(on_busy="reject"), NOW)
+    plan = decide(slots(ready("a", 0.8), stopped("b", 0.5)), wait("b"), Policy(on_busy=OnBusy.REJECT), NOW)
     assert plan.actions == (Stop("a", StopReason.EVICTED, "b"),)
 
 

@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from tests.unit.test_scheduler import NOW, STARTING, random_state, ready, slots, stopped, wait
+from waker.config.schema import OnBusy
 from waker.core.lifecycle import SleepReason, State, StopReason
 from waker.core.plan import HostBudget, Policy, Refuse, Sleep, Start, Stop
 from waker.core.scheduler import OCCUPYING, decide
@@ -78,7 +79,7 @@ def test_a_model_over_two_hosts_needs_room_on_both_and_is_charged_on_both():
     )
     assert decide(freed, wait("big"), TWO_BOXES, NOW).actions == (Start("big", ("one", "two")),)
     running = slots(on(("one", "two"), ready("big", 0.8, in_flight=1)), stopped("d", 0.3))
-    refused = decide(running, wait("d"), Policy(on_busy="reject", hosts=TWO_BOXES.hosts), NOW).actions
+    refused = decide(running, wait("d"), Policy(on_busy=OnBusy.REJECT, hosts=TWO_BOXES.hosts), NOW).actions
     assert [a.code for a in refused if isinstance(a, Refuse)] == ["model_busy"]  # big's share is on both
 
 

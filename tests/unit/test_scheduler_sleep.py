@@ -7,6 +7,7 @@ from dataclasses import replace
 import pytest
 
 from waker.config.hosts import IMPLICIT_HOST
+from waker.config.schema import OnBusy
 from waker.core.lifecycle import SleepReason, State, StopReason
 from waker.core.plan import Grant, Policy, Refuse, Sleep, Slot, Start, Stop, Waiter, Wake
 from waker.core.scheduler import decide, held
@@ -190,7 +191,7 @@ def test_an_exclusive_model_stops_sleeping_models_too():
 
 def test_reject_mode_puts_models_to_sleep_rather_than_refusing():
     state = slots(sleeper("a", 0.8, asleep=0.1), stopped("b", 0.5))
-    assert decide(state, wait("b"), Policy(on_busy="reject"), NOW).actions == (Sleep("a", SleepReason.ROOM, "b"),)
+    assert decide(state, wait("b"), Policy(on_busy=OnBusy.REJECT), NOW).actions == (Sleep("a", SleepReason.ROOM, "b"),)
 
 
 def test_a_keep_warm_model_put_to_sleep_for_room_wakes_when_the_room_is_back():

@@ -61,6 +61,13 @@ DEFAULT_CONFIG_PATH = Path("config/models.toml")
 MODEL_STATUSES = ("validated", "experimental", "disabled")
 
 
+class OnBusy(StrEnum):
+    """What a request gets when its model cannot start for want of room (`[scheduler] on_busy`)."""
+
+    QUEUE = "queue"  # it waits, up to queue_timeout
+    REJECT = "reject"  # 429 at once, with a Retry-After estimated from what holds the GPU
+
+
 class PullPolicy(StrEnum):
     MISSING = "missing"  # pull when the image is not on the Docker host
     ALWAYS = "always"  # pull before every start; fall back to the local image if the pull fails
@@ -102,7 +109,7 @@ class SchedulerConfig:
     idle_timeout: float
     min_uptime: float
     gpu_capacity: float
-    on_busy: str
+    on_busy: OnBusy
     queue_timeout: float
     max_start_failures: int
     start_backoff: float
@@ -260,7 +267,7 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         idle_timeout=scheduler.get("idle_timeout", parse_duration, "20m"),
         min_uptime=scheduler.get("min_uptime", parse_duration, "30s"),
         gpu_capacity=scheduler.get("gpu_capacity", fields.capacity, 1.0),
-        on_busy=scheduler.get("on_busy", fields.choice("queue", "reject"), "queue"),
+        on_busy=OnBusy(scheduler.get("on_busy", fields.choice(*(o.value for o in OnBusy)), OnBusy.QUEUE.value)),
         queue_timeout=scheduler.get("queue_timeout", fields.positive_duration, "10m"),
         max_start_failures=scheduler.get("max_start_failures", fields.positive_int, 3),
         start_backoff=scheduler.get("start_backoff", parse_duration, "2m"),

@@ -7,6 +7,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from waker.config.hosts import IMPLICIT_HOST
+from waker.config.schema import OnBusy
 from waker.core.lifecycle import SleepReason, State, StopReason
 
 
@@ -22,7 +23,7 @@ class HostBudget:
 @dataclass(frozen=True, slots=True)
 class Policy:
     capacity: float = 1.0
-    on_busy: str = "queue"
+    on_busy: OnBusy = OnBusy.QUEUE
     queue_timeout: float = 600.0
     max_start_failures: int = 3
     start_backoff: float = 120.0

@@ -10,6 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 from enum import StrEnum
 
+from waker.config.schema import OnBusy
 from waker.config.units import format_bytes
 from waker.core.engine_log import EngineStage
 from waker.core.image_pull import PullProgress
@@ -122,7 +123,7 @@ def _queued(
     hosts = () if isinstance(placed, Unplaceable) else placed
     occupying = occupying_on(slots, hosts, policy) if hosts else [s for s in slots.values() if s.state in OCCUPYING]
     waited = now - since
-    bound = f" of at most {policy.queue_timeout:.0f} s" if policy.on_busy == "queue" else ""
+    bound = f" of at most {policy.queue_timeout:.0f} s" if policy.on_busy is OnBusy.QUEUE else ""
     detail = f"waited {waited:.0f} s{bound}"
     reason = (
         f"it cannot be placed: {placed.reason}"

@@ -42,6 +42,7 @@ from __future__ import annotations
 import math
 from dataclasses import dataclass, field, replace
 
+from waker.config.schema import OnBusy
 from waker.core.lifecycle import SleepReason, State, StopReason
 from waker.core.placement import HostView, Need, Unplaceable, place
 from waker.core.plan import (
@@ -376,7 +377,7 @@ def _start_for_waiters(p: _Planner, waiting: list[Waiter]) -> bool:
             for victim in room.to_stop:
                 p.stop(victim, StopReason.EVICTED, model)
             continue  # wait until they are asleep or their containers have exited
-        if p.policy.on_busy == "reject":
+        if p.policy.on_busy is OnBusy.REJECT:
             holders = holders_of(slot, occupying, p.now)
             p.actions += [_busy_refusal(w, slot, holders, "now") for w in waiters]
             held_back.difference_update(hosts)
