@@ -151,6 +151,26 @@ def test_packages_hold_no_code():
         assert len(tree.body) == 1, f"{init.relative_to(REPO)} holds code: move it into a module of the package"
 
 
+def test_model_records_have_one_writer():
+    """Each model's state has one writer, the supervisor: nothing else assigns a record's slot or
+    container, sets its death signal, or adds or removes records."""
+    writer = PACKAGE / "shell" / "supervisor.py"
+    found = []
+    for path in sorted(PACKAGE.rglob("*.py")):
+        if path == writer:
+            continue
+        for node in ast.walk(ast.parse(path.read_text(), str(path))):
+            targets = []
+            if isinstance(node, ast.Assign | ast.AugAssign | ast.AnnAssign | ast.Delete):
+                targets = node.targets if isinstance(node, ast.Assign | ast.Delete) else [node.target]
+            written = [t for t in targets if isinstance(t, ast.Attribute) and t.attr in ("slot", "container", "died")]
+            written += [t for t in targets if isinstance(t, ast.Subscript) and "records" in ast.unparse(t.value)]
+            if isinstance(node, ast.Call) and ast.unparse(node.func).endswith("died.set"):
+                written.append(node)
+            found += [f"{path.relative_to(REPO)}:{getattr(t, 'lineno', node.lineno)} {ast.unparse(t)}" for t in written]
+    assert not found, "model records written outside waker/shell/supervisor.py (give it a command): " + "; ".join(found)
+
+
 def test_the_check_command_imports_no_aiohttp(tmp_path):
     """`waker check` runs where the server does not (a laptop, CI): it needs the config and core only."""
     config = tmp_path / "models.toml"

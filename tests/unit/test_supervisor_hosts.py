@@ -144,8 +144,9 @@ async def test_a_host_that_neither_answers_nor_fails_holds_the_first_decisions_o
 
 async def test_a_copy_found_on_a_host_that_comes_back_is_stopped_when_the_model_runs_elsewhere_now():
     shell, one, two = await open_two({"id": "c"})
-    shell.supervisor.update("c", hosts=("two",))  # it last ran on two: placed there again
+    one.lose("power cut")  # c is placed on two
     await ready(shell, "c")
+    await one.reconnect()
     on_two = shell.supervisor.records["c"].container
     assert two.up_calls("c") == 1 and on_two is not None
     two.lose("cable pulled")  # its container runs on, unseen

@@ -82,7 +82,7 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
         out.extend(f"{name}{_labels(**labels)} {value:g}" for labels, value in samples)
 
     slots = supervisor.current_slots()
-    hosts = supervisor.hosts.status(slots)
+    hosts = supervisor.hosts.status(slots, supervisor.policy)
     models = [m.id for m in supervisor.config.models]
     metric(
         "waker_model_state",

@@ -1,11 +1,11 @@
-"""What each host's engine says, for the supervisor: its Docker events (a container started by hand is
-adopted, a death fails the model), its connection (lost, and back: a resync from a listing), and so
-which hosts take starts now.
+"""Each host's engine as the supervisor needs it: whether it answers (connected, lost, back), which
+hosts take starts now, and what its driver reports, handed to the supervisor's commands (the
+supervisor alone changes model state).
 
 With one host (no `[[host]]`) a lost engine changes no model's state and the host still counts as up:
-requests are refused at the door until it is back (`docker_error`), then a resync sets things right,
-as before hosts existed. With several, a lost host's ready models are marked down at once (the
-others keep serving), placement skips it, and it is back in the plan after its resync.
+requests are refused at the door until it is back (`docker_error`), then a resync sets things right.
+With several, a lost host's running models are marked down at once (the others keep serving),
+placement skips it, and it is back in the plan after its resync.
 """
 
 from __future__ import annotations
@@ -15,22 +15,10 @@ from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
 
-import structlog
-
-from waker.config.ray import RayNode
-from waker.config.schema import Config
-from waker.core.driver import Clock, ContainerChange, ContainerEvent, Timer
-from waker.core.events import HostBack, HostLost, ModelExited, ModelOom
-from waker.core.lifecycle import Event, State
+from waker.core.driver import Clock, ContainerEvent, Timer
 from waker.core.plan import Policy, Slot
-from waker.core.scheduler import held, hosts_of, occupying_on
-from waker.errors import DriverError, StartError
-from waker.shell.events import EventBus
+from waker.core.scheduler import held, occupying_on
 from waker.shell.fleet import Fleet
-from waker.shell.record import ModelRecord
-from waker.shell.sleep import GATED
-
-log = structlog.get_logger("waker.hosts")
 
 NOT_CONNECTED = "not connected yet"
 # With several hosts, how long the first decisions wait for a host's engine that neither answers nor
@@ -50,31 +38,27 @@ class HostStatus:
     models: tuple[str, ...]  # the models occupying it
 
 
-class Shell(Protocol):
-    """What the watch needs of the supervisor (its commands, not its internals)."""
+class Reports(Protocol):
+    """The supervisor's commands for what a host's engine reports."""
 
-    config: Config
-    bus: EventBus
-    clock: Clock
-    records: dict[str, ModelRecord]
-    policy: Policy
-
-    def transition(self, model_id: str, event: Event, **changes: Any) -> None: ...
-    def update(self, model_id: str, **changes: Any) -> None: ...
-    def fail(self, model_id: str, exc: StartError, **changes: Any) -> None: ...
-    def adopt(self, model_id: str, container_id: str, hosts: tuple[str, ...]) -> None: ...
-    def tear_down(self, model_id: str) -> None: ...
-    def reconcile(self) -> None: ...
+    def container_event(self, host: str, event: ContainerEvent) -> None: ...
+    def host_listed(self, host: str, running: dict[str, str], back: bool) -> None: ...
+    def host_lost(self, host: str, reason: str, first: bool) -> None: ...
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None: ...
 
 
-class HostWatch:
-    def __init__(self, shell: Shell, fleet: Fleet) -> None:
-        self.shell = shell
+class Hosts:
+    def __init__(self, fleet: Fleet, clock: Clock) -> None:
         self.fleet = fleet
+        self.clock = clock
         self.errors: dict[str, str | None] = dict.fromkeys(fleet.names, NOT_CONNECTED)
-        self._heard: set[str] = set()  # hosts synced or found lost at least once
+        self._heard: set[str] = set()  # hosts listed or found lost at least once
         self._settle: Timer | None = None
+        self._reports: Reports | None = None
+
+    @property
+    def names(self) -> tuple[str, ...]:
+        return tuple(self.errors)
 
     @property
     def several(self) -> bool:
@@ -98,22 +82,14 @@ class HostWatch:
     def down(self) -> dict[str, str]:
         return {name: error for name, error in self.errors.items() if error is not None}
 
-    def status(self, slots: dict[str, Slot]) -> list[HostStatus]:
-        policy = self.shell.policy
+    def status(self, slots: dict[str, Slot], policy: Policy) -> list[HostStatus]:
         result = []
         for budget in policy.budgets:
             there = occupying_on(slots, (budget.name,), policy)
             error = self.errors.get(budget.name)
-            result.append(
-                HostStatus(
-                    budget.name,
-                    budget.capacity,
-                    round(sum(held(s) for s in there), 6),
-                    error is None,
-                    error,
-                    tuple(sorted(s.id for s in there)),
-                )
-            )
+            used = round(sum(held(s) for s in there), 6)
+            models = tuple(sorted(s.id for s in there))
+            result.append(HostStatus(budget.name, budget.capacity, used, error is None, error, models))
         return result
 
     def policy(self, policy: Policy) -> Policy:
@@ -122,13 +98,17 @@ class HostWatch:
             return policy
         return replace(policy, hosts=tuple(replace(b, up=self.errors.get(b.name) is None) for b in policy.hosts))
 
-    def open(self) -> None:
+    def open(self, reports: Reports) -> None:
+        """Follows each host's engine, handing what it reports to `reports`."""
+        self._reports = reports
         for name, driver in self.fleet.drivers.items():
-            self.shell.spawn(
-                driver.follow(partial(self._on_event, name), partial(self._resync, name), partial(self._lost, name))
+            reports.spawn(
+                driver.follow(
+                    partial(reports.container_event, name), partial(self._listed, name), partial(self._lost, name)
+                )
             )
         if self.several:
-            self._settle = self.shell.clock.call_at(self.shell.clock.now() + SETTLE_SECONDS, self._stop_waiting)
+            self._settle = self.clock.call_at(self.clock.now() + SETTLE_SECONDS, self._stop_waiting)
 
     def close(self) -> None:
         if self._settle is not None:
@@ -138,116 +118,18 @@ class HostWatch:
         for host in [h for h in self.errors if h not in self._heard]:
             self._lost(host, f"its engine did not answer within {SETTLE_SECONDS:g} s of the waker's start")
 
-    async def _resync(self, host: str) -> None:
-        """Rebuilds what runs on `host` from what its driver finds: running containers are adopted
-        (never restarted), models believed ready there whose container is gone are marked stopped."""
+    async def _listed(self, host: str) -> None:
+        """The engine's events stream is (re)opened: what runs there now is listed, then it counts as up."""
+        assert self._reports is not None
         running = await self.fleet.drivers[host].running()
-        for model_id, record in self.shell.records.items():
-            state, here = record.slot.state, self._head_here(record, host)
-            if model_id in running and state in (State.STOPPED, State.FAILED):
-                self.shell.adopt(model_id, running[model_id], self._adopted_hosts(model_id, host))
-            elif model_id not in running and here and state in (State.READY, State.SLEEPING):
-                record.container = None
-                self.shell.transition(model_id, Event.EXITED)
-            elif model_id in running and not self._on_host(record, host):
-                # It ran here when this host went away, and runs elsewhere now: this copy would hold
-                # the GPU unseen by the scheduler.
-                self.shell.spawn(self._stop_stray(host, model_id, running[model_id]))
-        was_down = self.errors[host] is not None and host in self._heard
+        back = self.errors[host] is not None and host in self._heard
         self.errors[host] = None
         self._heard.add(host)
-        if was_down and self.several:
-            self.shell.bus.publish(HostBack(host))
-        self.shell.reconcile()
-
-    async def _stop_stray(self, host: str, model_id: str, container_id: str) -> None:
-        model = self.shell.config.model(model_id)
-        assert model is not None
-        log.warning(
-            "stray_container_stopped",
-            model=model_id,
-            host=host,
-            container=container_id[:12],
-            runs_on=list(hosts_of(self.shell.records[model_id].slot, self.shell.policy)),
-        )
-        try:
-            await self.fleet.drivers[host].down(model, container_id)
-        except DriverError as exc:
-            log.error("stray_container_stop_failed", model=model_id, host=host, error=str(exc))
+        self._reports.host_listed(host, running, back=back and self.several)
 
     def _lost(self, host: str, reason: str) -> None:
+        assert self._reports is not None
         first = host not in self._heard or self.errors[host] is None
         self.errors[host] = reason
         self._heard.add(host)
-        if not self.several:
-            return
-        gone = [
-            m
-            for m, r in self.shell.records.items()
-            if self._on_host(r, host) and r.slot.state in (State.READY, State.SLEEPING)
-        ]
-        for model_id in gone:
-            self.shell.records[model_id].container = None
-            self.shell.transition(model_id, Event.EXITED)
-        if first:
-            self.shell.bus.publish(HostLost(host, reason, tuple(gone)))
-        self.shell.reconcile()
-
-    def _on_event(self, host: str, event: ContainerEvent) -> None:
-        record = self.shell.records.get(event.model_id)
-        if record is None:
-            return
-        state = record.slot.state
-        if event.change is ContainerChange.OOM:
-            self.shell.bus.publish(ModelOom(event.model_id))
-        elif event.change is ContainerChange.STARTED:
-            # While we run nothing: started by hand. (A Ray worker is never its model: its head is.)
-            if state in (State.STOPPED, State.FAILED) and event.ray_node is not RayNode.WORKER:
-                self.shell.adopt(event.model_id, event.container_id, self._adopted_hosts(event.model_id, host))
-        elif self._on_host(record, host):  # a death elsewhere is an old container's
-            self._died(record, host, event)
-
-    def _died(self, record: ModelRecord, host: str, event: ContainerEvent) -> None:
-        state = record.slot.state
-        if state is State.STARTING:
-            record.died.set()
-        elif state is State.READY or state in GATED:
-            # Unasked-for, whatever the code: vLLM exits 0 after its engine core died.
-            self.shell.bus.publish(ModelExited(event.model_id, event.exit_code))
-            doing = "serving" if state is State.READY else state.value.replace("_", " ")
-            message = f"model {event.model_id!r} exited with code {event.exit_code} while {doing}"
-            if self.several:
-                message += f" on host '{host}'"
-            record.container = None
-            waking = {"wake_failures": record.slot.wake_failures + 1} if state is State.WAKING else {}
-            self.shell.fail(event.model_id, StartError(503, "model_exited", message), **waking)
-            if len(hosts_of(record.slot, self.shell.policy)) > 1:
-                self.shell.tear_down(event.model_id)  # the other half of the pair cannot serve alone
-            self.shell.spawn(self._add_log_tail(event.model_id, event.container_id, message))
-            self.shell.reconcile()
-
-    async def _add_log_tail(self, model_id: str, container_id: str, message: str) -> None:
-        """Completes a crash's message with the container's last log lines (fetched after the fact, so
-        the state changes at once), unless something newer has replaced the message meanwhile."""
-        record = self.shell.records.get(model_id)
-        if record is None:
-            return
-        try:
-            tail = await self.fleet.of(hosts_of(record.slot, self.shell.policy)).log_tail(container_id)
-        except DriverError:
-            return
-        if tail and record.slot.state is State.FAILED and record.slot.last_error == message:
-            self.shell.update(model_id, last_error=f"{message}; last log lines:\n{tail}")
-
-    def _on_host(self, record: ModelRecord, host: str) -> bool:
-        return host in hosts_of(record.slot, self.shell.policy)
-
-    def _head_here(self, record: ModelRecord, host: str) -> bool:
-        return hosts_of(record.slot, self.shell.policy)[0] == host
-
-    def _adopted_hosts(self, model_id: str, host: str) -> tuple[str, ...]:
-        """A container found running on `host` serves its model from there; a model over two hosts
-        has its head there and its worker on the other host of a two-host set-up."""
-        if self.shell.records[model_id].slot.host_count < 2:
-            return (host,)
-        return (host, next(name for name in self.errors if name != host))
+        self._reports.host_lost(host, reason, first)

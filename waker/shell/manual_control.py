@@ -4,10 +4,10 @@ state directly."""
 
 from __future__ import annotations
 
+from contextlib import nullcontext
 from enum import StrEnum
 
 from waker.config.schema import load_config
-from waker.core.events import ModelPinned, ModelUnpinned
 from waker.core.lifecycle import SleepReason, State, StopReason
 from waker.core.reload import ConfigChange, plan_reload
 from waker.errors import AdminError
@@ -37,7 +37,7 @@ class ManualControl:
         Stopping a failed model clears its failure and back-off, and any stop its failed wakes."""
         slot = self.supervisor.current_slots()[model_id]
         if slot.wake_failures:
-            self.supervisor.update(model_id, wake_failures=0)
+            self.supervisor.forget_wake_failures(model_id)
         if slot.state is State.FAILED:
             self.supervisor.reset_failure(model_id)
             return StopOutcome.FAILURE_CLEARED
@@ -59,8 +59,7 @@ class ManualControl:
                 f"model {model_id!r} has {slot.in_flight} request(s) in flight; "
                 "stopping it would cut them off (force=true does it anyway)",
             )
-        self.supervisor.update(model_id, suspended=slot.keep_warm)
-        self.supervisor.stop(model_id, reason)
+        self.supervisor.stop(model_id, reason, suspend=slot.keep_warm)
         return StopOutcome.STOPPING
 
     def sleep_by_hand(self, model_id: str) -> SleepOutcome:
@@ -71,7 +70,7 @@ class ManualControl:
         if slot.sleep_level == 0:
             why = (
                 "its config has sleep = 0: set sleep = 1 or 2 to let it sleep"
-                if self.supervisor.sleep.router
+                if self.supervisor.gate is not None
                 else "sleep mode is off, as the waker does not route nginx (--nginx none): stop it instead"
             )
             raise AdminError(409, f"model {model_id!r} cannot sleep: {why}")
@@ -90,9 +89,7 @@ class ManualControl:
         return SleepOutcome.FALLING_ASLEEP
 
     def set_pinned(self, model_id: str, pinned: bool) -> None:
-        self.supervisor.update(model_id, pinned=pinned)
-        self.supervisor.bus.publish(ModelPinned(model_id) if pinned else ModelUnpinned(model_id))
-        self.supervisor.reconcile()
+        self.supervisor.pin(model_id, pinned)
 
     def unload(self, force: bool = False) -> dict[str, str]:
         """Stops every running model that is not pinned; busy ones only with `force`."""
@@ -116,10 +113,12 @@ class ManualControl:
         if self.nginx is not None:
             await self.nginx.check(new)
         change = plan_reload(supervisor.config, new, supervisor.current_slots())
-        async with supervisor.sleep.lock:
-            if self.nginx is not None:
-                asleep = supervisor.sleep.gated()
-                await self.nginx.reload(new, asleep)
-                supervisor.sleep.routed(asleep)
+        if self.nginx is None:
+            supervisor.apply_config(new, change)
+            return change
+        # Without sleep mode nothing is gated, and no gate is routed meanwhile.
+        gate = supervisor.gate.reloading() if supervisor.gate is not None else nullcontext(frozenset[str]())
+        async with gate as gated:
+            await self.nginx.reload(new, gated)
             supervisor.apply_config(new, change)
         return change

@@ -1,50 +1,69 @@
-"""The imperative shell around the scheduler: holds the state, feeds it to `scheduler.decide`, and
-carries out the plan (engine starts and stops through the driver, answers to waiting requests).
+"""The imperative shell around the pure core, and the one writer of every model's state: it holds the
+state, feeds it to `scheduler.decide` and the `incidents` rules, and carries out what they return
+(engine starts, stops, sleeps and wakes through the driver; answers to waiting requests).
 
-Inputs: wake requests from nginx (`acquire`), activity marks from nginx (`on_activity`), the driver's
-container events, and timers that `decide` asks for. Nothing polls: at idle the waker sleeps. The
-world is reached only through what is passed in: a `Fleet` (a `Driver` per host: engines and
-containers), a `Clock` (time and timers) and an `EventBus` (what happens, for the admin API, metrics
-and logs); sleep mode (`sleep_shell`) also needs a `Router`, nginx's gate: without one, no model
-sleeps. What each host's engine reports is `host_watch`'s.
+Inputs: wake requests from nginx (`acquire`), activity marks from nginx (`on_activity`), what each
+host's engine reports (`container_event`, `host_listed`, `host_lost`, through `shell.hosts`), manual
+control's commands, and timers that `decide` asks for. Nothing polls: at idle the waker sleeps. The
+world is reached only through what is passed in: a `Fleet` (a `Driver` per host), a `Clock` and an
+`EventBus`; sleep mode also needs a `Router`, nginx's gate: without one, no model sleeps.
+
+Every change of a model's state goes through `_write`, and every step of a side effect re-checks the
+model's state after each await: a container death, a manual stop or a reload may have changed it
+meanwhile, and then the step has nothing left to do.
 """
 
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import asdict, replace
+from types import MappingProxyType
 from typing import Any
 
 import structlog
 
 from waker.config.fields import Address
+from waker.config.ray import RayNode
 from waker.config.schema import Config, ModelConfig
-from waker.core.driver import Clock, Driver, Router, Timer
+from waker.core import incidents
+from waker.core.driver import Clock, ContainerChange, ContainerEvent, Driver, Router, Timer
 from waker.core.events import (
     ConfigReloaded,
     ContainerAdopted,
+    HostBack,
+    HostLost,
     IdleStopPostponed,
+    ModelAsleep,
+    ModelAwake,
     ModelBackoff,
+    ModelExited,
+    ModelOom,
+    ModelPinned,
     ModelReady,
     ModelStateChanged,
     ModelStopped,
+    ModelUnpinned,
     ModelUnreachable,
     RequestAbandoned,
     RequestQueued,
     RequestRefusal,
+    SleepCalledOff,
+    SleepFailed,
+    WakeFailed,
 )
-from waker.core.lifecycle import Event, SleepReason, State, StopReason, next_state
+from waker.core.incidents import GATED, Failure, moved
+from waker.core.lifecycle import Event, SleepReason, State, StopReason
 from waker.core.plan import Grant, HostBudget, Plan, Policy, Refuse, Sleep, Slot, Start, Stop, Wake
 from waker.core.reload import ConfigChange
 from waker.core.scheduler import decide, hosts_of
-from waker.errors import DriverError, RequestRefused, StartError
+from waker.errors import DriverError, NginxError, RequestRefused, SleepModeError, StartError
 from waker.nginx.activity import Mark
 from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet
-from waker.shell.hosts import HostWatch
+from waker.shell.gate import Gate
+from waker.shell.hosts import Hosts
 from waker.shell.record import ModelRecord, slot_for
-from waker.shell.sleep import SleepShell
 from waker.shell.waiting_room import WaitingRoom
 
 log = structlog.get_logger("waker.shell.supervisor")
@@ -72,8 +91,9 @@ class Supervisor:
         self.bus = bus
         self.clock = clock
         self.policy = policy_of(config)
-        self.sleep = SleepShell(self, router)
-        self.records: dict[str, ModelRecord] = {m.id: self._new_record(m) for m in config.models}
+        self.gate = Gate(router, lambda: self.config, self.gated) if router is not None else None
+        self._records = {m.id: self._new_record(m) for m in config.models}
+        self.records: Mapping[str, ModelRecord] = MappingProxyType(self._records)  # read-only outside
         if router is None and any(m.sleep.enabled for m in config.models):
             log.warning(
                 "sleep_disabled",
@@ -82,28 +102,14 @@ class Supervisor:
                 "requests: idle models are stopped instead",
             )
         self.waiting = WaitingRoom()
-        self.hosts = HostWatch(self, fleet)
+        self.hosts = Hosts(fleet, clock)
         self._tasks: set[asyncio.Task[None]] = set()
         self._timer: Timer | None = None
         self._reconcile_pending = False
         self._changed = asyncio.Condition()
 
-    def now(self) -> float:
-        return self.clock.now()
-
-    @property
-    def docker_error(self) -> str | None:
-        """Why no request can be served now: no host's engine answers."""
-        return self.hosts.docker_error
-
-    def driver_of(self, model_id: str) -> Driver:
-        """The driver of the host(s) the model runs on or last ran on (never placed: its named host, or
-        the first host)."""
-        slot = self.records[model_id].slot
-        return self.fleet.of(slot.hosts or ((slot.host,) if slot.host else ()))
-
     async def open(self) -> None:
-        self.hosts.open()
+        self.hosts.open(self)
 
     async def close(self) -> None:
         self.hosts.close()
@@ -116,13 +122,21 @@ class Supervisor:
 
     # ---- what others read -----------------------------------------------------------------------
 
+    def now(self) -> float:
+        return self.clock.now()
+
+    @property
+    def docker_error(self) -> str | None:
+        """Why no request can be served now: no host's engine answers."""
+        return self.hosts.docker_error
+
     def state(self, model_id: str) -> State:
-        return self.records[model_id].slot.state
+        return self._records[model_id].slot.state
 
     def current_slots(self) -> dict[str, Slot]:
         """The slots with what the activity marks say merged in, as `decide` needs them."""
         slots = {}
-        for model_id, record in self.records.items():
+        for model_id, record in self._records.items():
             slot, activity = record.slot, record.activity
             slots[model_id] = replace(
                 slot,
@@ -132,6 +146,27 @@ class Supervisor:
                 mean_request_seconds=activity.mean_seconds,
             )
         return slots
+
+    def gated(self) -> frozenset[str]:
+        """The models whose requests must go to the waker: those in sleep mode."""
+        return frozenset(m for m, r in self._records.items() if r.slot.state in GATED)
+
+    def driver_of(self, model_id: str) -> Driver:
+        """The driver of the host(s) the model runs on or last ran on (never placed: its named host, or
+        the first host)."""
+        slot = self._records[model_id].slot
+        return self.fleet.of(slot.hosts or ((slot.host,) if slot.host else ()))
+
+    def host_of(self, model_id: str) -> str:
+        """The host the model's requests go to (its head's): where it runs, else where it last ran."""
+        return hosts_of(self._records[model_id].slot, self.policy)[0] if model_id in self._records else ""
+
+    def address_of(self, model: ModelConfig) -> Address:
+        """Where the model's server is reached: on the host it runs on (or last ran on)."""
+        host = next((h for h in self.config.hosts if h.name == self.host_of(model.id)), None)
+        if host is None or self.config.waker.network:
+            return model.address
+        return Address(host.address, model.host_port)
 
     async def wait_until(self, model_id: str, states: tuple[State, ...], timeout: float) -> bool:
         """Waits until the model is in one of `states`; False if `timeout` passed first."""
@@ -151,8 +186,9 @@ class Supervisor:
     async def acquire(self, model: ModelConfig) -> None:
         """Returns when `model` is ready to serve; raises RequestRefused otherwise. nginx only asks
         when it could not reach the model, so a model believed ready is checked first."""
-        if self.records[model.id].slot.suspended:
-            self.update(model.id, suspended=False)
+        slot = self._records[model.id].slot
+        if slot.suspended:
+            self._write(model.id, replace(slot, suspended=False))
         if self.state(model.id) is State.READY:
             if await self.driver_of(model.id).healthy(model):
                 return
@@ -173,7 +209,7 @@ class Supervisor:
     def on_activity(self, mark: Mark) -> None:
         """Hot path (every model request, twice): bookkeeping only, and a decision only when one
         may be due: someone waits for room, or the model just went idle and no timer covers it."""
-        record = self.records.get(mark.model)
+        record = self._records.get(mark.model)
         if record is None:
             return
         now = self.now()
@@ -207,47 +243,81 @@ class Supervisor:
     def _carry_out(self, plan: Plan) -> None:
         for action in plan.actions:
             if isinstance(action, Start):
-                self.transition(action.model, Event.START, starting_since=self.now(), hosts=action.hosts)
+                self._starting(action.model, action.hosts)
                 self.spawn(self._run_start(self._model(action.model)))
             elif isinstance(action, Stop):
                 self.stop(action.model, action.reason, action.for_model)
             elif isinstance(action, Sleep):
-                self.transition(action.model, Event.SLEEP)
-                self.spawn(self.sleep.fall_asleep(self._model(action.model), action.reason, action.for_model))
+                self._move(action.model, Event.SLEEP)
+                self.spawn(self._run_sleep(self._model(action.model), action.reason, action.for_model))
             elif isinstance(action, Wake):
-                asleep_since = self.records[action.model].slot.since
-                self.transition(action.model, Event.WAKE)
-                self.spawn(self.sleep.wake(self._model(action.model), asleep_since))
+                asleep_since = self._records[action.model].slot.since
+                self._move(action.model, Event.WAKE)
+                self.spawn(self._run_wake(self._model(action.model), asleep_since))
             elif isinstance(action, Grant):
                 self._answer(action.waiter, None)
             elif isinstance(action, Refuse):
                 details = {"holders": [asdict(h) for h in action.holders]} if action.holders else {}
-                self._answer(
-                    action.waiter,
-                    RequestRefused(action.status, action.code, action.message, action.retry_after, details),
-                )
+                refused = RequestRefused(action.status, action.code, action.message, action.retry_after, details)
+                self._answer(action.waiter, refused)
 
     def _answer(self, waiter_id: int, error: RequestRefused | None) -> None:
         waiter = self.waiting.answer(waiter_id, error)
         if error is not None:
             self.bus.publish(RequestRefusal(waiter.model, error.status, error.message))
 
+    # ---- the one writer -------------------------------------------------------------------------
+
+    def _write(self, model_id: str, slot: Slot, trigger: Event | None = None) -> None:
+        """Replaces the model's slot; `trigger` names the lifecycle event when its state changed."""
+        record = self._records[model_id]
+        before, record.slot = record.slot, slot
+        if trigger is None:
+            return
+        error = slot.last_error or None if slot.state is State.FAILED else None
+        self.bus.publish(ModelStateChanged(model_id, slot.state, before.state, trigger, error))
+        if self.gate is not None and (before.state in GATED) != (slot.state in GATED):
+            self.spawn(self.gate.route_logged())  # leaving sleep mode (woken, called off, died) opens it
+        self.spawn(self._notify())
+
+    def _move(self, model_id: str, event: Event) -> Slot:
+        """The transition `event`, nothing else changed; returns the new slot."""
+        slot = moved(self._records[model_id].slot, event, self.now())
+        self._write(model_id, slot, event)
+        return slot
+
+    def _starting(self, model_id: str, hosts: tuple[str, ...]) -> None:
+        now = self.now()
+        slot = moved(self._records[model_id].slot, Event.START, now)
+        self._write(model_id, replace(slot, starting_since=now, hosts=hosts), Event.START)
+
+    async def _notify(self) -> None:
+        async with self._changed:
+            self._changed.notify_all()
+
     # ---- commands (the plan's, and manual control's) --------------------------------------------
 
-    def update(self, model_id: str, **changes: Any) -> None:
-        """Changes what the scheduler knows of a model without a transition (pinned, suspended, ...)."""
-        record = self.records[model_id]
-        record.slot = replace(record.slot, **changes)
-
-    def stop(self, model_id: str, reason: StopReason, for_model: str | None = None) -> None:
-        self.transition(model_id, Event.STOP)
+    def stop(self, model_id: str, reason: StopReason, for_model: str | None = None, suspend: bool = False) -> None:
+        """Stops the model's engine; `suspend` keeps a keep_warm model down until asked for."""
+        slot = self._records[model_id].slot
+        self._write(model_id, replace(moved(slot, Event.STOP, self.now()), suspended=suspend), Event.STOP)
         self.spawn(self._run_stop(self._model(model_id), reason, for_model))
 
     def put_to_sleep(self, model_id: str, reason: SleepReason) -> None:
         self._carry_out(Plan((Sleep(model_id, reason),)))
 
+    def pin(self, model_id: str, pinned: bool) -> None:
+        self._write(model_id, replace(self._records[model_id].slot, pinned=pinned))
+        self.bus.publish(ModelPinned(model_id) if pinned else ModelUnpinned(model_id))
+        self.reconcile()
+
+    def forget_wake_failures(self, model_id: str) -> None:
+        """An operator's stop clears the failed wakes that keep a model from sleeping."""
+        self._write(model_id, replace(self._records[model_id].slot, wake_failures=0))
+
     def reset_failure(self, model_id: str) -> None:
-        self.transition(model_id, Event.RESET, failures=0, retry_at=0.0, wake_failures=0)
+        slot = moved(self._records[model_id].slot, Event.RESET, self.now())
+        self._write(model_id, replace(slot, failures=0, retry_at=0.0, wake_failures=0), Event.RESET)
         self.reconcile()
 
     def apply_config(self, new: Config, change: ConfigChange) -> None:
@@ -255,11 +325,11 @@ class Supervisor:
         with the new limits, removed ones are stopped (when running) and forgotten."""
         old, self.config, self.policy = self.config, new, policy_of(new)
         for model_id in change.added:
-            self.records[model_id] = self._new_record(self._model(model_id), self.now())
+            self._records[model_id] = self._new_record(self._model(model_id), self.now())
         for model_id in change.changed:
-            fresh = slot_for(self._model(model_id), self.sleep.router is not None)
-            self.update(
-                model_id,
+            fresh = slot_for(self._model(model_id), self.gate is not None)
+            limits = replace(
+                self._records[model_id].slot,
                 gpu_memory=fresh.gpu_memory,
                 exclusive=fresh.exclusive,
                 host=fresh.host,
@@ -272,41 +342,26 @@ class Supervisor:
                 sleep_timeout=fresh.sleep_timeout,
                 wake_failures=0,
             )
+            self._write(model_id, limits)
         for model_id in change.removed:
             for waiter in self.waiting.for_model(model_id):
                 self._answer(waiter.id, RequestRefused(404, "model_not_found", f"model {model_id!r} was removed"))
             state = self.state(model_id)
             if state in (State.READY, State.SLEEPING):
-                self.transition(model_id, Event.STOP)
+                self._move(model_id, Event.STOP)
                 removed = old.model(model_id)
                 assert removed is not None
                 self.spawn(self._run_stop(removed, StopReason.REMOVED, None))
             elif state is not State.STOPPING:  # a stopping one is forgotten once its stop ends
-                del self.records[model_id]
+                del self._records[model_id]
         self.bus.publish(ConfigReloaded(change.added, change.changed, change.removed))
         self.reconcile()
 
-    def transition(self, model_id: str, event: Event, **changes: Any) -> None:
-        record = self.records[model_id]
-        before = record.slot
-        state = next_state(before.state, event)
-        record.slot = replace(before, state=state, since=self.now(), **changes)
-        self.bus.publish(ModelStateChanged(model_id, state, before.state, event, changes.get("last_error") or None))
-        self.sleep.on_transition(before.state, state)
-        self.spawn(self._notify())
-
-    def _new_record(self, model: ModelConfig, now: float = 0.0) -> ModelRecord:
-        return ModelRecord.new(model, now, can_sleep=self.sleep.router is not None)
-
-    async def _notify(self) -> None:
-        async with self._changed:
-            self._changed.notify_all()
-
-    # ---- side effects ---------------------------------------------------------------------------
+    # ---- starts and stops -----------------------------------------------------------------------
 
     async def _run_start(self, model: ModelConfig, container_id: str | None = None) -> None:
         began = self.now()
-        record = self.records[model.id]
+        record = self._records[model.id]
         record.died.clear()
         asleep = False
         try:
@@ -314,51 +369,44 @@ class Supervisor:
                 container_id = await self.driver_of(model.id).up(model, record.died)
             else:  # adopting a container that is already running
                 await self.driver_of(model.id).adopt(model, container_id, began + model.start_timeout, record.died)
-                asleep = await self.sleep.found_asleep(model)
+                asleep = await self._found_asleep(model)
         except StartError as exc:
-            self.fail(model.id, exc)
+            self._fail(model.id, exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not leave the model stuck in "starting"
             log.exception("start_crashed", model=model.id)
-            self.fail(
-                model.id,
-                StartError(
-                    500,
-                    "internal_error",
-                    f"model {model.id!r}: the waker failed while starting it ({exc!r}); its log has the details",
-                ),
-            )
+            message = f"model {model.id!r}: the waker failed while starting it ({exc!r}); its log has the details"
+            self._fail(model.id, StartError(500, "internal_error", message))
         else:
             now = self.now()
             record.container = container_id
             # `failures` stays: a run only counts as good once it ends by our stop, not by a crash.
-            self.transition(
-                model.id,
-                Event.READY,
+            ready = replace(
+                moved(record.slot, Event.READY, now),
                 ready_since=now,
                 last_active=now,
                 retry_at=0.0,
                 last_error="",
                 expected_start_seconds=now - began,
             )
+            self._write(model.id, ready, Event.READY)
             self.bus.publish(ModelReady(model.id, round(now - began, 3)))
-            if asleep:
-                self.sleep.adopt_asleep(model.id)
+            if asleep:  # a ready model found asleep: marked sleeping (its gate closes)
+                self._move(model.id, Event.SLEEP)
+                self._move(model.id, Event.ASLEEP)
         self.reconcile()
 
-    def fail(self, model_id: str, exc: StartError, **changes: Any) -> None:
-        """A failed run (its start failed, or it crashed while serving): counts towards the back-off
-        and answers everyone waiting for the model with the reason, unless it crashed while waking:
-        then its waiters get the cold start a failed wake gives them (or the back-off's refusal)."""
-        slot = self.records[model_id].slot
-        failures = slot.failures + 1
-        backoff = failures >= self.policy.max_start_failures
-        retry_at = self.now() + self.policy.start_backoff if backoff else 0.0
-        self.transition(model_id, Event.FAIL, failures=failures, retry_at=retry_at, last_error=exc.message, **changes)
-        if backoff:
-            self.bus.publish(ModelBackoff(model_id, failures, self.policy.start_backoff))
-        for waiter in self.waiting.for_model(model_id) if slot.state is not State.WAKING else ():
+    def _fail(self, model_id: str, exc: StartError, failure: Failure | None = None) -> None:
+        """A failed run (its start failed, or it crashed while serving): counts towards the back-off and
+        answers everyone waiting for the model with the reason (after a crash while waking, the waiters
+        get the cold start a failed wake gives them, or the back-off's refusal)."""
+        if failure is None:
+            failure = incidents.failed_run(self._records[model_id].slot, exc.message, self.policy, self.now())
+        self._write(model_id, failure.slot, Event.FAIL)
+        if failure.backoff:
+            self.bus.publish(ModelBackoff(model_id, failure.slot.failures, self.policy.start_backoff))
+        for waiter in self.waiting.for_model(model_id) if failure.answer_waiters else ():
             self._answer(waiter.id, RequestRefused(exc.status, exc.code, exc.message))
 
     async def _run_stop(self, model: ModelConfig, reason: StopReason, for_model: str | None) -> None:
@@ -367,25 +415,191 @@ class Supervisor:
             busy = server_requests = await self.driver_of(model.id).busy(model)
             # The engine may be working on requests nginx never told us about (a waker restart), and
             # nginx may have passed it a new one while we asked: either calls the stop off.
-            in_flight = self.records[model.id].activity.in_flight
+            in_flight = self._records[model.id].activity.in_flight
             if busy or in_flight:
-                self.transition(model.id, Event.RESUME, last_active=self.now())
+                slot = moved(self._records[model.id].slot, Event.RESUME, self.now())
+                self._write(model.id, replace(slot, last_active=self.now()), Event.RESUME)
                 self.bus.publish(IdleStopPostponed(model.id, busy or 0, in_flight))
                 self.reconcile()
                 return
         try:
-            await self.driver_of(model.id).down(model, self.records[model.id].container)
+            await self.driver_of(model.id).down(model, self._records[model.id].container)
         except DriverError as exc:
             log.error("stop_failed", model=model.id, error=str(exc), retry_in=STOP_RETRY_SECONDS)
             await self.clock.sleep(STOP_RETRY_SECONDS)
             self.spawn(self._run_stop(model, reason, for_model))
             return
-        self.records[model.id].container = None
-        self.transition(model.id, Event.STOPPED, failures=0)  # a run we ended is a good run
+        self._records[model.id].container = None
+        slot = moved(self._records[model.id].slot, Event.STOPPED, self.now())
+        self._write(model.id, replace(slot, failures=0), Event.STOPPED)  # a run we ended is a good run
         self.bus.publish(ModelStopped(model.id, reason, for_model, server_requests))
         if self.config.model(model.id) is None:  # removed by a reload
-            del self.records[model.id]
+            del self._records[model.id]
         self.reconcile()
+
+    # ---- sleep mode -----------------------------------------------------------------------------
+
+    def _still(self, model_id: str, state: State) -> bool:
+        record = self._records.get(model_id)
+        return record is not None and record.slot.state is state
+
+    async def _run_sleep(self, model: ModelConfig, reason: SleepReason, for_model: str | None) -> None:
+        """Carries out a `Sleep` (the model is falling asleep): gate closed, no work left, then sleep."""
+        assert self.gate is not None, "a model sleeps only where nginx is routed"
+        began = self.now()
+        try:
+            await self.gate.route()
+        except NginxError as exc:
+            if self._still(model.id, State.FALLING_ASLEEP):
+                self._call_sleep_off(model.id, f"nginx could not close its gate: {exc}")
+            return
+        if not self._still(model.id, State.FALLING_ASLEEP):
+            return
+        busy = await self.driver_of(model.id).busy(model)
+        if not self._still(model.id, State.FALLING_ASLEEP):
+            return
+        # Requests nginx passed on before the gate closed (or the engine's own count, after a waker
+        # restart) call the sleep off: vLLM would abort them.
+        in_flight = self._records[model.id].activity.in_flight
+        if busy or in_flight:
+            self._call_sleep_off(model.id, "requests in flight", busy or 0, in_flight)
+            return
+        try:
+            await self.driver_of(model.id).sleep(model)
+        except SleepModeError as exc:
+            if self._still(model.id, State.FALLING_ASLEEP):
+                self.bus.publish(SleepFailed(model.id, exc.step, exc.timed_out, exc.message))
+                self.stop(model.id, StopReason.SLEEP_FAILED)
+            return
+        if not self._still(model.id, State.FALLING_ASLEEP):
+            return
+        self._move(model.id, Event.ASLEEP)
+        self.bus.publish(ModelAsleep(model.id, reason, for_model, round(self.now() - began, 3)))
+        self.reconcile()
+
+    def _call_sleep_off(
+        self, model_id: str, why: str, server_requests: int | None = None, in_flight: int | None = None
+    ) -> None:
+        slot = moved(self._records[model_id].slot, Event.RESUME, self.now())
+        self._write(model_id, replace(slot, last_active=self.now()), Event.RESUME)
+        self.bus.publish(SleepCalledOff(model_id, why, server_requests, in_flight))
+        self.reconcile()
+
+    async def _run_wake(self, model: ModelConfig, asleep_since: float) -> None:
+        """Carries out a `Wake` (the model is waking). A failed wake stops the model: its waiters stay
+        queued, and the scheduler starts it cold for them once it has exited."""
+        began = self.now()
+        try:
+            await self.driver_of(model.id).wake(model)
+        except SleepModeError as exc:
+            if self._still(model.id, State.WAKING):
+                stopping = incidents.wake_failed(self._records[model.id].slot, self.now())
+                self.bus.publish(WakeFailed(model.id, exc.step, exc.timed_out, exc.message, stopping.wake_failures))
+                self._write(model.id, stopping, Event.STOP)
+                self.spawn(self._run_stop(model, StopReason.WAKE_FAILED, None))
+            return
+        if not self._still(model.id, State.WAKING):
+            return
+        now = self.now()
+        awake = replace(moved(self._records[model.id].slot, Event.READY, now), ready_since=now, last_active=now)
+        self._write(model.id, replace(awake, wake_failures=0), Event.READY)
+        self.bus.publish(ModelAwake(model.id, round(now - began, 3), round(began - asleep_since, 3)))
+        self.reconcile()  # its waiters are granted: nginx's @retry_ location needs no new route
+
+    async def _found_asleep(self, model: ModelConfig) -> bool:
+        """Whether a container found running (a waker restart) is asleep: then it stays so, gated."""
+        if self.gate is None or not model.sleep.enabled:
+            return False
+        try:
+            return await self.driver_of(model.id).is_sleeping(model)
+        except SleepModeError as exc:
+            log.warning("is_sleeping_failed", model=model.id, error=exc.message)
+            return False
+
+    # ---- what the hosts' engines report (through shell.hosts) -----------------------------------
+
+    def container_event(self, host: str, event: ContainerEvent) -> None:
+        record = self._records.get(event.model_id)
+        if record is None:
+            return
+        slot = record.slot
+        if event.change is ContainerChange.OOM:
+            self.bus.publish(ModelOom(event.model_id))
+        elif event.change is ContainerChange.STARTED:
+            if incidents.adopts(slot, ray_worker=event.ray_node is RayNode.WORKER):
+                hosts = incidents.adopted_hosts(slot, host, self.hosts.names)
+                self._adopt(event.model_id, event.container_id, hosts)
+        elif incidents.dying_start(slot, host, self.policy):
+            record.died.set()
+        elif crash := incidents.died(slot, event.exit_code, host, self.hosts.several, self.policy, self.now()):
+            self.bus.publish(ModelExited(event.model_id, event.exit_code))
+            record.container = None
+            message = crash.failure.slot.last_error
+            self._fail(event.model_id, StartError(503, "model_exited", message), crash.failure)
+            if crash.tear_down:  # the other half of the pair cannot serve alone
+                self.spawn(self._tear_down(self._model(event.model_id), self.driver_of(event.model_id)))
+            self.spawn(self._add_log_tail(event.model_id, event.container_id, message))
+            self.reconcile()
+
+    def host_listed(self, host: str, running: dict[str, str], back: bool) -> None:
+        slots = {model_id: record.slot for model_id, record in self._records.items()}
+        found = incidents.resync(slots, running, host, self.hosts.names, self.policy, self.now())
+        for model_id, (container_id, hosts) in found.adopt.items():
+            self._adopt(model_id, container_id, hosts)
+        for model_id, stopped in found.gone.items():
+            self._records[model_id].container = None
+            self._write(model_id, stopped, Event.EXITED)
+        for model_id, container_id in found.strays.items():
+            self.spawn(self._stop_stray(host, model_id, container_id))
+        if back:
+            self.bus.publish(HostBack(host))
+        self.reconcile()
+
+    def host_lost(self, host: str, reason: str, first: bool) -> None:
+        if not self.hosts.several:
+            return  # requests are refused at the door (docker_error) until the one engine is back
+        slots = {model_id: record.slot for model_id, record in self._records.items()}
+        gone = incidents.lost(slots, host, self.policy, self.now())
+        for model_id, stopped in gone.items():
+            self._records[model_id].container = None
+            self._write(model_id, stopped, Event.EXITED)
+        if first:
+            self.bus.publish(HostLost(host, reason, tuple(gone)))
+        self.reconcile()
+
+    def _adopt(self, model_id: str, container_id: str, hosts: tuple[str, ...]) -> None:
+        self.bus.publish(ContainerAdopted(model_id, container_id[:12], hosts if self.hosts.several else None))
+        self._starting(model_id, hosts)
+        self.spawn(self._run_start(self._model(model_id), container_id))
+
+    async def _tear_down(self, model: ModelConfig, driver: Driver) -> None:
+        """Stops what is left of a failed model spread over two hosts, without a state change."""
+        try:
+            await driver.down(model, None)
+        except DriverError as exc:
+            log.error("tear_down_failed", model=model.id, error=str(exc))
+
+    async def _add_log_tail(self, model_id: str, container_id: str, message: str) -> None:
+        """Completes a crash's message with the container's last log lines (fetched after the fact, so
+        the state changes at once), unless something newer has replaced the message meanwhile."""
+        try:
+            tail = await self.driver_of(model_id).log_tail(container_id)
+        except DriverError:
+            return
+        record = self._records.get(model_id)
+        if tail and record is not None and record.slot.state is State.FAILED and record.slot.last_error == message:
+            self._write(model_id, replace(record.slot, last_error=f"{message}; last log lines:\n{tail}"))
+
+    async def _stop_stray(self, host: str, model_id: str, container_id: str) -> None:
+        model = self._model(model_id)
+        runs_on = list(hosts_of(self._records[model_id].slot, self.policy))
+        log.warning("stray_container_stopped", model=model_id, host=host, container=container_id[:12], runs_on=runs_on)
+        try:
+            await self.fleet.drivers[host].down(model, container_id)
+        except DriverError as exc:
+            log.error("stray_container_stop_failed", model=model_id, host=host, error=str(exc))
+
+    # ---- tasks and lookups ----------------------------------------------------------------------
 
     def spawn(self, coroutine: Coroutine[Any, Any, None]) -> None:
         task = asyncio.create_task(coroutine, name=getattr(coroutine, "__qualname__", None))
@@ -402,30 +616,5 @@ class Supervisor:
         assert model is not None, f"model {model_id!r} is not in the config"
         return model
 
-    # ---- what the hosts' engines report (host_watch) ------------------------------------------------
-
-    def adopt(self, model_id: str, container_id: str, hosts: tuple[str, ...]) -> None:
-        self.bus.publish(ContainerAdopted(model_id, container_id[:12], hosts if self.hosts.several else None))
-        self.transition(model_id, Event.START, starting_since=self.now(), hosts=hosts)
-        self.spawn(self._run_start(self._model(model_id), container_id))
-
-    def tear_down(self, model_id: str) -> None:
-        """Stops what is left of a failed model spread over two hosts, without a state change."""
-        self.spawn(self._tear_down(self._model(model_id), self.driver_of(model_id)))
-
-    async def _tear_down(self, model: ModelConfig, driver: Driver) -> None:
-        try:
-            await driver.down(model, None)
-        except DriverError as exc:
-            log.error("tear_down_failed", model=model.id, error=str(exc))
-
-    def address_of(self, model: ModelConfig) -> Address:
-        """Where the model's server is reached: on the host it runs on (or last ran on)."""
-        host = next((h for h in self.config.hosts if h.name == self.host_of(model.id)), None)
-        if host is None or self.config.waker.network:
-            return model.address
-        return Address(host.address, model.host_port)
-
-    def host_of(self, model_id: str) -> str:
-        """The host the model's requests go to (its head's): where it runs, else where it last ran."""
-        return hosts_of(self.records[model_id].slot, self.policy)[0] if model_id in self.records else ""
+    def _new_record(self, model: ModelConfig, now: float = 0.0) -> ModelRecord:
+        return ModelRecord.new(model, now, can_sleep=self.gate is not None)
