@@ -19,7 +19,7 @@ pytestmark = pytest.mark.e2e
 def test_unit_file_passes_systemd_analyze_verify(tmp_path):
     analyze = shutil.which("systemd-analyze")
     assert analyze, "systemd-analyze is not installed (apt-get install systemd)"
-    unit = tmp_path / "waker.http.service"
+    unit = tmp_path / "waker.service"
     unit.write_text(
         subprocess.run(
             [REPO / "scripts" / "install-systemd", "--print"], check=True, capture_output=True, text=True

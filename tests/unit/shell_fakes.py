@@ -89,6 +89,7 @@ class FakeDriver:
     tails: dict[str, str] = field(default_factory=dict)
     loading_lines: dict[str, list[str]] = field(default_factory=dict)
     pulls: dict[str, PullProgress] = field(default_factory=dict)
+    stopped_containers: dict[str, str] = field(default_factory=dict)  # model -> its container, stopped
     starts: int = 0
     closed: bool = False
     asleep: set[str] = field(default_factory=set)  # engines that say they sleep
@@ -137,7 +138,8 @@ class FakeDriver:
         if self.down_failures:
             self.down_failures -= 1
             raise DriverError("the Docker engine refused the stop")
-        self.running_now.pop(model.id, None)
+        if (stopped := self.running_now.pop(model.id, None)) is not None:
+            self.stopped_containers[model.id] = stopped
 
     async def healthy(self, model: ModelConfig) -> bool:
         return model.id in self.running_now and model.id not in self.unhealthy
@@ -171,6 +173,16 @@ class FakeDriver:
 
     async def log_tail(self, container_id: str) -> str:
         return self.tails.get(container_id, "")
+
+    async def container(self, model_id: str) -> str | None:
+        return self.running_now.get(model_id) or self.stopped_containers.get(model_id)
+
+    async def logs(self, container_id: str, tail: int) -> str:
+        return "\n".join(self.tails.get(container_id, "").splitlines()[-tail:] if tail else [])
+
+    async def follow_logs(self, container_id: str, tail: int) -> AsyncIterator[str]:
+        for line in (await self.logs(container_id, tail)).splitlines():
+            yield line
 
     async def loading_log(self, model_id: str, since: float) -> AsyncIterator[str]:
         for line in self.loading_lines.get(model_id, ()):
@@ -245,7 +257,7 @@ class FakeDriver:
 
 class FakeNginx:
     """nginx as the shell drives it: `check` and `reload` (manual control), `route` (the sleep gate,
-    as `service.NginxRouter`). Each reload or route is recorded in the driver's calls too, when given
+    as `nginx.process.NginxRouter`). Each reload or route is recorded in the driver's calls too, when given
     one, so a test sees the gate's order against the engines' calls."""
 
     def __init__(

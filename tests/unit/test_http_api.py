@@ -12,10 +12,9 @@ from tests.unit.shell_fakes import FakeDriver, FakeNginx, make_config, open_shel
 from tests.unit.test_supervisor import begin, end, ready
 from waker.core.events import ModelStopped
 from waker.core.lifecycle import State
-from waker.docker.runtime import DockerRuntime
 from waker.errors import StartError
+from waker.http.app import build_app
 from waker.http.metrics import Counters
-from waker.http.service import build_app
 
 
 @pytest.fixture
@@ -29,8 +28,7 @@ async def api(aiohttp_client):
         shell = await open_shell(config, driver, nginx=nginx, router=nginx)
         counters = Counters()
         shell.supervisor.bus.add_sink(counters.observe)
-        runtime = DockerRuntime("unit", "unix:///nonexistent/docker.sock")
-        client = await aiohttp_client(build_app(shell.supervisor, shell.control, {"local": runtime}, counters))
+        client = await aiohttp_client(build_app(shell.supervisor, shell.control, counters))
         return shell, client
 
     return make
@@ -120,6 +118,27 @@ async def test_admin_events_stream_what_happens(api):
     ready_event = json.loads(seen.split(b"event: model_ready\ndata: ")[1].split(b"\n")[0])
     assert ready_event["model"] == "a"
     response.close()
+
+
+async def test_admin_logs_come_from_the_models_driver_tail_or_followed(api):
+    shell, client = await api({"id": "a"})
+    missing = await client.get("/admin/models/a/logs")
+    assert missing.status == 404 and (await missing.json())["error"]["code"] == "no_container"
+    await ready(shell, "a")
+    container = shell.supervisor.records["a"].container
+    shell.driver.tails[container] = "loading\nready\nserving"
+    tail = await (await client.get("/admin/models/a/logs?tail=2")).json()
+    assert tail == {"model": "a", "container_id": container, "lines": ["ready", "serving"]}
+    followed = await client.get("/admin/models/a/logs?tail=3&follow=true")
+    assert followed.headers["Content-Type"] == "text/event-stream"
+    lines = [
+        json.loads(line.removeprefix("data: "))["line"]
+        for line in (await followed.text()).splitlines()
+        if line.startswith("data: ")
+    ]
+    assert lines == ["loading", "ready", "serving"]
+    bad = await client.get("/admin/models/a/logs?tail=lots")
+    assert bad.status == 400 and (await bad.json())["error"]["code"] == "invalid_parameter"
 
 
 async def test_admin_prepare_reports_per_model_and_refuses_unknown_ones(api):

@@ -89,7 +89,7 @@ def main(argv: list[str] | None = None) -> int:
         from waker.nginx.process import exec_nginx
 
         exec_nginx(config)
-    from waker.http.service import serve
+    from waker.cli.serve import serve
 
     try:
         return asyncio.run(serve(config, "child" if args.command == "run" else args.nginx))

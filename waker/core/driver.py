@@ -60,7 +60,17 @@ class Driver(Protocol):
     async def busy(self, model: ModelConfig) -> int | None:
         """Requests the engine itself reports running or waiting, or None when it does not say."""
 
-    async def log_tail(self, container_id: str) -> str: ...
+    async def log_tail(self, container_id: str) -> str:
+        """The container's last lines, for an error message ("" when they cannot be read)."""
+
+    async def container(self, model_id: str) -> str | None:
+        """The id of the model's container (running or not; its head's, over two hosts), or None."""
+
+    async def logs(self, container_id: str, tail: int) -> str:
+        """The container's last `tail` log lines."""
+
+    def follow_logs(self, container_id: str, tail: int) -> AsyncIterator[str]:
+        """The container's last `tail` log lines, then each line as it is written."""
 
     def loading_log(self, model_id: str, since: float) -> AsyncIterator[str]:
         """The log of the model's running container from `since` (a Unix time), as it is written;
@@ -121,16 +131,3 @@ class Clock(Protocol):
     def call_at(self, when: float, callback: Callable[[], None]) -> Timer: ...
 
     async def sleep(self, seconds: float) -> None: ...
-
-
-class LoopClock:
-    """The event loop's monotonic clock: what `loop.call_at` counts in."""
-
-    def now(self) -> float:
-        return asyncio.get_running_loop().time()
-
-    def call_at(self, when: float, callback: Callable[[], None]) -> Timer:
-        return asyncio.get_running_loop().call_at(when, callback)
-
-    async def sleep(self, seconds: float) -> None:
-        await asyncio.sleep(seconds)

@@ -203,6 +203,16 @@ class Launcher:
     async def log_tail(self, container_id: str) -> str:
         return await self.runtime.logs_tail(container_id, LOG_TAIL_LINES)
 
+    async def container(self, model_id: str) -> str | None:
+        info = await self.runtime.find(model_id)
+        return info.id if info is not None else None
+
+    async def logs(self, container_id: str, tail: int) -> str:
+        return await self.runtime.logs_tail(container_id, tail)
+
+    def follow_logs(self, container_id: str, tail: int) -> AsyncIterator[str]:
+        return self.runtime.follow_logs(container_id, tail)
+
     async def loading_log(self, model_id: str, since: float) -> AsyncIterator[str]:
         info = await self.runtime.find(model_id)
         if info is not None and info.running:

@@ -149,6 +149,15 @@ class RayPair:
     async def busy(self, model: ModelConfig) -> int | None:
         return await self.head.busy(model)
 
+    async def container(self, model_id: str) -> str | None:
+        return await self.head.container(model_id)  # its API server, and vLLM's log, are the head's
+
+    async def logs(self, container_id: str, tail: int) -> str:
+        return await self.head.logs(container_id, tail)
+
+    def follow_logs(self, container_id: str, tail: int) -> AsyncIterator[str]:
+        return self.head.follow_logs(container_id, tail)
+
     def loading_log(self, model_id: str, since: float) -> AsyncIterator[str]:
         return self.head.loading_log(model_id, since)  # vLLM's loading stages are the head's lines
 

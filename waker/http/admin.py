@@ -19,27 +19,20 @@ from waker.config.schema import ModelConfig
 from waker.core.lifecycle import State
 from waker.core.plan import Slot
 from waker.core.progress import Phase, Progress
-from waker.docker.runtime import DockerRuntime
 from waker.errors import AdminError, ConfigError, NginxError, RequestRefused, error_body
+from waker.http.context import context
 from waker.http.errors import error_response
-from waker.http.loading_watch import WATCH
-from waker.shell.manual_control import ManualControl, SleepOutcome, StopOutcome
+from waker.shell.manual_control import SleepOutcome, StopOutcome
 from waker.shell.supervisor import Supervisor
-from waker.system.gpu import GpuMemory
 
 log = structlog.get_logger("waker.http.admin")
 
-SUPERVISOR = web.AppKey("admin_supervisor", Supervisor)
-CONTROL = web.AppKey("admin_control", ManualControl)
-RUNTIMES = web.AppKey("runtimes", dict[str, DockerRuntime])  # each host's engine
-GPU = web.AppKey("gpu", GpuMemory)
-STARTS: web.AppKey[set[asyncio.Task[None]]] = web.AppKey("admin_background_starts")  # `start?wait=false`
 HEARTBEAT_SECONDS = 15.0
 
 
 @web.middleware
 async def require_token(request: web.Request, handler):
-    token = request.app[SUPERVISOR].config.waker.admin_token
+    token = context(request).supervisor.config.waker.admin_token
     if token and request.path.startswith("/admin/"):
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
@@ -52,7 +45,7 @@ async def require_token(request: web.Request, handler):
 
 
 def _model(request: web.Request) -> ModelConfig:
-    supervisor = request.app[SUPERVISOR]
+    supervisor = context(request).supervisor
     name = request.match_info["model"]
     model = supervisor.config.model(name) or supervisor.config.resolve(name)
     if model is None:
@@ -137,11 +130,11 @@ def describe(
 
 
 def _described(request: web.Request, model: ModelConfig, slots: dict[str, Slot] | None = None) -> dict[str, Any]:
-    return describe(request.app[SUPERVISOR], model, slots, request.app[WATCH].progress(model.id))
+    return describe(context(request).supervisor, model, slots, context(request).watch.progress(model.id))
 
 
 async def list_models(request: web.Request) -> web.Response:
-    supervisor = request.app[SUPERVISOR]
+    supervisor = context(request).supervisor
     slots = supervisor.current_slots()
     return web.json_response(
         {
@@ -150,7 +143,7 @@ async def list_models(request: web.Request) -> web.Response:
             "docker": supervisor.docker_error or "connected",
             "gpu_capacity": supervisor.policy.capacity,
             "hosts": [asdict(status) for status in supervisor.hosts.status(slots, supervisor.policy)],
-            "gpu": [asdict(reading) for reading in request.app[GPU].read()],
+            "gpu": [asdict(reading) for reading in context(request).gpu.read()],
         }
     )
 
@@ -160,11 +153,11 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def start(request: web.Request) -> web.Response:
-    supervisor, model = request.app[SUPERVISOR], _model(request)
+    supervisor, model = context(request).supervisor, _model(request)
     wait = _flag(request, "wait", True)
     preload = asyncio.ensure_future(supervisor.acquire(model))
     if not wait:
-        keep_until_done(request.app[STARTS], preload, model.id)
+        keep_until_done(context(request).starts, preload, model.id)
         # One turn of the loop queues the request (acquire runs up to its first wait); deciding now
         # rather than on the next turn makes the answer show the decision ("starting", or still
         # "stopped" with its place in the queue), not the state before it.
@@ -197,10 +190,10 @@ def keep_until_done(tasks: set[asyncio.Task[None]], task: asyncio.Task[None], mo
 
 
 async def stop(request: web.Request) -> web.Response:
-    supervisor, model = request.app[SUPERVISOR], _model(request)
+    supervisor, model = context(request).supervisor, _model(request)
     force, wait = _flag(request, "force", False), _flag(request, "wait", True)
     try:
-        outcome = request.app[CONTROL].stop_by_hand(model.id, force)
+        outcome = context(request).control.stop_by_hand(model.id, force)
     except AdminError as exc:
         return error_response(exc.status, "conflict", exc.message)
     if wait and outcome is StopOutcome.STOPPING:
@@ -209,9 +202,9 @@ async def stop(request: web.Request) -> web.Response:
 
 
 async def sleep(request: web.Request) -> web.Response:
-    supervisor, model = request.app[SUPERVISOR], _model(request)
+    supervisor, model = context(request).supervisor, _model(request)
     try:
-        outcome = request.app[CONTROL].sleep_by_hand(model.id)
+        outcome = context(request).control.sleep_by_hand(model.id)
     except AdminError as exc:
         return error_response(exc.status, "conflict", exc.message)
     if _flag(request, "wait", True) and outcome is SleepOutcome.FALLING_ASLEEP:
@@ -222,13 +215,13 @@ async def sleep(request: web.Request) -> web.Response:
 
 async def pin(request: web.Request) -> web.Response:
     model = _model(request)
-    request.app[CONTROL].set_pinned(model.id, request.path.endswith("/pin"))
+    context(request).control.set_pinned(model.id, request.path.endswith("/pin"))
     return web.json_response(_described(request, model))
 
 
 async def unload(request: web.Request) -> web.Response:
-    supervisor = request.app[SUPERVISOR]
-    outcome = request.app[CONTROL].unload(_flag(request, "force", False))
+    supervisor = context(request).supervisor
+    outcome = context(request).control.unload(_flag(request, "force", False))
     if _flag(request, "wait", True):
         await asyncio.gather(
             *(
@@ -248,21 +241,21 @@ async def logs(request: web.Request) -> web.StreamResponse:
             raise ValueError
     except ValueError:
         return error_response(400, "invalid_parameter", "tail must be a whole number from 0 to 100000")
-    runtime = request.app[RUNTIMES][request.app[SUPERVISOR].host_of(model.id)]
-    info = await runtime.find(model.id)
-    if info is None:
+    driver = context(request).supervisor.driver_of(model.id)
+    container_id = await driver.container(model.id)
+    if container_id is None:
         return error_response(404, "no_container", f"model {model.id!r} has no container yet; start it first")
     if not _flag(request, "follow", False):
-        text = await runtime.logs_tail(info.id, tail)
-        return web.json_response({"model": model.id, "container_id": info.id, "lines": text.splitlines()})
+        text = await driver.logs(container_id, tail)
+        return web.json_response({"model": model.id, "container_id": container_id, "lines": text.splitlines()})
     response = await _sse(request)
-    async for line in runtime.follow_logs(info.id, tail):
+    async for line in driver.follow_logs(container_id, tail):
         await response.write(_event("log", {"line": line}))
     return response
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    bus = request.app[SUPERVISOR].bus
+    bus = context(request).supervisor.bus
     queue = bus.listen()
     try:
         response = await _sse(request)
@@ -279,7 +272,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def reload(request: web.Request) -> web.Response:
     try:
-        change = await request.app[CONTROL].reload()
+        change = await context(request).control.reload()
     except ConfigError as exc:
         return error_response(
             400,
@@ -295,7 +288,7 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def prepare(request: web.Request) -> web.Response:
-    supervisor = request.app[SUPERVISOR]
+    supervisor = context(request).supervisor
     ids: list[Any] = []
     if request.can_read_body:
         try:
@@ -325,30 +318,3 @@ async def _sse(request: web.Request) -> web.StreamResponse:
 
 def _event(kind: str, data: dict[str, Any]) -> bytes:
     return f"event: {kind}\ndata: {json.dumps(data)}\n\n".encode()
-
-
-def add_routes(
-    app: web.Application,
-    supervisor: Supervisor,
-    control: ManualControl,
-    runtimes: dict[str, DockerRuntime],
-    gpu: GpuMemory,
-) -> None:
-    app[SUPERVISOR] = supervisor
-    app[CONTROL] = control
-    app[RUNTIMES] = runtimes
-    app[GPU] = gpu
-    app[STARTS] = set()
-    app.middlewares.append(require_token)
-    app.router.add_get("/admin/models", list_models)
-    app.router.add_get("/admin/models/{model}", get_model)
-    app.router.add_post("/admin/models/{model}/start", start)
-    app.router.add_post("/admin/models/{model}/stop", stop)
-    app.router.add_post("/admin/models/{model}/sleep", sleep)
-    app.router.add_post("/admin/models/{model}/pin", pin)
-    app.router.add_post("/admin/models/{model}/unpin", pin)
-    app.router.add_get("/admin/models/{model}/logs", logs)
-    app.router.add_post("/admin/unload", unload)
-    app.router.add_get("/admin/events", events)
-    app.router.add_post("/admin/reload", reload)
-    app.router.add_post("/admin/prepare", prepare)

@@ -10,34 +10,29 @@ Requests to a ready model never reach the waker.
 from __future__ import annotations
 
 import time
+from dataclasses import asdict
 
 import structlog
 from aiohttp import web
 
 from waker.config.schema import LoadingFeedback
 from waker.errors import RequestRefused
-from waker.http import model_controls
+from waker.http.context import context
 from waker.http.errors import error_response
-from waker.http.loading_stream import STREAMS, LoadingStreams, wants_feedback
-from waker.http.loading_watch import WATCH, LoadingWatch
+from waker.http.loading_stream import wants_feedback
 from waker.http.model_list import created, openai_entry
 from waker.nginx.render import location_key
-from waker.shell.manual_control import ManualControl
-from waker.shell.supervisor import Supervisor
 
 log = structlog.get_logger("waker.http.gateway")
-
-SUPERVISOR = web.AppKey("supervisor", Supervisor)
-STATS = web.AppKey("stats", dict)
 
 
 @web.middleware
 async def count_and_shield(request: web.Request, handler):
     """Counts what reaches the waker (so tests can prove which requests never do), and turns any
     failure into an OpenAI-shaped JSON error: nginx passes the waker's answers on to clients."""
-    stats = request.app[STATS]
+    stats = context(request).stats
     if request.path != "/_stats":
-        stats["requests"] += 1
+        stats.requests += 1
     try:
         response = await handler(request)
     except web.HTTPException as exc:
@@ -53,25 +48,26 @@ async def count_and_shield(request: web.Request, handler):
         return error_response(500, "internal_error", "the waker failed on this request; its log has the details")
     if request.path.startswith("/_wake/"):
         if isinstance(response, web.Response) and isinstance(response.body, bytes | bytearray):
-            stats["wake_response_body_bytes"] += len(response.body)
+            stats.wake_response_body_bytes += len(response.body)
         elif response.prepared:
-            stats["loading_streams"] += 1
+            stats.loading_streams += 1
     return response
 
 
 async def wake(request: web.Request) -> web.StreamResponse:
-    model = request.app[SUPERVISOR].config.model(request.match_info["model"])
+    ctx = context(request)
+    model = ctx.supervisor.config.model(request.match_info["model"])
     if model is None:
         return error_response(404, "model_not_found", f"unknown model {request.match_info['model']!r}")
-    request.app[STATS]["wakes"] += 1
+    ctx.stats.wakes += 1
     upstream_uri = request.headers.get("X-Upstream-URI", "")
     if request.method == "POST" and upstream_uri:  # sent with its body: loading feedback is on for the model
         body = await request.content.read()  # bounded by nginx's max_body, not by aiohttp's 1 MB default
         if model.loading_feedback is LoadingFeedback.REASONING and wants_feedback(request.method, upstream_uri, body):
-            return await request.app[STREAMS].serve(request, model, body, upstream_uri)
+            return await ctx.streams.serve(request, model, body, upstream_uri)
     began = time.monotonic()
     try:
-        await request.app[SUPERVISOR].acquire(model)
+        await ctx.supervisor.acquire(model)
     except RequestRefused as exc:
         return error_response(exc.status, exc.code, exc.message, exc.headers(), exc.details)
     log.info(
@@ -87,7 +83,7 @@ async def list_models(request: web.Request) -> web.Response:
     """The OpenAI model list with each model's live state. Answers from memory at once, waking
     nothing: Open WebUI gives the model list a short timeout of its own. Served at `/models` too,
     where llama.cpp's router (and so Open WebUI's llama.cpp connection) asks for the same list."""
-    supervisor = request.app[SUPERVISOR]
+    supervisor = context(request).supervisor
     config = supervisor.config
     written = created(config)
     data = [openai_entry(model, supervisor.state(model.id), written) for model in config.models]
@@ -97,46 +93,15 @@ async def list_models(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     """200 when the waker can do its job; 503 saying why when it cannot reach Docker. With several
     hosts, 503 only when none answers; 200 and "degraded" naming the host(s) down while one does."""
-    supervisor = request.app[SUPERVISOR]
-    problem, down = supervisor.docker_error, supervisor.hosts.down()
-    hosts = (
-        {"hosts": {name: down.get(name, "connected") for name in supervisor.hosts.errors}}
-        if supervisor.hosts.several
-        else {}
-    )
+    hosts = context(request).supervisor.hosts
+    problem, down = hosts.docker_error, hosts.down()
+    named = {"hosts": {name: down.get(name, "connected") for name in hosts.names}} if hosts.several else {}
     if problem:
-        return web.json_response({"status": "degraded", "docker": problem, **hosts}, status=503)
+        return web.json_response({"status": "degraded", "docker": problem, **named}, status=503)
     if down:
-        return web.json_response({"status": "degraded", "docker": "connected", **hosts})
-    return web.json_response({"status": "ok", "docker": "connected", **hosts})
+        return web.json_response({"status": "degraded", "docker": "connected", **named})
+    return web.json_response({"status": "ok", "docker": "connected", **named})
 
 
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response(request.app[STATS])
-
-
-async def _open_loading(app: web.Application) -> None:
-    await app[WATCH].open()
-    await app[STREAMS].open()
-
-
-async def _close_loading(app: web.Application) -> None:
-    await app[STREAMS].close()
-    await app[WATCH].close()
-
-
-def make_app(supervisor: Supervisor, control: ManualControl) -> web.Application:
-    app = web.Application(middlewares=[count_and_shield])
-    app[SUPERVISOR] = supervisor
-    app[STATS] = {"requests": 0, "wakes": 0, "wake_response_body_bytes": 0, "loading_streams": 0}
-    app[WATCH] = LoadingWatch(supervisor)
-    app[STREAMS] = LoadingStreams(supervisor, app[WATCH])
-    app.on_startup.append(_open_loading)
-    app.on_cleanup.append(_close_loading)
-    app.router.add_route("*", "/_wake/{model}", wake)
-    app.router.add_get("/v1/models", list_models)
-    app.router.add_get("/models", list_models)
-    app.router.add_get("/healthz", healthz)
-    app.router.add_get("/_stats", stats)
-    model_controls.add_routes(app, supervisor, control)
-    return app
+    return web.json_response(asdict(context(request).stats))

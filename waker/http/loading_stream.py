@@ -23,8 +23,8 @@ from waker.config.schema import ModelConfig
 from waker.core.progress import Progress, ready_line, should_send
 from waker.errors import RequestRefused, error_body
 from waker.http import sse
-from waker.http.loading_watch import LoadingWatch
 from waker.nginx.render import NGINX_ERRORS
+from waker.shell.loading_watch import LoadingWatch
 from waker.shell.supervisor import Supervisor
 
 log = structlog.get_logger("waker.http.loading_stream")

@@ -26,16 +26,14 @@ from aiohttp import web
 from waker.config.schema import ModelConfig
 from waker.core.lifecycle import State, StopReason
 from waker.errors import RequestRefused
+from waker.http.context import context
 from waker.http.errors import error_response
 from waker.http.model_list import client_status, created, openai_entry
 from waker.nginx.render import NGINX_ERRORS
-from waker.shell.manual_control import ManualControl, StopOutcome
+from waker.shell.manual_control import StopOutcome
 from waker.shell.supervisor import Supervisor
 
 log = structlog.get_logger("waker.http.model_controls")
-
-SUPERVISOR = web.AppKey("controls_supervisor", Supervisor)
-CONTROL = web.AppKey("controls_control", ManualControl)
 
 
 class _Refused(Exception):
@@ -57,7 +55,7 @@ def _carries_client_key(request: web.Request, keys: tuple[str, ...]) -> bool:
 
 async def _requested_model(request: web.Request) -> ModelConfig:
     """The model the request names, once it may be acted on; raises _Refused, changing nothing."""
-    config = request.app[SUPERVISOR].config
+    config = context(request).supervisor.config
     if config.gateway.api_keys and not _carries_client_key(request, config.gateway.api_keys):
         raise _Refused(401, *NGINX_ERRORS[401])  # the answer nginx gives the same mistake
     if not config.gateway.client_model_control:
@@ -96,7 +94,7 @@ def _entry(supervisor: Supervisor, model: ModelConfig) -> dict[str, Any]:
 
 
 async def load(request: web.Request) -> web.Response:
-    supervisor = request.app[SUPERVISOR]
+    supervisor = context(request).supervisor
     try:
         model = await _requested_model(request)
     except _Refused as refused:
@@ -121,7 +119,7 @@ async def load(request: web.Request) -> web.Response:
 
 
 async def unload(request: web.Request) -> web.Response:
-    supervisor = request.app[SUPERVISOR]
+    supervisor = context(request).supervisor
     try:
         model = await _requested_model(request)
     except _Refused as refused:
@@ -152,15 +150,8 @@ async def unload(request: web.Request) -> web.Response:
             f"model {model.id!r} has {slot.in_flight} request(s) in flight; "
             "unloading it would cut them off; nothing was changed, ask again when they are done",
         )
-    outcome = request.app[CONTROL].stop_by_hand(model.id, reason=StopReason.CLIENT)
+    outcome = context(request).control.stop_by_hand(model.id, reason=StopReason.CLIENT)
     if outcome is StopOutcome.STOPPING:
         await supervisor.wait_until(model.id, (State.STOPPED,), model.stop_timeout + 30)
     log.info("client_unload", model=model.id, outcome=outcome)
     return web.json_response({"success": True, "outcome": outcome.value, **_entry(supervisor, model)})
-
-
-def add_routes(app: web.Application, supervisor: Supervisor, control: ManualControl) -> None:
-    app[SUPERVISOR] = supervisor
-    app[CONTROL] = control
-    app.router.add_post("/models/load", load)
-    app.router.add_post("/models/unload", unload)

@@ -302,3 +302,13 @@ async def _exited(pid: int) -> None:
     finally:
         loop.remove_reader(fd)
         os.close(fd)
+
+
+class NginxRouter:
+    """Sleep mode's gate (`core.driver.Router`) over the gateway's nginx: a graceful reload."""
+
+    def __init__(self, nginx: Nginx) -> None:
+        self.nginx = nginx
+
+    async def route(self, config: Config, asleep: frozenset[str]) -> None:
+        await self.nginx.reload(config, asleep)

@@ -12,7 +12,6 @@ import asyncio
 import contextlib
 
 import structlog
-from aiohttp import web
 
 from waker.core.engine_log import EngineStage, parse_line
 from waker.core.events import LoadingStage, ModelStateChanged
@@ -22,7 +21,7 @@ from waker.errors import DriverError
 from waker.shell.events import Published
 from waker.shell.supervisor import Supervisor
 
-log = structlog.get_logger("waker.http.loading_watch")
+log = structlog.get_logger("waker.shell.loading_watch")
 
 FIND_INTERVAL = 0.25  # seconds between two looks for the container while it is being created
 
@@ -92,6 +91,3 @@ class LoadingWatch:
         if stage is not None and stage != self.stages.get(model_id):
             self.stages[model_id] = stage
             self.supervisor.bus.publish(LoadingStage(model_id, stage.step.name.lower(), stage.text, stage.percent))
-
-
-WATCH = web.AppKey("loading_watch", LoadingWatch)

@@ -6,7 +6,6 @@ from __future__ import annotations
 import asyncio
 import signal
 from collections.abc import Callable
-from pathlib import Path
 from typing import Literal
 
 import structlog
@@ -14,7 +13,7 @@ from aiohttp import web
 
 from waker.config.hosts import HostConfig, local_host
 from waker.config.schema import Config, WakerConfig
-from waker.core.driver import LoopClock, Router
+from waker.core.driver import Router
 from waker.core.events import ImagePull
 from waker.core.image_pull import PullProgress
 from waker.docker.images import Images
@@ -22,49 +21,24 @@ from waker.docker.launcher import Launcher
 from waker.docker.ray_pair import RayPair
 from waker.docker.runtime import DockerRuntime
 from waker.errors import DockerError, NginxError
-from waker.http import admin as admin_api
-from waker.http.gateway import make_app
-from waker.http.metrics import Counters, render
+from waker.http.app import build_app
+from waker.http.metrics import Counters
 from waker.nginx import access as nginx_access
 from waker.nginx.activity import listen as listen_for_activity
 from waker.nginx.container import NginxContainer
-from waker.nginx.process import Nginx, NginxProcess
+from waker.nginx.process import Nginx, NginxProcess, NginxRouter
 from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet
 from waker.shell.manual_control import ManualControl
 from waker.shell.supervisor import Supervisor
 from waker.system import systemd
-from waker.system.gpu import GpuMemory
+from waker.system.clock import LoopClock
 
-log = structlog.get_logger("waker.http.service")
-
-UI_DIR = Path(__file__).with_name("ui")
+log = structlog.get_logger("waker.cli.serve")
 
 # Where nginx runs: "child" (`waker run`), "container" (the compose gateway, reloaded through Docker),
 # "none" (managed by someone else; the waker never touches it).
 NginxMode = Literal["child", "container", "none"]
-
-
-def build_app(
-    supervisor: Supervisor, control: ManualControl, runtimes: dict[str, DockerRuntime], counters: Counters
-) -> web.Application:
-    app = make_app(supervisor, control)
-    gpu = GpuMemory()
-    admin_api.add_routes(app, supervisor, control, runtimes, gpu)
-
-    async def metrics(request: web.Request) -> web.Response:
-        return web.Response(
-            text=render(supervisor, counters, gpu),
-            content_type="text/plain",
-            headers={"X-Content-Type-Options": "nosniff"},
-        )
-
-    async def dashboard(request: web.Request) -> web.FileResponse:
-        return web.FileResponse(UI_DIR / "index.html", headers={"Cache-Control": "no-cache"})
-
-    app.router.add_get("/metrics", metrics)
-    app.router.add_get("/ui/", dashboard)
-    return app
 
 
 def docker_driver(
@@ -93,16 +67,6 @@ def docker_driver(
         )
 
     return Launcher(waker, runtime, Images(runtime, pull_progress), clock.now, host)
-
-
-class NginxRouter:
-    """Sleep mode's gate (`driver.Router`) over the gateway's nginx: a graceful reload."""
-
-    def __init__(self, nginx: Nginx) -> None:
-        self.nginx = nginx
-
-    async def route(self, config: Config, asleep: frozenset[str]) -> None:
-        await self.nginx.reload(config, asleep)
 
 
 def _nginx(mode: NginxMode, config: Config, runtime: DockerRuntime) -> Nginx | None:
@@ -143,9 +107,7 @@ async def serve(config: Config, nginx_mode: NginxMode) -> int:
     supervisor = Supervisor(config, fleet, bus, clock, router)
     control = ManualControl(supervisor, nginx)
     # A client that hangs up while its request is held must be noticed: the handler is cancelled.
-    runner = web.AppRunner(
-        build_app(supervisor, control, runtimes, counters), access_log=None, handler_cancellation=True
-    )
+    runner = web.AppRunner(build_app(supervisor, control, counters), access_log=None, handler_cancellation=True)
     activity = None
     code = 0
     try:
