@@ -9,7 +9,7 @@ from __future__ import annotations
 import ipaddress
 import os
 import tomllib
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from enum import StrEnum
 from pathlib import Path
 from typing import Any
@@ -176,6 +176,12 @@ class Config:
     disabled: tuple[ModelConfig, ...] = ()  # declared with status = "disabled": kept for the record, not served
     overrides: tuple[str, ...] = ()  # `--set` values, applied again on every reload
     hosts: tuple[HostConfig, ...] = ()  # the [[host]] entries; none = the local engine alone
+    # Every request names a model: found by id or alias in one step, not by a walk through the list.
+    _by_name: dict[str, ModelConfig] = field(init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        by_name = {name: m for m in reversed(self.models) for name in reversed(m.names)}
+        object.__setattr__(self, "_by_name", by_name)
 
     @property
     def placement_hosts(self) -> tuple[HostConfig, ...]:
@@ -183,11 +189,12 @@ class Config:
         return self.hosts or (config_hosts.implicit_host(self.waker.docker_host, self.scheduler.gpu_capacity),)
 
     def model(self, model_id: str) -> ModelConfig | None:
-        return next((m for m in self.models if m.id == model_id), None)
+        model = self._by_name.get(model_id)
+        return model if model is not None and model.id == model_id else None
 
     def resolve(self, name: str) -> ModelConfig | None:
         """The model a client means by an id or an alias."""
-        return next((m for m in self.models if name in m.names), None)
+        return self._by_name.get(name)
 
 
 def load_config(path: Path | str | None = None, overrides: tuple[str, ...] = ()) -> Config:

@@ -1,12 +1,12 @@
 """What the waker publishes, one frozen dataclass per kind: the logs, the admin events stream, the
-metrics and the loading feedback read fields, never keys. `payload()` is the JSON an event is sent
-as (the `type` and `time` of the envelope are added by the bus, `shell.events`)."""
+metrics and the loading feedback read fields, never keys. Its fields are the JSON an event is sent as
+(every enum here is a StrEnum, whose JSON is its value); the bus adds `type` and `time` (`shell.events`)."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass, fields
-from enum import Enum, StrEnum
-from typing import Any, ClassVar
+from dataclasses import dataclass
+from enum import StrEnum
+from typing import ClassVar
 
 from waker.core.lifecycle import Event, SleepReason, State, StopReason
 from waker.errors import SleepStep
@@ -41,20 +41,9 @@ class EventKind(StrEnum):
     HOST_BACK = "host_back"
 
 
-def _json(value: Any) -> Any:
-    if isinstance(value, Enum):
-        return value.value
-    if isinstance(value, tuple):
-        return [_json(v) for v in value]
-    return value
-
-
 @dataclass(frozen=True, slots=True)
 class WakerEvent:
     kind: ClassVar[EventKind]
-
-    def payload(self) -> dict[str, Any]:
-        return {f.name: _json(getattr(self, f.name)) for f in fields(self)}
 
 
 @dataclass(frozen=True, slots=True)

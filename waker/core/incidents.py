@@ -10,16 +10,11 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
-from waker.core.lifecycle import Event, State, next_state
+from waker.core.lifecycle import Event, State
 from waker.core.plan import Policy, Slot
 from waker.core.scheduler import hosts_of
 
 GATED = (State.FALLING_ASLEEP, State.SLEEPING, State.WAKING)  # sleep mode: nginx sends requests to the waker
-
-
-def moved(slot: Slot, event: Event, now: float) -> Slot:
-    """`slot` after the lifecycle transition `event` at `now`; raises IllegalTransition."""
-    return replace(slot, state=next_state(slot.state, event), since=now)
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,7 +31,7 @@ def failed_run(slot: Slot, message: str, policy: Policy, now: float) -> Failure:
     failures = slot.failures + 1
     backoff = failures >= policy.max_start_failures
     failed = replace(
-        moved(slot, Event.FAIL, now),
+        slot.moved(Event.FAIL, now),
         failures=failures,
         retry_at=now + policy.start_backoff if backoff else 0.0,
         last_error=message,
@@ -89,7 +84,7 @@ def lost(slots: Mapping[str, Slot], host: str, policy: Policy, now: float) -> di
     """A host's engine went away: the models running there (ready or asleep) are marked stopped, so that
     the scheduler places them again (another host, or this one once it is back)."""
     return {
-        model_id: moved(slot, Event.EXITED, now)
+        model_id: slot.moved(Event.EXITED, now)
         for model_id, slot in slots.items()
         if slot.state in (State.READY, State.SLEEPING) and host in hosts_of(slot, policy)
     }
@@ -121,7 +116,7 @@ def resync(
         if model_id in running and adopts(slot, ray_worker=False):
             adopt[model_id] = (running[model_id], adopted_hosts(slot, host, host_names))
         elif model_id not in running and where[0] == host and slot.state in (State.READY, State.SLEEPING):
-            gone[model_id] = moved(slot, Event.EXITED, now)
+            gone[model_id] = slot.moved(Event.EXITED, now)
         elif model_id in running and host not in where:
             strays[model_id] = running[model_id]
     return Resync(adopt, gone, strays)
@@ -131,4 +126,4 @@ def wake_failed(slot: Slot, now: float) -> Slot:
     """A wake that failed, hung or left an engine that does not serve: the model is stopped (its waiters
     stay queued and get a cold start), and the failure counts: after `max_wake_failures` in a row the
     scheduler stops rather than puts it to sleep."""
-    return replace(moved(slot, Event.STOP, now), wake_failures=slot.wake_failures + 1)
+    return replace(slot.moved(Event.STOP, now), wake_failures=slot.wake_failures + 1)

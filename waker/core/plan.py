@@ -4,11 +4,11 @@ Frozen, so that `decide` stays a pure function of them."""
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 from waker.config.hosts import IMPLICIT_HOST
 from waker.config.schema import OnBusy
-from waker.core.lifecycle import SleepReason, State, StopReason
+from waker.core.lifecycle import Event, SleepReason, State, StopReason, next_state
 
 
 @dataclass(frozen=True, slots=True)
@@ -66,6 +66,10 @@ class Slot:
     hosts: tuple[str, ...] = ()  # where it runs (head first), or where it last ran; () = never placed
     host: str = ""  # the host it must run on (its head's, for two hosts); "" = wherever it fits
     host_count: int = 1  # 2: tensor-parallel over two hosts, charged on both
+
+    def moved(self, event: Event, now: float) -> Slot:
+        """This slot after the lifecycle transition `event` at `now`; raises IllegalTransition."""
+        return replace(self, state=next_state(self.state, event), since=now)
 
 
 @dataclass(frozen=True, slots=True)

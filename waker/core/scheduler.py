@@ -85,12 +85,6 @@ class _Planner:
         """The models occupying any of `hosts`."""
         return occupying_on(self.slots, hosts, self.policy)
 
-    def where(self, slot: Slot) -> tuple[str, ...] | Unplaceable:
-        return where(slot, self.slots, self.policy)
-
-    def fits_on(self, slot: Slot, hosts: tuple[str, ...]) -> bool:
-        return fits_on(slot, hosts, self.slots, self.policy)
-
     def coming_up_on(self, hosts: tuple[str, ...]) -> bool:
         return any(s.state in COMING_UP for s in self.on(hosts))
 
@@ -321,7 +315,7 @@ def decide(slots: dict[str, Slot], queue: tuple[Waiter, ...] | list[Waiter], pol
                 )
             )
         elif slot.state not in COMING_UP and now - waiter.since >= policy.queue_timeout:
-            placed = p.where(slot)
+            placed = where(slot, p.slots, p.policy)
             holders = holders_of(slot, p.occupying() if isinstance(placed, Unplaceable) else p.on(placed), now)
             p.actions.append(_busy_refusal(waiter, slot, holders, f"within queue_timeout ({policy.queue_timeout:g} s)"))
         else:
@@ -349,7 +343,7 @@ def _start_for_waiters(p: _Planner, waiting: list[Waiter]) -> bool:
         slot = p.slots[model]
         if slot.state in COMING_UP:
             continue  # they join the start or wake in progress
-        hosts = p.where(slot)
+        hosts = where(slot, p.slots, p.policy)
         if isinstance(hosts, Unplaceable):
             p.actions += [
                 Refuse(w.id, 503, "host_unavailable", f"model {model!r} cannot start: {hosts.reason}") for w in waiters
@@ -361,7 +355,7 @@ def _start_for_waiters(p: _Planner, waiting: list[Waiter]) -> bool:
             hold(hosts)
             continue
         occupying = p.on(hosts)
-        if p.fits_on(slot, hosts):
+        if fits_on(slot, hosts, p.slots, p.policy):
             if slot.state is State.SLEEPING:
                 p.wake(slot)
             else:
@@ -394,8 +388,8 @@ def _restore_keep_warm(p: _Planner) -> None:
         if slot.state is State.FAILED and p.now < slot.retry_at:
             p.later(slot.retry_at)
             continue
-        hosts = p.where(slot)
-        if not isinstance(hosts, Unplaceable) and p.fits_on(slot, hosts):
+        hosts = where(slot, p.slots, p.policy)
+        if not isinstance(hosts, Unplaceable) and fits_on(slot, hosts, p.slots, p.policy):
             if slot.state is State.SLEEPING:  # put to sleep for another model's room, which is back
                 p.wake(slot)
             else:

@@ -20,7 +20,7 @@ from waker.core.lifecycle import State
 from waker.core.plan import Slot
 from waker.core.progress import Phase, Progress
 from waker.errors import AdminError, ConfigError, NginxError, RequestRefused, error_body
-from waker.http.context import context
+from waker.http.context import CONTEXT
 from waker.http.errors import error_response
 from waker.shell.manual_control import SleepOutcome, StopOutcome
 from waker.shell.supervisor import Supervisor
@@ -32,7 +32,7 @@ HEARTBEAT_SECONDS = 15.0
 
 @web.middleware
 async def require_token(request: web.Request, handler):
-    token = context(request).supervisor.config.waker.admin_token
+    token = request.app[CONTEXT].supervisor.config.waker.admin_token
     if token and request.path.startswith("/admin/"):
         given = request.headers.get("Authorization", "")
         if not hmac.compare_digest(given.encode(), f"Bearer {token}".encode()):
@@ -45,7 +45,7 @@ async def require_token(request: web.Request, handler):
 
 
 def _model(request: web.Request) -> ModelConfig:
-    supervisor = context(request).supervisor
+    supervisor = request.app[CONTEXT].supervisor
     name = request.match_info["model"]
     model = supervisor.config.model(name) or supervisor.config.resolve(name)
     if model is None:
@@ -130,11 +130,11 @@ def describe(
 
 
 def _described(request: web.Request, model: ModelConfig, slots: dict[str, Slot] | None = None) -> dict[str, Any]:
-    return describe(context(request).supervisor, model, slots, context(request).watch.progress(model.id))
+    return describe(request.app[CONTEXT].supervisor, model, slots, request.app[CONTEXT].watch.progress(model.id))
 
 
 async def list_models(request: web.Request) -> web.Response:
-    supervisor = context(request).supervisor
+    supervisor = request.app[CONTEXT].supervisor
     slots = supervisor.current_slots()
     return web.json_response(
         {
@@ -143,7 +143,7 @@ async def list_models(request: web.Request) -> web.Response:
             "docker": supervisor.docker_error or "connected",
             "gpu_capacity": supervisor.policy.capacity,
             "hosts": [asdict(status) for status in supervisor.hosts.status(slots, supervisor.policy)],
-            "gpu": [asdict(reading) for reading in context(request).gpu.read()],
+            "gpu": [asdict(reading) for reading in request.app[CONTEXT].gpu.read()],
         }
     )
 
@@ -153,11 +153,11 @@ async def get_model(request: web.Request) -> web.Response:
 
 
 async def start(request: web.Request) -> web.Response:
-    supervisor, model = context(request).supervisor, _model(request)
+    supervisor, model = request.app[CONTEXT].supervisor, _model(request)
     wait = _flag(request, "wait", True)
     preload = asyncio.ensure_future(supervisor.acquire(model))
     if not wait:
-        keep_until_done(context(request).starts, preload, model.id)
+        keep_until_done(request.app[CONTEXT].starts, preload, model.id)
         # One turn of the loop queues the request (acquire runs up to its first wait); deciding now
         # rather than on the next turn makes the answer show the decision ("starting", or still
         # "stopped" with its place in the queue), not the state before it.
@@ -190,10 +190,10 @@ def keep_until_done(tasks: set[asyncio.Task[None]], task: asyncio.Task[None], mo
 
 
 async def stop(request: web.Request) -> web.Response:
-    supervisor, model = context(request).supervisor, _model(request)
+    supervisor, model = request.app[CONTEXT].supervisor, _model(request)
     force, wait = _flag(request, "force", False), _flag(request, "wait", True)
     try:
-        outcome = context(request).control.stop_by_hand(model.id, force)
+        outcome = request.app[CONTEXT].control.stop_by_hand(model.id, force)
     except AdminError as exc:
         return error_response(exc.status, "conflict", exc.message)
     if wait and outcome is StopOutcome.STOPPING:
@@ -202,9 +202,9 @@ async def stop(request: web.Request) -> web.Response:
 
 
 async def sleep(request: web.Request) -> web.Response:
-    supervisor, model = context(request).supervisor, _model(request)
+    supervisor, model = request.app[CONTEXT].supervisor, _model(request)
     try:
-        outcome = context(request).control.sleep_by_hand(model.id)
+        outcome = request.app[CONTEXT].control.sleep_by_hand(model.id)
     except AdminError as exc:
         return error_response(exc.status, "conflict", exc.message)
     if _flag(request, "wait", True) and outcome is SleepOutcome.FALLING_ASLEEP:
@@ -215,13 +215,13 @@ async def sleep(request: web.Request) -> web.Response:
 
 async def pin(request: web.Request) -> web.Response:
     model = _model(request)
-    context(request).control.set_pinned(model.id, request.path.endswith("/pin"))
+    request.app[CONTEXT].control.set_pinned(model.id, request.path.endswith("/pin"))
     return web.json_response(_described(request, model))
 
 
 async def unload(request: web.Request) -> web.Response:
-    supervisor = context(request).supervisor
-    outcome = context(request).control.unload(_flag(request, "force", False))
+    supervisor = request.app[CONTEXT].supervisor
+    outcome = request.app[CONTEXT].control.unload(_flag(request, "force", False))
     if _flag(request, "wait", True):
         await asyncio.gather(
             *(
@@ -241,7 +241,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
             raise ValueError
     except ValueError:
         return error_response(400, "invalid_parameter", "tail must be a whole number from 0 to 100000")
-    driver = context(request).supervisor.driver_of(model.id)
+    driver = request.app[CONTEXT].supervisor.driver_of(model.id)
     container_id = await driver.container(model.id)
     if container_id is None:
         return error_response(404, "no_container", f"model {model.id!r} has no container yet; start it first")
@@ -255,7 +255,7 @@ async def logs(request: web.Request) -> web.StreamResponse:
 
 
 async def events(request: web.Request) -> web.StreamResponse:
-    bus = context(request).supervisor.bus
+    bus = request.app[CONTEXT].supervisor.bus
     queue = bus.listen()
     try:
         response = await _sse(request)
@@ -272,7 +272,7 @@ async def events(request: web.Request) -> web.StreamResponse:
 
 async def reload(request: web.Request) -> web.Response:
     try:
-        change = await context(request).control.reload()
+        change = await request.app[CONTEXT].control.reload()
     except ConfigError as exc:
         return error_response(
             400,
@@ -288,7 +288,7 @@ async def reload(request: web.Request) -> web.Response:
 
 
 async def prepare(request: web.Request) -> web.Response:
-    supervisor = context(request).supervisor
+    supervisor = request.app[CONTEXT].supervisor
     ids: list[Any] = []
     if request.can_read_body:
         try:

@@ -12,7 +12,7 @@ from pathlib import Path
 from aiohttp import web
 
 from waker.http import admin, gateway, model_controls
-from waker.http.context import CONTEXT, Context, context
+from waker.http.context import CONTEXT, Context
 from waker.http.loading_stream import LoadingStreams
 from waker.http.metrics import Counters, render
 from waker.shell.loading_watch import LoadingWatch
@@ -64,7 +64,7 @@ def build_app(
 
 
 async def metrics(request: web.Request) -> web.Response:
-    ctx = context(request)
+    ctx = request.app[CONTEXT]
     text = render(ctx.supervisor, ctx.counters, ctx.gpu)
     return web.Response(text=text, content_type="text/plain", headers={"X-Content-Type-Options": "nosniff"})
 

@@ -1,5 +1,5 @@
 """What every handler of the waker's one HTTP application reaches: the shell and the HTTP layer's own
-parts, in one typed value (`context(request)`), set once where the application is built (`http.app`)."""
+parts, in one typed value (`request.app[CONTEXT]`), set once where the application is built (`http.app`)."""
 
 from __future__ import annotations
 
@@ -39,7 +39,3 @@ class Context:
 
 
 CONTEXT = web.AppKey("context", Context)
-
-
-def context(request: web.Request) -> Context:
-    return request.app[CONTEXT]

@@ -17,7 +17,7 @@ from aiohttp import web
 
 from waker.config.schema import LoadingFeedback
 from waker.errors import RequestRefused
-from waker.http.context import context
+from waker.http.context import CONTEXT
 from waker.http.errors import error_response
 from waker.http.loading_stream import wants_feedback
 from waker.http.model_list import created, openai_entry
@@ -30,7 +30,7 @@ log = structlog.get_logger("waker.http.gateway")
 async def count_and_shield(request: web.Request, handler):
     """Counts what reaches the waker (so tests can prove which requests never do), and turns any
     failure into an OpenAI-shaped JSON error: nginx passes the waker's answers on to clients."""
-    stats = context(request).stats
+    stats = request.app[CONTEXT].stats
     if request.path != "/_stats":
         stats.requests += 1
     try:
@@ -55,7 +55,7 @@ async def count_and_shield(request: web.Request, handler):
 
 
 async def wake(request: web.Request) -> web.StreamResponse:
-    ctx = context(request)
+    ctx = request.app[CONTEXT]
     model = ctx.supervisor.config.model(request.match_info["model"])
     if model is None:
         return error_response(404, "model_not_found", f"unknown model {request.match_info['model']!r}")
@@ -83,7 +83,7 @@ async def list_models(request: web.Request) -> web.Response:
     """The OpenAI model list with each model's live state. Answers from memory at once, waking
     nothing: Open WebUI gives the model list a short timeout of its own. Served at `/models` too,
     where llama.cpp's router (and so Open WebUI's llama.cpp connection) asks for the same list."""
-    supervisor = context(request).supervisor
+    supervisor = request.app[CONTEXT].supervisor
     config = supervisor.config
     written = created(config)
     data = [openai_entry(model, supervisor.state(model.id), written) for model in config.models]
@@ -93,7 +93,7 @@ async def list_models(request: web.Request) -> web.Response:
 async def healthz(request: web.Request) -> web.Response:
     """200 when the waker can do its job; 503 saying why when it cannot reach Docker. With several
     hosts, 503 only when none answers; 200 and "degraded" naming the host(s) down while one does."""
-    hosts = context(request).supervisor.hosts
+    hosts = request.app[CONTEXT].supervisor.hosts
     problem, down = hosts.docker_error, hosts.down()
     named = {"hosts": {name: down.get(name, "connected") for name in hosts.names}} if hosts.several else {}
     if problem:
@@ -104,4 +104,4 @@ async def healthz(request: web.Request) -> web.Response:
 
 
 async def stats(request: web.Request) -> web.Response:
-    return web.json_response(asdict(context(request).stats))
+    return web.json_response(asdict(request.app[CONTEXT].stats))

@@ -26,7 +26,7 @@ from aiohttp import web
 from waker.config.schema import ModelConfig
 from waker.core.lifecycle import State, StopReason
 from waker.errors import RequestRefused
-from waker.http.context import context
+from waker.http.context import CONTEXT
 from waker.http.errors import error_response
 from waker.http.model_list import client_status, created, openai_entry
 from waker.nginx.render import NGINX_ERRORS
@@ -55,7 +55,7 @@ def _carries_client_key(request: web.Request, keys: tuple[str, ...]) -> bool:
 
 async def _requested_model(request: web.Request) -> ModelConfig:
     """The model the request names, once it may be acted on; raises _Refused, changing nothing."""
-    config = context(request).supervisor.config
+    config = request.app[CONTEXT].supervisor.config
     if config.gateway.api_keys and not _carries_client_key(request, config.gateway.api_keys):
         raise _Refused(401, *NGINX_ERRORS[401])  # the answer nginx gives the same mistake
     if not config.gateway.client_model_control:
@@ -94,7 +94,7 @@ def _entry(supervisor: Supervisor, model: ModelConfig) -> dict[str, Any]:
 
 
 async def load(request: web.Request) -> web.Response:
-    supervisor = context(request).supervisor
+    supervisor = request.app[CONTEXT].supervisor
     try:
         model = await _requested_model(request)
     except _Refused as refused:
@@ -119,7 +119,7 @@ async def load(request: web.Request) -> web.Response:
 
 
 async def unload(request: web.Request) -> web.Response:
-    supervisor = context(request).supervisor
+    supervisor = request.app[CONTEXT].supervisor
     try:
         model = await _requested_model(request)
     except _Refused as refused:
@@ -150,7 +150,7 @@ async def unload(request: web.Request) -> web.Response:
             f"model {model.id!r} has {slot.in_flight} request(s) in flight; "
             "unloading it would cut them off; nothing was changed, ask again when they are done",
         )
-    outcome = context(request).control.stop_by_hand(model.id, reason=StopReason.CLIENT)
+    outcome = request.app[CONTEXT].control.stop_by_hand(model.id, reason=StopReason.CLIENT)
     if outcome is StopOutcome.STOPPING:
         await supervisor.wait_until(model.id, (State.STOPPED,), model.stop_timeout + 30)
     log.info("client_unload", model=model.id, outcome=outcome)

@@ -7,7 +7,7 @@ from __future__ import annotations
 import asyncio
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from typing import Any
 
 import structlog
@@ -28,7 +28,7 @@ class Published:
 
     def as_json(self) -> dict[str, Any]:
         """The admin events stream's object: `type`, `time`, then the event's fields."""
-        return {"type": self.event.kind.value, "time": self.time, **self.event.payload()}
+        return {"type": self.event.kind.value, "time": self.time, **asdict(self.event)}
 
 
 class EventBus:
@@ -42,7 +42,7 @@ class EventBus:
 
     def publish(self, event: WakerEvent) -> None:
         published = Published(time.time(), event)
-        log.info(event.kind.value, **event.payload())
+        log.info(event.kind.value, **asdict(event))
         for sink in self._sinks:
             sink(event)
         for queue in self._listeners:

@@ -31,6 +31,7 @@ def slot_for(model: ModelConfig, can_sleep: bool = True) -> Slot:
 
 @dataclass(slots=True)
 class ModelRecord:
+    model: ModelConfig  # its config in force
     slot: Slot  # what the scheduler knows; replaced, never mutated
     activity: ModelActivity = field(default_factory=ModelActivity)  # requests in flight, from nginx
     died: asyncio.Event = field(default_factory=asyncio.Event)  # set when Docker reports its death
@@ -38,4 +39,4 @@ class ModelRecord:
 
     @classmethod
     def new(cls, model: ModelConfig, now: float = 0.0, can_sleep: bool = True) -> ModelRecord:
-        return cls(slot=replace(slot_for(model, can_sleep), since=now))
+        return cls(model, replace(slot_for(model, can_sleep), since=now))

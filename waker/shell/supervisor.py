@@ -52,7 +52,7 @@ from waker.core.events import (
     SleepFailed,
     WakeFailed,
 )
-from waker.core.incidents import GATED, Failure, moved
+from waker.core.incidents import GATED, Failure
 from waker.core.lifecycle import Event, SleepReason, State, StopReason
 from waker.core.plan import Grant, HostBudget, Plan, Policy, Refuse, Sleep, Slot, Start, Stop, Wake
 from waker.core.reload import ConfigChange
@@ -189,7 +189,7 @@ class Supervisor:
         slot = self._records[model.id].slot
         if slot.suspended:
             self._write(model.id, replace(slot, suspended=False))
-        if self.state(model.id) is State.READY:
+        if slot.state is State.READY:
             if await self.driver_of(model.id).healthy(model):
                 return
             if self.state(model.id) is State.READY:
@@ -243,17 +243,16 @@ class Supervisor:
     def _carry_out(self, plan: Plan) -> None:
         for action in plan.actions:
             if isinstance(action, Start):
-                self._starting(action.model, action.hosts)
-                self.spawn(self._run_start(self._model(action.model)))
+                self._start(action.model, action.hosts)
             elif isinstance(action, Stop):
                 self.stop(action.model, action.reason, action.for_model)
             elif isinstance(action, Sleep):
                 self._move(action.model, Event.SLEEP)
-                self.spawn(self._run_sleep(self._model(action.model), action.reason, action.for_model))
+                self.spawn(self._run_sleep(self._records[action.model].model, action.reason, action.for_model))
             elif isinstance(action, Wake):
                 asleep_since = self._records[action.model].slot.since
                 self._move(action.model, Event.WAKE)
-                self.spawn(self._run_wake(self._model(action.model), asleep_since))
+                self.spawn(self._run_wake(self._records[action.model].model, asleep_since))
             elif isinstance(action, Grant):
                 self._answer(action.waiter, None)
             elif isinstance(action, Refuse):
@@ -280,16 +279,16 @@ class Supervisor:
             self.spawn(self.gate.route_logged())  # leaving sleep mode (woken, called off, died) opens it
         self.spawn(self._notify())
 
-    def _move(self, model_id: str, event: Event) -> Slot:
-        """The transition `event`, nothing else changed; returns the new slot."""
-        slot = moved(self._records[model_id].slot, event, self.now())
-        self._write(model_id, slot, event)
-        return slot
+    def _move(self, model_id: str, event: Event) -> None:
+        """The transition `event`, nothing else changed."""
+        self._write(model_id, self._records[model_id].slot.moved(event, self.now()), event)
 
-    def _starting(self, model_id: str, hosts: tuple[str, ...]) -> None:
+    def _start(self, model_id: str, hosts: tuple[str, ...], container_id: str | None = None) -> None:
+        """Starts the model on `hosts` (or adopts its running container)."""
         now = self.now()
-        slot = moved(self._records[model_id].slot, Event.START, now)
+        slot = self._records[model_id].slot.moved(Event.START, now)
         self._write(model_id, replace(slot, starting_since=now, hosts=hosts), Event.START)
+        self.spawn(self._run_start(self._records[model_id].model, container_id))
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -300,8 +299,8 @@ class Supervisor:
     def stop(self, model_id: str, reason: StopReason, for_model: str | None = None, suspend: bool = False) -> None:
         """Stops the model's engine; `suspend` keeps a keep_warm model down until asked for."""
         slot = self._records[model_id].slot
-        self._write(model_id, replace(moved(slot, Event.STOP, self.now()), suspended=suspend), Event.STOP)
-        self.spawn(self._run_stop(self._model(model_id), reason, for_model))
+        self._write(model_id, replace(slot.moved(Event.STOP, self.now()), suspended=suspend), Event.STOP)
+        self.spawn(self._run_stop(self._records[model_id].model, reason, for_model))
 
     def put_to_sleep(self, model_id: str, reason: SleepReason) -> None:
         self._carry_out(Plan((Sleep(model_id, reason),)))
@@ -316,18 +315,20 @@ class Supervisor:
         self._write(model_id, replace(self._records[model_id].slot, wake_failures=0))
 
     def reset_failure(self, model_id: str) -> None:
-        slot = moved(self._records[model_id].slot, Event.RESET, self.now())
+        slot = self._records[model_id].slot.moved(Event.RESET, self.now())
         self._write(model_id, replace(slot, failures=0, retry_at=0.0, wake_failures=0), Event.RESET)
         self.reconcile()
 
     def apply_config(self, new: Config, change: ConfigChange) -> None:
         """Takes in a config `plan_reload` accepted: new models join, changed ones keep their state
         with the new limits, removed ones are stopped (when running) and forgotten."""
-        old, self.config, self.policy = self.config, new, policy_of(new)
+        self.config, self.policy = new, policy_of(new)
         for model_id in change.added:
-            self._records[model_id] = self._new_record(self._model(model_id), self.now())
+            self._records[model_id] = self._new_record(self._configured(model_id), self.now())
         for model_id in change.changed:
-            fresh = slot_for(self._model(model_id), self.gate is not None)
+            record = self._records[model_id]
+            record.model = self._configured(model_id)
+            fresh = slot_for(record.model, self.gate is not None)
             limits = replace(
                 self._records[model_id].slot,
                 gpu_memory=fresh.gpu_memory,
@@ -349,9 +350,7 @@ class Supervisor:
             state = self.state(model_id)
             if state in (State.READY, State.SLEEPING):
                 self._move(model_id, Event.STOP)
-                removed = old.model(model_id)
-                assert removed is not None
-                self.spawn(self._run_stop(removed, StopReason.REMOVED, None))
+                self.spawn(self._run_stop(self._records[model_id].model, StopReason.REMOVED, None))
             elif state is not State.STOPPING:  # a stopping one is forgotten once its stop ends
                 del self._records[model_id]
         self.bus.publish(ConfigReloaded(change.added, change.changed, change.removed))
@@ -383,7 +382,7 @@ class Supervisor:
             record.container = container_id
             # `failures` stays: a run only counts as good once it ends by our stop, not by a crash.
             ready = replace(
-                moved(record.slot, Event.READY, now),
+                record.slot.moved(Event.READY, now),
                 ready_since=now,
                 last_active=now,
                 retry_at=0.0,
@@ -417,7 +416,7 @@ class Supervisor:
             # nginx may have passed it a new one while we asked: either calls the stop off.
             in_flight = self._records[model.id].activity.in_flight
             if busy or in_flight:
-                slot = moved(self._records[model.id].slot, Event.RESUME, self.now())
+                slot = self._records[model.id].slot.moved(Event.RESUME, self.now())
                 self._write(model.id, replace(slot, last_active=self.now()), Event.RESUME)
                 self.bus.publish(IdleStopPostponed(model.id, busy or 0, in_flight))
                 self.reconcile()
@@ -430,7 +429,7 @@ class Supervisor:
             self.spawn(self._run_stop(model, reason, for_model))
             return
         self._records[model.id].container = None
-        slot = moved(self._records[model.id].slot, Event.STOPPED, self.now())
+        slot = self._records[model.id].slot.moved(Event.STOPPED, self.now())
         self._write(model.id, replace(slot, failures=0), Event.STOPPED)  # a run we ended is a good run
         self.bus.publish(ModelStopped(model.id, reason, for_model, server_requests))
         if self.config.model(model.id) is None:  # removed by a reload
@@ -480,7 +479,7 @@ class Supervisor:
     def _call_sleep_off(
         self, model_id: str, why: str, server_requests: int | None = None, in_flight: int | None = None
     ) -> None:
-        slot = moved(self._records[model_id].slot, Event.RESUME, self.now())
+        slot = self._records[model_id].slot.moved(Event.RESUME, self.now())
         self._write(model_id, replace(slot, last_active=self.now()), Event.RESUME)
         self.bus.publish(SleepCalledOff(model_id, why, server_requests, in_flight))
         self.reconcile()
@@ -501,7 +500,7 @@ class Supervisor:
         if not self._still(model.id, State.WAKING):
             return
         now = self.now()
-        awake = replace(moved(self._records[model.id].slot, Event.READY, now), ready_since=now, last_active=now)
+        awake = replace(self._records[model.id].slot.moved(Event.READY, now), ready_since=now, last_active=now)
         self._write(model.id, replace(awake, wake_failures=0), Event.READY)
         self.bus.publish(ModelAwake(model.id, round(now - began, 3), round(began - asleep_since, 3)))
         self.reconcile()  # its waiters are granted: nginx's @retry_ location needs no new route
@@ -537,7 +536,7 @@ class Supervisor:
             message = crash.failure.slot.last_error
             self._fail(event.model_id, StartError(503, "model_exited", message), crash.failure)
             if crash.tear_down:  # the other half of the pair cannot serve alone
-                self.spawn(self._tear_down(self._model(event.model_id), self.driver_of(event.model_id)))
+                self.spawn(self._tear_down(self._records[event.model_id].model, self.driver_of(event.model_id)))
             self.spawn(self._add_log_tail(event.model_id, event.container_id, message))
             self.reconcile()
 
@@ -569,8 +568,7 @@ class Supervisor:
 
     def _adopt(self, model_id: str, container_id: str, hosts: tuple[str, ...]) -> None:
         self.bus.publish(ContainerAdopted(model_id, container_id[:12], hosts if self.hosts.several else None))
-        self._starting(model_id, hosts)
-        self.spawn(self._run_start(self._model(model_id), container_id))
+        self._start(model_id, hosts, container_id)
 
     async def _tear_down(self, model: ModelConfig, driver: Driver) -> None:
         """Stops what is left of a failed model spread over two hosts, without a state change."""
@@ -591,7 +589,7 @@ class Supervisor:
             self._write(model_id, replace(record.slot, last_error=f"{message}; last log lines:\n{tail}"))
 
     async def _stop_stray(self, host: str, model_id: str, container_id: str) -> None:
-        model = self._model(model_id)
+        model = self._records[model_id].model
         runs_on = list(hosts_of(self._records[model_id].slot, self.policy))
         log.warning("stray_container_stopped", model=model_id, host=host, container=container_id[:12], runs_on=runs_on)
         try:
@@ -611,7 +609,7 @@ class Supervisor:
         if not task.cancelled() and task.exception() is not None:
             log.error("task_failed", task=task.get_name(), error=repr(task.exception()), exc_info=task.exception())
 
-    def _model(self, model_id: str) -> ModelConfig:
+    def _configured(self, model_id: str) -> ModelConfig:
         model = self.config.model(model_id)
         assert model is not None, f"model {model_id!r} is not in the config"
         return model
