@@ -1,10 +1,12 @@
-from waker.nginx.activity import Mark, ModelActivity, parse
+from waker.nginx.activity import Mark, MarkKind, ModelActivity, parse
 
 
 def test_parses_nginx_syslog_marks():
     begin = parse(b"<190>Nov 27 10:51:39 waker: begin /_inflight/qwen2.5:7b 488-1-1")
-    assert begin == Mark("begin", "qwen2.5:7b", b"488-1-1")
-    assert parse(b"<190>Nov 27 10:51:40 waker: end qwen2.5:7b 488-1-1 200") == Mark("end", "qwen2.5:7b", b"488-1-1")
+    assert begin == Mark(MarkKind.BEGIN, "qwen2.5:7b", b"488-1-1")
+    assert parse(b"<190>Nov 27 10:51:40 waker: end qwen2.5:7b 488-1-1 200") == Mark(
+        MarkKind.END, "qwen2.5:7b", b"488-1-1"
+    )
 
 
 def test_ignores_anything_else():

@@ -21,7 +21,7 @@ from waker.core.events import (
 )
 from waker.core.lifecycle import State
 from waker.errors import RequestRefused, StartError
-from waker.nginx.activity import Mark
+from waker.nginx.activity import Mark, MarkKind
 from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet
 from waker.shell.supervisor import Supervisor
@@ -37,11 +37,11 @@ async def ready(shell, model_id: str) -> None:
 
 
 def begin(shell, model_id: str, request: bytes) -> None:
-    shell.supervisor.on_activity(Mark("begin", model_id, request))
+    shell.supervisor.on_activity(Mark(MarkKind.BEGIN, model_id, request))
 
 
 def end(shell, model_id: str, request: bytes) -> None:
-    shell.supervisor.on_activity(Mark("end", model_id, request))
+    shell.supervisor.on_activity(Mark(MarkKind.END, model_id, request))
 
 
 async def timer_in(shell, seconds: float) -> None:

@@ -16,8 +16,7 @@ import urllib.request
 from collections.abc import Iterator
 from typing import Any
 
-from waker.config.overrides import overrides_or_env
-from waker.config.schema import load_config
+from waker.config.schema import load_config, overrides_or_env
 from waker.errors import ConfigError
 
 EXIT_REFUSED, EXIT_USAGE, EXIT_UNREACHABLE = 1, 2, 3

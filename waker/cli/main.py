@@ -12,8 +12,7 @@ import tomli_w
 
 from waker.cli import admin_client, logs
 from waker.config.hosts import HostConfig
-from waker.config.overrides import overrides_or_env
-from waker.config.schema import Config, ModelConfig, load_config
+from waker.config.schema import Config, ModelConfig, ModelStatus, load_config, overrides_or_env
 from waker.config.units import format_duration, format_size
 from waker.errors import ConfigError
 from waker.nginx.render import render
@@ -115,7 +114,7 @@ def _check(config: Config, resolved: bool) -> int:
         print(
             f"  {m.id}{aliases}: {m.image}, port {m.port} -> {m.address}, {gpu}, "
             f"start_timeout {format_duration(m.start_timeout)}, idle_timeout {format_duration(m.idle_timeout)}"
-            + (", experimental" if m.status == "experimental" else "")
+            + (", experimental" if m.status is ModelStatus.EXPERIMENTAL else "")
         )
     for m in config.disabled:
         print(f"  {m.id}: disabled ({m.notes})")

@@ -6,7 +6,7 @@ from __future__ import annotations
 
 import sys
 
-from waker.config.schema import Config, ModelConfig, load_config
+from waker.config.schema import Config, ModelConfig, ModelStatus, load_config
 
 # The quick picker's headings, in waker.config.fields.PICKS order.
 PICK_TITLES = {
@@ -76,7 +76,7 @@ def _picker(config: Config) -> str:
             continue
         lines.append(f"**{title}**")
         for m in chosen:
-            status = "" if m.status == "validated" else f" ({m.status})"
+            status = "" if m.status is ModelStatus.VALIDATED else f" ({m.status})"
             lines.append(f"- `{m.id}`{status}: {m.best_for}")
         lines.append("")
     return "\n".join(lines).rstrip()

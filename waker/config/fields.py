@@ -9,8 +9,9 @@ import os
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
+from enum import StrEnum
 from pathlib import Path
-from typing import Any
+from typing import Any, TypeVar
 
 from waker.config.units import parse_duration
 
@@ -52,6 +53,8 @@ class Source:
 
 # vLLM's flag naming the names it serves (it takes several); the waker adds the model's id and aliases.
 SERVED_NAME_FLAG = "--served-model-name"
+
+E = TypeVar("E", bound=StrEnum)
 
 
 def served_names_index(command: tuple[str, ...]) -> int | None:
@@ -264,6 +267,17 @@ def choice(*options: str) -> Callable[[Any], str]:
         if value not in options:
             raise ValueError(f"expected one of {', '.join(repr(o) for o in options)}, got {value!r}")
         return value
+
+    return parse
+
+
+def member(kind: type[E]) -> Callable[[Any], E]:
+    """The parser of one of a closed set of words: the enum's member (its default, given as the member
+    itself, is taken as it is)."""
+    words = choice(*(m.value for m in kind))
+
+    def parse(value: Any) -> E:
+        return kind(words(value))
 
     return parse
 

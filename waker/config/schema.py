@@ -18,11 +18,9 @@ from waker.config import fields
 from waker.config import fixups as config_fixups
 from waker.config import hosts as config_hosts
 from waker.config import ray as config_ray
-from waker.config.feedback import LoadingFeedback, parse_feedback
 from waker.config.fields import Address, Source
 from waker.config.fixups import Fixup, fixup_problems
 from waker.config.hosts import HostConfig
-from waker.config.overrides import apply_override
 from waker.config.sleep import MODEL_KEYS as SLEEP_KEYS
 from waker.config.sleep import SleepConfig, parse_sleep
 from waker.config.units import parse_duration, parse_size
@@ -58,7 +56,25 @@ RESERVED_NAMES = frozenset(
 )
 
 DEFAULT_CONFIG_PATH = Path("config/models.toml")
-MODEL_STATUSES = ("validated", "experimental", "disabled")
+
+
+class LoadingFeedback(StrEnum):
+    """What a streaming chat completion for a model that is not ready gets while it waits."""
+
+    REASONING = "reasoning"  # progress lines as `delta.reasoning_content` chunks, then the model's answer
+    OFF = "off"  # nothing until the model's answer, as for any other request
+
+
+def parse_feedback(table: fields.Table, default: LoadingFeedback) -> LoadingFeedback:
+    return table.get("loading_feedback", fields.member(LoadingFeedback), default)
+
+
+class ModelStatus(StrEnum):
+    """How far a catalogue entry has been checked (`status`)."""
+
+    VALIDATED = "validated"  # run and checked on the target box
+    EXPERIMENTAL = "experimental"  # served, but not (yet) validated there
+    DISABLED = "disabled"  # declared for the record, not served (its `notes` say why)
 
 
 class OnBusy(StrEnum):
@@ -141,7 +157,7 @@ class ModelConfig:
     vision: bool
     tools: bool
     description: str
-    status: str
+    status: ModelStatus
     notes: str
     # The catalogue guide (docs/models.md): where the recipe comes from and what the model is for.
     source: Source | None
@@ -195,6 +211,39 @@ class Config:
     def resolve(self, name: str) -> ModelConfig | None:
         """The model a client means by an id or an alias."""
         return self._by_name.get(name)
+
+
+OVERRIDABLE = ("gateway", "waker", "scheduler")
+
+
+def overrides_or_env(given: list[str]) -> tuple[str, ...]:
+    """--set values, else $WAKER_SET (space-separated): a container deployment sets them once for
+    every command, so `docker compose exec gateway waker status` sees the config the waker runs."""
+    return tuple(given or os.environ.get("WAKER_SET", "").split())
+
+
+def apply_override(raw: dict[str, Any], override: str, problems: list[str]) -> None:
+    """`section.key=value` replaces one deployment setting, so that a container deployment can adapt
+    the same file (listen addresses, network) without a copy of it. The value is read as TOML when it
+    parses as a TOML value, else taken as a string: `gateway.allow_no_keys=true`, `waker.network=models`."""
+    name, sep, value = override.partition("=")
+    section, dot, key = name.strip().partition(".")
+    if not sep or not dot or not key:
+        problems.append(f"--set {override!r}: expected SECTION.KEY=VALUE, such as gateway.listen=0.0.0.0:8009")
+        return
+    if section not in OVERRIDABLE:
+        problems.append(
+            f"--set {override!r}: only {', '.join(OVERRIDABLE)} settings can be set this way; "
+            "models are declared in the file"
+        )
+        return
+    try:
+        parsed = tomllib.loads(f"v = {value}")["v"]
+    except tomllib.TOMLDecodeError:
+        parsed = value
+    table = raw.setdefault(section, {})
+    if isinstance(table, dict):
+        table[key] = parsed
 
 
 def load_config(path: Path | str | None = None, overrides: tuple[str, ...] = ()) -> Config:
@@ -274,7 +323,7 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         idle_timeout=scheduler.get("idle_timeout", parse_duration, "20m"),
         min_uptime=scheduler.get("min_uptime", parse_duration, "30s"),
         gpu_capacity=scheduler.get("gpu_capacity", fields.capacity, 1.0),
-        on_busy=OnBusy(scheduler.get("on_busy", fields.choice(*(o.value for o in OnBusy)), OnBusy.QUEUE.value)),
+        on_busy=scheduler.get("on_busy", fields.member(OnBusy), OnBusy.QUEUE),
         queue_timeout=scheduler.get("queue_timeout", fields.positive_duration, "10m"),
         max_start_failures=scheduler.get("max_start_failures", fields.positive_int, 3),
         start_backoff=scheduler.get("start_backoff", parse_duration, "2m"),
@@ -307,8 +356,8 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
     config_hosts.check_placement(models, hosts, scheduler_cfg.gpu_capacity, path, problems)
     if problems:
         raise ConfigError(path, problems)
-    served = tuple(m for m in models if m.status != "disabled")
-    disabled = tuple(m for m in models if m.status == "disabled")
+    served = tuple(m for m in models if m.status is not ModelStatus.DISABLED)
+    disabled = tuple(m for m in models if m.status is ModelStatus.DISABLED)
     return Config(path, gateway_cfg, waker_cfg, scheduler_cfg, served, disabled, overrides, hosts)
 
 
@@ -386,7 +435,7 @@ def _parse_model(
         id=model_id if model_id is not None else label,  # an invalid id is reported; the label names it
         aliases=tuple(model.get("aliases", fields.list_of(fields.model_id), [])),
         image=model.get("image", fields.string, required=True),
-        pull=PullPolicy(model.get("pull", fields.choice(*(p.value for p in PullPolicy)), PullPolicy.MISSING.value)),
+        pull=model.get("pull", fields.member(PullPolicy), PullPolicy.MISSING),
         command=command,
         entrypoint=fields.tuple_or_none(model.get("entrypoint", fields.list_of(fields.string))),
         port=port,
@@ -406,7 +455,7 @@ def _parse_model(
         vision=model.get("vision", fields.boolean, False),
         tools=model.get("tools", fields.boolean, False),
         description=model.get("description", fields.string, ""),
-        status=model.get("status", fields.choice(*MODEL_STATUSES), "validated"),
+        status=model.get("status", fields.member(ModelStatus), ModelStatus.VALIDATED),
         notes=model.get("notes", fields.string, ""),
         source=model.get("source", fields.source),
         best_for=model.get("best_for", fields.string, ""),
@@ -427,7 +476,7 @@ def _parse_model(
     )
     model.reject_unknown(_MODEL_KEYS)
     where = f"{path}: model '{result.id}'"
-    if result.status == "disabled" and not result.notes:
+    if result.status is ModelStatus.DISABLED and not result.notes:
         problems.append(f"{where}: a disabled model needs 'notes' saying why, so that users know")
     problems += [f"{where}: field 'fixups': {problem}" for problem in fixup_problems(result)]
     problems += config_ray.ray_problems(where, result, entry, result.sleep.enabled, waker.network)

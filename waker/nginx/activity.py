@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import socket
 from collections.abc import Callable
+from enum import StrEnum
 from typing import NamedTuple
 
 import structlog
@@ -21,8 +22,13 @@ from waker.nginx.render import BEGIN_PREFIX
 log = structlog.get_logger("waker.nginx.activity")
 
 
+class MarkKind(StrEnum):
+    BEGIN = "begin"  # nginx passed a request to the model (its mirror subrequest)
+    END = "end"  # its last byte was sent, or its client left (its access log line)
+
+
 class Mark(NamedTuple):  # a tuple: it is made twice per model request
-    kind: str  # "begin" or "end"
+    kind: MarkKind
     model: str
     request: bytes
 
@@ -40,9 +46,9 @@ def parse(datagram: bytes) -> Mark | None:
         return None
     kind, model, request = parts[0], parts[1].decode("utf-8", "replace"), parts[2]
     if kind == b"begin" and model.startswith(BEGIN_PREFIX):
-        return Mark("begin", model[len(BEGIN_PREFIX) :], request)
+        return Mark(MarkKind.BEGIN, model[len(BEGIN_PREFIX) :], request)
     if kind == b"end":
-        return Mark("end", model, request)
+        return Mark(MarkKind.END, model, request)
     return None
 
 

@@ -58,7 +58,7 @@ from waker.core.plan import Grant, HostBudget, Plan, Policy, Refuse, Sleep, Slot
 from waker.core.reload import ConfigChange
 from waker.core.scheduler import decide, hosts_of
 from waker.errors import DriverError, NginxError, RequestRefused, SleepModeError, StartError
-from waker.nginx.activity import Mark
+from waker.nginx.activity import Mark, MarkKind
 from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet
 from waker.shell.gate import Gate
@@ -213,7 +213,7 @@ class Supervisor:
         if record is None:
             return
         now = self.now()
-        if mark.kind == "begin":
+        if mark.kind is MarkKind.BEGIN:
             record.activity.begin(mark.request, now)
             return
         record.activity.end(mark.request, now)
