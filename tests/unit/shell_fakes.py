@@ -85,6 +85,7 @@ class FakeDriver:
     running_now: dict[str, str] = field(default_factory=dict)
     unhealthy: set[str] = field(default_factory=set)
     busy_counts: dict[str, int | None] = field(default_factory=dict)
+    busy_unanswered: dict[str, int] = field(default_factory=dict)  # busy checks left unanswered per model
     down_failures: int = 0
     tails: dict[str, str] = field(default_factory=dict)
     loading_lines: dict[str, list[str]] = field(default_factory=dict)
@@ -146,6 +147,9 @@ class FakeDriver:
 
     async def busy(self, model: ModelConfig) -> int | None:
         self.calls.append(("busy", model.id))
+        if self.busy_unanswered.get(model.id):
+            self.busy_unanswered[model.id] -= 1
+            raise DriverError("http://127.0.0.1:8000/metrics did not answer within 10 s")
         if model.id in self.busy_checks:
             asked, answer = self.busy_checks.pop(model.id)
             asked.set()

@@ -130,6 +130,17 @@ def test_a_listing_adopts_what_runs_stops_what_is_gone_and_finds_strays():
     assert "worker_here" not in found.gone  # its head is on one: two's listing says nothing of it
 
 
+def test_an_idle_check_calls_off_for_work_and_asks_again_when_the_engine_does_not_answer():
+    assert incidents.idle_check(2, True, 0, 0) is incidents.IdleCheck.BUSY
+    assert incidents.idle_check(0, True, 1, 0) is incidents.IdleCheck.BUSY  # nginx passed it one
+    assert incidents.idle_check(0, True, 0, 0) is incidents.IdleCheck.IDLE
+    assert incidents.idle_check(None, True, 0, 0) is incidents.IdleCheck.IDLE  # an engine that does not say
+    assert incidents.idle_check(None, False, 0, 0) is incidents.IdleCheck.CHECK_AGAIN
+    assert incidents.idle_check(None, False, 0, incidents.MAX_UNANSWERED_CHECKS - 2) is incidents.IdleCheck.CHECK_AGAIN
+    assert incidents.idle_check(None, False, 0, incidents.MAX_UNANSWERED_CHECKS - 1) is incidents.IdleCheck.IDLE
+    assert incidents.idle_check(None, False, 1, 5) is incidents.IdleCheck.BUSY
+
+
 def test_a_failed_wake_stops_the_model_and_counts():
     stopping = incidents.wake_failed(slot(State.WAKING, wake_failures=1), NOW)
     assert stopping.state is State.STOPPING and stopping.wake_failures == 2 and stopping.since == NOW

@@ -222,6 +222,34 @@ async def test_an_idle_stop_is_called_off_while_the_engine_reports_work():
     assert shell.kinds(ModelStopped, model="a", reason="idle", server_requests=0)
 
 
+async def test_an_engine_that_does_not_answer_its_idle_check_is_asked_again_before_a_stop():
+    """vLLM's API server stalls while its engine works (up to 14 s on a loaded CPU): no answer is not
+    "idle". The check is made again after a pause, and the work it then reports calls the stop off."""
+    shell = await open_shell(make_config({"id": "a", "idle_timeout": "10s", "min_uptime": "0s"}))
+    await ready(shell, "a")
+    shell.driver.busy_unanswered["a"] = 1
+    shell.driver.busy_counts["a"] = 2
+    shell.clock.advance(10)
+    await until(lambda: shell.clock.sleepers, "the pause before the second check")
+    assert shell.supervisor.state("a") is State.STOPPING and shell.driver.count("busy", "a") == 1
+    shell.clock.advance(5)
+    await until(lambda: shell.kinds(IdleStopPostponed, model="a", server_requests=2), "the call-off")
+    assert shell.supervisor.state("a") is State.READY and shell.driver.count("down", "a") == 0
+
+
+async def test_an_engine_that_never_answers_its_idle_check_is_stopped_after_three_checks():
+    shell = await open_shell(make_config({"id": "a", "idle_timeout": "10s", "min_uptime": "0s"}))
+    await ready(shell, "a")
+    shell.driver.busy_unanswered["a"] = 3
+    shell.clock.advance(10)
+    for pause in (1, 2):
+        await until(lambda: shell.clock.sleepers, f"pause {pause}")
+        shell.clock.advance(5)
+    await shell.reach("a", State.STOPPED)
+    assert shell.driver.count("busy", "a") == 3
+    assert shell.kinds(ModelStopped, model="a", reason="idle", server_requests=None)
+
+
 async def test_an_idle_stop_is_called_off_by_a_request_that_arrives_during_its_check():
     shell = await open_shell(make_config({"id": "a", "idle_timeout": "10s", "min_uptime": "0s"}))
     await ready(shell, "a")

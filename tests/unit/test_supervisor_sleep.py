@@ -68,6 +68,20 @@ async def test_an_idle_model_sleeps_with_its_gate_closed_before_the_sleep_call()
     assert nginx.gates[-1] == frozenset({"a"})
 
 
+async def test_a_sleep_waits_for_an_answer_from_a_stalled_engine_and_its_work_calls_it_off():
+    """Sleeping aborts the engine's requests: an engine that does not answer its check is asked again."""
+    shell, nginx = await sleep_shell(sleeper("a"))
+    await ready(shell, "a")
+    shell.driver.busy_unanswered["a"] = 1
+    shell.driver.busy_counts["a"] = 1
+    shell.clock.advance(10)
+    await until(lambda: shell.clock.sleepers, "the pause before the second check")
+    assert shell.supervisor.state("a") is State.FALLING_ASLEEP and shell.driver.count("sleep", "a") == 0
+    shell.clock.advance(5)
+    await until(lambda: shell.kinds(SleepCalledOff, model="a", server_requests=1), "the call-off")
+    assert shell.supervisor.state("a") is State.READY and shell.driver.count("sleep", "a") == 0
+
+
 async def test_a_request_arriving_during_the_sleep_check_calls_it_off_and_reopens_the_gate():
     shell, nginx = await sleep_shell(sleeper("a"))
     await ready(shell, "a")

@@ -58,7 +58,8 @@ class Driver(Protocol):
     async def healthy(self, model: ModelConfig) -> bool: ...
 
     async def busy(self, model: ModelConfig) -> int | None:
-        """Requests the engine itself reports running or waiting, or None when it does not say."""
+        """Requests the engine itself reports running or waiting, or None when it does not say;
+        raises DriverError when it does not answer."""
 
     async def log_tail(self, container_id: str) -> str:
         """The container's last lines, for an error message ("" when they cannot be read)."""

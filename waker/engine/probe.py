@@ -7,6 +7,8 @@ import re
 
 import aiohttp
 
+from waker.errors import DriverError
+
 METRICS_TIMEOUT = 10.0  # off the request path: an idle stop can wait for a loaded server's answer
 _RUNNING_METRIC = re.compile(r"^vllm:num_requests_(?:running|waiting)(?:\{[^}]*\})?\s+([0-9.eE+-]+)", re.M)
 
@@ -22,15 +24,19 @@ async def healthy(http: aiohttp.ClientSession, url: str) -> bool:
 
 async def busy(http: aiohttp.ClientSession, base_url: str) -> int | None:
     """Requests the model server itself reports running or waiting (vLLM's /metrics), or None when it
-    does not say. Asked once before an idle stop, as a check on the gateway's own count. vLLM's API
-    server answers /metrics slowly while it streams (seconds on a loaded CPU), hence a longer wait
-    than a health check's; one that never answers (wedged) does not keep its model up."""
+    does not say (no such page, no such gauge). Asked before an idle stop or sleep, as a check on the
+    gateway's own count. vLLM's API server answers /metrics slowly while it streams (seconds on a
+    loaded CPU), hence a longer wait than a health check's; no answer raises DriverError, and the
+    shell asks again (`core.incidents.idle_check`)."""
+    url = f"{base_url}/metrics"
     try:
-        async with http.get(f"{base_url}/metrics", timeout=aiohttp.ClientTimeout(total=METRICS_TIMEOUT)) as response:
+        async with http.get(url, timeout=aiohttp.ClientTimeout(total=METRICS_TIMEOUT)) as response:
             if response.status != 200:
                 return None
             text = await response.text()
-    except (TimeoutError, aiohttp.ClientError, OSError):
-        return None
+    except TimeoutError:
+        raise DriverError(f"{url} did not answer within {METRICS_TIMEOUT:g} s") from None
+    except (aiohttp.ClientError, OSError) as exc:
+        raise DriverError(f"{url} did not answer: {exc!r}") from None
     values = [float(v) for v in _RUNNING_METRIC.findall(text)]
     return int(sum(values)) if values else None

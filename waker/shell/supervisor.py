@@ -17,7 +17,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Coroutine, Mapping
-from dataclasses import asdict, replace
+from dataclasses import asdict, dataclass, replace
 from types import MappingProxyType
 from typing import Any
 
@@ -52,7 +52,7 @@ from waker.core.events import (
     SleepFailed,
     WakeFailed,
 )
-from waker.core.incidents import GATED, Failure
+from waker.core.incidents import GATED, Failure, IdleCheck
 from waker.core.lifecycle import Event, SleepReason, State, StopReason
 from waker.core.plan import Grant, HostBudget, Plan, Policy, Refuse, Sleep, Slot, Start, Stop, Wake
 from waker.core.reload import ConfigChange
@@ -69,6 +69,16 @@ from waker.shell.waiting_room import WaitingRoom
 log = structlog.get_logger("waker.shell.supervisor")
 
 STOP_RETRY_SECONDS = 5.0
+RECHECK_SECONDS = 5.0  # before asking an engine that did not answer its busy check again
+
+
+@dataclass(frozen=True, slots=True)
+class Looked:
+    """An idle stop's or sleep's last look at the engine's work and nginx's."""
+
+    verdict: IdleCheck
+    server_requests: int | None  # what the engine reported; None: it did not say, or did not answer
+    in_flight: int  # what nginx passed it
 
 
 def policy_of(config: Config) -> Policy:
@@ -411,14 +421,14 @@ class Supervisor:
     async def _run_stop(self, model: ModelConfig, reason: StopReason, for_model: str | None) -> None:
         server_requests = None  # an idle stop says what the engine said (None: nothing)
         if reason is StopReason.IDLE:
-            busy = server_requests = await self.driver_of(model.id).busy(model)
             # The engine may be working on requests nginx never told us about (a waker restart), and
             # nginx may have passed it a new one while we asked: either calls the stop off.
-            in_flight = self._records[model.id].activity.in_flight
-            if busy or in_flight:
+            looked = await self._look_for_work(model, State.STOPPING)
+            server_requests = looked.server_requests
+            if looked.verdict is IdleCheck.BUSY:
                 slot = self._records[model.id].slot.moved(Event.RESUME, self.now())
                 self._write(model.id, replace(slot, last_active=self.now()), Event.RESUME)
-                self.bus.publish(IdleStopPostponed(model.id, busy or 0, in_flight))
+                self.bus.publish(IdleStopPostponed(model.id, server_requests or 0, looked.in_flight))
                 self.reconcile()
                 return
         try:
@@ -435,6 +445,24 @@ class Supervisor:
         if self.config.model(model.id) is None:  # removed by a reload
             del self._records[model.id]
         self.reconcile()
+
+    async def _look_for_work(self, model: ModelConfig, state: State) -> Looked:
+        """Asks the engine what it is working on and reads what nginx passed it, asking again after a
+        pause while the engine does not answer (`incidents.idle_check`). A model that leaves `state`
+        meanwhile is looked at no more."""
+        unanswered = 0
+        while True:
+            try:
+                server_requests, answered = await self.driver_of(model.id).busy(model), True
+            except DriverError as exc:
+                server_requests, answered = None, False
+                log.warning("busy_check_unanswered", model=model.id, error=str(exc), unanswered=unanswered + 1)
+            in_flight = self._records[model.id].activity.in_flight if model.id in self._records else 0
+            verdict = incidents.idle_check(server_requests, answered, in_flight, unanswered)
+            if verdict is not IdleCheck.CHECK_AGAIN or not self._still(model.id, state):
+                return Looked(verdict, server_requests, in_flight)
+            unanswered += 1
+            await self.clock.sleep(RECHECK_SECONDS)
 
     # ---- sleep mode -----------------------------------------------------------------------------
 
@@ -454,14 +482,13 @@ class Supervisor:
             return
         if not self._still(model.id, State.FALLING_ASLEEP):
             return
-        busy = await self.driver_of(model.id).busy(model)
-        if not self._still(model.id, State.FALLING_ASLEEP):
-            return
         # Requests nginx passed on before the gate closed (or the engine's own count, after a waker
         # restart) call the sleep off: vLLM would abort them.
-        in_flight = self._records[model.id].activity.in_flight
-        if busy or in_flight:
-            self._call_sleep_off(model.id, "requests in flight", busy or 0, in_flight)
+        looked = await self._look_for_work(model, State.FALLING_ASLEEP)
+        if not self._still(model.id, State.FALLING_ASLEEP):
+            return
+        if looked.verdict is IdleCheck.BUSY:
+            self._call_sleep_off(model.id, "requests in flight", looked.server_requests or 0, looked.in_flight)
             return
         try:
             await self.driver_of(model.id).sleep(model)
