@@ -1,10 +1,19 @@
 import asyncio
 import base64
 import json
+import os
+import re
+import signal
 import socket
+import stat
+from typing import Any
 
+import aiohttp
 import pytest
+from aiohttp import web
+from multidict import CIMultiDictProxy
 
+from tests.eventually import eventually_async
 from waker.docker.socket_proxy import (
     KILL,
     NETWORK_CONNECT,
@@ -15,9 +24,85 @@ from waker.docker.socket_proxy import (
     connected_container,
     pulled_image,
     relay,
+    run,
 )
+from waker.docker.spec import LABEL_MANAGED, LABEL_ROLE, ROLE_GATEWAY
 
 MANAGED = {"Image": "i", "Labels": {"io.waker.managed": "true"}, "HostConfig": {"Binds": ["/data:/models"]}}
+CONTAINERS = {"model1": {LABEL_MANAGED: "true"}, "gateway1": {LABEL_ROLE: ROLE_GATEWAY}, "stranger": {"x": "y"}}
+Call = tuple[str, str, "CIMultiDictProxy[str]", bytes]
+
+
+class FakeDocker:
+    """The Docker engine behind the proxy: the containers of CONTAINERS (inspect answers their labels), an
+    event stream the test feeds, and every other call answered with what it was. The proxy's own label
+    lookups come without an API version, the client's calls with one: `forwarded` holds only the latter."""
+
+    def __init__(self) -> None:
+        self.calls: list[Call] = []
+        self.events: asyncio.Queue[bytes] = asyncio.Queue()
+        self.stream_ended = asyncio.Event()
+
+    @property
+    def forwarded(self) -> list[Call]:
+        return [call for call in self.calls if call[1].startswith("/v1.41/")]
+
+    async def handle(self, request: web.Request) -> web.StreamResponse:
+        self.calls.append((request.method, request.path_qs, request.headers, await request.read()))
+        inspect = re.fullmatch(r"(?:/v1\.41)?/containers/([^/]+)/json", request.path)
+        if request.method == "GET" and inspect:
+            labels = CONTAINERS.get(inspect.group(1))
+            if labels is None:
+                return web.json_response({"message": f"No such container: {inspect.group(1)}"}, status=404)
+            return web.json_response({"Id": inspect.group(1), "Config": {"Labels": labels}})
+        if request.path == "/v1.41/events":
+            return await self.stream(request)
+        return web.json_response({"answered": f"{request.method} {request.path_qs}"})
+
+    async def stream(self, request: web.Request) -> web.StreamResponse:
+        response = web.StreamResponse()
+        await response.prepare(request)
+        try:
+            while True:
+                await response.write(await self.events.get())
+        finally:
+            self.stream_ended.set()
+
+
+@pytest.fixture
+async def docker(tmp_path):
+    fake = FakeDocker()
+    app = web.Application()
+    app.router.add_route("*", "/{tail:.*}", fake.handle)
+    # Cancelled when the proxy drops its connection, as Docker stops an event stream nobody reads.
+    runner = web.AppRunner(app, handler_cancellation=True)
+    await runner.setup()
+    await web.UnixSite(runner, str(tmp_path / "docker.sock")).start()
+    yield fake
+    await runner.cleanup()
+
+
+@pytest.fixture
+async def proxy(tmp_path, docker):
+    proxy = SocketProxy(tmp_path / "proxy.sock", tmp_path / "docker.sock", owner=os.getuid())
+    await proxy.start()
+    yield proxy
+    await proxy.close()
+
+
+@pytest.fixture
+async def client(proxy):
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(proxy.listen))) as session:
+        yield session
+
+
+async def call(session: aiohttp.ClientSession, method: str, target: str, **kwargs: Any) -> tuple[int, Any]:
+    async with session.request(method, f"http://docker{target}", **kwargs) as response:
+        return response.status, await response.json()
+
+
+def refused(reason: str) -> tuple[int, Any]:
+    return 403, {"message": f"refused by the waker's Docker socket proxy: {reason}"}
 
 
 @pytest.mark.parametrize(
@@ -139,39 +224,27 @@ def test_a_pull_names_its_image_with_its_tag():
     assert pulled_image("fromImage=reg.io%2Fa%40sha256%3Aab&tag=") == "reg.io/a@sha256:ab"
 
 
-async def test_a_pull_without_credentials_gets_the_hosts_docker_login(tmp_path, monkeypatch):
-    """Through a real proxy to a stand-in Docker socket that records what reaches it."""
+async def test_a_pull_without_credentials_gets_the_hosts_docker_login(tmp_path, monkeypatch, docker, client):
     (tmp_path / "config.json").write_text(
         json.dumps({"auths": {"reg.io": {"auth": base64.b64encode(b"me:pw").decode()}}})
     )
     monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
-    seen: list[bytes] = []
-
-    async def docker(reader, writer):
-        seen.append(await reader.readuntil(b"\r\n\r\n"))
-        writer.write(b"HTTP/1.1 200 OK\r\nContent-Length: 0\r\n\r\n")
-        await writer.drain()
-        writer.close()
-
-    upstream = await asyncio.start_unix_server(docker, path=str(tmp_path / "docker.sock"))
-    proxy = SocketProxy(tmp_path / "proxy.sock", tmp_path / "docker.sock")
-    await proxy.start()
-    try:
-        for image in ("reg.io%2Fa%2Fb", "other.io%2Fa%2Fb"):
-            reader, writer = await asyncio.open_unix_connection(str(tmp_path / "proxy.sock"))
-            writer.write(f"POST /v1.41/images/create?fromImage={image}&tag=1 HTTP/1.1\r\nHost: d\r\n\r\n".encode())
-            assert (await reader.readline()).startswith(b"HTTP/1.1 200")
-            writer.close()
-    finally:
-        await proxy.close()
-        upstream.close()
-    header = [line for line in seen[0].split(b"\r\n") if line.lower().startswith(b"x-registry-auth:")]
-    assert json.loads(base64.urlsafe_b64decode(header[0].split(b":", 1)[1].strip())) == {
+    for image in ("reg.io%2Fa%2Fb", "other.io%2Fa%2Fb"):
+        assert (await call(client, "POST", f"/v1.41/images/create?fromImage={image}&tag=1"))[0] == 200
+    login, anonymous = (headers for _, _, headers, _ in docker.forwarded)
+    assert json.loads(base64.urlsafe_b64decode(login["X-Registry-Auth"])) == {
         "username": "me",
         "password": "pw",
         "serveraddress": "reg.io",
     }
-    assert b"x-registry-auth" not in seen[1].lower()  # no login for that registry: anonymous
+    assert "X-Registry-Auth" not in anonymous  # no login for that registry: anonymous
+
+
+async def test_a_pull_that_brings_its_own_credentials_keeps_them(tmp_path, monkeypatch, docker, client):
+    (tmp_path / "config.json").write_text(json.dumps({"auths": {"reg.io": {"auth": "bWU6cHc="}}}))
+    monkeypatch.setenv("DOCKER_CONFIG", str(tmp_path))
+    await call(client, "POST", "/v1.41/images/create?fromImage=reg.io%2Fa&tag=1", headers={"X-Registry-Auth": "mine"})
+    assert docker.forwarded[0][2].getall("X-Registry-Auth") == ["mine"]
 
 
 async def test_a_cancelled_relay_closes_its_writer_and_stays_cancelled():
@@ -184,3 +257,189 @@ async def test_a_cancelled_relay_closes_its_writer_and_stays_cancelled():
     await asyncio.gather(copying, return_exceptions=True)
     assert copying.cancelled()
     assert await asyncio.wait_for(far_reader.read(), 5) == b""  # the writer's end closed
+
+
+@pytest.mark.parametrize(
+    "method, target",
+    [
+        ("POST", "/v1.41/containers/model1/start"),
+        ("POST", "/v1.41/containers/model1/stop?t=5"),
+        ("DELETE", "/v1.41/containers/model1?force=1"),
+        ("GET", "/v1.41/containers/model1/logs?tail=5"),
+        ("GET", "/v1.41/containers/json?all=1"),
+        ("POST", "/v1.41/containers/gateway1/kill?signal=HUP"),
+    ],
+)
+async def test_allowed_calls_reach_docker_and_its_answer_comes_back(docker, client, method, target):
+    assert await call(client, method, target) == (200, {"answered": f"{method} {target}"})
+    assert [(m, t) for m, t, _, _ in docker.forwarded] == [(method, target)]
+
+
+async def test_any_container_may_be_inspected(docker, client):
+    """Reading a container's state changes nothing: the waker looks at containers it does not manage."""
+    assert await call(client, "GET", "/v1.41/containers/stranger/json") == (
+        200,
+        {"Id": "stranger", "Config": {"Labels": {"x": "y"}}},
+    )
+    assert [t for _, t, _, _ in docker.calls] == ["/v1.41/containers/stranger/json"]  # no label lookup
+
+
+@pytest.mark.parametrize(
+    "method, target, reason",
+    [
+        ("POST", "/v1.41/containers/stranger/stop", "container stranger is not managed by the waker"),
+        ("DELETE", "/v1.41/containers/stranger", "container stranger is not managed by the waker"),
+        ("GET", "/v1.41/containers/stranger/logs", "container stranger is not managed by the waker"),
+        ("POST", "/v1.41/containers/gateway1/start", "container gateway1 is not managed by the waker"),
+        ("POST", "/v1.41/containers/0123456789abcdef/stop", "container 0123456789ab is not managed by the waker"),
+        (
+            "POST",
+            "/v1.41/containers/model1/kill?signal=HUP",
+            "container model1 is not the gateway (io.waker.role=gateway): no signal may be sent to it",
+        ),
+        (
+            "POST",
+            "/v1.41/containers/gateway1/kill?signal=KILL",
+            "container kill: only signal=HUP (an nginx reload) is allowed, and only to the gateway",
+        ),
+        ("POST", "/v1.41/containers/model1/exec", "POST /v1.41/containers/model1/exec is not a call the waker makes"),
+    ],
+)
+async def test_a_refused_call_never_reaches_docker_and_ends_the_connection(docker, client, method, target, reason):
+    async with client.request(method, f"http://docker{target}") as response:
+        assert (response.status, await response.json()) == refused(reason)
+        assert response.headers["Connection"] == "close"
+    assert docker.forwarded == []
+
+
+async def test_network_connect_is_allowed_for_a_managed_container_only(docker, client):
+    target = "/v1.41/networks/egress/connect"
+    assert (await call(client, "POST", target, json={"Container": "model1"}))[0] == 200
+    assert await call(client, "POST", target, json={"Container": "stranger"}) == refused(
+        "container stranger is not managed by the waker"
+    )
+    assert await call(client, "POST", target, json={"Container": "model1", "EndpointConfig": {}}) == refused(
+        'network connect: only {"Container": ID} is accepted'
+    )
+    assert [(t, body) for _, t, _, body in docker.forwarded] == [(target, b'{"Container": "model1"}')]
+
+
+async def test_a_create_reaches_docker_with_its_body_only_when_safe(docker, client):
+    target = "/v1.41/containers/create?name=model1"
+    assert (await call(client, "POST", target, json=MANAGED))[0] == 200
+    privileged = {**MANAGED, "HostConfig": {"Privileged": True}}
+    assert (await call(client, "POST", target, json=privileged))[0] == 403
+    assert await call(client, "POST", target, data=b"{not json") == refused("container create: the body is not JSON")
+    assert [(t, json.loads(body)) for _, t, _, body in docker.forwarded] == [(target, MANAGED)]
+
+
+async def test_several_calls_on_one_connection_each_reach_docker(docker, client):
+    """Clients keep their connection to the Docker socket alive: every request on it is checked and sent."""
+    for target in ("/v1.41/_ping", "/v1.41/containers/model1/json", "/v1.41/version"):
+        assert (await call(client, "GET", target))[0] == 200
+    assert [t for _, t, _, _ in docker.forwarded] == ["/v1.41/_ping", "/v1.41/containers/model1/json", "/v1.41/version"]
+
+
+async def test_an_event_stream_comes_back_as_docker_sends_it_and_ends_with_the_client(docker, client):
+    async with client.get("http://docker/v1.41/events") as response:
+        await docker.events.put(b'{"status":"start"}\n')
+        assert await asyncio.wait_for(response.content.readline(), 10) == b'{"status":"start"}\n'
+        await docker.events.put(b'{"status":"die"}\n')
+        assert await asyncio.wait_for(response.content.readline(), 10) == b'{"status":"die"}\n'
+    await client.close()
+    # The client left: the proxy closes its connection to Docker, and Docker ends the stream.
+    await asyncio.wait_for(docker.stream_ended.wait(), 10)
+
+
+async def exchange(proxy: SocketProxy, request: bytes) -> tuple[int, Any]:
+    """The status and JSON body of the answer to one raw request. Read off the socket itself: after an
+    oversized head the proxy closes with data unread, and the reset that follows what it sent would
+    make a StreamReader drop that answer."""
+    loop = asyncio.get_running_loop()
+    with socket.socket(socket.AF_UNIX) as sock:
+        sock.setblocking(False)
+        await loop.sock_connect(sock, str(proxy.listen))
+        await loop.sock_sendall(sock, request)
+        answer = b""
+        try:
+            while chunk := await asyncio.wait_for(loop.sock_recv(sock, 65536), 10):
+                answer += chunk
+        except ConnectionResetError:
+            pass
+    head, _, body = answer.partition(b"\r\n\r\n")
+    return int(head.split()[1]), json.loads(body)
+
+
+@pytest.mark.parametrize(
+    "request_bytes, reason",
+    [
+        (b"GET /v1.41/_ping HTTP/1.1\r\nX-Pad: " + b"a" * (70 * 1024) + b"\r\n\r\n", "request head too large"),
+        (
+            b"POST /v1.41/containers/create HTTP/1.1\r\nTransfer-Encoding: chunked\r\n\r\n",
+            "chunked request bodies are not accepted",
+        ),
+        (b"POST /v1.41/containers/create HTTP/1.1\r\nContent-Length: 4194305\r\n\r\n", "request body too large"),
+    ],
+    ids=["head", "chunked", "body"],
+)
+async def test_requests_the_proxy_cannot_check_whole_are_refused(docker, proxy, request_bytes, reason):
+    assert await exchange(proxy, request_bytes) == refused(reason)
+    assert docker.calls == []
+
+
+async def test_without_docker_a_client_is_disconnected_at_once(tmp_path):
+    proxy = SocketProxy(tmp_path / "proxy.sock", tmp_path / "no-docker.sock")
+    await proxy.start()
+    try:
+        reader, writer = await asyncio.open_unix_connection(str(proxy.listen))
+        # Nothing sent, so that the close is an end of file, not a reset for unread data.
+        assert await asyncio.wait_for(reader.read(), 10) == b""
+        writer.close()
+    finally:
+        await proxy.close()
+
+
+async def test_the_socket_is_for_its_owner_and_group_only(proxy):
+    mode = proxy.listen.stat()
+    assert stat.S_IMODE(mode.st_mode) == 0o660 and mode.st_uid == os.getuid()
+
+
+async def test_the_proxy_runs_until_sigterm(tmp_path, docker):
+    default = signal.getsignal(signal.SIGTERM)
+    running = asyncio.create_task(run(tmp_path / "run.sock", tmp_path / "docker.sock"))
+
+    async def handled() -> bool:
+        return signal.getsignal(signal.SIGTERM) != default
+
+    # Until run() has its handler, SIGTERM would end the test run itself.
+    await eventually_async(handled, 10, "run() handling SIGTERM")
+    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(tmp_path / "run.sock"))) as session:
+        assert (await call(session, "GET", "/v1.41/_ping"))[0] == 200
+    os.kill(os.getpid(), signal.SIGTERM)
+    assert await asyncio.wait_for(running, 10) == 0
+    with pytest.raises(ConnectionRefusedError):
+        await asyncio.open_unix_connection(str(tmp_path / "run.sock"))
+
+
+async def test_a_relay_shows_each_chunk_to_its_observer():
+    near, far = socket.socketpair()
+    _, writer = await asyncio.open_connection(sock=near)
+    far_reader, _ = await asyncio.open_connection(sock=far)
+    source = asyncio.StreamReader()
+    seen: list[bytes] = []
+    for chunk in (b"one", b"two"):
+        source.feed_data(chunk)
+    source.feed_eof()
+    await relay(source, writer, seen.append)
+    assert b"".join(seen) == b"onetwo" and await asyncio.wait_for(far_reader.read(), 5) == b"onetwo"
+
+
+async def test_a_relay_to_a_peer_that_left_ends_quietly():
+    near, far = socket.socketpair()
+    _, writer = await asyncio.open_connection(sock=near)
+    far.close()
+    source = asyncio.StreamReader()
+    source.feed_data(b"x" * 1_000_000)  # more than a socket buffer: the write meets the closed peer
+    source.feed_eof()
+    await asyncio.wait_for(relay(source, writer), 10)
+    assert writer.is_closing()
