@@ -443,3 +443,11 @@ async def test_a_relay_to_a_peer_that_left_ends_quietly():
     source.feed_eof()
     await asyncio.wait_for(relay(source, writer), 10)
     assert writer.is_closing()
+
+
+async def test_a_managed_container_whose_name_begins_with_create_is_not_taken_for_a_create(docker, client, monkeypatch):
+    """Model containers are named after the stack ([waker] name), which may well begin with "create"."""
+    monkeypatch.setitem(CONTAINERS, "create-alpha", {LABEL_MANAGED: "true"})
+    target = "/v1.41/containers/create-alpha/start"
+    assert await call(client, "POST", target) == (200, {"answered": f"POST {target}"})
+    assert [t for _, t, _, _ in docker.forwarded] == [target]

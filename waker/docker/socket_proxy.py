@@ -90,7 +90,7 @@ def check(method: str, target: str, body: bytes) -> None:
         return
     if not any(method == m and pattern.match(target) for m, pattern in ALLOWED):
         raise Refused(f"{method} {target.split('?')[0]} is not a call the waker makes")
-    if method == "POST" and re.match(f"^{_VERSION}/containers/create", target):
+    if method == "POST" and re.match(f"^{_VERSION}/containers/create(?:\\?|$)", target):
         _check_create(body)
 
 
