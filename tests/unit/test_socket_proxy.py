@@ -451,3 +451,22 @@ async def test_a_managed_container_whose_name_begins_with_create_is_not_taken_fo
     target = "/v1.41/containers/create-alpha/start"
     assert await call(client, "POST", target) == (200, {"answered": f"POST {target}"})
     assert [t for _, t, _, _ in docker.forwarded] == [target]
+
+
+@pytest.mark.parametrize(
+    "method, target",
+    [
+        ("DELETE", "/v1.41/containers/json?force=1"),
+        ("DELETE", "/v1.41/containers/create"),
+        ("POST", "/v1.41/containers/create/stop"),
+        ("POST", "/v1.41/containers/json/start"),
+        ("GET", "/v1.41/containers/create/logs?follow=1"),
+    ],
+)
+async def test_containers_named_json_or_create_are_checked_like_any_other(docker, client, monkeypatch, method, target):
+    """Docker routes these to the containers named "json" and "create", as to any other name."""
+    monkeypatch.setitem(CONTAINERS, "json", {})
+    monkeypatch.setitem(CONTAINERS, "create", {})
+    name = target.split("/")[3].split("?")[0]
+    assert await call(client, method, target) == refused(f"container {name} is not managed by the waker")
+    assert docker.forwarded == []

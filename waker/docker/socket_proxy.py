@@ -53,9 +53,12 @@ ALLOWED = [
         ("POST", f"/networks/{_ID}/connect"),
     )
 ]
-# Calls that change or read out a container: allowed on managed containers only.
+# Calls that change or read out a container: allowed on managed containers only. Only the two calls on the
+# collection are not on a container: Docker routes DELETE /containers/json or POST /containers/create/start
+# to the containers named "json" and "create".
 ON_CONTAINER = re.compile(
-    f"^(?:POST|DELETE|GET) {_VERSION}/containers/(?!(?:create|json)(?:[?/]|$))({_ID})(?:/(start|stop|logs))?(?:\\?.*)?$"
+    f"^(?!GET {_VERSION}/containers/json(?:\\?|$))(?!POST {_VERSION}/containers/create(?:\\?|$))"
+    f"(?:POST|DELETE|GET) {_VERSION}/containers/({_ID})(?:/(start|stop|logs))?(?:\\?.*)?$"
 )
 NETWORK_CONNECT = re.compile(f"^POST {_VERSION}/networks/{_ID}/connect(?:\\?.*)?$")
 # The gateway's reload: the query must be exactly one SIGHUP (checked in `check`).
