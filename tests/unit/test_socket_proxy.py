@@ -405,20 +405,25 @@ async def test_the_socket_is_for_its_owner_and_group_only(proxy):
 
 
 async def test_the_proxy_runs_until_sigterm(tmp_path, docker):
+    loop = asyncio.get_running_loop()
     default = signal.getsignal(signal.SIGTERM)
     running = asyncio.create_task(run(tmp_path / "run.sock", tmp_path / "docker.sock"))
 
     async def handled() -> bool:
         return signal.getsignal(signal.SIGTERM) != default
 
-    # Until run() has its handler, SIGTERM would end the test run itself.
-    await eventually_async(handled, 10, "run() handling SIGTERM")
-    async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(tmp_path / "run.sock"))) as session:
-        assert (await call(session, "GET", "/v1.41/_ping"))[0] == 200
-    os.kill(os.getpid(), signal.SIGTERM)
-    assert await asyncio.wait_for(running, 10) == 0
-    with pytest.raises(ConnectionRefusedError):
-        await asyncio.open_unix_connection(str(tmp_path / "run.sock"))
+    try:
+        # Until run() has its handler, SIGTERM would end the test run itself.
+        await eventually_async(handled, 10, "run() handling SIGTERM")
+        async with aiohttp.ClientSession(connector=aiohttp.UnixConnector(path=str(tmp_path / "run.sock"))) as session:
+            assert (await call(session, "GET", "/v1.41/_ping"))[0] == 200
+        os.kill(os.getpid(), signal.SIGTERM)
+        assert await asyncio.wait_for(running, 10) == 0
+        with pytest.raises(ConnectionRefusedError):
+            await asyncio.open_unix_connection(str(tmp_path / "run.sock"))
+    finally:
+        for number in (signal.SIGINT, signal.SIGTERM):  # run() leaves them on the loop, as a process exits next
+            loop.remove_signal_handler(number)
 
 
 async def test_a_relay_shows_each_chunk_to_its_observer():
