@@ -19,7 +19,8 @@ Files beside it make it misbehave, each read when the signal comes:
 - `linger`: a shutting-down worker stays (a long request in progress) until it gets SIGUSR2;
 - `stuck`: the master ignores SIGQUIT.
 
-What it was run with and did goes to `log` beside it, one JSON object a line.
+What it was run with and did goes to `log` beside it, one JSON object a line. Unlike nginx, the master
+dies with the process that started it, and the workers with the master: no test run leaves one behind.
 """
 
 from __future__ import annotations
@@ -110,12 +111,18 @@ def retitle(title: str) -> None:
         memory.write(raw + b"\0" * (end - start - len(raw)))
 
 
+def die_with_parent(parent: int) -> None:
+    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)
+    if os.getppid() != parent:  # it died before the prctl
+        os._exit(1)
+
+
 def spawn(listener: socket.socket, conf: str) -> list[int]:
-    pids = []
+    pids, master = [], os.getpid()  # not the child's getppid(): the master may be gone by then
     for _ in range(WORKERS):
         pid = os.fork()
         if pid == 0:
-            worker(listener, generation(conf), os.getppid())
+            worker(listener, generation(conf), master)
         pids.append(pid)
     return pids
 
@@ -126,6 +133,7 @@ def master(args: list[str]) -> NoReturn:
     signal.pthread_sigmask(signal.SIG_BLOCK, {*MASTER_SIGNALS, signal.SIGUSR2})
     conf_path, prefix = Path(given["-c"]), Path(given["-p"])
     conf = conf_path.read_text()
+    die_with_parent(os.getppid())
     retitle(" ".join([MASTER, sys.argv[0], *args]))
     listener = bind(directive(conf, "listen"), given["-e"])
     pid_file = prefix / directive(conf, "pid")
@@ -186,9 +194,7 @@ def answer(connection: socket.socket, generation: str) -> None:
 def worker(listener: socket.socket, generation: str, master_pid: int) -> NoReturn:
     """A forked worker: it never returns into the master's code."""
     retitle(WORKER)
-    ctypes.CDLL(None).prctl(PR_SET_PDEATHSIG, signal.SIGKILL)  # a killed master takes its workers along
-    if os.getppid() != master_pid:
-        os._exit(1)
+    die_with_parent(master_pid)
     wake_up, wake_up_writer = os.pipe()
     os.set_blocking(wake_up_writer, False)
     signal.signal(signal.SIGQUIT, lambda *_: None)
