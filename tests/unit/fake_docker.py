@@ -16,6 +16,7 @@ import asyncio
 import base64
 import json
 import secrets
+import socket
 import struct
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
@@ -83,6 +84,14 @@ class _Fault:
     status: int
     message: str
     cut: bool
+
+
+def refusing_port() -> socket.socket:
+    """A loopback port bound but not listening, held by the returned socket: connections to it are
+    refused for as long as the test keeps the socket open (no other process can take the port)."""
+    held = socket.socket()
+    held.bind(("127.0.0.1", 0))
+    return held
 
 
 def frame(stream: int, data: bytes) -> bytes:
@@ -525,7 +534,8 @@ vllm:gpu_cache_usage_perc{engine="0",model_name="alpha"} 0.25
 
 class ModelServer:
     """A model server's HTTP face: /health answers 200 while `ready()` says so, /metrics what `metrics`
-    holds (with `metrics_status`), /is_sleeping whether `asleep`; `stall` holds /metrics unanswered."""
+    holds (with `metrics_status`), /is_sleeping whether `asleep`; `stall` leaves /health and /metrics
+    unanswered (a wedged server)."""
 
     def __init__(self) -> None:
         self.ready: Callable[[], bool] = lambda: True
@@ -553,6 +563,8 @@ class ModelServer:
 
     async def _health(self, request: web.Request) -> web.Response:
         self.health_checks += 1
+        if self.stall:
+            await self._released.wait()
         return web.Response(status=200 if self.ready() else 503)
 
     async def _metrics(self, request: web.Request) -> web.Response:
