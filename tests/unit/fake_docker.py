@@ -25,6 +25,7 @@ from typing import Any
 
 from aiohttp import web
 
+from tests.eventually import eventually_async
 from waker.docker.spec import LABEL_MANAGED, LABEL_MODEL, LABEL_SPEC, LABEL_STACK
 
 API = "/v1.43"
@@ -84,6 +85,15 @@ class _Fault:
     status: int
     message: str
     cut: bool
+
+
+async def until(condition: Callable[[], object], what: str, timeout: float = 10.0) -> None:
+    """Waits for `condition()` to hold (polled, with a deadline): what a test waits on instead of a sleep."""
+
+    async def holds() -> object:
+        return condition()
+
+    await eventually_async(holds, timeout, what)
 
 
 def refusing_port() -> socket.socket:
