@@ -44,7 +44,7 @@ def test_without_user_or_port_the_ssh_config_decides():
 
 # The remote end of `ssh HOST docker system dial-stdio`, bridged to the fake engine's port instead of a
 # remote socket. It logs its arguments and pid; with no port it fails as ssh does for a refused key.
-FAKE_SSH = """#!{python}
+FAKE_SSH = """#!{python} -IS
 import json, os, socket, sys, threading
 with open({log!r}, "a") as log:
     log.write(json.dumps({{"argv": sys.argv[1:], "pid": os.getpid()}}) + "\\n")

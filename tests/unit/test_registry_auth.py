@@ -23,7 +23,7 @@ def write_config(directory: Path, config: dict) -> Path:
 def helper(tmp_path: Path, monkeypatch, name: str, answer: str) -> None:
     """A `docker-credential-<name>` on PATH that prints `answer` for any registry."""
     script = tmp_path / f"docker-credential-{name}"
-    script.write_text(f"#!{sys.executable}\nimport sys\nsys.stdin.read()\nprint({answer!r})\n")
+    script.write_text(f"#!{sys.executable} -IS\nimport sys\nsys.stdin.read()\nprint({answer!r})\n")
     script.chmod(0o755)
     monkeypatch.setenv("PATH", f"{tmp_path}{os.pathsep}{os.environ['PATH']}")
 
