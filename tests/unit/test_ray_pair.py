@@ -269,8 +269,8 @@ async def test_a_pull_on_either_host_is_the_pairs_pull(rig):
     hold = asyncio.Event()
     r.two.registry["reg.io/team/vllm:2"] = Pull("sha256:two", STREAM[:3], hold=hold)
     pulling = asyncio.ensure_future(r.pair.worker.images.ensure(r.model))
-    await until(lambda: r.pair.pulling("reg.io/team/vllm:2"), "the worker's host is pulling")
-    assert r.pair.pulling("reg.io/team/vllm:2").layers_total == 2
+    await until(lambda: (p := r.pair.pulling("reg.io/team/vllm:2")) and p.layers_total == 2, "the worker pulls")
+    assert r.pair.head.pulling("reg.io/team/vllm:2") is None  # the worker's host pulls, not the head's
     hold.set()
     assert await pulling == "sha256:two" and r.pair.pulling("reg.io/team/vllm:2") is None
 
