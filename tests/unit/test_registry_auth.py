@@ -67,3 +67,11 @@ def test_a_helper_that_cannot_answer_means_an_anonymous_pull_said_in_the_log(tmp
         ("credential_helper_failed", "not-installed"),
     ]
     assert logs[0]["error"] == "its answer is not JSON" and "docker-credential-not-installed" in logs[1]["error"]
+
+
+def test_a_login_entry_that_is_not_base64_means_an_anonymous_pull_said_in_the_log(tmp_path):
+    path = write_config(tmp_path, {"auths": {"ghcr.io": {"auth": "bWU6c2VjcmV"}}})  # pasted with a character lost
+    with capture_logs() as logs:
+        assert credentials("ghcr.io/x/y:1", path) is None
+    assert [entry["event"] for entry in logs] == ["docker_config_unreadable"]
+    assert "'auth' of ghcr.io is not base64 of user:password" in logs[0]["error"]

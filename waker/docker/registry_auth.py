@@ -52,7 +52,12 @@ def credentials(image: str, path: Path | None = None) -> dict[str, str] | None:
     for key in keys:
         entry = (config.get("auths") or {}).get(key) or {}
         if entry.get("auth"):
-            username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            try:
+                username, _, password = base64.b64decode(entry["auth"]).decode().partition(":")
+            except ValueError as exc:  # binascii.Error, UnicodeDecodeError: the start would fail as a crash
+                error = f"the 'auth' of {key} is not base64 of user:password ({exc})"
+                log.warning("docker_config_unreadable", path=str(path), error=error)
+                return None
             return {"username": username, "password": password, "serveraddress": key}
         if entry.get("identitytoken"):
             return {"identitytoken": entry["identitytoken"], "serveraddress": key}
