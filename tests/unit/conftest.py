@@ -17,8 +17,8 @@ async def engines(aiohttp_server) -> AsyncIterator[Callable[..., Awaitable[FakeD
     journal: list[Call] = []
     started: list[FakeDocker] = []
 
-    async def start(name: str = "engine", hostname: str = "fake-host") -> FakeDocker:
-        fake = await FakeDocker(name, journal, hostname).serve(aiohttp_server)
+    async def start(name: str = "engine") -> FakeDocker:
+        fake = await FakeDocker(name, journal).serve(aiohttp_server)
         started.append(fake)
         return fake
 

@@ -136,6 +136,9 @@ def _truthy(value: str | None) -> bool:
 
 
 class FakeDocker:
+    """One engine: its containers, images, registry and networks are plain attributes a test arranges
+    and reads; `on_start` and `on_kill` let a test play the process inside a container."""
+
     def __init__(self, name: str = "engine", journal: list[Call] | None = None, hostname: str = "fake-host") -> None:
         self.name = name
         self.hostname = hostname  # what a created container's Config.Hostname is, unless the test says
