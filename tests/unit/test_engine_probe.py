@@ -1,6 +1,6 @@
 """A running model server's health and load, as the waker asks them (engine/probe.py), against a fake
 server: a health check is a plain yes or no, and the load is vLLM's own count or None when the server
-does not say (the idle stop then trusts the gateway's count)."""
+does not say; a server that does not answer is a DriverError (the shell asks again)."""
 
 from __future__ import annotations
 
@@ -9,6 +9,7 @@ import pytest
 
 from tests.unit.fake_docker import refusing_port
 from waker.engine import probe
+from waker.errors import DriverError
 
 
 @pytest.fixture
@@ -46,13 +47,18 @@ async def test_busy_counts_the_requests_running_and_waiting_that_vllm_reports(ht
 async def test_busy_is_none_when_the_server_does_not_say(http, model_server):
     model_server.metrics = "# llama.cpp\nllamacpp:requests_processing 1\n"
     assert await probe.busy(http, model_server.url) is None
-    model_server.metrics, model_server.metrics_status = "vllm:num_requests_running 5.0\n", 500
+    model_server.metrics, model_server.metrics_status = "vllm:num_requests_running 5.0\n", 404
     assert await probe.busy(http, model_server.url) is None
+
+
+async def test_a_server_that_does_not_answer_its_metrics_is_a_driver_error_so_the_shell_asks_again(
+    http, model_server, monkeypatch
+):
     with refusing_port() as closed:
-        assert await probe.busy(http, f"http://127.0.0.1:{closed.getsockname()[1]}") is None
-
-
-async def test_a_wedged_server_that_never_answers_its_metrics_is_not_busy(http, model_server, monkeypatch):
+        url = f"http://127.0.0.1:{closed.getsockname()[1]}"
+        with pytest.raises(DriverError, match=f"{url}/metrics did not answer: ClientConnectorError"):
+            await probe.busy(http, url)
     monkeypatch.setattr(probe, "METRICS_TIMEOUT", 0.05)  # the real wait is 10 s
-    model_server.stall = True
-    assert await probe.busy(http, model_server.url) is None
+    model_server.stall = True  # wedged, or stalled while it streams
+    with pytest.raises(DriverError, match=f"{model_server.url}/metrics did not answer within 0.05 s"):
+        await probe.busy(http, model_server.url)
