@@ -425,6 +425,23 @@ async def test_the_log_tail_of_a_failed_start_is_its_last_twenty_lines(rig):
     assert (await r.launcher.log_tail(container.id)).splitlines() == [f"line {n}" for n in range(5, 25)]
 
 
+async def test_a_models_logs_are_its_own_containers_tailed_or_followed(rig):
+    r = rig()
+    assert await r.launcher.container("alpha") is None
+    r.docker.add("unit-alpha-w", managed("alpha", **{LABEL_RAY_NODE: "worker"}), running=True)
+    container = existing(r, running=True)
+    assert await r.launcher.container("alpha") == container.id  # the model's own, not a Ray worker
+    for n in range(5):
+        r.docker.write_log(container, f"line {n}")
+    assert await r.launcher.logs(container.id, 2) == "line 3\nline 4"
+    follow = r.launcher.follow_logs(container.id, 1)
+    assert await anext(follow) == "line 4"
+    r.docker.write_log(container, "line 5")
+    assert await anext(follow) == "line 5"
+    r.docker.exit(container, 0)
+    assert [line async for line in follow] == []
+
+
 async def test_a_model_on_another_host_publishes_and_is_checked_at_that_hosts_address(rig, aiohttp_server):
     remote = await ModelServer().serve(aiohttp_server, host="127.0.0.2")
     try:

@@ -275,7 +275,7 @@ async def test_a_pull_on_either_host_is_the_pairs_pull(rig):
     assert await pulling == "sha256:two" and r.pair.pulling("reg.io/team/vllm:2") is None
 
 
-async def test_a_pair_has_no_sleep_mode_and_its_health_load_and_log_are_the_heads(rig):
+async def test_a_pair_has_no_sleep_mode_and_its_health_load_and_logs_are_the_heads(rig):
     r = await rig()
     with pytest.raises(SleepModeError, match="runs over two hosts: it has no sleep mode"):
         await r.pair.sleep(r.model)
@@ -289,5 +289,10 @@ async def test_a_pair_has_no_sleep_mode_and_its_health_load_and_log_are_the_head
     log = r.pair.loading_log("huge", since=r.clock.now())
     assert await anext(log) == "Loading weights"
     await log.aclose()
+    head_id = await r.pair.container("huge")
+    assert head_id == r.one.container(HEAD).id and await r.pair.logs(head_id, 5) == "Loading weights"
+    follow = r.pair.follow_logs(head_id, 1)
+    assert await anext(follow) == "Loading weights"
+    await follow.aclose()
     await r.pair.close()  # the launchers are their hosts': still usable
     assert await r.pair.healthy(r.model)
