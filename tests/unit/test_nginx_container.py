@@ -1,14 +1,13 @@
 """nginx in the gateway container, as `waker serve --nginx container` drives it (nginx/container.py): the
 files are written and tested here, the reload is a SIGHUP through Docker to the gateway container only,
 and only when nginx runs another config. Here the gateway is a fake engine's container plus a small
-server answering nginx's generation probe, and `nginx -t` is a fake binary (tests/e2e/test_compose.py
-runs the real gateway)."""
+server answering nginx's generation probe, and `nginx -t` is tests/unit/fake_nginx.py (tests/e2e/
+test_compose.py runs the real gateway)."""
 
 from __future__ import annotations
 
 import re
 import socket
-import sys
 from collections import deque
 from pathlib import Path
 from typing import Any
@@ -16,6 +15,7 @@ from typing import Any
 import pytest
 from aiohttp import web
 
+from tests.unit import test_nginx_process
 from tests.unit.fake_docker import STACK, managed
 from waker.config.schema import Config, parse_config
 from waker.docker.spec import LABEL_ROLE, ROLE_GATEWAY
@@ -57,30 +57,25 @@ class FakeGateway:
         return web.Response(text=self.generation)
 
 
-def fake_nginx(directory: Path, refuse: bool = False) -> Path:
-    """An nginx binary for `nginx -t`: it accepts any config, or refuses every one as nginx words it."""
-    path = directory / ("nginx-refusing" if refuse else "nginx")
-    said = 'nginx: [emerg] unknown directive "proxy_passs"' if refuse else "nginx: the configuration file is ok"
-    path.write_text(f"#!{sys.executable} -IS\nimport sys\nprint({said!r})\nsys.exit({int(refuse)})\n")
-    path.chmod(0o755)
-    return path
-
-
 @pytest.fixture
 async def gateway(aiohttp_server):
     return await FakeGateway().serve(aiohttp_server)
 
 
 @pytest.fixture
-def configs(tmp_path: Path, gateway: FakeGateway):
-    """Configs of one gateway (one runtime dir, its listen port the fake gateway's), by their models."""
+def nginx_binary(tmp_path: Path) -> test_nginx_process.Gateway:
+    """tests/unit/fake_nginx.py for `nginx -t`; `misbehave("refuse", ...)` makes it refuse every config."""
+    return test_nginx_process.Gateway(tmp_path)
 
-    def make(*model_ids: str, refuse: bool = False) -> Config:
-        raw = {
-            "gateway": {"listen": f"127.0.0.1:{gateway.port}", "nginx": str(fake_nginx(tmp_path, refuse))},
-            "waker": {"name": STACK, "runtime_dir": str(tmp_path / "run")},
-            "model": [{"id": model_id, "image": "img:1"} for model_id in model_ids],
-        }
+
+@pytest.fixture
+def configs(tmp_path: Path, gateway: FakeGateway, nginx_binary: test_nginx_process.Gateway):
+    """Configs of one gateway by their models: one runtime dir, the fake gateway's port, the fake nginx."""
+
+    def make(*model_ids: str) -> Config:
+        raw = nginx_binary.raw(*model_ids)
+        raw["gateway"]["listen"] = f"127.0.0.1:{gateway.port}"
+        raw["waker"]["name"] = STACK
         return parse_config(raw, tmp_path / "models.toml")
 
     return make
@@ -144,7 +139,7 @@ async def test_a_reload_signals_nginx_only_when_what_it_runs_changes(
 
 
 async def test_a_config_nginx_refuses_is_an_error_and_the_running_one_stays(
-    configs, gateway, gateway_container, docker, runtime
+    configs, nginx_binary, gateway, gateway_container, docker, runtime
 ):
     nginx = NginxContainer(configs("alpha"), runtime)
     write_files(configs("alpha"))
@@ -152,10 +147,11 @@ async def test_a_config_nginx_refuses_is_an_error_and_the_running_one_stays(
     await nginx.start()
     running = gateway.generation
     await nginx.check(configs("alpha", "beta"))  # tested in a staging dir, nothing reloaded
+    nginx_binary.misbehave("refuse", 'unknown directive "proxy_passs"')
     with pytest.raises(NginxError, match=r"refused the rendered config .*/staging/nginx.conf:\nnginx: \[emerg\] unkno"):
-        await nginx.check(configs("alpha", "beta", refuse=True))
+        await nginx.check(configs("alpha", "beta"))
     with pytest.raises(NginxError, match="nginx refused the rendered config"):
-        await nginx.reload(configs("alpha", "beta", refuse=True))
+        await nginx.reload(configs("alpha", "beta"))
     assert hups(docker) == [] and gateway.generation == running
 
 
