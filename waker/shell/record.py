@@ -11,11 +11,12 @@ from waker.core.plan import Slot
 from waker.nginx.activity import ModelActivity
 
 
-def slot_for(model: ModelConfig, can_sleep: bool = True) -> Slot:
-    """The scheduler's view of a configured model, before anything has happened to it. Without
-    `can_sleep` (nothing could gate nginx), a model configured to sleep is stopped instead."""
-    return Slot(
-        id=model.id,
+def with_limits(slot: Slot, model: ModelConfig, can_sleep: bool = True) -> Slot:
+    """`slot` with what the model's config says of it (its share of the GPU, where it runs, its timeouts,
+    its sleep level). Without `can_sleep` (nothing could gate nginx), a model configured to sleep is
+    stopped instead."""
+    return replace(
+        slot,
         gpu_memory=model.gpu_memory,
         exclusive=model.exclusive,
         keep_warm=model.keep_warm,
@@ -39,4 +40,4 @@ class ModelRecord:
 
     @classmethod
     def new(cls, model: ModelConfig, now: float = 0.0, can_sleep: bool = True) -> ModelRecord:
-        return cls(model, replace(slot_for(model, can_sleep), since=now))
+        return cls(model, with_limits(Slot(model.id, since=now), model, can_sleep))

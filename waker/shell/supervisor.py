@@ -63,7 +63,7 @@ from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet
 from waker.shell.gate import Gate
 from waker.shell.hosts import Hosts
-from waker.shell.record import ModelRecord, slot_for
+from waker.shell.record import ModelRecord, with_limits
 from waker.shell.waiting_room import WaitingRoom
 
 log = structlog.get_logger("waker.shell.supervisor")
@@ -338,21 +338,7 @@ class Supervisor:
         for model_id in change.changed:
             record = self._records[model_id]
             record.model = self._configured(model_id)
-            fresh = slot_for(record.model, self.gate is not None)
-            limits = replace(
-                self._records[model_id].slot,
-                gpu_memory=fresh.gpu_memory,
-                exclusive=fresh.exclusive,
-                host=fresh.host,
-                host_count=fresh.host_count,
-                keep_warm=fresh.keep_warm,
-                idle_timeout=fresh.idle_timeout,
-                min_uptime=fresh.min_uptime,
-                sleep_level=fresh.sleep_level,
-                sleep_memory=fresh.sleep_memory,
-                sleep_timeout=fresh.sleep_timeout,
-                wake_failures=0,
-            )
+            limits = replace(with_limits(record.slot, record.model, self.gate is not None), wake_failures=0)
             self._write(model_id, limits)
         for model_id in change.removed:
             for waiter in self.waiting.for_model(model_id):
