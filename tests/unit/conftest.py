@@ -1,14 +1,18 @@
-"""Fixtures of the Docker adapters' tests: fake engines (tests/unit/fake_docker.py), a runtime over one,
-and a model server."""
+"""Shared fixtures: the Docker adapters' fake engines (tests/unit/fake_docker.py), a runtime over one, a
+model server, and the waker's HTTP application over the shell's fakes (tests/unit/shell_fakes.py)."""
 
 from __future__ import annotations
 
 from collections.abc import AsyncIterator, Awaitable, Callable
+from dataclasses import replace
 
 import pytest
 
 from tests.unit.fake_docker import STACK, Call, FakeDocker, ModelServer
+from tests.unit.shell_fakes import FakeDriver, FakeNginx, make_config, open_shell
 from waker.docker.runtime import DockerRuntime
+from waker.http.app import build_app
+from waker.http.metrics import Counters
 
 
 @pytest.fixture
@@ -44,3 +48,25 @@ async def model_server(aiohttp_server) -> AsyncIterator[ModelServer]:
     server = await ModelServer().serve(aiohttp_server)
     yield server
     server.release()
+
+
+@pytest.fixture
+async def api(aiohttp_client):
+    """The waker's one HTTP application over the real shell with a fake driver and clock, served on a
+    loopback port: `await api(*models, ...)` answers (shell, client). `config` stands for the one made of
+    `models` (a file that a reload or the CLI reads too), `port` is where to serve (the config's)."""
+
+    async def make(*models, gateway=None, sleep_mode=False, config=None, port=None, **scheduler):
+        config = config or make_config(*models, **scheduler)
+        if gateway:
+            config = replace(config, gateway=replace(config.gateway, **gateway))
+        driver = FakeDriver()
+        nginx = FakeNginx(driver) if sleep_mode else None
+        shell = await open_shell(config, driver, nginx=nginx, router=nginx)
+        counters = Counters()
+        shell.supervisor.bus.add_sink(counters.observe)
+        app = build_app(shell.supervisor, shell.control, counters)
+        client = await aiohttp_client(app, server_kwargs={"port": port} if port else None)
+        return shell, client
+
+    return make

@@ -4,34 +4,12 @@ driver: wake, model list, health, admin API, model controls and /metrics, withou
 from __future__ import annotations
 
 import json
-from dataclasses import replace
 
-import pytest
-
-from tests.unit.shell_fakes import FakeDriver, FakeNginx, make_config, open_shell, until
+from tests.unit.shell_fakes import until
 from tests.unit.test_supervisor import begin, end, ready
 from waker.core.events import ModelStopped
 from waker.core.lifecycle import State
 from waker.errors import StartError
-from waker.http.app import build_app
-from waker.http.metrics import Counters
-
-
-@pytest.fixture
-async def api(aiohttp_client):
-    async def make(*models, gateway=None, sleep_mode=False, **scheduler):
-        config = make_config(*models, **scheduler)
-        if gateway:
-            config = replace(config, gateway=replace(config.gateway, **gateway))
-        driver = FakeDriver()
-        nginx = FakeNginx(driver) if sleep_mode else None
-        shell = await open_shell(config, driver, nginx=nginx, router=nginx)
-        counters = Counters()
-        shell.supervisor.bus.add_sink(counters.observe)
-        client = await aiohttp_client(build_app(shell.supervisor, shell.control, counters))
-        return shell, client
-
-    return make
 
 
 async def test_a_wake_holds_until_ready_then_redirects_nginx_to_the_model(api):
