@@ -24,6 +24,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from aiohttp import web
+from multidict import CIMultiDict
 
 from tests.eventually import eventually_async
 from waker.docker.spec import LABEL_MANAGED, LABEL_MODEL, LABEL_SPEC, LABEL_STACK
@@ -544,11 +545,24 @@ vllm:num_requests_waiting{engine="0",model_name="alpha"} 1.0
 vllm:gpu_cache_usage_perc{engine="0",model_name="alpha"} 0.25
 """
 
+# A model's answer to a streaming chat completion as vLLM 0.32 frames it (abridged): its chunks and [DONE].
+VLLM_CHAT_STREAM = (
+    b'data: {"id":"chatcmpl-7f3","object":"chat.completion.chunk","created":1764495133,"model":"alpha",'
+    b'"choices":[{"index":0,"delta":{"role":"assistant","content":""},"logprobs":null,"finish_reason":null}]}\n\n'
+    b'data: {"id":"chatcmpl-7f3","object":"chat.completion.chunk","created":1764495133,"model":"alpha",'
+    b'"choices":[{"index":0,"delta":{"content":"Hello"},"logprobs":null,"finish_reason":null}]}\n\n'
+    b'data: {"id":"chatcmpl-7f3","object":"chat.completion.chunk","created":1764495133,"model":"alpha",'
+    b'"choices":[{"index":0,"delta":{"content":""},"logprobs":null,"finish_reason":"stop"}]}\n\n'
+    b"data: [DONE]\n\n"
+)
+
 
 class ModelServer:
     """A model server's HTTP face: /health answers 200 while `ready()` says so, /metrics what `metrics`
     holds (with `metrics_status`), /is_sleeping whether `asleep`; `stall` leaves /health and /metrics
-    unanswered (a wedged server)."""
+    unanswered (a wedged server). /v1/chat/completions records each request (`chats`: headers and
+    body) and answers `chat_answer` (status, content type, body); an event stream goes one event a
+    write, and with `chat_cut` the server dies after the first event."""
 
     def __init__(self) -> None:
         self.ready: Callable[[], bool] = lambda: True
@@ -557,6 +571,9 @@ class ModelServer:
         self.asleep = False
         self.stall = False
         self.health_checks = 0
+        self.chats: list[tuple[CIMultiDict[str], bytes]] = []
+        self.chat_answer: tuple[int, str, bytes] = (200, "text/event-stream", VLLM_CHAT_STREAM)
+        self.chat_cut = False
         self.port = 0
         self.url = ""
         self._released = asyncio.Event()
@@ -566,6 +583,7 @@ class ModelServer:
         app.router.add_get("/health", self._health)
         app.router.add_get("/metrics", self._metrics)
         app.router.add_get("/is_sleeping", self._is_sleeping)
+        app.router.add_post("/v1/chat/completions", self._chat)
         server = await aiohttp_server(app, host=host)
         self.port = server.port
         self.url = f"http://{host}:{server.port}"
@@ -587,3 +605,18 @@ class ModelServer:
 
     async def _is_sleeping(self, request: web.Request) -> web.Response:
         return web.json_response({"is_sleeping": self.asleep})
+
+    async def _chat(self, request: web.Request) -> web.StreamResponse:
+        self.chats.append((request.headers.copy(), await request.read()))
+        status, content_type, body = self.chat_answer
+        if (status, content_type) != (200, "text/event-stream"):
+            return web.Response(status=status, body=body, content_type=content_type)
+        response = web.StreamResponse(headers={"Content-Type": content_type})
+        await response.prepare(request)
+        for event in body.split(b"\n\n")[:-1]:
+            await response.write(event + b"\n\n")
+            if self.chat_cut:  # the engine dies mid-answer: the stream ends without its last chunk
+                assert request.transport is not None
+                request.transport.close()
+                break
+        return response
