@@ -1,13 +1,14 @@
-import os
+import io
 import re
-import subprocess
-import sys
 import textwrap
 import tomllib
+from contextlib import redirect_stderr, redirect_stdout
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
 
+from waker.cli.main import main
 from waker.config.fields import address
 from waker.config.fixups import model_context
 from waker.config.schema import LoadingFeedback, load_config
@@ -304,10 +305,22 @@ def test_missing_file_is_a_config_error(tmp_path):
         load_config(tmp_path / "absent.toml")
 
 
-def run_cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "waker.cli.main", *args], capture_output=True, text=True, timeout=30, check=False
-    )
+@dataclass(frozen=True)
+class Ran:
+    """What a `waker` command did: its exit code and what it printed."""
+
+    returncode: int
+    stdout: str
+    stderr: str
+
+
+def run_cli(*args: str) -> Ran:
+    """`waker ARGS`, run in this process (so that coverage sees it; test_architecture runs the real
+    entry point in a child): main() answers the exit code."""
+    out, err = io.StringIO(), io.StringIO()
+    with redirect_stdout(out), redirect_stderr(err):
+        code = main(list(args))
+    return Ran(code, out.getvalue(), err.getvalue())
 
 
 def test_check_on_broken_config_exits_2_naming_file_model_and_field(tmp_path):
@@ -504,18 +517,12 @@ def test_bad_overrides_are_explained(tmp_path, override, needle):
     assert needle in "\n".join(caught.value.problems)
 
 
-def test_cli_takes_overrides_from_set_or_waker_set(tmp_path):
+def test_cli_takes_overrides_from_set_or_waker_set(tmp_path, monkeypatch):
     path = write(tmp_path, '[[model]]\nid = "a"\nimage = "i"\n')
     flag = run_cli("check", "--config", str(path), "--set", "gateway.listen=0.0.0.0:9000")
     assert flag.returncode == 0 and "gateway on 0.0.0.0:9000" in flag.stdout
-    env = subprocess.run(
-        [sys.executable, "-m", "waker.cli.main", "check", "--config", str(path)],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-        env={**os.environ, "WAKER_SET": "waker.listen=0.0.0.0:9001 x=1"},
-    )
+    monkeypatch.setenv("WAKER_SET", "waker.listen=0.0.0.0:9001 x=1")
+    env = run_cli("check", "--config", str(path))
     assert env.returncode == 2 and "--set 'x=1'" in env.stderr
 
 

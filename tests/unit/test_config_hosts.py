@@ -1,13 +1,12 @@
 """`[[host]]` entries and a model's `host` / `hosts` (issue 17): read, checked, and absent = unchanged."""
 
-import subprocess
-import sys
 import textwrap
 import tomllib
 from pathlib import Path
 
 import pytest
 
+from tests.unit.test_config import run_cli
 from waker.config.hosts import DockerScheme
 from waker.config.schema import load_config
 from waker.errors import ConfigError
@@ -211,12 +210,7 @@ def test_every_host_problem_is_reported_at_once(tmp_path):
 def test_the_resolved_config_keeps_the_hosts_and_each_model_s_host(tmp_path):
     (tmp_path / "certs").mkdir()
     original = load(tmp_path, TWO_SPARKS)
-    result = subprocess.run(
-        [sys.executable, "-m", "waker.cli.main", "check", "--resolved", "--config", str(original.path)],
-        capture_output=True,
-        text=True,
-        check=False,
-    )
+    result = run_cli("check", "--resolved", "--config", str(original.path))
     assert result.returncode == 0, result.stderr
     again_path = tmp_path / "again.toml"
     again_path.write_text(result.stdout)
