@@ -355,6 +355,22 @@ def test_resolved_config_is_toml_that_loads_to_the_same_config(tmp_path):
     assert again.gateway == original.gateway and again.scheduler == original.scheduler
 
 
+def test_the_resolved_catalogue_reads_back_as_the_same_config(tmp_path):
+    """Every setting is printed, defaults applied: the shipped catalogue (locally built images that are
+    never pulled, the catalogue guide's fields) and a --set [gateway] setting read back the same."""
+    catalogue, setting = (
+        Path(__file__).resolve().parents[2] / "config" / "models.toml",
+        "gateway.client_model_control=true",
+    )
+    result = run_cli("check", "--resolved", "--config", str(catalogue), "--set", setting)
+    assert result.returncode == 0, result.stderr
+    again = tmp_path / "models.toml"
+    again.write_text(result.stdout)
+    shipped, resolved = load_config(catalogue, (setting,)), load_config(again)
+    assert resolved.models == shipped.models and resolved.disabled == shipped.disabled
+    assert (resolved.gateway, resolved.scheduler) == (shipped.gateway, shipped.scheduler)
+
+
 def test_resolved_config_keeps_the_sleep_settings(tmp_path):
     original = load_config(
         write(
