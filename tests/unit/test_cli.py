@@ -11,6 +11,7 @@ import textwrap
 from pathlib import Path
 
 import pytest
+from aiohttp import web
 from structlog.testing import capture_logs
 
 from tests.unit.shell_fakes import FakeDriver
@@ -330,3 +331,25 @@ async def test_where_the_commands_find_the_waker_and_its_token(served, capsys, m
 async def test_an_error_page_that_is_not_the_wakers_is_named_by_its_status(model_server, capsys):
     code, _, err = await waker(capsys, "status", "--url", model_server.url, "--token", TOKEN)
     assert (code, err) == (1, "waker status: HTTP 404 Not Found\n")  # a model server has no /admin/
+
+
+async def test_a_url_where_something_else_answers_is_named_never_a_traceback(aiohttp_server, capsys):
+    async def page(request: web.Request) -> web.Response:  # a web UI's page, whatever the path
+        return web.Response(text="<!doctype html><title>Open WebUI</title>", content_type="text/html")
+
+    app = web.Application()
+    app.router.add_route("*", "/{path:.*}", page)
+    elsewhere = str((await aiohttp_server(app)).make_url("")).rstrip("/")
+    for command, answer in (
+        (["status"], "not JSON"),
+        (["start", "a"], "not JSON"),
+        (["logs", "a"], "not JSON"),
+        (["logs", "a", "-f"], "not an event stream"),
+        (["events"], "not an event stream"),
+    ):
+        code, out, err = await waker(capsys, *command, "--url", elsewhere, "--token", TOKEN)
+        assert (code, out) == (3, ""), command
+        assert err == (
+            f"waker {command[0]}: what answers at {elsewhere} is not the waker (its answer is {answer}); "
+            "is --url right ([waker] listen)?\n"
+        )

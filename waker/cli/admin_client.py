@@ -98,19 +98,35 @@ class Client:
 
     def call(self, method: str, path: str, body: Any = None, timeout: float | None = 3600) -> Any:
         with self._open(method, path, body, timeout) as response:
-            return json.loads(response.read() or b"null")
+            return self._json(response.read() or b"null")
 
     def stream(self, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
         """Server-sent events from `path`, as (event type, data) pairs."""
         with self._open("GET", path, None, None) as response:
+            if response.headers.get_content_type() != "text/event-stream":
+                raise self._not_the_waker("not an event stream")
             kind = "message"
             for raw in response:
                 line = raw.decode("utf-8", "replace").rstrip("\n")
                 if line.startswith("event: "):
                     kind = line[7:]
                 elif line.startswith("data: "):
-                    yield kind, json.loads(line[6:])
+                    yield kind, self._json(line[6:])
                     kind = "message"
+
+    def _json(self, text: str | bytes) -> Any:
+        try:
+            return json.loads(text)
+        except ValueError:
+            raise self._not_the_waker("not JSON") from None
+
+    def _not_the_waker(self, answer: str) -> ClientError:
+        """The waker answers JSON or an event stream; anything else comes from another server at --url
+        (a web UI answers its page for any path, with 200)."""
+        return ClientError(
+            EXIT_UNREACHABLE,
+            f"what answers at {self.url} is not the waker (its answer is {answer}); is --url right ([waker] listen)?",
+        )
 
     def _open(self, method: str, path: str, body: Any, timeout: float | None):
         data = json.dumps(body).encode() if body is not None else None
