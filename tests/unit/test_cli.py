@@ -14,7 +14,7 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from tests.unit.shell_fakes import FakeDriver
+from tests.unit.shell_fakes import FakeDriver, until
 from tests.unit.test_manual_control import write
 from tests.unit.test_supervisor import begin, end, ready
 from tests.unit.test_supervisor_hosts import two_hosts
@@ -353,3 +353,42 @@ async def test_a_url_where_something_else_answers_is_named_never_a_traceback(aio
             f"waker {command[0]}: what answers at {elsewhere} is not the waker (its answer is {answer}); "
             "is --url right ([waker] listen)?\n"
         )
+
+
+async def test_events_print_what_happens_until_the_waker_goes_away(served, capsys, monkeypatch):
+    shell, client, config = await served({"id": "a"})
+    listening = asyncio.Event()
+    listen = shell.supervisor.bus.listen
+
+    def listen_and_tell():
+        queue = listen()
+        listening.set()
+        return queue
+
+    monkeypatch.setattr(shell.supervisor.bus, "listen", listen_and_tell)
+    following = asyncio.ensure_future(asyncio.to_thread(main, ["events", *config]))
+    async with asyncio.timeout(5):
+        await listening.wait()
+    await ready(shell, "a")
+    printed = ""
+
+    def has_printed_ready() -> bool:
+        nonlocal printed
+        printed += capsys.readouterr().out
+        return "model_ready" in printed
+
+    await until(has_printed_ready, "the events printed")
+    assert printed.splitlines() == [
+        "request_queued model=a waiter=0 queue_length=1",
+        "model_state model=a state=starting previous=stopped trigger=start error=None",
+        "model_state model=a state=ready previous=starting trigger=ready error=None",
+        "model_ready model=a seconds=0.0",
+    ]
+    for connection in client.server.runner.server.connections:
+        connection.force_close()  # the waker is gone (stopped, restarted): its connections close
+    assert await following == 3
+    url = url_of(client).rstrip("/")
+    assert capsys.readouterr() == (
+        "",
+        f"waker events: the waker at {url} ended the event stream; did it stop or restart?\n",
+    )

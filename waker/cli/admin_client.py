@@ -261,7 +261,8 @@ def events(client: Client, args: argparse.Namespace) -> int:
         else:
             details = " ".join(f"{k}={v}" for k, v in data.items() if k not in ("type", "time"))
             print(f"{kind} {details}", flush=True)
-    return 0
+    # The waker never ends this stream while it runs: an end is the waker going away, not success.
+    raise ClientError(EXIT_UNREACHABLE, f"the waker at {client.url} ended the event stream; did it stop or restart?")
 
 
 def reload(client: Client, args: argparse.Namespace) -> int:
