@@ -19,7 +19,7 @@ from waker.core.image_pull import PullProgress
 from waker.core.lifecycle import State
 from waker.errors import DriverError, NginxError, SleepModeError, SleepStep, StartError
 from waker.shell.events import EventBus
-from waker.shell.fleet import Fleet
+from waker.shell.fleet import Fleet, PairFactory
 from waker.shell.manual_control import ManualControl
 from waker.shell.supervisor import Supervisor
 
@@ -325,14 +325,16 @@ async def open_shell(
     nginx: Any = None,
     router: Any = None,
     hosts: dict[str, FakeDriver] | None = None,
+    pair: PairFactory | None = None,
 ) -> Shell:
     """The shell over fakes; `router` (a FakeNginx, usually the same as `nginx`) turns sleep mode on.
-    `hosts`: a driver per `[[host]]` of `config` (then `driver` is the first)."""
+    `hosts`: a driver per `[[host]]` of `config` (then `driver` is the first); `pair`: the driver of a
+    model over two of them, from (head, worker)."""
     bus, events = EventBus(), list[WakerEvent]()
     bus.add_sink(events.append)
     drivers: dict[str, FakeDriver] = hosts or {IMPLICIT_HOST: driver or FakeDriver()}
     clock = FakeClock()
-    supervisor = Supervisor(config, Fleet(drivers), bus, clock, router)
+    supervisor = Supervisor(config, Fleet(drivers, pair), bus, clock, router)
     await supervisor.open()
     await until(lambda: supervisor.hosts.settled and not supervisor.hosts.down(), "the first sync with each driver")
     return Shell(supervisor, ManualControl(supervisor, nginx), next(iter(drivers.values())), clock, events)

@@ -7,6 +7,8 @@ from pathlib import Path
 import pytest
 
 from tests.unit.shell_fakes import FakeClock, FakeDriver, open_shell, until
+from tests.unit.test_config_ray import config as ray_config
+from tests.unit.test_config_ray import huge
 from tests.unit.test_supervisor import ready, request_for
 from waker.config.schema import Config, parse_config
 from waker.core.driver import ContainerChange, ContainerEvent
@@ -157,3 +159,31 @@ async def test_a_copy_found_on_a_host_that_comes_back_is_stopped_when_the_model_
     await until(lambda: ("down", "c", on_two) in two.calls, "the stray copy on two stopped")
     assert shell.supervisor.state("c") is State.READY and shell.supervisor.records["c"].slot.hosts == ("one",)
     await shell.supervisor.close()
+
+
+async def test_a_model_over_two_hosts_runs_on_the_one_pair_made_of_them():
+    one, two, pair = FakeDriver(), FakeDriver(), FakeDriver()
+    made: list[tuple[str, str]] = []
+
+    def make_pair(head: str, worker: str) -> FakeDriver:
+        made.append((head, worker))
+        return pair
+
+    config = ray_config(huge(gpu_memory=0.8))
+    shell = await open_shell(config, hosts={"spark1": one, "spark2": two}, pair=make_pair)
+    await ready(shell, "huge")
+    assert shell.supervisor.records["huge"].slot.hosts == ("spark1", "spark2")
+    assert pair.up_calls("huge") == 1 and one.up_calls("huge") == two.up_calls("huge") == 0
+    shell.control.stop_by_hand("huge")
+    await shell.reach("huge", State.STOPPED)
+    await ready(shell, "huge")
+    assert pair.count("down", "huge") == 1 and pair.up_calls("huge") == 2
+    assert made == [("spark1", "spark2")]  # made once, on first use, and kept
+    await shell.supervisor.close()
+
+
+def test_a_fleet_without_a_pair_factory_refuses_a_model_over_two_hosts():
+    fleet = Fleet({"one": FakeDriver(), "two": FakeDriver()})
+    assert fleet.of(("two",)) is fleet.drivers["two"] and fleet.of(()) is fleet.drivers["one"]
+    with pytest.raises(ValueError, match="this waker runs no model over two hosts"):
+        fleet.of(("one", "two"))
