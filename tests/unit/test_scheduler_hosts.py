@@ -1,16 +1,13 @@
 """The pure scheduler over several hosts (`[[host]]`): placement before fitting, a budget per host,
 one start at a time per host, a queue per host, a model over two hosts charged on both."""
 
-import random
 from dataclasses import replace
 
-import pytest
-
-from tests.unit.test_scheduler import NOW, STARTING, random_state, ready, slots, stopped, wait
+from tests.unit.test_scheduler import NOW, ready, slots, stopped, wait
 from waker.config.schema import OnBusy
 from waker.core.lifecycle import SleepReason, State, StopReason
 from waker.core.plan import HostBudget, Policy, Refuse, Sleep, Start, Stop
-from waker.core.scheduler import OCCUPYING, decide
+from waker.core.scheduler import decide
 
 ONE, TWO = ("one",), ("two",)
 TWO_BOXES = Policy(hosts=(HostBudget("one", 1.0), HostBudget("two", 1.0)))
@@ -96,41 +93,3 @@ def test_a_model_whose_host_is_down_is_refused_and_the_others_go_to_the_host_tha
 def test_keep_warm_models_come_back_on_a_host_with_room():
     state = slots(on(ONE, ready("a", 0.9)), stopped("warm", 0.5, keep_warm=True))
     assert decide(state, (), TWO_BOXES, NOW).actions == (Start("warm", TWO),)
-
-
-@pytest.mark.parametrize("seed", range(2000))
-def test_invariants_per_host(seed):
-    """The single-host invariants, per host, over random two-host states with models over both."""
-    rng = random.Random(seed)
-    state, queue, policy = random_state(rng)
-    placed = {}
-    for slot in state.values():
-        count = 2 if rng.random() < 0.2 else 1
-        hosts = ("one", "two") if count == 2 else (rng.choice(["one", "two"]),)
-        placed[slot.id] = replace(
-            slot,
-            host_count=count,
-            hosts=hosts if slot.state in OCCUPYING else rng.choice([(), hosts]),
-            host=rng.choice(["", "", hosts[0]]),
-        )
-    budgets = (HostBudget("one", 1.0), HostBudget("two", rng.choice([0.5, 1.0]), up=rng.random() < 0.9))
-    policy = replace(policy, hosts=budgets)
-    plan = decide(placed, queue, policy, NOW)
-    for start in plan.of(Start):
-        slot = placed[start.model]
-        assert len(start.hosts) == slot.host_count and (not slot.host or start.hosts[0] == slot.host)
-        for budget in (b for b in budgets if b.name in start.hosts):
-            assert budget.up
-            others = [
-                s
-                for s in placed.values()
-                if s.state in OCCUPYING and s.id != slot.id and budget.name in (s.hosts or ("one",))
-            ]
-            assert not any(s.state is STARTING for s in others)  # one start at a time per host
-            assert sum(s.gpu_memory for s in others) + slot.gpu_memory <= budget.capacity + 1e-9
-            assert not (others and (slot.exclusive or any(s.exclusive for s in others)))
-    for stop in plan.of(Stop):
-        s = placed[stop.model]
-        assert s.state is State.READY and s.in_flight == 0 and not s.pinned
-    answered = [a.waiter for a in plan.actions if isinstance(a, Refuse)]
-    assert len(answered) == len(set(answered))

@@ -1,7 +1,7 @@
 """The pure scheduler's sleep-mode rules: sleep instead of stop, wake instead of start, the budget
-with sleeping models, and invariants over random states that include every sleep state."""
+with sleeping models (the invariants over generated states, sleep states included, are in
+test_scheduler_properties.py)."""
 
-import random
 from dataclasses import replace
 
 import pytest
@@ -14,7 +14,7 @@ from waker.core.scheduler import decide, held
 
 NOW = 1000.0
 LOCAL = (IMPLICIT_HOST,)
-R, S, F = State.READY, State.STOPPED, State.FAILED
+R, S = State.READY, State.STOPPED
 ASLEEP, FALLING, WAKING = State.SLEEPING, State.FALLING_ASLEEP, State.WAKING
 
 
@@ -199,69 +199,3 @@ def test_a_keep_warm_model_put_to_sleep_for_room_wakes_when_the_room_is_back():
     assert decide(slots(util, ready("big", 0.8)), (), Policy(), NOW).actions == ()
     assert decide(slots(util, stopped("big", 0.8)), (), Policy(), NOW).actions == (Wake("util"),)
     assert decide(slots(replace(util, suspended=True), stopped("big", 0.8)), (), Policy(), NOW).actions == ()
-
-
-# ---- invariants over random states with every sleep state ----
-
-
-def random_state(rng: random.Random) -> tuple[dict[str, Slot], tuple[Waiter, ...], Policy]:
-    models = {}
-    coming_up = False
-    for i in range(rng.randint(1, 6)):
-        state = rng.choice([S, R, R, ASLEEP, ASLEEP, FALLING, State.STOPPING, F, State.STARTING, WAKING])
-        if state in (State.STARTING, WAKING):
-            state, coming_up = (S if coming_up else state), True
-        in_flight = rng.choice([0, 0, 1]) if state is R else 0
-        gpu = rng.choice([0.0, 0.1, 0.3, 0.5, 0.8])
-        level = rng.choice([0, 1, 2]) if state not in (ASLEEP, FALLING, WAKING) else rng.choice([1, 2])
-        models[f"m{i}"] = Slot(
-            id=f"m{i}",
-            gpu_memory=gpu,
-            exclusive=rng.random() < 0.15,
-            keep_warm=rng.random() < 0.2,
-            pinned=rng.random() < 0.1,
-            idle_timeout=rng.choice([0, 30, 600]),
-            min_uptime=rng.choice([0, 30]),
-            state=state,
-            since=NOW - rng.uniform(0, 5000),
-            in_flight=in_flight,
-            last_active=NOW - rng.uniform(0, 900),
-            ready_since=NOW - rng.uniform(0, 900),
-            starting_since=NOW - rng.uniform(0, 60),
-            oldest_request_since=NOW - 5 if in_flight else None,
-            failures=rng.choice([0, 1, 3]),
-            retry_at=rng.choice([0.0, NOW + 10]),
-            sleep_level=level,
-            sleep_memory=gpu * rng.choice([0.0, 0.1, 1.0]),
-            sleep_timeout=rng.choice([0, 60, 3600]),
-            wake_failures=rng.choice([0, 0, 2]),
-        )
-    queue = tuple(Waiter(i, rng.choice(list(models)), NOW - rng.uniform(0, 700)) for i in range(rng.randint(0, 5)))
-    return models, queue, Policy(on_busy=rng.choice(["queue", "reject"]), queue_timeout=600, max_wake_failures=2)
-
-
-@pytest.mark.parametrize("seed", range(3000))
-def test_invariants_with_sleep(seed):
-    rng = random.Random(seed)
-    state, queue, policy = random_state(rng)
-    plan = decide(state, queue, policy, NOW)
-    waited = {w.model for w in queue}
-    for stop in plan.of(Stop):  # only idle unpinned models, awake or asleep, are ever stopped
-        s = state[stop.model]
-        assert not s.pinned and (s.state is ASLEEP or (s.state is R and s.in_flight == 0)), s
-    for sleep in plan.of(Sleep):  # only idle, unpinned, sleep-capable ready models ever sleep
-        s = state[sleep.model]
-        assert s.state is R and s.in_flight == 0 and not s.pinned and s.sleep_level > 0
-        assert s.wake_failures < policy.max_wake_failures
-    for wake in plan.of(Wake):  # only sleeping models wake, for a waiter or to keep one warm
-        assert state[wake.model].state is ASLEEP and (wake.model in waited or state[wake.model].keep_warm)
-    coming = [a.model for a in plan.actions if isinstance(a, (Start, Wake))]
-    assert len(coming) <= 1 and not (coming and any(s.state in (State.STARTING, WAKING) for s in state.values()))
-    for model in coming:  # never over the budget, counting what sleeping models hold
-        others = [s for s in state.values() if s.id != model and s.state not in (S, F)]
-        assert sum(held(s) for s in others) + state[model].gpu_memory <= policy.capacity + 1e-9
-        assert not (others and (state[model].exclusive or any(s.exclusive for s in others)))
-    touched = [a.model for a in plan.actions if isinstance(a, (Start, Stop, Sleep, Wake))]
-    assert len(touched) == len(set(touched))  # one action per model
-    for action in plan.of(Grant):
-        assert state[queue[action.waiter].model].state is R
