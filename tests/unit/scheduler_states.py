@@ -124,19 +124,16 @@ TWO_HOSTS = st.sampled_from(
 
 
 @st.composite
-def _slot(draw: st.DrawFn, policy: Policy, now: float) -> Slot:
+def _model(draw: st.DrawFn, two_hosts: bool) -> tuple[Slot, dict[str, float]]:
     """A model's configuration always; what happened to it (times, requests, failures) where its state
-    keeps it, the rest left at the defaults `decide` does not read in that state."""
-
-    def ago(seconds: st.SearchStrategy[float]) -> float:
-        return now - draw(seconds)
-
+    keeps it, the rest left at the defaults `decide` does not read in that state. Its times come apart,
+    as seconds before now, so that this strategy is built once rather than for each `now`."""
     state = draw(STATES)
     gpu_memory = draw(GPU_MEMORY)
     exclusive, keep_warm, pinned, suspended = draw(FLAGS)
     idle_timeout, min_uptime = draw(IDLE)
     sleep_level, sleep_share, sleep_timeout = draw(SLEEP[(1, 2) if state in SLEEP_STATES else (0, 1, 2)])
-    if policy.hosts:
+    if two_hosts:
         placed, known, named = draw(TWO_HOSTS)
         hosts = placed if known or state in OCCUPYING else ()
         host, host_count = placed[0] if named else "", len(placed)
@@ -161,25 +158,27 @@ def _slot(draw: st.DrawFn, policy: Policy, now: float) -> Slot:
     )
     if state is State.READY:
         in_flight = draw(IN_FLIGHT)
-        return replace(
-            slot,
-            in_flight=in_flight,
-            last_active=ago(QUARTER_HOUR),
-            ready_since=ago(QUARTER_HOUR),
-            oldest_request_since=ago(QUARTER_HOUR) if in_flight else None,
-            mean_request_seconds=draw(REQUEST_SECONDS) if in_flight else None,
-            wake_failures=draw(WAKE_FAILURES),
-        )
+        ago = {"last_active": draw(QUARTER_HOUR), "ready_since": draw(QUARTER_HOUR)}
+        if in_flight:
+            ago["oldest_request_since"] = draw(QUARTER_HOUR)
+            slot = replace(slot, mean_request_seconds=draw(REQUEST_SECONDS))
+        return replace(slot, in_flight=in_flight, wake_failures=draw(WAKE_FAILURES)), ago
     if state is State.SLEEPING:
-        return replace(slot, since=ago(HOURS), last_active=ago(QUARTER_HOUR))
+        return slot, {"since": draw(HOURS), "last_active": draw(QUARTER_HOUR)}
     if state is State.WAKING:
-        return replace(slot, since=ago(HOURS))
+        return slot, {"since": draw(HOURS)}
     if state is State.STARTING:
-        return replace(slot, starting_since=ago(MINUTE), expected_start_seconds=draw(START_SECONDS))
+        return replace(slot, expected_start_seconds=draw(START_SECONDS)), {"starting_since": draw(MINUTE)}
     if state is State.FAILED:
         retry_in = draw(RETRY_IN)
-        return replace(slot, failures=draw(FAILURES), retry_at=0.0 if retry_in is None else now + retry_in)
-    return slot
+        return replace(slot, failures=draw(FAILURES)), {} if retry_in is None else {"retry_at": -retry_in}
+    return slot, {}
+
+
+# Lists rather than a count and a loop: shrinking then drops a model or a waiter whole.
+MODELS = {two_hosts: st.lists(_model(two_hosts), min_size=1, max_size=6) for two_hosts in (False, True)}
+MODEL_IDS = tuple(f"m{i}" for i in range(6))
+QUEUES = {n: st.lists(st.tuples(st.sampled_from(MODEL_IDS[:n]), WAITED), max_size=5) for n in range(1, 7)}
 
 
 CAPACITY = _weighted({1.0: 3, 0.5: 1})  # at 0.5, the larger models never fit
@@ -208,10 +207,10 @@ def _policy(draw: st.DrawFn) -> Policy:
 def scheduler_states(draw: st.DrawFn) -> SchedulerState:
     now = draw(NOW)
     policy = _policy(draw)
-    # Lists rather than a count and a loop: shrinking then drops a model or a waiter whole.
-    drawn = draw(st.lists(_slot(policy, now), min_size=1, max_size=6))
-    slots = {f"m{i}": replace(slot, id=f"m{i}") for i, slot in enumerate(drawn)}
-    ids = list(slots)
-    waiters = draw(st.lists(st.tuples(st.sampled_from(ids), WAITED), max_size=5))
+    slots = {
+        model_id: replace(slot, id=model_id, **{field: now - seconds for field, seconds in ago.items()})
+        for model_id, (slot, ago) in zip(MODEL_IDS, draw(MODELS[bool(policy.hosts)]), strict=False)
+    }
+    waiters = draw(QUEUES[len(slots)])
     queue = tuple(Waiter(i, model, now - waited) for i, (model, waited) in enumerate(waiters))
     return SchedulerState(slots, queue, policy, now)
