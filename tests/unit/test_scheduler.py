@@ -13,7 +13,7 @@ from waker.core.scheduler import decide, release_estimate
 
 NOW = 1000.0
 LOCAL = (IMPLICIT_HOST,)
-R, S, X, STARTING, STOPPING, F = State.READY, State.STOPPED, State.STOPPED, State.STARTING, State.STOPPING, State.FAILED
+R, S, STARTING, STOPPING, F = State.READY, State.STOPPED, State.STARTING, State.STOPPING, State.FAILED
 
 
 def slots(*items: Slot) -> dict[str, Slot]:

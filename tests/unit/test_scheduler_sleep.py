@@ -6,25 +6,13 @@ from dataclasses import replace
 
 import pytest
 
-from waker.config.hosts import IMPLICIT_HOST
+from tests.unit.test_scheduler import LOCAL, NOW, ready, slots, stopped, wait
 from waker.config.schema import OnBusy
 from waker.core.lifecycle import SleepReason, State, StopReason
-from waker.core.plan import Grant, Policy, Refuse, Sleep, Slot, Start, Stop, Waiter, Wake
+from waker.core.plan import Grant, Policy, Refuse, Sleep, Slot, Start, Stop, Wake
 from waker.core.scheduler import decide, held
 
-NOW = 1000.0
-LOCAL = (IMPLICIT_HOST,)
-R, S = State.READY, State.STOPPED
 ASLEEP, FALLING, WAKING = State.SLEEPING, State.FALLING_ASLEEP, State.WAKING
-
-
-def slots(*items: Slot) -> dict[str, Slot]:
-    return {s.id: s for s in items}
-
-
-def ready(id, gpu=0.5, **kw) -> Slot:
-    defaults = {"last_active": NOW - 100, "ready_since": NOW - 500, "idle_timeout": 1200}
-    return Slot(id=id, gpu_memory=gpu, state=R, **{**defaults, **kw})
 
 
 def sleeper(id, gpu=0.5, asleep=0.1, **kw) -> Slot:
@@ -35,14 +23,6 @@ def sleeper(id, gpu=0.5, asleep=0.1, **kw) -> Slot:
 def sleeping(id, gpu=0.5, asleep=0.1, **kw) -> Slot:
     defaults = {"since": NOW - 10, "last_active": NOW - 200, "sleep_timeout": 3600}
     return Slot(id=id, gpu_memory=gpu, state=ASLEEP, sleep_level=2, sleep_memory=asleep, **{**defaults, **kw})
-
-
-def stopped(id, gpu=0.5, **kw) -> Slot:
-    return Slot(id=id, gpu_memory=gpu, state=S, **kw)
-
-
-def wait(*models: str, since: float = NOW - 1) -> tuple[Waiter, ...]:
-    return tuple(Waiter(i, m, since) for i, m in enumerate(models))
 
 
 # ---- idle: sleep instead of stop; asleep too long: stop ----
