@@ -97,6 +97,11 @@ async def engine_metrics(session, stack: Stack, model: str) -> dict[str, float]:
     }
 
 
+async def engine_counts(session, stack: Stack, model: str, running: int, waiting: int = 0) -> bool:
+    """Whether vLLM's own gauges say exactly this."""
+    return await engine_metrics(session, stack, model) == {"running": running, "waiting": waiting}
+
+
 def container_running(stack: Stack, model: str) -> bool:
     return bool(
         docker(
@@ -133,6 +138,27 @@ async def read_stream(response, pace: float = 0.0) -> tuple[list[dict], bool]:
             if pace:
                 await asyncio.sleep(pace)
     return chunks, done
+
+
+async def hold_stream(session, url: str, body: dict) -> None:
+    """Reads a stream (of HELD tokens: it does not end by itself while a test runs) until cancelled,
+    then leaves: the connection closes and vLLM aborts the request."""
+    async with session.post(url, json=body, timeout=aiohttp.ClientTimeout()) as response:
+        assert response.status == 200, await response.text()
+        try:
+            async for _ in response.content:
+                pass
+        finally:
+            response.close()
+
+
+async def leave(streams: list[asyncio.Task]) -> None:
+    """Ends held streams, after checking that each was still in flight: the state a test relied on."""
+    ended = [stream for stream in streams if stream.done()]
+    assert not ended, f"streams ended before the test left them: {[stream.exception() for stream in ended]}"
+    for stream in streams:
+        stream.cancel()
+    await asyncio.gather(*streams, return_exceptions=True)
 
 
 # ---- 1. cold start through the gateway, both routings, the official SDK --------------------------
@@ -285,47 +311,46 @@ async def test_container_killed_mid_stream_ends_the_stream_and_the_next_request_
 
 
 async def test_waker_in_flight_count_agrees_with_the_engine_queue(main_stack):
-    """While the engine has a queue (--max-num-seqs 1, three streams), the waker's in-flight count
-    equals the engine's running + waiting. The two are read one after the other, so a reading counts
-    only when the waker's count is the same before and after the engine's; vLLM's /metrics answers
-    slowly while it streams and its gauges can lag, so the check polls for such a reading while the
-    queue lasts, and sends the three streams again (at most three rounds) when it ended first."""
+    """While the engine has a queue (--max-num-seqs 1: one stream running, two waiting behind it), the
+    waker's in-flight count equals the engine's running + waiting. The streams ask for HELD tokens and
+    are held open, so the queue lasts until the test leaves; the first is sent alone, and the other two
+    once the engine runs it, so that a short-lived one cannot be the running one. The two counts are
+    read one after the other, so a reading counts only when the waker's count is the same before and
+    after the engine's; vLLM's gauges can lag and its /metrics stalls while it streams, hence the
+    polling."""
     stack = main_stack
     await asyncio.to_thread(ensure_ready, stack, "tiny")
     readings: list[tuple[int, dict[str, float], int]] = []
     async with aiohttp.ClientSession() as session:
+        url, body = f"{stack.url}/v1/chat/completions", chat("tiny", HELD, stream=True)
+        streams = [asyncio.create_task(hold_stream(session, url, body))]
+        await eventually_async(
+            functools.partial(engine_counts, session, stack, "tiny", running=1), 60, "the first stream running"
+        )
+        streams += [asyncio.create_task(hold_stream(session, url, body)) for _ in range(2)]
 
-        async def one_stream():
-            async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", 1500, stream=True)) as r:
-                return await read_stream(r)
-
-        async def agreeing_reading() -> tuple[int, dict[str, float]] | None:
+        async def agreeing_reading() -> bool:
             before = (await admin(session, stack, "tiny"))["in_flight"]
             engine = await engine_metrics(session, stack, "tiny")
             after = (await admin(session, stack, "tiny"))["in_flight"]
             readings.append((before, engine, after))
-            queued = engine.get("waiting", 0) >= 1
-            agree = before == after == engine.get("running", 0) + engine.get("waiting", 0)
-            return (before, engine) if queued and agree else None
+            return before == after == 3 and engine == {"running": 1, "waiting": 2}
 
-        found = None
-        for _ in range(3):
-            streams = asyncio.gather(*(one_stream() for _ in range(3)))
-            while found is None and not streams.done():
-                found = await agreeing_reading()
-                await asyncio.sleep(0.05)
-            results = await streams
-            assert all(done for _, done in results)
-            if found:
-                break
-        assert found, (
-            f"no reading of a queue where the two counts agree (waker before, engine, waker after): {readings[-20:]}"
+        await eventually_async(
+            agreeing_reading,
+            60,
+            "a reading of the queue where the two counts agree",
+            lambda: f"(waker before, engine, waker after): {readings[-20:]}",
         )
+        await leave(streams)
 
         async def none_in_flight() -> bool:
             return (await admin(session, stack, "tiny"))["in_flight"] == 0
 
         await eventually_async(none_in_flight, 10, "the waker's count back to 0 after the streams", stack.log)
+        await eventually_async(
+            functools.partial(engine_counts, session, stack, "tiny", running=0), 30, "the engine idle again"
+        )
 
 
 async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
