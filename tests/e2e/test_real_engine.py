@@ -5,6 +5,7 @@ share a stack where their configs agree and check what they need first."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import re
@@ -159,6 +160,25 @@ async def leave(streams: list[asyncio.Task]) -> None:
     for stream in streams:
         stream.cancel()
     await asyncio.gather(*streams, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def waker_events(session, stack: Stack):
+    """The waker's events stream (/admin/events), from now on, read in the background into a list."""
+    seen: list[dict] = []
+    async with session.get(f"{stack.waker_url}/admin/events", timeout=aiohttp.ClientTimeout()) as response:
+        assert response.status == 200, await response.text()
+
+        async def read() -> None:
+            async for line in response.content:
+                if line.startswith(b"data: "):
+                    seen.append(json.loads(line[6:]))
+
+        reader = asyncio.create_task(read())
+        try:
+            yield seen
+        finally:
+            reader.cancel()
 
 
 # ---- 1. cold start through the gateway, both routings, the official SDK --------------------------
@@ -355,74 +375,59 @@ async def test_waker_in_flight_count_agrees_with_the_engine_queue(main_stack):
 
 async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
     """Requests sent to the engine's own port (bypassing nginx) are invisible to the gateway's count;
-    the engine's /metrics, asked before an idle stop, calls the stop off while they wait in its queue,
-    and the model is stopped as idle once they are done.
-
-    The work is four long direct requests queued inside the engine (--max-num-seqs 1): no gap between
-    two of them, as back-to-back client requests would leave. Its running gauge can lag a new request
-    by seconds (CI saw it at 0 six seconds on), so the model is pinned until the gauge counts the
-    work, the idle clock restarted through the gateway (a request vLLM refuses at once): the idle
-    check comes 3 s later, with most of the work still queued. What follows is not asserted: vLLM's API server on two
-    cores stalls for up to 14 s while the engine works (measured here: /metrics unanswered, streamed
-    chunks held, then sent at once), so a later check may find the work done, or get no answer in
-    time and stop the model under the last request."""
+    the engine's /metrics, asked before an idle stop, calls the stop off while they run and wait in its
+    queue (--max-num-seqs 1), again at each idle check, and the model is stopped as idle once they are
+    gone. The work is two streams of HELD tokens, held open until the test leaves. The model is pinned
+    until the engine's gauges count them (they can lag a new request by seconds: CI saw 0 six seconds
+    on). vLLM's API server on two cores stalls for up to 14 s while the engine works; a check it does
+    not answer is asked again (5 s later, up to three checks), so no stall ends with a stop under the
+    work. What the waker decided is read from its events stream."""
     stack = module_stacks(
-        "postpone", [real_model("tiny", max_model_len=2048, idle_timeout="3s", extra=["--max-num-seqs", "1"])]
+        "postpone",
+        [real_model("tiny", max_model_len=LONG_CONTEXT, idle_timeout="3s", extra=["--max-num-seqs", "1"])],
     )
 
-    def events(kind: str) -> list[dict]:
-        return [json.loads(line) for line in stack.log().splitlines() if f'"event": "{kind}"' in line]
-
     async with aiohttp.ClientSession() as session:
-
-        async def direct() -> None:
-            async with session.post(
-                f"{stack.model_url('tiny')}/v1/chat/completions", json=chat("tiny", 1900, stream=True)
-            ) as r:
-                await read_stream(r)
-
-        async def engine_busy() -> bool:
-            return (await engine_metrics(session, stack, "tiny")).get("waiting", 0) >= 1
 
         async def admin_call(action: str) -> None:
             async with session.post(f"{stack.waker_url}/admin/models/tiny/{action}") as response:
                 assert response.status == 200, await response.text()
 
-        async def outcome(stops_before: int) -> str | None:
-            if events("idle_stop_postponed"):
-                return "called off"
-            return "stopped" if len(events("model_stopped")) > stops_before else None
+        async def seen(kind: str, count: int = 1) -> list[dict]:
+            """The waker's events of `kind` so far, once there are `count` of them."""
+            found = [event for event in events if event["type"] == kind]
+            return found if len(found) >= count else []
 
-        # Even the first check can land in one of those stalls and get its answer (0) only once the
-        # work is done (1 attempt in 6 here): that attempt says nothing, and is made again.
-        for _ in range(3):
-            stops_before = len(events("model_stopped"))
-            await admin_call("pin")  # no idle check before the work is queued
-            await asyncio.to_thread(ensure_ready, stack, "tiny")
-            work = asyncio.gather(*(direct() for _ in range(4)), return_exceptions=True)
-            await eventually_async(engine_busy, 30, "the engine counting the direct requests", stack.log)
-            async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", 5000)) as refused:
-                assert refused.status == 400  # through the gateway: the idle clock starts again
-            await admin_call("unpin")
-            decided = await eventually_async(
-                functools.partial(outcome, stops_before), 60, "the idle check's outcome", stack.log
+        await admin_call("pin")  # no idle check before the engine counts the work
+        await asyncio.to_thread(ensure_ready, stack, "tiny")
+        url, body = f"{stack.model_url('tiny')}/v1/chat/completions", chat("tiny", HELD, stream=True)
+        async with waker_events(session, stack) as events:
+            work = [asyncio.create_task(hold_stream(session, url, body)) for _ in range(2)]
+            await eventually_async(
+                functools.partial(engine_counts, session, stack, "tiny", running=1, waiting=1),
+                60,
+                "the engine counting the direct requests",
+                stack.log,
             )
-            if decided == "called off":
-                break
-            await work
-        called_off = events("idle_stop_postponed")
-        assert called_off, f"every idle check came in a stall: {events('model_stopped')}"
-        assert called_off[0]["server_requests"] >= 1 and called_off[0]["in_flight"] == 0, called_off
-        assert container_running(stack, "tiny")
-        await work
-    stopped = await asyncio.to_thread(
-        eventually,
-        lambda: events("model_stopped")[stops_before:],
-        60,
-        "the idle stop once the work was done",
-        stack.log,
-    )
-    assert stopped[0]["reason"] == "idle", stopped
+            await admin_call("unpin")
+            # Two idle checks, each a full idle_timeout after the one before called the stop off.
+            called_off = await eventually_async(
+                functools.partial(seen, "idle_stop_postponed", 2),
+                120,
+                "two idle stops called off",
+                lambda: f"{events}\n{stack.log()}",
+            )
+            assert not await seen("model_stopped"), events
+            assert all(e["server_requests"] == 2 and e["in_flight"] == 0 for e in called_off), called_off
+            assert container_running(stack, "tiny")
+            await leave(work)
+            stopped = await eventually_async(
+                functools.partial(seen, "model_stopped"),
+                60,
+                "the idle stop once the work was gone",
+                lambda: f"{events}\n{stack.log()}",
+            )
+    assert stopped[0]["reason"] == "idle" and stopped[0]["server_requests"] == 0, stopped
 
 
 # ---- 7. failures as vLLM really fails -------------------------------------------------------------
