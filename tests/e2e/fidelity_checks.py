@@ -373,7 +373,7 @@ async def check_client_disconnect(engine: Engine) -> dict[str, str]:
     """A client that leaves mid-stream: its request stops running, and is not counted as aborted."""
     async with aiohttp.ClientSession() as session:
         before = await metrics(session, engine.url)
-        async with session.post(f"{engine.url}/v1/completions", json=completion(900, stream=True)) as response:
+        async with session.post(f"{engine.url}/v1/completions", json=completion(HELD, stream=True)) as response:
             await read_stream(response, until=lambda events: len(events) >= 5)
             response.close()
 
