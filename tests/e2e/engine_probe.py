@@ -14,11 +14,15 @@ from dataclasses import dataclass, field
 
 import aiohttp
 
-from tests.e2e.stack import FAKE_IMAGE, REAL_IMAGE, free_port
+from tests.e2e.stack import FAKE_IMAGE, LONG_CONTEXT, REAL_IMAGE, free_port
 from tests.eventually import eventually_async
 
 MODEL = "tiny"
-CONTEXT = 1024
+CONTEXT = LONG_CONTEXT
+# Tokens of a stream that runs for minutes on the real engine (130-400 tokens/s) and half a minute on
+# the fake (1000 tokens/s): a check that needs a request in flight holds one open, so that a sleep or a
+# queue behind it lands mid-stream whatever the load, and ends it by leaving.
+HELD = CONTEXT - 24
 FAKE_ONLY_KEYS = {"sent_at"}  # the fake stamps each chunk with its making time, for timing tests
 
 
@@ -55,7 +59,7 @@ class Engine:
 
 
 def engine_command(kind: str, config: str, extra: list[str]) -> list[str]:
-    """`docker run` arguments for one engine; both answer to the name "tiny" with a 1024-token context.
+    """`docker run` arguments for one engine; both answer to the name "tiny" with a CONTEXT-token context.
     Config "main": sleep routes on (dev mode) and --max-num-seqs 1; "plain": neither."""
     env = ["--env", "VLLM_SERVER_DEV_MODE=1"] if config == "main" else []
     flags = [

@@ -9,6 +9,7 @@ import asyncio
 import aiohttp
 
 from tests.e2e.engine_probe import (
+    HELD,
     MODEL,
     Engine,
     compact,
@@ -64,7 +65,7 @@ async def check_level_2_wake_protocol(engine: Engine) -> dict[str, str]:
             f"{state}={awake[f'vllm:engine_sleep_state[{state}]']:g}"
             for state in ("awake", "weights_offloaded", "discard_all")
         )
-        async with session.post(f"{engine.url}/v1/completions", json=completion(900, stream=True)) as response:
+        async with session.post(f"{engine.url}/v1/completions", json=completion(HELD, stream=True)) as response:
             await read_stream(response, until=lambda events: len(events) >= 3)
             rows["POST /reset_prefix_cache with a request running"] = await call("POST", "/reset_prefix_cache")
             response.close()

@@ -27,6 +27,10 @@ REAL_IMAGE = "waker-real-vllm:test"  # the real vLLM, CPU build (tests/real_vllm
 # What the real engine needs on these machines (shared/real-vllm.md): a KV cache size, and more shared
 # memory than Docker's default 64 MiB. Starts take 20-40 s on two cores, more under load.
 REAL_SCHEDULER = {"start_timeout": "300s", "stop_timeout": "30s", "min_uptime": "0s"}
+# The tiny model's context (tests/real_vllm/make_tiny_llama.py POSITIONS): a stream that fills it runs
+# for minutes here (130-400 tokens/s), so a test that needs work in flight holds one open, whatever
+# the machine's load, and ends it by closing its client (vLLM then aborts the request).
+LONG_CONTEXT = 32768
 REPO = Path(__file__).resolve().parents[2]
 
 

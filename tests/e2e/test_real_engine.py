@@ -5,6 +5,7 @@ share a stack where their configs agree and check what they need first."""
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import functools
 import json
 import re
@@ -16,13 +17,16 @@ import aiohttp
 import openai
 import pytest
 
-from tests.e2e.stack import REAL_IMAGE, REAL_SCHEDULER, Stack, docker, real_model
+from tests.e2e.stack import LONG_CONTEXT, REAL_IMAGE, REAL_SCHEDULER, Stack, docker, real_model
 from tests.eventually import eventually, eventually_async
 
 pytestmark = pytest.mark.e2e
 
 READY_TIMEOUT = 300  # a cold start under a loaded CI machine, with margin
 LONG = 1800  # tokens of a stream that outlasts the short idle timeouts below (250-400 tokens/s here)
+# Tokens of a stream that runs for minutes (the whole LONG_CONTEXT, less room for the prompt): a test
+# that needs work in flight holds one open, whatever the load, and ends it by leaving.
+HELD = LONG_CONTEXT - 64
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -52,15 +56,15 @@ def module_stacks(tmp_path_factory):
 @pytest.fixture
 def main_stack(module_stacks) -> Stack:
     """One real model, "tiny" (alias "tiny-alias"), with --max-num-seqs 1 so that parallel requests
-    make a queue inside the engine, a drain on SIGTERM shorter than stop_timeout, and an idle timeout
-    no test reaches by accident."""
+    make a queue inside the engine, the whole LONG_CONTEXT so that streams of HELD tokens fit, a drain
+    on SIGTERM shorter than stop_timeout, and an idle timeout no test reaches by accident."""
     return module_stacks(
         "main",
         [
             real_model(
                 "tiny",
                 aliases=["tiny-alias"],
-                max_model_len=2048,
+                max_model_len=LONG_CONTEXT,
                 extra=["--max-num-seqs", "1", "--shutdown-timeout", "10"],
                 idle_timeout="1h",
             )
@@ -92,6 +96,11 @@ async def engine_metrics(session, stack: Stack, model: str) -> dict[str, float]:
         name: float(value)
         for name, value in re.findall(r"^vllm:num_requests_(running|waiting)\{[^}]*\}\s+(\S+)", text, re.MULTILINE)
     }
+
+
+async def engine_counts(session, stack: Stack, model: str, running: int, waiting: int = 0) -> bool:
+    """Whether vLLM's own gauges say exactly this."""
+    return await engine_metrics(session, stack, model) == {"running": running, "waiting": waiting}
 
 
 def container_running(stack: Stack, model: str) -> bool:
@@ -132,6 +141,46 @@ async def read_stream(response, pace: float = 0.0) -> tuple[list[dict], bool]:
     return chunks, done
 
 
+async def hold_stream(session, url: str, body: dict) -> None:
+    """Reads a stream (of HELD tokens: it does not end by itself while a test runs) until cancelled,
+    then leaves: the connection closes and vLLM aborts the request."""
+    async with session.post(url, json=body, timeout=aiohttp.ClientTimeout()) as response:
+        assert response.status == 200, await response.text()
+        try:
+            async for _ in response.content:
+                pass
+        finally:
+            response.close()
+
+
+async def leave(streams: list[asyncio.Task]) -> None:
+    """Ends held streams, after checking that each was still in flight: the state a test relied on."""
+    ended = [stream for stream in streams if stream.done()]
+    assert not ended, f"streams ended before the test left them: {[stream.exception() for stream in ended]}"
+    for stream in streams:
+        stream.cancel()
+    await asyncio.gather(*streams, return_exceptions=True)
+
+
+@contextlib.asynccontextmanager
+async def waker_events(session, stack: Stack):
+    """The waker's events stream (/admin/events), from now on, read in the background into a list."""
+    seen: list[dict] = []
+    async with session.get(f"{stack.waker_url}/admin/events", timeout=aiohttp.ClientTimeout()) as response:
+        assert response.status == 200, await response.text()
+
+        async def read() -> None:
+            async for line in response.content:
+                if line.startswith(b"data: "):
+                    seen.append(json.loads(line[6:]))
+
+        reader = asyncio.create_task(read())
+        try:
+            yield seen
+        finally:
+            reader.cancel()
+
+
 # ---- 1. cold start through the gateway, both routings, the official SDK --------------------------
 
 
@@ -161,8 +210,8 @@ def test_cold_start_body_and_path_routed_with_the_openai_sdk(main_stack):
 @pytest.mark.parametrize(
     "case, body",
     [
-        ("max_tokens over the context", chat("tiny", 5000)),
-        ("prompt over the context", {"model": "tiny", "prompt": "hello " * 2100, "max_tokens": 4}),
+        ("max_tokens over the context", chat("tiny", LONG_CONTEXT + 1)),
+        ("prompt over the context", {"model": "tiny", "prompt": "hello " * (LONG_CONTEXT + 52), "max_tokens": 4}),
         ("a parameter vLLM rejects", chat("tiny", 4, n=0)),
     ],
 )
@@ -246,9 +295,9 @@ async def test_swap_between_two_real_models(module_stacks):
 
 
 async def killed_mid_stream(session, stack: Stack) -> tuple[bool, int, float]:
-    """Streams LONG tokens and kills the container at the first chunk: (completed, chunks, seconds the
+    """Streams HELD tokens and kills the container at the first chunk: (completed, chunks, seconds the
     client's stream went on after the kill)."""
-    async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", LONG, stream=True)) as r:
+    async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", HELD, stream=True)) as r:
         assert r.status == 200
         received, done, killed_at = 0, False, 0.0
         try:
@@ -265,17 +314,14 @@ async def killed_mid_stream(session, stack: Stack) -> tuple[bool, int, float]:
 
 
 async def test_container_killed_mid_stream_ends_the_stream_and_the_next_request_restarts_it(main_stack):
+    """The stream asks for HELD tokens, minutes of work here: the kill at its first chunk lands mid-stream
+    however slowly a loaded machine runs `docker kill`."""
     stack = main_stack
+    await asyncio.to_thread(ensure_ready, stack, "tiny")
+    starts_before = len(stack.docker_events("start"))
     async with aiohttp.ClientSession() as session:
-        # On a loaded machine `docker kill` can land after the engine streamed all LONG tokens; that
-        # attempt says nothing about a kill mid-stream, so it is made again (the kill restarts the engine).
-        for _ in range(3):
-            await asyncio.to_thread(ensure_ready, stack, "tiny")
-            starts_before = len(stack.docker_events("start"))
-            done, received, went_on = await killed_mid_stream(session, stack)
-            if not done:
-                break
-        assert not done and received < LONG, "every kill landed after the stream had completed"
+        done, received, went_on = await killed_mid_stream(session, stack)
+    assert not done and received < HELD, (done, received)
     assert went_on < 5, f"the client's stream went on {went_on:.1f} s after the kill"
     await asyncio.to_thread(ensure_ready, stack, "tiny")
     assert len(stack.docker_events("start")) == starts_before + 1
@@ -285,119 +331,103 @@ async def test_container_killed_mid_stream_ends_the_stream_and_the_next_request_
 
 
 async def test_waker_in_flight_count_agrees_with_the_engine_queue(main_stack):
-    """While the engine has a queue (--max-num-seqs 1, three streams), the waker's in-flight count
-    equals the engine's running + waiting. The two are read one after the other, so a reading counts
-    only when the waker's count is the same before and after the engine's; vLLM's /metrics answers
-    slowly while it streams and its gauges can lag, so the check polls for such a reading while the
-    queue lasts, and sends the three streams again (at most three rounds) when it ended first."""
+    """While the engine has a queue (--max-num-seqs 1: one stream running, two waiting behind it), the
+    waker's in-flight count equals the engine's running + waiting. The streams ask for HELD tokens and
+    are held open, so the queue lasts until the test leaves; the first is sent alone, and the other two
+    once the engine runs it, so that a short-lived one cannot be the running one. The two counts are
+    read one after the other, so a reading counts only when the waker's count is the same before and
+    after the engine's; vLLM's gauges can lag and its /metrics stalls while it streams, hence the
+    polling."""
     stack = main_stack
     await asyncio.to_thread(ensure_ready, stack, "tiny")
     readings: list[tuple[int, dict[str, float], int]] = []
     async with aiohttp.ClientSession() as session:
+        url, body = f"{stack.url}/v1/chat/completions", chat("tiny", HELD, stream=True)
+        streams = [asyncio.create_task(hold_stream(session, url, body))]
+        await eventually_async(
+            functools.partial(engine_counts, session, stack, "tiny", running=1), 60, "the first stream running"
+        )
+        streams += [asyncio.create_task(hold_stream(session, url, body)) for _ in range(2)]
 
-        async def one_stream():
-            async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", 1500, stream=True)) as r:
-                return await read_stream(r)
-
-        async def agreeing_reading() -> tuple[int, dict[str, float]] | None:
+        async def agreeing_reading() -> bool:
             before = (await admin(session, stack, "tiny"))["in_flight"]
             engine = await engine_metrics(session, stack, "tiny")
             after = (await admin(session, stack, "tiny"))["in_flight"]
             readings.append((before, engine, after))
-            queued = engine.get("waiting", 0) >= 1
-            agree = before == after == engine.get("running", 0) + engine.get("waiting", 0)
-            return (before, engine) if queued and agree else None
+            return before == after == 3 and engine == {"running": 1, "waiting": 2}
 
-        found = None
-        for _ in range(3):
-            streams = asyncio.gather(*(one_stream() for _ in range(3)))
-            while found is None and not streams.done():
-                found = await agreeing_reading()
-                await asyncio.sleep(0.05)
-            results = await streams
-            assert all(done for _, done in results)
-            if found:
-                break
-        assert found, (
-            f"no reading of a queue where the two counts agree (waker before, engine, waker after): {readings[-20:]}"
+        await eventually_async(
+            agreeing_reading,
+            60,
+            "a reading of the queue where the two counts agree",
+            lambda: f"(waker before, engine, waker after): {readings[-20:]}",
         )
+        await leave(streams)
 
         async def none_in_flight() -> bool:
             return (await admin(session, stack, "tiny"))["in_flight"] == 0
 
         await eventually_async(none_in_flight, 10, "the waker's count back to 0 after the streams", stack.log)
+        await eventually_async(
+            functools.partial(engine_counts, session, stack, "tiny", running=0), 30, "the engine idle again"
+        )
 
 
 async def test_idle_stop_is_called_off_while_the_engine_has_work(module_stacks):
     """Requests sent to the engine's own port (bypassing nginx) are invisible to the gateway's count;
-    the engine's /metrics, asked before an idle stop, calls the stop off while they wait in its queue,
-    and the model is stopped as idle once they are done.
-
-    The work is four long direct requests queued inside the engine (--max-num-seqs 1): no gap between
-    two of them, as back-to-back client requests would leave. Its running gauge can lag a new request
-    by seconds (CI saw it at 0 six seconds on), so the model is pinned until the gauge counts the
-    work, the idle clock restarted through the gateway (a request vLLM refuses at once): the idle
-    check comes 3 s later, with most of the work still queued. What follows is not asserted: vLLM's API server on two
-    cores stalls for up to 14 s while the engine works (measured here: /metrics unanswered, streamed
-    chunks held, then sent at once), so a later check may find the work done, or get no answer in
-    time and stop the model under the last request."""
+    the engine's /metrics, asked before an idle stop, calls the stop off while they run and wait in its
+    queue (--max-num-seqs 1), again at each idle check, and the model is stopped as idle once they are
+    gone. The work is two streams of HELD tokens, held open until the test leaves. The model is pinned
+    until the engine's gauges count them (they can lag a new request by seconds: CI saw 0 six seconds
+    on). vLLM's API server on two cores stalls for up to 14 s while the engine works; a check it does
+    not answer is asked again (5 s later, up to three checks), so no stall ends with a stop under the
+    work. What the waker decided is read from its events stream."""
     stack = module_stacks(
-        "postpone", [real_model("tiny", max_model_len=2048, idle_timeout="3s", extra=["--max-num-seqs", "1"])]
+        "postpone",
+        [real_model("tiny", max_model_len=LONG_CONTEXT, idle_timeout="3s", extra=["--max-num-seqs", "1"])],
     )
 
-    def events(kind: str) -> list[dict]:
-        return [json.loads(line) for line in stack.log().splitlines() if f'"event": "{kind}"' in line]
-
     async with aiohttp.ClientSession() as session:
-
-        async def direct() -> None:
-            async with session.post(
-                f"{stack.model_url('tiny')}/v1/chat/completions", json=chat("tiny", 1900, stream=True)
-            ) as r:
-                await read_stream(r)
-
-        async def engine_busy() -> bool:
-            return (await engine_metrics(session, stack, "tiny")).get("waiting", 0) >= 1
 
         async def admin_call(action: str) -> None:
             async with session.post(f"{stack.waker_url}/admin/models/tiny/{action}") as response:
                 assert response.status == 200, await response.text()
 
-        async def outcome(stops_before: int) -> str | None:
-            if events("idle_stop_postponed"):
-                return "called off"
-            return "stopped" if len(events("model_stopped")) > stops_before else None
+        async def seen(kind: str, count: int = 1) -> list[dict]:
+            """The waker's events of `kind` so far, once there are `count` of them."""
+            found = [event for event in events if event["type"] == kind]
+            return found if len(found) >= count else []
 
-        # Even the first check can land in one of those stalls and get its answer (0) only once the
-        # work is done (1 attempt in 6 here): that attempt says nothing, and is made again.
-        for _ in range(3):
-            stops_before = len(events("model_stopped"))
-            await admin_call("pin")  # no idle check before the work is queued
-            await asyncio.to_thread(ensure_ready, stack, "tiny")
-            work = asyncio.gather(*(direct() for _ in range(4)), return_exceptions=True)
-            await eventually_async(engine_busy, 30, "the engine counting the direct requests", stack.log)
-            async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", 5000)) as refused:
-                assert refused.status == 400  # through the gateway: the idle clock starts again
-            await admin_call("unpin")
-            decided = await eventually_async(
-                functools.partial(outcome, stops_before), 60, "the idle check's outcome", stack.log
+        await admin_call("pin")  # no idle check before the engine counts the work
+        await asyncio.to_thread(ensure_ready, stack, "tiny")
+        url, body = f"{stack.model_url('tiny')}/v1/chat/completions", chat("tiny", HELD, stream=True)
+        async with waker_events(session, stack) as events:
+            work = [asyncio.create_task(hold_stream(session, url, body)) for _ in range(2)]
+            await eventually_async(
+                functools.partial(engine_counts, session, stack, "tiny", running=1, waiting=1),
+                60,
+                "the engine counting the direct requests",
+                stack.log,
             )
-            if decided == "called off":
-                break
-            await work
-        called_off = events("idle_stop_postponed")
-        assert called_off, f"every idle check came in a stall: {events('model_stopped')}"
-        assert called_off[0]["server_requests"] >= 1 and called_off[0]["in_flight"] == 0, called_off
-        assert container_running(stack, "tiny")
-        await work
-    stopped = await asyncio.to_thread(
-        eventually,
-        lambda: events("model_stopped")[stops_before:],
-        60,
-        "the idle stop once the work was done",
-        stack.log,
-    )
-    assert stopped[0]["reason"] == "idle", stopped
+            await admin_call("unpin")
+            # Two idle checks, each a full idle_timeout after the one before called the stop off.
+            called_off = await eventually_async(
+                functools.partial(seen, "idle_stop_postponed", 2),
+                120,
+                "two idle stops called off",
+                lambda: f"{events}\n{stack.log()}",
+            )
+            assert not await seen("model_stopped"), events
+            assert all(e["server_requests"] == 2 and e["in_flight"] == 0 for e in called_off), called_off
+            assert container_running(stack, "tiny")
+            await leave(work)
+            stopped = await eventually_async(
+                functools.partial(seen, "model_stopped"),
+                60,
+                "the idle stop once the work was gone",
+                lambda: f"{events}\n{stack.log()}",
+            )
+    assert stopped[0]["reason"] == "idle" and stopped[0]["server_requests"] == 0, stopped
 
 
 # ---- 7. failures as vLLM really fails -------------------------------------------------------------

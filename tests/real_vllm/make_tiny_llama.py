@@ -8,6 +8,11 @@ on generated text, and a chat template. Run at image build time:
 writes OUT_DIR/tiny-llama (attention head size 32: the smallest vLLM's CPU backend serves) and
 OUT_DIR/tiny-llama-h16 (head size 16: vLLM starts, says healthy, then its first request fails and
 the server exits, which is how the suite gets a real "dies after becoming healthy" engine).
+
+Both take POSITIONS tokens of context, far more than a test reads: at 130-400 tokens/s here a stream
+that fills it runs for minutes, so a test can hold one open (a kill, a sleep or a queue behind it lands
+mid-stream for certain) and end it by closing its client. The KV cache of a token is 512 bytes, so a
+whole context takes 16 MiB of the 1 GiB cache the tests give vLLM.
 """
 
 from __future__ import annotations
@@ -20,6 +25,7 @@ import torch
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
+POSITIONS = 32768  # tests/e2e/stack.py LONG_CONTEXT
 SPECIAL = ["<unk>", "<s>", "</s>", "<pad>"]
 CHAT_TEMPLATE = (
     "{{ bos_token }}"
@@ -54,7 +60,7 @@ def tokenizer() -> PreTrainedTokenizerFast:
         bos_token="<s>",
         eos_token="</s>",
         pad_token="<pad>",
-        model_max_length=2048,
+        model_max_length=POSITIONS,
     )
     fast.chat_template = CHAT_TEMPLATE
     return fast
@@ -69,7 +75,7 @@ def save_model(out: Path, tok: PreTrainedTokenizerFast, *, hidden: int, heads: i
         num_attention_heads=heads,
         num_key_value_heads=heads,
         vocab_size=len(tok),
-        max_position_embeddings=2048,
+        max_position_embeddings=POSITIONS,
         bos_token_id=tok.bos_token_id,
         eos_token_id=tok.eos_token_id,
         pad_token_id=tok.pad_token_id,
