@@ -265,23 +265,25 @@ def test_cli_follows_events(stack):
     events = subprocess.Popen(
         [sys.executable, "-m", "waker.cli.main", "events", "--config", str(stack.config_path)],
         stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
         text=True,
         cwd=REPO,
     )
     lines: list[str] = []
-    reader = threading.Thread(target=lambda: lines.extend(iter(events.stdout.readline, "")), daemon=True)
-    reader.start()
+    said: list[str] = []
+    for pipe, into in ((events.stdout, lines), (events.stderr, said)):
+        threading.Thread(target=lambda p=pipe, i=into: i.extend(iter(p.readline, "")), daemon=True).start()
 
     def saw(prefix: str) -> bool:
         return any(line.startswith(prefix) for line in list(lines))
 
-    def pin_seen() -> bool:
-        assert stack.cli("pin", "beta").returncode == 0
-        return saw("model_pinned model=beta")
-
     try:
-        # Pins show up in its output once the command is listening: pin until one does.
-        eventually(pin_seen, 30, "a pin in `waker events`' output", lambda: lines)
+        # Once it says it follows, nothing published is missed: one pin shows up.
+        eventually(
+            lambda: any(s.startswith("following the events") for s in said), 30, "`waker events` open", lambda: said
+        )
+        assert stack.cli("pin", "beta").returncode == 0
+        eventually(lambda: saw("model_pinned model=beta"), 15, "a pin in `waker events`' output", lambda: lines)
         assert stack.cli("start", "beta").returncode == 0
         eventually(lambda: saw("model_ready model=beta"), 15, "model_ready in `waker events`' output", lambda: lines)
     finally:

@@ -370,14 +370,17 @@ async def test_events_print_what_happens_until_the_waker_goes_away(served, capsy
     async with asyncio.timeout(5):
         await listening.wait()
     await ready(shell, "a")
-    printed = ""
+    printed = said = ""
 
     def has_printed_ready() -> bool:
-        nonlocal printed
-        printed += capsys.readouterr().out
+        nonlocal printed, said
+        out, err = capsys.readouterr()
+        printed, said = printed + out, said + err
         return "model_ready" in printed
 
     await until(has_printed_ready, "the events printed")
+    url = url_of(client).rstrip("/")
+    assert said == f"following the events of the waker at {url}; Ctrl-C ends\n"
     assert printed.splitlines() == [
         "request_queued model=a waiter=0 queue_length=1",
         "model_state model=a state=starting previous=stopped trigger=start error=None",
@@ -387,7 +390,6 @@ async def test_events_print_what_happens_until_the_waker_goes_away(served, capsy
     for connection in client.server.runner.server.connections:
         connection.force_close()  # the waker is gone (stopped, restarted): its connections close
     assert await following == 3
-    url = url_of(client).rstrip("/")
     assert capsys.readouterr() == (
         "",
         f"waker events: the waker at {url} ended the event stream; did it stop or restart?\n",

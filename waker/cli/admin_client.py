@@ -13,7 +13,7 @@ import sys
 import urllib.error
 import urllib.parse
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from typing import Any
 
 from waker.config.schema import load_config, overrides_or_env
@@ -100,11 +100,13 @@ class Client:
         with self._open(method, path, body, timeout) as response:
             return self._json(response.read() or b"null")
 
-    def stream(self, path: str) -> Iterator[tuple[str, dict[str, Any]]]:
-        """Server-sent events from `path`, as (event type, data) pairs."""
+    def stream(self, path: str, opened: Callable[[], None] = lambda: None) -> Iterator[tuple[str, dict[str, Any]]]:
+        """Server-sent events from `path`, as (event type, data) pairs; `opened` is called once the
+        stream is open (the waker sends nothing before an event or its heartbeat)."""
         with self._open("GET", path, None, None) as response:
             if response.headers.get_content_type() != "text/event-stream":
                 raise self._not_the_waker("not an event stream")
+            opened()
             kind = "message"
             for raw in response:
                 line = raw.decode("utf-8", "replace").rstrip("\n")
@@ -255,7 +257,10 @@ def logs(client: Client, args: argparse.Namespace) -> int:
 
 
 def events(client: Client, args: argparse.Namespace) -> int:
-    for kind, data in client.stream("/admin/events"):
+    def following() -> None:  # from here on nothing published is missed: say so (on stderr, not in the events)
+        print(f"following the events of the waker at {client.url}; Ctrl-C ends", file=sys.stderr, flush=True)
+
+    for kind, data in client.stream("/admin/events", following):
         if args.json:
             print(json.dumps(data), flush=True)
         else:
