@@ -296,7 +296,9 @@ async def test_swap_between_two_real_models(module_stacks):
 
 async def killed_mid_stream(session, stack: Stack) -> tuple[bool, int, float]:
     """Streams HELD tokens and kills the container at the first chunk: (completed, chunks, seconds the
-    client's stream went on after the kill)."""
+    client's stream went on after the kill). The container is named before the stream starts, so that
+    the window holds one Docker call, the kill, run off the event loop that reads the stream."""
+    (container,) = await asyncio.to_thread(stack.containers)
     async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", HELD, stream=True)) as r:
         assert r.status == 200
         received, done, killed_at = 0, False, 0.0
@@ -305,7 +307,7 @@ async def killed_mid_stream(session, stack: Stack) -> tuple[bool, int, float]:
                 done = done or line.startswith(b"data: [DONE]")
                 received += line.startswith(b"data: {")
                 if received == 1 and not killed_at:
-                    await asyncio.to_thread(docker, "kill", stack.containers()[0])
+                    await asyncio.to_thread(docker, "kill", container)
                     killed_at = time.monotonic()
         except aiohttp.ClientPayloadError:
             pass  # nginx cuts the chunked response short: the client knows it is incomplete
@@ -503,13 +505,13 @@ async def test_stop_with_a_stream_in_flight_drains_it_cleanly(main_stack):
     here; docs/reliability.md)."""
     stack = main_stack
     await asyncio.to_thread(ensure_ready, stack, "tiny")
+    (container,) = await asyncio.to_thread(stack.containers)
     async with aiohttp.ClientSession() as session:
         async with session.post(f"{stack.url}/v1/chat/completions", json=chat("tiny", LONG, stream=True)) as r:
             assert r.status == 200
             for _ in range(20):  # well into the stream
                 assert (await r.content.readline()).startswith(b"data: {")
                 await r.content.readline()
-            container = stack.containers()[0]
             # The admin API, not the CLI: a Python start-up crawls while the engine holds both cores.
             asked = time.monotonic()
             stopping = asyncio.create_task(session.post(f"{stack.waker_url}/admin/models/tiny/stop?force=true"))
