@@ -3,6 +3,7 @@ were checked on an H200 (see the closing note of the operations issue): they mat
 
 from types import SimpleNamespace
 
+from waker.system import gpu as gpu_module
 from waker.system.gpu import GpuMemory, MemoryReading, system_memory
 
 
@@ -48,10 +49,13 @@ def test_older_bindings_fall_back_to_the_first_memory_query():
     assert reading.used_bytes == 4 * 2**30 + 600 * 2**20
 
 
-def test_unified_memory_falls_back_to_system_memory_and_says_so():
+def test_unified_memory_falls_back_to_system_memory_and_says_so(monkeypatch):
+    # The figures of one read of /proc/meminfo: two reads a moment apart differ on a busy machine.
+    figures = system_memory()
+    monkeypatch.setattr(gpu_module, "system_memory", lambda: figures)
     (reading,) = reader(FakeNvml(unified=True)).read()
     assert reading.device == "0:NVIDIA GB10" and reading.source == "system"
-    assert (reading.used_bytes, reading.total_bytes) == system_memory()
+    assert (reading.used_bytes, reading.total_bytes) == figures
 
 
 def test_no_nvml_means_no_gpu_figures_and_no_error():
