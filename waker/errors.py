@@ -118,3 +118,8 @@ class PullFailed(Exception):
 
 class NginxError(Exception):
     """nginx refused its config, a reload or a signal, or exited; the message is what it said."""
+
+
+class ProxyRefused(Exception):
+    """The Docker socket proxy refuses a call: not one the waker makes, or not on what it may touch. The
+    message names the call and why; the caller gets it in a 403."""

@@ -6,11 +6,26 @@ from __future__ import annotations
 import asyncio
 import re
 import threading
+from collections.abc import Callable
 from pathlib import Path
 
-from waker.docker.socket_proxy import relay
-
 REQUEST_LINE = re.compile(rb"^(GET|POST|PUT|DELETE|HEAD) (\S+) HTTP/1\.[01]\r\n")
+
+
+async def relay(
+    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, observe: Callable[[bytes], None] | None = None
+) -> None:
+    """Copies bytes from reader to writer until either side ends; `observe` sees each chunk."""
+    try:
+        while data := await reader.read(65536):
+            if observe is not None:
+                observe(data)
+            writer.write(data)
+            await writer.drain()
+    except ConnectionError:
+        pass
+    finally:
+        writer.close()
 
 
 class DockerCallCounter:

@@ -74,10 +74,14 @@ def docker(*args: str, check: bool = True) -> str:
     return result.stdout
 
 
-def start_socket_proxy(sock: Path, **popen) -> subprocess.Popen:
-    """`waker socket-proxy` listening on `sock` (its socket made) in front of the host's Docker."""
+def start_socket_proxy(sock: Path, config: Path, **popen) -> subprocess.Popen:
+    """`waker socket-proxy` listening on `sock` (its socket made) in front of the host's Docker, creating
+    the containers `config` gives its models (a file the proxy reads when a create comes: it may be
+    written after the proxy starts, as a stack's is)."""
     process = subprocess.Popen(
-        [sys.executable, "-m", "waker.cli.main", "socket-proxy", "--listen", str(sock)], cwd=REPO, **popen
+        [sys.executable, "-m", "waker.cli.main", "socket-proxy", "--listen", str(sock), "--config", str(config)],
+        cwd=REPO,
+        **popen,
     )
     eventually(sock.exists, 10, f"the socket proxy's {sock}", lambda: f"(exit code {process.poll()})")
     return process

@@ -53,7 +53,7 @@ def docker_proxy(tmp_path):
     sock = tmp_path / "docker.sock"
 
     def start() -> subprocess.Popen:
-        return start_socket_proxy(sock, stderr=subprocess.DEVNULL)
+        return start_socket_proxy(sock, tmp_path / "stack0" / "models.toml", stderr=subprocess.DEVNULL)
 
     state = {"process": start()}
     yield sock, state, start

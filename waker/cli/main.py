@@ -68,7 +68,8 @@ def main(argv: list[str] | None = None) -> int:
         from waker.docker import socket_proxy
 
         logs.configure()
-        return asyncio.run(socket_proxy.run(args.listen, args.docker, args.owner))
+        latest = socket_proxy.LatestConfig(args.config, overrides_or_env(args.overrides))
+        return asyncio.run(socket_proxy.run(args.listen, args.docker, latest, args.owner))
 
     try:
         config = load_config(args.config, overrides_or_env(args.overrides))

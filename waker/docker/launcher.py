@@ -10,13 +10,12 @@ import asyncio
 import contextlib
 import time
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, replace
+from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
 
 import aiohttp
 import structlog
 
-from waker.config.fields import Address
 from waker.config.hosts import HostConfig
 from waker.config.schema import ModelConfig, WakerConfig
 from waker.config.units import format_duration
@@ -25,7 +24,7 @@ from waker.core.image_pull import PullProgress
 from waker.docker import events as docker_events
 from waker.docker.images import Images
 from waker.docker.runtime import DockerRuntime
-from waker.docker.spec import LABEL_EGRESS, LABEL_SPEC, container_name, container_spec
+from waker.docker.spec import LABEL_EGRESS, LABEL_SPEC, container_name, container_spec, placed
 from waker.engine import probe
 from waker.engine import sleep as engine_sleep
 from waker.errors import DockerError, ImageMissing, ImagePullFailed, StartError
@@ -83,11 +82,7 @@ class Launcher:
         await self._http.close()
 
     def _here(self, model: ModelConfig) -> ModelConfig:
-        """The model as it runs on this host: in the host deployment its port is published on the host's
-        address, which is where nginx and the health checks reach it."""
-        if self.network or model.address.host == self.address:
-            return model
-        return replace(model, address=Address(self.address, model.host_port))
+        return placed(model, self.network, self.address)
 
     async def up(self, model: ModelConfig, died: asyncio.Event) -> str:
         """Creates (or recreates, when its spec changed) and starts the container, then waits until

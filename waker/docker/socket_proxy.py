@@ -1,15 +1,20 @@
-"""A filtering proxy for the Docker socket: the waker gets a socket that allows only the calls it
-makes, on containers it manages, and nothing that could take over the host.
+"""A Docker socket for the waker that allows only the calls it makes, on containers it manages, and
+creates only the containers the config gives its models.
 
     waker socket-proxy --listen /run/waker/docker.sock [--docker /var/run/docker.sock] [--owner UID]
+                       [--config models.toml]
+
+The proxy never forwards the waker's bytes. It parses each request with aiohttp's HTTP parser, checks
+the call, and sends Docker a request it builds itself: the checked method and target, its own few
+headers, and a body it serialised (a create's body is the container the proxy computed from the
+config, create_guard.py). So neither an HTTP trick (bare LF, folded headers, two Content-Lengths) nor
+a JSON one (key case, repeated keys) can put anything before Docker that was not checked.
 
 One call reaches a container the waker does not manage: SIGHUP (an nginx reload, nothing else) to
 the compose gateway, the container labelled io.waker.role=gateway. Image pulls get the registry
-credentials `docker login` left on the host, read here, so that the waker never holds them.
-
-Each request is read whole (line, headers, body), checked, then forwarded; answers stream back
-untouched (events and log follows included). A refused call gets 403 with a JSON message and the
-connection is closed.
+credentials `docker login` left on the host, read here, so that the waker never holds them. Inspect
+answers come without the container's environment, and listings show managed containers and the
+gateway only. A refused call gets 403 with a JSON message.
 """
 
 from __future__ import annotations
@@ -20,15 +25,22 @@ import json
 import os
 import re
 import signal
-from collections.abc import Callable
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qsl
 
+import aiohttp
 import structlog
+from aiohttp import web
+from yarl import URL
 
+from waker.config.schema import Config, load_config
 from waker.docker import registry_auth
+from waker.docker.create_guard import checked_create, strict_json
 from waker.docker.spec import LABEL_MANAGED, LABEL_ROLE, ROLE_GATEWAY
+from waker.errors import ConfigError, ProxyRefused
 
 log = structlog.get_logger("waker.docker.socket_proxy")
 
@@ -58,225 +70,241 @@ ALLOWED = [
 # to the containers named "json" and "create".
 ON_CONTAINER = re.compile(
     f"^(?!GET {_VERSION}/containers/json(?:\\?|$))(?!POST {_VERSION}/containers/create(?:\\?|$))"
-    f"(?:POST|DELETE|GET) {_VERSION}/containers/({_ID})(?:/(start|stop|logs))?(?:\\?.*)?$"
+    f"(?:POST|DELETE|GET) {_VERSION}/containers/({_ID})(?:/(start|stop|logs|json))?(?:\\?.*)?$"
 )
+CREATE = re.compile(f"^POST ({_VERSION}/containers/create)(?:\\?(.*))?$")
+LIST = re.compile(f"^GET {_VERSION}/containers/json(?:\\?.*)?$")
 NETWORK_CONNECT = re.compile(f"^POST {_VERSION}/networks/{_ID}/connect(?:\\?.*)?$")
 # The gateway's reload: the query must be exactly one SIGHUP (checked in `check`).
 KILL = re.compile(f"^POST {_VERSION}/containers/({_ID})/kill(?:\\?(.*))?$")
 RELOAD_SIGNALS = ("HUP", "SIGHUP")
-MAX_HEAD, MAX_BODY = 64 * 1024, 4 * 1024 * 1024
+IMAGE_PULL = re.compile(f"^POST {_VERSION}/images/create(?:\\?(.*))?$")
+# A pull names an image and nothing else: fromSrc (an import) would overwrite a local tag with any tarball.
+PULL_PARAMS = {"fromImage", "tag", "platform"}
+MAX_BODY = 4 * 1024 * 1024
+# What Docker's answers carry that belongs to one connection, not to the answer.
+HOP_HEADERS = {"connection", "keep-alive", "transfer-encoding", "content-length", "content-encoding"}
 
 
-class Refused(Exception):
-    pass
+def check(method: str, target: str) -> None:
+    """Raises ProxyRefused unless the call is one the waker makes."""
+    if kill := KILL.match(f"{method} {target}"):
+        query = parse_qsl(kill.group(2) or "", keep_blank_values=True)
+        if query not in [[("signal", name)] for name in RELOAD_SIGNALS]:
+            raise ProxyRefused("container kill: only signal=HUP (an nginx reload) is allowed, and only to the gateway")
+        return
+    if not any(method == m and pattern.match(target) for m, pattern in ALLOWED):
+        raise ProxyRefused(f"{method} {target.split('?')[0]} is not a call the waker makes")
 
 
 def connected_container(body: bytes) -> str:
     """The container a network connect call names; only the container, no endpoint settings."""
-    try:
-        request = json.loads(body)
-    except ValueError:
-        raise Refused("network connect: the body is not JSON") from None
+    request = strict_json(body, "network connect")
     if not isinstance(request, dict) or set(request) != {"Container"} or not isinstance(request["Container"], str):
-        raise Refused('network connect: only {"Container": ID} is accepted')
+        raise ProxyRefused('network connect: only {"Container": ID} is accepted')
     if not re.fullmatch(_ID, request["Container"]):
-        raise Refused("network connect: not a container id")
+        raise ProxyRefused("network connect: not a container id")
     return request["Container"]
-
-
-def check(method: str, target: str, body: bytes) -> None:
-    """Raises Refused unless the call is one the waker makes, with a body it would send."""
-    if kill := KILL.match(f"{method} {target}"):
-        query = parse_qsl(kill.group(2) or "", keep_blank_values=True)
-        if query not in [[("signal", name)] for name in RELOAD_SIGNALS]:
-            raise Refused("container kill: only signal=HUP (an nginx reload) is allowed, and only to the gateway")
-        return
-    if not any(method == m and pattern.match(target) for m, pattern in ALLOWED):
-        raise Refused(f"{method} {target.split('?')[0]} is not a call the waker makes")
-    if method == "POST" and re.match(f"^{_VERSION}/containers/create(?:\\?|$)", target):
-        _check_create(body)
-
-
-def _check_create(body: bytes) -> None:
-    try:
-        spec: dict[str, Any] = json.loads(body)
-    except ValueError:
-        raise Refused("container create: the body is not JSON") from None
-    spec_labels = spec.get("Labels") or {}
-    if spec_labels.get(LABEL_MANAGED) != "true":
-        raise Refused(f"container create: only containers labelled {LABEL_MANAGED}=true may be created")
-    if LABEL_ROLE in spec_labels:
-        # Only the operator names the gateway: the waker cannot make itself a container it may signal.
-        raise Refused(f"container create: the {LABEL_ROLE} label is the operator's, not the waker's")
-    host = spec.get("HostConfig") or {}
-    if host.get("Privileged") or host.get("CapAdd") or host.get("Devices"):
-        raise Refused("container create: privileged containers, added capabilities and devices are refused")
-    for key in ("NetworkMode", "PidMode", "IpcMode", "UsernsMode", "UTSMode"):
-        if str(host.get(key, "")).startswith(("host", "container:")):
-            raise Refused(f"container create: {key}={host[key]} is refused (it shares another namespace)")
-    for bind in host.get("Binds") or []:
-        if bind.split(":", 1)[0] in ("/", "/var/run/docker.sock", "/run/docker.sock"):
-            raise Refused(f"container create: mounting {bind.split(':', 1)[0]} is refused")
-
-
-IMAGE_PULL = re.compile(f"^POST {_VERSION}/images/create\\?(.*)$")
 
 
 def pulled_image(query: str) -> str:
     """The image a pull call names, as `fromImage[:tag]` (its registry decides the credentials)."""
-    params = dict(parse_qsl(query))
-    image, tag = params.get("fromImage", ""), params.get("tag", "")
+    params = parse_qsl(query, keep_blank_values=True)
+    names = [name for name, _ in params]
+    if "fromImage" not in names or not set(names) <= PULL_PARAMS or len(set(names)) != len(names):
+        raise ProxyRefused("image create: only a pull (fromImage, tag, platform) is allowed, not an import")
+    values = dict(params)
+    image, tag = values["fromImage"], values.get("tag", "")
     return f"{image}:{tag}" if tag and "@" not in image else image
 
 
-def with_registry_auth(head: bytes, auth: dict[str, str]) -> bytes:
-    """The request head with Docker's X-Registry-Auth header (base64url of the JSON credentials)."""
-    header = base64.urlsafe_b64encode(json.dumps(auth).encode()).decode()
-    return head[:-2] + f"X-Registry-Auth: {header}\r\n\r\n".encode()
+def registry_header(auth: dict[str, str]) -> str:
+    """Docker's X-Registry-Auth header: base64url of the JSON credentials."""
+    return base64.urlsafe_b64encode(json.dumps(auth).encode()).decode()
 
 
-async def labels(docker: Path, container: str) -> dict[str, str] | None:
-    """The container's labels (asked of Docker on a connection of its own), None if there is no such container."""
-    reader, writer = await asyncio.open_unix_connection(str(docker))
-    try:
-        writer.write(f"GET /containers/{container}/json HTTP/1.0\r\nHost: docker\r\n\r\n".encode())
-        await writer.drain()
-        answer = await reader.read()
-    finally:
-        writer.close()
-    head, _, body = answer.partition(b"\r\n\r\n")
-    if b" 200 " not in head.split(b"\r\n", 1)[0]:
-        return None
-    return (json.loads(body).get("Config") or {}).get("Labels") or {}
+def without_environment(inspect: Any) -> Any:
+    """A container's inspect answer less its environment: the waker reads state and labels only."""
+    if isinstance(inspect, dict) and isinstance(inspect.get("Config"), dict):
+        inspect["Config"]["Env"] = []
+    return inspect
 
 
-async def managed(docker: Path, container: str) -> bool:
-    """Whether the container carries the managed label."""
-    return ((await labels(docker, container)) or {}).get(LABEL_MANAGED) == "true"
+def visible(listing: Any) -> list[Any]:
+    """The containers of a listing the waker may see: the managed ones and the gateway."""
+    entries = [entry for entry in listing if isinstance(entry, dict)] if isinstance(listing, list) else []
+    return [
+        entry
+        for entry in entries
+        if (labels := entry.get("Labels") or {}).get(LABEL_MANAGED) == "true" or labels.get(LABEL_ROLE) == ROLE_GATEWAY
+    ]
 
 
-async def gateway(docker: Path, container: str) -> bool:
-    """Whether the container is the compose gateway (the label set in compose.yaml)."""
-    return ((await labels(docker, container)) or {}).get(LABEL_ROLE) == ROLE_GATEWAY
+class LatestConfig:
+    """The config the file holds now, read again whenever it changed (an edit, then `waker reload`), or
+    the last one that loaded while the file does not (as the waker keeps its own)."""
+
+    def __init__(self, path: Path | None, overrides: tuple[str, ...]) -> None:
+        self.path, self.overrides = path, overrides
+        self._config: Config | None = None
+        self._read: tuple[int, int, int] | None = None
+
+    def __call__(self) -> Config:
+        stamp = self._stamp()
+        if stamp is None or stamp != self._read:
+            try:
+                self._config = load_config(self.path, self.overrides)
+            except ConfigError as exc:
+                if self._config is None:
+                    raise ProxyRefused(f"the proxy cannot read the config: {'; '.join(exc.problems)}") from None
+                log.warning("socket_proxy_config_kept", problems=exc.problems)
+            self._read = stamp
+        assert self._config is not None
+        return self._config
+
+    def _stamp(self) -> tuple[int, int, int] | None:
+        path = self._config.path if self._config is not None else self.path
+        try:
+            st = os.stat(path) if path is not None else None
+        except OSError:
+            return None
+        return (st.st_mtime_ns, st.st_size, st.st_ino) if st is not None else None
 
 
-async def _read_request(reader: asyncio.StreamReader) -> tuple[bytes, str, str, bytes] | None:
-    """(head, method, target, body) of the next request, or None at the end of the connection."""
-    try:
-        head = await reader.readuntil(b"\r\n\r\n")
-    except asyncio.IncompleteReadError:
-        return None
-    except asyncio.LimitOverrunError:
-        raise Refused("request head too large") from None
-    if len(head) > MAX_HEAD:
-        raise Refused("request head too large")
-    lines = head.decode("latin-1").split("\r\n")
-    method, target, _ = (lines[0].split(" ", 2) + ["", ""])[:3]
-    headers = {k.strip().lower(): v.strip() for k, _, v in (line.partition(":") for line in lines[1:] if line)}
-    if "chunked" in headers.get("transfer-encoding", "").lower():
-        raise Refused("chunked request bodies are not accepted")
-    length = int(headers.get("content-length", "0") or 0)
-    if length > MAX_BODY:
-        raise Refused("request body too large")
-    body = await reader.readexactly(length) if length else b""
-    return head, method, target, body
+@dataclass
+class Call:
+    """The request the proxy sends Docker: built by the proxy, never the client's bytes."""
 
-
-async def relay(
-    reader: asyncio.StreamReader, writer: asyncio.StreamWriter, observe: Callable[[bytes], None] | None = None
-) -> None:
-    """Copies bytes from reader to writer until either side ends; `observe` sees each chunk. Cancelled,
-    it closes the writer and stays cancelled."""
-    try:
-        while data := await reader.read(65536):
-            if observe is not None:
-                observe(data)
-            writer.write(data)
-            await writer.drain()
-    except ConnectionError:
-        pass
-    finally:
-        writer.close()
+    method: str
+    target: str
+    headers: dict[str, str] = field(default_factory=dict)
+    body: bytes = b""
+    rewrite: Callable[[Any], Any] | None = None  # applied to a JSON answer before it goes back
 
 
 class SocketProxy:
-    def __init__(self, listen: Path, docker: Path, owner: int | None = None) -> None:
-        self.listen, self.docker, self.owner = listen, docker, owner
-        self.server: asyncio.AbstractServer | None = None
+    def __init__(self, listen: Path, docker: Path, config: Callable[[], Config], owner: int | None = None) -> None:
+        self.listen, self.docker, self.config, self.owner = listen, docker, config, owner
+        self.runner: web.AppRunner | None = None
+        self.session: aiohttp.ClientSession | None = None
 
     async def start(self) -> None:
         self.listen.unlink(missing_ok=True)
-        self.server = await asyncio.start_unix_server(self._serve, path=str(self.listen), limit=MAX_HEAD)
+        self.session = aiohttp.ClientSession(
+            connector=aiohttp.UnixConnector(path=str(self.docker)),
+            timeout=aiohttp.ClientTimeout(total=None, sock_connect=10),
+            auto_decompress=False,
+        )
+        app = web.Application(client_max_size=MAX_BODY)
+        app.router.add_route("*", "/{tail:.*}", self._handle)
+        # Cancelled when the waker leaves, so that an event stream nobody reads ends Docker's too.
+        # A stop does not wait on the event streams and log follows that never end by themselves.
+        self.runner = web.AppRunner(app, handler_cancellation=True, access_log=None, shutdown_timeout=1)
+        await self.runner.setup()
+        await web.UnixSite(self.runner, str(self.listen)).start()
         os.chmod(self.listen, 0o660)
         if self.owner is not None:
             os.chown(self.listen, self.owner, -1)
         log.info("socket_proxy_listening", listen=str(self.listen), docker=str(self.docker))
 
     async def close(self) -> None:
-        if self.server is not None:
-            self.server.close()
-            await self.server.wait_closed()
+        if self.runner is not None:
+            await self.runner.cleanup()
+        if self.session is not None:
+            await self.session.close()
 
-    async def _check_managed(self, container: str) -> None:
-        if not await managed(self.docker, container):
-            raise Refused(f"container {container[:12]} is not managed by the waker")
+    async def _handle(self, request: web.Request) -> web.StreamResponse:
+        try:
+            call = await self._checked(request.method, request.raw_path, request.headers, await request.read())
+        except ProxyRefused as exc:
+            log.warning("docker_call_refused", call=f"{request.method} {request.path}", reason=str(exc))
+            return web.json_response({"message": f"refused by the waker's Docker socket proxy: {exc}"}, status=403)
+        try:
+            return await self._forward(request, call)
+        except aiohttp.ClientError as exc:
+            message = f"the Docker engine behind the waker's socket proxy ({self.docker}) does not answer: {exc}"
+            return web.json_response({"message": message}, status=502)
+
+    async def _checked(self, method: str, target: str, headers: Mapping[str, str], body: bytes) -> Call:
+        """The call to make for the waker's request, or ProxyRefused."""
+        check(method, target)
+        call = f"{method} {target}"
+        if create := CREATE.match(call):
+            query, spec = checked_create(self.config(), create.group(2) or "", body)
+            return Call(method, f"{create.group(1)}?{query}", {"Content-Type": "application/json"}, spec)
+        if kill := KILL.match(call):
+            await self._check_gateway(kill.group(1))
+        elif (container := ON_CONTAINER.match(call)) and container.group(2) == "json":
+            # The waker finds its gateway by the hostname its inspect shows; nothing else is read there.
+            await self._check_managed(container.group(1), or_gateway=True)
+            return Call(method, target, rewrite=without_environment)
+        elif container:
+            await self._check_managed(container.group(1))
+        elif NETWORK_CONNECT.match(call):
+            connected = connected_container(body)
+            await self._check_managed(connected)
+            body = json.dumps({"Container": connected}).encode()
+            return Call(method, target, {"Content-Type": "application/json"}, body)
+        elif LIST.match(call):
+            return Call(method, target, rewrite=visible)
+        elif pull := IMAGE_PULL.match(call):
+            image = pulled_image(pull.group(1) or "")
+            given = headers.get("X-Registry-Auth")
+            return Call(method, target, {"X-Registry-Auth": given} if given else await self._credentials(image))
+        return Call(method, target)
+
+    async def _credentials(self, image: str) -> dict[str, str]:
+        """The proxy, not the waker, holds what `docker login` wrote on the host (compose mounts it here):
+        a pull that comes without credentials gets them, and the waker never sees them."""
+        auth = await asyncio.to_thread(registry_auth.credentials, image)
+        return {"X-Registry-Auth": registry_header(auth)} if auth else {}
+
+    async def _labels(self, container: str) -> dict[str, str] | None:
+        """The container's labels, None if there is no such container."""
+        assert self.session is not None
+        async with self.session.get(URL(f"http://docker/containers/{container}/json", encoded=True)) as answer:
+            if answer.status != 200:
+                return None
+            labels = ((await answer.json(content_type=None)).get("Config") or {}).get("Labels")
+            return labels if isinstance(labels, dict) else {}
+
+    async def _check_managed(self, container: str, or_gateway: bool = False) -> None:
+        labels = (await self._labels(container)) or {}
+        if labels.get(LABEL_MANAGED) != "true" and not (or_gateway and labels.get(LABEL_ROLE) == ROLE_GATEWAY):
+            raise ProxyRefused(f"container {container[:12]} is not managed by the waker")
 
     async def _check_gateway(self, container: str) -> None:
-        if not await gateway(self.docker, container):
-            raise Refused(
+        if ((await self._labels(container)) or {}).get(LABEL_ROLE) != ROLE_GATEWAY:
+            raise ProxyRefused(
                 f"container {container[:12]} is not the gateway ({LABEL_ROLE}={ROLE_GATEWAY}): "
                 "no signal may be sent to it"
             )
 
-    async def _add_credentials(self, head: bytes, image: str) -> bytes:
-        """The proxy, not the waker, holds what `docker login` wrote on the host (compose mounts it
-        here): a pull that comes without credentials gets them, and the waker never sees them."""
-        auth = await asyncio.to_thread(registry_auth.credentials, image)
-        return with_registry_auth(head, auth) if auth else head
-
-    async def _serve(self, client_reader: asyncio.StreamReader, client_writer: asyncio.StreamWriter) -> None:
-        docker_writer = None
-        responses = None
-        try:
-            docker_reader, docker_writer = await asyncio.open_unix_connection(str(self.docker))
-            responses = asyncio.create_task(relay(docker_reader, client_writer))
-            while (request := await _read_request(client_reader)) is not None:
-                head, method, target, body = request
-                check(method, target, body)
-                call = f"{method} {target}"
-                target_container = ON_CONTAINER.match(call)
-                if kill := KILL.match(call):
-                    await self._check_gateway(kill.group(1))
-                elif target_container and not (method == "GET" and target_container.group(2) is None):
-                    await self._check_managed(target_container.group(1))
-                elif NETWORK_CONNECT.match(call):
-                    await self._check_managed(connected_container(body))
-                elif (pull := IMAGE_PULL.match(call)) and b"\r\nx-registry-auth:" not in head.lower():
-                    head = await self._add_credentials(head, pulled_image(pull.group(1)))
-                docker_writer.write(head + body)
-                await docker_writer.drain()
-        except Refused as exc:
-            log.warning("docker_call_refused", reason=str(exc))
-            body = json.dumps({"message": f"refused by the waker's Docker socket proxy: {exc}"}).encode()
-            # No await until `finally` cancels the relay of Docker's answers: nothing comes after this.
-            client_writer.write(
-                b"HTTP/1.1 403 Forbidden\r\nContent-Type: application/json\r\nConnection: close\r\n"
-                + f"Content-Length: {len(body)}\r\n\r\n".encode()
-                + body
-            )
-        except (ConnectionError, OSError, asyncio.IncompleteReadError):
-            pass
-        finally:
-            if responses is not None:
-                responses.cancel()
-                await asyncio.gather(responses, return_exceptions=True)
-            if docker_writer is not None:
-                docker_writer.close()
-            client_writer.close()
+    async def _forward(self, request: web.Request, call: Call) -> web.StreamResponse:
+        assert self.session is not None
+        url = URL(f"http://docker{call.target}", encoded=True)
+        async with self.session.request(call.method, url, headers=call.headers, data=call.body or None) as answer:
+            headers = {k: v for k, v in answer.headers.items() if k.lower() not in HOP_HEADERS}
+            if call.rewrite is not None and answer.status == 200:
+                body = json.dumps(call.rewrite(await answer.json(content_type=None))).encode()
+                return web.Response(status=answer.status, headers=headers, body=body)
+            response = web.StreamResponse(status=answer.status, reason=answer.reason, headers=headers)
+            if answer.content_length is not None:
+                response.content_length = answer.content_length
+            await response.prepare(request)
+            async for chunk in answer.content.iter_any():
+                await response.write(chunk)
+            await response.write_eof()
+            return response
 
 
-async def run(listen: Path, docker: Path, owner: int | None = None) -> int:
-    proxy = SocketProxy(listen, docker, owner)
+async def run(listen: Path, docker: Path, config: Callable[[], Config], owner: int | None = None) -> int:
+    try:
+        config()
+    except ProxyRefused as exc:
+        # It may come later (a config written after the proxy starts): until then creates are refused.
+        log.warning("socket_proxy_without_config", reason=str(exc))
+    proxy = SocketProxy(listen, docker, config, owner)
     await proxy.start()
     stop = asyncio.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):

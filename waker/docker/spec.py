@@ -8,9 +8,10 @@ from __future__ import annotations
 import hashlib
 import json
 import re
+from dataclasses import replace
 from typing import Any
 
-from waker.config.fields import SERVED_NAME_FLAG, served_names_index
+from waker.config.fields import SERVED_NAME_FLAG, Address, served_names_index
 from waker.config.hosts import Interconnect
 from waker.config.ray import RayNode, RayNodes
 from waker.config.schema import ModelConfig
@@ -52,6 +53,14 @@ def container_name(stack: str, model_id: str) -> str:
     if safe != model_id:
         safe += "-" + hashlib.sha256(model_id.encode()).hexdigest()[:6]
     return f"{stack}-{safe}"
+
+
+def placed(model: ModelConfig, network: str, address: str) -> ModelConfig:
+    """The model as it runs on the host at `address`: in the host deployment its port is published on
+    that address, which is where nginx and the health checks reach it; on a network, at its own."""
+    if network or model.address.host == address:
+        return model
+    return replace(model, address=Address(address, model.host_port))
 
 
 def container_spec(model: ModelConfig, stack: str, network: str = "", egress_network: str = "") -> dict[str, Any]:
