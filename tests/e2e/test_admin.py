@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+import signal
 import subprocess
 import sys
 import threading
@@ -194,6 +195,25 @@ async def test_reload_adds_a_model_and_refuses_a_broken_config_keeping_the_old_o
         stack.write_config()
         status, body = await call(session, stack, "POST", "/admin/reload")
         assert status == 409 and "set host_port" in body["error"]["message"]
+
+
+async def test_sighup_reloads_the_config_and_the_waker_lives_on(stack):
+    """security-probe.md #21: SIGHUP (a closed terminal, an SSH session that ends) ended `waker run`
+    without a word. It reloads now, as `waker reload` does, and says how it went."""
+    stack.models.append(fake_model("gamma", load_delay=0.2, host_port=stack.model_port_base + 5))
+    stack.write_config()
+    stack.proc.send_signal(signal.SIGHUP)
+    eventually(lambda: '"event": "sighup_reloaded"' in stack.log(), 30, "the reload's log line", stack.log)
+    assert '"added": ["gamma"]' in stack.log() and stack.proc.poll() is None
+    async with aiohttp.ClientSession() as session:
+        async with session.post(f"{stack.url}/v1/gamma/completions", data=b'{"prompt": "x"}') as response:
+            assert response.status == 200
+        stack.config_path.write_text("[[model]]\nid = ")
+        stack.proc.send_signal(signal.SIGHUP)
+        eventually(lambda: "sighup_reload_refused" in stack.log(), 30, "the refusal's log line", stack.log)
+        async with session.post(f"{stack.url}/v1/gamma/completions", data=b'{"prompt": "x"}') as response:
+            assert response.status == 200  # the running config still serves
+    assert stack.proc.poll() is None
 
 
 async def test_prepare_creates_containers_and_reports_missing_images(stack):

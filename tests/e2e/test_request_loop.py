@@ -221,6 +221,27 @@ async def test_running_models_keep_serving_when_the_waker_dies_and_a_new_one_ado
     assert len(stack.docker_events("start")) == 1
 
 
+async def test_a_request_waiting_on_a_start_gets_json_and_retry_after_when_the_waker_dies(make_stack):
+    """security-probe.md #16: clients held while a model started got nginx's HTML 502 page when the waker
+    died. The request is held by the waker from before the container's start until it is ready (a
+    60 s load), so the kill lands while it waits."""
+    stack = make_stack([fake_model("slow", load_delay=60)], scheduler={"start_timeout": "120s"})
+    async with aiohttp.ClientSession() as session:
+        waiting = asyncio.create_task(post(session, f"{stack.url}/v1/slow/completions", b'{"prompt": "x"}'))
+
+        async def started() -> bool:
+            return bool(await asyncio.to_thread(stack.docker_events, "start"))
+
+        await eventually_async(started, 60, "the start the request waits on", stack.log)
+        assert not waiting.done()
+        stack.proc.kill()  # SIGKILL: the connection nginx holds to the waker is cut
+        stack.proc.wait()
+        status, headers, body = await asyncio.wait_for(waiting, 30)
+    assert status == 503 and headers["Content-Type"] == "application/json", body[:200]
+    assert headers["Retry-After"] == "5" and json.loads(body)["error"]["code"] == "waker_unavailable"
+    stack.restart_waker()  # it adopts the orphaned nginx, which the stack's teardown then stops
+
+
 async def test_a_disabled_model_is_not_served_and_says_why(make_stack):
     stack = make_stack([fake_model("alpha"), fake_model("old", status="disabled", notes="crashes on GB10")])
     async with aiohttp.ClientSession() as session:

@@ -10,6 +10,7 @@ from tests.unit.test_supervisor import begin, end, ready
 from waker.core.events import ModelStopped
 from waker.core.lifecycle import State
 from waker.errors import StartError
+from waker.nginx.render import NGINX_ERRORS
 
 
 async def test_a_wake_holds_until_ready_then_redirects_nginx_to_the_model(api):
@@ -20,6 +21,17 @@ async def test_a_wake_holds_until_ready_then_redirects_nginx_to_the_model(api):
     assert shell.supervisor.state("a") is State.READY
     stats = await (await client.get("/_stats")).json()
     assert stats["wakes"] == 1 and stats["wake_response_body_bytes"] == 0
+
+
+async def test_with_client_keys_a_wake_needs_one_as_the_gateway_does(api):
+    """security-probe.md #4: with keys on, a keyless call to the waker port's /_wake started a model."""
+    shell, client = await api({"id": "a"}, gateway={"api_keys": ("sk-one",)})
+    for headers in ({}, {"Authorization": "Bearer sk-wrong"}):
+        refused = await client.get("/_wake/a", headers=headers)
+        assert refused.status == 401 and refused.headers["WWW-Authenticate"] == "Bearer"
+        assert (await refused.json())["error"]["code"] == NGINX_ERRORS[401][0]
+    assert shell.supervisor.state("a") is State.STOPPED  # nothing started for them
+    assert (await client.get("/_wake/a", headers={"x-api-key": "sk-one"})).status == 204
 
 
 async def test_a_wake_that_fails_answers_the_openai_error(api):

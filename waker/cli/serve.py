@@ -20,7 +20,7 @@ from waker.docker.images import Images
 from waker.docker.launcher import Launcher
 from waker.docker.ray_pair import RayPair
 from waker.docker.runtime import DockerRuntime
-from waker.errors import DockerError, NginxError
+from waker.errors import AdminError, ConfigError, DockerError, NginxError
 from waker.http.app import build_app
 from waker.http.metrics import Counters
 from waker.nginx import access as nginx_access
@@ -77,8 +77,34 @@ def _nginx(mode: NginxMode, config: Config, runtime: DockerRuntime) -> Nginx | N
     return None
 
 
+def reload_on_hangup(control: ManualControl) -> Callable[[], None]:
+    """The SIGHUP handler: the config read again and applied, as `waker reload` does. A closed terminal
+    or SSH session sends SIGHUP, which would otherwise end the control plane with no word; daemons
+    read it as "reload". One reload at a time; each outcome is logged."""
+    lock = asyncio.Lock()
+    tasks: set[asyncio.Task[None]] = set()
+
+    async def reload() -> None:
+        async with lock:
+            try:
+                change = await control.reload()
+            except ConfigError as exc:
+                log.warning("sighup_reload_refused", reason="; ".join(exc.problems))
+            except (AdminError, NginxError) as exc:
+                log.warning("sighup_reload_refused", reason=str(exc))
+            else:
+                log.info("sighup_reloaded", **change.as_dict())
+
+    def handler() -> None:
+        task = asyncio.create_task(reload())
+        tasks.add(task)
+        task.add_done_callback(tasks.discard)
+
+    return handler
+
+
 async def serve(config: Config, nginx_mode: NginxMode) -> int:
-    """Runs until SIGINT/SIGTERM (exit 0) or until nginx dies or stops answering (exit 1)."""
+    """Runs until SIGINT/SIGTERM (exit 0) or until nginx dies or stops answering (exit 1); SIGHUP reloads."""
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):
@@ -106,6 +132,7 @@ async def serve(config: Config, nginx_mode: NginxMode) -> int:
     router: Router | None = NginxRouter(nginx) if nginx is not None else None
     supervisor = Supervisor(config, fleet, bus, clock, router)
     control = ManualControl(supervisor, nginx)
+    loop.add_signal_handler(signal.SIGHUP, reload_on_hangup(control))
     # A client that hangs up while its request is held must be noticed: the handler is cancelled.
     runner = web.AppRunner(build_app(supervisor, control, counters), access_log=None, handler_cancellation=True)
     activity = None

@@ -20,8 +20,9 @@ from waker.errors import RequestRefused
 from waker.http.context import CONTEXT
 from waker.http.errors import error_response
 from waker.http.loading_stream import wants_feedback
+from waker.http.model_controls import carries_client_key
 from waker.http.model_list import created, openai_entry
-from waker.nginx.render import location_key
+from waker.nginx.render import NGINX_ERRORS, location_key
 
 log = structlog.get_logger("waker.http.gateway")
 
@@ -56,6 +57,11 @@ async def count_and_shield(request: web.Request, handler):
 
 async def wake(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
+    keys = ctx.supervisor.config.gateway.api_keys
+    # nginx passes the client's headers on, key included: a caller of the waker port directly needs the
+    # key as much as one of the gateway, or starting a model (and evicting others) would need none.
+    if keys and not carries_client_key(request, keys):
+        return error_response(401, *NGINX_ERRORS[401], {"WWW-Authenticate": "Bearer"})
     model = ctx.supervisor.config.model(request.match_info["model"])
     if model is None:
         return error_response(404, "model_not_found", f"unknown model {request.match_info['model']!r}")

@@ -44,7 +44,7 @@ class _Refused(Exception):
         self.response = error_response(status, code, message, {"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
 
-def _carries_client_key(request: web.Request, keys: tuple[str, ...]) -> bool:
+def carries_client_key(request: web.Request, keys: tuple[str, ...]) -> bool:
     """The same two headers nginx accepts (`Authorization: Bearer <key>`, `x-api-key: <key>`)."""
     given = [request.headers.get("x-api-key", "")]
     authorization = request.headers.get("Authorization", "")
@@ -56,7 +56,7 @@ def _carries_client_key(request: web.Request, keys: tuple[str, ...]) -> bool:
 async def _requested_model(request: web.Request) -> ModelConfig:
     """The model the request names, once it may be acted on; raises _Refused, changing nothing."""
     config = request.app[CONTEXT].supervisor.config
-    if config.gateway.api_keys and not _carries_client_key(request, config.gateway.api_keys):
+    if config.gateway.api_keys and not carries_client_key(request, config.gateway.api_keys):
         raise _Refused(401, *NGINX_ERRORS[401])  # the answer nginx gives the same mistake
     if not config.gateway.client_model_control:
         raise _Refused(

@@ -80,6 +80,9 @@ NGINX_ERRORS: dict[int, tuple[str, str]] = {
     504: ("model_timeout", "the model server did not answer within [gateway] read_timeout ({read_timeout})"),
     505: ("http_version_not_supported", "this HTTP version is not supported: use HTTP/1.1"),
 }
+# Seconds a client waits before trying again when the waker does not answer: systemd and compose
+# restart it within seconds.
+WAKER_DOWN_RETRY_AFTER = 5
 WAKER_DOWN = (
     "waker_unavailable",
     (
@@ -182,7 +185,10 @@ def _error_locations(config: Config) -> list[str]:
             f"        location {name} default_type application/json; {challenge}return {reply} {_quote(body)}; }}"
         )
     body = json.dumps(error_body(WAKER_DOWN[1], WAKER_DOWN[0], 503))
-    lines.append(f"        location @waker_down {{ default_type application/json; return 503 {_quote(body)}; }}")
+    lines.append(
+        "        location @waker_down { default_type application/json; "
+        f"add_header Retry-After {WAKER_DOWN_RETRY_AFTER} always; return 503 {_quote(body)}; }}"
+    )
     return lines
 
 
@@ -331,6 +337,9 @@ def render_nginx_conf(
         f"        proxy_read_timeout {int(gateway.read_timeout)}s;",
         f"        proxy_send_timeout {int(gateway.read_timeout)}s;",
         f"        {_error_pages()}",
+        # A model's 502 goes to its @wake_ location by error_page; without this, an error there (the
+        # waker gone mid-wait) would get nginx's HTML page instead of that location's own error_page.
+        "        recursive_error_pages on;",
         # Only model locations set $inflight. No server-level `set` default: the mirror subrequest
         # shares the request's variables and would run it again, erasing them.
         "        uninitialized_variable_warn off;",
