@@ -23,8 +23,9 @@ async def test_a_wake_holds_until_ready_then_redirects_nginx_to_the_model(api):
     assert stats["wakes"] == 1 and stats["wake_response_body_bytes"] == 0
 
 
-async def test_with_client_keys_a_wake_needs_one_as_the_gateway_does(api):
-    """security-probe.md #4: with keys on, a keyless call to the waker port's /_wake started a model."""
+async def test_with_client_keys_the_waker_port_wants_one_where_the_gateway_does(api):
+    """security-probe.md #4: with keys on, a keyless call to the waker port's /_wake started a model, and
+    its model list answered."""
     shell, client = await api({"id": "a"}, gateway={"api_keys": ("sk-one",)})
     for headers in ({}, {"Authorization": "Bearer sk-wrong"}):
         refused = await client.get("/_wake/a", headers=headers)
@@ -32,6 +33,10 @@ async def test_with_client_keys_a_wake_needs_one_as_the_gateway_does(api):
         assert (await refused.json())["error"]["code"] == NGINX_ERRORS[401][0]
     assert shell.supervisor.state("a") is State.STOPPED  # nothing started for them
     assert (await client.get("/_wake/a", headers={"x-api-key": "sk-one"})).status == 204
+    for path in ("/v1/models", "/models"):  # the model list too, as nginx guards it
+        assert (await client.get(path)).status == 401
+        assert (await client.get(path, headers={"Authorization": "Bearer sk-one"})).status == 200
+    assert (await client.get("/healthz")).status == 200  # as on the gateway: no key for health
 
 
 async def test_a_wake_that_fails_answers_the_openai_error(api):

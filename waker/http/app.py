@@ -28,7 +28,7 @@ def build_app(
 ) -> web.Application:
     watch = LoadingWatch(supervisor)
     ctx = Context(supervisor, control, watch, LoadingStreams(supervisor, watch), counters, gpu or GpuMemory())
-    app = web.Application(middlewares=[gateway.count_and_shield, admin.require_token])
+    app = web.Application(middlewares=[gateway.count_and_shield, gateway.require_client_key, admin.require_token])
     app[CONTEXT] = ctx
     app.on_startup.append(_open)
     app.on_cleanup.append(_close)

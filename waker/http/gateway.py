@@ -9,6 +9,7 @@ Requests to a ready model never reach the waker.
 
 from __future__ import annotations
 
+import hmac
 import time
 from dataclasses import asdict
 
@@ -20,11 +21,34 @@ from waker.errors import RequestRefused
 from waker.http.context import CONTEXT
 from waker.http.errors import error_response
 from waker.http.loading_stream import wants_feedback
-from waker.http.model_controls import carries_client_key
 from waker.http.model_list import created, openai_entry
 from waker.nginx.render import NGINX_ERRORS, location_key
 
 log = structlog.get_logger("waker.http.gateway")
+
+
+# What the waker port serves clients through nginx: nginx checks the client key first and passes it
+# on, so the waker checks it again. Else a caller of the waker port would need no key to start a
+# model (and evict others), load or unload one, or list them.
+CLIENT_PATHS = ("/_wake/", "/v1/models", "/models")
+
+
+def carries_client_key(request: web.Request, keys: tuple[str, ...]) -> bool:
+    """The same two headers nginx accepts (`Authorization: Bearer <key>`, `x-api-key: <key>`)."""
+    given = [request.headers.get("x-api-key", "")]
+    authorization = request.headers.get("Authorization", "")
+    if authorization.startswith("Bearer "):
+        given.append(authorization.removeprefix("Bearer "))
+    return any(hmac.compare_digest(g.encode(), k.encode()) for g in given if g for k in keys)
+
+
+@web.middleware
+async def require_client_key(request: web.Request, handler):
+    """401, word for word nginx's, to a client path without a key when keys are set."""
+    keys = request.app[CONTEXT].supervisor.config.gateway.api_keys
+    if keys and request.path.startswith(CLIENT_PATHS) and not carries_client_key(request, keys):
+        return error_response(401, *NGINX_ERRORS[401], {"WWW-Authenticate": "Bearer"})
+    return await handler(request)
 
 
 @web.middleware
@@ -57,11 +81,6 @@ async def count_and_shield(request: web.Request, handler):
 
 async def wake(request: web.Request) -> web.StreamResponse:
     ctx = request.app[CONTEXT]
-    keys = ctx.supervisor.config.gateway.api_keys
-    # nginx passes the client's headers on, key included: a caller of the waker port directly needs the
-    # key as much as one of the gateway, or starting a model (and evicting others) would need none.
-    if keys and not carries_client_key(request, keys):
-        return error_response(401, *NGINX_ERRORS[401], {"WWW-Authenticate": "Bearer"})
     model = ctx.supervisor.config.model(request.match_info["model"])
     if model is None:
         return error_response(404, "model_not_found", f"unknown model {request.match_info['model']!r}")

@@ -15,7 +15,6 @@ checks it again, because its own port serves these paths too.
 
 from __future__ import annotations
 
-import hmac
 import json
 import time
 from typing import Any
@@ -29,7 +28,6 @@ from waker.errors import RequestRefused
 from waker.http.context import CONTEXT
 from waker.http.errors import error_response
 from waker.http.model_list import client_status, created, openai_entry
-from waker.nginx.render import NGINX_ERRORS
 from waker.shell.manual_control import StopOutcome
 from waker.shell.supervisor import Supervisor
 
@@ -44,20 +42,9 @@ class _Refused(Exception):
         self.response = error_response(status, code, message, {"WWW-Authenticate": "Bearer"} if status == 401 else None)
 
 
-def carries_client_key(request: web.Request, keys: tuple[str, ...]) -> bool:
-    """The same two headers nginx accepts (`Authorization: Bearer <key>`, `x-api-key: <key>`)."""
-    given = [request.headers.get("x-api-key", "")]
-    authorization = request.headers.get("Authorization", "")
-    if authorization.startswith("Bearer "):
-        given.append(authorization.removeprefix("Bearer "))
-    return any(hmac.compare_digest(g.encode(), k.encode()) for g in given if g for k in keys)
-
-
 async def _requested_model(request: web.Request) -> ModelConfig:
     """The model the request names, once it may be acted on; raises _Refused, changing nothing."""
     config = request.app[CONTEXT].supervisor.config
-    if config.gateway.api_keys and not carries_client_key(request, config.gateway.api_keys):
-        raise _Refused(401, *NGINX_ERRORS[401])  # the answer nginx gives the same mistake
     if not config.gateway.client_model_control:
         raise _Refused(
             403,
