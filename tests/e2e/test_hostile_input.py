@@ -3,13 +3,16 @@ container created, nothing asked of the waker). Slow clients are cut off without
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import time
 
+import aiohttp
 import pytest
 
 from tests.e2e.stack import Stack, fake_model
+from tests.eventually import eventually_async
 
 pytestmark = pytest.mark.e2e
 
@@ -132,3 +135,38 @@ def test_slow_clients_are_cut_off_and_hold_no_worker(stack):
         assert data == b"" or data.startswith(b"HTTP/1.1 408"), data
         sock.close()
     assert 1.5 < time.monotonic() - began < 10
+
+
+async def test_one_client_address_cannot_take_every_connection(make_stack):
+    """security-probe.md #8: ~16,400 connections from one client locked everyone out. Each address may
+    hold max_connections_per_client past its request head: here 8 requests wait on a start (a 60 s
+    load) from 127.0.0.1, so the waker has all 8; a ninth from that address gets a JSON 429 at once,
+    and another address is served throughout."""
+    stack = make_stack(
+        [fake_model("slow", load_delay=60)],
+        gateway={"max_connections_per_client": 8},
+        scheduler={"start_timeout": "120s"},
+    )
+    async with aiohttp.ClientSession(connector=aiohttp.TCPConnector(limit=0)) as session:
+
+        async def wait_on_the_start() -> None:
+            async with session.post(f"{stack.url}/v1/slow/completions", data=b'{"prompt": "x"}') as response:
+                await response.read()
+
+        held = [asyncio.create_task(wait_on_the_start()) for _ in range(8)]
+
+        async def all_held() -> bool:
+            async with session.get(f"{stack.waker_url}/_stats") as response:
+                return (await response.json())["wakes"] == 8
+
+        await eventually_async(all_held, 60, "8 requests held by the waker", stack.log)
+        async with session.post(f"{stack.url}/v1/slow/completions", data=b'{"prompt": "x"}') as refused:
+            assert refused.status == 429 and refused.headers["Retry-After"] == "1"
+            assert (await refused.json())["error"]["code"] == "too_many_connections"
+        other = aiohttp.TCPConnector(local_addr=("127.0.0.2", 0))
+        async with aiohttp.ClientSession(connector=other) as elsewhere, elsewhere.get(f"{stack.url}/v1/models") as ok:
+            assert ok.status == 200
+        assert not any(task.done() for task in held)
+        for task in held:
+            task.cancel()
+        await asyncio.gather(*held, return_exceptions=True)

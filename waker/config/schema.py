@@ -98,6 +98,8 @@ class GatewayConfig:
     nginx: str
     njs_module: str
     client_timeout: float
+    # Connections one client address may hold open past their request head (slowloris, a runaway client)
+    max_connections_per_client: int
     api_keys: tuple[str, ...]
     allow_no_keys: bool
     cors_origins: tuple[str, ...]
@@ -283,6 +285,7 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         nginx=gateway.get("nginx", fields.string, "nginx"),
         njs_module=gateway.get("njs_module", fields.string, "/usr/lib/nginx/modules/ngx_http_js_module.so"),
         client_timeout=gateway.get("client_timeout", fields.positive_duration, "60s"),
+        max_connections_per_client=gateway.get("max_connections_per_client", fields.positive_int, 256),
         api_keys=tuple(
             dict.fromkeys(
                 [

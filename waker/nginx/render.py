@@ -71,6 +71,13 @@ NGINX_ERRORS: dict[int, tuple[str, str]] = {
     404: ("not_found", "no such route: the API is under /v1/ (for example POST /v1/chat/completions)"),
     405: ("method_not_allowed", "this method is not allowed on this route"),
     408: ("request_timeout", "the client sent the request too slowly"),
+    429: (
+        "too_many_connections",
+        (
+            "this client already holds {max_connections_per_client} connections to the gateway "
+            "([gateway] max_connections_per_client): let some finish, then retry"
+        ),
+    ),
     413: ("body_too_large", "the request body is larger than the gateway accepts ([gateway] max_body is {max_body})"),
     414: ("uri_too_long", "the request URI is too long"),
     494: ("headers_too_large", "the request headers are too large"),
@@ -80,6 +87,8 @@ NGINX_ERRORS: dict[int, tuple[str, str]] = {
     504: ("model_timeout", "the model server did not answer within [gateway] read_timeout ({read_timeout})"),
     505: ("http_version_not_supported", "this HTTP version is not supported: use HTTP/1.1"),
 }
+CONNECTIONS_RETRY_AFTER = 1  # seconds: a client over its connection limit waits for one of its own to end
+HEADER_TIMEOUT = 10  # seconds, at most, for a request head (below [gateway] client_timeout when it is lower)
 # Seconds a client waits before trying again when the waker does not answer: systemd and compose
 # restart it within seconds.
 WAKER_DOWN_RETRY_AFTER = 5
@@ -174,12 +183,19 @@ def _quote(text: str) -> str:
 
 
 def _error_locations(config: Config) -> list[str]:
-    values = {"max_body": format_size(config.gateway.max_body), "read_timeout": f"{int(config.gateway.read_timeout)}s"}
+    values = {
+        "max_body": format_size(config.gateway.max_body),
+        "read_timeout": f"{int(config.gateway.read_timeout)}s",
+        "max_connections_per_client": str(config.gateway.max_connections_per_client),
+    }
     lines = []
     for status, (code, message) in NGINX_ERRORS.items():
         reply = 400 if status == 494 else status
         body = json.dumps(error_body(message.format(**values), code, reply))
-        challenge = "add_header WWW-Authenticate Bearer always; " if status == 401 else ""
+        challenge = {
+            401: "add_header WWW-Authenticate Bearer always; ",
+            429: f"add_header Retry-After {CONNECTIONS_RETRY_AFTER} always; ",
+        }.get(status, "")
         name = f"= {ERROR_PREFIX}{status} {{ internal;" if status in EARLY_ERRORS else f"@error_{status} {{"
         lines.append(
             f"        location {name} default_type application/json; {challenge}return {reply} {_quote(body)}; }}"
@@ -302,6 +318,8 @@ def render_nginx_conf(
         # for models with loading feedback; anything else body-less, as ever.
         '    map "$request_method:$uri" $wake_via { "POST:/v1/chat/completions" "@feedback_"; default "@wake_"; }',
         "    server_tokens off;",
+        "    limit_conn_zone $binary_remote_addr zone=per_client:1m;",
+        "    limit_conn_status 429;",
         "    default_type application/json;",
         f"    client_body_temp_path {runtime_dir / 'tmp' / 'body'};",
         f"    proxy_temp_path {runtime_dir / 'tmp' / 'proxy'};",
@@ -325,8 +343,11 @@ def render_nginx_conf(
         f"        client_max_body_size {gateway.max_body};",
         f"        client_body_buffer_size {gateway.max_body};",
         "        client_body_in_single_buffer on;",
-        # A client that sends its request too slowly is cut off, not given a worker (slowloris).
-        f"        client_header_timeout {int(gateway.client_timeout)}s;",
+        # A client that sends its request too slowly is cut off, not given a worker (slowloris). A
+        # request head comes at once from any real client: it gets HEADER_TIMEOUT at most.
+        f"        client_header_timeout {int(min(gateway.client_timeout, HEADER_TIMEOUT))}s;",
+        # Past its head, each connection counts against its address: one client cannot take them all.
+        f"        limit_conn per_client {gateway.max_connections_per_client};",
         f"        client_body_timeout {int(gateway.client_timeout)}s;",
         f"        send_timeout {int(gateway.client_timeout)}s;",
         "        proxy_http_version 1.1;",
