@@ -153,6 +153,34 @@ async def test_reload_adds_changes_and_removes_models_running_ones_included(tmp_
     assert shell.kinds(ConfigReloaded, added=("new",))
 
 
+async def test_a_reload_that_changes_what_a_model_runs_clears_its_back_off(tmp_path):
+    """The back-off says the old container failed; a new image (or command, env, start_timeout...)
+    deserves a start at the next request. A change of limits alone keeps it."""
+    path = tmp_path / "models.toml"
+
+    def write_models(image: str, idle_timeout: str = "10m") -> None:
+        scheduler = {"max_start_failures": 1, "start_backoff": "1h"}
+        model = {"id": "a", "image": image, "gpu_memory": 0.3, "idle_timeout": idle_timeout}
+        path.write_text(tomli_w.dumps({"scheduler": scheduler, "model": [model]}))
+
+    write_models("fake:broken")
+    shell = await open_shell(load_config(path))
+    shell.driver.outcomes["a"].append(StartError(503, "model_exited", "exited with code 1 while loading"))
+    with pytest.raises(RequestRefused):
+        await request_for(shell, "a")
+    with pytest.raises(RequestRefused, match="exited with code 1"):  # in back-off: no start
+        await request_for(shell, "a")
+    write_models("fake:broken", idle_timeout="20m")
+    change = await shell.control.reload()
+    assert change.changed == ("a",) and change.renewed == ()
+    assert shell.supervisor.state("a") is State.FAILED  # limits only: still in back-off
+    write_models("fake:fixed", idle_timeout="20m")
+    assert (await shell.control.reload()).renewed == ("a",)
+    assert shell.supervisor.state("a") is State.STOPPED and shell.supervisor.records["a"].slot.failures == 0
+    await ready(shell, "a")
+    assert shell.driver.up_calls("a") == 2
+
+
 async def test_a_reload_that_cannot_apply_live_changes_nothing(tmp_path):
     nginx = FakeNginx()
     path, shell = await reload_shell(tmp_path, [{"id": "a"}, {"id": "b"}], nginx)

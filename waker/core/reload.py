@@ -16,11 +16,35 @@ from waker.errors import AdminError
 RESTART_ONLY = ("listen", "name", "docker_host", "runtime_dir", "network", "model_ip_base", "egress_network")
 
 
+# What a model runs as: a reload that changes one of these makes another container (or gives the start
+# longer), so the failures of the old one say nothing of the new: its back-off is cleared.
+RUNS_AS = (
+    "image",
+    "pull",
+    "command",
+    "entrypoint",
+    "port",
+    "health",
+    "env",
+    "volumes",
+    "gpus",
+    "shm_size",
+    "ulimits",
+    "aliases",
+    "host",
+    "hosts",
+    "ray",
+    "sleep",
+    "start_timeout",
+)
+
+
 @dataclass(frozen=True, slots=True)
 class ConfigChange:
     added: tuple[str, ...] = ()
     changed: tuple[str, ...] = ()
     removed: tuple[str, ...] = ()
+    renewed: tuple[str, ...] = ()  # those of `changed` whose container changes (RUNS_AS)
 
     def as_dict(self) -> dict[str, list[str]]:
         return {"added": list(self.added), "changed": list(self.changed), "removed": list(self.removed)}
@@ -60,4 +84,9 @@ def plan_reload(old: Config, new: Config, slots: Mapping[str, Slot]) -> ConfigCh
         raise AdminError(409, "the new config cannot be applied live: " + "; ".join(problems))
     added = tuple(m.id for m in new.models if old.model(m.id) is None)
     changed = tuple(m.id for m in new.models if (before := old.model(m.id)) is not None and before != m)
-    return ConfigChange(added, changed, tuple(removed))
+    renewed = tuple(
+        model_id
+        for model_id in changed
+        if any(getattr(old.model(model_id), key) != getattr(new.model(model_id), key) for key in RUNS_AS)
+    )
+    return ConfigChange(added, changed, tuple(removed), renewed)

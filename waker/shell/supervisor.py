@@ -325,13 +325,22 @@ class Supervisor:
         self._write(model_id, replace(self._records[model_id].slot, wake_failures=0))
 
     def reset_failure(self, model_id: str) -> None:
-        slot = self._records[model_id].slot.moved(Event.RESET, self.now())
-        self._write(model_id, replace(slot, failures=0, retry_at=0.0, wake_failures=0), Event.RESET)
+        self._clear_failures(model_id)
         self.reconcile()
+
+    def _clear_failures(self, model_id: str) -> None:
+        """The model's failures forgotten: a failed one is stopped, and may start at the next request."""
+        slot = self._records[model_id].slot
+        cleared = replace(slot, failures=0, retry_at=0.0, wake_failures=0)
+        if slot.state is State.FAILED:
+            self._write(model_id, cleared.moved(Event.RESET, self.now()), Event.RESET)
+        else:
+            self._write(model_id, cleared)
 
     def apply_config(self, new: Config, change: ConfigChange) -> None:
         """Takes in a config `plan_reload` accepted: new models join, changed ones keep their state
-        with the new limits, removed ones are stopped (when running) and forgotten."""
+        with the new limits (those that run as another container lose their back-off), removed ones
+        are stopped (when running) and forgotten."""
         self.config, self.policy = new, policy_of(new)
         for model_id in change.added:
             self._records[model_id] = self._new_record(self._configured(model_id), self.now())
@@ -340,6 +349,8 @@ class Supervisor:
             record.model = self._configured(model_id)
             limits = replace(with_limits(record.slot, record.model, self.gate is not None), wake_failures=0)
             self._write(model_id, limits)
+        for model_id in change.renewed:  # another container: the old one's back-off says nothing of it
+            self._clear_failures(model_id)
         for model_id in change.removed:
             for waiter in self.waiting.for_model(model_id):
                 self._answer(waiter.id, RequestRefused(404, "model_not_found", f"model {model_id!r} was removed"))
