@@ -12,7 +12,7 @@ import random
 from typing import Any
 
 import pytest
-from hypothesis import given
+from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from waker.config.schema import load_config
@@ -195,6 +195,7 @@ DANGEROUS = [
 ]
 
 
+@settings(max_examples=1000)
 @given(
     seed=st.integers(0, 2**32 - 1),
     tricks=st.fixed_dictionaries(
