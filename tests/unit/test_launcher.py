@@ -253,6 +253,28 @@ async def test_an_exit_docker_explains_and_the_model_never_printed_says_both(rig
     )
 
 
+async def test_an_exit_whose_logs_docker_lost_shows_the_lines_the_loading_log_read(rig):
+    """real-clients.md: "exited with code 137 while loading; it printed nothing" came right after the
+    waker had read that container's loading lines: Docker had none left to give."""
+    r = rig()
+    r.server.ready = lambda: False
+    start = r.up()
+    await r.loading()
+    container = r.container()
+    r.docker.write_log(container, "INFO Loading model weights")
+    log = r.launcher.loading_log("alpha", since=0)
+    assert await anext(log) == "INFO Loading model weights"
+    container.logs.clear()  # what Docker no longer has
+    r.docker.exit(container, 137)
+    r.died.set()
+    with pytest.raises(StartError) as failed:
+        await start
+    assert failed.value.message == (
+        "model 'alpha' exited with code 137 while loading; last log lines:\nINFO Loading model weights"
+    )
+    await log.aclose()
+
+
 async def test_an_exit_is_noticed_without_its_event_while_the_events_stream_is_down(rig):
     r = rig()
     r.docker.on_start = lambda container: r.docker.exit(container, 3)  # and no one sets `died`

@@ -9,6 +9,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import time
+from collections import deque
 from collections.abc import AsyncIterator, Awaitable, Callable
 from dataclasses import dataclass
 from typing import Any, Protocol, TypeVar
@@ -77,6 +78,9 @@ class Launcher:
         self.images = images
         self.clock = clock
         self._http = aiohttp.ClientSession(timeout=aiohttp.ClientTimeout(total=2))
+        # The last lines the loading log read of each model's current start: an error message falls
+        # back on them when Docker has no logs left to give (the container removed meanwhile).
+        self._read: dict[str, deque[str]] = {}
 
     async def close(self) -> None:
         await self._http.close()
@@ -88,6 +92,7 @@ class Launcher:
         """Creates (or recreates, when its spec changed) and starts the container, then waits until
         the model answers its health check. Returns the container id; raises StartError."""
         model = self._here(model)
+        self._read.pop(model.id, None)
         deadline = self.clock() + model.start_timeout
         container_id = await self.launch(model, self.node(model), deadline)
         await self.wait_healthy(model, deadline, died, _OneContainer(self, model, container_id))
@@ -211,8 +216,14 @@ class Launcher:
     async def loading_log(self, model_id: str, since: float) -> AsyncIterator[str]:
         info = await self.runtime.find(model_id)
         if info is not None and info.running:
+            read = self._read[model_id] = deque(maxlen=LOG_TAIL_LINES)
             async for chunk in self.runtime.follow_logs(info.id, since=since):
+                read.extend(line for line in chunk.splitlines() if line.strip())
                 yield chunk
+
+    async def last_lines(self, model_id: str, container_id: str) -> str:
+        """The container's last log lines: Docker's, else those the loading log read of this start."""
+        return await self.runtime.logs_tail(container_id, LOG_TAIL_LINES) or "\n".join(self._read.get(model_id, ()))
 
     def pulling(self, image: str) -> PullProgress | None:
         return self.images.pulling.get(image)
@@ -250,7 +261,7 @@ class Launcher:
             raise StartError(503, "model_start_failed", f"model {model.id!r}: {exc}") from None
         if info.running:
             return
-        tail = await self.runtime.logs_tail(container_id, LOG_TAIL_LINES)
+        tail = await self.last_lines(model.id, container_id)
         raise StartError(
             503,
             "model_exited",
@@ -325,6 +336,6 @@ class _OneContainer:
         await self.launcher._fail_if_exited(self.model, self.container_id)
 
     async def give_up(self) -> str:
-        tail = await self.launcher.runtime.logs_tail(self.container_id, LOG_TAIL_LINES)
+        tail = await self.launcher.last_lines(self.model.id, self.container_id)
         await self.launcher.down(self.model, self.container_id)
         return tail
