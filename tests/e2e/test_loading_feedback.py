@@ -68,9 +68,13 @@ async def test_a_cold_stream_shows_progress_at_once_then_the_models_exact_answer
         assert first_at < 1.0, f"the first progress event came after {first_at:.2f} s"
         assert events[-1][1] == b"[DONE]" and [p for _, p in events].count(b"[DONE]") == 1
         chunks = [json.loads(payload) for _, payload in events[:-1]]
-        progress = [c for c in chunks if c["id"].startswith("chatcmpl-waker-")]
-        answer = [c for c in chunks if not c["id"].startswith("chatcmpl-waker-")]
-        assert chunks == progress + answer  # all progress first, then the model's stream
+        # One stream, as an engine's own: one id, one creation time, one role (on its first chunk).
+        assert len({(c["id"], c["created"]) for c in chunks}) == 1 and chunks[0]["id"].startswith("chatcmpl-waker-")
+        assert [c for c in chunks if c["choices"] and "role" in c["choices"][0]["delta"]] == [chunks[0]]
+        # All progress first, then the model's stream.
+        count = next(i for i, c in enumerate(chunks) if "reasoning_content" not in c["choices"][0]["delta"])
+        progress, answer = chunks[:count], chunks[count:]
+        assert not any("reasoning_content" in c["choices"][0]["delta"] for c in answer if c["choices"])
         lines = [c["choices"][0]["delta"]["reasoning_content"] for c in progress]
         assert all(line.endswith("\n") and line.count("\n") == 1 for line in lines)
         assert all(c["object"] == "chat.completion.chunk" and c["model"] == "alpha" for c in progress)

@@ -4,7 +4,8 @@ once, progress lines while the model is queued, pulled and loaded, then the mode
 Only cold requests come here (nginx sends a request to the waker when it could not reach the
 model), and of those only streaming chat completions of models with `loading_feedback = "reasoning"`
 are answered here; the waker then sends the request to the model itself and relays the model's
-bytes unchanged. nginx counts the request in flight from its first byte to its last, as any other.
+events as the rest of the same stream (its id, one role). nginx counts the request in flight from
+its first byte to its last, as any other.
 """
 
 from __future__ import annotations
@@ -134,15 +135,20 @@ class LoadingStreams:
     async def _relay(
         self, request: web.Request, stream: _Stream, model: ModelConfig, body: bytes, upstream_uri: str
     ) -> None:
-        """Sends the request to the model and its stream on to the client, byte for byte; an error
-        answer (vLLM refusing the request) goes into the stream as vLLM's own error event."""
+        """Sends the request to the model and its stream on to the client as the rest of this stream
+        (sse.Continuation: one id, one role); an error answer (vLLM refusing the request)
+        goes into the stream as vLLM's own error event."""
         assert self._http is not None
         headers = {k: v for k, v in request.headers.items() if k.lower() not in NOT_FORWARDED}
         try:
             async with self._http.post(f"{model.address.url}{upstream_uri}", data=body, headers=headers) as upstream:
                 if upstream.status == 200 and upstream.content_type == "text/event-stream":
+                    rest = sse.Continuation(stream.stream_id, stream.created)
                     async for data in upstream.content.iter_any():
-                        await stream.response.write(data)
+                        if events := rest.feed(data):
+                            await stream.response.write(events)
+                    if tail := rest.end():
+                        await stream.response.write(tail)
                     return
                 answer = await upstream.read()
         except (aiohttp.ClientError, TimeoutError, OSError) as exc:
