@@ -109,6 +109,21 @@ async def test_the_openai_sdk_parses_the_whole_stream(make_stack):
     assert "checkpoint shards" in "".join(reasoning) and "alpha is ready after" in "".join(reasoning)
 
 
+async def test_a_client_that_shows_no_reasoning_can_have_the_progress_as_content(make_stack):
+    """For `llm` and `opencode run`, which drop reasoning: X-Waker-Progress: content, set once on the
+    client as they allow, puts the progress ahead of the answer, parted from it by a blank line."""
+    stack = make_stack([fake_model("alpha", load_delay=LOAD)])
+    client = openai.AsyncOpenAI(
+        base_url=f"{stack.url}/v1", api_key="unused", max_retries=0, default_headers={"X-Waker-Progress": "content"}
+    )
+    stream = await client.chat.completions.create(model="alpha", stream=True, max_tokens=6, messages=MESSAGES)
+    text = "".join([chunk.choices[0].delta.content or "" async for chunk in stream if chunk.choices])
+    await client.close()
+    progress, answer = text.split("its answer follows\n\n")
+    assert "checkpoint shards" in progress and "alpha is ready after" in progress, text
+    assert answer == "tok0 tok1 tok2 tok3 tok4 tok5 "
+
+
 def test_the_openai_npm_package_parses_the_whole_stream(make_stack):
     node = shutil.which("node")
     assert node, "Node.js is not installed"

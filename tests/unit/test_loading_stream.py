@@ -243,3 +243,28 @@ async def test_other_requests_get_the_ordinary_redirect(api):
         assert response.status == 204, (model_id, uri, body)
         assert response.headers["X-Accel-Redirect"] == f"@retry_{model_id}"
     assert (await (await client.get("/_stats")).json())["loading_streams"] == 0
+
+
+async def test_a_client_that_shows_no_reasoning_may_ask_for_the_progress_in_the_content(api, model_server):
+    """`llm` and `opencode run` drop reasoning_content, so their users watched a blank terminal for the
+    whole start (real-clients.md). With X-Waker-Progress: content the lines come ahead of the answer."""
+    shell, client = await api({"id": "a", "host_port": model_server.port})
+    stream = events(await (await cold(client, "a", headers={"X-Waker-Progress": "content"})).read())
+    chunks = [e for e in stream if isinstance(e, dict)]
+    assert not any("reasoning_content" in c["choices"][0]["delta"] for c in chunks)
+    text = "".join(c["choices"][0]["delta"]["content"] for c in chunks)
+    progress, answer = text.split("its answer follows\n\n")
+    assert progress.startswith("starting a's container") or progress.startswith("a is ready after"), text
+    assert answer == "Hello" and stream[-1] == DONE
+    (headers, _), *_ = model_server.chats
+    assert "X-Waker-Progress" not in headers  # the waker's, not the model's
+
+
+async def test_without_the_header_or_with_another_value_the_content_is_the_models_alone(api, model_server):
+    shell, client = await api({"id": "a", "host_port": model_server.port})
+    for headers in ({}, {"X-Waker-Progress": "reasoning"}, {"X-Waker-Progress": "contents"}):
+        stream = events(await (await cold(client, "a", headers=headers)).read())
+        text = "".join(e["choices"][0]["delta"]["content"] for e in stream if isinstance(e, dict))
+        assert text == "Hello", headers
+        shell.control.stop_by_hand("a")
+        await shell.reach("a", State.STOPPED)

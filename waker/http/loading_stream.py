@@ -31,6 +31,9 @@ from waker.shell.supervisor import Supervisor
 log = structlog.get_logger("waker.http.loading_stream")
 
 CHAT_PATH = "/v1/chat/completions"
+# `X-Waker-Progress: content` puts the progress lines in the answer's text, for clients that show no
+# reasoning (`llm`, `opencode run`); the lines then stay in the conversation, so it is never the default.
+PROGRESS_HEADER = "X-Waker-Progress"
 TICK = 0.25  # seconds between two looks at the progress while the model is not ready
 FIRST_LINE_WAIT = 0.05
 STREAM_HEADERS = {
@@ -54,6 +57,7 @@ NOT_FORWARDED = frozenset(
         "accept-encoding",
         "x-original-uri",
         "x-upstream-uri",
+        PROGRESS_HEADER.lower(),
     }
 )
 
@@ -93,7 +97,8 @@ class LoadingStreams:
     ) -> web.StreamResponse:
         response = web.StreamResponse(status=200, headers=STREAM_HEADERS)
         await response.prepare(request)
-        stream = _Stream(response, f"chatcmpl-waker-{uuid.uuid4().hex[:16]}", model.id, int(time.time()))
+        in_content = request.headers.get(PROGRESS_HEADER, "").strip().lower() == "content"
+        stream = _Stream(response, f"chatcmpl-waker-{uuid.uuid4().hex[:16]}", model.id, int(time.time()), in_content)
         began = self.supervisor.now()
         acquire = asyncio.ensure_future(self.supervisor.acquire(model))
         try:
@@ -104,7 +109,8 @@ class LoadingStreams:
                 log.info("loading_stream_refused", model=model.id, status=exc.status, code=exc.code)
                 await stream.end_with(error_body(exc.message, exc.code, exc.status, exc.details))
                 return response
-            await stream.line(ready_line(model.id, self.supervisor.now() - began))
+            # In the content, a blank line parts the progress from the answer.
+            await stream.line(ready_line(model.id, self.supervisor.now() - began) + ("\n" if in_content else ""))
             await self._relay(request, stream, model, body, upstream_uri)
         except ConnectionResetError:
             log.info("loading_stream_client_gone", model=model.id)
@@ -169,12 +175,16 @@ class LoadingStreams:
 class _Stream:
     """The client's side: progress lines as chunks (the first with the role), and the error end."""
 
-    def __init__(self, response: web.StreamResponse, stream_id: str, model: str, created: int) -> None:
+    def __init__(
+        self, response: web.StreamResponse, stream_id: str, model: str, created: int, in_content: bool
+    ) -> None:
         self.response, self.stream_id, self.model, self.created = response, stream_id, model, created
+        self.in_content = in_content
         self.first = True
 
     async def line(self, text: str) -> None:
-        await self.response.write(sse.progress_chunk(self.stream_id, self.model, self.created, text, self.first))
+        chunk = sse.progress_chunk(self.stream_id, self.model, self.created, text, self.first, self.in_content)
+        await self.response.write(chunk)
         self.first = False
 
     async def end_with(self, body: dict) -> None:

@@ -11,13 +11,17 @@ from typing import Any
 DONE = b"data: [DONE]\n\n"
 
 
-def progress_chunk(stream_id: str, model: str, created: int, line: str, first: bool) -> bytes:
+def progress_chunk(stream_id: str, model: str, created: int, line: str, first: bool, in_content: bool = False) -> bytes:
     """One line of progress as a chunk: its own line in the reasoning text, and an empty `content`
     (clients that join every chunk's content find a string), so that the client's answer is the
-    model's alone. The first chunk carries the role, as the model's does."""
+    model's alone. The first chunk carries the role, as the model's does. `in_content` (asked for by
+    a client that shows no reasoning) puts the line in `content` instead, ahead of the answer."""
     delta: dict[str, Any] = {"role": "assistant"} if first else {}
-    delta["content"] = ""
-    delta["reasoning_content"] = line + "\n"
+    if in_content:
+        delta["content"] = line + "\n"
+    else:
+        delta["content"] = ""
+        delta["reasoning_content"] = line + "\n"
     chunk = {
         "id": stream_id,
         "object": "chat.completion.chunk",
