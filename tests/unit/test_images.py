@@ -3,6 +3,7 @@ GPU): they are linted with hadolint, and the scripts around them are run as far 
 
 import functools
 import http.server
+import importlib.util
 import shutil
 import subprocess
 import sys
@@ -145,3 +146,57 @@ def test_fetch_tokenizers_installs_nothing_that_fails_its_checksum(tmp_path):
         server.shutdown()
     assert result.returncode == 1 and "does not match its known SHA-256" in result.stderr
     assert list(target.iterdir()) == []
+
+
+PATCH_CUDA13 = IMAGES / "vllm-gb10" / "patch-cuda13.py"
+CUDA13_INCLUDE = ROOT / "build" / "cuda-13.0" / "include"
+
+
+def patch_cuda13_edits() -> tuple:
+    spec = importlib.util.spec_from_file_location("patch_cuda13", PATCH_CUDA13)
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module.EDITS
+
+
+def compiles_against_cuda13(snippet: str, tmp_path: Path) -> subprocess.CompletedProcess:
+    """`g++ -fsyntax-only` of vLLM's cache_kernels.cu lines in a function with their names declared,
+    against CUDA 13.0's own cuda.h (scripts/fetch-cuda-headers)."""
+    if not (CUDA13_INCLUDE / "cuda.h").exists():
+        pytest.fail(f"no CUDA 13.0 headers in {CUDA13_INCLUDE}: run scripts/fetch-cuda-headers", pytrace=False)
+    source = tmp_path / "batch.cc"
+    source.write_text(
+        "#include <cstdint>\n#include <cuda.h>\n#define TORCH_CHECK(cond, ...) (void)(cond)\n"
+        "void copy(const int64_t* dst_data, const int64_t* src_data, const int64_t* size_data, int64_t n,\n"
+        "          void* stream) {\n" + snippet + "\n}\n"
+    )
+    return subprocess.run(
+        ["g++", "-fsyntax-only", "-I", str(CUDA13_INCLUDE), str(source)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
+
+
+def test_vllm_50cd5674bs_batch_copy_fails_against_cuda_13_and_the_patched_one_compiles(tmp_path):
+    """catalogue-check.md F1: CUDA 13.0 maps cuMemcpyBatchAsync to its 8-argument _v2, so the pinned
+    commit's 9-argument call does not build; patch-cuda13.py's form does."""
+    (_, unpatched, patched, _), *_ = patch_cuda13_edits()
+    before = compiles_against_cuda13(unpatched, tmp_path)
+    assert before.returncode != 0 and "cuMemcpyBatchAsync_v2" in before.stderr, before.stderr
+    after = compiles_against_cuda13(patched, tmp_path)
+    assert after.returncode == 0, after.stderr
+
+
+def test_the_cuda13_patch_edits_a_checkout_once_and_refuses_another_commit(tmp_path):
+    for name, old, _, _ in patch_cuda13_edits():
+        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
+        (tmp_path / name).write_text(f"// before\n{old}// after\n")
+    result = subprocess.run([sys.executable, str(PATCH_CUDA13), str(tmp_path)], capture_output=True, text=True)
+    assert result.returncode == 0 and result.stdout.count("patched ") == 3, result.stderr
+    for name, _, new, _ in patch_cuda13_edits():
+        assert (tmp_path / name).read_text() == f"// before\n{new}// after\n"
+    again = subprocess.run([sys.executable, str(PATCH_CUDA13), str(tmp_path)], capture_output=True, text=True)
+    assert again.returncode == 1 and "is not in" in again.stderr and "another vLLM commit" in again.stderr
