@@ -217,8 +217,33 @@ function thinking(doc) {
     return true;
 }
 
-var FIX = {max_tokens: maxTokens, strip_tools: stripTools, alternate_roles: alternateRoles,
-           include_usage: includeUsage, thinking: thinking};
+// The original stack's rule for its coder models, which answer in text when tool_choice is "auto":
+// while no tool has answered yet, a request with tools asks for a call.
+function forceTools(doc) {
+    var answered = Array.isArray(doc.messages) && doc.messages.some(function (m) { return isObject(m) && m.role === 'tool'; });
+    if (!Array.isArray(doc.tools) || !doc.tools.length || answered
+        || (doc.tool_choice !== undefined && doc.tool_choice !== null && doc.tool_choice !== 'auto')) {
+        return false;
+    }
+    doc.tool_choice = 'required';
+    return true;
+}
+
+// The original stack's default for models whose thinking hides the answer from clients (GLM-4.7
+// Flash): off, unless the request (or the thinking fix-up, before this one) switched it itself.
+function thinkingOff(doc) {
+    var kwargs = isObject(doc.chat_template_kwargs) ? doc.chat_template_kwargs : {};
+    if (kwargs.enable_thinking !== undefined || kwargs.thinking !== undefined) {
+        return false;
+    }
+    kwargs.enable_thinking = false;
+    kwargs.thinking = false;
+    doc.chat_template_kwargs = kwargs;
+    return true;
+}
+
+var FIX = {max_tokens: maxTokens, strip_tools: stripTools, force_tools: forceTools, alternate_roles: alternateRoles,
+           include_usage: includeUsage, thinking: thinking, thinking_off: thinkingOff};
 
 // The body to send: the original bytes when no fix-up changes anything; $waker_fixups names those that did.
 function fixed(r, model, doc) {

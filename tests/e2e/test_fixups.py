@@ -17,6 +17,9 @@ from tests.e2e.stack import REAL_IMAGE, REAL_SCHEDULER, Stack, fake_model, real_
 pytestmark = pytest.mark.e2e
 
 FIXUPS = ["max_tokens", "strip_tools", "alternate_roles", "include_usage", "thinking"]
+TOOL_FIXUPS = ["force_tools", "thinking_off"]  # for a model with tools, so never with strip_tools
+TOOL_PARSER = ["--enable-auto-tool-choice", "--tool-call-parser", "pythonic"]
+NO_WHITESPACE = '{"backend": "xgrammar", "disable_any_whitespace": true}'
 TOOLS = [{"type": "function", "function": {"name": "lookup", "parameters": {"type": "object", "properties": {}}}}]
 
 
@@ -50,11 +53,13 @@ def arrived(headers: dict[str, str], body: bytes) -> bool:
 
 @pytest.fixture(scope="module")
 def fake_stack(tmp_path_factory, docker_engine):
-    """ "fx" (alias "fx-alias") declares every fix-up, with a context of 100; "plain" declares none."""
+    """ "fx" (alias "fx-alias") declares every fix-up but those of a model with tools, with a context of
+    100; "fy" those of a model with tools; "plain" declares none."""
     stack = Stack(
         models=[
             fake_model("fx", aliases=["fx-alias"], load_delay=0.3, fixups=FIXUPS, extra=["--max-model-len", "100"]),
             fake_model("plain", load_delay=0.3, extra=["--max-model-len", "100"]),
+            fake_model("fy", load_delay=0.3, fixups=TOOL_FIXUPS, tools=True, extra=TOOL_PARSER),
         ],
         tmp=tmp_path_factory.mktemp("fixups"),
     ).start()
@@ -186,6 +191,72 @@ def test_each_rewrite_sends_exactly_the_documented_body(fake_stack, name):
     assert arrived(headers, compact({"model": "fx", **expected}))
 
 
+USER = {"role": "user", "content": "x"}
+OFF = {"enable_thinking": False, "thinking": False}
+TOOL_REWRITES = {
+    "tools with auto: required, and thinking off": (
+        {"messages": [USER], "tools": TOOLS, "tool_choice": "auto"},
+        {"messages": [USER], "tools": TOOLS, "tool_choice": "required", "chat_template_kwargs": OFF},
+        "force_tools,thinking_off",
+    ),
+    "tools with no choice: required; a client's other template switches kept": (
+        {"messages": [USER], "tools": TOOLS, "chat_template_kwargs": {"other": 1}},
+        {"messages": [USER], "tools": TOOLS, "chat_template_kwargs": {"other": 1, **OFF}, "tool_choice": "required"},
+        "force_tools,thinking_off",
+    ),
+    "a tool has answered: the model may answer in text": (
+        {
+            "messages": [
+                USER,
+                {"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            ],
+            "tools": TOOLS,
+            "tool_choice": "auto",
+        },
+        {
+            "messages": [
+                USER,
+                {"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]},
+                {"role": "tool", "tool_call_id": "c1", "content": "42"},
+            ],
+            "tools": TOOLS,
+            "tool_choice": "auto",
+            "chat_template_kwargs": OFF,
+        },
+        "thinking_off",
+    ),
+}
+
+
+@pytest.mark.parametrize("name", list(TOOL_REWRITES))
+def test_each_rewrite_of_a_model_with_tools_sends_exactly_the_documented_body(fake_stack, name):
+    sent, expected, applied = TOOL_REWRITES[name]
+    status, headers, reply = send(fake_stack, "/v1/chat/completions", json.dumps({"model": "fy", **sent}).encode())
+    assert status == 200, reply
+    assert headers["x-waker-fixups"] == applied
+    assert arrived(headers, compact({"model": "fy", **expected}))
+
+
+@pytest.mark.parametrize(
+    "body",
+    [
+        b'{"model": "fy", "messages": [{"role": "user", "content": "x"}], "chat_template_kwargs": {"thinking": true}}',
+        (
+            b'{"model": "fy", "messages": [], "tools": [{"type": "function", "function": {"name": "f"}}],'
+            b' "tool_choice": {"type": "function", "function": {"name": "f"}},'
+            b' "chat_template_kwargs": {"enable_thinking": true}}'
+        ),
+        b'{"model": "fy", "messages": [], "tools": [], "chat_template_kwargs": {"enable_thinking": false}}',
+    ],
+    ids=["thinking asked for", "a named function, thinking on", "no tools, thinking off already"],
+)
+def test_a_model_with_tools_gets_the_clients_own_choices_byte_for_byte(fake_stack, body):
+    status, headers, reply = send(fake_stack, "/v1/chat/completions", body)
+    assert status == 200, reply
+    assert arrived(headers, body) and "x-waker-fixups" not in headers
+
+
 @pytest.mark.parametrize(
     "body",
     [
@@ -256,8 +327,10 @@ READY_TIMEOUT = 300
 
 @pytest.fixture(scope="module")
 def real_stack(tmp_path_factory, docker_engine):
-    """One real vLLM, "strict", with every fix-up, no tool parser and the strict template. Requests to
-    the gateway get the fix-ups; the same engine on its own port (stack.model_url) shows vLLM without."""
+    """Real vLLMs with the strict template: "strict" with every fix-up but those of a model with tools,
+    and no tool parser; "coder" with a tool parser and those of a model with tools (started by its own
+    test, beside "strict"). Requests to the gateway get the fix-ups; the same engine on its own port
+    (stack.model_url) shows vLLM without."""
     if subprocess.run(["docker", "image", "inspect", REAL_IMAGE], capture_output=True, check=False).returncode != 0:
         pytest.fail(f"image {REAL_IMAGE} is missing: run scripts/build-test-images", pytrace=False)
     stack = Stack(
@@ -268,7 +341,17 @@ def real_stack(tmp_path_factory, docker_engine):
                 fixups=FIXUPS,
                 idle_timeout="1h",
                 extra=["--chat-template", STRICT_TEMPLATE],
-            )
+            ),
+            real_model(
+                "coder",
+                max_model_len=CONTEXT,
+                fixups=TOOL_FIXUPS,
+                tools=True,
+                idle_timeout="1h",
+                # JSON without free whitespace: the random-weight model, given the choice, writes
+                # whitespace until max_tokens instead of the call's next character.
+                extra=["--chat-template", STRICT_TEMPLATE, *TOOL_PARSER, "--structured-outputs-config", NO_WHITESPACE],
+            ),
         ],
         tmp=tmp_path_factory.mktemp("fixups-real"),
         scheduler=REAL_SCHEDULER,
@@ -286,15 +369,15 @@ def gateway(stack: Stack, path_routed: bool = False) -> openai.OpenAI:
     )
 
 
-def engine(stack: Stack) -> openai.OpenAI:
-    return openai.OpenAI(base_url=f"{stack.model_url('strict')}/v1", api_key="unused", timeout=60, max_retries=0)
+def engine(stack: Stack, model: str = "strict") -> openai.OpenAI:
+    return openai.OpenAI(base_url=f"{stack.model_url(model)}/v1", api_key="unused", timeout=60, max_retries=0)
 
 
-def ask(client: openai.OpenAI, messages=None, **extra):
+def ask(client: openai.OpenAI, messages=None, model: str = "strict", **extra):
     """A deterministic chat completion (3 tokens unless told; openai.NOT_GIVEN for none): (reply, headers)."""
     extra.setdefault("max_tokens", 3)
     raw = client.chat.completions.with_raw_response.create(
-        model="strict",
+        model=model,
         messages=messages or [{"role": "user", "content": "hello"}],
         temperature=0,
         extra_body={"ignore_eos": True, **extra.pop("extra_body", {})},
@@ -406,3 +489,44 @@ def test_real_reasoning_effort_switches_the_templates_thinking(real_stack):
         gateway(real_stack), extra_body={"reasoning_effort": "none", "chat_template_kwargs": {"enable_thinking": True}}
     )
     assert tokens == thinking_on
+
+
+# A tool whose arguments can only be {}: the call vLLM's structured output makes for it is short.
+CLOSED_TOOL = [
+    {
+        "type": "function",
+        "function": {
+            "name": "lookup",
+            "parameters": {"type": "object", "properties": {}, "additionalProperties": False},
+        },
+    }
+]
+
+
+def test_real_a_model_that_answers_in_text_is_asked_for_a_call_and_thinks_only_when_asked(real_stack):
+    """force_tools: given tools and "auto", the engine answers in text (the tiny model writes no call);
+    through the gateway the request asks for a call, and vLLM's structured output makes it. thinking_off:
+    the prompt is the one of thinking off, unless the request switches thinking on itself."""
+    # Through the gateway first: the request starts the model, and the replay after the start is rewritten.
+    # ignore_eos off: the call ends where its grammar does, with the end of sequence.
+    call_once = {"tools": CLOSED_TOOL, "tool_choice": "auto", "max_tokens": 64, "extra_body": {"ignore_eos": False}}
+    reply, headers = ask(gateway(real_stack), model="coder", **call_once)
+    assert headers["x-waker-fixups"] == "force_tools,thinking_off"
+    (call,) = reply.choices[0].message.tool_calls
+    assert call.function.name == "lookup" and json.loads(call.function.arguments) == {}
+    direct, _ = ask(engine(real_stack, "coder"), model="coder", **call_once)
+    assert not direct.choices[0].message.tool_calls, direct
+
+    def prompt_tokens(client, **extra) -> int:
+        return ask(client, model="coder", **extra)[0].usage.prompt_tokens
+
+    thinking_off = prompt_tokens(
+        engine(real_stack, "coder"), extra_body={"chat_template_kwargs": {"enable_thinking": False}}
+    )
+    thinking_on = prompt_tokens(engine(real_stack, "coder"))
+    assert thinking_off > thinking_on  # the empty think block that switches thinking off
+    assert prompt_tokens(gateway(real_stack)) == thinking_off
+    assert (
+        prompt_tokens(gateway(real_stack), extra_body={"chat_template_kwargs": {"enable_thinking": True}})
+        == thinking_on
+    )

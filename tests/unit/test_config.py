@@ -230,6 +230,10 @@ BROKEN = [
         '[[model]]\nid = "m"\nimage = "i"\ntools = true\nfixups = ["strip_tools"]',
         ["model 'm'", '"strip_tools"', "tools = true"],
     ),
+    (
+        '[[model]]\nid = "m"\nimage = "i"\nfixups = ["force_tools"]',
+        ["model 'm'", '"force_tools"', "--tool-call-parser", "tools = true"],
+    ),
 ]
 
 
@@ -466,7 +470,7 @@ def test_fixups_apply_in_one_order_and_max_tokens_uses_the_context_vllm_enforces
         id = "a"
         image = "i"
         command = ["serve", "x", "--max-model-len=4096"]
-        fixups = ["thinking", "max_tokens", "thinking"]
+        fixups = ["thinking_off", "thinking", "max_tokens", "thinking"]
         [[model]]
         id = "b"
         image = "i"
@@ -479,7 +483,7 @@ def test_fixups_apply_in_one_order_and_max_tokens_uses_the_context_vllm_enforces
         """),
     )
     a, b, c = load_config(path).models
-    assert [f.value for f in a.fixups] == ["max_tokens", "thinking"] and model_context(a) == 4096
+    assert [f.value for f in a.fixups] == ["max_tokens", "thinking", "thinking_off"] and model_context(a) == 4096
     assert model_context(b) == 8192
     assert c.fixups == () and model_context(c) == 2048
 
