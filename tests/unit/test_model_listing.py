@@ -49,3 +49,22 @@ def test_an_entry_carries_state_status_and_metadata(tmp_path):
         "context_length": 8192,
         "max_model_len": 8192,
     }
+
+
+def test_the_context_is_the_one_the_engine_enforces_when_its_command_says(tmp_path):
+    """real-clients.md: aider warned "Unknown context window size" for a model whose command had
+    --max-model-len but whose config had no context_length."""
+    config = parse_config(
+        {
+            "model": [
+                {"id": "flag", "image": "i", "command": ["serve", "x", "--max-model-len", "1024"]},
+                {"id": "both", "image": "i", "command": ["serve", "x", "--max-model-len=2048"], "context_length": 4096},
+                {"id": "none", "image": "i"},
+            ]
+        },
+        tmp_path / "models.toml",
+    )
+    flag, both, none = (openai_entry(m, State.STOPPED, 0) for m in config.models)
+    assert (flag["context_length"], flag["max_model_len"]) == (1024, 1024)
+    assert both["context_length"] == 2048  # vLLM refuses what goes past its own limit, whatever the config says
+    assert "context_length" not in none and "max_model_len" not in none

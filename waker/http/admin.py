@@ -15,6 +15,7 @@ from typing import Any
 import structlog
 from aiohttp import web
 
+from waker.config.fixups import model_context
 from waker.config.schema import ModelConfig
 from waker.core.lifecycle import State
 from waker.core.plan import Slot
@@ -106,7 +107,7 @@ def describe(
         "address": str(supervisor.address_of(model)),
         "hosts": list(slot.hosts),
         "host": model.host or None,
-        "context_length": model.context_length,
+        "context_length": model_context(model),
         "vision": model.vision,
         "tools": model.tools,
         "fixups": [f.value for f in model.fixups],

@@ -10,6 +10,7 @@ from __future__ import annotations
 from enum import StrEnum
 from typing import Any
 
+from waker.config.fixups import model_context
 from waker.config.schema import Config, ModelConfig
 from waker.core.lifecycle import State
 
@@ -63,8 +64,10 @@ def openai_entry(model: ModelConfig, state: State, created: int) -> dict[str, An
         "status": {"value": client_status(state).value},
         "capabilities": {"vision": model.vision, "tools": model.tools},
     }
-    if model.context_length:
-        entry["context_length"] = entry["max_model_len"] = model.context_length
+    # The context the engine enforces (its --max-model-len), else the configured one: clients such as
+    # aider size their requests by it, and warn without it.
+    if context := model_context(model):
+        entry["context_length"] = entry["max_model_len"] = context
     if model.description:
         entry["description"] = model.description
     return entry
