@@ -182,17 +182,13 @@ REWRITES = {
 }
 
 
-@pytest.mark.parametrize("name", list(REWRITES))
-def test_each_rewrite_sends_exactly_the_documented_body(fake_stack, name):
-    sent, expected, applied = REWRITES[name]
-    status, headers, reply = send(fake_stack, "/v1/chat/completions", json.dumps({"model": "fx", **sent}).encode())
-    assert status == 200, reply
-    assert headers["x-waker-fixups"] == applied
-    assert arrived(headers, compact({"model": "fx", **expected}))
-
-
 USER = {"role": "user", "content": "x"}
 OFF = {"enable_thinking": False, "thinking": False}
+ANSWERED = [
+    USER,
+    {"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]},
+    {"role": "tool", "tool_call_id": "c1", "content": "42"},
+]
 TOOL_REWRITES = {
     "tools with auto: required, and thinking off": (
         {"messages": [USER], "tools": TOOLS, "tool_choice": "auto"},
@@ -205,37 +201,27 @@ TOOL_REWRITES = {
         "force_tools,thinking_off",
     ),
     "a tool has answered: the model may answer in text": (
-        {
-            "messages": [
-                USER,
-                {"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]},
-                {"role": "tool", "tool_call_id": "c1", "content": "42"},
-            ],
-            "tools": TOOLS,
-            "tool_choice": "auto",
-        },
-        {
-            "messages": [
-                USER,
-                {"role": "assistant", "content": "", "tool_calls": [{"id": "c1"}]},
-                {"role": "tool", "tool_call_id": "c1", "content": "42"},
-            ],
-            "tools": TOOLS,
-            "tool_choice": "auto",
-            "chat_template_kwargs": OFF,
-        },
+        {"messages": ANSWERED, "tools": TOOLS, "tool_choice": "auto"},
+        {"messages": ANSWERED, "tools": TOOLS, "tool_choice": "auto", "chat_template_kwargs": OFF},
         "thinking_off",
     ),
 }
 
 
-@pytest.mark.parametrize("name", list(TOOL_REWRITES))
-def test_each_rewrite_of_a_model_with_tools_sends_exactly_the_documented_body(fake_stack, name):
-    sent, expected, applied = TOOL_REWRITES[name]
-    status, headers, reply = send(fake_stack, "/v1/chat/completions", json.dumps({"model": "fy", **sent}).encode())
+# Each rewrite, and the model it goes to: "fx" for the fix-ups of a model without tools, "fy" with.
+ALL_REWRITES = {
+    **{name: ("fx", *case) for name, case in REWRITES.items()},
+    **{name: ("fy", *case) for name, case in TOOL_REWRITES.items()},
+}
+
+
+@pytest.mark.parametrize("name", list(ALL_REWRITES))
+def test_each_rewrite_sends_exactly_the_documented_body(fake_stack, name):
+    model, sent, expected, applied = ALL_REWRITES[name]
+    status, headers, reply = send(fake_stack, "/v1/chat/completions", json.dumps({"model": model, **sent}).encode())
     assert status == 200, reply
     assert headers["x-waker-fixups"] == applied
-    assert arrived(headers, compact({"model": "fy", **expected}))
+    assert arrived(headers, compact({"model": model, **expected}))
 
 
 @pytest.mark.parametrize(
