@@ -28,6 +28,7 @@ class Registry:
         self.root, self.port = tmp / "registry", free_port()
         self.config = tmp / "registry.yml"
         self.process: subprocess.Popen | None = None
+        self.digests: dict[str, str] = {}  # image pushed -> its repository@sha256:... as the registry has it
 
     @property
     def host(self) -> str:
@@ -75,6 +76,7 @@ class Registry:
         finally:
             docker("rm", container)
         docker("push", image)
+        self.digests[image] = json.loads(docker("image", "inspect", "--format", "{{json .RepoDigests}}", image))[0]
         docker("rmi", image)
         return image
 
@@ -159,3 +161,22 @@ async def test_never_fails_at_once_and_always_falls_back_to_the_local_image(make
         status, _ = await complete(session, stack, "local")
     assert status == 200
     assert '"event": "image_pull_failed_using_local"' in stack.log()
+
+
+async def test_an_image_pinned_by_digest_is_pulled_by_it_and_a_wrong_digest_refused(make_stack, registry, tmp_path):
+    """The catalogue pins registry images as the original does, name:tag@sha256:... (catalogue-check.md
+    F8): the pull asks the registry for that digest, and one it does not have gets the registry's reason."""
+    image = registry.push_test_image(tmp_path)
+    digest = registry.digests[image].split("@", 1)[1]
+    wrong = "sha256:" + "0" * 64
+    stack = make_stack([pulled_model(f"{image}@{digest}"), {**pulled_model(f"{image}@{wrong}"), "id": "wrong"}])
+    async with aiohttp.ClientSession() as session:
+        status, _ = await complete(session, stack)
+        assert status == 200
+        status, body = await complete(session, stack, "wrong")
+    assert status == 503 and body["error"]["code"] == "image_pull_failed", body
+    assert wrong in body["error"]["message"], body
+    (container,) = [
+        c for c in stack.containers() if docker("inspect", "--format", "{{.State.Running}}", c).strip() == "true"
+    ]
+    assert docker("inspect", "--format", "{{.Config.Image}}", container).strip() == f"{image}@{digest}"

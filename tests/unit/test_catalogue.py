@@ -101,3 +101,31 @@ def test_a_reasoning_parser_plugin_is_given_a_file():
     for model in (*CONFIG.models, *CONFIG.disabled):
         if "--reasoning-parser-plugin" in model.command:
             assert model.command[model.command.index("--reasoning-parser-plugin") + 1].endswith(".py"), model.id
+
+
+# What the original pins by digest (a686d89: compose/models-*.yml, avarok/Dockerfile:23), catalogue-check.md F8.
+ORIGINAL_DIGESTS = {
+    "nvcr.io/nvidia/vllm:25.10-py3": "sha256:9063047cace3b0ec2db8f02727c5e5e4d582a7fd9375cbc5a086fef243ad4074",
+    "docker.io/scitrera/dgx-spark-sglang:0.5.9-t5": (
+        "sha256:a055011be7feb2e43ad8dbc365e3903f869c63b992864691f7edf83015bb941d"
+    ),
+    "nvidia/cuda:13.0.2-cudnn-devel-ubuntu24.04": (
+        "sha256:5e9d0c68200eb01201617eb0d29a26d9a472104a2b8240de40dab58101ec948f"
+    ),
+}
+
+
+def test_images_the_original_pins_by_digest_are_pinned_by_the_same_digest():
+    """A tag can be moved to other bytes; the original pins these, so a model here runs what it ran."""
+    images = [m.image for m in (*CONFIG.models, *CONFIG.disabled)]
+    bases = [
+        line.split("=", 1)[1]
+        for dockerfile in (ROOT / "custom-docker-containers").glob("*/Dockerfile")
+        for line in dockerfile.read_text().splitlines()
+        if line.startswith("ARG BASE_IMAGE=")
+    ]
+    for reference in (*images, *bases):
+        name = reference.split("@", 1)[0]
+        if name in ORIGINAL_DIGESTS:
+            assert reference == f"{name}@{ORIGINAL_DIGESTS[name]}", reference
+    assert {ref.split("@", 1)[0] for ref in (*images, *bases)} >= set(ORIGINAL_DIGESTS)
