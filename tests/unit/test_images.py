@@ -3,7 +3,7 @@ GPU): they are linted with hadolint, and the scripts around them are run as far 
 
 import functools
 import http.server
-import importlib.util
+import runpy
 import shutil
 import subprocess
 import sys
@@ -148,16 +148,14 @@ def test_fetch_tokenizers_installs_nothing_that_fails_its_checksum(tmp_path):
     assert list(target.iterdir()) == []
 
 
-PATCH_CUDA13 = IMAGES / "vllm-gb10" / "patch-cuda13.py"
+SOURCE_EDITS = IMAGES / "source_edits.py"
+CUDA13_EDITS = IMAGES / "vllm-gb10" / "cuda13_edits.py"
+MISSING_OPS_EDITS = IMAGES / "vllm-glm47-flash" / "missing_ops_edits.py"
 CUDA13_INCLUDE = ROOT / "build" / "cuda-13.0" / "include"
 
 
-def patch_cuda13_edits() -> tuple:
-    spec = importlib.util.spec_from_file_location("patch_cuda13", PATCH_CUDA13)
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module.EDITS
+def edits_of(path: Path) -> tuple:
+    return runpy.run_path(str(path))["EDITS"]
 
 
 def compiles_against_cuda13(snippet: str, tmp_path: Path) -> subprocess.CompletedProcess:
@@ -180,23 +178,39 @@ def compiles_against_cuda13(snippet: str, tmp_path: Path) -> subprocess.Complete
     )
 
 
-def test_vllm_50cd5674bs_batch_copy_fails_against_cuda_13_and_the_patched_one_compiles(tmp_path):
+def test_vllm_50cd5674bs_batch_copy_fails_against_cuda_13_and_the_edited_one_compiles(tmp_path):
     """catalogue-check.md F1: CUDA 13.0 maps cuMemcpyBatchAsync to its 8-argument _v2, so the pinned
-    commit's 9-argument call does not build; patch-cuda13.py's form does."""
-    (_, unpatched, patched, _), *_ = patch_cuda13_edits()
-    before = compiles_against_cuda13(unpatched, tmp_path)
+    commit's 9-argument call does not build; cuda13_edits.py's form does."""
+    (_, unedited, edited, _), *_ = edits_of(CUDA13_EDITS)
+    before = compiles_against_cuda13(unedited, tmp_path)
     assert before.returncode != 0 and "cuMemcpyBatchAsync_v2" in before.stderr, before.stderr
-    after = compiles_against_cuda13(patched, tmp_path)
+    after = compiles_against_cuda13(edited, tmp_path)
     assert after.returncode == 0, after.stderr
 
 
-def test_the_cuda13_patch_edits_a_checkout_once_and_refuses_another_commit(tmp_path):
-    for name, old, _, _ in patch_cuda13_edits():
-        (tmp_path / name).parent.mkdir(parents=True, exist_ok=True)
-        (tmp_path / name).write_text(f"// before\n{old}// after\n")
-    result = subprocess.run([sys.executable, str(PATCH_CUDA13), str(tmp_path)], capture_output=True, text=True)
-    assert result.returncode == 0 and result.stdout.count("patched ") == 3, result.stderr
-    for name, _, new, _ in patch_cuda13_edits():
-        assert (tmp_path / name).read_text() == f"// before\n{new}// after\n"
-    again = subprocess.run([sys.executable, str(PATCH_CUDA13), str(tmp_path)], capture_output=True, text=True)
+@pytest.mark.parametrize("edits", [CUDA13_EDITS, MISSING_OPS_EDITS], ids=lambda p: p.name)
+def test_source_edits_change_a_tree_once_and_refuse_another_commit(tmp_path, edits):
+    for name, old, _, _ in edits_of(edits):
+        path = tmp_path / name
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text((path.read_text() if path.exists() else "// before\n") + old)
+    run = [sys.executable, str(SOURCE_EDITS), str(edits), str(tmp_path)]
+    result = subprocess.run(run, capture_output=True, text=True, check=False)
+    assert result.returncode == 0 and result.stdout.count("edited ") == len(edits_of(edits)), result.stderr
+    for name, old, new, _ in edits_of(edits):
+        assert new in (tmp_path / name).read_text() and old not in (tmp_path / name).read_text().replace(new, "")
+    again = subprocess.run(run, capture_output=True, text=True, check=False)
     assert again.returncode == 1 and "is not in" in again.stderr and "another vLLM commit" in again.stderr
+
+
+def test_the_glm_image_carries_each_guard_of_the_original_that_its_mods_do_not():
+    """catalogue-check.md F4: vllm-node-tf5 guards six op lookups; the copied mods make two of them."""
+    run_sh = (IMAGES / "vllm-glm47-flash" / "mods" / "run.sh").read_text()
+    guarded = {old.strip().split("(")[0] for _, old, _, _ in edits_of(MISSING_OPS_EDITS)}
+    assert len(edits_of(MISSING_OPS_EDITS)) == 4 and "matcher_utils" in run_sh and "rms_quant_fusion" in run_sh
+    assert guarded == {
+        "return ops.cutlass_scaled_mm_supports_fp8",
+        "return ops.cutlass_scaled_mm_supports_block_fp8",
+        "return ops.cutlass_group_gemm_supported",
+        "if current_platform.is_cuda",
+    }

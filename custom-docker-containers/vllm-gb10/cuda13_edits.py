@@ -1,6 +1,7 @@
-"""Makes vLLM 50cd5674b build against CUDA 13.0, as the original stack's vllm-node-tf5 image does
-before building that commit (jdaln/dgx-spark-inference-stack a686d89,
-custom-docker-containers/vllm-node-tf5/patch_cache_kernels.py, Apache-2.0).
+"""The edits that make vLLM 50cd5674b build against CUDA 13.0, as the original stack's vllm-node-tf5
+image makes them before building that commit (jdaln/dgx-spark-inference-stack a686d89,
+custom-docker-containers/vllm-node-tf5/patch_cache_kernels.py, Apache-2.0). Paths are from the root
+of a vLLM checkout.
 
 CUDA 13.0's cuda.h maps cuMemcpyBatchAsync to cuMemcpyBatchAsync_v2, which has no failIdx argument:
 the commit's 9-argument call in csrc/cache_kernels.cu does not compile against it
@@ -8,16 +9,8 @@ the commit's 9-argument call in csrc/cache_kernels.cu does not compile against i
 extension is left out of the build and its import made optional, as the original does for this
 commit (whether that extension builds against this image's torch is not known here).
 
-    python3 patch-cuda13.py <vllm checkout>
-
-Each edit changes the first place its text is, as the original's do; a checkout without the text
-(another commit) fails the build here, naming the edit, instead of building something unpatched.
+    python3 source_edits.py vllm-gb10/cuda13_edits.py <vllm checkout>
 """
-
-from __future__ import annotations
-
-import sys
-from pathlib import Path
 
 BATCH_CALL = """  CUmemcpyAttributes attr = {};
   attr.srcAccessOrder = CU_MEMCPY_SRC_ACCESS_ORDER_STREAM;
@@ -70,23 +63,3 @@ EDITS = (
     ("setup.py", STABLE_EXTENSION, WITHOUT_STABLE_EXTENSION, "the _C_stable_libtorch extension"),
     ("vllm/platforms/cuda.py", STABLE_IMPORT, OPTIONAL_STABLE_IMPORT, "the _C_stable_libtorch import"),
 )
-
-
-def main(argv: list[str]) -> int:
-    if len(argv) != 2:
-        print("usage: patch-cuda13.py <vllm checkout>", file=sys.stderr)
-        return 2
-    root = Path(argv[1])
-    for name, old, new, what in EDITS:
-        path = root / name
-        text = path.read_text() if path.exists() else ""
-        if old not in text:
-            print(f"patch-cuda13.py: {what} is not in {path}: another vLLM commit?", file=sys.stderr)
-            return 1
-        path.write_text(text.replace(old, new, 1))
-        print(f"patched {name}: {what}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv))
