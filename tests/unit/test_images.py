@@ -3,11 +3,13 @@ GPU): they are linted with hadolint, and the scripts around them are run as far 
 
 import functools
 import http.server
+import re
 import runpy
 import shutil
 import subprocess
 import sys
 import threading
+import tomllib
 from pathlib import Path
 
 import pytest
@@ -214,3 +216,25 @@ def test_the_glm_image_carries_each_guard_of_the_original_that_its_mods_do_not()
         "return ops.cutlass_group_gemm_supported",
         "if current_platform.is_cuda",
     }
+
+
+RECIPES = ("vllm-gb10", "vllm-gb10-tf5", "vllm-glm47-flash")
+ORIGINAL_FILE = re.compile(r"^(?P<commit>[0-9a-f]{7}) custom-docker-containers/\S+")
+
+
+@pytest.mark.parametrize("image", RECIPES)
+def test_each_step_of_the_original_recipe_is_here_or_says_why_not(image):
+    """issue 26: a recipe.toml beside the Dockerfile lists the original's steps; each is found here (the
+    text given as `ours` is in the Dockerfile or a file beside it) or left out with a reason. A step
+    dropped from the Dockerfile, as F1's patch was, fails here."""
+    manifest = tomllib.loads((IMAGES / image / "recipe.toml").read_text())
+    here = "\n".join(p.read_text() for p in sorted((IMAGES / image).rglob("*")) if p.is_file() and p.suffix != ".toml")
+    assert manifest["original"] == "https://github.com/jdaln/dgx-spark-inference-stack" and manifest["step"]
+    for step in manifest["step"]:
+        where = ORIGINAL_FILE.match(step["original"])
+        assert where and where["commit"] in manifest["commits"] and step["what"], step
+        assert ("ours" in step) != ("left_out" in step), f"{step['what']}: give ours or left_out, one of them"
+        witnesses = step.get("ours", [])
+        for text in [witnesses] if isinstance(witnesses, str) else witnesses:
+            assert text in here, f"{image}: the step {step['what']!r} is no longer here ({text!r})"
+        assert "left_out" not in step or step["left_out"].strip(), step
