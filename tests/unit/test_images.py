@@ -218,7 +218,7 @@ def test_the_glm_image_carries_each_guard_of_the_original_that_its_mods_do_not()
     }
 
 
-RECIPES = ("vllm-gb10", "vllm-gb10-tf5", "vllm-glm47-flash")
+RECIPES = ("vllm-gb10", "vllm-gb10-tf5", "vllm-glm47-flash", "vllm-gb10-mxfp4")
 ORIGINAL_FILE = re.compile(r"^(?P<commit>[0-9a-f]{7}) custom-docker-containers/\S+")
 
 
@@ -227,6 +227,7 @@ def test_each_step_of_the_original_recipe_is_here_or_says_why_not(image):
     """issue 26: a recipe.toml beside the Dockerfile lists the original's steps; each is found here (the
     text given as `ours` is in the Dockerfile or a file beside it) or left out with a reason. A step
     dropped from the Dockerfile, as F1's patch was, fails here."""
+    assert set(RECIPES) == {d.parent.name for d in IMAGES.glob("vllm-*/Dockerfile")}  # every ported image
     manifest = tomllib.loads((IMAGES / image / "recipe.toml").read_text())
     here = "\n".join(p.read_text() for p in sorted((IMAGES / image).rglob("*")) if p.is_file() and p.suffix != ".toml")
     assert manifest["original"] == "https://github.com/jdaln/dgx-spark-inference-stack" and manifest["step"]
