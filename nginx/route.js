@@ -229,6 +229,60 @@ function forceTools(doc) {
     return true;
 }
 
+// The original stack's rewrite for its Llama models, which quoted array and object arguments and called
+// tools for a greeting: an instruction after the client's system messages (alternate_roles, after this,
+// folds them into the first user turn as the original did), and a raw-JSON hint on every array and
+// object parameter. Only a request with tools: the instruction is about calling them.
+var TOOL_INSTRUCTION = 'CRITICAL INSTRUCTIONS:\n'
+    + '1. When calling tools, you must provide array and object arguments as raw JSON values (e.g. [1, 2] or '
+    + '{"key": "value"}), NOT as JSON strings. Do not quote these values.\n'
+    + '2. If the user greets you (e.g. "Hi", "Hello"), reply with text. Do NOT call tools unless specifically '
+    + 'needed for a task.';
+var RAW_JSON = 'Provide as raw JSON, NOT a string';
+var QUESTION_HINT = ' Only use this tool if you need to gather specific information for a task. '
+    + 'Do not use for general greetings.';
+
+function hintSchema(schema) {
+    if (!isObject(schema)) {
+        return;
+    }
+    if (schema.type === 'array' || schema.type === 'object') {
+        if (typeof schema.description !== 'string' || !schema.description) {
+            schema.description = RAW_JSON;
+        } else if (schema.description.indexOf(RAW_JSON) < 0) {
+            schema.description += ' (' + RAW_JSON + ')';
+        }
+    }
+    if (isObject(schema.properties)) {
+        Object.keys(schema.properties).forEach(function (key) { hintSchema(schema.properties[key]); });
+    }
+    hintSchema(schema.items);
+}
+
+function toolHints(doc) {
+    if (!Array.isArray(doc.tools) || !doc.tools.length || !Array.isArray(doc.messages)) {
+        return false;
+    }
+    var after = 0;  // after the client's own system messages, as the original appended it to them
+    doc.messages.forEach(function (message, i) {
+        if (isObject(message) && message.role === 'system') {
+            after = i + 1;
+        }
+    });
+    doc.messages.splice(after, 0, {role: 'system', content: TOOL_INSTRUCTION});
+    doc.tools.forEach(function (tool) {
+        var fn = isObject(tool) ? tool['function'] : null;
+        if (!isObject(fn)) {
+            return;
+        }
+        hintSchema(fn.parameters);
+        if (fn.name === 'question') {
+            fn.description = (typeof fn.description === 'string' ? fn.description : '') + QUESTION_HINT;
+        }
+    });
+    return true;
+}
+
 // The original stack's default for models whose thinking hides the answer from clients (GLM-4.7
 // Flash): off, unless the request (or the thinking fix-up, before this one) switched it itself.
 function thinkingOff(doc) {
@@ -242,8 +296,9 @@ function thinkingOff(doc) {
     return true;
 }
 
-var FIX = {max_tokens: maxTokens, strip_tools: stripTools, force_tools: forceTools, alternate_roles: alternateRoles,
-           include_usage: includeUsage, thinking: thinking, thinking_off: thinkingOff};
+var FIX = {max_tokens: maxTokens, strip_tools: stripTools, force_tools: forceTools, tool_hints: toolHints,
+           alternate_roles: alternateRoles, include_usage: includeUsage, thinking: thinking,
+           thinking_off: thinkingOff};
 
 // The body to send: the original bytes when no fix-up changes anything; $waker_fixups names those that did.
 function fixed(r, model, doc) {

@@ -60,6 +60,7 @@ def fake_stack(tmp_path_factory, docker_engine):
             fake_model("fx", aliases=["fx-alias"], load_delay=0.3, fixups=FIXUPS, extra=["--max-model-len", "100"]),
             fake_model("plain", load_delay=0.3, extra=["--max-model-len", "100"]),
             fake_model("fy", load_delay=0.3, fixups=TOOL_FIXUPS, tools=True, extra=TOOL_PARSER),
+            fake_model("fz", load_delay=0.3, fixups=["tool_hints", "alternate_roles"], tools=True, extra=TOOL_PARSER),
         ],
         tmp=tmp_path_factory.mktemp("fixups"),
     ).start()
@@ -208,10 +209,68 @@ TOOL_REWRITES = {
 }
 
 
-# Each rewrite, and the model it goes to: "fx" for the fix-ups of a model without tools, "fy" with.
+INSTRUCTION = (
+    "CRITICAL INSTRUCTIONS:\n1. When calling tools, you must provide array and object arguments as raw JSON "
+    'values (e.g. [1, 2] or {"key": "value"}), NOT as JSON strings. Do not quote these values.\n2. If the user '
+    'greets you (e.g. "Hi", "Hello"), reply with text. Do NOT call tools unless specifically needed for a task.'
+)
+SCHEMA_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "question",
+            "description": "Ask the user.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "options": {"type": "array", "items": {"type": "object"}},
+                    "limits": {"type": "object", "description": "bounds"},
+                    "text": {"type": "string"},
+                },
+            },
+        },
+    }
+]
+HINTED_TOOLS = [
+    {
+        "type": "function",
+        "function": {
+            "name": "question",
+            "description": "Ask the user. Only use this tool if you need to gather specific information for a task. "
+            "Do not use for general greetings.",
+            "parameters": {
+                "type": "object",
+                "properties": {
+                    "options": {
+                        "type": "array",
+                        "items": {"type": "object", "description": "Provide as raw JSON, NOT a string"},
+                        "description": "Provide as raw JSON, NOT a string",
+                    },
+                    "limits": {"type": "object", "description": "bounds (Provide as raw JSON, NOT a string)"},
+                    "text": {"type": "string"},
+                },
+                "description": "Provide as raw JSON, NOT a string",
+            },
+        },
+    }
+]
+HINT_REWRITES = {
+    "tool hints, then the roles folded as the original did": (
+        {"messages": [{"role": "system", "content": "be brief"}, USER], "tools": SCHEMA_TOOLS},
+        {
+            "messages": [
+                {"role": "user", "content": f"[System Instruction]\nbe brief\n\n{INSTRUCTION}\n\nx"},
+            ],
+            "tools": HINTED_TOOLS,
+        },
+        "tool_hints,alternate_roles",
+    ),
+}
+# Each rewrite, and the model it goes to: "fx" for the fix-ups of a model without tools, "fy" and "fz" with.
 ALL_REWRITES = {
     **{name: ("fx", *case) for name, case in REWRITES.items()},
     **{name: ("fy", *case) for name, case in TOOL_REWRITES.items()},
+    **{name: ("fz", *case) for name, case in HINT_REWRITES.items()},
 }
 
 
@@ -331,7 +390,7 @@ def real_stack(tmp_path_factory, docker_engine):
             real_model(
                 "coder",
                 max_model_len=CONTEXT,
-                fixups=TOOL_FIXUPS,
+                fixups=[*TOOL_FIXUPS, "tool_hints", "alternate_roles"],
                 tools=True,
                 idle_timeout="1h",
                 # JSON without free whitespace: the random-weight model, given the choice, writes
@@ -491,17 +550,25 @@ CLOSED_TOOL = [
 
 def test_real_a_model_that_answers_in_text_is_asked_for_a_call_and_thinks_only_when_asked(real_stack):
     """force_tools: given tools and "auto", the engine answers in text (the tiny model writes no call);
-    through the gateway the request asks for a call, and vLLM's structured output makes it. thinking_off:
-    the prompt is the one of thinking off, unless the request switches thinking on itself."""
+    through the gateway the request asks for a call, and vLLM's structured output makes it. tool_hints:
+    the instruction reaches the prompt. thinking_off: the prompt is the one of thinking off, unless the
+    request switches thinking on itself."""
     # Through the gateway first: the request starts the model, and the replay after the start is rewritten.
     # ignore_eos off: the call ends where its grammar does, with the end of sequence.
     call_once = {"tools": CLOSED_TOOL, "tool_choice": "auto", "max_tokens": 64, "extra_body": {"ignore_eos": False}}
     reply, headers = ask(gateway(real_stack), model="coder", **call_once)
-    assert headers["x-waker-fixups"] == "force_tools,thinking_off"
+    assert headers["x-waker-fixups"] == "force_tools,tool_hints,alternate_roles,thinking_off"
     (call,) = reply.choices[0].message.tool_calls
     assert call.function.name == "lookup" and json.loads(call.function.arguments) == {}
     direct, _ = ask(engine(real_stack, "coder"), model="coder", **call_once)
     assert not direct.choices[0].message.tool_calls, direct
+    # tool_hints: the instruction reaches the prompt, folded into the first user turn (the template
+    # refuses a system role); the engine alone gets the user's turn only.
+    no_call = {"tools": CLOSED_TOOL, "tool_choice": "none"}
+    hinted, headers = ask(gateway(real_stack), model="coder", **no_call)
+    assert headers["x-waker-fixups"] == "tool_hints,alternate_roles,thinking_off"
+    plain, _ = ask(engine(real_stack, "coder"), model="coder", **no_call)
+    assert hinted.usage.prompt_tokens > plain.usage.prompt_tokens + 40, (hinted.usage, plain.usage)
 
     def prompt_tokens(client, **extra) -> int:
         return ask(client, model="coder", **extra)[0].usage.prompt_tokens

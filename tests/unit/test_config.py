@@ -234,6 +234,10 @@ BROKEN = [
         '[[model]]\nid = "m"\nimage = "i"\nfixups = ["force_tools"]',
         ["model 'm'", '"force_tools"', "--tool-call-parser", "tools = true"],
     ),
+    (
+        '[[model]]\nid = "m"\nimage = "i"\nfixups = ["strip_tools", "tool_hints"]',
+        ["model 'm'", '"tool_hints" rewrites the tools that "strip_tools" removes'],
+    ),
 ]
 
 

@@ -18,6 +18,7 @@ class Fixup(StrEnum):
     MAX_TOKENS = "max_tokens"  # a max_tokens over the context is dropped: the engine uses what is left
     STRIP_TOOLS = "strip_tools"  # tool parameters dropped for a model served without tool calling
     FORCE_TOOLS = "force_tools"  # tool_choice "auto" (or none) becomes "required" until a tool has answered
+    TOOL_HINTS = "tool_hints"  # the original's Llama instruction: raw JSON arguments, no calls for greetings
     ALTERNATE_ROLES = "alternate_roles"  # system folded into the first user turn, same-role turns merged
     INCLUDE_USAGE = "include_usage"  # streams always end with a usage chunk
     THINKING = "thinking"  # reasoning_effort becomes the chat template's enable_thinking switch
@@ -82,6 +83,8 @@ def fixup_problems(model: FixupSubject) -> list[str]:
             '"strip_tools" removes tool calling from every request, so the model cannot also '
             "declare tools = true: drop one of them"
         )
+    if Fixup.TOOL_HINTS in model.fixups and Fixup.STRIP_TOOLS in model.fixups:
+        problems.append('"tool_hints" rewrites the tools that "strip_tools" removes: drop one of them')
     if Fixup.FORCE_TOOLS in model.fixups and not model.tools:
         problems.append(
             '"force_tools" asks the model for tool calls, which vLLM makes only with a tool parser: '
