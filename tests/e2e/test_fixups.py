@@ -583,3 +583,14 @@ def test_real_a_model_that_answers_in_text_is_asked_for_a_call_and_thinks_only_w
         prompt_tokens(gateway(real_stack), extra_body={"chat_template_kwargs": {"enable_thinking": True}})
         == thinking_on
     )
+
+
+def test_real_the_engine_joins_text_parts_itself_for_a_template_that_prints_a_string(real_stack):
+    """Why no fix-up flattens array content (the original's normalizeTextContent, for templates that
+    print message['content'] as a string): vLLM 0.32 sees what the template reads and joins the text
+    parts itself, so the same words as parts or as a string make the same prompt."""
+    ask(gateway(real_stack))  # the model runs
+    as_parts, _ = ask(engine(real_stack), messages=[{"role": "user", "content": [{"type": "text", "text": "hello"}]}])
+    as_string, _ = ask(engine(real_stack), messages=[{"role": "user", "content": "hello"}])
+    assert as_parts.usage.prompt_tokens == as_string.usage.prompt_tokens
+    assert as_parts.choices[0].message.content == as_string.choices[0].message.content
