@@ -234,20 +234,20 @@ class SocketProxy:
             return Call(method, f"{create.group(1)}?{query}", {"Content-Type": "application/json"}, spec)
         if kill := KILL.match(call):
             await self._check_gateway(kill.group(1))
-        elif (container := ON_CONTAINER.match(call)) and container.group(2) == "json":
+            return Call(method, target)
+        if container := ON_CONTAINER.match(call):
+            inspect = container.group(2) == "json"
             # The waker finds its gateway by the hostname its inspect shows; nothing else is read there.
-            await self._check_managed(container.group(1), or_gateway=True)
-            return Call(method, target, rewrite=without_environment)
-        elif container:
-            await self._check_managed(container.group(1))
-        elif NETWORK_CONNECT.match(call):
+            await self._check_managed(container.group(1), or_gateway=inspect)
+            return Call(method, target, rewrite=without_environment if inspect else None)
+        if NETWORK_CONNECT.match(call):
             connected = connected_container(body)
             await self._check_managed(connected)
             body = json.dumps({"Container": connected}).encode()
             return Call(method, target, {"Content-Type": "application/json"}, body)
-        elif LIST.match(call):
+        if LIST.match(call):
             return Call(method, target, rewrite=visible)
-        elif pull := IMAGE_PULL.match(call):
+        if pull := IMAGE_PULL.match(call):
             image = pulled_image(pull.group(1) or "")
             given = headers.get("X-Registry-Auth")
             return Call(method, target, {"X-Registry-Auth": given} if given else await self._credentials(image))
