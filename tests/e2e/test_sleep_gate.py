@@ -8,7 +8,6 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
-import signal
 import uuid
 from pathlib import Path
 
@@ -18,7 +17,7 @@ from aiohttp import web
 
 from tests.e2e.stack import free_port_range
 from waker.config.schema import parse_config
-from waker.nginx.process import _args, current_generation, wait_generation, write_files
+from waker.nginx.process import NginxProcess, current_generation
 
 pytestmark = pytest.mark.e2e
 
@@ -67,13 +66,11 @@ async def gate_scenario(runtime_dir: Path) -> None:
     model_app.router.add_route("*", "/{tail:.*}", stand_ins.model)
     waker_app.router.add_get("/_wake/{model}", stand_ins.wake)
     runners = [await stand_ins.serve(base + 2, model_app), await stand_ins.serve(base + 1, waker_app)]
-    rendered = write_files(config, asleep=frozenset({"tiny"}))
-    conf = runtime_dir / "nginx.conf"
-    nginx = await asyncio.create_subprocess_exec(
-        *_args(config, conf), stdout=asyncio.subprocess.DEVNULL, stderr=asyncio.subprocess.STDOUT
-    )
+    nginx = NginxProcess(config)
+    await nginx.start()
     try:
-        await wait_generation(config, rendered.generation)
+        await nginx.reload(config, asleep=frozenset({"tiny"}))
+        asleep_generation = await current_generation(config)
         body = {"model": "tiny", "prompt": "while asleep", "max_tokens": 1}
         async with aiohttp.ClientSession() as session:
             for url, path in (
@@ -88,16 +85,13 @@ async def gate_scenario(runtime_dir: Path) -> None:
                 assert stand_ins.model_requests[-1] == (path, json.dumps(body).encode())
             assert len(stand_ins.model_requests) == 2
 
-            awake = write_files(config)  # woken: the gate opens with a reload
-            nginx.send_signal(signal.SIGHUP)
-            await wait_generation(config, awake.generation)
-            assert awake.generation != rendered.generation and await current_generation(config) == awake.generation
+            await nginx.reload(config)  # woken: the gate opens with a reload
+            assert await current_generation(config) not in (None, asleep_generation)
             async with session.post(f"http://127.0.0.1:{base}/v1/completions", json=body) as response:
                 assert response.status == 200
             assert len(stand_ins.wakes) == 2 and len(stand_ins.model_requests) == 3  # straight to the model
     finally:
-        nginx.send_signal(signal.SIGQUIT)
-        await asyncio.wait_for(nginx.wait(), 20)
+        await nginx.stop()
         for runner in runners:
             await runner.cleanup()
 
