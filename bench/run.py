@@ -15,7 +15,17 @@ import sys
 import time
 from pathlib import Path
 
-from bench import fixups, footprint, hot_path, latency, loading_feedback, real_engine, sleep_swap, streaming
+from bench import (
+    fixups,
+    footprint,
+    hot_path,
+    latency,
+    loading_feedback,
+    memory_guard,
+    real_engine,
+    sleep_swap,
+    streaming,
+)
 from bench.common import Section
 
 SCENARIOS = {
@@ -29,6 +39,7 @@ SCENARIOS = {
     "scale": lambda a: footprint.scale(a.quick),
     "fixups": lambda a: fixups.run(a.quick),
     "feedback": lambda a: loading_feedback.run(a.quick),
+    "guard": lambda a: memory_guard.run(a.quick),
     "real-cold": lambda a: real_engine.cold_start(a.quick),
     "real-swap": lambda a: real_engine.swap(a.quick),
 }

@@ -39,6 +39,8 @@ def test_dashboard_starts_shows_logs_and_stops_a_model(make_stack, page, tmp_pat
     expect(alpha.locator(".progress")).to_be_visible()
     expect(alpha).to_have_attribute("data-state", "ready", timeout=15000)
     expect(page.locator("#budget")).to_have_text("0.50 / 1.00")
+    # The memory the guard watches, with the default floor of 2 GiB.
+    expect(page.locator("#memory")).to_have_text(re.compile(r"^memory: \d+\.\d GiB available of \d+\.\d, floor 2\.0$"))
     page.screenshot(path=str(tmp_path / "ready.png"))
 
     alpha.locator("button[data-action='logs']").click()

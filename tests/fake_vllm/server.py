@@ -31,6 +31,7 @@ import json
 import os
 import signal
 import sys
+import threading
 import time
 import uuid
 
@@ -79,6 +80,9 @@ def parse_args(argv):
     parser.add_argument(
         "--on-sigterm", choices=("abort", "error", "hang"), default=os.environ.get("FAKE_ON_SIGTERM", "abort")
     )
+    # Fake-only: MiB of memory taken (allocated and written) during the load, as a GPU engine's
+    # weights, KV cache and compile heaps take a unified-memory machine's memory, and held while serving.
+    parser.add_argument("--load-memory", type=int, default=int(os.environ.get("FAKE_LOAD_MEMORY_MIB", "0")))
     parser.add_argument("--gpu-memory-utilization", type=float, default=0.0)
     parser.add_argument("--sleep-memory", type=float, default=None)  # fake-only; default: nothing freed
     parser.add_argument("--wake-delay", type=float, default=float(os.environ.get("FAKE_WAKE_DELAY", "0")))
@@ -825,9 +829,26 @@ def loading_log(args):
     return lines
 
 
+HELD = []  # the memory --load-memory took, held for the life of the process
+
+MEMORY_CHUNK_MIB = 16
+
+
+def take_memory(mib, started, first, last):
+    """Takes `mib` MiB evenly from `first` to `last` seconds after `started`, every page written so
+    that it is resident (a zeroed allocation would not be)."""
+    chunks = max(1, mib // MEMORY_CHUNK_MIB)
+    for index in range(chunks):
+        time.sleep(max(0.0, started + first + (last - first) * index / chunks - time.monotonic()))
+        HELD.append(b"\x01" * (MEMORY_CHUNK_MIB << 20))
+
+
 def load(args):
     """Prints the loading lines at their times; the interpreter's own start counts, as vLLM's imports do."""
     started = time.monotonic() - process_age()
+    if args.load_memory > 0:  # weights and KV cache come in from a fifth of the load to nine tenths
+        window = (0.2 * args.load_delay, 0.9 * args.load_delay)
+        threading.Thread(target=take_memory, args=(args.load_memory, started, *window), daemon=True).start()
     for fraction, line in loading_log(args):
         time.sleep(max(0.0, started + fraction * args.load_delay - time.monotonic()))
         if args.fail == "exit_during_load" and fraction >= 0.5:

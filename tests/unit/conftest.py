@@ -55,15 +55,17 @@ async def api(aiohttp_client):
     """The waker's one HTTP application over the real shell with a fake driver and clock, served on a
     loopback port: `await api(*models, ...)` answers (shell, client). `config` stands for the one made of
     `models` (a file that a reload or the CLI reads too), `port` is where to serve (the config's), `hosts`
-    a driver for each of the config's [[host]] entries."""
+    a driver for each of the config's [[host]] entries, `memory` this machine's memory for the guard."""
 
-    async def make(*models, gateway=None, sleep_mode=False, config=None, port=None, hosts=None, **scheduler):
+    async def make(
+        *models, gateway=None, sleep_mode=False, config=None, port=None, hosts=None, memory=None, **scheduler
+    ):
         config = config or make_config(*models, **scheduler)
         if gateway:
             config = replace(config, gateway=replace(config.gateway, **gateway))
         driver = FakeDriver()
         nginx = FakeNginx(driver) if sleep_mode else None
-        shell = await open_shell(config, driver, nginx=nginx, router=nginx, hosts=hosts)
+        shell = await open_shell(config, driver, nginx=nginx, router=nginx, hosts=hosts, memory=memory)
         counters = Counters()
         shell.supervisor.bus.add_sink(counters.observe)
         app = build_app(shell.supervisor, shell.control, counters)

@@ -17,6 +17,7 @@ from waker.core.driver import ContainerEvent
 from waker.core.events import WakerEvent
 from waker.core.image_pull import PullProgress
 from waker.core.lifecycle import State
+from waker.core.memory import HostMemory
 from waker.errors import DriverError, NginxError, SleepModeError, SleepStep, StartError
 from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet, PairFactory
@@ -134,8 +135,8 @@ class FakeDriver:
         self.calls.append(("adopt", model.id, container_id))
         await self._come_up(model, container_id, died)
 
-    async def down(self, model: ModelConfig, container_id: str | None) -> None:
-        self.calls.append(("down", model.id, container_id))
+    async def down(self, model: ModelConfig, container_id: str | None, grace: float | None = None) -> None:
+        self.calls.append(("down", model.id, container_id) if grace is None else ("kill", model.id, container_id))
         if self.down_failures:
             self.down_failures -= 1
             raise DriverError("the Docker engine refused the stop")
@@ -326,15 +327,16 @@ async def open_shell(
     router: Any = None,
     hosts: dict[str, FakeDriver] | None = None,
     pair: PairFactory | None = None,
+    memory: Callable[[], HostMemory] | None = None,
 ) -> Shell:
     """The shell over fakes; `router` (a FakeNginx, usually the same as `nginx`) turns sleep mode on.
     `hosts`: a driver per `[[host]]` of `config` (then `driver` is the first); `pair`: the driver of a
-    model over two of them, from (head, worker)."""
+    model over two of them, from (head, worker); `memory`: this machine's memory, for the guard."""
     bus, events = EventBus(), list[WakerEvent]()
     bus.add_sink(events.append)
     drivers: dict[str, FakeDriver] = hosts or {IMPLICIT_HOST: driver or FakeDriver()}
     clock = FakeClock()
-    supervisor = Supervisor(config, Fleet(drivers, pair), bus, clock, router)
+    supervisor = Supervisor(config, Fleet(drivers, pair), bus, clock, router, memory)
     await supervisor.open()
     await until(lambda: supervisor.hosts.settled and not supervisor.hosts.down(), "the first sync with each driver")
     return Shell(supervisor, ManualControl(supervisor, nginx), next(iter(drivers.values())), clock, events)

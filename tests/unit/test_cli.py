@@ -21,6 +21,7 @@ from tests.unit.test_supervisor_hosts import two_hosts
 from waker.cli.main import main
 from waker.config.schema import load_config
 from waker.core.image_pull import PullProgress
+from waker.core.memory import HostMemory
 from waker.errors import StartError
 
 TOKEN = "admin-s3cret"
@@ -208,6 +209,15 @@ async def test_status_over_several_hosts_shows_where_each_model_runs(api, capsys
         host one: GPU 0.6 of 1 (a), connected
         host two: GPU 0 of 1 (nothing), DOWN: ssh: connect to host two port 22: No route to host
         """
+    )
+
+
+async def test_status_shows_the_memory_the_guard_watches(api, capsys):
+    memory = HostMemory(total=121 * 2**30, available=int(40.5 * 2**30), free=2**30, swap_free=0)
+    shell, client = await api({"id": "a"}, memory=lambda: memory, memory_floor="8GiB")
+    code, out, err = await waker(capsys, "status", "--url", url_of(client), "--token", "none-needed")
+    assert (code, err) == (0, "") and out.endswith(
+        "queue: 0   docker: connected\nmemory: 40.5 GiB available of 121.0, floor 8.0\n"
     )
 
 

@@ -218,6 +218,12 @@ def status(client: Client, args: argparse.Namespace) -> int:
     # The line a waiting stream and the dashboard show, for each model queued or loading.
     progress = "".join(f"\n{m['id']}: {m['progress']['text']}" for m in data["models"] if m.get("progress"))
     footer = f"{progress}\nqueue: {data['queue_length']}   docker: {data['docker']}"
+    for host in data["hosts"]:
+        if memory := host.get("memory"):
+            footer += (
+                f"\nmemory{'' if not several else ' on ' + host['name']}: {memory['available_bytes'] / 2**30:.1f} GiB "
+                f"available of {memory['total_bytes'] / 2**30:.1f}, floor {memory['floor_bytes'] / 2**30:.1f}"
+            )
     for host in data["hosts"] if several else ():
         state = "connected" if host["connected"] else f"DOWN: {host['error']}"
         footer += (

@@ -168,6 +168,8 @@ def resolved_config(config: Config) -> dict:
             entry["entrypoint"] = list(m.entrypoint)
         if m.shm_size:
             entry["shm_size"] = format_size(m.shm_size)
+        if m.memory:
+            entry["memory"] = format_size(m.memory)
         if m.gpu_memory:  # 0 means "no GPU budget", which the file expresses by leaving it out
             entry["gpu_memory"] = m.gpu_memory
         if m.context_length:
@@ -222,6 +224,7 @@ def resolved_config(config: Config) -> dict:
             "sleep_timeout": format_duration(s.sleep_timeout),
             "wake_timeout": format_duration(s.wake_timeout),
             "max_wake_failures": s.max_wake_failures,
+            "memory_floor": format_size(s.memory_floor) if s.memory_floor else 0,
         },
         **({"host": [_host_entry(h) for h in config.hosts]} if config.hosts else {}),
         "model": models,

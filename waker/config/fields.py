@@ -13,7 +13,7 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any, TypeVar
 
-from waker.config.units import parse_duration
+from waker.config.units import parse_duration, parse_size
 
 MODEL_ID = re.compile(r"[A-Za-z0-9._:-]{1,128}")
 
@@ -238,6 +238,13 @@ def capacity(value: Any) -> float:
     if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
         raise ValueError(f"expected a positive number (1.0 = the whole GPU), got {value!r}")
     return float(value)
+
+
+def memory_floor(value: Any) -> int:
+    """A size of memory to keep free ("8GiB", "512MiB", bytes), or 0: no floor."""
+    if value == 0 and not isinstance(value, bool) or value == "0":
+        return 0
+    return parse_size(value)
 
 
 def source(value: Any) -> Source:

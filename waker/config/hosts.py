@@ -104,6 +104,16 @@ def local_host(hosts: tuple[HostConfig, ...]) -> HostConfig:
     return next((h for h in hosts if h.docker.scheme in (DockerScheme.UNIX, DockerScheme.AS_GIVEN)), hosts[0])
 
 
+def memory_host(hosts: tuple[HostConfig, ...]) -> str | None:
+    """The host whose engine runs on this machine, whose memory is this machine's /proc/meminfo; None
+    where every engine is remote."""
+    for host in hosts:
+        scheme, url = host.docker.scheme, host.docker.url
+        if scheme is DockerScheme.UNIX or (scheme is DockerScheme.AS_GIVEN and (not url or url.startswith("unix://"))):
+            return host.name
+    return None
+
+
 def host_name(value: Any) -> str:
     text = fields.string(value)
     if not re.fullmatch(r"[a-z0-9][a-z0-9_.-]{0,62}", text):

@@ -134,6 +134,7 @@ class SchedulerConfig:
     sleep_timeout: float  # the default of the models' own: asleep this long, a model is stopped
     wake_timeout: float
     max_wake_failures: int  # a model whose wake failed this many times in a row is stopped, not slept
+    memory_floor: int  # bytes of host memory kept available: below it the memory guard stops a model; 0: off
 
 
 @dataclass(frozen=True, slots=True)
@@ -178,6 +179,7 @@ class ModelConfig:
     hosts: int = 1  # 2 = tensor-parallel over two hosts on Ray
     ray: config_ray.RayConfig = config_ray.RayConfig()  # for hosts = 2: the Ray port and the worker's command
     loading_feedback: LoadingFeedback = LoadingFeedback.REASONING
+    memory: int = 0  # bytes of host memory it takes when loaded (weights, KV cache, heaps); 0: not declared
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -333,6 +335,7 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         sleep_timeout=scheduler.get("sleep_timeout", parse_duration, "1h"),
         wake_timeout=scheduler.get("wake_timeout", fields.positive_duration, "2m"),
         max_wake_failures=scheduler.get("max_wake_failures", fields.positive_int, 2),
+        memory_floor=scheduler.get("memory_floor", fields.memory_floor, "2GiB"),
     )
     for table in (gateway, waker, scheduler):
         table.reject_unknown()
@@ -383,6 +386,7 @@ _MODEL_KEYS = {
     "gpus",
     "gpu_memory",
     "shm_size",
+    "memory",
     "ulimits",
     "host_port",
     "context_length",
@@ -450,6 +454,7 @@ def _parse_model(
         gpus=model.get("gpus", fields.gpus, ""),
         gpu_memory=gpu_memory,
         shm_size=model.get("shm_size", parse_size),
+        memory=model.get("memory", parse_size, 0),
         ulimits=tuple(sorted(model.get("ulimits", fields.ulimits, {}).items())),
         host_port=host_port,
         address=_model_address(index, host_port, port, waker, f"{path}: model '{label}'", problems),

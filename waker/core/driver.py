@@ -51,9 +51,10 @@ class Driver(Protocol):
     async def adopt(self, model: ModelConfig, container_id: str, deadline: float, died: asyncio.Event) -> None:
         """Waits until a container found running (a waker restart, a start by hand) is healthy."""
 
-    async def down(self, model: ModelConfig, container_id: str | None) -> None:
-        """Stops the model's container (found by its labels when the id is not known); returns once
-        it has exited. Raises `DriverError` when the engine refuses (the shell retries)."""
+    async def down(self, model: ModelConfig, container_id: str | None, grace: float | None = None) -> None:
+        """Stops the model's container (found by its labels when the id is not known), killing it after
+        `grace` seconds (None: the model's stop_timeout; 0: at once); returns once it has exited.
+        Raises `DriverError` when the engine refuses (the shell retries)."""
 
     async def healthy(self, model: ModelConfig) -> bool: ...
 

@@ -39,6 +39,7 @@ class EventKind(StrEnum):
     CONFIG_RELOADED = "config_reloaded"
     HOST_LOST = "host_lost"
     HOST_BACK = "host_back"
+    MEMORY_GUARD = "memory_guard"
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,6 +88,18 @@ class ModelExited(WakerEvent):
 class ModelOom(WakerEvent):
     kind = EventKind.MODEL_OOM
     model: str
+
+
+@dataclass(frozen=True, slots=True)
+class MemoryGuardTripped(WakerEvent):
+    """The host's available memory fell below the floor: the guard stopped `model` (it was `state`)."""
+
+    kind = EventKind.MEMORY_GUARD
+    model: str
+    state: State
+    available_bytes: int
+    total_bytes: int
+    floor_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

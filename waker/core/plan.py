@@ -12,12 +12,28 @@ from waker.core.lifecycle import Event, SleepReason, State, StopReason, next_sta
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryView:
+    """A host's memory as the scheduler weighs a start against it: what is available now (bytes), the
+    floor kept free, and whether memory a stop freed is still on its way back."""
+
+    available: int
+    total: int
+    floor: int
+    releasing: bool = False
+
+    @property
+    def headroom(self) -> int:
+        return self.available - self.floor
+
+
+@dataclass(frozen=True, slots=True)
 class HostBudget:
     """One host's share of the GPU, and whether its engine answers (a host that does not takes no start)."""
 
     name: str
     capacity: float
     up: bool = True
+    memory: MemoryView | None = None  # None: not measured (a remote host)
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +57,7 @@ class Slot:
 
     id: str
     gpu_memory: float = 0.0
+    memory: int = 0  # bytes of host memory it is expected to take (declared); 0: not known
     exclusive: bool = False
     keep_warm: bool = False
     pinned: bool = False

@@ -17,15 +17,22 @@ Rules, in the order they apply:
    sleep, then the sleep-capable ones, least recently used first and `keep_warm` models last in each
    group, keeping only the steps needed. Models with requests in flight, pinned models and models
    starting or waking are never touched. The start waits until those models are asleep or exited.
-4. When room cannot be made, the request waits (`on_busy = "queue"`) or is refused with 429 and a
+4. A start or wake also needs the host's memory (measured where it is this machine's): what is
+   available must stay above the floor once the model has taken what it declares (`memory`; what
+   a wake takes back is that share of it). Short of memory, the least recently used idle model is
+   stopped (one at a time: memory is measured again once its container has exited); with none idle,
+   the request waits for the busy ones as for room (or is refused, per `on_busy`); with none of
+   ours on the host, it is refused with 503 `insufficient_memory` and the figures. Nothing starts
+   while memory a stop freed is still on its way back.
+5. When room cannot be made, the request waits (`on_busy = "queue"`) or is refused with 429 and a
    Retry-After estimated from the holders' state (`on_busy = "reject"`).
-5. With no one waiting for room, `keep_warm` models that are down are started again when they fit.
+6. With no one waiting for room, `keep_warm` models that are down are started again when they fit.
    A keep_warm model stopped by hand stays down until a request or a manual start asks for it.
-6. Ready models idle for `idle_timeout` (counted from the end of their last request, never before
+7. Ready models idle for `idle_timeout` (counted from the end of their last request, never before
    `min_uptime`) are put to sleep if they can, else stopped; `keep_warm`, pinned and
    `idle_timeout = 0` models never are. A model can sleep when its `sleep_level` is 1 or 2 and fewer
    than `max_wake_failures` wakes in a row have failed.
-7. A model asleep for its `sleep_timeout` is stopped, unless requests wait for it, or it is keep_warm
+8. A model asleep for its `sleep_timeout` is stopped, unless requests wait for it, or it is keep_warm
    or pinned. One start or wake at a time, as for starts: a wake takes back memory a start would size
    itself from.
 
@@ -44,11 +51,13 @@ from dataclasses import dataclass, field, replace
 
 from waker.config.schema import OnBusy
 from waker.core.lifecycle import SleepReason, State, StopReason
+from waker.core.memory import gib
 from waker.core.placement import HostView, Need, Unplaceable, place
 from waker.core.plan import (
     Action,
     Grant,
     Holder,
+    MemoryView,
     Plan,
     Policy,
     Refuse,
@@ -153,6 +162,25 @@ def fits(candidate: Slot, staying: list[Slot], capacity: float) -> bool:
     if others and (candidate.exclusive or any(s.exclusive for s in others)):
         return False
     return sum(held(s) for s in others) + candidate.gpu_memory <= capacity + EPSILON
+
+
+def memory_need(slot: Slot) -> int:
+    """The host memory `slot` takes to come up: all it declares, or for a wake what sleeping gave back."""
+    if slot.state is State.SLEEPING and slot.gpu_memory > 0:
+        return round(slot.memory * max(0.0, slot.gpu_memory - slot.sleep_memory) / slot.gpu_memory)
+    return slot.memory
+
+
+def memory_short(candidate: Slot, hosts: tuple[str, ...], policy: Policy) -> tuple[str, MemoryView] | None:
+    """The first of `hosts` where `candidate` coming up would take available memory below the floor
+    (or where memory a stop freed is still on its way back), with its memory; None if it fits, or
+    where no floor is kept."""
+    need = memory_need(candidate)
+    for budget in policy.budgets:
+        view = budget.memory
+        if budget.name in hosts and view is not None and view.floor > 0 and (view.releasing or view.headroom < need):
+            return budget.name, view
+    return None
 
 
 def can_sleep(slot: Slot, policy: Policy) -> bool:
@@ -356,10 +384,14 @@ def _start_for_waiters(p: _Planner, waiting: list[Waiter]) -> bool:
             continue
         occupying = p.on(hosts)
         if fits_on(slot, hosts, p.slots, p.policy):
-            if slot.state is State.SLEEPING:
-                p.wake(slot)
-            else:
-                p.start(slot, hosts)
+            short = memory_short(slot, hosts, p.policy)
+            if short is None:
+                if slot.state is State.SLEEPING:
+                    p.wake(slot)
+                else:
+                    p.start(slot, hosts)
+            elif _make_memory(p, slot, waiters, *short):
+                hold(hosts)  # it waits for memory; the models queued after it on the host wait too
             continue
         hold(hosts)
         if any(s.state is State.FALLING_ASLEEP for s in occupying):
@@ -381,6 +413,36 @@ def _start_for_waiters(p: _Planner, waiting: list[Waiter]) -> bool:
     return bool(held_back)
 
 
+def _make_memory(p: _Planner, slot: Slot, waiters: list[Waiter], host: str, memory: MemoryView) -> bool:
+    """Frees memory on `host` for `slot`; False if its waiters were refused instead."""
+    there = [s for s in p.on((host,)) if s.id != slot.id]
+    if memory.releasing or any(s.state in GOING_DOWN for s in there):
+        return True  # memory on its way back: measured again once it is back
+    idle = sorted((s for s in there if evictable(s)), key=lambda s: (s.keep_warm, s.last_active))
+    if idle:
+        p.stop(idle[0], StopReason.EVICTED, slot.id)
+        return True
+    if not there:
+        need = memory_need(slot)
+        message = (
+            f"model {slot.id!r} cannot start: host '{host}' has {gib(memory.available)} of memory available "
+            f"(of {gib(memory.total)}), the floor kept free is {gib(memory.floor)} ([scheduler] memory_floor) "
+            + (f"and the model declares {gib(need)} (its `memory`)" if need else "and nothing is left above it")
+            + ". None of the waker's models run there: other programs or the page cache hold that memory. "
+            "Stop what you do not need (or drop clean caches: `sync; echo 3 > /proc/sys/vm/drop_caches`), "
+            "or lower the floor or the model's `memory` if they are wrong"
+        )
+        p.actions += [Refuse(w.id, 503, "insufficient_memory", message) for w in waiters]
+        return False
+    if p.policy.on_busy is OnBusy.REJECT:
+        holders = holders_of(slot, there, p.now)
+        p.actions += [_busy_refusal(w, slot, holders, "now: the host's memory is short") for w in waiters]
+        return False
+    for waiter in waiters:
+        p.later(waiter.since + p.policy.queue_timeout)
+    return True
+
+
 def _restore_keep_warm(p: _Planner) -> None:
     for slot in sorted(p.slots.values(), key=lambda s: s.id):
         if not slot.keep_warm or slot.suspended or slot.state not in (State.STOPPED, State.FAILED, State.SLEEPING):
@@ -389,7 +451,11 @@ def _restore_keep_warm(p: _Planner) -> None:
             p.later(slot.retry_at)
             continue
         hosts = where(slot, p.slots, p.policy)
-        if not isinstance(hosts, Unplaceable) and fits_on(slot, hosts, p.slots, p.policy):
+        if (
+            not isinstance(hosts, Unplaceable)
+            and fits_on(slot, hosts, p.slots, p.policy)
+            and memory_short(slot, hosts, p.policy) is None
+        ):
             if slot.state is State.SLEEPING:  # put to sleep for another model's room, which is back
                 p.wake(slot)
             else:

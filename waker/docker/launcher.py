@@ -316,14 +316,14 @@ class Launcher:
             report["error"] = str(exc)
         return report
 
-    async def down(self, model: ModelConfig, container_id: str | None) -> None:
+    async def down(self, model: ModelConfig, container_id: str | None, grace: float | None = None) -> None:
         """Stops the container; returns once it has exited (Docker's stop waits for the exit)."""
         if container_id is None:
             info = await self.runtime.find(model.id)
             if info is None:
                 return
             container_id = info.id
-        await self.runtime.stop(container_id, model.stop_timeout)
+        await self.runtime.stop(container_id, model.stop_timeout if grace is None else grace)
 
 
 @dataclass(frozen=True, slots=True)

@@ -100,14 +100,14 @@ class RayPair:
             model, deadline, died, _Watch(self, model, {RayNode.HEAD: container_id, RayNode.WORKER: worker.id})
         )
 
-    async def down(self, model: ModelConfig, container_id: str | None) -> None:
+    async def down(self, model: ModelConfig, container_id: str | None, grace: float | None = None) -> None:
         """Stops the head (the server), then the worker, even when the head's engine refused."""
         try:
-            await self.head.down(model, container_id)
+            await self.head.down(model, container_id, grace)
         finally:
             worker = await self._find(model.id, RayNode.WORKER)
             if worker is not None:
-                await self.worker.runtime.stop(worker.id, model.stop_timeout)
+                await self.worker.runtime.stop(worker.id, model.stop_timeout if grace is None else grace)
 
     async def _stop_quietly(self, model: ModelConfig) -> None:
         """A failed start's clean-up: the failure is the news, an engine refusing the stop is logged."""

@@ -143,7 +143,7 @@ async def list_models(request: web.Request) -> web.Response:
             "queue_length": len(supervisor.waiting),
             "docker": supervisor.docker_error or "connected",
             "gpu_capacity": supervisor.policy.capacity,
-            "hosts": [asdict(status) for status in supervisor.hosts.status(slots, supervisor.policy)],
+            "hosts": [asdict(status) for status in supervisor.hosts.status(slots, supervisor.policy_now())],
             "gpu": [asdict(reading) for reading in request.app[CONTEXT].gpu.read()],
         }
     )

@@ -7,6 +7,7 @@ from __future__ import annotations
 from collections import defaultdict
 
 from waker.core.events import (
+    MemoryGuardTripped,
     ModelAsleep,
     ModelAwake,
     ModelExited,
@@ -38,6 +39,7 @@ class Counters:
         self.wakes: dict[str, int] = defaultdict(int)
         self.wake_sum: dict[str, float] = defaultdict(float)
         self.wake_failures: dict[str, int] = defaultdict(int)
+        self.guard_stops: dict[str, int] = defaultdict(int)
 
     def observe(self, event: WakerEvent) -> None:
         match event:
@@ -62,11 +64,18 @@ class Counters:
                 self.wake_sum[model] += seconds
             case WakeFailed(model=model):
                 self.wake_failures[model] += 1
+            case MemoryGuardTripped(model=model):
+                self.guard_stops[model] += 1
 
 
 def _labels(**labels: str) -> str:
     inner = ",".join(f'{k}="{_escape(str(v))}"' for k, v in labels.items())
     return "{" + inner + "}" if inner else ""
+
+
+def _number(value: float) -> str:
+    """Exact: a byte count keeps every digit (`:g` would round 22346620928 to 2.23466e+10)."""
+    return str(int(value)) if float(value).is_integer() else repr(float(value))
 
 
 def _escape(value: str) -> str:
@@ -79,10 +88,10 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
     def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
         out.append(f"# HELP {name} {help_text}")
         out.append(f"# TYPE {name} {kind}")
-        out.extend(f"{name}{_labels(**labels)} {value:g}" for labels, value in samples)
+        out.extend(f"{name}{_labels(**labels)} {_number(value)}" for labels, value in samples)
 
     slots = supervisor.current_slots()
-    hosts = supervisor.hosts.status(slots, supervisor.policy)
+    hosts = supervisor.hosts.status(slots, supervisor.policy_now())
     models = [m.id for m in supervisor.config.models]
     metric(
         "waker_model_state",
@@ -190,6 +199,28 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
         "gauge",
         "What the models occupying each host hold of its gpu_capacity.",
         [({"host": h.name}, h.gpu_used) for h in hosts],
+    )
+    measured = [(h.name, h.memory) for h in hosts if h.memory is not None]
+    if measured:
+        for name, help_text, field in (
+            ("waker_host_memory_total_bytes", "Each measured host's memory (MemTotal).", "total_bytes"),
+            (
+                "waker_host_memory_available_bytes",
+                "Each measured host's available memory (MemAvailable).",
+                "available_bytes",
+            ),
+            (
+                "waker_host_memory_floor_bytes",
+                "The memory the guard keeps available ([scheduler] memory_floor).",
+                "floor_bytes",
+            ),
+        ):
+            metric(name, "gauge", help_text, [({"host": host}, getattr(memory, field)) for host, memory in measured])
+    metric(
+        "waker_memory_guard_stops_total",
+        "counter",
+        "Models the memory guard stopped because available memory fell below the floor.",
+        [({"model": model}, n) for model, n in sorted(counters.guard_stops.items())],
     )
     readings = gpu.read()
     if readings:

@@ -27,6 +27,15 @@ SETTLE_SECONDS = 10.0
 
 
 @dataclass(frozen=True, slots=True)
+class MemoryStatus:
+    """A host's memory, measured (this machine's only, for now) with the floor the guard keeps."""
+
+    total_bytes: int
+    available_bytes: int
+    floor_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
 class HostStatus:
     """One host as the admin API, the dashboard and the metrics show it."""
 
@@ -36,6 +45,7 @@ class HostStatus:
     connected: bool
     error: str | None  # why its engine does not answer
     models: tuple[str, ...]  # the models occupying it
+    memory: MemoryStatus | None = None  # None: not measured (a remote host)
 
 
 class Reports(Protocol):
@@ -89,7 +99,9 @@ class Hosts:
             error = self.errors.get(budget.name)
             used = round(sum(held(s) for s in there), 6)
             models = tuple(sorted(s.id for s in there))
-            result.append(HostStatus(budget.name, budget.capacity, used, error is None, error, models))
+            view = budget.memory
+            memory = MemoryStatus(view.total, view.available, view.floor) if view is not None else None
+            result.append(HostStatus(budget.name, budget.capacity, used, error is None, error, models, memory))
         return result
 
     def policy(self, policy: Policy) -> Policy:

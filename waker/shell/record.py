@@ -18,6 +18,7 @@ def with_limits(slot: Slot, model: ModelConfig, can_sleep: bool = True) -> Slot:
     return replace(
         slot,
         gpu_memory=model.gpu_memory,
+        memory=model.memory,
         exclusive=model.exclusive,
         keep_warm=model.keep_warm,
         idle_timeout=model.idle_timeout,

@@ -4,9 +4,11 @@ state, feeds it to `scheduler.decide` and the `incidents` rules, and carries out
 
 Inputs: wake requests from nginx (`acquire`), activity marks from nginx (`on_activity`), what each
 host's engine reports (`container_event`, `host_listed`, `host_lost`, through `shell.hosts`), manual
-control's commands, and timers that `decide` asks for. Nothing polls: at idle the waker sleeps. The
-world is reached only through what is passed in: a `Fleet` (a `Driver` per host), a `Clock` and an
-`EventBus`; sleep mode also needs a `Router`, nginx's gate: without one, no model sleeps.
+control's commands, timers that `decide` asks for, and the memory guard (`shell.memory_guard`), the
+one sampler: it reads this machine's memory and has a model stopped below the floor. The world is
+reached only through what is passed in: a `Fleet` (a `Driver` per host), a `Clock`, an `EventBus` and
+a reader of this machine's memory; sleep mode also needs a `Router`, nginx's gate: without one, no
+model sleeps.
 
 Every change of a model's state goes through `_write`, and every step of a side effect re-checks the
 model's state after each await: a container death, a manual stop or a reload may have changed it
@@ -16,7 +18,7 @@ meanwhile, and then the step has nothing left to do.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Coroutine, Mapping
+from collections.abc import Callable, Coroutine, Mapping
 from dataclasses import asdict, dataclass, replace
 from types import MappingProxyType
 from typing import Any
@@ -24,6 +26,7 @@ from typing import Any
 import structlog
 
 from waker.config.fields import Address
+from waker.config.hosts import memory_host
 from waker.config.ray import RayNode
 from waker.config.schema import Config, ModelConfig
 from waker.core import incidents
@@ -34,6 +37,7 @@ from waker.core.events import (
     HostBack,
     HostLost,
     IdleStopPostponed,
+    MemoryGuardTripped,
     ModelAsleep,
     ModelAwake,
     ModelBackoff,
@@ -54,6 +58,7 @@ from waker.core.events import (
 )
 from waker.core.incidents import GATED, Failure, IdleCheck
 from waker.core.lifecycle import Event, SleepReason, State, StopReason
+from waker.core.memory import HostMemory, Trip
 from waker.core.plan import Grant, HostBudget, Plan, Policy, Refuse, Sleep, Slot, Start, Stop, Wake
 from waker.core.reload import ConfigChange
 from waker.core.scheduler import decide, hosts_of
@@ -63,6 +68,7 @@ from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet
 from waker.shell.gate import Gate
 from waker.shell.hosts import Hosts
+from waker.shell.memory_guard import MemoryGuard
 from waker.shell.record import ModelRecord, with_limits
 from waker.shell.waiting_room import WaitingRoom
 
@@ -95,7 +101,15 @@ def policy_of(config: Config) -> Policy:
 
 
 class Supervisor:
-    def __init__(self, config: Config, fleet: Fleet, bus: EventBus, clock: Clock, router: Router | None = None) -> None:
+    def __init__(
+        self,
+        config: Config,
+        fleet: Fleet,
+        bus: EventBus,
+        clock: Clock,
+        router: Router | None = None,
+        memory: Callable[[], HostMemory] | None = None,
+    ) -> None:
         self.config = config
         self.fleet = fleet
         self.bus = bus
@@ -117,12 +131,20 @@ class Supervisor:
         self._timer: Timer | None = None
         self._reconcile_pending = False
         self._changed = asyncio.Condition()
+        self._guard_kills: set[str] = set()  # models the memory guard stopped, until their container exits
+        host = memory_host(config.placement_hosts)
+        # `memory` reads this machine's memory: it guards the host whose engine runs here.
+        self.guard = MemoryGuard(memory, clock, host, self._memory_floor) if memory and host is not None else None
 
     async def open(self) -> None:
         self.hosts.open(self)
+        if self.guard is not None:
+            self.guard.open(self)
 
     async def close(self) -> None:
         self.hosts.close()
+        if self.guard is not None:
+            await self.guard.close()
         if self._timer is not None:
             self._timer.cancel()
         for task in list(self._tasks):
@@ -156,6 +178,11 @@ class Supervisor:
                 mean_request_seconds=activity.mean_seconds,
             )
         return slots
+
+    @property
+    def releasing(self) -> frozenset[str]:
+        """The models whose memory is on its way back after the memory guard stopped them."""
+        return frozenset(self._guard_kills)
 
     def gated(self) -> frozenset[str]:
         """The models whose requests must go to the waker: those in sleep mode."""
@@ -237,13 +264,28 @@ class Supervisor:
         self._reconcile_pending = False
         if not self.hosts.settled:
             return  # until each host's driver has told us what runs, deciding would be guessing
-        plan = decide(self.current_slots(), self.waiting.waiting(), self.hosts.policy(self.policy), self.now())
+        plan = decide(self.current_slots(), self.waiting.waiting(), self.policy_now(), self.now())
         self._carry_out(plan)
         if self._timer is not None:
             self._timer.cancel()
             self._timer = None
         if plan.wake_at is not None:
             self._timer = self.clock.call_at(plan.wake_at, self.reconcile)
+
+    def policy_now(self) -> Policy:
+        """The policy with each host's engine as it is now, and this machine's memory read now."""
+        policy = self.hosts.policy(self.policy)
+        view = self.guard.view(self.releasing) if self.guard is not None else None
+        if view is None or self.guard is None:
+            return policy
+        host = self.guard.host
+        return replace(policy, hosts=tuple(replace(b, memory=view) if b.name == host else b for b in policy.budgets))
+
+    def _memory_floor(self) -> int:
+        return self.config.scheduler.memory_floor  # the config in force: a reload changes it
+
+    def has_waiters(self) -> bool:
+        return bool(self.waiting)
 
     def _reconcile_soon(self) -> None:
         if not self._reconcile_pending:
@@ -312,6 +354,34 @@ class Supervisor:
         self._write(model_id, replace(slot.moved(Event.STOP, self.now()), suspended=suspend), Event.STOP)
         self.spawn(self._run_stop(self._records[model_id].model, reason, for_model))
 
+    def memory_trip(self, trip: Trip, memory: HostMemory, floor: int) -> None:
+        """The memory guard's stop: the model fails (its waiters get the figures, the back-off counts
+        it as a failed run) and its container is killed at once, not stopped gracefully: the box
+        would hang before a graceful stop ended."""
+        record = self._records[trip.model]
+        state = record.slot.state
+        failure = incidents.failed_run(record.slot, trip.message, self.policy, self.now())
+        self._fail(trip.model, StartError(503, "memory_guard", trip.message), replace(failure, answer_waiters=True))
+        record.died.set()  # a start in progress stops waiting for its health
+        self.bus.publish(MemoryGuardTripped(trip.model, state, memory.available, memory.total, floor))
+        log.warning("memory_guard_stop", model=trip.model, state=state, available=memory.available, floor=floor)
+        self._guard_kills.add(trip.model)
+        self.spawn(self._guard_kill(record.model, record.container))
+        record.container = None
+
+    async def _guard_kill(self, model: ModelConfig, container_id: str | None) -> None:
+        try:
+            while True:
+                try:
+                    await self.driver_of(model.id).down(model, container_id, grace=0)
+                    return
+                except DriverError as exc:
+                    log.error("memory_guard_kill_failed", model=model.id, error=str(exc), retry_in=1)
+                    await self.clock.sleep(1)
+        finally:
+            self._guard_kills.discard(model.id)
+            self.reconcile()
+
     def put_to_sleep(self, model_id: str, reason: SleepReason) -> None:
         self._carry_out(Plan((Sleep(model_id, reason),)))
 
@@ -377,7 +447,8 @@ class Supervisor:
                 await self.driver_of(model.id).adopt(model, container_id, began + model.start_timeout, record.died)
                 asleep = await self._found_asleep(model)
         except StartError as exc:
-            self._fail(model.id, exc)
+            if self._still(model.id, State.STARTING):  # else the memory guard ended the start first
+                self._fail(model.id, exc)
         except asyncio.CancelledError:
             raise
         except Exception as exc:  # a bug must not leave the model stuck in "starting"
@@ -385,6 +456,8 @@ class Supervisor:
             message = f"model {model.id!r}: the waker failed while starting it ({exc!r}); its log has the details"
             self._fail(model.id, StartError(500, "internal_error", message))
         else:
+            if not self._still(model.id, State.STARTING):
+                return
             now = self.now()
             record.container = container_id
             # `failures` stays: a run only counts as good once it ends by our stop, not by a crash.

@@ -9,6 +9,8 @@ from pathlib import Path
 
 import structlog
 
+from waker.system.memory import MEMINFO, read_host_memory
+
 log = structlog.get_logger("waker.system.gpu")
 
 
@@ -20,13 +22,10 @@ class MemoryReading:
     source: str  # "nvml", or "system" where the device shares system memory
 
 
-def system_memory(meminfo: Path = Path("/proc/meminfo")) -> tuple[int, int]:
+def system_memory(meminfo: Path = MEMINFO) -> tuple[int, int]:
     """(used, total) bytes of system memory, as `free` counts them (total minus available)."""
-    values = {}
-    for line in meminfo.read_text().splitlines():
-        key, _, rest = line.partition(":")
-        values[key] = int(rest.split()[0]) * 1024
-    return values["MemTotal"] - values["MemAvailable"], values["MemTotal"]
+    memory = read_host_memory(meminfo)
+    return memory.total - memory.available, memory.total
 
 
 class GpuMemory:

@@ -1,0 +1,67 @@
+"""The memory guard with real memory: a model whose load takes this machine's memory below the floor
+is killed before it runs out (its client gets 503 `memory_guard` with the figures, the memory comes
+back), and a declared footprint that cannot fit is refused before any container is made. Floors are
+set from the memory available when the test begins, so they hold on any machine."""
+
+from __future__ import annotations
+
+import json
+
+import aiohttp
+import pytest
+
+from tests.e2e.stack import fake_model
+from tests.eventually import eventually
+from waker.system.memory import read_host_memory
+
+pytestmark = pytest.mark.e2e
+
+MIB, GIB = 1024**2, 1024**3
+
+
+async def complete(session, stack, model) -> tuple[int, dict]:
+    payload = json.dumps({"model": model, "prompt": "hi", "max_tokens": 1}).encode()
+    async with session.post(f"{stack.url}/v1/completions", data=payload) as response:
+        return response.status, await response.json(content_type=None)
+
+
+async def test_a_load_that_takes_memory_below_the_floor_is_killed_and_gives_it_back(make_stack):
+    available = read_host_memory().available
+    floor = available - 1536 * MIB  # the load takes 3 GiB: the floor is crossed half-way
+    hog = fake_model("hog", load_delay=20, extra=["--load-memory", "3072"])
+    stack = make_stack([hog], scheduler={"start_timeout": "60s", "memory_floor": floor, "max_start_failures": 3})
+    async with aiohttp.ClientSession() as session:
+        status, body = await complete(session, stack, "hog")
+        assert status == 503 and body["error"]["code"] == "memory_guard", body
+        message = body["error"]["message"]
+        assert "stopped by the memory guard while it started" in message and "memory_floor" in message
+        assert f"below the floor of {floor / GIB:.1f} GiB" in message
+        died = eventually(lambda: stack.docker_events("die"), 30, "the container's death", stack.log)
+        assert died[0]["Actor"]["Attributes"]["io.waker.model"] == "hog"
+        assert stack.docker_events("kill"), "killed at once, not stopped gracefully"
+        eventually(lambda: read_host_memory().available > floor + GIB, 30, "the memory given back", stack.log)
+
+        async with session.get(f"{stack.waker_url}/admin/models/hog") as response:
+            described = await response.json()
+        assert described["state"] == "failed" and "memory guard" in described["last_error"]
+        async with session.get(f"{stack.waker_url}/admin/models") as response:
+            (host,) = (await response.json())["hosts"]
+        assert host["memory"]["floor_bytes"] == floor and host["memory"]["total_bytes"] > host["memory"]["floor_bytes"]
+        async with session.get(f"{stack.waker_url}/metrics") as response:
+            metrics = await response.text()
+        assert 'waker_memory_guard_stops_total{model="hog"} 1' in metrics
+        assert "waker_host_memory_available_bytes" in metrics
+    lines = [json.loads(line) for line in stack.log().splitlines() if line.startswith("{")]
+    (stop,) = [line for line in lines if line["event"] == "memory_guard_stop"]
+    assert (stop["model"], stop["state"], stop["floor"], stop["level"]) == ("hog", "starting", floor, "warning")
+
+
+async def test_a_declared_footprint_that_cannot_fit_is_refused_before_any_container_is_made(make_stack):
+    available = read_host_memory().available
+    big = fake_model("big", memory=available + 10 * GIB)
+    stack = make_stack([big], scheduler={"start_timeout": "60s", "memory_floor": "1GiB"})
+    async with aiohttp.ClientSession() as session:
+        status, body = await complete(session, stack, "big")
+    assert status == 503 and body["error"]["code"] == "insufficient_memory", body
+    assert "None of the waker's models run there" in body["error"]["message"]
+    assert stack.docker_events("create") == [] and stack.containers() == []

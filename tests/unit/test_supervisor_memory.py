@@ -1,0 +1,170 @@
+"""The memory guard in the shell, over a fake driver, a fake clock and a scripted /proc/meminfo: what a
+model stopped by the guard answers, what it kills, what the back-off counts, and requests that wait
+for memory starting once it is back."""
+
+from __future__ import annotations
+
+import asyncio
+
+import pytest
+
+from tests.unit.shell_fakes import make_config, open_shell, until
+from waker.core.events import MemoryGuardTripped, ModelReady
+from waker.core.lifecycle import State
+from waker.core.memory import HostMemory
+from waker.errors import RequestRefused
+from waker.nginx.activity import Mark, MarkKind
+from waker.shell.memory_guard import BUSY_INTERVAL, REST_INTERVAL
+
+GIB = 1024**3
+
+
+class Meminfo:
+    """This machine's memory as the test sets it; counts its reads."""
+
+    def __init__(self, available_gib: float) -> None:
+        self.available = int(available_gib * GIB)
+        self.reads = 0
+
+    def __call__(self) -> HostMemory:
+        self.reads += 1
+        return HostMemory(total=24 * GIB, available=self.available, free=self.available // 2, swap_free=0)
+
+    def set(self, available_gib: float) -> None:
+        self.available = int(available_gib * GIB)
+
+
+def request_for(shell, model_id: str) -> asyncio.Task[None]:
+    return asyncio.ensure_future(shell.supervisor.acquire(shell.supervisor.config.model(model_id)))
+
+
+async def next_sample(shell, meminfo: Meminfo) -> float:
+    """Lets the guard take its next sample; returns how long after the last one that was."""
+    reads = meminfo.reads
+    await until(lambda: shell.clock.sleepers, "the guard waiting for its next sample")
+    interval = min(at for at, _ in shell.clock.sleepers) - shell.clock.now()
+    shell.clock.advance(interval)
+    await until(lambda: meminfo.reads > reads, "the guard's next sample")
+    return round(interval, 6)
+
+
+async def test_a_start_that_takes_memory_below_the_floor_is_killed_and_its_waiters_get_the_figures():
+    meminfo = Meminfo(12)
+    shell = await open_shell(make_config({"id": "a"}, memory_floor="4GiB", max_start_failures=3), memory=meminfo)
+    shell.driver.hold("a")
+    waiters = [request_for(shell, "a") for _ in range(2)]
+    await shell.reach("a", State.STARTING)
+    assert await next_sample(shell, meminfo) == REST_INTERVAL  # the wait begun before the start
+    meminfo.set(3.5)  # the engine's load grows past the floor
+    assert await next_sample(shell, meminfo) == BUSY_INTERVAL  # while a model starts, sampled often
+    results = await asyncio.gather(*waiters, return_exceptions=True)
+    for result in results:
+        assert isinstance(result, RequestRefused) and (result.status, result.code) == (503, "memory_guard")
+        assert "3.5 GiB available of 24.0 GiB, below the floor of 4.0 GiB" in result.message
+    slot = shell.supervisor.records["a"].slot
+    assert slot.state is State.FAILED and slot.failures == 1  # a failed run, as the back-off counts them
+    await until(lambda: ("kill", "a", None) in shell.driver.calls, "the container killed, not stopped")
+    (tripped,) = shell.kinds(MemoryGuardTripped)
+    assert (tripped.model, tripped.state, tripped.available_bytes, tripped.floor_bytes) == (
+        "a",
+        State.STARTING,
+        int(3.5 * GIB),
+        4 * GIB,
+    )
+
+
+async def test_an_idle_model_is_stopped_when_another_program_takes_the_memory_and_only_one():
+    meminfo = Meminfo(12)
+    config = make_config({"id": "a", "gpu_memory": 0.3}, {"id": "b", "gpu_memory": 0.3}, memory_floor="4GiB")
+    shell = await open_shell(config, memory=meminfo)
+    await request_for(shell, "a")
+    shell.clock.advance(5)
+    await request_for(shell, "b")
+    busy = Mark(MarkKind.BEGIN, "a", b"r1")
+    shell.supervisor.on_activity(busy)  # 'a' serves a request: 'b', idle, goes first
+    meminfo.set(2)
+    await next_sample(shell, meminfo)
+    assert [e.model for e in shell.kinds(MemoryGuardTripped)] == ["b"]
+    assert shell.supervisor.state("a") is State.READY
+    await until(lambda: not shell.supervisor.releasing, "the kill of 'b' done")
+    await next_sample(shell, meminfo)
+    assert [e.model for e in shell.kinds(MemoryGuardTripped)] == ["b", "a"]  # 'b' gone, still short: 'a' too
+
+
+async def test_a_request_waiting_for_memory_starts_once_memory_is_back():
+    meminfo = Meminfo(6)
+    config = make_config(
+        {"id": "busy", "gpu_memory": 0.3}, {"id": "big", "gpu_memory": 0.3, "memory": "4GiB"}, memory_floor="4GiB"
+    )
+    shell = await open_shell(config, memory=meminfo)
+    await request_for(shell, "busy")
+    shell.supervisor.on_activity(Mark(MarkKind.BEGIN, "busy", b"r1"))
+    waiter = request_for(shell, "big")
+    await until(lambda: len(shell.supervisor.waiting) == 1, "the request queued for memory")
+    assert shell.supervisor.state("big") is State.STOPPED and shell.driver.up_calls("big") == 0
+    meminfo.set(9)
+    assert await next_sample(shell, meminfo) == REST_INTERVAL  # the wait begun before the request
+    await waiter
+    assert shell.kinds(ModelReady, model="big")
+
+
+async def test_without_a_floor_there_is_no_guard():
+    meminfo = Meminfo(0.1)
+    shell = await open_shell(make_config({"id": "a"}, memory_floor=0), memory=meminfo)
+    await request_for(shell, "a")
+    await next_sample(shell, meminfo)
+    assert shell.supervisor.state("a") is State.READY and not shell.kinds(MemoryGuardTripped)
+    assert shell.supervisor.policy_now().budgets[0].memory.floor == 0  # measured, shown, not enforced
+
+
+@pytest.mark.parametrize(
+    ("value", "error"),
+    [("lots", "expected a size"), (-1, "must be positive"), (True, "expected a size")],
+)
+def test_a_bad_floor_says_what_a_floor_looks_like(value, error):
+    with pytest.raises(Exception, match=error):
+        make_config({"id": "a"}, memory_floor=value)
+
+
+async def test_the_metrics_and_the_admin_api_show_the_memory_and_the_guards_stops(api):
+    meminfo = Meminfo(12)
+    shell, client = await api({"id": "a"}, memory=meminfo, memory_floor="4GiB")
+    await request_for(shell, "a")
+    meminfo.set(3)
+    await next_sample(shell, meminfo)
+    await until(lambda: not shell.supervisor.releasing, "the guard's kill done")
+    text = await (await client.get("/metrics")).text()
+    assert 'waker_memory_guard_stops_total{model="a"} 1' in text
+    assert f'waker_host_memory_available_bytes{{host="local"}} {3 * GIB}' in text
+    assert f'waker_host_memory_floor_bytes{{host="local"}} {4 * GIB}' in text
+    listing = await (await client.get("/admin/models")).json()
+    assert listing["hosts"][0]["memory"] == {
+        "total_bytes": 24 * GIB,
+        "available_bytes": 3 * GIB,
+        "floor_bytes": 4 * GIB,
+    }
+
+
+async def test_a_kill_the_engine_refuses_is_tried_again_and_memory_that_cannot_be_read_stops_nothing():
+    meminfo = Meminfo(12)
+    shell = await open_shell(make_config({"id": "a"}, memory_floor="4GiB"), memory=meminfo)
+    await request_for(shell, "a")
+    shell.driver.down_failures = 1
+    meminfo.set(3)
+    await next_sample(shell, meminfo)
+    await until(lambda: shell.clock.sleepers and shell.supervisor.releasing, "the refused kill waiting to retry")
+    assert shell.supervisor.releasing == frozenset({"a"})
+    shell.clock.advance(1)
+    await until(lambda: not shell.supervisor.releasing, "the kill retried")
+    assert [c for c in shell.driver.calls if c[0] == "kill"] == [("kill", "a", "a-1")] * 2
+
+    def unreadable() -> HostMemory:
+        raise OSError("no /proc/meminfo")
+
+    shell.supervisor.guard.read = unreadable
+    assert shell.supervisor.policy_now().budgets[0].memory is None  # then nothing is admitted by memory
+    shell.clock.advance(BUSY_INTERVAL)
+    shell.clock.advance(REST_INTERVAL)
+    await asyncio.sleep(0)
+    await shell.supervisor.close()  # the guard's task ends with the supervisor
+    assert len(shell.kinds(MemoryGuardTripped)) == 1

@@ -1,0 +1,74 @@
+"""The memory guard's rules, pure. On a unified-memory machine (DGX Spark, GB10) the GPU, the OS, the
+page cache and every container share one pool, and when it runs out the box hangs or needs a hard reset
+instead of failing cleanly; the host's `MemAvailable` is the GPU's free memory. So the waker keeps a
+floor of it: below the floor, it stops one model before the box wedges (`victim`), and then waits for
+that memory to come back before it would stop another."""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from dataclasses import dataclass
+
+from waker.core.lifecycle import State
+from waker.core.plan import Slot
+
+RELEASING = (State.STOPPING, State.FALLING_ASLEEP)  # giving memory back already
+STOPPABLE = (State.STARTING, State.WAKING, State.READY, State.SLEEPING)
+
+
+@dataclass(frozen=True, slots=True)
+class HostMemory:
+    """One reading of a host's memory, in bytes, as /proc/meminfo gives it."""
+
+    total: int
+    available: int  # what can be had without swapping: free memory plus reclaimable caches
+    free: int  # not used at all: what is left once reclaimable caches are not counted
+    swap_free: int
+
+
+@dataclass(frozen=True, slots=True)
+class Trip:
+    """The floor crossed: the model the guard stops, and why, in words for its waiters and the log."""
+
+    model: str
+    message: str
+
+
+def victim(slots: Iterable[Slot], memory: HostMemory, floor: int, releasing: frozenset[str]) -> Trip | None:
+    """The model to stop because available memory fell below `floor`, or None (above the floor, no
+    floor, nothing to stop, or memory already on its way back: a model stopping or falling asleep, or
+    one the guard stopped, in `releasing`). The order: the model starting or waking (it is what grows),
+    then idle models, then busy ones, the most recently started first in each; a pinned model last."""
+    if floor <= 0 or memory.available >= floor:
+        return None
+    candidates = list(slots)
+    if releasing or any(s.state in RELEASING for s in candidates):
+        return None
+    stoppable = [s for s in candidates if s.state in STOPPABLE]
+    if not stoppable:
+        return None
+
+    def cost(slot: Slot) -> tuple[bool, bool, bool, float]:
+        coming_up = slot.state in (State.STARTING, State.WAKING)
+        busy = slot.in_flight > 0
+        began = slot.starting_since if coming_up else max(slot.ready_since, slot.starting_since)
+        return (slot.pinned, not coming_up, busy, -began)
+
+    chosen = min(stoppable, key=cost)
+    doing = {
+        State.STARTING: "while it started",
+        State.WAKING: "while it woke",
+        State.SLEEPING: "while asleep",
+    }.get(chosen.state, f"while serving ({chosen.in_flight} request(s) in flight)")
+    message = (
+        f"model {chosen.id!r} was stopped by the memory guard {doing}: the host had "
+        f"{gib(memory.available)} available of {gib(memory.total)}, below the floor of {gib(floor)} "
+        "([scheduler] memory_floor); the box shares this memory with the GPU and would hang if it ran out. "
+        "Free memory (stop other models or programs) or give the model less (--gpu-memory-utilization, "
+        "--max-model-len), then ask again"
+    )
+    return Trip(chosen.id, message)
+
+
+def gib(size: int) -> str:
+    return f"{size / 1024**3:.1f} GiB"
