@@ -13,11 +13,10 @@ from typing import Any, TypeVar
 from tests.eventually import eventually_async
 from waker.config.hosts import IMPLICIT_HOST
 from waker.config.schema import Config, ModelConfig, parse_config
-from waker.core.driver import ContainerEvent
+from waker.core.driver import ContainerEvent, Memory
 from waker.core.events import WakerEvent
 from waker.core.image_pull import PullProgress
 from waker.core.lifecycle import State
-from waker.core.memory import HostMemory
 from waker.errors import DriverError, NginxError, SleepModeError, SleepStep, StartError
 from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet, PairFactory
@@ -58,8 +57,13 @@ class FakeClock:
 
     async def sleep(self, seconds: float) -> None:
         done: asyncio.Future[None] = asyncio.get_running_loop().create_future()
-        self.sleepers.append((self.t + seconds, done))
-        await done
+        sleeper = (self.t + seconds, done)
+        self.sleepers.append(sleeper)
+        try:
+            await done
+        finally:  # a sleep given up (the memory guard's, when poked) waits no more
+            if sleeper in self.sleepers:
+                self.sleepers.remove(sleeper)
 
     def advance(self, seconds: float) -> None:
         self.t += seconds
@@ -69,7 +73,8 @@ class FakeClock:
             timer.callback()
         for at, done in [s for s in self.sleepers if s[0] <= self.t]:
             self.sleepers.remove((at, done))
-            done.set_result(None)
+            if not done.cancelled():  # given up, its task not yet resumed to take it off the list
+                done.set_result(None)
 
     def pending(self) -> list[float]:
         return sorted(t.at for t in self.timers if not t.cancelled)
@@ -327,7 +332,7 @@ async def open_shell(
     router: Any = None,
     hosts: dict[str, FakeDriver] | None = None,
     pair: PairFactory | None = None,
-    memory: Callable[[], HostMemory] | None = None,
+    memory: Memory | None = None,
 ) -> Shell:
     """The shell over fakes; `router` (a FakeNginx, usually the same as `nginx`) turns sleep mode on.
     `hosts`: a driver per `[[host]]` of `config` (then `driver` is the first); `pair`: the driver of a

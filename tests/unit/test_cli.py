@@ -9,6 +9,7 @@ import asyncio
 import json
 import textwrap
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
 from aiohttp import web
@@ -214,7 +215,8 @@ async def test_status_over_several_hosts_shows_where_each_model_runs(api, capsys
 
 async def test_status_shows_the_memory_the_guard_watches(api, capsys):
     memory = HostMemory(total=121 * 2**30, available=int(40.5 * 2**30), free=2**30, swap_free=0)
-    shell, client = await api({"id": "a"}, memory=lambda: memory, memory_floor="8GiB")
+    machine = SimpleNamespace(read=lambda: memory, learned=dict, remember=lambda footprints: None)
+    shell, client = await api({"id": "a"}, memory=machine, memory_floor="8GiB")
     code, out, err = await waker(capsys, "status", "--url", url_of(client), "--token", "none-needed")
     assert (code, err) == (0, "") and out.endswith(
         "queue: 0   docker: connected\nmemory: 40.5 GiB available of 121.0, floor 8.0\n"

@@ -11,7 +11,7 @@ from waker.core.lifecycle import State, StopReason
 from waker.core.memory import HostMemory, victim
 from waker.core.plan import HostBudget, MemoryView, Policy, Refuse, Slot, Start, Stop, Waiter, Wake
 from waker.core.scheduler import decide
-from waker.system.memory import parse_meminfo
+from waker.system.memory import ThisMachine, parse_meminfo
 
 GIB = 1024**3
 NOW = 1000.0
@@ -154,3 +154,16 @@ def test_a_keep_warm_model_is_not_restored_below_the_floor():
     state = {"warm": slot("warm", State.STOPPED, keep_warm=True, memory=10 * GIB)}
     assert decide(state, (), policy(12), NOW).actions == ()
     assert decide(state, (), policy(30), NOW).actions == (Start("warm", (IMPLICIT_HOST,)),)
+
+
+def test_footprints_are_kept_in_the_state_directory_and_a_bad_file_is_ignored(tmp_path):
+    machine = ThisMachine(tmp_path / "state")
+    assert machine.learned() == {}  # no file yet
+    machine.remember({"b": 2 * GIB, "a": GIB})
+    assert ThisMachine(tmp_path / "state").learned() == {"a": GIB, "b": 2 * GIB}
+    assert [p.name for p in (tmp_path / "state").iterdir()] == ["footprints.json"]  # no partial file left
+    (tmp_path / "state" / "footprints.json").write_text('{"a": -1, "b": "x", "c": 5, "d": true}')
+    assert machine.learned() == {"c": 5}
+    (tmp_path / "state" / "footprints.json").write_text("[1, 2")
+    assert machine.learned() == {}
+    assert machine.read().total > 0  # this machine's own /proc/meminfo

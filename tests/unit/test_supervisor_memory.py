@@ -20,15 +20,22 @@ GIB = 1024**3
 
 
 class Meminfo:
-    """This machine's memory as the test sets it; counts its reads."""
+    """This machine's memory as the test sets it (counting its reads), and the footprints kept."""
 
-    def __init__(self, available_gib: float) -> None:
+    def __init__(self, available_gib: float, learned: dict[str, int] | None = None) -> None:
         self.available = int(available_gib * GIB)
         self.reads = 0
+        self.kept = dict(learned or {})
 
-    def __call__(self) -> HostMemory:
+    def read(self) -> HostMemory:
         self.reads += 1
         return HostMemory(total=24 * GIB, available=self.available, free=self.available // 2, swap_free=0)
+
+    def learned(self) -> dict[str, int]:
+        return dict(self.kept)
+
+    def remember(self, footprints) -> None:
+        self.kept = dict(footprints)
 
     def set(self, available_gib: float) -> None:
         self.available = int(available_gib * GIB)
@@ -38,14 +45,22 @@ def request_for(shell, model_id: str) -> asyncio.Task[None]:
     return asyncio.ensure_future(shell.supervisor.acquire(shell.supervisor.config.model(model_id)))
 
 
-async def next_sample(shell, meminfo: Meminfo) -> float:
-    """Lets the guard take its next sample; returns how long after the last one that was."""
+def guard_waits(shell) -> list[float]:
+    """How long from now the guard's pending wait for its next sample ends (none while it samples)."""
+    return [round(at - shell.clock.now(), 6) for at, done in shell.clock.sleepers if not done.done()]
+
+
+async def next_sample(shell, meminfo: Meminfo, interval: float | None = None) -> None:
+    """Once the guard waits for its next sample (`interval` from now, if given), lets it take it."""
+
+    def waiting() -> bool:
+        waits = guard_waits(shell)
+        return len(waits) == 1 and (interval is None or waits[0] == interval)
+
+    await until(waiting, f"the guard waiting {interval or 'for its next sample'}")
     reads = meminfo.reads
-    await until(lambda: shell.clock.sleepers, "the guard waiting for its next sample")
-    interval = min(at for at, _ in shell.clock.sleepers) - shell.clock.now()
-    shell.clock.advance(interval)
+    shell.clock.advance(guard_waits(shell)[0])
     await until(lambda: meminfo.reads > reads, "the guard's next sample")
-    return round(interval, 6)
 
 
 async def test_a_start_that_takes_memory_below_the_floor_is_killed_and_its_waiters_get_the_figures():
@@ -54,9 +69,8 @@ async def test_a_start_that_takes_memory_below_the_floor_is_killed_and_its_waite
     shell.driver.hold("a")
     waiters = [request_for(shell, "a") for _ in range(2)]
     await shell.reach("a", State.STARTING)
-    assert await next_sample(shell, meminfo) == REST_INTERVAL  # the wait begun before the start
     meminfo.set(3.5)  # the engine's load grows past the floor
-    assert await next_sample(shell, meminfo) == BUSY_INTERVAL  # while a model starts, sampled often
+    await next_sample(shell, meminfo, BUSY_INTERVAL)  # sampled at the start, then often while it runs
     results = await asyncio.gather(*waiters, return_exceptions=True)
     for result in results:
         assert isinstance(result, RequestRefused) and (result.status, result.code) == (503, "memory_guard")
@@ -103,7 +117,7 @@ async def test_a_request_waiting_for_memory_starts_once_memory_is_back():
     await until(lambda: len(shell.supervisor.waiting) == 1, "the request queued for memory")
     assert shell.supervisor.state("big") is State.STOPPED and shell.driver.up_calls("big") == 0
     meminfo.set(9)
-    assert await next_sample(shell, meminfo) == REST_INTERVAL  # the wait begun before the request
+    await next_sample(shell, meminfo)  # memory changes without an event: the guard's samples decide again
     await waiter
     assert shell.kinds(ModelReady, model="big")
 
@@ -161,10 +175,51 @@ async def test_a_kill_the_engine_refuses_is_tried_again_and_memory_that_cannot_b
     def unreadable() -> HostMemory:
         raise OSError("no /proc/meminfo")
 
-    shell.supervisor.guard.read = unreadable
+    shell.supervisor.guard.memory.read = unreadable
     assert shell.supervisor.policy_now().budgets[0].memory is None  # then nothing is admitted by memory
     shell.clock.advance(BUSY_INTERVAL)
     shell.clock.advance(REST_INTERVAL)
     await asyncio.sleep(0)
     await shell.supervisor.close()  # the guard's task ends with the supervisor
     assert len(shell.kinds(MemoryGuardTripped)) == 1
+
+
+async def test_a_start_teaches_the_models_footprint_which_admission_then_uses_and_a_restart_keeps():
+    meminfo = Meminfo(20)
+    config = make_config({"id": "a", "memory": "2GiB"}, memory_floor="4GiB")
+    shell = await open_shell(config, memory=meminfo)
+    gate = shell.driver.hold("a")
+    first = request_for(shell, "a")
+    await shell.reach("a", State.STARTING)
+    meminfo.set(13.5)  # the load's peak: weights, KV cache, compile heaps
+    await next_sample(shell, meminfo, BUSY_INTERVAL)
+    meminfo.set(14)  # the heaps given back once it serves
+    gate.set_result(None)
+    await first
+    await next_sample(shell, meminfo, BUSY_INTERVAL)
+    assert meminfo.kept == {"a": int(6.5 * GIB)}  # from 20 GiB before its start to 13.5 at its lowest
+    assert shell.supervisor.footprint(config.model("a")) == {
+        "declared_bytes": 2 * GIB,
+        "learned_bytes": int(6.5 * GIB),
+        "exceeds_declared": True,
+    }
+    assert shell.supervisor.current_slots()["a"].memory == int(6.5 * GIB)  # the larger of the two
+    await shell.supervisor.close()
+
+    again = await open_shell(config, memory=Meminfo(10, learned=meminfo.kept))  # a waker restart
+    refused = await asyncio.gather(request_for(again, "a"), return_exceptions=True)
+    assert isinstance(refused[0], RequestRefused) and refused[0].code == "insufficient_memory"
+    assert "declares 6.5 GiB" in refused[0].message and again.driver.up_calls("a") == 0
+
+
+async def test_a_start_the_guard_killed_is_remembered_as_taking_at_least_what_it_had_taken():
+    meminfo = Meminfo(12, learned={"a": GIB})
+    shell = await open_shell(make_config({"id": "a"}, memory_floor="4GiB"), memory=meminfo)
+    shell.driver.hold("a")
+    refused = request_for(shell, "a")
+    await shell.reach("a", State.STARTING)
+    meminfo.set(3.5)
+    await next_sample(shell, meminfo, BUSY_INTERVAL)
+    assert isinstance((await asyncio.gather(refused, return_exceptions=True))[0], RequestRefused)
+    await next_sample(shell, meminfo)
+    assert meminfo.kept == {"a": int(8.5 * GIB)}

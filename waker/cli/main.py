@@ -208,6 +208,7 @@ def resolved_config(config: Config) -> dict:
             "name": w.name,
             "model_port_base": w.model_port_base,
             "runtime_dir": str(w.runtime_dir),
+            "state_dir": str(w.state_dir),
             **({"network": w.network, "model_ip_base": w.model_ip_base} if w.network else {}),
             **({"egress_network": w.egress_network} if w.egress_network else {}),
         },

@@ -33,7 +33,7 @@ from waker.shell.manual_control import ManualControl
 from waker.shell.supervisor import Supervisor
 from waker.system import systemd
 from waker.system.clock import LoopClock
-from waker.system.memory import read_host_memory
+from waker.system.memory import ThisMachine
 
 log = structlog.get_logger("waker.cli.serve")
 
@@ -131,7 +131,7 @@ async def serve(config: Config, nginx_mode: NginxMode) -> int:
     )
     nginx = _nginx(nginx_mode, config, runtime)
     router: Router | None = NginxRouter(nginx) if nginx is not None else None
-    supervisor = Supervisor(config, fleet, bus, clock, router, read_host_memory)
+    supervisor = Supervisor(config, fleet, bus, clock, router, ThisMachine(config.waker.state_dir))
     control = ManualControl(supervisor, nginx)
     loop.add_signal_handler(signal.SIGHUP, reload_on_hangup(control))
     # A client that hangs up while its request is held must be noticed: the handler is cancelled.

@@ -118,6 +118,7 @@ class WakerConfig:
     network: str  # "" = models publish on 127.0.0.1:host_port; else they join this Docker network
     model_ip_base: str
     egress_network: str
+    state_dir: Path = Path()  # what the waker learns and keeps across restarts (models' memory footprints)
 
 
 @dataclass(frozen=True, slots=True)
@@ -312,6 +313,7 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         network=waker.get("network", fields.docker_network, ""),
         model_ip_base=waker.get("model_ip_base", fields.ipv4) or "",
         egress_network=waker.get("egress_network", fields.docker_network, ""),
+        state_dir=Path(waker.get("state_dir", fields.string, _default_state_dir(name))),
     )
     if waker_cfg.network and not waker_cfg.model_ip_base:
         problems.append(
@@ -365,6 +367,14 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
     served = tuple(m for m in models if m.status is not ModelStatus.DISABLED)
     disabled = tuple(m for m in models if m.status is ModelStatus.DISABLED)
     return Config(path, gateway_cfg, waker_cfg, scheduler_cfg, served, disabled, overrides, hosts)
+
+
+def _default_state_dir(name: str) -> str:
+    """systemd's StateDirectory where it gives one, else the user's XDG state directory."""
+    if state := os.environ.get("STATE_DIRECTORY"):
+        return state.split(":")[0]
+    base = os.environ.get("XDG_STATE_HOME") or str(Path.home() / ".local" / "state")
+    return str(Path(base) / f"waker-{name}")
 
 
 def _default_runtime_dir(name: str) -> str:

@@ -10,6 +10,9 @@ project's own errors (`errors.StartError`, `DriverError`, `SleepModeError`), nev
 A `Router` is nginx's gate for sleep mode: requests for a model in sleep mode must reach the waker
 (which wakes it) instead of the engine (which would answer them asleep).
 
+`Memory` is this machine's memory as the memory guard reads it, and the models' footprints it has
+learned, kept across restarts (`system.memory.ThisMachine`).
+
 A `Clock` gives the time and the timers, so that the shell's rules (idle stops, back-off, queue
 time-outs, stop retries) are unit-tested with a fake clock in microseconds instead of real seconds.
 """
@@ -17,7 +20,7 @@ time-outs, stop retries) are unit-tested with a fake clock in microseconds inste
 from __future__ import annotations
 
 import asyncio
-from collections.abc import AsyncIterator, Awaitable, Callable
+from collections.abc import AsyncIterator, Awaitable, Callable, Mapping
 from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
@@ -25,6 +28,7 @@ from typing import Protocol
 from waker.config.ray import RayNode
 from waker.config.schema import Config, ModelConfig
 from waker.core.image_pull import PullProgress
+from waker.core.memory import HostMemory
 
 
 class ContainerChange(StrEnum):
@@ -119,6 +123,17 @@ class Router(Protocol):
     async def route(self, config: Config, asleep: frozenset[str]) -> None:
         """Has nginx route `config` with the gate of the models in `asleep` closed (their requests go
         to the waker); returns once nginx routes so. Raises `NginxError`."""
+
+
+class Memory(Protocol):
+    def read(self) -> HostMemory:
+        """This machine's memory now; raises OSError (or KeyError, ValueError) when it cannot be read."""
+
+    def learned(self) -> dict[str, int]:
+        """The footprints (bytes) learned of models at their starts, as last remembered."""
+
+    def remember(self, footprints: Mapping[str, int]) -> None:
+        """Keeps `footprints` for the next run; raises OSError when it cannot."""
 
 
 class Timer(Protocol):

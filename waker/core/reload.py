@@ -13,7 +13,16 @@ from waker.core.scheduler import OCCUPYING
 from waker.errors import AdminError
 
 # Settings the waker reads once at its start: a reload that changes them is refused.
-RESTART_ONLY = ("listen", "name", "docker_host", "runtime_dir", "network", "model_ip_base", "egress_network")
+RESTART_ONLY = (
+    "listen",
+    "name",
+    "docker_host",
+    "runtime_dir",
+    "state_dir",
+    "network",
+    "model_ip_base",
+    "egress_network",
+)
 
 
 # What a model runs as: a reload that changes one of these makes another container (or gives the start

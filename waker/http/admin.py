@@ -94,6 +94,7 @@ def describe(
         "queued": len(supervisor.waiting.for_model(model.id)),
         "requests_total": supervisor.records[model.id].activity.total,
         "gpu_memory": model.gpu_memory,
+        "memory": supervisor.footprint(model),
         "exclusive": model.exclusive,
         "keep_warm": model.keep_warm,
         "pinned": slot.pinned,

@@ -1,8 +1,9 @@
 """The memory guard: samples this machine's memory (every REST_INTERVAL seconds, every BUSY_INTERVAL
-while a model starts or wakes, when memory grows fastest) and, when what is available falls below
-`[scheduler] memory_floor`, has the supervisor stop the model `core.memory.victim` names. It also
-gives the scheduler the host's memory to weigh starts against (`view`), and asks for a new decision
-while requests wait, since memory changes without an event."""
+while a model starts or wakes, when memory grows fastest, or while requests wait) and, when what is
+available falls below `[scheduler] memory_floor`, has the supervisor stop the model
+`core.memory.victim` names. It gives the scheduler the host's memory to weigh starts against
+(`view`), asks for a new decision while requests wait (memory changes without an event), and learns
+each model's footprint: the fall in available memory over its start, kept in the state directory."""
 
 from __future__ import annotations
 
@@ -12,9 +13,9 @@ from typing import Protocol
 
 import structlog
 
-from waker.core.driver import Clock
+from waker.core.driver import Clock, Memory
 from waker.core.lifecycle import State
-from waker.core.memory import HostMemory, Trip, victim
+from waker.core.memory import HostMemory, Trip, gib, victim
 from waker.core.plan import MemoryView, Policy, Slot
 from waker.core.scheduler import hosts_of
 
@@ -22,6 +23,7 @@ log = structlog.get_logger("waker.shell.memory_guard")
 
 REST_INTERVAL = 2.0
 BUSY_INTERVAL = 0.2
+UNREADABLE = (OSError, KeyError, ValueError)  # /proc/meminfo missing or not as Linux writes it
 
 
 class Guarded(Protocol):
@@ -38,24 +40,29 @@ class Guarded(Protocol):
 
 
 class MemoryGuard:
-    def __init__(self, read: Callable[[], HostMemory], clock: Clock, host: str, floor: Callable[[], int]) -> None:
-        self.read = read
+    def __init__(self, memory: Memory, clock: Clock, host: str, floor: Callable[[], int]) -> None:
+        self.memory = memory
         self.clock = clock
-        self.host = host  # the host (of the policy's budgets) whose memory `read` measures
+        self.host = host  # the host (of the policy's budgets) whose memory `memory` measures
         self.floor = floor  # the config in force's floor, read at each sample (a reload changes it)
         self.latest: HostMemory | None = None
+        self.learned: dict[str, int] = memory.learned()  # model -> bytes its last start took
+        self._starts: dict[str, tuple[int, int]] = {}  # model starting -> (available before, lowest since)
+        self._poked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
 
     def view(self, releasing: frozenset[str]) -> MemoryView | None:
-        """The host's memory read now, as the scheduler weighs a start (not at all with a floor of 0);
-        None if it cannot be read."""
-        floor = self.floor()
+        """The host's memory read now, as the scheduler weighs a start; None if it cannot be read."""
         try:
-            self.latest = memory = self.read()
-        except (OSError, KeyError, ValueError) as exc:
+            self.latest = memory = self.memory.read()
+        except UNREADABLE as exc:
             log.error("memory_unreadable", error=repr(exc))
             return None
-        return MemoryView(memory.available, memory.total, floor, bool(releasing))
+        return MemoryView(memory.available, memory.total, self.floor(), bool(releasing))
+
+    def poke(self) -> None:
+        """A start or wake began: sample now, and often, rather than at the end of a rest interval."""
+        self._poked.set()
 
     def open(self, guarded: Guarded) -> None:
         self._task = asyncio.create_task(self._run(guarded), name="memory_guard")
@@ -68,13 +75,14 @@ class MemoryGuard:
     async def _run(self, guarded: Guarded) -> None:
         while True:
             slots = self._here(guarded)
-            floor = self.floor()
+            before, floor = self.latest, self.floor()
             try:
-                self.latest = memory = self.read()
-            except (OSError, KeyError, ValueError) as exc:  # /proc/meminfo as we know it is gone: no guard
+                self.latest = memory = self.memory.read()
+            except UNREADABLE as exc:
                 log.error("memory_unreadable", error=repr(exc), retry_in=REST_INTERVAL)
-                await self.clock.sleep(REST_INTERVAL)
+                await self._pause(REST_INTERVAL)
                 continue
+            self._learn(slots, memory, before)
             trip = victim(slots, memory, floor, guarded.releasing)
             if trip is not None:
                 guarded.memory_trip(trip, memory, floor)
@@ -82,7 +90,46 @@ class MemoryGuard:
                 guarded.reconcile()
             coming_up = any(s.state in (State.STARTING, State.WAKING) for s in slots)
             busy = coming_up or guarded.releasing or guarded.has_waiters()
-            await self.clock.sleep(BUSY_INTERVAL if busy else REST_INTERVAL)
+            await self._pause(BUSY_INTERVAL if busy else REST_INTERVAL)
+
+    async def _pause(self, seconds: float) -> None:
+        sleep, poked = asyncio.ensure_future(self.clock.sleep(seconds)), asyncio.ensure_future(self._poked.wait())
+        try:
+            await asyncio.wait((sleep, poked), return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            sleep.cancel()
+            poked.cancel()
+            self._poked.clear()
+
+    def _learn(self, slots: list[Slot], memory: HostMemory, before: HostMemory | None) -> None:
+        """A start's footprint: available memory before it (the reading its start was decided on)
+        minus the lowest seen until it is ready. A start that failed (the guard's kill included)
+        took at least what it had taken by then."""
+        states = {s.id: s.state for s in slots}
+        for model in (m for m, state in states.items() if state is State.STARTING and m not in self._starts):
+            self._starts[model] = ((before or memory).available, memory.available)
+        changed = False
+        for model, (baseline, lowest) in list(self._starts.items()):
+            lowest = min(lowest, memory.available)
+            if states.get(model) is State.STARTING:
+                self._starts[model] = (baseline, lowest)
+                continue
+            del self._starts[model]
+            taken = max(0, baseline - lowest)
+            if states.get(model) is State.READY:
+                learned = taken
+            elif states.get(model) is State.FAILED:
+                learned = max(self.learned.get(model, 0), taken)
+            else:
+                continue
+            if learned != self.learned.get(model):
+                self.learned[model], changed = learned, True
+                log.info("footprint_learned", model=model, bytes=learned, text=gib(learned))
+        if changed:
+            try:
+                self.memory.remember(self.learned)
+            except OSError as exc:
+                log.error("footprints_not_kept", error=str(exc))
 
     def _here(self, guarded: Guarded) -> list[Slot]:
         return [s for s in guarded.current_slots().values() if self.host in hosts_of(s, guarded.policy)]

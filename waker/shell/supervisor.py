@@ -18,7 +18,7 @@ meanwhile, and then the step has nothing left to do.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Callable, Coroutine, Mapping
+from collections.abc import Coroutine, Mapping
 from dataclasses import asdict, dataclass, replace
 from types import MappingProxyType
 from typing import Any
@@ -30,7 +30,7 @@ from waker.config.hosts import memory_host
 from waker.config.ray import RayNode
 from waker.config.schema import Config, ModelConfig
 from waker.core import incidents
-from waker.core.driver import Clock, ContainerChange, ContainerEvent, Driver, Router, Timer
+from waker.core.driver import Clock, ContainerChange, ContainerEvent, Driver, Memory, Router, Timer
 from waker.core.events import (
     ConfigReloaded,
     ContainerAdopted,
@@ -108,7 +108,7 @@ class Supervisor:
         bus: EventBus,
         clock: Clock,
         router: Router | None = None,
-        memory: Callable[[], HostMemory] | None = None,
+        memory: Memory | None = None,
     ) -> None:
         self.config = config
         self.fleet = fleet
@@ -166,12 +166,15 @@ class Supervisor:
         return self._records[model_id].slot.state
 
     def current_slots(self) -> dict[str, Slot]:
-        """The slots with what the activity marks say merged in, as `decide` needs them."""
+        """The slots with what the activity marks say merged in, and each model's footprint as the
+        larger of what it declares and what the memory guard learned, as `decide` needs them."""
+        learned = self.guard.learned if self.guard is not None else {}
         slots = {}
         for model_id, record in self._records.items():
             slot, activity = record.slot, record.activity
             slots[model_id] = replace(
                 slot,
+                memory=max(slot.memory, learned.get(model_id, 0)),
                 in_flight=activity.in_flight,
                 oldest_request_since=activity.oldest,
                 last_active=max(slot.last_active, activity.last_end),
@@ -183,6 +186,19 @@ class Supervisor:
     def releasing(self) -> frozenset[str]:
         """The models whose memory is on its way back after the memory guard stopped them."""
         return frozenset(self._guard_kills)
+
+    def footprint(self, model: ModelConfig) -> dict[str, int | bool | None]:
+        """What the model takes of the host's memory: as declared (its `memory`), as learned at its last
+        start, and whether the learned one exceeds what it declares (or, declaring none, what its share
+        of the GPU would be of the host's memory)."""
+        learned = self.guard.learned.get(model.id) if self.guard is not None else None
+        latest = self.guard.latest if self.guard is not None else None
+        share = model.memory or (round(model.gpu_memory * latest.total) if latest and model.gpu_memory else 0)
+        return {
+            "declared_bytes": model.memory or None,
+            "learned_bytes": learned,
+            "exceeds_declared": learned is not None and share > 0 and learned > share,
+        }
 
     def gated(self) -> frozenset[str]:
         """The models whose requests must go to the waker: those in sleep mode."""
@@ -304,6 +320,8 @@ class Supervisor:
             elif isinstance(action, Wake):
                 asleep_since = self._records[action.model].slot.since
                 self._move(action.model, Event.WAKE)
+                if self.guard is not None:
+                    self.guard.poke()
                 self.spawn(self._run_wake(self._records[action.model].model, asleep_since))
             elif isinstance(action, Grant):
                 self._answer(action.waiter, None)
@@ -340,6 +358,8 @@ class Supervisor:
         now = self.now()
         slot = self._records[model_id].slot.moved(Event.START, now)
         self._write(model_id, replace(slot, starting_since=now, hosts=hosts), Event.START)
+        if self.guard is not None:
+            self.guard.poke()
         self.spawn(self._run_start(self._records[model_id].model, container_id))
 
     async def _notify(self) -> None:
