@@ -6,6 +6,7 @@ set from the memory available when the test begins, so they hold on any machine.
 from __future__ import annotations
 
 import json
+import os
 
 import aiohttp
 import pytest
@@ -65,3 +66,27 @@ async def test_a_declared_footprint_that_cannot_fit_is_refused_before_any_contai
     assert status == 503 and body["error"]["code"] == "insufficient_memory", body
     assert "None of the waker's models run there" in body["error"]["message"]
     assert stack.docker_events("create") == [] and stack.containers() == []
+
+
+async def test_the_page_cache_is_dropped_before_a_start_that_free_memory_cannot_cover(make_stack, tmp_path):
+    """As root on the host (CI's case): weights just written sit in the page cache, which MemFree (what
+    vLLM's start check reads on unified memory) leaves out and MemAvailable counts."""
+    weights = tmp_path / "weights.bin"  # on the disk, not a tmpfs: clean cache the kernel may drop
+    with weights.open("wb") as out:
+        for _ in range(32):
+            out.write(b"\x01" * (64 * MIB))
+        out.flush()
+        os.fsync(out.fileno())
+    memory = read_host_memory()
+    assert memory.available - memory.free > 1536 * MIB, "the file's pages should be cached"
+    floor = GIB
+    need = memory.free - floor + 512 * MIB  # more than is free above the floor, less than is available
+    cold = fake_model("cold", memory=need)
+    stack = make_stack([cold], scheduler={"start_timeout": "60s", "memory_floor": floor, "drop_page_cache": True})
+    async with aiohttp.ClientSession() as session:
+        status, body = await complete(session, stack, "cold")
+    assert status == 200, body
+    lines = [json.loads(line) for line in stack.log().splitlines() if line.startswith("{")]
+    (dropped,) = [line for line in lines if line["event"] == "page_cache_dropped"]
+    assert dropped["model"] == "cold" and dropped["need_bytes"] == need
+    assert dropped["free_after_bytes"] > dropped["free_before_bytes"] + GIB

@@ -15,11 +15,13 @@ import pytest
 from aiohttp import web
 from structlog.testing import capture_logs
 
-from tests.unit.shell_fakes import FakeDriver, until
+from tests.unit.shell_fakes import FakeDriver, make_config, until
 from tests.unit.test_manual_control import write
 from tests.unit.test_supervisor import begin, end, ready
 from tests.unit.test_supervisor_hosts import two_hosts
+from waker.cli import serve as serve_module
 from waker.cli.main import main
+from waker.cli.serve import serve
 from waker.config.schema import load_config
 from waker.core.image_pull import PullProgress
 from waker.core.memory import HostMemory
@@ -406,3 +408,14 @@ async def test_events_print_what_happens_until_the_waker_goes_away(served, capsy
         "",
         f"waker events: the waker at {url} ended the event stream; did it stop or restart?\n",
     )
+
+
+async def test_dropping_the_page_cache_where_the_waker_may_not_is_refused_at_start(monkeypatch):
+    config = make_config({"id": "a"}, drop_page_cache=True)
+    with capture_logs() as logs:
+        assert await serve(config, "container") == 1
+        monkeypatch.setattr(serve_module, "may_drop_page_cache", lambda: "/proc/sys/vm/drop_caches is not writable")
+        assert await serve(config, "child") == 1
+    assert [entry["event"] for entry in logs] == ["startup_failed", "startup_failed"]
+    assert "cannot work in the compose deployment" in logs[0]["error"]
+    assert "is not writable. Run the waker as root" in logs[1]["error"]

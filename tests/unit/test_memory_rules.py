@@ -8,10 +8,10 @@ import pytest
 from waker.config.hosts import IMPLICIT_HOST
 from waker.config.schema import OnBusy
 from waker.core.lifecycle import State, StopReason
-from waker.core.memory import HostMemory, victim
+from waker.core.memory import HostMemory, page_cache_in_the_way, victim
 from waker.core.plan import HostBudget, MemoryView, Policy, Refuse, Slot, Start, Stop, Waiter, Wake
 from waker.core.scheduler import decide
-from waker.system.memory import ThisMachine, parse_meminfo
+from waker.system.memory import ThisMachine, may_drop_page_cache, parse_meminfo
 
 GIB = 1024**3
 NOW = 1000.0
@@ -167,3 +167,22 @@ def test_footprints_are_kept_in_the_state_directory_and_a_bad_file_is_ignored(tm
     (tmp_path / "state" / "footprints.json").write_text("[1, 2")
     assert machine.learned() == {}
     assert machine.read().total > 0  # this machine's own /proc/meminfo
+
+
+def test_page_cache_is_in_the_way_only_when_free_memory_falls_short_and_available_does_not():
+    def machine(free_gib: float, available_gib: float) -> HostMemory:
+        return HostMemory(121 * GIB, int(available_gib * GIB), int(free_gib * GIB), 0)
+
+    assert page_cache_in_the_way(machine(10, 100), 60 * GIB, FLOOR)  # 90 GiB of cache would cover it
+    assert not page_cache_in_the_way(machine(90, 100), 60 * GIB, FLOOR)  # free memory covers it
+    assert not page_cache_in_the_way(machine(10, 60), 60 * GIB, FLOOR)  # not even with the cache dropped
+
+
+def test_only_root_on_the_host_may_drop_the_page_cache(tmp_path):
+    writable = tmp_path / "drop_caches"
+    writable.write_text("")
+    assert may_drop_page_cache(writable) is None
+    machine = ThisMachine(tmp_path, drop_caches=writable)
+    machine.drop_page_cache()
+    assert writable.read_text() == "3\n"
+    assert "not writable by this process" in may_drop_page_cache(tmp_path / "absent" / "drop_caches")

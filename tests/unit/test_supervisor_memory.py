@@ -9,7 +9,7 @@ import asyncio
 import pytest
 
 from tests.unit.shell_fakes import make_config, open_shell, until
-from waker.core.events import MemoryGuardTripped, ModelReady
+from waker.core.events import MemoryGuardTripped, ModelReady, PageCacheDropped
 from waker.core.lifecycle import State
 from waker.core.memory import HostMemory
 from waker.errors import RequestRefused
@@ -24,12 +24,19 @@ class Meminfo:
 
     def __init__(self, available_gib: float, learned: dict[str, int] | None = None) -> None:
         self.available = int(available_gib * GIB)
+        self.free: int | None = None  # None: half of what is available
         self.reads = 0
         self.kept = dict(learned or {})
+        self.drops = 0
 
     def read(self) -> HostMemory:
         self.reads += 1
-        return HostMemory(total=24 * GIB, available=self.available, free=self.available // 2, swap_free=0)
+        free = self.available // 2 if self.free is None else self.free
+        return HostMemory(total=24 * GIB, available=self.available, free=free, swap_free=0)
+
+    def drop_page_cache(self) -> None:
+        self.drops += 1
+        self.free = self.available
 
     def learned(self) -> dict[str, int]:
         return dict(self.kept)
@@ -223,3 +230,20 @@ async def test_a_start_the_guard_killed_is_remembered_as_taking_at_least_what_it
     assert isinstance((await asyncio.gather(refused, return_exceptions=True))[0], RequestRefused)
     await next_sample(shell, meminfo)
     assert meminfo.kept == {"a": int(8.5 * GIB)}
+
+
+@pytest.mark.parametrize("dropping", [True, False])
+async def test_a_start_that_free_memory_cannot_cover_but_cache_can_drops_the_cache_first(dropping):
+    meminfo = Meminfo(20)
+    meminfo.free = 5 * GIB  # 15 GiB of reclaimable page cache: weights just read, say
+    config = make_config({"id": "a", "gpu_memory": 0.5}, memory_floor="4GiB", drop_page_cache=dropping)
+    shell = await open_shell(config, memory=meminfo)
+    await request_for(shell, "a")
+    if not dropping:
+        assert meminfo.drops == 0 and not shell.kinds(PageCacheDropped)
+        return
+    # vLLM's start check wants half of the 24 GiB free: 12 GiB, and the floor above it.
+    assert meminfo.drops == 1
+    assert shell.kinds(PageCacheDropped) == [PageCacheDropped("a", 12 * GIB, 5 * GIB, 20 * GIB)]
+    await request_for(shell, "a")  # ready: no start, no drop
+    assert meminfo.drops == 1

@@ -226,6 +226,7 @@ def resolved_config(config: Config) -> dict:
             "wake_timeout": format_duration(s.wake_timeout),
             "max_wake_failures": s.max_wake_failures,
             "memory_floor": format_size(s.memory_floor) if s.memory_floor else 0,
+            "drop_page_cache": s.drop_page_cache,
         },
         **({"host": [_host_entry(h) for h in config.hosts]} if config.hosts else {}),
         "model": models,

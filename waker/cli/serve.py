@@ -33,7 +33,7 @@ from waker.shell.manual_control import ManualControl
 from waker.shell.supervisor import Supervisor
 from waker.system import systemd
 from waker.system.clock import LoopClock
-from waker.system.memory import ThisMachine
+from waker.system.memory import ThisMachine, may_drop_page_cache
 
 log = structlog.get_logger("waker.cli.serve")
 
@@ -104,8 +104,26 @@ def reload_on_hangup(control: ManualControl) -> Callable[[], None]:
     return handler
 
 
+def _cannot_drop_page_cache(nginx_mode: NginxMode) -> str | None:
+    if nginx_mode == "container":
+        return (
+            "[scheduler] drop_page_cache = true cannot work in the compose deployment: the waker's "
+            "container may not write /proc/sys/vm/drop_caches. Set it to false, and drop the host's "
+            "caches before big starts yourself (sync; echo 3 > /proc/sys/vm/drop_caches)"
+        )
+    if (why := may_drop_page_cache()) is not None:
+        return (
+            f"[scheduler] drop_page_cache = true, but {why}. Run the waker as root (in its systemd unit: "
+            "User=root), or set it to false"
+        )
+    return None
+
+
 async def serve(config: Config, nginx_mode: NginxMode) -> int:
     """Runs until SIGINT/SIGTERM (exit 0) or until nginx dies or stops answering (exit 1); SIGHUP reloads."""
+    if config.scheduler.drop_page_cache and (why := _cannot_drop_page_cache(nginx_mode)) is not None:
+        log.error("startup_failed", error=why)
+        return 1
     stop = asyncio.Event()
     loop = asyncio.get_running_loop()
     for sig in (signal.SIGINT, signal.SIGTERM):

@@ -136,6 +136,7 @@ class SchedulerConfig:
     wake_timeout: float
     max_wake_failures: int  # a model whose wake failed this many times in a row is stopped, not slept
     memory_floor: int  # bytes of host memory kept available: below it the memory guard stops a model; 0: off
+    drop_page_cache: bool = False  # before a start that free memory cannot cover but reclaimable cache can
 
 
 @dataclass(frozen=True, slots=True)
@@ -338,6 +339,7 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         wake_timeout=scheduler.get("wake_timeout", fields.positive_duration, "2m"),
         max_wake_failures=scheduler.get("max_wake_failures", fields.positive_int, 2),
         memory_floor=scheduler.get("memory_floor", fields.memory_floor, "2GiB"),
+        drop_page_cache=scheduler.get("drop_page_cache", fields.boolean, False),
     )
     for table in (gateway, waker, scheduler):
         table.reject_unknown()

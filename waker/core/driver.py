@@ -135,6 +135,10 @@ class Memory(Protocol):
     def remember(self, footprints: Mapping[str, int]) -> None:
         """Keeps `footprints` for the next run; raises OSError when it cannot."""
 
+    def drop_page_cache(self) -> None:
+        """Writes dirty pages out, then has the kernel drop its clean caches; blocks (call it in a
+        thread); raises OSError when it may not (not root, or in a container)."""
+
 
 class Timer(Protocol):
     def cancel(self) -> None: ...

@@ -40,6 +40,7 @@ class EventKind(StrEnum):
     HOST_LOST = "host_lost"
     HOST_BACK = "host_back"
     MEMORY_GUARD = "memory_guard"
+    PAGE_CACHE_DROPPED = "page_cache_dropped"
 
 
 @dataclass(frozen=True, slots=True)
@@ -100,6 +101,18 @@ class MemoryGuardTripped(WakerEvent):
     available_bytes: int
     total_bytes: int
     floor_bytes: int
+
+
+@dataclass(frozen=True, slots=True)
+class PageCacheDropped(WakerEvent):
+    """Before `model`'s start, free memory could not cover what it needs but reclaimable cache could:
+    the kernel's clean caches were dropped ([scheduler] drop_page_cache)."""
+
+    kind = EventKind.PAGE_CACHE_DROPPED
+    model: str
+    need_bytes: int
+    free_before_bytes: int
+    free_after_bytes: int
 
 
 @dataclass(frozen=True, slots=True)

@@ -70,5 +70,13 @@ def victim(slots: Iterable[Slot], memory: HostMemory, floor: int, releasing: fro
     return Trip(chosen.id, message)
 
 
+def page_cache_in_the_way(memory: HostMemory, need: int, floor: int) -> bool:
+    """Whether a start needing `need` bytes free is short of free memory that reclaimable page cache
+    would cover. On unified memory vLLM's start check reads free memory as the GPU's, which leaves
+    out reclaimable cache (vLLM #48140): right after weights were read, a start can fail that check
+    although the memory is there."""
+    return memory.free < need + floor <= memory.available
+
+
 def gib(size: int) -> str:
     return f"{size / 1024**3:.1f} GiB"

@@ -15,7 +15,7 @@ import structlog
 
 from waker.core.driver import Clock, Memory
 from waker.core.lifecycle import State
-from waker.core.memory import HostMemory, Trip, gib, victim
+from waker.core.memory import HostMemory, Trip, gib, page_cache_in_the_way, victim
 from waker.core.plan import MemoryView, Policy, Slot
 from waker.core.scheduler import hosts_of
 
@@ -59,6 +59,22 @@ class MemoryGuard:
             log.error("memory_unreadable", error=repr(exc))
             return None
         return MemoryView(memory.available, memory.total, self.floor(), bool(releasing))
+
+    async def free_for(self, need: int) -> tuple[int, int] | None:
+        """Drops the kernel's clean caches when free memory cannot cover `need` above the floor but
+        reclaimable cache can (`core.memory.page_cache_in_the_way`); (free before, free after) when
+        it did, None when there was no need or it could not."""
+        try:
+            before = self.memory.read()
+            if not page_cache_in_the_way(before, need, self.floor()):
+                return None
+            await asyncio.to_thread(self.memory.drop_page_cache)
+            after = self.memory.read()
+        except UNREADABLE as exc:
+            log.error("page_cache_drop_failed", error=str(exc))
+            return None
+        self.latest = after
+        return before.free, after.free
 
     def poke(self) -> None:
         """A start or wake began: sample now, and often, rather than at the end of a rest interval."""

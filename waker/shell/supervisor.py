@@ -49,6 +49,7 @@ from waker.core.events import (
     ModelStopped,
     ModelUnpinned,
     ModelUnreachable,
+    PageCacheDropped,
     RequestAbandoned,
     RequestQueued,
     RequestRefusal,
@@ -462,6 +463,7 @@ class Supervisor:
         asleep = False
         try:
             if container_id is None:
+                await self._free_page_cache(model)
                 container_id = await self.driver_of(model.id).up(model, record.died)
             else:  # adopting a container that is already running
                 await self.driver_of(model.id).adopt(model, container_id, began + model.start_timeout, record.died)
@@ -495,6 +497,18 @@ class Supervisor:
                 self._move(model.id, Event.SLEEP)
                 self._move(model.id, Event.ASLEEP)
         self.reconcile()
+
+    async def _free_page_cache(self, model: ModelConfig) -> None:
+        """With `drop_page_cache`, before a start on this machine: the model needs free what it takes
+        (declared or learned) and, for vLLM's start check, its share of the GPU's (unified) memory."""
+        guard, slot = self.guard, self.current_slots()[model.id]
+        if guard is None or not self.config.scheduler.drop_page_cache or guard.host not in hosts_of(slot, self.policy):
+            return
+        total = guard.latest.total if guard.latest is not None else 0
+        need = max(slot.memory, round(slot.gpu_memory * total))
+        dropped = await guard.free_for(need)
+        if dropped is not None:
+            self.bus.publish(PageCacheDropped(model.id, need, *dropped))
 
     def _fail(self, model_id: str, exc: StartError, failure: Failure | None = None) -> None:
         """A failed run (its start failed, or it crashed while serving): counts towards the back-off and

@@ -11,6 +11,7 @@ from pathlib import Path
 from waker.core.memory import HostMemory
 
 MEMINFO = Path("/proc/meminfo")
+DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 FOOTPRINTS = "footprints.json"
 
 
@@ -31,9 +32,10 @@ def read_host_memory(meminfo: Path = MEMINFO) -> HostMemory:
 class ThisMachine:
     """The `core.driver.Memory` of the machine the waker runs on."""
 
-    def __init__(self, state_dir: Path, meminfo: Path = MEMINFO) -> None:
+    def __init__(self, state_dir: Path, meminfo: Path = MEMINFO, drop_caches: Path = DROP_CACHES) -> None:
         self.path = state_dir / FOOTPRINTS
         self.meminfo = meminfo
+        self.drop_caches = drop_caches
 
     def read(self) -> HostMemory:
         return read_host_memory(self.meminfo)
@@ -54,3 +56,14 @@ class ThisMachine:
         partial = self.path.with_suffix(".json.tmp")
         partial.write_text(json.dumps(dict(sorted(footprints.items())), indent=1) + "\n")
         os.replace(partial, self.path)
+
+    def drop_page_cache(self) -> None:
+        os.sync()
+        self.drop_caches.write_text("3\n")  # page cache, dentries and inodes, as NVIDIA's Spark guide does
+
+
+def may_drop_page_cache(drop_caches: Path = DROP_CACHES) -> str | None:
+    """Why this process cannot have the kernel drop its caches, or None when it can."""
+    if not os.access(drop_caches, os.W_OK):
+        return f"{drop_caches} is not writable by this process (uid {os.geteuid()}): it needs root on the host"
+    return None
