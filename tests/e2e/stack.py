@@ -188,6 +188,7 @@ class Stack:
             f'listen = "127.0.0.1:{self.waker_port}"',
             f'name = "{self.name}"',
             f'runtime_dir = "{self.runtime_dir}"',
+            f'state_dir = "{self.tmp / "state"}"',
             f"model_port_base = {self.model_port_base}",
             *([f'docker_host = "{self.docker_host}"'] if self.docker_host else []),
             *(f"{k} = {toml_value(v)}" for k, v in self.waker.items()),

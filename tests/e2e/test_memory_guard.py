@@ -12,7 +12,7 @@ import aiohttp
 import pytest
 
 from tests.e2e.stack import fake_model
-from tests.eventually import eventually
+from tests.eventually import eventually, eventually_async
 from waker.system.memory import read_host_memory
 
 pytestmark = pytest.mark.e2e
@@ -90,3 +90,26 @@ async def test_the_page_cache_is_dropped_before_a_start_that_free_memory_cannot_
     (dropped,) = [line for line in lines if line["event"] == "page_cache_dropped"]
     assert dropped["model"] == "cold" and dropped["need_bytes"] == need
     assert dropped["free_after_bytes"] > dropped["free_before_bytes"] + GIB
+
+
+async def test_a_models_learned_footprint_matches_what_its_container_took(make_stack):
+    """The fall in available memory over a start (what the waker learns) against Docker's own account
+    of the container: a fake that takes 2 GiB while it loads, and holds it."""
+    loader = fake_model("loader", load_delay=3, extra=["--load-memory", "2048"])
+    stack = make_stack([loader], scheduler={"start_timeout": "60s", "memory_floor": "1GiB"})
+    async with aiohttp.ClientSession() as session:
+        status, body = await complete(session, stack, "loader")
+        assert status == 200, body
+
+        async def learned() -> dict | None:  # at the guard's first sample after the start (0.2 s)
+            async with session.get(f"{stack.waker_url}/admin/models/loader") as response:
+                memory = (await response.json())["memory"]
+            return memory if memory["learned_bytes"] is not None else None
+
+        memory = await eventually_async(learned, 10, "the footprint learned", stack.log)
+    held = memory["current_bytes"]
+    assert held >= 2 * GIB, memory  # the 2 GiB it took, and the interpreter
+    # The larger of the host's fall over the start and the container's own account: never less than
+    # what the container holds, and not much more (nothing else grew by a tenth of it meanwhile).
+    assert 0.9 * held <= memory["learned_bytes"] <= 1.1 * held, memory
+    assert json.loads((stack.tmp / "state" / "footprints.json").read_text()) == {"loader": memory["learned_bytes"]}

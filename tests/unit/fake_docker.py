@@ -59,6 +59,7 @@ class Container:
     starts: int = 0
     logs: list[tuple[float, int, bytes]] = field(default_factory=list)  # (unix time, stream, line)
     followers: list[asyncio.Queue[bytes | None]] = field(default_factory=list)
+    memory_stats: dict[str, Any] = field(default_factory=dict)  # what its stats say of its memory
 
     @property
     def labels(self) -> dict[str, str]:
@@ -262,6 +263,7 @@ class FakeDocker:
         app.router.add_post(API + "/containers/{id}/kill", self._kill)
         app.router.add_delete(API + "/containers/{id}", self._remove)
         app.router.add_get(API + "/containers/{id}/logs", self._logs)
+        app.router.add_get(API + "/containers/{id}/stats", self._stats)
         app.router.add_get(API + "/images/{name:.+}/json", self._image)
         app.router.add_post(f"{API}/images/create", self._pull)
         app.router.add_post(API + "/networks/{id}/connect", self._connect)
@@ -426,6 +428,19 @@ class FakeDocker:
         for members in self.networks.values():
             members.discard(container.id)
         return web.Response(status=204)
+
+    async def _stats(self, request: web.Request) -> web.StreamResponse:
+        """Docker's one-shot stats: the container's `memory_stats` as the test set them (a stopped
+        container's are empty, as Docker's are)."""
+        container, target = self._container_call(request)
+        if (fault := await self._record(request, "stats", target)) is not None:
+            return fault
+        if container is None:
+            return _error(404, f"No such container: {target}")
+        assert request.query.get("stream") == "0" and request.query.get("one-shot") == "1"
+        return web.json_response(
+            {"id": container.id, "memory_stats": container.memory_stats if container.running else {}}
+        )
 
     async def _logs(self, request: web.Request) -> web.StreamResponse:
         container, target = self._container_call(request)

@@ -17,6 +17,7 @@ from waker.core.driver import ContainerEvent, Memory
 from waker.core.events import WakerEvent
 from waker.core.image_pull import PullProgress
 from waker.core.lifecycle import State
+from waker.core.memory import ContainerMemory
 from waker.errors import DriverError, NginxError, SleepModeError, SleepStep, StartError
 from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet, PairFactory
@@ -97,6 +98,8 @@ class FakeDriver:
     loading_lines: dict[str, list[str]] = field(default_factory=dict)
     pulls: dict[str, PullProgress] = field(default_factory=dict)
     stopped_containers: dict[str, str] = field(default_factory=dict)  # model -> its container, stopped
+    memory_in_use: dict[str, ContainerMemory] = field(default_factory=dict)  # container -> its stats' memory
+    memory_refused: set[str] = field(default_factory=set)  # containers whose stats the engine refuses
     starts: int = 0
     closed: bool = False
     asleep: set[str] = field(default_factory=set)  # engines that say they sleep
@@ -183,6 +186,11 @@ class FakeDriver:
 
     async def log_tail(self, container_id: str) -> str:
         return self.tails.get(container_id, "")
+
+    async def memory_use(self, container_id: str) -> ContainerMemory | None:
+        if container_id in self.memory_refused:
+            raise DriverError(f"cannot read container {container_id}'s stats")
+        return self.memory_in_use.get(container_id)
 
     async def container(self, model_id: str) -> str | None:
         return self.running_now.get(model_id) or self.stopped_containers.get(model_id)

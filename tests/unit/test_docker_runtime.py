@@ -14,9 +14,12 @@ from tests.unit.test_image_pull import STREAM
 from waker.config.hosts import DockerEndpoint, DockerScheme, TlsFiles
 from waker.config.ray import RayNode
 from waker.core.image_pull import PullProgress
+from waker.core.memory import ContainerMemory
 from waker.docker.runtime import DockerRuntime
 from waker.docker.spec import LABEL_MANAGED, LABEL_MODEL, LABEL_RAY_NODE, LABEL_ROLE, LABEL_STACK, ROLE_GATEWAY
 from waker.errors import DockerError, NotManaged
+
+MIB = 1024**2
 
 
 def strangers(docker: FakeDocker) -> list:
@@ -267,3 +270,17 @@ async def test_a_container_without_a_model_label_is_reported_with_an_empty_model
     bare = docker.add("unit-bare", {"Image": "img:1", "Labels": labels})
     info = await runtime.inspect(bare.id)
     assert (info.model_id, info.spec_hash, info.ray_node) == ("", "", None) and LABEL_MODEL not in bare.labels
+
+
+async def test_a_containers_memory_is_what_docker_stats_shows_with_the_peak_where_cgroup_v1_keeps_one(docker, runtime):
+    v1 = docker.add("unit-v1", managed("v1"), running=True)
+    v1.memory_stats = {"usage": 900 * MIB, "max_usage": 1200 * MIB, "stats": {"total_inactive_file": 100 * MIB}}
+    v2 = docker.add("unit-v2", managed("v2"), running=True)
+    v2.memory_stats = {"usage": 700 * MIB, "stats": {"inactive_file": 200 * MIB}}  # cgroup v2: no peak
+    stopped = docker.add("unit-stopped", managed("stopped"), running=False)
+    assert await runtime.memory_use(v1.id) == ContainerMemory(800 * MIB, 1200 * MIB)
+    assert await runtime.memory_use(v2.id) == ContainerMemory(500 * MIB, None)
+    assert await runtime.memory_use(stopped.id) is None
+    docker.refuse("stats", 500, "stats unavailable")
+    with pytest.raises(DockerError, match="cannot read container .*'s stats: .*stats unavailable"):
+        await runtime.memory_use(v1.id)

@@ -11,7 +11,7 @@ import pytest
 from tests.unit.shell_fakes import make_config, open_shell, until
 from waker.core.events import MemoryGuardTripped, ModelReady, PageCacheDropped
 from waker.core.lifecycle import State
-from waker.core.memory import HostMemory
+from waker.core.memory import ContainerMemory, HostMemory
 from waker.errors import RequestRefused
 from waker.nginx.activity import Mark, MarkKind
 from waker.shell.memory_guard import BUSY_INTERVAL, REST_INTERVAL
@@ -204,7 +204,8 @@ async def test_a_start_teaches_the_models_footprint_which_admission_then_uses_an
     gate.set_result(None)
     await first
     await next_sample(shell, meminfo, BUSY_INTERVAL)
-    assert meminfo.kept == {"a": int(6.5 * GIB)}  # from 20 GiB before its start to 13.5 at its lowest
+    # From 20 GiB before its start to 13.5 at its lowest (its container says nothing here).
+    await until(lambda: meminfo.kept == {"a": int(6.5 * GIB)}, "the footprint kept")
     assert shell.supervisor.footprint(config.model("a")) == {
         "declared_bytes": 2 * GIB,
         "learned_bytes": int(6.5 * GIB),
@@ -247,3 +248,37 @@ async def test_a_start_that_free_memory_cannot_cover_but_cache_can_drops_the_cac
     assert shell.kinds(PageCacheDropped) == [PageCacheDropped("a", 12 * GIB, 5 * GIB, 20 * GIB)]
     await request_for(shell, "a")  # ready: no start, no drop
     assert meminfo.drops == 1
+
+
+async def test_the_admin_api_shows_each_containers_memory_and_none_where_docker_does_not_say(api):
+    shell, client = await api({"id": "a", "memory": "1GiB"}, {"id": "b"}, {"id": "c"}, memory=Meminfo(12))
+    for model in ("a", "b"):
+        await request_for(shell, model)
+    shell.driver.memory_in_use["a-1"] = ContainerMemory(700 * 2**20, 900 * 2**20)
+    shell.driver.memory_refused.add("b-2")
+    listing = {m["id"]: m["memory"] for m in (await (await client.get("/admin/models")).json())["models"]}
+    assert (listing["a"]["declared_bytes"], listing["a"]["current_bytes"], listing["a"]["peak_bytes"]) == (
+        GIB,
+        700 * 2**20,
+        900 * 2**20,
+    )
+    assert listing["b"]["current_bytes"] is None and listing["c"]["current_bytes"] is None  # refused; no container
+    single = await (await client.get("/admin/models/a")).json()
+    assert single["memory"]["current_bytes"] == 700 * 2**20
+
+
+async def test_what_the_container_holds_once_ready_counts_when_the_host_hides_it():
+    """Something else gave memory back while the model loaded: the host's figure fell less than the
+    model took, and its container's own account is the larger."""
+    meminfo = Meminfo(20)
+    shell = await open_shell(make_config({"id": "a"}, memory_floor="4GiB"), memory=meminfo)
+    gate = shell.driver.hold("a")
+    started = request_for(shell, "a")
+    await shell.reach("a", State.STARTING)
+    meminfo.set(19.5)
+    await next_sample(shell, meminfo, BUSY_INTERVAL)
+    shell.driver.memory_in_use["a-1"] = ContainerMemory(3 * GIB, None)
+    gate.set_result(None)
+    await started
+    await next_sample(shell, meminfo, BUSY_INTERVAL)
+    await until(lambda: meminfo.kept == {"a": 3 * GIB}, "the container's 3 GiB kept, not the host's 0.5")

@@ -28,7 +28,7 @@ from typing import Protocol
 from waker.config.ray import RayNode
 from waker.config.schema import Config, ModelConfig
 from waker.core.image_pull import PullProgress
-from waker.core.memory import HostMemory
+from waker.core.memory import ContainerMemory, HostMemory
 
 
 class ContainerChange(StrEnum):
@@ -61,6 +61,9 @@ class Driver(Protocol):
         Raises `DriverError` when the engine refuses (the shell retries)."""
 
     async def healthy(self, model: ModelConfig) -> bool: ...
+
+    async def memory_use(self, container_id: str) -> ContainerMemory | None:
+        """The model's container's memory now; None if it does not run. Raises `DriverError`."""
 
     async def busy(self, model: ModelConfig) -> int | None:
         """Requests the engine itself reports running or waiting, or None when it does not say;

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable
 from dataclasses import dataclass
+from typing import Any
 
 from waker.core.lifecycle import State
 from waker.core.plan import Slot
@@ -24,6 +25,27 @@ class HostMemory:
     available: int  # what can be had without swapping: free memory plus reclaimable caches
     free: int  # not used at all: what is left once reclaimable caches are not counted
     swap_free: int
+
+
+@dataclass(frozen=True, slots=True)
+class ContainerMemory:
+    """One container's memory, in bytes, as Docker's stats give it."""
+
+    current: int  # in use less the file cache the kernel can reclaim, as `docker stats` shows it
+    peak: int | None  # its cgroup's high-water mark (cgroup v1); None where Docker gives none (cgroup v2)
+
+
+def container_memory(stats: dict[str, Any]) -> ContainerMemory | None:
+    """From Docker's `memory_stats` (cgroup v1 or v2); None for a container that is not running."""
+    usage = stats.get("usage")
+    if not isinstance(usage, int):
+        return None
+    detail = stats.get("stats") or {}
+    # What `docker stats` leaves out: v1's total_inactive_file, v2's inactive_file.
+    cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
+    current = usage - cache if isinstance(cache, int) and 0 <= cache < usage else usage
+    peak = stats.get("max_usage")
+    return ContainerMemory(current, peak if isinstance(peak, int) and peak > 0 else None)
 
 
 @dataclass(frozen=True, slots=True)

@@ -22,6 +22,7 @@ from waker.config.schema import ModelConfig, WakerConfig
 from waker.config.units import format_duration
 from waker.core.driver import ContainerEvent
 from waker.core.image_pull import PullProgress
+from waker.core.memory import ContainerMemory
 from waker.docker import events as docker_events
 from waker.docker.images import Images
 from waker.docker.runtime import DockerRuntime
@@ -202,6 +203,9 @@ class Launcher:
 
     async def log_tail(self, container_id: str) -> str:
         return await self.runtime.logs_tail(container_id, LOG_TAIL_LINES)
+
+    async def memory_use(self, container_id: str) -> ContainerMemory | None:
+        return await self.runtime.memory_use(container_id)
 
     async def container(self, model_id: str) -> str | None:
         info = await self.runtime.find(model_id)

@@ -19,6 +19,7 @@ from waker.config.hosts import HostConfig
 from waker.config.ray import RayNode, RayNodes
 from waker.config.schema import ModelConfig
 from waker.core.image_pull import PullProgress
+from waker.core.memory import ContainerMemory
 from waker.docker.launcher import LOG_TAIL_LINES, Launcher, Node
 from waker.docker.runtime import ContainerInfo
 from waker.docker.spec import container_name, ray_node_spec, worker_name
@@ -145,6 +146,10 @@ class RayPair:
 
     async def healthy(self, model: ModelConfig) -> bool:
         return await self.head.healthy(model)
+
+    async def memory_use(self, container_id: str) -> ContainerMemory | None:
+        """The head's container (the server's); the worker's memory is its own host's."""
+        return await self.head.memory_use(container_id)
 
     async def busy(self, model: ModelConfig) -> int | None:
         return await self.head.busy(model)

@@ -22,6 +22,7 @@ from aiohttp.http_exceptions import LineTooLong
 from waker.config.hosts import DockerEndpoint
 from waker.config.ray import RayNode
 from waker.core.image_pull import PullProgress, PullTracker
+from waker.core.memory import ContainerMemory, container_memory
 from waker.docker.connect import docker_client
 from waker.docker.spec import (
     LABEL_MANAGED,
@@ -213,6 +214,15 @@ class DockerRuntime:
             container = self._docker.containers.container(container_id)
             async for line in container.log(stdout=True, stderr=True, follow=True, **window):
                 yield line.rstrip("\n")
+
+    async def memory_use(self, container_id: str) -> ContainerMemory | None:
+        """The container's memory now (and its peak where cgroup v1 keeps one); None if not running."""
+        with _docker_errors(f"cannot read container {container_id[:12]}'s stats"):
+            # one-shot: Docker answers at once instead of waiting a second for a CPU figure.
+            stats = await self._docker._query_json(
+                f"containers/{container_id}/stats", params={"stream": "0", "one-shot": "1"}
+            )
+        return container_memory(stats.get("memory_stats") or {})
 
     async def logs_tail(self, container_id: str, lines: int = 20) -> str:
         try:

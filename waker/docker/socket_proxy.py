@@ -56,6 +56,7 @@ ALLOWED = [
         ("GET", "/containers/json"),
         ("GET", f"/containers/{_ID}/json"),
         ("GET", f"/containers/{_ID}/logs"),
+        ("GET", f"/containers/{_ID}/stats"),
         ("GET", "/images/[^?]+/json"),
         ("POST", "/images/create"),
         ("POST", "/containers/create"),
@@ -70,7 +71,7 @@ ALLOWED = [
 # to the containers named "json" and "create".
 ON_CONTAINER = re.compile(
     f"^(?!GET {_VERSION}/containers/json(?:\\?|$))(?!POST {_VERSION}/containers/create(?:\\?|$))"
-    f"(?:POST|DELETE|GET) {_VERSION}/containers/({_ID})(?:/(start|stop|logs|json))?(?:\\?.*)?$"
+    f"(?:POST|DELETE|GET) {_VERSION}/containers/({_ID})(?:/(start|stop|logs|stats|json))?(?:\\?.*)?$"
 )
 CREATE = re.compile(f"^POST ({_VERSION}/containers/create)(?:\\?(.*))?$")
 LIST = re.compile(f"^GET {_VERSION}/containers/json(?:\\?.*)?$")

@@ -18,6 +18,7 @@ from aiohttp import web
 from waker.config.fixups import model_context
 from waker.config.schema import ModelConfig
 from waker.core.lifecycle import State
+from waker.core.memory import ContainerMemory
 from waker.core.plan import Slot
 from waker.core.progress import Phase, Progress
 from waker.errors import AdminError, ConfigError, NginxError, RequestRefused, error_body
@@ -76,10 +77,15 @@ def _http_error(status: int, code: str, message: str) -> web.HTTPException:
 
 
 def describe(
-    supervisor: Supervisor, model: ModelConfig, slots: dict[str, Slot] | None = None, progress: Progress | None = None
+    supervisor: Supervisor,
+    model: ModelConfig,
+    slots: dict[str, Slot] | None = None,
+    progress: Progress | None = None,
+    used: ContainerMemory | None = None,
 ) -> dict[str, Any]:
     """One model's state for the API; `slots` lets a listing merge the activity into them once.
-    `progress` (a model queued or loading) is the line its waiting streams show too."""
+    `progress` (a model queued or loading) is the line its waiting streams show too; `used`, its
+    container's memory, where it was read."""
     now = supervisor.now()
     slot = (slots or supervisor.current_slots())[model.id]
     ready = slot.state is State.READY
@@ -94,7 +100,11 @@ def describe(
         "queued": len(supervisor.waiting.for_model(model.id)),
         "requests_total": supervisor.records[model.id].activity.total,
         "gpu_memory": model.gpu_memory,
-        "memory": supervisor.footprint(model),
+        "memory": {
+            **supervisor.footprint(model),
+            "current_bytes": used.current if used is not None else None,
+            "peak_bytes": used.peak if used is not None else None,
+        },
         "exclusive": model.exclusive,
         "keep_warm": model.keep_warm,
         "pinned": slot.pinned,
@@ -131,16 +141,30 @@ def describe(
     return entry
 
 
-def _described(request: web.Request, model: ModelConfig, slots: dict[str, Slot] | None = None) -> dict[str, Any]:
-    return describe(request.app[CONTEXT].supervisor, model, slots, request.app[CONTEXT].watch.progress(model.id))
+def _described(
+    request: web.Request,
+    model: ModelConfig,
+    slots: dict[str, Slot] | None = None,
+    used: ContainerMemory | None = None,
+) -> dict[str, Any]:
+    ctx = request.app[CONTEXT]
+    return describe(ctx.supervisor, model, slots, ctx.watch.progress(model.id), used)
+
+
+async def _memory_in_use(supervisor: Supervisor, models: list[ModelConfig]) -> dict[str, ContainerMemory | None]:
+    """Each model's container's memory, read from its engine for all at once (a Docker call for each
+    model with a container)."""
+    used = await asyncio.gather(*(supervisor.container_memory(m.id) for m in models))
+    return dict(zip((m.id for m in models), used, strict=True))
 
 
 async def list_models(request: web.Request) -> web.Response:
     supervisor = request.app[CONTEXT].supervisor
     slots = supervisor.current_slots()
+    used = await _memory_in_use(supervisor, list(supervisor.config.models))
     return web.json_response(
         {
-            "models": [_described(request, m, slots) for m in supervisor.config.models],
+            "models": [_described(request, m, slots, used[m.id]) for m in supervisor.config.models],
             "queue_length": len(supervisor.waiting),
             "docker": supervisor.docker_error or "connected",
             "gpu_capacity": supervisor.policy.capacity,
@@ -151,7 +175,9 @@ async def list_models(request: web.Request) -> web.Response:
 
 
 async def get_model(request: web.Request) -> web.Response:
-    return web.json_response(_described(request, _model(request)))
+    model = _model(request)
+    used = await _memory_in_use(request.app[CONTEXT].supervisor, [model])
+    return web.json_response(_described(request, model, used=used[model.id]))
 
 
 async def start(request: web.Request) -> web.Response:

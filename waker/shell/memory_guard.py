@@ -3,7 +3,8 @@ while a model starts or wakes, when memory grows fastest, or while requests wait
 available falls below `[scheduler] memory_floor`, has the supervisor stop the model
 `core.memory.victim` names. It gives the scheduler the host's memory to weigh starts against
 (`view`), asks for a new decision while requests wait (memory changes without an event), and learns
-each model's footprint: the fall in available memory over its start, kept in the state directory."""
+each model's footprint: the fall in available memory over its start, or its container's memory once
+it serves if that is more, kept in the state directory."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import structlog
 
 from waker.core.driver import Clock, Memory
 from waker.core.lifecycle import State
-from waker.core.memory import HostMemory, Trip, gib, page_cache_in_the_way, victim
+from waker.core.memory import ContainerMemory, HostMemory, Trip, gib, page_cache_in_the_way, victim
 from waker.core.plan import MemoryView, Policy, Slot
 from waker.core.scheduler import hosts_of
 
@@ -37,6 +38,7 @@ class Guarded(Protocol):
     def memory_trip(self, trip: Trip, memory: HostMemory, floor: int) -> None: ...
     def has_waiters(self) -> bool: ...
     def reconcile(self) -> None: ...
+    async def container_memory(self, model_id: str) -> ContainerMemory | None: ...
 
 
 class MemoryGuard:
@@ -50,6 +52,7 @@ class MemoryGuard:
         self._starts: dict[str, tuple[int, int]] = {}  # model starting -> (available before, lowest since)
         self._poked = asyncio.Event()
         self._task: asyncio.Task[None] | None = None
+        self._reading: set[asyncio.Task[None]] = set()  # containers' memory being read, off the loop
 
     def view(self, releasing: frozenset[str]) -> MemoryView | None:
         """The host's memory read now, as the scheduler weighs a start; None if it cannot be read."""
@@ -84,9 +87,10 @@ class MemoryGuard:
         self._task = asyncio.create_task(self._run(guarded), name="memory_guard")
 
     async def close(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            await asyncio.gather(self._task, return_exceptions=True)
+        tasks = [t for t in (self._task, *self._reading) if t is not None]
+        for task in tasks:
+            task.cancel()
+        await asyncio.gather(*tasks, return_exceptions=True)
 
     async def _run(self, guarded: Guarded) -> None:
         while True:
@@ -98,7 +102,7 @@ class MemoryGuard:
                 log.error("memory_unreadable", error=repr(exc), retry_in=REST_INTERVAL)
                 await self._pause(REST_INTERVAL)
                 continue
-            self._learn(slots, memory, before)
+            self._learn(guarded, slots, memory, before)
             trip = victim(slots, memory, floor, guarded.releasing)
             if trip is not None:
                 guarded.memory_trip(trip, memory, floor)
@@ -117,14 +121,14 @@ class MemoryGuard:
             poked.cancel()
             self._poked.clear()
 
-    def _learn(self, slots: list[Slot], memory: HostMemory, before: HostMemory | None) -> None:
+    def _learn(self, guarded: Guarded, slots: list[Slot], memory: HostMemory, before: HostMemory | None) -> None:
         """A start's footprint: available memory before it (the reading its start was decided on)
-        minus the lowest seen until it is ready. A start that failed (the guard's kill included)
-        took at least what it had taken by then."""
+        minus the lowest seen until it is ready, or what its container holds once ready if that is
+        more (something else freed memory meanwhile). A start that failed (the guard's kill
+        included) took at least what it had taken by then."""
         states = {s.id: s.state for s in slots}
         for model in (m for m, state in states.items() if state is State.STARTING and m not in self._starts):
             self._starts[model] = ((before or memory).available, memory.available)
-        changed = False
         for model, (baseline, lowest) in list(self._starts.items()):
             lowest = min(lowest, memory.available)
             if states.get(model) is State.STARTING:
@@ -133,19 +137,25 @@ class MemoryGuard:
             del self._starts[model]
             taken = max(0, baseline - lowest)
             if states.get(model) is State.READY:
-                learned = taken
+                task = asyncio.create_task(self._learn_ready(guarded, model, taken), name="footprint")
+                self._reading.add(task)
+                task.add_done_callback(self._reading.discard)
             elif states.get(model) is State.FAILED:
-                learned = max(self.learned.get(model, 0), taken)
-            else:
-                continue
-            if learned != self.learned.get(model):
-                self.learned[model], changed = learned, True
-                log.info("footprint_learned", model=model, bytes=learned, text=gib(learned))
-        if changed:
-            try:
-                self.memory.remember(self.learned)
-            except OSError as exc:
-                log.error("footprints_not_kept", error=str(exc))
+                self._learned(model, max(self.learned.get(model, 0), taken))
+
+    async def _learn_ready(self, guarded: Guarded, model: str, taken: int) -> None:
+        held = await guarded.container_memory(model)
+        self._learned(model, max(taken, held.current if held is not None else 0))
+
+    def _learned(self, model: str, footprint: int) -> None:
+        if footprint == self.learned.get(model):
+            return
+        self.learned[model] = footprint
+        log.info("footprint_learned", model=model, bytes=footprint, text=gib(footprint))
+        try:
+            self.memory.remember(self.learned)
+        except OSError as exc:
+            log.error("footprints_not_kept", error=str(exc))
 
     def _here(self, guarded: Guarded) -> list[Slot]:
         return [s for s in guarded.current_slots().values() if self.host in hosts_of(s, guarded.policy)]

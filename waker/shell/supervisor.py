@@ -59,7 +59,7 @@ from waker.core.events import (
 )
 from waker.core.incidents import GATED, Failure, IdleCheck
 from waker.core.lifecycle import Event, SleepReason, State, StopReason
-from waker.core.memory import HostMemory, Trip
+from waker.core.memory import ContainerMemory, HostMemory, Trip
 from waker.core.plan import Grant, HostBudget, Plan, Policy, Refuse, Sleep, Slot, Start, Stop, Wake
 from waker.core.reload import ConfigChange
 from waker.core.scheduler import decide, hosts_of
@@ -77,6 +77,7 @@ log = structlog.get_logger("waker.shell.supervisor")
 
 STOP_RETRY_SECONDS = 5.0
 RECHECK_SECONDS = 5.0  # before asking an engine that did not answer its busy check again
+STATS_TIMEOUT = 2.0  # the longest wait for a container's memory from its engine
 
 
 @dataclass(frozen=True, slots=True)
@@ -300,6 +301,16 @@ class Supervisor:
 
     def _memory_floor(self) -> int:
         return self.config.scheduler.memory_floor  # the config in force: a reload changes it
+
+    async def container_memory(self, model_id: str) -> ContainerMemory | None:
+        """The model's container's memory now, as its engine says; None if it has none or does not say."""
+        record = self._records.get(model_id)
+        if record is None or record.container is None:
+            return None
+        try:
+            return await asyncio.wait_for(self.driver_of(model_id).memory_use(record.container), STATS_TIMEOUT)
+        except (DriverError, TimeoutError):
+            return None
 
     def has_waiters(self) -> bool:
         return bool(self.waiting)
