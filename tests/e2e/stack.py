@@ -155,6 +155,7 @@ class Stack:
     gateway: dict = field(default_factory=dict)  # extra [gateway] keys
     env: dict = field(default_factory=dict)  # extra environment for `waker run`
     hosts: list[dict] = field(default_factory=list)  # [[host]] entries
+    externals: list[dict] = field(default_factory=list)  # [[external]] entries
     name: str = field(default_factory=lambda: f"t{uuid.uuid4().hex[:10]}")
     proc: subprocess.Popen | None = None
 
@@ -198,6 +199,9 @@ class Stack:
         for host in self.hosts:
             lines.append("[[host]]")
             lines += [f"{k} = {toml_value(v)}" for k, v in host.items()]
+        for external in self.externals:
+            lines.append("[[external]]")
+            lines += [f"{k} = {toml_value(v)}" for k, v in external.items()]
         for model in self.models:
             lines.append("[[model]]")
             lines += [f"{k} = {toml_value(v)}" for k, v in model.items()]

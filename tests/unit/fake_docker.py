@@ -60,6 +60,7 @@ class Container:
     logs: list[tuple[float, int, bytes]] = field(default_factory=list)  # (unix time, stream, line)
     followers: list[asyncio.Queue[bytes | None]] = field(default_factory=list)
     memory_stats: dict[str, Any] = field(default_factory=dict)  # what its stats say of its memory
+    paused: bool = False
 
     @property
     def labels(self) -> dict[str, str]:
@@ -67,7 +68,9 @@ class Container:
 
     @property
     def status(self) -> str:
-        return "running" if self.running else ("created" if not self.starts else "exited")
+        if self.running:
+            return "paused" if self.paused else "running"
+        return "created" if not self.starts else "exited"
 
 
 @dataclass
@@ -261,6 +264,8 @@ class FakeDocker:
         app.router.add_post(API + "/containers/{id}/start", self._start)
         app.router.add_post(API + "/containers/{id}/stop", self._stop)
         app.router.add_post(API + "/containers/{id}/kill", self._kill)
+        app.router.add_post(API + "/containers/{id}/pause", self._pause)
+        app.router.add_post(API + "/containers/{id}/unpause", self._pause)
         app.router.add_delete(API + "/containers/{id}", self._remove)
         app.router.add_get(API + "/containers/{id}/logs", self._logs)
         app.router.add_get(API + "/containers/{id}/stats", self._stats)
@@ -427,6 +432,18 @@ class FakeDocker:
         self.remove_by_hand(container)
         for members in self.networks.values():
             members.discard(container.id)
+        return web.Response(status=204)
+
+    async def _pause(self, request: web.Request) -> web.StreamResponse:
+        container, target = self._container_call(request)
+        action = request.path.rsplit("/", 1)[1]
+        if (fault := await self._record(request, action, target)) is not None:
+            return fault
+        if container is None:
+            return _error(404, f"No such container: {target}")
+        if not container.running or container.paused == (action == "pause"):
+            return _error(409, f"Container {container.id} is not {'running' if action == 'pause' else 'paused'}")
+        container.paused = action == "pause"
         return web.Response(status=204)
 
     async def _stats(self, request: web.Request) -> web.StreamResponse:

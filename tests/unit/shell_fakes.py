@@ -6,15 +6,17 @@ from __future__ import annotations
 import asyncio
 from collections import defaultdict, deque
 from collections.abc import AsyncIterator, Awaitable, Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any, TypeVar
 
 from tests.eventually import eventually_async
+from waker.config.externals import ExternalConfig
 from waker.config.hosts import IMPLICIT_HOST
 from waker.config.schema import Config, ModelConfig, parse_config
 from waker.core.driver import ContainerEvent, Memory
 from waker.core.events import WakerEvent
+from waker.core.externals import ExternalContainer
 from waker.core.image_pull import PullProgress
 from waker.core.lifecycle import State
 from waker.core.memory import ContainerMemory
@@ -100,6 +102,7 @@ class FakeDriver:
     stopped_containers: dict[str, str] = field(default_factory=dict)  # model -> its container, stopped
     memory_in_use: dict[str, ContainerMemory] = field(default_factory=dict)  # container -> its stats' memory
     memory_refused: set[str] = field(default_factory=set)  # containers whose stats the engine refuses
+    external_containers: dict[str, ExternalContainer] = field(default_factory=dict)  # other workloads', by id
     starts: int = 0
     closed: bool = False
     asleep: set[str] = field(default_factory=set)  # engines that say they sleep
@@ -186,6 +189,14 @@ class FakeDriver:
 
     async def log_tail(self, container_id: str) -> str:
         return self.tails.get(container_id, "")
+
+    async def externals(self, entries: tuple[ExternalConfig, ...]) -> list[ExternalContainer]:
+        self.calls.append(("externals",))
+        return [c for c in self.external_containers.values() if c.external in entries]
+
+    async def pause(self, container: ExternalContainer, unpause: bool = False) -> None:
+        self.calls.append(("unpause" if unpause else "pause", container.name))
+        self.external_containers[container.id] = replace(container, paused=not unpause)
 
     async def memory_use(self, container_id: str) -> ContainerMemory | None:
         if container_id in self.memory_refused:

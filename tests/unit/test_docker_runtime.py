@@ -11,6 +11,7 @@ import pytest
 
 from tests.unit.fake_docker import STACK, STDERR, FakeDocker, Pull, managed
 from tests.unit.test_image_pull import STREAM
+from waker.config.externals import ExternalConfig, ExternalPolicy
 from waker.config.hosts import DockerEndpoint, DockerScheme, TlsFiles
 from waker.config.ray import RayNode
 from waker.core.image_pull import PullProgress
@@ -284,3 +285,26 @@ async def test_a_containers_memory_is_what_docker_stats_shows_with_the_peak_wher
     docker.refuse("stats", 500, "stats unavailable")
     with pytest.raises(DockerError, match="cannot read container .*'s stats: .*stats unavailable"):
         await runtime.memory_use(v1.id)
+
+
+async def test_external_workloads_are_found_by_label_or_name_and_only_a_pause_ones_container_is_paused(docker, runtime):
+    comfy_entry = ExternalConfig("comfyui", "app=comfyui", "", ExternalPolicy.PAUSE)
+    notes_entry = ExternalConfig("notes", "", "notebook", ExternalPolicy.OBSERVE)
+    comfy = docker.add("comfy-1", {"Labels": {"app": "comfyui"}}, running=True)
+    docker.add("notebook", {}, running=True)
+    docker.add("unit-alpha", managed("alpha", app="comfyui"), running=True)  # ours: never theirs
+    docker.add("stopped-comfy", {"Labels": {"app": "comfyui"}}, running=False)
+    found = await runtime.externals((comfy_entry, notes_entry))
+    assert sorted((c.name, c.external.name, c.paused) for c in found) == [
+        ("comfy-1", "comfyui", False),
+        ("notebook", "notes", False),
+    ]
+    (theirs,) = [c for c in found if c.name == "comfy-1"]
+    await runtime.pause(theirs)
+    assert comfy.paused and [c.paused for c in await runtime.externals((comfy_entry,))] == [True]
+    await runtime.pause(theirs, unpause=True)
+    assert not comfy.paused
+    (notebook,) = [c for c in found if c.name == "notebook"]
+    with pytest.raises(NotManaged, match="not one the waker may pause"):
+        await runtime.pause(notebook)
+    assert await runtime.externals(()) == []

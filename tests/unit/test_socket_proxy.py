@@ -29,8 +29,18 @@ from waker.docker.socket_proxy import (
 from waker.docker.spec import LABEL_MANAGED, LABEL_ROLE, ROLE_GATEWAY, container_spec
 from waker.errors import ProxyRefused
 
-CONFIG = '[waker]\nname = "unit"\n[[model]]\nid = "model1"\nimage = "i"\nvolumes = ["/data:/models"]\n'
-CONTAINERS = {"model1": {LABEL_MANAGED: "true"}, "gateway1": {LABEL_ROLE: ROLE_GATEWAY}, "stranger": {"x": "y"}}
+CONFIG = (
+    '[waker]\nname = "unit"\n[[model]]\nid = "model1"\nimage = "i"\nvolumes = ["/data:/models"]\n'
+    '[[external]]\nname = "comfyui"\nlabel = "app=comfyui"\npolicy = "pause"\n'
+    '[[external]]\nname = "notes"\ncontainer = "notebook"\n'
+)
+CONTAINERS = {
+    "model1": {LABEL_MANAGED: "true"},
+    "gateway1": {LABEL_ROLE: ROLE_GATEWAY},
+    "stranger": {"x": "y"},
+    "comfy": {"app": "comfyui"},  # [[external]] 'comfyui', policy pause
+    "notebook": {},  # [[external]] 'notes' by its name, policy observe
+}
 Call = tuple[str, str, "CIMultiDictProxy[str]", bytes]
 
 
@@ -55,11 +65,14 @@ class FakeDocker:
             labels = CONTAINERS.get(inspect.group(1))
             if labels is None:
                 return web.json_response({"message": f"No such container: {inspect.group(1)}"}, status=404)
-            return web.json_response({"Id": inspect.group(1), "Config": {"Labels": labels}})
+            return web.json_response(
+                {"Id": inspect.group(1), "Name": f"/{inspect.group(1)}", "Config": {"Labels": labels}}
+            )
         if request.path == "/v1.41/events":
             return await self.stream(request)
         if request.path == "/v1.41/containers/json":
-            return web.json_response([{"Id": name, "Labels": labels} for name, labels in CONTAINERS.items()])
+            listing = [{"Id": name, "Names": [f"/{name}"], "Labels": labels} for name, labels in CONTAINERS.items()]
+            return web.json_response(listing)
         return web.json_response({"answered": f"{request.method} {request.path_qs}"})
 
     async def stream(self, request: web.Request) -> web.StreamResponse:
@@ -282,7 +295,7 @@ async def test_allowed_calls_reach_docker_and_its_answer_comes_back(docker, clie
 async def test_a_managed_container_is_inspected_without_its_environment(docker, client):
     assert await call(client, "GET", "/v1.41/containers/model1/json") == (
         200,
-        {"Id": "model1", "Config": {"Labels": {LABEL_MANAGED: "true"}, "Env": []}},
+        {"Id": "model1", "Name": "/model1", "Config": {"Labels": {LABEL_MANAGED: "true"}, "Env": []}},
     )
 
 
@@ -290,13 +303,13 @@ async def test_the_gateway_is_inspected_without_its_environment_too(docker, clie
     """The waker finds the gateway whose network namespace it shares by the hostname in its inspect."""
     assert await call(client, "GET", "/v1.41/containers/gateway1/json") == (
         200,
-        {"Id": "gateway1", "Config": {"Labels": {LABEL_ROLE: ROLE_GATEWAY}, "Env": []}},
+        {"Id": "gateway1", "Name": "/gateway1", "Config": {"Labels": {LABEL_ROLE: ROLE_GATEWAY}, "Env": []}},
     )
 
 
 async def test_a_listing_shows_the_managed_containers_and_the_gateway_only(docker, client):
     status, listing = await call(client, "GET", "/v1.41/containers/json?all=1")
-    assert status == 200 and [entry["Id"] for entry in listing] == ["model1", "gateway1"]
+    assert status == 200 and [entry["Id"] for entry in listing] == ["model1", "gateway1", "comfy", "notebook"]
 
 
 @pytest.mark.parametrize(
@@ -521,3 +534,26 @@ async def test_containers_named_json_or_create_are_checked_like_any_other(docker
     name = target.split("/")[3].split("?")[0]
     assert await call(client, method, target) == refused(f"container {name} is not managed by the waker")
     assert docker.forwarded == []
+
+
+@pytest.mark.parametrize(
+    ("method", "target", "answer"),
+    [
+        ("POST", "/v1.41/containers/comfy/pause", None),
+        ("POST", "/v1.41/containers/comfy/unpause", None),
+        ("GET", "/v1.41/containers/comfy/stats?stream=0&one-shot=1", None),
+        ("GET", "/v1.41/containers/notebook/stats?stream=0&one-shot=1", None),  # observe: its memory is shown
+        ("POST", "/v1.41/containers/notebook/pause", "container notebook is not an [[external]] workload's"),
+        ("POST", "/v1.41/containers/stranger/pause", "container stranger is not an [[external]] workload's"),
+        ("POST", "/v1.41/containers/model1/unpause", "container model1 is not an [[external]] workload's"),
+        ("GET", "/v1.41/containers/stranger/stats", "container stranger is not managed by the waker"),
+    ],
+)
+async def test_external_workloads_are_paused_only_by_policy_and_their_memory_read(
+    docker, client, method, target, answer
+):
+    status, body = await call(client, method, target)
+    if answer is None:
+        assert (status, body) == (200, {"answered": f"{method} {target}"})
+    else:
+        assert status == 403 and answer in body["message"] and not docker.forwarded, body

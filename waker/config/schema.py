@@ -14,10 +14,12 @@ from enum import StrEnum
 from pathlib import Path
 from typing import Any
 
+from waker.config import externals as config_externals
 from waker.config import fields
 from waker.config import fixups as config_fixups
 from waker.config import hosts as config_hosts
 from waker.config import ray as config_ray
+from waker.config.externals import ExternalConfig
 from waker.config.fields import Address, Source
 from waker.config.fixups import Fixup, fixup_problems
 from waker.config.hosts import HostConfig
@@ -198,6 +200,7 @@ class Config:
     disabled: tuple[ModelConfig, ...] = ()  # declared with status = "disabled": kept for the record, not served
     overrides: tuple[str, ...] = ()  # `--set` values, applied again on every reload
     hosts: tuple[HostConfig, ...] = ()  # the [[host]] entries; none = the local engine alone
+    externals: tuple[ExternalConfig, ...] = ()  # the [[external]] workloads on this machine
     # Every request names a model: found by id or alias in one step, not by a walk through the list.
     _by_name: dict[str, ModelConfig] = field(init=False, repr=False, compare=False)
 
@@ -274,7 +277,7 @@ def load_config(path: Path | str | None = None, overrides: tuple[str, ...] = ())
 
 def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = ()) -> Config:
     problems: list[str] = []
-    known = {"gateway", "waker", "scheduler", "defaults", "model", "host"}
+    known = {"gateway", "waker", "scheduler", "defaults", "model", "host", "external"}
     for key in raw:
         if key not in known:
             problems.append(f"{path}: unknown section [{key}]; the sections are {', '.join(sorted(known))}")
@@ -364,11 +367,12 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
     )
     _check_across_models(models, gateway_cfg, waker_cfg, path, problems)
     config_hosts.check_placement(models, hosts, scheduler_cfg.gpu_capacity, path, problems)
+    externals = config_externals.parse_externals(raw.get("external"), path, problems)
     if problems:
         raise ConfigError(path, problems)
     served = tuple(m for m in models if m.status is not ModelStatus.DISABLED)
     disabled = tuple(m for m in models if m.status is ModelStatus.DISABLED)
-    return Config(path, gateway_cfg, waker_cfg, scheduler_cfg, served, disabled, overrides, hosts)
+    return Config(path, gateway_cfg, waker_cfg, scheduler_cfg, served, disabled, overrides, hosts, externals)
 
 
 def _default_state_dir(name: str) -> str:

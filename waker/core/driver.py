@@ -25,8 +25,10 @@ from dataclasses import dataclass
 from enum import StrEnum
 from typing import Protocol
 
+from waker.config.externals import ExternalConfig
 from waker.config.ray import RayNode
 from waker.config.schema import Config, ModelConfig
+from waker.core.externals import ExternalContainer
 from waker.core.image_pull import PullProgress
 from waker.core.memory import ContainerMemory, HostMemory
 
@@ -64,6 +66,12 @@ class Driver(Protocol):
 
     async def memory_use(self, container_id: str) -> ContainerMemory | None:
         """The model's container's memory now; None if it does not run. Raises `DriverError`."""
+
+    async def externals(self, entries: tuple[ExternalConfig, ...]) -> list[ExternalContainer]:
+        """The running or paused containers of these `[[external]]` workloads. Raises `DriverError`."""
+
+    async def pause(self, container: ExternalContainer, unpause: bool = False) -> None:
+        """Pauses (unpauses) a `pause` workload's container, and nothing else. Raises `DriverError`."""
 
     async def busy(self, model: ModelConfig) -> int | None:
         """Requests the engine itself reports running or waiting, or None when it does not say;

@@ -17,10 +17,12 @@ from typing import Any, Protocol, TypeVar
 import aiohttp
 import structlog
 
+from waker.config.externals import ExternalConfig
 from waker.config.hosts import HostConfig
 from waker.config.schema import ModelConfig, WakerConfig
 from waker.config.units import format_duration
 from waker.core.driver import ContainerEvent
+from waker.core.externals import ExternalContainer
 from waker.core.image_pull import PullProgress
 from waker.core.memory import ContainerMemory
 from waker.docker import events as docker_events
@@ -206,6 +208,12 @@ class Launcher:
 
     async def memory_use(self, container_id: str) -> ContainerMemory | None:
         return await self.runtime.memory_use(container_id)
+
+    async def externals(self, entries: tuple[ExternalConfig, ...]) -> list[ExternalContainer]:
+        return await self.runtime.externals(entries)
+
+    async def pause(self, container: ExternalContainer, unpause: bool = False) -> None:
+        await self.runtime.pause(container, unpause)
 
     async def container(self, model_id: str) -> str | None:
         info = await self.runtime.find(model_id)

@@ -15,9 +15,11 @@ from dataclasses import dataclass
 
 import structlog
 
+from waker.config.externals import ExternalConfig
 from waker.config.hosts import HostConfig
 from waker.config.ray import RayNode, RayNodes
 from waker.config.schema import ModelConfig
+from waker.core.externals import ExternalContainer
 from waker.core.image_pull import PullProgress
 from waker.core.memory import ContainerMemory
 from waker.docker.launcher import LOG_TAIL_LINES, Launcher, Node
@@ -150,6 +152,12 @@ class RayPair:
     async def memory_use(self, container_id: str) -> ContainerMemory | None:
         """The head's container (the server's); the worker's memory is its own host's."""
         return await self.head.memory_use(container_id)
+
+    async def externals(self, entries: tuple[ExternalConfig, ...]) -> list[ExternalContainer]:
+        return await self.head.externals(entries)
+
+    async def pause(self, container: ExternalContainer, unpause: bool = False) -> None:
+        await self.head.pause(container, unpause)
 
     async def busy(self, model: ModelConfig) -> int | None:
         return await self.head.busy(model)

@@ -19,8 +19,10 @@ import aiohttp
 from aiodocker.networks import DockerNetwork
 from aiohttp.http_exceptions import LineTooLong
 
+from waker.config.externals import ExternalConfig, ExternalPolicy
 from waker.config.hosts import DockerEndpoint
 from waker.config.ray import RayNode
+from waker.core.externals import ExternalContainer
 from waker.core.image_pull import PullProgress, PullTracker
 from waker.core.memory import ContainerMemory, container_memory
 from waker.docker.connect import docker_client
@@ -214,6 +216,37 @@ class DockerRuntime:
             container = self._docker.containers.container(container_id)
             async for line in container.log(stdout=True, stderr=True, follow=True, **window):
                 yield line.rstrip("\n")
+
+    async def externals(self, entries: tuple[ExternalConfig, ...]) -> list[ExternalContainer]:
+        """The running (or paused) containers of the `[[external]]` workloads, never a managed one."""
+        if not entries:
+            return []
+        with _docker_errors("cannot list containers"):
+            listed = await self._docker.containers.list()
+        found = []
+        for container in listed:
+            data = container._container
+            labels = data.get("Labels") or {}
+            name = (data.get("Names") or ["/"])[0].lstrip("/")
+            entry = next((e for e in entries if e.matches(name, labels)), None)
+            if entry is not None and labels.get(LABEL_MANAGED) != "true":
+                found.append(ExternalContainer(data["Id"], name, entry, data.get("State") == "paused"))
+        return found
+
+    async def pause(self, container: ExternalContainer, unpause: bool = False) -> None:
+        """Pauses (or unpauses) an external workload's container, once Docker confirms it is one of
+        a `pause` workload's: nothing else is ever paused."""
+        action = "unpause" if unpause else "pause"
+        with _docker_errors(f"cannot {action} container {container.name}", ignore=(304,)):
+            data = await self._docker.containers.container(container.id).show()
+            labels = data["Config"].get("Labels") or {}
+            entry = container.external
+            if entry.policy is not ExternalPolicy.PAUSE or labels.get(LABEL_MANAGED) == "true":
+                raise NotManaged(f"container {container.name} is not one the waker may pause")
+            if not entry.matches(data["Name"], labels):
+                raise NotManaged(f"container {container.name} is not [[external]] '{entry.name}''s any more")
+            async with self._docker._query(f"containers/{container.id}/{action}", method="POST"):
+                pass
 
     async def memory_use(self, container_id: str) -> ContainerMemory | None:
         """The container's memory now (and its peak where cgroup v1 keeps one); None if not running."""

@@ -36,6 +36,7 @@ import structlog
 from aiohttp import web
 from yarl import URL
 
+from waker.config.externals import ExternalConfig, ExternalPolicy
 from waker.config.schema import Config, load_config
 from waker.docker import registry_auth
 from waker.docker.create_guard import checked_create, strict_json
@@ -62,6 +63,8 @@ ALLOWED = [
         ("POST", "/containers/create"),
         ("POST", f"/containers/{_ID}/start"),
         ("POST", f"/containers/{_ID}/stop"),
+        ("POST", f"/containers/{_ID}/pause"),
+        ("POST", f"/containers/{_ID}/unpause"),
         ("DELETE", f"/containers/{_ID}"),
         ("POST", f"/networks/{_ID}/connect"),
     )
@@ -78,6 +81,9 @@ LIST = re.compile(f"^GET {_VERSION}/containers/json(?:\\?.*)?$")
 NETWORK_CONNECT = re.compile(f"^POST {_VERSION}/networks/{_ID}/connect(?:\\?.*)?$")
 # The gateway's reload: the query must be exactly one SIGHUP (checked in `check`).
 KILL = re.compile(f"^POST {_VERSION}/containers/({_ID})/kill(?:\\?(.*))?$")
+# An [[external]] workload's container: paused for a model and unpaused after it, when its policy says so.
+PAUSE = re.compile(f"^POST {_VERSION}/containers/({_ID})/(?:un)?pause(?:\\?.*)?$")
+STATS = re.compile(f"^GET {_VERSION}/containers/({_ID})/stats(?:\\?.*)?$")
 RELOAD_SIGNALS = ("HUP", "SIGHUP")
 IMAGE_PULL = re.compile(f"^POST {_VERSION}/images/create(?:\\?(.*))?$")
 # A pull names an image and nothing else: fromSrc (an import) would overwrite a local tag with any tarball.
@@ -131,13 +137,16 @@ def without_environment(inspect: Any) -> Any:
     return inspect
 
 
-def visible(listing: Any) -> list[Any]:
-    """The containers of a listing the waker may see: the managed ones and the gateway."""
+def visible(listing: Any, externals: tuple[ExternalConfig, ...] = ()) -> list[Any]:
+    """The containers of a listing the waker may see: the managed ones, the gateway, and those of the
+    config's [[external]] workloads."""
     entries = [entry for entry in listing if isinstance(entry, dict)] if isinstance(listing, list) else []
     return [
         entry
         for entry in entries
-        if (labels := entry.get("Labels") or {}).get(LABEL_MANAGED) == "true" or labels.get(LABEL_ROLE) == ROLE_GATEWAY
+        if (labels := entry.get("Labels") or {}).get(LABEL_MANAGED) == "true"
+        or labels.get(LABEL_ROLE) == ROLE_GATEWAY
+        or any(e.matches(str((entry.get("Names") or [""])[0]), labels) for e in externals)
     ]
 
 
@@ -236,6 +245,11 @@ class SocketProxy:
         if kill := KILL.match(call):
             await self._check_gateway(kill.group(1))
             return Call(method, target)
+        if pause := PAUSE.match(call):
+            await self._check_external(pause.group(1), pausing=True)
+            return Call(method, target)
+        if (stats := STATS.match(call)) and await self._external(stats.group(1)) is not None:
+            return Call(method, target)  # an [[external]] workload's memory, which the waker shows
         if container := ON_CONTAINER.match(call):
             inspect = container.group(2) == "json"
             # The waker finds its gateway by the hostname its inspect shows; nothing else is read there.
@@ -247,7 +261,8 @@ class SocketProxy:
             body = json.dumps({"Container": connected}).encode()
             return Call(method, target, {"Content-Type": "application/json"}, body)
         if LIST.match(call):
-            return Call(method, target, rewrite=visible)
+            externals = self.config().externals
+            return Call(method, target, rewrite=lambda listing: visible(listing, externals))
         if pull := IMAGE_PULL.match(call):
             image = pulled_image(pull.group(1) or "")
             given = headers.get("X-Registry-Auth")
@@ -268,6 +283,26 @@ class SocketProxy:
                 return None
             labels = ((await answer.json(content_type=None)).get("Config") or {}).get("Labels")
             return labels if isinstance(labels, dict) else {}
+
+    async def _external(self, container: str) -> ExternalConfig | None:
+        """The config's [[external]] workload the container belongs to (never a managed one's)."""
+        assert self.session is not None
+        async with self.session.get(URL(f"http://docker/containers/{container}/json", encoded=True)) as answer:
+            if answer.status != 200:
+                return None
+            data = await answer.json(content_type=None)
+        labels = (data.get("Config") or {}).get("Labels") or {}
+        if not isinstance(labels, dict) or labels.get(LABEL_MANAGED) == "true":
+            return None
+        return next((e for e in self.config().externals if e.matches(str(data.get("Name", "")), labels)), None)
+
+    async def _check_external(self, container: str, pausing: bool) -> None:
+        external = await self._external(container)
+        if external is None or (pausing and external.policy is not ExternalPolicy.PAUSE):
+            raise ProxyRefused(
+                f"container {container[:12]} is not an [[external]] workload's with policy 'pause': "
+                "the waker pauses nothing else"
+            )
 
     async def _check_managed(self, container: str, or_gateway: bool = False) -> None:
         labels = (await self._labels(container)) or {}

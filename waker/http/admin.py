@@ -170,6 +170,7 @@ async def list_models(request: web.Request) -> web.Response:
             "gpu_capacity": supervisor.policy.capacity,
             "hosts": [asdict(status) for status in supervisor.hosts.status(slots, supervisor.policy_now())],
             "gpu": [asdict(reading) for reading in request.app[CONTEXT].gpu.read()],
+            "externals": await supervisor.externals.status() if supervisor.externals is not None else [],
         }
     )
 

@@ -66,6 +66,7 @@ from waker.core.scheduler import decide, hosts_of
 from waker.errors import DriverError, NginxError, RequestRefused, SleepModeError, StartError
 from waker.nginx.activity import Mark, MarkKind
 from waker.shell.events import EventBus
+from waker.shell.externals import Externals
 from waker.shell.fleet import Fleet
 from waker.shell.gate import Gate
 from waker.shell.hosts import Hosts
@@ -78,6 +79,7 @@ log = structlog.get_logger("waker.shell.supervisor")
 STOP_RETRY_SECONDS = 5.0
 RECHECK_SECONDS = 5.0  # before asking an engine that did not answer its busy check again
 STATS_TIMEOUT = 2.0  # the longest wait for a container's memory from its engine
+NEEDS_A_START = (State.STOPPED, State.FAILED, State.SLEEPING)  # a request for it starts or wakes it
 
 
 @dataclass(frozen=True, slots=True)
@@ -137,6 +139,8 @@ class Supervisor:
         host = memory_host(config.placement_hosts)
         # `memory` reads this machine's memory: it guards the host whose engine runs here.
         self.guard = MemoryGuard(memory, clock, host, self._memory_floor) if memory and host is not None else None
+        # Other workloads run beside the models on this machine, whose engine is the host's.
+        self.externals = Externals(fleet.drivers[host], lambda: self.config.externals, self.spawn) if host else None
 
     async def open(self) -> None:
         self.hosts.open(self)
@@ -250,6 +254,8 @@ class Supervisor:
             if self.state(model.id) is State.READY:
                 self.bus.publish(ModelUnreachable(model.id))
                 self.stop(model.id, StopReason.UNREACHABLE)
+        if self.externals is not None and self._on_this_machine(model.id) and slot.state in NEEDS_A_START:
+            await self.externals.check(model.id)  # raises RequestRefused while a `block` workload runs
         waiter, answer = self.waiting.enter(model.id, self.now())
         self.bus.publish(RequestQueued(model.id, waiter.id, len(self.waiting)))
         self._reconcile_soon()  # a burst of requests makes one decision, not one each
@@ -312,6 +318,12 @@ class Supervisor:
         except (DriverError, TimeoutError):
             return None
 
+    def _on_this_machine(self, model_id: str) -> bool:
+        """Whether the model runs (or would run) on the host whose engine is this machine's."""
+        here = memory_host(self.config.placement_hosts)
+        slot = self._records[model_id].slot
+        return here is not None and (not slot.hosts and slot.host in ("", here) or here in slot.hosts)
+
     def has_waiters(self) -> bool:
         return bool(self.waiting)
 
@@ -355,6 +367,8 @@ class Supervisor:
         before, record.slot = record.slot, slot
         if trigger is None:
             return
+        if self.externals is not None and slot.state in (State.STOPPED, State.FAILED):
+            self.externals.model_down(model_id)
         error = slot.last_error or None if slot.state is State.FAILED else None
         self.bus.publish(ModelStateChanged(model_id, slot.state, before.state, trigger, error))
         if self.gate is not None and (before.state in GATED) != (slot.state in GATED):
@@ -474,6 +488,8 @@ class Supervisor:
         asleep = False
         try:
             if container_id is None:
+                if self.externals is not None and self._on_this_machine(model.id):
+                    await self.externals.make_room(model.id)
                 await self._free_page_cache(model)
                 container_id = await self.driver_of(model.id).up(model, record.died)
             else:  # adopting a container that is already running
@@ -630,6 +646,8 @@ class Supervisor:
         """Carries out a `Wake` (the model is waking). A failed wake stops the model: its waiters stay
         queued, and the scheduler starts it cold for them once it has exited."""
         began = self.now()
+        if self.externals is not None and self._on_this_machine(model.id):
+            await self.externals.make_room(model.id)
         try:
             await self.driver_of(model.id).wake(model)
         except SleepModeError as exc:
