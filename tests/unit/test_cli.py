@@ -217,7 +217,7 @@ async def test_status_over_several_hosts_shows_where_each_model_runs(api, capsys
 
 async def test_status_shows_the_memory_the_guard_watches(api, capsys):
     memory = HostMemory(total=121 * 2**30, available=int(40.5 * 2**30), free=2**30, swap_free=0)
-    machine = SimpleNamespace(read=lambda: memory, learned=dict, remember=lambda footprints: None)
+    machine = SimpleNamespace(read=lambda: memory, learned=dict, remember=print, paused=dict, remember_paused=print)
     shell, client = await api({"id": "a"}, memory=machine, memory_floor="8GiB")
     code, out, err = await waker(capsys, "status", "--url", url_of(client), "--token", "none-needed")
     assert (code, err) == (0, "") and out.endswith(

@@ -8,7 +8,8 @@ from pathlib import Path
 
 import pytest
 
-from tests.unit.shell_fakes import open_shell, until
+from tests.unit.shell_fakes import FakeDriver, open_shell, until
+from tests.unit.test_supervisor_memory import Meminfo
 from waker.config.externals import ExternalConfig, ExternalPolicy
 from waker.config.schema import parse_config
 from waker.core.externals import ExternalContainer
@@ -115,3 +116,25 @@ async def test_the_workloads_are_shown_with_their_containers_and_memory():
         "error": None,
         "containers": [{"id": "comfyui-id", "name": "comfyui", "paused": False, "memory_bytes": 3 * 2**30}],
     }
+
+
+async def test_a_restarted_waker_unpauses_what_it_had_paused_once_its_models_are_down():
+    config = config_with(
+        {"name": "comfyui", "label": "app=comfyui", "policy": "pause"},
+        models=({"id": "a", "gpu_memory": 0.3}, {"id": "b", "gpu_memory": 0.3}),
+    )
+    comfy = config.externals[0]
+    machine = Meminfo(20)
+    driver = FakeDriver()
+    driver.running_now["b"] = "b-0"  # b runs on: the waker restarts beside it
+    first, second = running(comfy, "first", paused=True), running(comfy, "second", paused=True)
+    driver.external_containers = {first.id: first, second.id: second}
+    machine.kept_paused = {first.id: ["a"], second.id: ["a", "b"], "gone-id": ["a"]}
+    shell = await open_shell(config, driver, memory=machine)
+    await until(lambda: ("unpause", "first") in driver.calls, "what was paused for 'a' alone, unpaused")
+    assert driver.external_containers["second-id"].paused  # still paused for b, which runs
+    await until(lambda: machine.kept_paused == {"second-id": ["b"]}, "what is still paused, kept")
+    await shell.reach("b", State.READY)
+    shell.supervisor.stop("b", StopReason.MANUAL)
+    await until(lambda: ("unpause", "second") in driver.calls, "unpaused once b is down")
+    assert machine.kept_paused == {}

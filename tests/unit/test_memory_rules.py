@@ -166,6 +166,9 @@ def test_footprints_are_kept_in_the_state_directory_and_a_bad_file_is_ignored(tm
     assert machine.learned() == {"c": 5}
     (tmp_path / "state" / "footprints.json").write_text("[1, 2")
     assert machine.learned() == {}
+    assert machine.paused() == {}
+    machine.remember_paused({"c2": ["b"], "c1": ["a", "b"]})
+    assert ThisMachine(tmp_path / "state").paused() == {"c1": ["a", "b"], "c2": ["b"]}
     assert machine.read().total > 0  # this machine's own /proc/meminfo
 
 

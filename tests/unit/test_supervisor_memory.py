@@ -27,12 +27,19 @@ class Meminfo:
         self.free: int | None = None  # None: half of what is available
         self.reads = 0
         self.kept = dict(learned or {})
+        self.kept_paused: dict[str, list[str]] = {}
         self.drops = 0
 
     def read(self) -> HostMemory:
         self.reads += 1
         free = self.available // 2 if self.free is None else self.free
         return HostMemory(total=24 * GIB, available=self.available, free=free, swap_free=0)
+
+    def paused(self) -> dict[str, list[str]]:
+        return dict(self.kept_paused)
+
+    def remember_paused(self, paused) -> None:
+        self.kept_paused = dict(paused)
 
     def drop_page_cache(self) -> None:
         self.drops += 1

@@ -146,6 +146,12 @@ class Memory(Protocol):
     def remember(self, footprints: Mapping[str, int]) -> None:
         """Keeps `footprints` for the next run; raises OSError when it cannot."""
 
+    def paused(self) -> dict[str, list[str]]:
+        """Other workloads' containers the waker paused (by id), with the models each was paused for."""
+
+    def remember_paused(self, paused: Mapping[str, list[str]]) -> None:
+        """Keeps `paused` for the next run; raises OSError when it cannot."""
+
     def drop_page_cache(self) -> None:
         """Writes dirty pages out, then has the kernel drop its clean caches; blocks (call it in a
         thread); raises OSError when it may not (not root, or in a container)."""

@@ -1,8 +1,9 @@
 """The `[[external]]` workloads' policies, carried out on the machine the waker runs on: a start or a
 wake is refused while a `block` workload runs (`check`), pauses the `pause` workloads' containers
 first (`make_room`), and a container paused for models is unpaused once the last of them is down
-(`model_down`). Only what Docker confirms is a listed workload's container is ever paused; nothing is
-ever stopped or removed."""
+(`model_down`). What was paused, and for which models, is kept in the state directory, so that a
+restarted waker unpauses what it had paused (`adopt`). Only what Docker confirms is a listed
+workload's container is ever paused; nothing is ever stopped or removed."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ from typing import Any
 import structlog
 
 from waker.config.externals import ExternalConfig, ExternalPolicy
-from waker.core.driver import Driver
+from waker.core.driver import Driver, Memory
 from waker.core.externals import ExternalContainer, blocking, busy_message, to_pause
 from waker.errors import DriverError, RequestRefused
 
@@ -28,11 +29,42 @@ class Externals:
         driver: Driver,
         entries: Callable[[], tuple[ExternalConfig, ...]],
         spawn: Callable[[Coroutine[Any, Any, None]], None],
+        machine: Memory | None = None,
     ) -> None:
         self.driver = driver  # the engine of the machine the waker runs on
         self.entries = entries  # the config in force's (a reload changes them)
         self.spawn = spawn
+        self.machine = machine  # where what was paused is kept across restarts
         self.paused: dict[str, tuple[ExternalContainer, set[str]]] = {}  # container id -> (it, models)
+
+    def _keep(self) -> None:
+        if self.machine is None:
+            return
+        try:
+            self.machine.remember_paused({cid: sorted(models) for cid, (_, models) in self.paused.items()})
+        except OSError as exc:
+            log.error("paused_not_kept", error=str(exc))
+
+    async def adopt(self, running: set[str]) -> None:
+        """After a restart: the containers an earlier run paused are paused still for the models of
+        theirs that run, and unpaused when none does."""
+        kept = self.machine.paused() if self.machine is not None else {}
+        if not kept:
+            return
+        try:
+            found = {c.id: c for c in await self._found() if c.paused}
+        except DriverError as exc:
+            log.error("paused_not_adopted", error=str(exc))
+            return
+        for container_id, models in kept.items():
+            container = found.get(container_id)
+            if container is None:
+                continue  # gone, or unpaused by hand
+            if still := set(models) & running:
+                self.paused[container_id] = (container, still)
+            else:
+                self.spawn(self._unpause(container))
+        self._keep()
 
     async def _found(self) -> list[ExternalContainer]:
         return await self.driver.externals(self.entries()) if self.entries() else []
@@ -69,14 +101,18 @@ class Externals:
                 continue
             self.paused[container.id] = (container, {model_id})
             log.info("external_paused", external=container.external.name, container=container.name, model=model_id)
+        self._keep()
 
     def model_down(self, model_id: str) -> None:
         """`model_id` stopped or failed: the containers paused for it alone are unpaused."""
+        if not self.paused:
+            return
         for container_id, (container, models) in list(self.paused.items()):
             models.discard(model_id)
             if not models:
                 del self.paused[container_id]
                 self.spawn(self._unpause(container))
+        self._keep()
 
     async def _unpause(self, container: ExternalContainer) -> None:
         try:

@@ -136,11 +136,14 @@ class Supervisor:
         self._reconcile_pending = False
         self._changed = asyncio.Condition()
         self._guard_kills: set[str] = set()  # models the memory guard stopped, until their container exits
-        host = memory_host(config.placement_hosts)
+        self.here = host = memory_host(config.placement_hosts)  # the host whose engine is this machine's
         # `memory` reads this machine's memory: it guards the host whose engine runs here.
         self.guard = MemoryGuard(memory, clock, host, self._memory_floor) if memory and host is not None else None
         # Other workloads run beside the models on this machine, whose engine is the host's.
-        self.externals = Externals(fleet.drivers[host], lambda: self.config.externals, self.spawn) if host else None
+        self.externals = (
+            Externals(fleet.drivers[host], lambda: self.config.externals, self.spawn, memory) if host else None
+        )
+        self._externals_adopted = False
 
     async def open(self) -> None:
         self.hosts.open(self)
@@ -320,8 +323,7 @@ class Supervisor:
 
     def _on_this_machine(self, model_id: str) -> bool:
         """Whether the model runs (or would run) on the host whose engine is this machine's."""
-        here = memory_host(self.config.placement_hosts)
-        slot = self._records[model_id].slot
+        here, slot = self.here, self._records[model_id].slot
         return here is not None and (not slot.hosts and slot.host in ("", here) or here in slot.hosts)
 
     def has_waiters(self) -> bool:
@@ -710,6 +712,9 @@ class Supervisor:
             self._write(model_id, stopped, Event.EXITED)
         for model_id, container_id in found.strays.items():
             self.spawn(self._stop_stray(host, model_id, container_id))
+        if self.externals is not None and not self._externals_adopted and host == self.here:
+            self._externals_adopted = True  # what an earlier run paused, once this host's models are known
+            self.spawn(self.externals.adopt(set(running)))
         if back:
             self.bus.publish(HostBack(host))
         self.reconcile()
