@@ -557,3 +557,13 @@ async def test_external_workloads_are_paused_only_by_policy_and_their_memory_rea
         assert (status, body) == (200, {"answered": f"{method} {target}"})
     else:
         assert status == 403 and answer in body["message"] and not docker.forwarded, body
+
+
+async def test_without_a_config_it_can_read_the_listing_still_shows_the_wakers_own_containers(
+    docker, client, config_path
+):
+    config_path.unlink()  # before the proxy ever read it: no [[external]] known
+    status, listing = await call(client, "GET", "/v1.41/containers/json?all=1")
+    assert status == 200 and [entry["Id"] for entry in listing] == ["model1", "gateway1"]
+    status, body = await call(client, "POST", "/v1.41/containers/comfy/pause")
+    assert status == 403 and "is not an [[external]] workload's" in body["message"]

@@ -261,7 +261,7 @@ class SocketProxy:
             body = json.dumps({"Container": connected}).encode()
             return Call(method, target, {"Content-Type": "application/json"}, body)
         if LIST.match(call):
-            externals = self.config().externals
+            externals = self._externals()
             return Call(method, target, rewrite=lambda listing: visible(listing, externals))
         if pull := IMAGE_PULL.match(call):
             image = pulled_image(pull.group(1) or "")
@@ -294,7 +294,15 @@ class SocketProxy:
         labels = (data.get("Config") or {}).get("Labels") or {}
         if not isinstance(labels, dict) or labels.get(LABEL_MANAGED) == "true":
             return None
-        return next((e for e in self.config().externals if e.matches(str(data.get("Name", "")), labels)), None)
+        return next((e for e in self._externals() if e.matches(str(data.get("Name", "")), labels)), None)
+
+    def _externals(self) -> tuple[ExternalConfig, ...]:
+        """The config's [[external]] workloads; none while the proxy has no config it could read (the
+        waker's own containers stay visible: it needs them to serve what runs)."""
+        try:
+            return self.config().externals
+        except ProxyRefused:
+            return ()
 
     async def _check_external(self, container: str, pausing: bool) -> None:
         external = await self._external(container)
