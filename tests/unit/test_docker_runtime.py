@@ -275,9 +275,9 @@ async def test_a_container_without_a_model_label_is_reported_with_an_empty_model
 
 async def test_a_containers_memory_is_what_docker_stats_shows_with_the_peak_where_cgroup_v1_keeps_one(docker, runtime):
     v1 = docker.add("unit-v1", managed("v1"), running=True)
-    v1.memory_stats = {"usage": 900 * MIB, "max_usage": 1200 * MIB, "stats": {"total_inactive_file": 100 * MIB}}
+    v1.memory_stats = {"usage": 900 * MIB, "max_usage": 1200 * MIB, "stats": {"total_cache": 100 * MIB}}
     v2 = docker.add("unit-v2", managed("v2"), running=True)
-    v2.memory_stats = {"usage": 700 * MIB, "stats": {"inactive_file": 200 * MIB}}  # cgroup v2: no peak
+    v2.memory_stats = {"usage": 700 * MIB, "stats": {"file": 200 * MIB}}  # cgroup v2: no peak
     stopped = docker.add("unit-stopped", managed("stopped"), running=False)
     assert await runtime.memory_use(v1.id) == ContainerMemory(800 * MIB, 1200 * MIB)
     assert await runtime.memory_use(v2.id) == ContainerMemory(500 * MIB, None)

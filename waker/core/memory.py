@@ -31,8 +31,8 @@ class HostMemory:
 class ContainerMemory:
     """One container's memory, in bytes, as Docker's stats give it."""
 
-    current: int  # in use less the file cache the kernel can reclaim, as `docker stats` shows it
-    peak: int | None  # its cgroup's high-water mark (cgroup v1); None where Docker gives none (cgroup v2)
+    current: int  # in use less the page cache charged to it (which the kernel can reclaim)
+    peak: int | None  # its cgroup's high-water mark, page cache included (cgroup v1); None on cgroup v2
 
 
 def container_memory(stats: dict[str, Any]) -> ContainerMemory | None:
@@ -41,9 +41,10 @@ def container_memory(stats: dict[str, Any]) -> ContainerMemory | None:
     if not isinstance(usage, int):
         return None
     detail = stats.get("stats") or {}
-    # What `docker stats` leaves out: v1's total_inactive_file, v2's inactive_file.
-    cache = detail.get("total_inactive_file", detail.get("inactive_file", 0))
-    current = usage - cache if isinstance(cache, int) and 0 <= cache < usage else usage
+    # The page cache charged to it: the libraries and weights it read, which the kernel reclaims
+    # under pressure and MemAvailable counts as available (v1: total_cache, v2: file).
+    cache = detail.get("total_cache", detail.get("file", 0))
+    current = usage - cache if isinstance(cache, int) and 0 <= cache <= usage else usage
     peak = stats.get("max_usage")
     return ContainerMemory(current, peak if isinstance(peak, int) and peak > 0 else None)
 

@@ -141,17 +141,27 @@ class MemoryGuard:
                 self._reading.add(task)
                 task.add_done_callback(self._reading.discard)
             elif states.get(model) is State.FAILED:
-                self._learned(model, max(self.learned.get(model, 0), taken))
+                self._learned(model, max(self.learned.get(model, 0), taken), taken)
 
     async def _learn_ready(self, guarded: Guarded, model: str, taken: int) -> None:
         held = await guarded.container_memory(model)
-        self._learned(model, max(taken, held.current if held is not None else 0))
+        container = held.current if held is not None else None
+        self._learned(model, max(taken, container or 0), taken, container)
 
-    def _learned(self, model: str, footprint: int) -> None:
+    def _learned(self, model: str, footprint: int, host_fall: int, container: int | None = None) -> None:
+        """`footprint` kept for `model`; the figures it comes from, logged (the host's fall in
+        available memory over the start, and the container's own once ready)."""
         if footprint == self.learned.get(model):
             return
         self.learned[model] = footprint
-        log.info("footprint_learned", model=model, bytes=footprint, text=gib(footprint))
+        log.info(
+            "footprint_learned",
+            model=model,
+            bytes=footprint,
+            text=gib(footprint),
+            host_fall_bytes=host_fall,
+            container_bytes=container,
+        )
         try:
             self.memory.remember(self.learned)
         except OSError as exc:
