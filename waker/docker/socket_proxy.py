@@ -248,8 +248,9 @@ class SocketProxy:
         if pause := PAUSE.match(call):
             await self._check_external(pause.group(1), pausing=True)
             return Call(method, target)
-        if (stats := STATS.match(call)) and await self._external(stats.group(1)) is not None:
-            return Call(method, target)  # an [[external]] workload's memory, which the waker shows
+        if stats := STATS.match(call):  # also an [[external]] workload's memory, which the waker shows
+            await self._check_managed(stats.group(1), or_external=True)
+            return Call(method, target)
         if container := ON_CONTAINER.match(call):
             inspect = container.group(2) == "json"
             # The waker finds its gateway by the hostname its inspect shows; nothing else is read there.
@@ -275,26 +276,21 @@ class SocketProxy:
         auth = await asyncio.to_thread(registry_auth.credentials, image)
         return {"X-Registry-Auth": registry_header(auth)} if auth else {}
 
-    async def _labels(self, container: str) -> dict[str, str] | None:
-        """The container's labels, None if there is no such container."""
+    async def _identity(self, container: str) -> tuple[str, dict[str, str]]:
+        """The container's name and labels (empty for no such container), from one inspect."""
         assert self.session is not None
         async with self.session.get(URL(f"http://docker/containers/{container}/json", encoded=True)) as answer:
             if answer.status != 200:
-                return None
-            labels = ((await answer.json(content_type=None)).get("Config") or {}).get("Labels")
-            return labels if isinstance(labels, dict) else {}
-
-    async def _external(self, container: str) -> ExternalConfig | None:
-        """The config's [[external]] workload the container belongs to (never a managed one's)."""
-        assert self.session is not None
-        async with self.session.get(URL(f"http://docker/containers/{container}/json", encoded=True)) as answer:
-            if answer.status != 200:
-                return None
+                return "", {}
             data = await answer.json(content_type=None)
-        labels = (data.get("Config") or {}).get("Labels") or {}
-        if not isinstance(labels, dict) or labels.get(LABEL_MANAGED) == "true":
+        labels = (data.get("Config") or {}).get("Labels")
+        return str(data.get("Name", "")), labels if isinstance(labels, dict) else {}
+
+    def _workload(self, name: str, labels: dict[str, str]) -> ExternalConfig | None:
+        """The config's [[external]] workload a container belongs to (never a managed one's)."""
+        if labels.get(LABEL_MANAGED) == "true":
             return None
-        return next((e for e in self._externals() if e.matches(str(data.get("Name", "")), labels)), None)
+        return next((e for e in self._externals() if e.matches(name, labels)), None)
 
     def _externals(self) -> tuple[ExternalConfig, ...]:
         """The config's [[external]] workloads; none while the proxy has no config it could read (the
@@ -305,20 +301,25 @@ class SocketProxy:
             return ()
 
     async def _check_external(self, container: str, pausing: bool) -> None:
-        external = await self._external(container)
+        external = self._workload(*await self._identity(container))
         if external is None or (pausing and external.policy is not ExternalPolicy.PAUSE):
             raise ProxyRefused(
                 f"container {container[:12]} is not an [[external]] workload's with policy 'pause': "
                 "the waker pauses nothing else"
             )
 
-    async def _check_managed(self, container: str, or_gateway: bool = False) -> None:
-        labels = (await self._labels(container)) or {}
-        if labels.get(LABEL_MANAGED) != "true" and not (or_gateway and labels.get(LABEL_ROLE) == ROLE_GATEWAY):
+    async def _check_managed(self, container: str, or_gateway: bool = False, or_external: bool = False) -> None:
+        name, labels = await self._identity(container)
+        if not (
+            labels.get(LABEL_MANAGED) == "true"
+            or (or_gateway and labels.get(LABEL_ROLE) == ROLE_GATEWAY)
+            or (or_external and self._workload(name, labels) is not None)
+        ):
             raise ProxyRefused(f"container {container[:12]} is not managed by the waker")
 
     async def _check_gateway(self, container: str) -> None:
-        if ((await self._labels(container)) or {}).get(LABEL_ROLE) != ROLE_GATEWAY:
+        _, labels = await self._identity(container)
+        if labels.get(LABEL_ROLE) != ROLE_GATEWAY:
             raise ProxyRefused(
                 f"container {container[:12]} is not the gateway ({LABEL_ROLE}={ROLE_GATEWAY}): "
                 "no signal may be sent to it"

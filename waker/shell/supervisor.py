@@ -531,7 +531,7 @@ class Supervisor:
         """With `drop_page_cache`, before a start on this machine: the model needs free what it takes
         (declared or learned) and, for vLLM's start check, its share of the GPU's (unified) memory."""
         guard, slot = self.guard, self.current_slots()[model.id]
-        if guard is None or not self.config.scheduler.drop_page_cache or guard.host not in hosts_of(slot, self.policy):
+        if guard is None or not self.config.scheduler.drop_page_cache or not self._on_this_machine(model.id):
             return
         total = guard.latest.total if guard.latest is not None else 0
         need = max(slot.memory, round(slot.gpu_memory * total))
