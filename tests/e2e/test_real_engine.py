@@ -89,9 +89,14 @@ async def admin(session, stack: Stack, model: str) -> dict:
 
 
 async def engine_metrics(session, stack: Stack, model: str) -> dict[str, float]:
-    """vLLM's own running/waiting gauges, read from the engine's port."""
-    async with session.get(f"{stack.model_url(model)}/metrics") as response:
-        text = await response.text()
+    """vLLM's own running/waiting gauges, read from the engine's port; none when the engine did not
+    answer within 5 s (its server stalls while it streams on a loaded CPU: 30 s once on CI), so that
+    the callers' polling asks again within their deadline."""
+    try:
+        async with session.get(f"{stack.model_url(model)}/metrics", timeout=aiohttp.ClientTimeout(total=5)) as response:
+            text = await response.text()
+    except (TimeoutError, aiohttp.ClientError):
+        return {}
     return {
         name: float(value)
         for name, value in re.findall(r"^vllm:num_requests_(running|waiting)\{[^}]*\}\s+(\S+)", text, re.MULTILINE)
