@@ -5,22 +5,30 @@ Reaction: a fake model takes memory at about 1 GiB/s while it loads; the floor i
 is available when it begins. A thread here reads /proc/meminfo every 5 ms and notes when available
 memory first falls below the floor; Docker's `kill` event (nanosecond time) notes when the guard
 killed the container. Cost at rest: the guard's sample (read /proc/meminfo, apply the rule to the
-models) timed in this process, as a share of one core at its rest interval.
+models) timed in this process, as a share of one core at its rest interval. A remote host's sample
+(`DockerRuntime.host_memory`: the memory probe's last lines, through the engine), made here through
+this machine's engine with the fake model's image: the waker's CPU (this process) and the engine's
+(dockerd's, from /proc) a sample, as a share of one core at the rest interval.
 """
 
 from __future__ import annotations
 
+import asyncio
 import json
+import os
 import threading
 import time
 import urllib.error
 import urllib.request
+from pathlib import Path
 
 from bench.common import Row, Section, docker, fake_model, median, start_stack
+from tests.e2e.stack import FAKE_IMAGE
 from tests.eventually import eventually
 from waker.core.lifecycle import State
 from waker.core.memory import victim
 from waker.core.plan import Slot
+from waker.docker.runtime import DockerRuntime
 from waker.shell.memory_guard import REST_INTERVAL
 from waker.system.memory import read_host_memory
 
@@ -93,6 +101,34 @@ def sample_cost(samples: int) -> float:
     return (time.process_time() - began) / samples
 
 
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def probe_cost(samples: int) -> tuple[float, float, float]:
+    """(wall, this process's CPU, dockerd's CPU) seconds of one remote-host sample through the probe."""
+    dockerd = int(Path("/var/run/docker.pid").read_text())
+
+    async def measure() -> tuple[float, float, float]:
+        runtime = DockerRuntime("bench-probe")
+        try:
+            await runtime.host_memory((FAKE_IMAGE,))  # makes the probe: not counted
+            wall, cpu, engine = time.perf_counter(), time.process_time(), _cpu_seconds(dockerd)
+            for _ in range(samples):
+                await runtime.host_memory((FAKE_IMAGE,))
+            return (
+                (time.perf_counter() - wall) / samples,
+                (time.process_time() - cpu) / samples,
+                (_cpu_seconds(dockerd) - engine) / samples,
+            )
+        finally:
+            await runtime.remove_memory_probe()
+            await runtime.close()
+
+    return asyncio.run(measure())
+
+
 def run(quick: bool) -> Section:
     section = Section(f"13. Memory guard: a load taking {RATE_MIB} MiB/s crosses the floor")
     reactions = [reaction_once() for _ in range(1 if quick else 3)]
@@ -113,6 +149,17 @@ def run(quick: bool) -> Section:
             f"{cost * 1e6:.0f} µs a sample, {share:.4f} % of a core",
             "< 0.1 % of a core",
             share < 0.1,
+        )
+    )
+    wall, waker_cpu, engine_cpu = probe_cost(100 if quick else 500)
+    remote = (waker_cpu + engine_cpu) / REST_INTERVAL * 100
+    section.rows.append(
+        Row(
+            f"a remote host's sample through its engine, at rest (every {REST_INTERVAL:g} s)",
+            f"{wall * 1000:.1f} ms; CPU {waker_cpu * 1000:.2f} ms waker + {engine_cpu * 1000:.2f} ms dockerd, "
+            f"{remote:.3f} % of a core",
+            "< 0.1 % of a core",
+            remote < 0.1,
         )
     )
     section.notes.append(

@@ -23,7 +23,10 @@ TOKEN = "dashboard-token"
 
 def test_dashboard_starts_shows_logs_and_stops_a_model(make_stack, page, tmp_path):
     stack = make_stack(
-        [fake_model("alpha", load_delay=2.0, gpu_memory=0.5), fake_model("beta", gpu_memory=0.3)],
+        [
+            fake_model("alpha", load_delay=2.0, gpu_memory=0.5, extra=["--load-memory", "512"]),
+            fake_model("beta", gpu_memory=0.3, memory="1GiB"),
+        ],
         scheduler={"stop_timeout": "2s", "min_uptime": "0s"},
         waker={"admin_token": TOKEN},
     )
@@ -41,6 +44,9 @@ def test_dashboard_starts_shows_logs_and_stops_a_model(make_stack, page, tmp_pat
     expect(page.locator("#budget")).to_have_text("0.50 / 1.00")
     # The memory the guard watches, with the default floor of 2 GiB.
     expect(page.locator("#memory")).to_have_text(re.compile(r"^memory: \d+\.\d GiB available of \d+\.\d, floor 2\.0$"))
+    # Each model's memory: what alpha's container holds (its 512 MiB load and the server), what beta declares.
+    expect(alpha.locator("td.memory")).to_have_text(re.compile(r"^0\.[5-9] GiB"))
+    expect(page.locator("tr[data-model='beta'] td.memory")).to_have_text("–declared 1.0 GiB")
     page.screenshot(path=str(tmp_path / "ready.png"))
 
     alpha.locator("button[data-action='logs']").click()

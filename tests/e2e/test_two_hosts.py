@@ -16,12 +16,14 @@ import openai
 import pytest
 from playwright.sync_api import expect
 
-from tests.e2e.stack import Stack, docker, fake_model, free_port, free_port_range
-from tests.eventually import eventually_async
+from tests.e2e.stack import FAKE_IMAGE, Stack, docker, fake_model, free_port, free_port_range
+from tests.eventually import eventually, eventually_async
+from waker.system.memory import read_host_memory
 
 pytestmark = pytest.mark.e2e
 
-HOST_TWO_ADDRESS = "127.0.0.2"  # loopback too, but not engine one's: which host answers shows
+HOST_TWO_ADDRESS = "127.0.0.2"
+MIB, GIB = 1024**2, 1024**3  # loopback too, but not engine one's: which host answers shows
 
 
 @pytest.fixture
@@ -248,3 +250,51 @@ async def test_a_model_over_two_hosts_runs_its_ray_worker_there_serves_from_its_
         )
     finally:
         second_engine.remove_all_containers()
+
+
+async def test_host_twos_memory_is_read_through_its_engine_and_guarded_with_its_own_floor(make_stack, second_engine):
+    """Engine 2 runs on this machine, so its containers see this machine's /proc/meminfo: the figures
+    read through it can be checked against the ones read here."""
+    available = read_host_memory().available
+    floor = available - 1536 * MIB  # the load takes 3 GiB: host two's floor is crossed half-way
+    hosts = [
+        {"name": "one", "gpu_capacity": 1.0},  # [scheduler]'s floor, far below: nothing happens on one
+        {
+            "name": "two",
+            "docker_host": second_engine.host,
+            "address": HOST_TWO_ADDRESS,
+            "gpu_capacity": 1.0,
+            "memory_floor": floor,
+        },
+    ]
+    hog = fake_model("hog", host="two", load_delay=20, extra=["--load-memory", "3072"])
+    stack = make_stack([hog], hosts=hosts, scheduler={"start_timeout": "60s", "max_start_failures": 3})
+
+    async def two_measured() -> dict | None:
+        _, listing = await asyncio.to_thread(get_json, f"{stack.waker_url}/admin/models")
+        return {h["name"]: h for h in listing["hosts"]}["two"]["memory"]
+
+    memory = await eventually_async(two_measured, 30, "host two's memory, read through engine 2", stack.log)
+    here = read_host_memory()
+    assert memory["total_bytes"] == here.total and memory["floor_bytes"] == floor
+    assert abs(memory["available_bytes"] - here.available) < 512 * MIB  # read half a second apart at most
+    (probe,) = second_engine.docker("ps", "-q", "--filter", f"label=io.waker.memory-probe={stack.name}").split()
+    image, user, network = second_engine.docker(
+        "inspect", "--format", "{{.Config.Image}} {{.Config.User}} {{.HostConfig.NetworkMode}}", probe
+    ).split()
+    assert (image, user, network) == (FAKE_IMAGE, "65534:65534", "none")  # the model's image, as nobody
+
+    client = openai.AsyncOpenAI(base_url=f"{stack.url}/v1", api_key="unused", timeout=120, max_retries=0)
+    with pytest.raises(openai.APIStatusError) as refused:
+        await client.completions.create(model="hog", prompt="hi", max_tokens=1)
+    await client.close()
+    assert refused.value.status_code == 503 and refused.value.body["code"] == "memory_guard"
+    assert "host 'two' had" in refused.value.message
+    assert f"below the floor of {floor / GIB:.1f} GiB" in refused.value.message
+    (stop,) = logged(stack, "memory_guard_stop")
+    assert (stop["model"], stop["host"], stop["floor"]) == ("hog", "two", floor)
+    eventually(lambda: not running_on_two(second_engine, stack), 30, "the hog gone from engine 2", stack.log)
+    eventually(lambda: read_host_memory().available > floor + GIB, 30, "the memory given back", stack.log)
+
+    await asyncio.to_thread(stack.stop)
+    assert second_engine.docker("ps", "-aq", "--filter", f"label=io.waker.memory-probe={stack.name}").split() == []

@@ -19,7 +19,7 @@ from waker.core.events import WakerEvent
 from waker.core.externals import ExternalContainer
 from waker.core.image_pull import PullProgress
 from waker.core.lifecycle import State
-from waker.core.memory import ContainerMemory
+from waker.core.memory import ContainerMemory, HostMemory
 from waker.errors import DriverError, NginxError, SleepModeError, SleepStep, StartError
 from waker.shell.events import EventBus
 from waker.shell.fleet import Fleet, PairFactory
@@ -103,6 +103,9 @@ class FakeDriver:
     memory_in_use: dict[str, ContainerMemory] = field(default_factory=dict)  # container -> its stats' memory
     memory_refused: set[str] = field(default_factory=set)  # containers whose stats the engine refuses
     external_containers: dict[str, ExternalContainer] = field(default_factory=dict)  # other workloads', by id
+    host_memory_now: HostMemory | DriverError = DriverError("no memory probe here")  # what `host_memory` gives
+    memory_reads: list[tuple[str, ...]] = field(default_factory=list)  # the images of each `host_memory` call
+    memory_readings_ended: bool = False
     starts: int = 0
     closed: bool = False
     asleep: set[str] = field(default_factory=set)  # engines that say they sleep
@@ -197,6 +200,15 @@ class FakeDriver:
     async def pause(self, container: ExternalContainer, unpause: bool = False) -> None:
         self.calls.append(("unpause" if unpause else "pause", container.name))
         self.external_containers[container.id] = replace(container, paused=not unpause)
+
+    async def host_memory(self, images: tuple[str, ...]) -> HostMemory:
+        self.memory_reads.append(images)
+        if isinstance(self.host_memory_now, DriverError):
+            raise self.host_memory_now
+        return self.host_memory_now
+
+    async def end_memory_readings(self) -> None:
+        self.memory_readings_ended = True
 
     async def memory_use(self, container_id: str) -> ContainerMemory | None:
         if container_id in self.memory_refused:

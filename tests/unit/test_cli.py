@@ -24,8 +24,8 @@ from waker.cli.main import main
 from waker.cli.serve import serve
 from waker.config.schema import load_config
 from waker.core.image_pull import PullProgress
-from waker.core.memory import HostMemory
-from waker.errors import StartError
+from waker.core.memory import ContainerMemory, HostMemory
+from waker.errors import DriverError, StartError
 
 TOKEN = "admin-s3cret"
 PULLED = "vllm/vllm-openai:v0.32.0"
@@ -159,9 +159,13 @@ def test_a_wrong_command_line_gets_the_usage(capsys):
 
 async def test_status_shows_every_model_in_a_table_or_as_json(served, capsys):
     shell, client, config = await served(
-        {"id": "a", "aliases": ["small"]}, {"id": "b", "exclusive": True}, {"id": "c", "image": PULLED}, {"id": "d"}
+        {"id": "a", "aliases": ["small"]},
+        {"id": "b", "exclusive": True, "memory": "4GiB"},
+        {"id": "c", "image": PULLED},
+        {"id": "d"},
     )
     await ready(shell, "a")
+    shell.driver.memory_in_use[shell.supervisor.records["a"].container] = ContainerMemory(5 * 2**29, None)
     shell.control.set_pinned("a", True)
     shell.driver.outcomes["d"].append(
         StartError(503, "model_exited", "model 'd' exited with code 1 while loading: torch.OutOfMemoryError\nmore")
@@ -181,11 +185,11 @@ async def test_status_shows_every_model_in_a_table_or_as_json(served, capsys):
     code, out, err = await waker(capsys, "status", *config)
     assert (code, err) == (0, "")
     table = """\
-MODEL  STATE                                                                               IN-FLIGHT  QUEUED  UPTIME  IDLE   GPU  FLAGS      LAST ERROR
-a      ready                                                                               0          0       1h02m   1m05s  0.3  pinned     -
-b      stopped                                                                             0          0       -       -      0.3  exclusive  -
-c      starting 1h02m/- (pulling vllm/vllm-openai:v0.32.0: 3/11 layers, 1.2 GB of 9.8 GB)  0          1       -       -      0.3  -          -
-d      failed                                                                              0          0       -       -      0.3  -          model 'd' exited with code 1 while loading: torch.OutOfMemor
+MODEL  STATE                                                                               IN-FLIGHT  QUEUED  UPTIME  IDLE   GPU  MEMORY  FLAGS      LAST ERROR
+a      ready                                                                               0          0       1h02m   1m05s  0.3  2.5G/-  pinned     -
+b      stopped                                                                             0          0       -       -      0.3  -/4.0G  exclusive  -
+c      starting 1h02m/- (pulling vllm/vllm-openai:v0.32.0: 3/11 layers, 1.2 GB of 9.8 GB)  0          1       -       -      0.3  -       -          -
+d      failed                                                                              0          0       -       -      0.3  -       -          model 'd' exited with code 1 while loading: torch.OutOfMemor
 c: pulling image vllm/vllm-openai:v0.32.0: 3/11 layers · 1.2 GB of 9.8 GB, 3725 s so far (its first start: no earlier one to compare with)
 queue: 1   docker: connected
 """  # noqa: E501 (the table as printed, its columns as wide as their widest cell)
@@ -205,9 +209,9 @@ async def test_status_over_several_hosts_shows_where_each_model_runs(api, capsys
     assert (code, err) == (0, "")
     assert out == textwrap.dedent(
         """\
-        MODEL  STATE    HOST  IN-FLIGHT  QUEUED  UPTIME  IDLE  GPU  FLAGS  LAST ERROR
-        a      ready    one   0          0       0s      0s    0.6  -      -
-        b      stopped  two   0          0       -       -     0.6  -      -
+        MODEL  STATE    HOST  IN-FLIGHT  QUEUED  UPTIME  IDLE  GPU  MEMORY  FLAGS  LAST ERROR
+        a      ready    one   0          0       0s      0s    0.6  -       -      -
+        b      stopped  two   0          0       -       -     0.6  -       -      -
         queue: 0   docker: connected
         host one: GPU 0.6 of 1 (a), connected
         host two: GPU 0 of 1 (nothing), DOWN: ssh: connect to host two port 22: No route to host
@@ -223,6 +227,18 @@ async def test_status_shows_the_memory_the_guard_watches(api, capsys):
     assert (code, err) == (0, "") and out.endswith(
         "queue: 0   docker: connected\nmemory: 40.5 GiB available of 121.0, floor 8.0\n"
     )
+
+
+async def test_status_shows_each_hosts_memory_or_why_it_is_not_measured(api, capsys):
+    memory = HostMemory(total=121 * 2**30, available=int(40.5 * 2**30), free=2**30, swap_free=0)
+    machine = SimpleNamespace(read=lambda: memory, learned=dict, remember=print, paused=dict, remember_paused=print)
+    one, two = FakeDriver(), FakeDriver()
+    two.host_memory_now = DriverError("no image to read the host's memory with: none of vllm:1 is on it")
+    shell, client = await api(config=two_hosts({"id": "a"}), hosts={"one": one, "two": two}, memory=machine)
+    await until(lambda: shell.supervisor.guards["two"].error, "host two's first reading tried")
+    code, out, _ = await waker(capsys, "status", "--url", url_of(client), "--token", "none-needed")
+    assert "memory on one: 40.5 GiB available of 121.0, floor 2.0\n" in out
+    assert "memory on two: not measured: no image to read the host's memory with: none of vllm:1 is on it\n" in out
 
 
 async def test_the_model_commands_say_what_they_did_or_why_not(served, capsys):

@@ -13,6 +13,7 @@ from waker.config.fields import address
 from waker.config.fixups import model_context
 from waker.config.schema import LoadingFeedback, load_config
 from waker.errors import ConfigError
+from waker.system.memory import ThisMachine
 
 ISSUE_EXAMPLE = """
 [gateway]
@@ -617,3 +618,26 @@ def test_the_demo_model_runs_without_a_gpu_and_keeps_its_download():
 )
 def test_a_wildcard_listen_address_is_reached_on_loopback(listen, reached):
     assert str(address(listen).reachable()) == reached
+
+
+def test_check_shows_the_footprints_learned_and_flags_one_that_exceeds_what_it_declares(tmp_path):
+    state = tmp_path / "state"
+    text = f'[waker]\nstate_dir = "{state}"\n' + "".join(
+        f'[[model]]\nid = "{m}"\nimage = "i"\n{extra}\n'
+        for m, extra in (("small", 'memory = "4GiB"'), ("big", 'memory = "20GiB"'), ("new", ""))
+    )
+    path = write(tmp_path, text)
+    ThisMachine(state).remember({"small": 5 * 2**30, "big": 18 * 2**30, "gone": 2**30})
+
+    plain = run_cli("check", "--config", str(path)).stdout
+    assert "small: i, " in plain and plain.count("learned") == 2
+    assert "learned 5.0 GiB, declares 4.0 GiB: takes more than it declares" in plain
+    assert "learned 18.0 GiB, declares 20.0 GiB\n" in plain
+    resolved = run_cli("check", "--resolved", "--config", str(path)).stdout
+    assert resolved.endswith(
+        f"# Footprints learned at the models' starts ({state / 'footprints.json'}); admission counts the "
+        "larger of `memory` and this:\n"
+        "#   small: learned 5.0 GiB, declares 4.0 GiB: takes more than it declares\n"
+        "#   big: learned 18.0 GiB, declares 20.0 GiB\n"
+    )
+    assert [m["id"] for m in tomllib.loads(resolved)["model"]] == ["small", "big", "new"]  # still a config file

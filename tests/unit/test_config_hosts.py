@@ -7,7 +7,7 @@ from pathlib import Path
 import pytest
 
 from tests.unit.test_config import run_cli
-from waker.config.hosts import DockerScheme
+from waker.config.hosts import DockerScheme, probe_images
 from waker.config.schema import load_config
 from waker.errors import ConfigError
 
@@ -29,6 +29,8 @@ name = "spark2"
 docker_host = "ssh://admin@spark2"
 address = "192.168.100.2"
 gpu_capacity = 0.8
+memory_floor = "6GiB"
+memory_probe_image = "busybox:1.37"
 nccl_socket_ifname = "enP2p1s0f1np1"
 vllm_host_ip = "192.168.100.2"
 
@@ -98,6 +100,9 @@ def test_two_sparks_are_read_with_their_engines_budgets_and_links(tmp_path):
     assert dict(spark2.interconnect.env()) == {"NCCL_SOCKET_IFNAME": "enP2p1s0f1np1", "VLLM_HOST_IP": "192.168.100.2"}
     assert lab.docker.scheme == DockerScheme.TCP and lab.docker.tls is not None
     assert lab.docker.tls.ca == tmp_path / "certs/ca.pem" and lab.docker.tls.key == tmp_path / "certs/key.pem"
+    assert (spark1.memory_floor, spark2.memory_floor) == (None, 6 * 2**30)  # None: [scheduler]'s
+    assert probe_images(spark2, ("vllm:1",)) == ("busybox:1.37",)
+    assert probe_images(spark1, ("vllm:1", "vllm:2", "vllm:1")) == ("vllm:1", "vllm:2")  # the models', once each
     small, big, anywhere = config.models
     assert (small.host, small.hosts) == ("spark2", 1)
     assert (big.host, big.hosts) == ("spark1", 2)
@@ -180,6 +185,8 @@ BROKEN = [
     ('[[host]]\nname = "a"\nvllm_host_ip = "spark1"', ["field 'vllm_host_ip'", "IPv4"]),
     ('[[host]]\nname = "a"\ngpu_capacity = 0', ["host 'a'", "field 'gpu_capacity'", "positive"]),
     ('[[host]]\nname = "a"\ncolour = "red"', ["host 'a'", "unknown field 'colour'"]),
+    ('[[host]]\nname = "a"\nmemory_floor = "lots"', ["host 'a'", "field 'memory_floor'", "expected a size"]),
+    ('[[host]]\nname = "a"\nmemory_probe_image = 3', ["host 'a'", "field 'memory_probe_image'", "expected a string"]),
     (
         '[waker]\ndocker_host = "unix:///x.sock"\n[[host]]\nname = "a"',
         ["[waker] docker_host and [[host]] are both set"],

@@ -15,7 +15,8 @@ from waker.config.externals import ExternalConfig, ExternalPolicy
 from waker.config.hosts import DockerEndpoint, DockerScheme, TlsFiles
 from waker.config.ray import RayNode
 from waker.core.image_pull import PullProgress
-from waker.core.memory import ContainerMemory
+from waker.core.memory import ContainerMemory, HostMemory
+from waker.docker import memory_probe
 from waker.docker.runtime import DockerRuntime
 from waker.docker.spec import LABEL_MANAGED, LABEL_MODEL, LABEL_RAY_NODE, LABEL_ROLE, LABEL_STACK, ROLE_GATEWAY
 from waker.errors import DockerError, NotManaged
@@ -308,3 +309,68 @@ async def test_external_workloads_are_found_by_label_or_name_and_only_a_pause_on
     with pytest.raises(NotManaged, match="not one the waker may pause"):
         await runtime.pause(notebook)
     assert await runtime.externals(()) == []
+
+
+# ---- a remote host's memory, through its engine ----------------------------------------------------
+
+
+def probe_writes(docker: FakeDocker, probe, uptime: float, available_mib: int) -> None:
+    """One reading, as the probe's script prints it."""
+    for line in (
+        f"uptime {uptime}",
+        "MemTotal: 2048000 kB",
+        "MemFree: 10240 kB",
+        f"MemAvailable: {available_mib * 1024} kB",
+    ):
+        docker.write_log(probe, line)
+    docker.write_log(probe, ".")
+
+
+async def test_a_hosts_memory_is_read_by_a_probe_made_from_the_first_image_it_has_and_kept(docker, runtime):
+    docker.images["vllm:2"] = "sha256:v2"
+    docker.on_start = lambda container: probe_writes(docker, container, 100.0, 900)
+
+    memory = await runtime.host_memory(("vllm:1", "vllm:2"))
+
+    assert (memory.total, memory.available, memory.free) == (2048000 * 1024, 900 * MIB, 10 * MIB)
+    probe = docker.container(memory_probe.probe_name(STACK))
+    spec = probe.config
+    assert spec["Image"] == "vllm:2" and spec["Entrypoint"][:2] == ["/bin/sh", "-c"]
+    assert spec["User"] == "65534:65534" and spec["NetworkDisabled"] and spec["HostConfig"]["NetworkMode"] == "none"
+    assert spec["HostConfig"]["CapDrop"] == ["ALL"] and spec["HostConfig"]["ReadonlyRootfs"]
+    assert "NVIDIA_VISIBLE_DEVICES=void" in spec["Env"]  # never a GPU, whatever runtime the engine uses
+    assert probe.labels == {memory_probe.LABEL_PROBE: STACK}  # never listed or acted on as a model's container
+    assert await runtime.managed_containers() == []
+    probe_writes(docker, probe, 100.5, 800)
+    assert (await runtime.host_memory(("vllm:1", "vllm:2"))).available == 800 * MIB
+    assert docker.actions("create") == [("create", probe.name)]  # made once
+    assert await runtime.host_memory(()) == HostMemory(2048000 * 1024, 800 * MIB, 10 * MIB, 0)  # no new reading yet
+
+
+async def test_a_probe_left_by_an_earlier_run_is_used_and_one_that_stopped_is_started_again(docker, runtime):
+    left = docker.add(memory_probe.probe_name(STACK), {"Labels": {memory_probe.LABEL_PROBE: STACK}})
+    left.starts = 1
+    probe_writes(docker, left, 50.0, 700)
+
+    assert (await runtime.host_memory(("vllm:1",))).available == 700 * MIB
+    assert left.running and docker.actions("create") == []
+    left.running = False  # stopped by hand: its output says nothing new
+    with pytest.raises(DockerError, match=r"the memory probe had stopped \(exited, exit code 0\): started again"):
+        await runtime.host_memory(("vllm:1",))
+    assert left.running
+    probe_writes(docker, left, 60.0, 600)
+    assert (await runtime.host_memory(("vllm:1",))).available == 600 * MIB
+    await runtime.remove_memory_probe()
+    assert docker.actions("remove") == [("remove", left.name)]
+    await runtime.remove_memory_probe()  # none left: nothing to say
+
+
+async def test_no_reading_without_an_image_and_never_from_someone_elses_container(docker, runtime):
+    with pytest.raises(
+        DockerError, match=r"none of vllm:1, vllm:2 is on it; set memory_probe_image in its \[\[host\]\]"
+    ):
+        await runtime.host_memory(("vllm:1", "vllm:2"))
+    docker.add(memory_probe.probe_name(STACK), {"Labels": {}}, running=True)
+    with pytest.raises(DockerError, match="is on the host and is not the waker's memory probe; rename or remove it"):
+        await runtime.host_memory(("vllm:1",))
+    assert docker.actions("create", "start", "remove") == []

@@ -8,10 +8,10 @@ import pytest
 from waker.config.hosts import IMPLICIT_HOST
 from waker.config.schema import OnBusy
 from waker.core.lifecycle import State, StopReason
-from waker.core.memory import HostMemory, page_cache_in_the_way, victim
+from waker.core.memory import HostMemory, last_probe_reading, page_cache_in_the_way, parse_meminfo, victim
 from waker.core.plan import HostBudget, MemoryView, Policy, Refuse, Slot, Start, Stop, Waiter, Wake
 from waker.core.scheduler import decide
-from waker.system.memory import ThisMachine, may_drop_page_cache, parse_meminfo
+from waker.system.memory import ThisMachine, may_drop_page_cache
 
 GIB = 1024**3
 NOW = 1000.0
@@ -86,6 +86,31 @@ def test_nothing_of_ours_running_stops_nothing():
 def test_meminfo_is_read_in_bytes():
     text = "MemTotal: 24576000 kB\nMemFree: 1000 kB\nMemAvailable: 12288000 kB\nSwapFree: 0 kB\nHugePages_Total: 0\n"
     assert parse_meminfo(text) == HostMemory(24576000 * 1024, 12288000 * 1024, 1000 * 1024, 0)
+
+
+def probe_reading(uptime: float, available_kb: int) -> list[str]:
+    return [
+        f"uptime {uptime}",
+        "MemTotal: 24576000 kB",
+        "MemFree: 1000 kB",
+        f"MemAvailable: {available_kb} kB",
+        "SwapFree: 0 kB",
+        ".",
+    ]
+
+
+def test_the_probes_last_whole_reading_is_taken_with_the_hosts_uptime():
+    lines = [*probe_reading(100.5, 2000), *probe_reading(101.0, 3000), "uptime 101.5", "MemTotal: 24576000 kB"]
+    uptime, memory = last_probe_reading(lines)
+    assert uptime == 101.0 and memory.available == 3000 * 1024  # the reading still being written waits
+
+
+def test_a_probe_reading_cut_short_by_the_logs_rotation_leaves_the_one_before():
+    cut = probe_reading(102.0, 5000)
+    lines = [*probe_reading(101.0, 3000), *cut[:1], *cut[3:]]  # lost MemTotal and MemFree
+    assert last_probe_reading(lines) == (101.0, HostMemory(24576000 * 1024, 3000 * 1024, 1000 * 1024, 0))
+    assert last_probe_reading(cut[2:]) is None  # nothing whole yet (a probe just started)
+    assert last_probe_reading(["uptime soon", *cut[1:]]) is None
 
 
 # ---- admission ---------------------------------------------------------------------------------------

@@ -5,16 +5,20 @@ for memory starting once it is back."""
 from __future__ import annotations
 
 import asyncio
+from dataclasses import replace
+from pathlib import Path
 
 import pytest
+from structlog.testing import capture_logs
 
-from tests.unit.shell_fakes import make_config, open_shell, until
+from tests.unit.shell_fakes import FakeDriver, make_config, open_shell, until
+from waker.config.schema import Config, parse_config
 from waker.core.events import MemoryGuardTripped, ModelReady, PageCacheDropped
 from waker.core.lifecycle import State
 from waker.core.memory import ContainerMemory, HostMemory
-from waker.errors import RequestRefused
+from waker.errors import DriverError, RequestRefused
 from waker.nginx.activity import Mark, MarkKind
-from waker.shell.memory_guard import BUSY_INTERVAL, REST_INTERVAL
+from waker.shell.memory_guard import BUSY_INTERVAL, ENGINE_BUSY_INTERVAL, REST_INTERVAL, STALE
 
 GIB = 1024**3
 
@@ -189,7 +193,7 @@ async def test_a_kill_the_engine_refuses_is_tried_again_and_memory_that_cannot_b
     def unreadable() -> HostMemory:
         raise OSError("no /proc/meminfo")
 
-    shell.supervisor.guard.memory.read = unreadable
+    meminfo.read = unreadable
     assert shell.supervisor.policy_now().budgets[0].memory is None  # then nothing is admitted by memory
     shell.clock.advance(BUSY_INTERVAL)
     shell.clock.advance(REST_INTERVAL)
@@ -272,6 +276,11 @@ async def test_the_admin_api_shows_each_containers_memory_and_none_where_docker_
     assert listing["b"]["current_bytes"] is None and listing["c"]["current_bytes"] is None  # refused; no container
     single = await (await client.get("/admin/models/a")).json()
     assert single["memory"]["current_bytes"] == 700 * 2**20
+    metrics = (await (await client.get("/metrics")).text()).splitlines()
+    assert [line for line in metrics if line.startswith("waker_model_memory")] == [
+        f'waker_model_memory_bytes{{model="a"}} {700 * 2**20}',
+        f'waker_model_memory_declared_bytes{{model="a"}} {GIB}',
+    ]  # b: its engine did not say; c: no container; none learned yet
 
 
 async def test_what_the_container_holds_once_ready_counts_when_the_host_hides_it():
@@ -289,3 +298,90 @@ async def test_what_the_container_holds_once_ready_counts_when_the_host_hides_it
     await started
     await next_sample(shell, meminfo, BUSY_INTERVAL)
     await until(lambda: meminfo.kept == {"a": 3 * GIB}, "the container's 3 GiB kept, not the host's 0.5")
+    assert shell.supervisor.footprint(shell.supervisor.config.model("a"))["learned_bytes"] == 3 * GIB
+
+
+def two_hosts_floors(*models: dict) -> Config:
+    """Host "one" is this machine; "two" is read through its engine and keeps a floor of its own."""
+    raw = {
+        "host": [
+            {"name": "one"},
+            {"name": "two", "docker_host": "ssh://two", "address": "10.0.0.2", "memory_floor": "6GiB"},
+        ],
+        "model": [{"image": "fake:test", "gpu_memory": 0.5, **m} for m in models],
+    }
+    return parse_config(raw, Path("/nonexistent/models.toml"))
+
+
+async def test_a_remote_hosts_memory_is_read_through_its_engine_and_guarded_with_its_own_floor():
+    meminfo = Meminfo(12)
+    one, two = FakeDriver(), FakeDriver()
+    two.host_memory_now = HostMemory(total=24 * GIB, available=10 * GIB, free=GIB, swap_free=0)
+    config = two_hosts_floors({"id": "a", "host": "one"}, {"id": "b", "host": "two", "image": "vllm:b"})
+    shell = await open_shell(config, hosts={"one": one, "two": two}, memory=meminfo)
+    await until(lambda: two.memory_reads, "host two's first reading")
+    assert two.memory_reads[0] == ("fake:test", "vllm:b")  # the probe is made from a model's image
+    views = {b.name: b.memory for b in shell.supervisor.policy_now().budgets}
+    assert (views["one"].available, views["one"].floor) == (12 * GIB, 2 * GIB)  # [scheduler]'s default floor
+    assert (views["two"].available, views["two"].floor) == (10 * GIB, 6 * GIB)
+
+    two.hold("b")
+    waiter = request_for(shell, "b")
+    await shell.reach("b", State.STARTING)
+    two.host_memory_now = replace(two.host_memory_now, available=5 * GIB)  # below two's floor, not one's
+    reads = len(two.memory_reads)
+    await until(lambda: len(guard_waits(shell)) == 2, "both guards waiting for their next sample")
+    shell.clock.advance(ENGINE_BUSY_INTERVAL)  # a remote host is sampled as often as its probe writes
+    await until(lambda: len(two.memory_reads) > reads, "host two sampled")
+    with pytest.raises(RequestRefused) as refused:
+        await waiter
+    assert refused.value.code == "memory_guard"
+    assert "host 'two' had 5.0 GiB available of 24.0 GiB, below the floor of 6.0 GiB" in refused.value.message
+    (tripped,) = shell.kinds(MemoryGuardTripped)
+    assert (tripped.model, tripped.host, tripped.floor_bytes) == ("b", "two", 6 * GIB)
+    await until(lambda: ("kill", "b", None) in two.calls, "b's container killed on host two")
+    assert shell.supervisor.state("a") is State.STOPPED  # nothing on host one touched
+
+    await until(lambda: not shell.supervisor.releasing, "the kill done")
+    two.host_memory_now = DriverError("cannot read the memory probe's output: the Docker engine is not reachable")
+    with capture_logs() as logs:
+        for _ in range(2):
+            reads = len(two.memory_reads)
+            await until(lambda: len(guard_waits(shell)) == 2, "both guards waiting")
+            shell.clock.advance(REST_INTERVAL)
+            await until(lambda reads=reads: len(two.memory_reads) > reads, "host two sampled")
+    assert [e["host"] for e in logs if e["event"] == "memory_unreadable"] == ["two"]  # once, not every sample
+    assert {b.name: b.memory for b in shell.supervisor.policy_now().budgets}["two"] is None
+    hosts = {h.name: h for h in shell.supervisor.host_status(shell.supervisor.current_slots())}
+    assert hosts["two"].memory is None and "not reachable" in hosts["two"].memory_error
+    assert hosts["one"].memory.available_bytes == 12 * GIB and hosts["one"].memory_error is None
+    two.host_memory_now = HostMemory(total=24 * GIB, available=9 * GIB, free=GIB, swap_free=0)
+    with capture_logs() as logs:
+        await until(lambda: len(guard_waits(shell)) == 2, "both guards waiting")
+        shell.clock.advance(REST_INTERVAL)
+        await until(lambda: shell.supervisor.guards["two"].error is None, "host two read again")
+    assert [e["host"] for e in logs if e["event"] == "memory_readable"] == ["two"]
+    assert {b.name: b.memory for b in shell.supervisor.policy_now().budgets}["two"].available == 9 * GIB
+    await shell.supervisor.close()
+    assert two.memory_readings_ended and not one.memory_readings_ended  # the probe removed from host two
+
+
+async def test_a_remote_hosts_last_reading_goes_stale_when_its_sampling_stops():
+    one, two = FakeDriver(), FakeDriver()
+    two.host_memory_now = HostMemory(total=24 * GIB, available=10 * GIB, free=GIB, swap_free=0)
+    shell = await open_shell(two_hosts_floors({"id": "a"}), hosts={"one": one, "two": two}, memory=Meminfo(12))
+    await until(lambda: two.memory_reads, "host two's first reading")
+    guard = shell.supervisor.guards["two"]
+    assert guard.view(frozenset()) is not None
+    guard.latest_at -= STALE + 1  # as if its engine had not answered a sample since
+    assert guard.view(frozenset()) is None  # an old reading weighs no start
+    assert await guard.free_for(GIB) is None  # a remote host's page cache is not the waker's to drop
+
+    async def unreachable() -> None:
+        raise DriverError("cannot remove the memory probe: the Docker engine is not reachable")
+
+    guard.end = unreachable
+    with capture_logs() as logs:
+        await shell.supervisor.close()  # the waker stops all the same, saying what it left
+    (left,) = [e for e in logs if e["event"] == "memory_probe_left"]
+    assert left["host"] == "two" and "not reachable" in left["error"]

@@ -157,6 +157,15 @@ def _quoted(model: str) -> str:
     return urllib.parse.quote(model, safe="")
 
 
+def _memory(memory: dict[str, Any]) -> str:
+    """What the container holds now / the footprint admission counts (learned, else declared); `!`
+    when what it took exceeds what it declares."""
+    held = memory.get("current_bytes")
+    footprint = memory.get("learned_bytes") or memory.get("declared_bytes")
+    text = "/".join(f"{size / 2**30:.1f}G" if size is not None else "-" for size in (held, footprint))
+    return "-" if held is None and footprint is None else text + ("!" if memory.get("exceeds_declared") else "")
+
+
 def _seconds(value: float | None) -> str:
     if value is None:
         return "-"
@@ -186,6 +195,7 @@ def status(client: Client, args: argparse.Namespace) -> int:
             "UPTIME",
             "IDLE",
             "GPU",
+            "MEMORY",
             "FLAGS",
             "LAST ERROR",
         )
@@ -209,6 +219,7 @@ def status(client: Client, args: argparse.Namespace) -> int:
                 _seconds(m["uptime_seconds"]),
                 _seconds(m["idle_seconds"]),
                 f"{m['gpu_memory']:g}",
+                _memory(m["memory"]),
                 flags,
                 error,
             )
@@ -224,6 +235,8 @@ def status(client: Client, args: argparse.Namespace) -> int:
                 f"\nmemory{'' if not several else ' on ' + host['name']}: {memory['available_bytes'] / 2**30:.1f} GiB "
                 f"available of {memory['total_bytes'] / 2**30:.1f}, floor {memory['floor_bytes'] / 2**30:.1f}"
             )
+        elif host.get("memory_error"):
+            footer += f"\nmemory{'' if not several else ' on ' + host['name']}: not measured: {host['memory_error']}"
     for host in data["hosts"] if several else ():
         state = "connected" if host["connected"] else f"DOWN: {host['error']}"
         footer += (

@@ -14,8 +14,10 @@ from waker.cli import admin_client, logs
 from waker.config.hosts import HostConfig
 from waker.config.schema import Config, ModelConfig, ModelStatus, load_config, overrides_or_env
 from waker.config.units import format_duration, format_size
+from waker.core.memory import exceeds_share, gib
 from waker.errors import ConfigError
 from waker.nginx.render import render
+from waker.system.memory import FOOTPRINTS, ThisMachine
 
 EXIT_CONFIG = 2
 
@@ -98,8 +100,15 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check(config: Config, resolved: bool) -> int:
+    learned = _learned(config)
     if resolved:
         sys.stdout.write(tomli_w.dumps(resolved_config(config)))
+        if learned:  # comments: the output stays a config file the waker reads
+            sys.stdout.write(
+                f"\n# Footprints learned at the models' starts ({config.waker.state_dir / FOOTPRINTS}); "
+                "admission counts the larger of `memory` and this:\n"
+            )
+            sys.stdout.writelines(f"#   {model}: {note}\n" for model, note in learned.items())
         return 0
     disabled = f" ({len(config.disabled)} more disabled)" if config.disabled else ""
     print(
@@ -116,6 +125,7 @@ def _check(config: Config, resolved: bool) -> int:
             f"  {m.id}{aliases}: {m.image}, port {m.port} -> {m.address}, {gpu}, "
             f"start_timeout {format_duration(m.start_timeout)}, idle_timeout {format_duration(m.idle_timeout)}"
             + (", experimental" if m.status is ModelStatus.EXPERIMENTAL else "")
+            + (f", {learned[m.id]}" if m.id in learned else "")
         )
     for m in config.disabled:
         print(f"  {m.id}: disabled ({m.notes})")
@@ -132,6 +142,24 @@ def _guide_fields(m: ModelConfig) -> dict:
     if m.source is not None:
         entry["source"] = {"repo": m.source.repo, "commit": m.source.commit, "file": m.source.file}
     return entry
+
+
+def _learned(config: Config) -> dict[str, str]:
+    """Each model's footprint the memory guard learned (kept in the state directory), in words,
+    flagged when it exceeds what the model declares."""
+    machine = ThisMachine(config.waker.state_dir)
+    footprints = machine.learned()
+    try:
+        total: int | None = machine.read().total
+    except (OSError, KeyError, ValueError):
+        total = None
+    notes = {}
+    for m in config.models:
+        if (took := footprints.get(m.id)) is not None:
+            declared = f", declares {gib(m.memory)}" if m.memory else ""
+            over = exceeds_share(took, m.memory, m.gpu_memory, total)
+            notes[m.id] = f"learned {gib(took)}{declared}" + (": takes more than it declares" if over else "")
+    return notes
 
 
 def resolved_config(config: Config) -> dict:
@@ -239,6 +267,10 @@ def _host_entry(h: HostConfig) -> dict:
         **({"docker_host": h.docker.url} if h.docker.url else {}),
         "address": h.address,
         "gpu_capacity": h.gpu_capacity,
+        **(
+            {"memory_floor": format_size(h.memory_floor) if h.memory_floor else 0} if h.memory_floor is not None else {}
+        ),
+        **({"memory_probe_image": h.memory_probe_image} if h.memory_probe_image else {}),
     }
     if h.docker.tls is not None:
         entry.update(tls_ca=str(h.docker.tls.ca), tls_cert=str(h.docker.tls.cert), tls_key=str(h.docker.tls.key))

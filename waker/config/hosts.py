@@ -30,6 +30,8 @@ HOST_KEYS = {
     "tp_socket_ifname",
     "nccl_ib_hca",
     "vllm_host_ip",
+    "memory_floor",
+    "memory_probe_image",
 }
 _TLS_KEYS = ("tls_ca", "tls_cert", "tls_key")
 
@@ -90,6 +92,14 @@ class HostConfig:
     gpu_capacity: float
     address: str  # where nginx reaches this host's models (their published ports)
     interconnect: Interconnect
+    memory_floor: int | None = None  # bytes the memory guard keeps available here; None: [scheduler]'s
+    memory_probe_image: str = ""  # the image its memory is read with through Docker; "": a model's
+
+
+def probe_images(host: HostConfig, images: tuple[str, ...]) -> tuple[str, ...]:
+    """The images to read the host's memory with (`docker.memory_probe`), the first one it has: its
+    `memory_probe_image`, else the models' (`images`, in config order)."""
+    return (host.memory_probe_image,) if host.memory_probe_image else tuple(dict.fromkeys(images))
 
 
 def implicit_host(docker_host: str, gpu_capacity: float) -> HostConfig:
@@ -233,7 +243,13 @@ def _parse_host(
         vllm_host_ip=table.get("vllm_host_ip", fields.ipv4) or "",
     )
     result = HostConfig(
-        name, docker, table.get("gpu_capacity", fields.capacity, default_capacity), address, interconnect
+        name,
+        docker,
+        table.get("gpu_capacity", fields.capacity, default_capacity),
+        address,
+        interconnect,
+        table.get("memory_floor", fields.memory_floor),
+        table.get("memory_probe_image", fields.string, ""),
     )
     table.reject_unknown(HOST_KEYS)
     return result

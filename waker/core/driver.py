@@ -129,6 +129,13 @@ class HostDriver(Driver, Protocol):
         (before any event, so a listing then loses nothing), `on_event` for each event of a managed
         container, and `on_lost` with the reason when the engine goes away."""
 
+    async def host_memory(self, images: tuple[str, ...]) -> HostMemory:
+        """The host's memory as read through its engine, by a small container made (once) from the
+        first of `images` the host has. Raises `DriverError` when there is no reading."""
+
+    async def end_memory_readings(self) -> None:
+        """Removes what `host_memory` left on the host; raises `DriverError`."""
+
 
 class Router(Protocol):
     async def route(self, config: Config, asleep: frozenset[str]) -> None:

@@ -93,7 +93,7 @@ class ModelOom(WakerEvent):
 
 @dataclass(frozen=True, slots=True)
 class MemoryGuardTripped(WakerEvent):
-    """The host's available memory fell below the floor: the guard stopped `model` (it was `state`)."""
+    """`host`'s available memory fell below its floor: the guard stopped `model` (it was `state`)."""
 
     kind = EventKind.MEMORY_GUARD
     model: str
@@ -101,6 +101,7 @@ class MemoryGuardTripped(WakerEvent):
     available_bytes: int
     total_bytes: int
     floor_bytes: int
+    host: str
 
 
 @dataclass(frozen=True, slots=True)

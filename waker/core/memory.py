@@ -6,6 +6,7 @@ that memory to come back before it would stop another."""
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Iterable
 from dataclasses import dataclass
 from typing import Any
@@ -35,6 +36,40 @@ class ContainerMemory:
     peak: int | None  # its cgroup's high-water mark, page cache included (cgroup v1); None on cgroup v2
 
 
+def parse_meminfo(text: str) -> HostMemory:
+    """/proc/meminfo's figures (in kB there) in bytes; KeyError or ValueError when it is not as Linux
+    writes it."""
+    values = {}
+    for line in text.splitlines():
+        key, _, rest = line.partition(":")
+        fields = rest.split()
+        if fields:
+            values[key] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
+    return HostMemory(values["MemTotal"], values["MemAvailable"], values["MemFree"], values.get("SwapFree", 0))
+
+
+PROBE_END = "."  # the line that ends each of the memory probe's readings
+
+
+def last_probe_reading(lines: Iterable[str]) -> tuple[float, HostMemory] | None:
+    """The last whole reading in a memory probe's output (`docker.memory_probe`): each one is an
+    `uptime <seconds>` line, /proc/meminfo's lines and a PROBE_END line. The host's uptime, which
+    only grows, tells a new reading from one read before. None when no whole reading is there."""
+    reading: list[str] | None = None
+    last = None
+    for line in (raw.strip() for raw in lines):
+        if line.startswith("uptime "):
+            reading = [line]
+        elif reading is not None and line == PROBE_END:
+            # One cut short by the log's rotation, or not meminfo, leaves the one before.
+            with contextlib.suppress(KeyError, ValueError, IndexError):
+                last = float(reading[0].split()[1]), parse_meminfo("\n".join(reading[1:]))
+            reading = None
+        elif reading is not None:
+            reading.append(line)
+    return last
+
+
 def container_memory(stats: dict[str, Any]) -> ContainerMemory | None:
     """From Docker's `memory_stats` (cgroup v1 or v2); None for a container that is not running."""
     usage = stats.get("usage")
@@ -57,11 +92,14 @@ class Trip:
     message: str
 
 
-def victim(slots: Iterable[Slot], memory: HostMemory, floor: int, releasing: frozenset[str]) -> Trip | None:
+def victim(
+    slots: Iterable[Slot], memory: HostMemory, floor: int, releasing: frozenset[str], where: str = "the host"
+) -> Trip | None:
     """The model to stop because available memory fell below `floor`, or None (above the floor, no
     floor, nothing to stop, or memory already on its way back: a model stopping or falling asleep, or
-    one the guard stopped, in `releasing`). The order: the model starting or waking (it is what grows),
-    then idle models, then busy ones, the most recently started first in each; a pinned model last."""
+    one the guard stopped, in `releasing`); `where` names the host in its message. The order: the model
+    starting or waking (it is what grows), then idle models, then busy ones, the most recently started
+    first in each; a pinned model last."""
     if floor <= 0 or memory.available >= floor:
         return None
     candidates = list(slots)
@@ -84,9 +122,9 @@ def victim(slots: Iterable[Slot], memory: HostMemory, floor: int, releasing: fro
         State.SLEEPING: "while asleep",
     }.get(chosen.state, f"while serving ({chosen.in_flight} request(s) in flight)")
     message = (
-        f"model {chosen.id!r} was stopped by the memory guard {doing}: the host had "
+        f"model {chosen.id!r} was stopped by the memory guard {doing}: {where} had "
         f"{gib(memory.available)} available of {gib(memory.total)}, below the floor of {gib(floor)} "
-        "([scheduler] memory_floor); the box shares this memory with the GPU and would hang if it ran out. "
+        "(memory_floor); the box shares this memory with the GPU and would hang if it ran out. "
         "Free memory (stop other models or programs) or give the model less (--gpu-memory-utilization, "
         "--max-model-len), then ask again"
     )
@@ -99,6 +137,13 @@ def page_cache_in_the_way(memory: HostMemory, need: int, floor: int) -> bool:
     out reclaimable cache (vLLM #48140): right after weights were read, a start can fail that check
     although the memory is there."""
     return memory.free < need + floor <= memory.available
+
+
+def exceeds_share(learned: int | None, declared: int, gpu_memory: float, total: int | None) -> bool:
+    """Whether a model took more than it declares (its `memory`) or, declaring none, more than its share
+    of the GPU would be of the host's memory (`total`; unknown: no share to compare with)."""
+    share = declared or (round(gpu_memory * total) if total and gpu_memory else 0)
+    return learned is not None and share > 0 and learned > share
 
 
 def gib(size: int) -> str:

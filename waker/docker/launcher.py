@@ -24,7 +24,7 @@ from waker.config.units import format_duration
 from waker.core.driver import ContainerEvent
 from waker.core.externals import ExternalContainer
 from waker.core.image_pull import PullProgress
-from waker.core.memory import ContainerMemory
+from waker.core.memory import ContainerMemory, HostMemory
 from waker.docker import events as docker_events
 from waker.docker.images import Images
 from waker.docker.runtime import DockerRuntime
@@ -208,6 +208,12 @@ class Launcher:
 
     async def memory_use(self, container_id: str) -> ContainerMemory | None:
         return await self.runtime.memory_use(container_id)
+
+    async def host_memory(self, images: tuple[str, ...]) -> HostMemory:
+        return await self.runtime.host_memory(images)
+
+    async def end_memory_readings(self) -> None:
+        await self.runtime.remove_memory_probe()
 
     async def externals(self, entries: tuple[ExternalConfig, ...]) -> list[ExternalContainer]:
         return await self.runtime.externals(entries)

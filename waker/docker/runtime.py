@@ -6,6 +6,7 @@ container checks the labels first, so the waker cannot stop or remove anything i
 
 from __future__ import annotations
 
+import asyncio
 import json
 import socket
 import ssl
@@ -16,6 +17,7 @@ from typing import Any
 
 import aiodocker
 import aiohttp
+from aiodocker.multiplexed import multiplexed_result_list
 from aiodocker.networks import DockerNetwork
 from aiohttp.http_exceptions import LineTooLong
 
@@ -24,7 +26,8 @@ from waker.config.hosts import DockerEndpoint
 from waker.config.ray import RayNode
 from waker.core.externals import ExternalContainer
 from waker.core.image_pull import PullProgress, PullTracker
-from waker.core.memory import ContainerMemory, container_memory
+from waker.core.memory import ContainerMemory, HostMemory, container_memory, last_probe_reading
+from waker.docker import memory_probe
 from waker.docker.connect import docker_client
 from waker.docker.spec import (
     LABEL_MANAGED,
@@ -54,6 +57,9 @@ class ContainerInfo:
     def serves(self) -> bool:
         """The model's own container (a one-host model's, or a Ray head), not a Ray worker of it."""
         return self.ray_node is not RayNode.WORKER
+
+
+PROBE_FIRST_READING_POLLS = 30  # tenths of a second a new memory probe is given to write its first reading
 
 
 class _docker_errors:  # lower case: it reads as a function where it is used, `with _docker_errors(...)`
@@ -88,6 +94,84 @@ class DockerRuntime:
             raise DockerError(
                 f"cannot use the TLS files of {docker_host}: {exc}; check tls_ca, tls_cert and tls_key of its [[host]]"
             ) from None
+        self._probe: str | None = None  # the memory probe's container, once found or made
+        self._probe_uptime = 0.0  # the host's uptime in the probe's last reading
+
+    async def host_memory(self, images: tuple[str, ...]) -> HostMemory:
+        """This host's memory, as the memory probe (`docker.memory_probe`) last read it; the probe is
+        made the first time, from the first of `images` this host has. Raises DockerError when there
+        is no reading: no image to make the probe from, or no new reading since the last call and the
+        probe not running (it is started again for the next call)."""
+        if self._probe is None:
+            self._probe = await self._memory_probe(images)
+        probe = self._docker.containers.container(self._probe)
+        try:
+            reading = last_probe_reading(await self._probe_output(self._probe))
+        except DockerError:
+            self._probe = None  # removed by hand, say: found or made again next time
+            raise
+        if reading is None or reading[0] <= self._probe_uptime:
+            with _docker_errors("cannot inspect the memory probe"):
+                state = (await probe.show())["State"]
+            if not state.get("Running"):
+                with _docker_errors("cannot start the memory probe"):
+                    await probe.start()
+                raise DockerError(
+                    f"the memory probe had stopped ({state.get('Status')}, exit code {state.get('ExitCode')}): "
+                    "started again"
+                )
+            if reading is None:
+                raise DockerError("the memory probe has not written a whole reading yet")
+        self._probe_uptime = reading[0]
+        return reading[1]
+
+    async def _memory_probe(self, images: tuple[str, ...]) -> str:
+        """The probe's container id: the one an earlier run left if it is there, else a new one."""
+        name = memory_probe.probe_name(self.stack)
+        with _docker_errors("cannot inspect the memory probe", ignore=(404,)):
+            data = await self._docker.containers.container(name).show()
+            labels = data["Config"].get("Labels") or {}
+            if labels.get(memory_probe.LABEL_PROBE) != self.stack:
+                raise DockerError(
+                    f"a container named {name} is on the host and is not the waker's memory probe; rename or remove it"
+                )
+            if not data["State"].get("Running"):
+                await self._docker.containers.container(data["Id"]).start()
+            return str(data["Id"])
+        image = None
+        for candidate in images:
+            if await self.image_id(candidate) is not None:
+                image = candidate
+                break
+        if image is None:
+            raise DockerError(
+                f"no image to read the host's memory with: none of {', '.join(images) or 'no image'} is on it; "
+                "set memory_probe_image in its [[host]] to an image it has with /bin/sh, or start a model there"
+            )
+        with _docker_errors("cannot make the memory probe"):
+            container = await self._docker.containers.create(
+                config=memory_probe.probe_spec(self.stack, image), name=name
+            )
+            await container.start()
+        for _ in range(PROBE_FIRST_READING_POLLS):  # its first reading, written within milliseconds
+            if last_probe_reading(await self._probe_output(container.id)) is not None:
+                break
+            await asyncio.sleep(0.1)
+        return str(container.id)
+
+    async def _probe_output(self, probe: str) -> list[str]:
+        # One call, not aiodocker's `log` (which inspects the container first): the probe has no TTY.
+        with _docker_errors("cannot read the memory probe's output"):
+            params = {"stdout": "1", "tail": str(memory_probe.TAIL)}
+            async with self._docker._query(f"containers/{probe}/logs", params=params, timeout=10) as response:
+                chunks = await multiplexed_result_list(response, is_tty=False)
+        return "".join(chunks).splitlines()
+
+    async def remove_memory_probe(self) -> None:
+        """Removes the probe (the waker is stopping); no error if there is none."""
+        self._probe = None
+        with _docker_errors("cannot remove the memory probe", ignore=(404,)):
+            await self._docker.containers.container(memory_probe.probe_name(self.stack)).delete(force=True)
 
     async def close(self) -> None:
         await self._docker.close()

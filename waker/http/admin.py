@@ -151,24 +151,17 @@ def _described(
     return describe(ctx.supervisor, model, slots, ctx.watch.progress(model.id), used)
 
 
-async def _memory_in_use(supervisor: Supervisor, models: list[ModelConfig]) -> dict[str, ContainerMemory | None]:
-    """Each model's container's memory, read from its engine for all at once (a Docker call for each
-    model with a container)."""
-    used = await asyncio.gather(*(supervisor.container_memory(m.id) for m in models))
-    return dict(zip((m.id for m in models), used, strict=True))
-
-
 async def list_models(request: web.Request) -> web.Response:
     supervisor = request.app[CONTEXT].supervisor
     slots = supervisor.current_slots()
-    used = await _memory_in_use(supervisor, list(supervisor.config.models))
+    used = await supervisor.memory_in_use()
     return web.json_response(
         {
-            "models": [_described(request, m, slots, used[m.id]) for m in supervisor.config.models],
+            "models": [_described(request, m, slots, used.get(m.id)) for m in supervisor.config.models],
             "queue_length": len(supervisor.waiting),
             "docker": supervisor.docker_error or "connected",
             "gpu_capacity": supervisor.policy.capacity,
-            "hosts": [asdict(status) for status in supervisor.hosts.status(slots, supervisor.policy_now())],
+            "hosts": [asdict(status) for status in supervisor.host_status(slots)],
             "gpu": [asdict(reading) for reading in request.app[CONTEXT].gpu.read()],
             "externals": await supervisor.externals.status() if supervisor.externals is not None else [],
         }
@@ -177,8 +170,8 @@ async def list_models(request: web.Request) -> web.Response:
 
 async def get_model(request: web.Request) -> web.Response:
     model = _model(request)
-    used = await _memory_in_use(request.app[CONTEXT].supervisor, [model])
-    return web.json_response(_described(request, model, used=used[model.id]))
+    used = await request.app[CONTEXT].supervisor.container_memory(model.id)
+    return web.json_response(_described(request, model, used=used))
 
 
 async def start(request: web.Request) -> web.Response:

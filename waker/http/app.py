@@ -65,7 +65,7 @@ def build_app(
 
 async def metrics(request: web.Request) -> web.Response:
     ctx = request.app[CONTEXT]
-    text = render(ctx.supervisor, ctx.counters, ctx.gpu)
+    text = render(ctx.supervisor, ctx.counters, ctx.gpu, await ctx.supervisor.memory_in_use())
     return web.Response(text=text, content_type="text/plain", headers={"X-Content-Type-Options": "nosniff"})
 
 

@@ -5,6 +5,7 @@ Counters follow the event bus; gauges are read from the supervisor when scraped.
 from __future__ import annotations
 
 from collections import defaultdict
+from collections.abc import Mapping
 
 from waker.core.events import (
     MemoryGuardTripped,
@@ -19,6 +20,7 @@ from waker.core.events import (
     WakerEvent,
 )
 from waker.core.lifecycle import Event, State
+from waker.core.memory import ContainerMemory
 from waker.shell.supervisor import Supervisor
 from waker.system.gpu import GpuMemory
 
@@ -82,7 +84,9 @@ def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace("\n", "\\n").replace('"', '\\"')
 
 
-def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
+def render(
+    supervisor: Supervisor, counters: Counters, gpu: GpuMemory, used: Mapping[str, ContainerMemory | None]
+) -> str:
     out: list[str] = []
 
     def metric(name: str, kind: str, help_text: str, samples: list[tuple[dict[str, str], float]]) -> None:
@@ -91,7 +95,7 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
         out.extend(f"{name}{_labels(**labels)} {_number(value)}" for labels, value in samples)
 
     slots = supervisor.current_slots()
-    hosts = supervisor.hosts.status(slots, supervisor.policy_now())
+    hosts = supervisor.host_status(slots)
     models = [m.id for m in supervisor.config.models]
     metric(
         "waker_model_state",
@@ -216,6 +220,27 @@ def render(supervisor: Supervisor, counters: Counters, gpu: GpuMemory) -> str:
             ),
         ):
             metric(name, "gauge", help_text, [({"host": host}, getattr(memory, field)) for host, memory in measured])
+    footprints = {m.id: supervisor.footprint(m) for m in supervisor.config.models}
+    for name, help_text, values in (
+        (
+            "waker_model_memory_bytes",
+            "Each running model's container's memory now, less its page cache (Docker's stats).",
+            {m: held.current for m, held in used.items() if held is not None},
+        ),
+        (
+            "waker_model_memory_declared_bytes",
+            "The host memory each model declares it takes (its `memory`).",
+            {m: footprint["declared_bytes"] for m, footprint in footprints.items()},
+        ),
+        (
+            "waker_model_memory_learned_bytes",
+            "The host memory each model took at its last start, as the memory guard learned it.",
+            {m: footprint["learned_bytes"] for m, footprint in footprints.items()},
+        ),
+    ):
+        samples = [({"model": m}, float(value)) for m, value in values.items() if isinstance(value, int)]
+        if samples:
+            metric(name, "gauge", help_text, samples)
     metric(
         "waker_memory_guard_stops_total",
         "counter",

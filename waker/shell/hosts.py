@@ -10,7 +10,7 @@ placement skips it, and it is back in the plan after its resync.
 
 from __future__ import annotations
 
-from collections.abc import Coroutine
+from collections.abc import Coroutine, Mapping
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
@@ -28,7 +28,8 @@ SETTLE_SECONDS = 10.0
 
 @dataclass(frozen=True, slots=True)
 class MemoryStatus:
-    """A host's memory, measured (this machine's only, for now) with the floor the guard keeps."""
+    """A host's memory, measured (this machine's from /proc/meminfo, another's through its engine),
+    with the floor the guard keeps there."""
 
     total_bytes: int
     available_bytes: int
@@ -45,7 +46,8 @@ class HostStatus:
     connected: bool
     error: str | None  # why its engine does not answer
     models: tuple[str, ...]  # the models occupying it
-    memory: MemoryStatus | None = None  # None: not measured (a remote host)
+    memory: MemoryStatus | None = None  # None: not measured (no guard, or no reading: see memory_error)
+    memory_error: str | None = None  # why its memory cannot be read now
 
 
 class Reports(Protocol):
@@ -92,7 +94,9 @@ class Hosts:
     def down(self) -> dict[str, str]:
         return {name: error for name, error in self.errors.items() if error is not None}
 
-    def status(self, slots: dict[str, Slot], policy: Policy) -> list[HostStatus]:
+    def status(
+        self, slots: dict[str, Slot], policy: Policy, memory_errors: Mapping[str, str | None] | None = None
+    ) -> list[HostStatus]:
         result = []
         for budget in policy.budgets:
             there = occupying_on(slots, (budget.name,), policy)
@@ -101,7 +105,10 @@ class Hosts:
             models = tuple(sorted(s.id for s in there))
             view = budget.memory
             memory = MemoryStatus(view.total, view.available, view.floor) if view is not None else None
-            result.append(HostStatus(budget.name, budget.capacity, used, error is None, error, models, memory))
+            memory_error = (memory_errors or {}).get(budget.name)
+            result.append(
+                HostStatus(budget.name, budget.capacity, used, error is None, error, models, memory, memory_error)
+            )
         return result
 
     def policy(self, policy: Policy) -> Policy:

@@ -26,7 +26,7 @@ from typing import Any
 import structlog
 
 from waker.config.fields import Address
-from waker.config.hosts import memory_host
+from waker.config.hosts import memory_host, probe_images
 from waker.config.ray import RayNode
 from waker.config.schema import Config, ModelConfig
 from waker.core import incidents
@@ -59,7 +59,7 @@ from waker.core.events import (
 )
 from waker.core.incidents import GATED, Failure, IdleCheck
 from waker.core.lifecycle import Event, SleepReason, State, StopReason
-from waker.core.memory import ContainerMemory, HostMemory, Trip
+from waker.core.memory import ContainerMemory, HostMemory, Trip, exceeds_share
 from waker.core.plan import Grant, HostBudget, Plan, Policy, Refuse, Sleep, Slot, Start, Stop, Wake
 from waker.core.reload import ConfigChange
 from waker.core.scheduler import decide, hosts_of
@@ -69,8 +69,8 @@ from waker.shell.events import EventBus
 from waker.shell.externals import Externals
 from waker.shell.fleet import Fleet
 from waker.shell.gate import Gate
-from waker.shell.hosts import Hosts
-from waker.shell.memory_guard import MemoryGuard
+from waker.shell.hosts import Hosts, HostStatus
+from waker.shell.memory_guard import Footprints, MemoryGuard
 from waker.shell.record import ModelRecord, with_limits
 from waker.shell.waiting_room import WaitingRoom
 
@@ -137,8 +137,13 @@ class Supervisor:
         self._changed = asyncio.Condition()
         self._guard_kills: set[str] = set()  # models the memory guard stopped, until their container exits
         self.here = host = memory_host(config.placement_hosts)  # the host whose engine is this machine's
-        # `memory` reads this machine's memory: it guards the host whose engine runs here.
-        self.guard = MemoryGuard(memory, clock, host, self._memory_floor) if memory and host is not None else None
+        self.footprints: Footprints | None = None
+        self.guards: dict[str, MemoryGuard] = {}  # host -> its guard
+        if memory is not None:
+            # `memory` reads this machine's memory: it guards the host whose engine runs here; the
+            # others are read through their engines.
+            self.footprints = footprints = Footprints(memory)
+            self.guards = {h.name: self._guard(h.name, memory, footprints) for h in config.placement_hosts}
         # Other workloads run beside the models on this machine, whose engine is the host's.
         self.externals = (
             Externals(fleet.drivers[host], lambda: self.config.externals, self.spawn, memory) if host else None
@@ -147,13 +152,12 @@ class Supervisor:
 
     async def open(self) -> None:
         self.hosts.open(self)
-        if self.guard is not None:
-            self.guard.open(self)
+        for guard in self.guards.values():
+            guard.open(self)
 
     async def close(self) -> None:
         self.hosts.close()
-        if self.guard is not None:
-            await self.guard.close()
+        await asyncio.gather(*(guard.close() for guard in self.guards.values()))
         if self._timer is not None:
             self._timer.cancel()
         for task in list(self._tasks):
@@ -177,7 +181,7 @@ class Supervisor:
     def current_slots(self) -> dict[str, Slot]:
         """The slots with what the activity marks say merged in, and each model's footprint as the
         larger of what it declares and what the memory guard learned, as `decide` needs them."""
-        learned = self.guard.learned if self.guard is not None else {}
+        learned = self.footprints.learned if self.footprints is not None else {}
         slots = {}
         for model_id, record in self._records.items():
             slot, activity = record.slot, record.activity
@@ -200,13 +204,15 @@ class Supervisor:
         """What the model takes of the host's memory: as declared (its `memory`), as learned at its last
         start, and whether the learned one exceeds what it declares (or, declaring none, what its share
         of the GPU would be of the host's memory)."""
-        learned = self.guard.learned.get(model.id) if self.guard is not None else None
-        latest = self.guard.latest if self.guard is not None else None
-        share = model.memory or (round(model.gpu_memory * latest.total) if latest and model.gpu_memory else 0)
+        learned = self.footprints.learned.get(model.id) if self.footprints is not None else None
+        guard = self.guards.get(self.host_of(model.id))
+        latest = guard.latest if guard is not None else None
         return {
             "declared_bytes": model.memory or None,
             "learned_bytes": learned,
-            "exceeds_declared": learned is not None and share > 0 and learned > share,
+            "exceeds_declared": exceeds_share(
+                learned, model.memory, model.gpu_memory, latest.total if latest else None
+            ),
         }
 
     def gated(self) -> frozenset[str]:
@@ -302,14 +308,36 @@ class Supervisor:
     def policy_now(self) -> Policy:
         """The policy with each host's engine as it is now, and this machine's memory read now."""
         policy = self.hosts.policy(self.policy)
-        view = self.guard.view(self.releasing) if self.guard is not None else None
-        if view is None or self.guard is None:
-            return policy
-        host = self.guard.host
-        return replace(policy, hosts=tuple(replace(b, memory=view) if b.name == host else b for b in policy.budgets))
+        views = {name: guard.view(self.releasing) for name, guard in self.guards.items()}
+        return replace(policy, hosts=tuple(replace(b, memory=views.get(b.name)) for b in policy.budgets))
 
-    def _memory_floor(self) -> int:
-        return self.config.scheduler.memory_floor  # the config in force: a reload changes it
+    def host_status(self, slots: dict[str, Slot]) -> list[HostStatus]:
+        """Each host as the admin API, the metrics and the dashboard show it, memory included."""
+        errors = {name: guard.error for name, guard in self.guards.items()}
+        return self.hosts.status(slots, self.policy_now(), errors)
+
+    def _guard(self, host: str, memory: Memory, footprints: Footprints) -> MemoryGuard:
+        def floor() -> int:  # the config in force: a reload changes it
+            entry = next((h for h in self.config.placement_hosts if h.name == host), None)
+            own = entry.memory_floor if entry is not None else None
+            return self.config.scheduler.memory_floor if own is None else own
+
+        if host == self.here:
+            return MemoryGuard.of_this_machine(host, memory, self.clock, floor, footprints)
+        driver = self.fleet.drivers[host]
+
+        async def read() -> HostMemory:
+            entry = next(h for h in self.config.placement_hosts if h.name == host)
+            return await driver.host_memory(probe_images(entry, tuple(m.image for m in self.config.models)))
+
+        return MemoryGuard(host, read, self.clock, floor, footprints, end=driver.end_memory_readings)
+
+    async def memory_in_use(self) -> dict[str, ContainerMemory | None]:
+        """Each model's container's memory, read from its engine for all at once (a Docker call for
+        each model with a container)."""
+        ids = list(self._records)
+        used = await asyncio.gather(*(self.container_memory(m) for m in ids))
+        return dict(zip(ids, used, strict=True))
 
     async def container_memory(self, model_id: str) -> ContainerMemory | None:
         """The model's container's memory now, as its engine says; None if it has none or does not say."""
@@ -346,8 +374,7 @@ class Supervisor:
             elif isinstance(action, Wake):
                 asleep_since = self._records[action.model].slot.since
                 self._move(action.model, Event.WAKE)
-                if self.guard is not None:
-                    self.guard.poke()
+                self._poke_guards()
                 self.spawn(self._run_wake(self._records[action.model].model, asleep_since))
             elif isinstance(action, Grant):
                 self._answer(action.waiter, None)
@@ -386,9 +413,12 @@ class Supervisor:
         now = self.now()
         slot = self._records[model_id].slot.moved(Event.START, now)
         self._write(model_id, replace(slot, starting_since=now, hosts=hosts), Event.START)
-        if self.guard is not None:
-            self.guard.poke()
+        self._poke_guards()
         self.spawn(self._run_start(self._records[model_id].model, container_id))
+
+    def _poke_guards(self) -> None:
+        for guard in self.guards.values():
+            guard.poke()
 
     async def _notify(self) -> None:
         async with self._changed:
@@ -402,7 +432,7 @@ class Supervisor:
         self._write(model_id, replace(slot.moved(Event.STOP, self.now()), suspended=suspend), Event.STOP)
         self.spawn(self._run_stop(self._records[model_id].model, reason, for_model))
 
-    def memory_trip(self, trip: Trip, memory: HostMemory, floor: int) -> None:
+    def memory_trip(self, trip: Trip, memory: HostMemory, floor: int, host: str) -> None:
         """The memory guard's stop: the model fails (its waiters get the figures, the back-off counts
         it as a failed run) and its container is killed at once, not stopped gracefully: the box
         would hang before a graceful stop ended."""
@@ -411,8 +441,10 @@ class Supervisor:
         failure = incidents.failed_run(record.slot, trip.message, self.policy, self.now())
         self._fail(trip.model, StartError(503, "memory_guard", trip.message), replace(failure, answer_waiters=True))
         record.died.set()  # a start in progress stops waiting for its health
-        self.bus.publish(MemoryGuardTripped(trip.model, state, memory.available, memory.total, floor))
-        log.warning("memory_guard_stop", model=trip.model, state=state, available=memory.available, floor=floor)
+        self.bus.publish(MemoryGuardTripped(trip.model, state, memory.available, memory.total, floor, host))
+        log.warning(
+            "memory_guard_stop", model=trip.model, host=host, state=state, available=memory.available, floor=floor
+        )
         self._guard_kills.add(trip.model)
         self.spawn(self._guard_kill(record.model, record.container))
         record.container = None
@@ -530,7 +562,7 @@ class Supervisor:
     async def _free_page_cache(self, model: ModelConfig) -> None:
         """With `drop_page_cache`, before a start on this machine: the model needs free what it takes
         (declared or learned) and, for vLLM's start check, its share of the GPU's (unified) memory."""
-        guard, slot = self.guard, self.current_slots()[model.id]
+        guard, slot = self.guards.get(self.here or ""), self.current_slots()[model.id]
         if guard is None or not self.config.scheduler.drop_page_cache or not self._on_this_machine(model.id):
             return
         total = guard.latest.total if guard.latest is not None else 0

@@ -9,22 +9,12 @@ import os
 from collections.abc import Mapping
 from pathlib import Path
 
-from waker.core.memory import HostMemory
+from waker.core.memory import HostMemory, parse_meminfo
 
 MEMINFO = Path("/proc/meminfo")
 DROP_CACHES = Path("/proc/sys/vm/drop_caches")
 FOOTPRINTS = "footprints.json"
 PAUSED = "paused.json"
-
-
-def parse_meminfo(text: str) -> HostMemory:
-    values = {}
-    for line in text.splitlines():
-        key, _, rest = line.partition(":")
-        fields = rest.split()
-        if fields:
-            values[key] = int(fields[0]) * (1024 if fields[1:] == ["kB"] else 1)
-    return HostMemory(values["MemTotal"], values["MemAvailable"], values["MemFree"], values.get("SwapFree", 0))
 
 
 def read_host_memory(meminfo: Path = MEMINFO) -> HostMemory:
