@@ -4,6 +4,7 @@ and unpaused once its models are down, an `observe` one is only shown."""
 
 from __future__ import annotations
 
+import asyncio
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ from tests.unit.shell_fakes import FakeDriver, open_shell, until
 from tests.unit.test_supervisor_memory import Meminfo
 from waker.config.externals import ExternalConfig, ExternalPolicy
 from waker.config.schema import parse_config
+from waker.core.driver import ContainerChange, ContainerEvent
 from waker.core.externals import ExternalContainer
 from waker.core.lifecycle import State, StopReason
 from waker.core.memory import ContainerMemory
@@ -138,3 +140,28 @@ async def test_a_restarted_waker_unpauses_what_it_had_paused_once_its_models_are
     shell.supervisor.stop("b", StopReason.MANUAL)
     await until(lambda: ("unpause", "second") in driver.calls, "unpaused once b is down")
     assert machine.kept_paused == {}
+
+
+async def test_a_keep_warm_restart_is_held_off_while_a_block_workload_runs_and_tried_again_after():
+    config = config_with(
+        {"name": "comfyui", "container": "comfyui", "policy": "block"}, models=({"id": "a", "keep_warm": True},)
+    )
+    shell = await open_shell(config)
+    await shell.reach("a", State.READY)  # keep_warm: up without a request
+    shell.driver.external_containers["c1"] = running(config.externals[0], "comfyui")
+    shell.driver.emit(ContainerEvent(ContainerChange.DIED, "a", "a-1", "137"))  # a crash: it would restart at once
+    await until(lambda: shell.supervisor.state("a") is State.STOPPED, "the restart called off")
+    assert shell.driver.up_calls("a") == 1  # only its first start: no container for the restart
+    assert shell.supervisor.records["a"].slot.failures == 1  # the crash counts; the call-off does not
+    listed = shell.driver.calls.count(("externals",))
+    shell.clock.advance(29)
+    await asyncio.sleep(0)
+    assert shell.driver.calls.count(("externals",)) == listed  # held off: not even asked
+    shell.clock.advance(1)  # its Retry-After is over: asked again, still blocked
+    await until(lambda: shell.driver.calls.count(("externals",)) > listed, "the workloads listed again")
+    await until(lambda: shell.supervisor.state("a") is State.STOPPED, "called off again")
+    assert shell.driver.up_calls("a") == 1
+    del shell.driver.external_containers["c1"]  # comfyui stopped
+    shell.clock.advance(30)
+    await shell.reach("a", State.READY)
+    assert shell.driver.up_calls("a") == 2

@@ -1,7 +1,9 @@
 """Each model's lifecycle as a pure state machine.
 
     stopped ──start──► starting ──ready──► ready ──stop──► stopping ──stopped──► stopped
-                          │                  │  ▲             │
+       ▲                  │                  │  ▲             │
+       └───call_off───────┤                  │  │             │  (a `block` workload runs: held off
+                          │                  │  │             │   before any container)
                           └─fail─► failed ◄──┤  └──resume─────┘ (an idle stop called off: it was busy)
                                      │       │ fail: it exited on its own while serving (a crash)
                                      │       └─exited─► stopped (its container is gone, found on a resync)
@@ -70,6 +72,7 @@ class Event(StrEnum):
     SLEEP = "sleep"
     ASLEEP = "asleep"
     WAKE = "wake"
+    CALL_OFF = "call_off"
 
 
 _NEXT: dict[tuple[State, Event], State] = {
@@ -77,6 +80,9 @@ _NEXT: dict[tuple[State, Event], State] = {
     (State.FAILED, Event.START): State.STARTING,
     (State.STARTING, Event.READY): State.READY,
     (State.STARTING, Event.FAIL): State.FAILED,
+    # A start that finds a `block` workload running ([[external]]) before it made anything: not a
+    # failed run, the model is down as before.
+    (State.STARTING, Event.CALL_OFF): State.STOPPED,
     (State.READY, Event.EXITED): State.STOPPED,
     # An exit while serving that the waker did not ask for is a failed run, like a failed start: it
     # counts towards the back-off, so an engine that dies on its first request is not restarted for

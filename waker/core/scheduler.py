@@ -27,7 +27,8 @@ Rules, in the order they apply:
 5. When room cannot be made, the request waits (`on_busy = "queue"`) or is refused with 429 and a
    Retry-After estimated from the holders' state (`on_busy = "reject"`).
 6. With no one waiting for room, `keep_warm` models that are down are started again when they fit.
-   A keep_warm model stopped by hand stays down until a request or a manual start asks for it.
+   A keep_warm model stopped by hand stays down until a request or a manual start asks for it; one
+   whose start a `block` workload called off is tried again after the refusal's Retry-After.
 7. Ready models idle for `idle_timeout` (counted from the end of their last request, never before
    `min_uptime`) are put to sleep if they can, else stopped; `keep_warm`, pinned and
    `idle_timeout = 0` models never are. A model can sleep when its `sleep_level` is 1 or 2 and fewer
@@ -447,7 +448,7 @@ def _restore_keep_warm(p: _Planner) -> None:
     for slot in sorted(p.slots.values(), key=lambda s: s.id):
         if not slot.keep_warm or slot.suspended or slot.state not in (State.STOPPED, State.FAILED, State.SLEEPING):
             continue
-        if slot.state is State.FAILED and p.now < slot.retry_at:
+        if p.now < slot.retry_at:  # in back-off, or its last start was called off (a `block` workload)
             p.later(slot.retry_at)
             continue
         hosts = where(slot, p.slots, p.policy)

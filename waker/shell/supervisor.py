@@ -523,6 +523,13 @@ class Supervisor:
         try:
             if container_id is None:
                 if self.externals is not None and self._on_this_machine(model.id):
+                    # Asked again: a keep_warm restart has no request that the door refused, and a
+                    # request may have waited while a `block` workload came up.
+                    try:
+                        await self.externals.check(model.id)
+                    except RequestRefused as refused:
+                        self._call_off(model.id, refused)
+                        return
                     await self.externals.make_room(model.id)
                 await self._free_page_cache(model)
                 container_id = await self.driver_of(model.id).up(model, record.died)
@@ -570,6 +577,17 @@ class Supervisor:
         dropped = await guard.free_for(need)
         if dropped is not None:
             self.bus.publish(PageCacheDropped(model.id, need, *dropped))
+
+    def _call_off(self, model_id: str, refused: RequestRefused) -> None:
+        """A start held off by a `block` workload: the model is down again, its waiters get the
+        refusal, and a keep_warm model is tried again after its Retry-After."""
+        now = self.now()
+        slot = self._records[model_id].slot.moved(Event.CALL_OFF, now)
+        self._write(model_id, replace(slot, retry_at=now + (refused.retry_after or 0)), Event.CALL_OFF)
+        log.info("start_called_off", model=model_id, reason=refused.code, retry_in=refused.retry_after)
+        for waiter in self.waiting.for_model(model_id):
+            self._answer(waiter.id, refused)
+        self.reconcile()
 
     def _fail(self, model_id: str, exc: StartError, failure: Failure | None = None) -> None:
         """A failed run (its start failed, or it crashed while serving): counts towards the back-off and
