@@ -123,3 +123,12 @@ class NginxError(Exception):
 class ProxyRefused(Exception):
     """The Docker socket proxy refuses a call: not one the waker makes, or not on what it may touch. The
     message names the call and why; the caller gets it in a 403."""
+
+
+class WeightsError(Exception):
+    """Weights that could not be fetched: `code` and `status` as a waiting request gets them, and a
+    message that says what to do."""
+
+    def __init__(self, status: int, code: str, message: str) -> None:
+        super().__init__(message)
+        self.status, self.code, self.message = status, code, message

@@ -10,10 +10,11 @@ from pathlib import Path
 
 import tomli_w
 
-from waker.cli import admin_client, logs
+from waker.cli import admin_client, logs, pull
 from waker.config.hosts import HostConfig
 from waker.config.schema import Config, ModelConfig, ModelStatus, load_config, overrides_or_env
 from waker.config.units import format_duration, format_size
+from waker.config.weights import derived as derived_weights
 from waker.core.memory import exceeds_share, gib
 from waker.errors import ConfigError
 from waker.nginx.render import render
@@ -50,6 +51,7 @@ def main(argv: list[str] | None = None) -> int:
         "--owner", type=int, default=None, help="user id to own the socket (the waker's, when it runs as another user)"
     )
     admin_client.add_commands(sub)
+    pull.add_command(sub)
     for command in sub.choices.values():
         command.add_argument(
             "--config", type=Path, default=None, help="config file (default: $WAKER_CONFIG or config/models.toml)"
@@ -83,6 +85,8 @@ def main(argv: list[str] | None = None) -> int:
 
     if args.command == "check":
         return _check(config, args.resolved)
+    if args.command == "pull":
+        return pull.run(config, args)
     if args.command == "nginx-config":
         sys.stdout.write(render(config, config.waker.runtime_dir).nginx_conf)
         return 0
@@ -215,6 +219,15 @@ def resolved_config(config: Config) -> dict:
             entry["host"] = m.host
         if m.hosts > 1:
             entry.update(hosts=m.hosts, ray_port=m.ray.port, worker_command=list(m.ray.worker_command))
+        if m.weights is None and derived_weights(m.entrypoint, m.command) is not None:
+            entry["weights"] = False  # the command names a repository, and the engine fetches it itself
+        elif m.weights is not None and not m.weights.derived:
+            given: dict[str, object] = {"repo": m.weights.repo}
+            if m.weights.revision:
+                given["revision"] = m.weights.revision
+            if m.weights.include:
+                given["include"] = list(m.weights.include)
+            entry["weights"] = given
         entry.update(_guide_fields(m))
         models.append(entry)
     return {

@@ -19,14 +19,6 @@ PICK_TITLES = {
     "european": "European languages",
     "utility": "Small utility model (titles, tags)",
 }
-# Flags that name the served model in the servers the catalogue uses (vLLM's `serve MODEL`, SGLang).
-MODEL_FLAGS = ("serve", "--model", "--model-path")
-
-
-def hf_path(model: ModelConfig) -> str:
-    """The Hugging Face model a command serves, or "" when it names none."""
-    args = list(model.command)
-    return next((args[i + 1] for i, word in enumerate(args[:-1]) if word in MODEL_FLAGS), "")
 
 
 def _features(model: ModelConfig) -> str:
@@ -47,7 +39,7 @@ def _cell(text: str) -> str:
 
 
 def _row(model: ModelConfig) -> str:
-    path = hf_path(model)
+    path = model.weights.repo if model.weights else ""
     cells = [
         f"[`{model.id}`](#{model.id.replace('.', '')})",
         model.status,
@@ -99,6 +91,12 @@ def _details(model: ModelConfig) -> str:
         lines.append(f"- **Notes:** {model.notes}")
     if model.fixups:
         lines.append(f"- **Fix-ups:** {', '.join(f'`{f.value}`' for f in model.fixups)}")
+    if model.weights:
+        quant = f" (`{model.weights.quant}`)" if model.weights.quant else ""
+        lines.append(
+            f"- **Weights:** `{model.weights.repo}`{quant}, into `{model.weights.cache}`: "
+            f"`waker pull {model.id}` fetches them ahead"
+        )
     lines.append(f"- **Recipe:** {_source(model)}; image `{model.image}`")
     return "\n".join(lines)
 
@@ -130,6 +128,21 @@ strict alternation (`alternate_roles`), streams always report usage (`include_us
 `reasoning_effort` switches a Qwen3 template's thinking (`thinking`). Each model lists its own,
 declared where the original stack's request validator applied them; a response says what was changed
 in its `X-Waker-Fixups` header. Details: [configuration.md](configuration.md#request-fix-ups).
+
+## Fetching weights ahead
+
+A model's first start needs its weights: tens of GB for the large ones. `waker pull ID...` fetches
+them ahead, on the machine whose disk holds the cache, with the same library the engines use
+(`huggingface_hub`), into the cache the model's engine reads (its **Weights** line; on the host through
+the model's `volumes`, `data/huggingface` for vLLM), in that cache's layout, so that the engine then
+starts offline (the catalogue's vLLM models run with `--download-dir /models`, which vLLM uses only
+when it downloads itself). It prints the size before it starts and checks the disk can hold it (plus 1
+GiB), shows a progress bar, fetches only the files the engine loads (the safetensors its index names,
+not a repository's `.bin` copies or `original/` checkpoint; llama.cpp's one GGUF of the `:quant` tag),
+and fetches nothing a second time: a pull cut short starts again from the files that are missing. The
+hub and the token are huggingface_hub's own settings: `HF_TOKEN` for a gated repository (accept its
+licence on the hub first), `HF_ENDPOINT` for a mirror. Whether a model's weights are fetched ahead
+and from which repository is its `weights` ([configuration.md](configuration.md#model)).
 
 ## Quick picker
 

@@ -19,6 +19,7 @@ from waker.config import fields
 from waker.config import fixups as config_fixups
 from waker.config import hosts as config_hosts
 from waker.config import ray as config_ray
+from waker.config import weights as config_weights
 from waker.config.externals import ExternalConfig
 from waker.config.fields import Address, Source
 from waker.config.fixups import Fixup, fixup_problems
@@ -26,6 +27,7 @@ from waker.config.hosts import HostConfig
 from waker.config.sleep import MODEL_KEYS as SLEEP_KEYS
 from waker.config.sleep import SleepConfig, parse_sleep
 from waker.config.units import parse_duration, parse_size
+from waker.config.weights import Weights
 from waker.errors import ConfigError
 
 # First path segments of the OpenAI and vLLM routes: a model named like one would shadow the route
@@ -184,6 +186,7 @@ class ModelConfig:
     ray: config_ray.RayConfig = config_ray.RayConfig()  # for hosts = 2: the Ray port and the worker's command
     loading_feedback: LoadingFeedback = LoadingFeedback.REASONING
     memory: int = 0  # bytes of host memory it takes when loaded (weights, KV cache, heaps); 0: not declared
+    weights: Weights | None = None  # the repository the waker fetches before a start; None: the engine's own
 
     @property
     def names(self) -> tuple[str, ...]:
@@ -389,6 +392,7 @@ def _default_runtime_dir(name: str) -> str:
 
 
 _MODEL_KEYS = {
+    "weights",
     "id",
     "aliases",
     "image",
@@ -454,19 +458,29 @@ def _parse_model(
     host_port = model.get("host_port", fields.port, port if merged.get("hosts") == 2 else waker.model_port_base + index)
     gpu_memory = model.get("gpu_memory", fields.fraction, 0.0)
     command = tuple(model.get("command", fields.list_of(fields.string), []))
+    entrypoint = fields.tuple_or_none(model.get("entrypoint", fields.list_of(fields.string)))
+    env = model.get("env", fields.env, {})
+    volumes = tuple(
+        fields.resolve_volume(v, config_dir) for v in model.get("volumes", fields.list_of(fields.volume), [])
+    )
+    weights = config_weights.located(
+        model.get("weights", lambda v: config_weights.weights_field(v, entrypoint, command))
+        if "weights" in merged
+        else config_weights.derived(entrypoint, command),
+        env,
+        volumes,
+    )
     result = ModelConfig(
         id=model_id if model_id is not None else label,  # an invalid id is reported; the label names it
         aliases=tuple(model.get("aliases", fields.list_of(fields.model_id), [])),
         image=model.get("image", fields.string, required=True),
         pull=model.get("pull", fields.member(PullPolicy), PullPolicy.MISSING),
         command=command,
-        entrypoint=fields.tuple_or_none(model.get("entrypoint", fields.list_of(fields.string))),
+        entrypoint=entrypoint,
         port=port,
         health=model.get("health", fields.http_path, "/health"),
-        env=tuple(sorted(model.get("env", fields.env, {}).items())),
-        volumes=tuple(
-            fields.resolve_volume(v, config_dir) for v in model.get("volumes", fields.list_of(fields.volume), [])
-        ),
+        env=tuple(sorted(env.items())),
+        volumes=volumes,
         gpus=model.get("gpus", fields.gpus, ""),
         gpu_memory=gpu_memory,
         shm_size=model.get("shm_size", parse_size),
@@ -497,6 +511,7 @@ def _parse_model(
         hosts=model.get("hosts", config_hosts.host_count, 1),
         loading_feedback=parse_feedback(model, gateway.loading_feedback),
         ray=config_ray.parse_ray(model),
+        weights=weights,
     )
     model.reject_unknown(_MODEL_KEYS)
     where = f"{path}: model '{result.id}'"
@@ -504,6 +519,11 @@ def _parse_model(
         problems.append(f"{where}: a disabled model needs 'notes' saying why, so that users know")
     problems += [f"{where}: field 'fixups': {problem}" for problem in fixup_problems(result)]
     problems += config_ray.ray_problems(where, result, entry, result.sleep.enabled, waker.network)
+    if "weights" in merged and weights is not None and not weights.host_cache:
+        problems.append(
+            f"{where}: field 'weights': the engine reads its weights from {weights.cache}, which is in no "
+            f'volume: mount a host directory there, such as "../data/huggingface:{weights.cache.removesuffix("/hub")}"'
+        )
     if result.keep_warm and result.exclusive:
         problems.append(f"{where}: a keep_warm model cannot be exclusive: it would keep every other model out")
     return result

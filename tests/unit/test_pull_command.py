@@ -1,0 +1,63 @@
+"""`waker pull`: what it says of each model named, with the real huggingface_hub and a hub on
+loopback (tests/e2e/test_weights.py runs it as a command and starts the real vLLM from the cache)."""
+
+from __future__ import annotations
+
+from tests.local_hub import HubRepo, LocalHub
+from tests.unit.test_config import run_cli, write
+
+CONFIG = """
+[[model]]
+id = "tiny"
+aliases = ["small"]
+image = "vllm:1"
+command = ["serve", "org/tiny"]
+volumes = ["./hf:/root/.cache/huggingface"]
+
+[[model]]
+id = "own"
+image = "vllm:1"
+command = ["serve", "org/own"]
+weights = false
+
+[[model]]
+id = "inside"
+image = "vllm:1"
+command = ["serve", "org/inside"]
+"""
+
+
+def test_pull_fetches_the_named_models_and_says_what_it_did(tmp_path, monkeypatch):
+    path = write(tmp_path, CONFIG)
+    files = {"config.json": b"{}", "model.safetensors": b"w" * 4096}
+    with LocalHub({"org/tiny": HubRepo(files)}).serving() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        result = run_cli("pull", "small", "own", "inside", "--config", str(path))
+        commit = hub.repos["org/tiny"].commit
+    assert result.returncode == 0, result.stderr
+    cache = tmp_path.resolve() / "hf" / "hub"
+    assert result.stdout.splitlines()[:2] == [
+        f"tiny: org/tiny at main ({commit[:12]}): 2 file(s), 0.0 GiB; 0.0 GiB to fetch into {cache}",
+        f"tiny: complete in {cache}/models--org--tiny/snapshots/{commit}",
+    ]
+    assert "own: no weights to fetch (its command names no repository, or weights = false)" in result.stdout
+    assert (
+        "inside: its engine reads /root/.cache/huggingface/hub, which is in no volume: it fetches its own weights"
+        in result.stdout
+    )
+    assert (cache / "models--org--tiny" / "snapshots" / commit / "model.safetensors").read_bytes() == files[
+        "model.safetensors"
+    ]
+
+
+def test_pull_says_which_models_and_what_failed(tmp_path, monkeypatch):
+    path = write(tmp_path, CONFIG)
+    nothing = run_cli("pull", "--config", str(path))
+    assert nothing.returncode == 2 and "name the models to fetch (waker pull ID...), or --all" in nothing.stderr
+    unknown = run_cli("pull", "tiny", "huge", "--config", str(path))
+    assert unknown.returncode == 2 and "no model 'huge' in the config; the models: tiny, own, inside" in unknown.stderr
+    with LocalHub({}).serving() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        missing = run_cli("pull", "--all", "--config", str(path))
+    assert missing.returncode == 1
+    assert "waker pull: tiny: org/tiny is not on the hub, or is private" in missing.stderr
