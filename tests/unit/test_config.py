@@ -573,10 +573,10 @@ def test_the_configuration_reference_documents_every_key():
         return {name for cell in first_cells for name in re.findall(r"`([a-z_]+)`", cell)}
 
     computed = {"address", "ray"}  # derived from host_port or model_ip_base; ray_port and worker_command
-    secrets_from_files = {"api_keys_file", "admin_token_file"}
+    secrets_from_files = {"api_keys_file", "admin_token_file", "hf_token_file"}
     expected = {
         "`[gateway]`": {f.name for f in dataclass_fields(GatewayConfig)} | {"api_keys_file"},
-        "`[waker]`": {f.name for f in dataclass_fields(WakerConfig)} | {"admin_token_file"},
+        "`[waker]`": {f.name for f in dataclass_fields(WakerConfig)} | {"admin_token_file", "hf_token_file"},
         "`[scheduler]`": {f.name for f in dataclass_fields(SchedulerConfig)},
         "`[[model]]`": (_MODEL_KEYS | {f.name for f in dataclass_fields(ModelConfig)}) - computed,
         "`[[host]]`": HOST_KEYS,

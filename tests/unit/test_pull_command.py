@@ -61,3 +61,15 @@ def test_pull_says_which_models_and_what_failed(tmp_path, monkeypatch):
         missing = run_cli("pull", "--all", "--config", str(path))
     assert missing.returncode == 1
     assert "waker pull: tiny: org/tiny is not on the hub, or is private" in missing.stderr
+
+
+def test_a_gated_repository_is_fetched_with_the_token_of_the_file_the_config_names(tmp_path, monkeypatch):
+    (tmp_path / "hf_token").write_text("hf_test_token\n")
+    path = write(tmp_path, '[waker]\nhf_token_file = "hf_token"\n' + CONFIG)
+    files = {"config.json": b"{}"}
+    with LocalHub({"org/tiny": HubRepo(files, gated=True)}).serving() as hub:
+        monkeypatch.setenv("HF_ENDPOINT", hub.url)
+        result = run_cli("pull", "tiny", "--config", str(path))
+    assert result.returncode == 0, result.stderr
+    resolved = run_cli("check", "--resolved", "--config", str(path)).stdout
+    assert "hf_test_token" not in resolved and "hf_token" not in resolved

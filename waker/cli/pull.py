@@ -1,7 +1,7 @@
 """`waker pull ID...`: a model's weights fetched ahead of its first start, into the cache its engine
 reads, with a progress bar (tqdm, which huggingface_hub brings). Runs on the machine whose disk holds
 the cache (the host deployment's, or the models' host); the hub and the token are huggingface_hub's
-own settings (`HF_ENDPOINT`, `HF_TOKEN`)."""
+own settings (`HF_ENDPOINT`, `HF_TOKEN`), the token `[waker] hf_token` (or `hf_token_file`) when set."""
 
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def run(config: Config, args: argparse.Namespace) -> int:
     failed = 0
     for model in dict.fromkeys(models):
         try:
-            _pull(model)
+            _pull(model, config.waker.hf_token or None)
         except WeightsError as exc:
             print(f"waker pull: {model.id}: {exc.message}", file=sys.stderr)
             failed += 1
@@ -47,7 +47,7 @@ def _model(config: Config, name: str) -> ModelConfig | None:
     return next((m for m in config.models if name in m.names), None)
 
 
-def _pull(model: ModelConfig) -> None:
+def _pull(model: ModelConfig, token: str | None) -> None:
     from huggingface_hub.utils import tqdm
 
     from waker.hub.fetch import Hub
@@ -59,7 +59,7 @@ def _pull(model: ModelConfig) -> None:
     if not weights.host_cache:
         print(f"{model.id}: its engine reads {weights.cache}, which is in no volume: it fetches its own weights")
         return
-    hub = Hub(os.environ.get("HF_ENDPOINT"))  # read now, not when huggingface_hub was imported
+    hub = Hub(os.environ.get("HF_ENDPOINT"), token)  # the endpoint read now, not at huggingface_hub's import
     plan = hub.plan(weights)
     print(
         f"{model.id}: {weights.repo} at {weights.branch} ({plan.commit[:12]}): {len(plan.files)} file(s), "

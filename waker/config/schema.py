@@ -123,6 +123,7 @@ class WakerConfig:
     model_ip_base: str
     egress_network: str
     state_dir: Path = Path()  # what the waker learns and keeps across restarts (models' memory footprints)
+    hf_token: str = field(default="", repr=False)  # the Hugging Face token weights are fetched with; "": HF_TOKEN
 
 
 @dataclass(frozen=True, slots=True)
@@ -321,6 +322,7 @@ def parse_config(raw: dict[str, Any], path: Path, overrides: tuple[str, ...] = (
         model_ip_base=waker.get("model_ip_base", fields.ipv4) or "",
         egress_network=waker.get("egress_network", fields.docker_network, ""),
         state_dir=Path(waker.get("state_dir", fields.string, _default_state_dir(name))),
+        hf_token=fields.secret_field(waker, "hf_token", path),
     )
     if waker_cfg.network and not waker_cfg.model_ip_base:
         problems.append(
