@@ -150,3 +150,5 @@ def test_every_catalogue_model_fetched_ahead_has_its_cache_on_the_host():
     catalogue = load_config(Path(__file__).parents[2] / "config" / "models.toml")
     for model in (*catalogue.models, *catalogue.disabled):
         assert model.weights is not None and model.weights.host_cache, model.id
+        if model.weights.engine is Engine.VLLM:  # online, vLLM reads them in its --download-dir
+            assert model.weights.download_dir_host.endswith("/data/models"), model.id

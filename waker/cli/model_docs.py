@@ -135,8 +135,9 @@ A model's first start needs its weights: tens of GB for the large ones. `waker p
 them ahead, on the machine whose disk holds the cache, with the same library the engines use
 (`huggingface_hub`), into the cache the model's engine reads (its **Weights** line; on the host through
 the model's `volumes`, `data/huggingface` for vLLM), in that cache's layout, so that the engine then
-starts offline (the catalogue's vLLM models run with `--download-dir /models`, which vLLM uses only
-when it downloads itself). It prints the size before it starts and checks the disk can hold it (plus 1
+starts offline. The catalogue's vLLM models also run with `--download-dir /models`, where vLLM looks
+for its weights when it runs online: the pull lays the same files out there too, as hard links (no
+second copy; on another filesystem it says so). It prints the size before it starts and checks the disk can hold it (plus 1
 GiB), shows a progress bar, fetches only the files the engine loads (the safetensors its index names,
 not a repository's `.bin` copies or `original/` checkpoint; llama.cpp's one GGUF of the `:quant` tag),
 and fetches nothing a second time: a pull cut short starts again from the files that are missing. The

@@ -68,3 +68,12 @@ def _pull(model: ModelConfig, token: str | None) -> None:
     with tqdm(total=plan.bytes_to_fetch, unit="B", unit_scale=True, unit_divisor=1024, desc=model.id) as bar:
         snapshot = hub.fetch(plan, bar.update)
     print(f"{model.id}: complete in {snapshot}")
+    if weights.download_dir_host and weights.download_dir_host != weights.host_cache:
+        unlinked = hub.link_download_dir(plan)
+        if unlinked is None:
+            print(f"{model.id}: linked into {weights.download_dir_host} too (vLLM's --download-dir)")
+        else:
+            print(
+                f"{model.id}: {unlinked}; vLLM reads its weights there when it runs online: give it "
+                'HF_HUB_OFFLINE = "1" in its env, or put both directories on one filesystem'
+            )

@@ -471,6 +471,7 @@ def _parse_model(
         else config_weights.derived(entrypoint, command),
         env,
         volumes,
+        (*(entrypoint or ()), *command),
     )
     result = ModelConfig(
         id=model_id if model_id is not None else label,  # an invalid id is reported; the label names it

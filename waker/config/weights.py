@@ -42,6 +42,9 @@ class Weights:
     derived: bool = False  # read from the command, not given
     cache: str = ""  # the Hugging Face cache the engine reads, in its container
     host_cache: str = ""  # the same directory on the host (a bind mount's source); "": not on one
+    # vLLM's `--download-dir` on the host: vLLM reads its weights there when it runs online (offline it
+    # reads `cache` only), so they are linked there too.
+    download_dir_host: str = ""
 
     @property
     def branch(self) -> str:
@@ -121,12 +124,17 @@ def derived(entrypoint: tuple[str, ...] | None, command: tuple[str, ...]) -> Wei
     return Weights(repo, revision or "", (), quant, engine, derived=True)
 
 
-def located(weights: Weights | None, env: dict[str, str], volumes: tuple[str, ...]) -> Weights | None:
-    """`weights` with the cache the engine reads, in its container and on the host."""
+def located(
+    weights: Weights | None, env: dict[str, str], volumes: tuple[str, ...], argv: tuple[str, ...] = ()
+) -> Weights | None:
+    """`weights` with the cache the engine reads, in its container and on the host; for vLLM with
+    `--download-dir`, that directory on the host too."""
     if weights is None:
         return None
     cache = cache_in_container(weights.engine, env)
-    return replace(weights, cache=cache, host_cache=on_host(cache, volumes))
+    download_dir = option(argv, "--download-dir") if weights.engine is Engine.VLLM else None
+    also = on_host(download_dir.rstrip("/"), volumes) if download_dir else ""
+    return replace(weights, cache=cache, host_cache=on_host(cache, volumes), download_dir_host=also)
 
 
 def weights_field(value: Any, entrypoint: tuple[str, ...] | None, command: tuple[str, ...]) -> Weights | None:

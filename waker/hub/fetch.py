@@ -100,13 +100,33 @@ class Hub:
                 pool.submit(self._download, plan.weights, plan.commit, f.path, on_bytes) for f in plan.files
             ]:
                 future.result()
-        if plan.weights.branch != plan.commit:
-            refs = plan.repo_dir / "refs"
-            refs.mkdir(parents=True, exist_ok=True)
-            partial = refs / f".{plan.weights.branch}.{os.getpid()}.tmp"
-            partial.write_text(plan.commit)
-            os.replace(partial, refs / plan.weights.branch)
+        _write_ref(plan.repo_dir, plan.weights.branch, plan.commit)
         return plan.snapshot
+
+    @staticmethod
+    def link_download_dir(plan: Plan) -> str | None:
+        """vLLM running online reads its weights in its `--download-dir` cache, not in the one filled:
+        the snapshot is laid out there too, its blobs hard links (no second copy). Returns why it could
+        not be (another filesystem: vLLM would then download them again unless it runs offline)."""
+        target = plan.weights.download_dir_host
+        if not target or Path(target) == Path(plan.weights.host_cache):
+            return None
+        repo_dir = Path(target) / plan.repo_dir.name
+        blobs, snapshot = repo_dir / "blobs", repo_dir / "snapshots" / plan.commit
+        blobs.mkdir(parents=True, exist_ok=True)
+        for file in plan.files:
+            blob = blobs / file.blob
+            try:
+                if not blob.exists():
+                    os.link(plan.repo_dir / "blobs" / file.blob, blob)
+            except OSError as exc:
+                return f"cannot link {file.path} into {target}: {exc.strerror}"
+            link = snapshot / file.path
+            link.parent.mkdir(parents=True, exist_ok=True)
+            if not link.is_symlink():
+                link.symlink_to(os.path.relpath(blob, link.parent))
+        _write_ref(repo_dir, plan.weights.branch, plan.commit)
+        return None
 
     @staticmethod
     def check_disk(plan: Plan) -> None:
@@ -155,6 +175,17 @@ class Hub:
         whole; until then it is `<name>.<random>.incomplete`)."""
         blobs = Path(weights.host_cache) / ("models--" + weights.repo.replace("/", "--")) / "blobs"
         return [b.name for b in blobs.iterdir() if not b.name.endswith(".incomplete")] if blobs.is_dir() else []
+
+
+def _write_ref(repo_dir: Path, branch: str, commit: str) -> None:
+    """The branch's commit, written whole (a reader sees the old ref or the new one)."""
+    if branch == commit:
+        return
+    refs = repo_dir / "refs"
+    refs.mkdir(parents=True, exist_ok=True)
+    partial = refs / f".{branch}.{os.getpid()}.tmp"
+    partial.write_text(commit)
+    os.replace(partial, refs / branch)
 
 
 def _quiet() -> None:
