@@ -17,6 +17,7 @@ from waker.config.ray import RayNode
 from waker.core.image_pull import PullProgress
 from waker.core.memory import ContainerMemory, HostMemory
 from waker.docker import memory_probe
+from waker.docker import runtime as runtime_module
 from waker.docker.runtime import DockerRuntime
 from waker.docker.spec import LABEL_MANAGED, LABEL_MODEL, LABEL_RAY_NODE, LABEL_ROLE, LABEL_STACK, ROLE_GATEWAY
 from waker.errors import DockerError, NotManaged
@@ -374,3 +375,24 @@ async def test_no_reading_without_an_image_and_never_from_someone_elses_containe
     with pytest.raises(DockerError, match="is on the host and is not the waker's memory probe; rename or remove it"):
         await runtime.host_memory(("vllm:1",))
     assert docker.actions("create", "start", "remove") == []
+
+
+async def test_a_probe_that_runs_but_writes_nothing_new_is_no_reading(docker, runtime, monkeypatch):
+    docker.images["vllm:1"] = "sha256:v1"
+    docker.on_start = lambda container: probe_writes(docker, container, 100.0, 900)
+    clock = [1000.0]
+    monkeypatch.setattr(runtime_module.time, "monotonic", lambda: clock[0])
+    assert (await runtime.host_memory(("vllm:1",))).available == 900 * MIB
+    clock[0] += 2  # within the probe's stale limit: the same reading stands
+    assert (await runtime.host_memory(("vllm:1",))).available == 900 * MIB
+    clock[0] += 2  # 4 s without a new reading: the host stalled, say
+    with pytest.raises(DockerError, match="the memory probe has written no new reading for 4 s"):
+        await runtime.host_memory(("vllm:1",))
+    probe_writes(docker, docker.container(memory_probe.probe_name(STACK)), 104.0, 800)
+    assert (await runtime.host_memory(("vllm:1",))).available == 800 * MIB
+
+
+async def test_only_the_probe_is_removed_never_a_stranger_of_its_name(docker, runtime):
+    stranger = docker.add(memory_probe.probe_name(STACK), {"Labels": {}}, running=True)
+    await runtime.remove_memory_probe()
+    assert stranger.running and docker.actions("remove") == []

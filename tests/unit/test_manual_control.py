@@ -206,6 +206,10 @@ async def test_a_reload_may_change_a_host_s_budget_but_not_the_hosts(tmp_path):
     write(path, [{"id": "a"}], hosts=[{**hosts[0], "gpu_capacity": 0.5}, hosts[1]])
     await shell.control.reload()
     assert [b.capacity for b in shell.supervisor.policy.hosts] == [0.5, 1.0]
+    memory = {"memory_floor": "6GiB", "memory_probe_image": "busybox:1"}  # read at each sample: live too
+    write(path, [{"id": "a"}], hosts=[{**hosts[0], "gpu_capacity": 0.5}, {**hosts[1], **memory}])
+    await shell.control.reload()
+    assert shell.supervisor.config.hosts[1].memory_floor == 6 * 2**30
     before = shell.supervisor.config
     write(path, [{"id": "a"}], hosts=[hosts[0], {**hosts[1], "address": "10.0.0.3"}])
     with pytest.raises(AdminError) as refused:

@@ -15,7 +15,7 @@ from tests.unit.shell_fakes import FakeDriver, make_config, open_shell, until
 from waker.config.schema import Config, parse_config
 from waker.core.events import MemoryGuardTripped, ModelReady, PageCacheDropped
 from waker.core.lifecycle import State
-from waker.core.memory import ContainerMemory, HostMemory
+from waker.core.memory import ContainerMemory, HostMemory, Trip
 from waker.errors import DriverError, RequestRefused
 from waker.nginx.activity import Mark, MarkKind
 from waker.shell.memory_guard import BUSY_INTERVAL, ENGINE_BUSY_INTERVAL, REST_INTERVAL, STALE
@@ -385,3 +385,32 @@ async def test_a_remote_hosts_last_reading_goes_stale_when_its_sampling_stops():
         await shell.supervisor.close()  # the waker stops all the same, saying what it left
     (left,) = [e for e in logs if e["event"] == "memory_probe_left"]
     assert left["host"] == "two" and "not reachable" in left["error"]
+
+
+async def test_memory_on_its_way_back_on_one_host_holds_back_only_that_host():
+    meminfo = Meminfo(12)
+    one, two = FakeDriver(down_failures=1000), FakeDriver()  # one's engine refuses the kill, again and again
+    two.host_memory_now = HostMemory(total=24 * GIB, available=10 * GIB, free=GIB, swap_free=0)
+    config = two_hosts_floors({"id": "a", "host": "one"}, {"id": "b", "host": "two"})
+    shell = await open_shell(config, hosts={"one": one, "two": two}, memory=meminfo)
+    await request_for(shell, "a")
+    await request_for(shell, "b")
+    meminfo.set(1)  # below one's floor (the default 2 GiB): a is killed, and its kill keeps failing
+    await until(lambda: len(guard_waits(shell)) == 2, "both guards waiting")
+    shell.clock.advance(REST_INTERVAL)
+    await until(lambda: shell.supervisor.releasing == frozenset({"a"}), "a's memory on its way back")
+    two.host_memory_now = replace(two.host_memory_now, available=5 * GIB)  # below two's own floor
+    await until(lambda: len(guard_waits(shell)) >= 2, "the guards waiting")
+    shell.clock.advance(REST_INTERVAL)  # two's next sample (at rest: nothing of its own is coming back)
+    await until(lambda: shell.kinds(MemoryGuardTripped, model="b"), "b stopped by host two's guard")
+    assert {b.name: b.memory.releasing for b in shell.supervisor.policy_now().budgets} == {"one": True, "two": False}
+    assert [e.model for e in shell.kinds(MemoryGuardTripped)] == ["a", "b"]
+    await shell.supervisor.close()
+
+
+async def test_a_trip_for_a_model_no_longer_running_stops_nothing():
+    shell = await open_shell(make_config({"id": "a"}), memory=Meminfo(12))
+    trip = Trip("a", "model 'a' was stopped by the memory guard")
+    shell.supervisor.memory_trip(trip, HostMemory(24 * GIB, GIB, GIB, 0), 2 * GIB, "local")  # 'a' is stopped
+    assert shell.supervisor.state("a") is State.STOPPED and not shell.kinds(MemoryGuardTripped)
+    await shell.supervisor.close()

@@ -6,6 +6,7 @@ from __future__ import annotations
 from collections.abc import Mapping
 from dataclasses import dataclass, replace
 
+from waker.config.hosts import HostConfig
 from waker.config.schema import Config
 from waker.core.lifecycle import State
 from waker.core.plan import Slot
@@ -67,11 +68,17 @@ def plan_reload(old: Config, new: Config, slots: Mapping[str, Slot]) -> ConfigCh
         for key in RESTART_ONLY
         if getattr(old.waker, key) != getattr(new.waker, key)
     ]
-    # Each host's engine is connected and followed from the start; only its budget may change live.
-    if [replace(h, gpu_capacity=0.0) for h in old.hosts] != [replace(h, gpu_capacity=0.0) for h in new.hosts]:
+
+    # Each host's engine is connected and followed from the start; its budget, memory floor and probe
+    # image may change live (they are read at each decision or sample).
+    def engine_of(host: HostConfig) -> HostConfig:
+        return replace(host, gpu_capacity=0.0, memory_floor=None, memory_probe_image="")
+
+    if [engine_of(h) for h in old.hosts] != [engine_of(h) for h in new.hosts]:
         problems.append(
             "[[host]] entries changed (added, removed, renamed, or another engine, address or link): "
-            "restart the waker to apply them; a host's gpu_capacity alone may change live"
+            "restart the waker to apply them; a host's gpu_capacity, memory_floor and memory_probe_image "
+            "may change live"
         )
     for model in new.models:
         before = old.model(model.id)

@@ -10,6 +10,7 @@ import asyncio
 import json
 import socket
 import ssl
+import time
 from collections.abc import AsyncIterator, Callable
 from contextlib import asynccontextmanager
 from dataclasses import dataclass
@@ -60,6 +61,7 @@ class ContainerInfo:
 
 
 PROBE_FIRST_READING_POLLS = 30  # tenths of a second a new memory probe is given to write its first reading
+PROBE_STALE = 3.0  # seconds without a new reading (it writes one every 0.5 s) that make it no reading
 
 
 class _docker_errors:  # lower case: it reads as a function where it is used, `with _docker_errors(...)`
@@ -96,12 +98,13 @@ class DockerRuntime:
             ) from None
         self._probe: str | None = None  # the memory probe's container, once found or made
         self._probe_uptime = 0.0  # the host's uptime in the probe's last reading
+        self._probe_moved_at = 0.0  # when (this machine's monotonic clock) that uptime last moved on
 
     async def host_memory(self, images: tuple[str, ...]) -> HostMemory:
         """This host's memory, as the memory probe (`docker.memory_probe`) last read it; the probe is
         made the first time, from the first of `images` this host has. Raises DockerError when there
-        is no reading: no image to make the probe from, or no new reading since the last call and the
-        probe not running (it is started again for the next call)."""
+        is no reading: no image to make the probe from, the probe not running (it is started again
+        for the next call), or no new reading for PROBE_STALE seconds."""
         if self._probe is None:
             self._probe = await self._memory_probe(images)
         probe = self._docker.containers.container(self._probe)
@@ -122,6 +125,12 @@ class DockerRuntime:
                 )
             if reading is None:
                 raise DockerError("the memory probe has not written a whole reading yet")
+            quiet = time.monotonic() - self._probe_moved_at
+            if reading[0] == self._probe_uptime and quiet > PROBE_STALE:
+                # It runs but writes nothing new: a host stalled (swapping, say) is no reading.
+                raise DockerError(f"the memory probe has written no new reading for {quiet:.0f} s")
+        else:
+            self._probe_moved_at = time.monotonic()
         self._probe_uptime = reading[0]
         return reading[1]
 
@@ -168,10 +177,13 @@ class DockerRuntime:
         return "".join(chunks).splitlines()
 
     async def remove_memory_probe(self) -> None:
-        """Removes the probe (the waker is stopping); no error if there is none."""
+        """Removes the probe (the waker is stopping); no error if there is none, and never a container
+        of that name that is not the probe."""
         self._probe = None
         with _docker_errors("cannot remove the memory probe", ignore=(404,)):
-            await self._docker.containers.container(memory_probe.probe_name(self.stack)).delete(force=True)
+            data = await self._docker.containers.container(memory_probe.probe_name(self.stack)).show()
+            if (data["Config"].get("Labels") or {}).get(memory_probe.LABEL_PROBE) == self.stack:
+                await self._docker.containers.container(data["Id"]).delete(force=True)
 
     async def close(self) -> None:
         await self._docker.close()

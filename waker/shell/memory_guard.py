@@ -154,6 +154,14 @@ class MemoryGuard:
 
     def open(self, guarded: Guarded) -> None:
         self._task = asyncio.create_task(self._run(guarded), name=f"memory_guard:{self.host}")
+        self._task.add_done_callback(lambda task: self._ended(task, guarded))
+
+    def _ended(self, task: asyncio.Task[None], guarded: Guarded) -> None:
+        """A guard must not end while the waker runs: a bug in a sample is logged, and it goes on."""
+        if task.cancelled() or task.exception() is None:
+            return
+        log.error("memory_guard_crashed", host=self.host, error=repr(task.exception()))
+        self.open(guarded)
 
     async def close(self) -> None:
         tasks = [t for t in (self._task, *self._reading) if t is not None]
@@ -168,7 +176,6 @@ class MemoryGuard:
 
     async def _run(self, guarded: Guarded) -> None:
         while True:
-            slots = self._here(guarded)
             before, floor = self.latest, self.floor()
             try:
                 memory = self._sampled(await self.read())
@@ -176,15 +183,17 @@ class MemoryGuard:
                 self._failed(exc)
                 await self._pause(REST_INTERVAL)
                 continue
+            slots = self._here(guarded)  # after the read: a remote one waits on the engine meanwhile
             self._learn(guarded, slots, memory, before)
             where = "the host" if self.host == IMPLICIT_HOST else f"host {self.host!r}"
-            trip = victim(slots, memory, floor, guarded.releasing, where)
+            releasing = guarded.releasing & {s.id for s in slots}  # this host's memory on its way back
+            trip = victim(slots, memory, floor, releasing, where)
             if trip is not None:
                 guarded.memory_trip(trip, memory, floor, self.host)
             elif guarded.has_waiters():  # a request may wait for memory, which changes without an event
                 guarded.reconcile()
             coming_up = any(s.state in (State.STARTING, State.WAKING) for s in slots)
-            busy = coming_up or guarded.releasing or guarded.has_waiters()
+            busy = coming_up or releasing or guarded.has_waiters()
             await self._pause(self.busy_interval if busy else REST_INTERVAL)
 
     def _sampled(self, memory: HostMemory) -> HostMemory:

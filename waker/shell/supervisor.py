@@ -59,7 +59,7 @@ from waker.core.events import (
 )
 from waker.core.incidents import GATED, Failure, IdleCheck
 from waker.core.lifecycle import Event, SleepReason, State, StopReason
-from waker.core.memory import ContainerMemory, HostMemory, Trip, exceeds_share
+from waker.core.memory import STOPPABLE, ContainerMemory, HostMemory, Trip, exceeds_share
 from waker.core.plan import Grant, HostBudget, Plan, Policy, Refuse, Sleep, Slot, Start, Stop, Wake
 from waker.core.reload import ConfigChange
 from waker.core.scheduler import decide, hosts_of
@@ -308,8 +308,11 @@ class Supervisor:
     def policy_now(self) -> Policy:
         """The policy with each host's engine as it is now, and this machine's memory read now."""
         policy = self.hosts.policy(self.policy)
-        views = {name: guard.view(self.releasing) for name, guard in self.guards.items()}
+        views = {name: guard.view(self._releasing_on(name)) for name, guard in self.guards.items()}
         return replace(policy, hosts=tuple(replace(b, memory=views.get(b.name)) for b in policy.budgets))
+
+    def _releasing_on(self, host: str) -> frozenset[str]:
+        return frozenset(m for m in self._guard_kills if host in hosts_of(self._records[m].slot, self.policy))
 
     def host_status(self, slots: dict[str, Slot]) -> list[HostStatus]:
         """Each host as the admin API, the metrics and the dashboard show it, memory included."""
@@ -436,7 +439,9 @@ class Supervisor:
         """The memory guard's stop: the model fails (its waiters get the figures, the back-off counts
         it as a failed run) and its container is killed at once, not stopped gracefully: the box
         would hang before a graceful stop ended."""
-        record = self._records[trip.model]
+        record = self._records.get(trip.model)
+        if record is None or record.slot.state not in STOPPABLE:
+            return  # gone or going since the guard's reading: its next sample decides again
         state = record.slot.state
         failure = incidents.failed_run(record.slot, trip.message, self.policy, self.now())
         self._fail(trip.model, StartError(503, "memory_guard", trip.message), replace(failure, answer_waiters=True))
@@ -581,6 +586,8 @@ class Supervisor:
     def _call_off(self, model_id: str, refused: RequestRefused) -> None:
         """A start held off by a `block` workload: the model is down again, its waiters get the
         refusal, and a keep_warm model is tried again after its Retry-After."""
+        if not self._still(model_id, State.STARTING):
+            return  # the memory guard ended the start while the workloads were listed
         now = self.now()
         slot = self._records[model_id].slot.moved(Event.CALL_OFF, now)
         self._write(model_id, replace(slot, retry_at=now + (refused.retry_after or 0)), Event.CALL_OFF)
