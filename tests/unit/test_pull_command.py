@@ -100,6 +100,6 @@ def test_a_download_dir_on_another_filesystem_is_said_with_what_to_do(tmp_path, 
         result = run_cli("pull", "tiny", "--config", str(path))
     assert result.returncode == 0
     assert (
-        f"tiny: cannot link model.safetensors into {tmp_path.resolve()}/models: Invalid cross-device link; "
+        f"tiny: cannot link the files into {tmp_path.resolve()}/models: it is on another filesystem; "
         'vLLM reads its weights there when it runs online: give it HF_HUB_OFFLINE = "1" in its env'
     ) in result.stdout

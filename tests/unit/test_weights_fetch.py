@@ -142,3 +142,42 @@ def test_a_gguf_repository_gives_the_file_of_its_quant_tag(tmp_path):
         assert untagged.files[0].path == "gemma-Q4_K_M.gguf"  # llama-server's own default
         with pytest.raises(WeightsError, match="has no a GGUF for the tag 'IQ2_XS'"):
             source.plan(weights(tmp_path, "org/g-GGUF", engine=Engine.LLAMA_CPP, quant="IQ2_XS"))
+
+
+def test_a_revision_with_slashes_gets_its_ref(tmp_path):
+    with LocalHub({"org/model": HubRepo({"config.json": b"{}"})}).serving() as hub:
+        source = Hub(hub.url)
+        plan = source.plan(weights(tmp_path))
+        branched = fetch.Plan(weights(tmp_path, revision="release/v1"), plan.commit, plan.files, plan.to_fetch)
+        source.fetch(branched)
+    ref = tmp_path / "hub" / "models--org--model" / "refs" / "release" / "v1"
+    assert ref.read_text() == plan.commit
+
+
+def test_a_cache_it_may_not_write_is_named_not_blamed_on_the_network(hub, tmp_path):
+    locked = tmp_path / "locked"
+    locked.mkdir()
+    (locked / "hub").mkdir()
+    (locked / "hub").chmod(0o500)
+    try:
+        wanted = Weights("org/model", engine=Engine.VLLM, host_cache=str(locked / "hub"), include=("*.json",))
+        if os.geteuid() == 0:  # root writes anywhere: a file where the repository's directory goes instead
+            (locked / "hub").chmod(0o700)
+            (locked / "hub" / "models--org--model").write_text("in the way")
+        with pytest.raises(WeightsError) as refused:
+            source = Hub(hub.url)
+            source.fetch(source.plan(wanted))
+        assert refused.value.code == "weights_unwritable"
+        assert "run waker pull as a user who may write it" in refused.value.message
+    finally:
+        (locked / "hub").chmod(0o700)
+
+
+def test_the_first_failed_file_ends_the_fetch_at_once(hub, tmp_path):
+    hub.stall.add("model-00002-of-00002.safetensors")  # held half-way until released
+    source = Hub(hub.url)
+    plan = source.plan(weights(tmp_path))
+    del hub.repos["org/model"].files["config.json"]  # gone from the hub since the plan
+    with pytest.raises(WeightsError, match="cannot fetch org/model from the hub"):
+        source.fetch(plan)  # it returns while the stalled file is still held: it did not wait for it
+    hub.release()

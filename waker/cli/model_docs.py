@@ -137,13 +137,15 @@ them ahead, on the machine whose disk holds the cache, with the same library the
 the model's `volumes`, `data/huggingface` for vLLM), in that cache's layout, so that the engine then
 starts offline. The catalogue's vLLM models also run with `--download-dir /models`, where vLLM looks
 for its weights when it runs online: the pull lays the same files out there too, as hard links (no
-second copy; on another filesystem it says so). It prints the size before it starts and checks the disk can hold it (plus 1
-GiB), shows a progress bar, fetches only the files the engine loads (the safetensors its index names,
-not a repository's `.bin` copies or `original/` checkpoint; llama.cpp's one GGUF of the `:quant` tag),
-and fetches nothing a second time: a pull cut short starts again from the files that are missing. The
-hub and the token are huggingface_hub's own settings: `HF_TOKEN` for a gated repository (accept its
-licence on the hub first), `HF_ENDPOINT` for a mirror. Whether a model's weights are fetched ahead
-and from which repository is its `weights` ([configuration.md](configuration.md#model)).
+second copy; on another filesystem it says so). It prints the size before it starts and checks the
+disk can hold it (plus 1 GiB), shows a progress bar, fetches only the files the engine loads (the
+safetensors its index names, not a repository's `.bin` copies or `original/` checkpoint; llama.cpp's
+one GGUF of the `:quant` tag), and fetches nothing a second time: a pull cut short starts again from
+the files that are not whole. Run it on the host (in a compose deployment too: the waker's container
+does not mount `data/`), as a user who may write the cache. A gated repository needs a token (accept
+its licence on the hub first): `[waker] hf_token` or `hf_token_file`, else `HF_TOKEN`; `HF_ENDPOINT`
+names a mirror. Whether a model's weights are fetched ahead and from which repository is its
+`weights` ([configuration.md](configuration.md#model)).
 
 ## Quick picker
 

@@ -75,5 +75,5 @@ def _pull(model: ModelConfig, token: str | None) -> None:
         else:
             print(
                 f"{model.id}: {unlinked}; vLLM reads its weights there when it runs online: give it "
-                'HF_HUB_OFFLINE = "1" in its env, or put both directories on one filesystem'
+                'HF_HUB_OFFLINE = "1" in its env, or let the files be linked there'
             )

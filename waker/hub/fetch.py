@@ -12,11 +12,13 @@ an offline engine does not take the snapshot for a complete one.
 
 from __future__ import annotations
 
+import errno
 import json
 import os
 import shutil
+import threading
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -95,12 +97,25 @@ class Hub:
     def fetch(self, plan: Plan, on_bytes: Callable[[int], None] = lambda n: None) -> Path:
         """Fetches what the cache lacks, after checking the disk can hold it; returns the snapshot."""
         self.check_disk(plan)
-        with ThreadPoolExecutor(WORKERS, thread_name_prefix="weights") as pool:
-            for future in [
-                pool.submit(self._download, plan.weights, plan.commit, f.path, on_bytes) for f in plan.files
-            ]:
-                future.result()
-        _write_ref(plan.repo_dir, plan.weights.branch, plan.commit)
+        stop = threading.Event()  # set: the downloads still running end at their next chunk
+
+        def counted(n: int) -> None:
+            if stop.is_set():
+                raise WeightsError(503, "weights_unavailable", f"the fetch of {plan.weights.repo} was stopped")
+            on_bytes(n)
+
+        pool = ThreadPoolExecutor(WORKERS, thread_name_prefix="weights")
+        try:
+            futures = [pool.submit(self._download, plan.weights, plan.commit, f.path, counted) for f in plan.files]
+            for future in as_completed(futures):
+                future.result()  # the first failure ends the fetch, not the last file's end
+        except BaseException:
+            stop.set()
+            pool.shutdown(wait=False, cancel_futures=True)
+            raise
+        pool.shutdown()
+        with _writing(plan.weights):
+            _write_ref(plan.repo_dir, plan.weights.branch, plan.commit)
         return plan.snapshot
 
     @staticmethod
@@ -113,19 +128,22 @@ class Hub:
             return None
         repo_dir = Path(target) / plan.repo_dir.name
         blobs, snapshot = repo_dir / "blobs", repo_dir / "snapshots" / plan.commit
-        blobs.mkdir(parents=True, exist_ok=True)
-        for file in plan.files:
-            blob = blobs / file.blob
-            try:
+        try:
+            blobs.mkdir(parents=True, exist_ok=True)
+            for file in plan.files:
+                blob = blobs / file.blob
                 if not blob.exists():
                     os.link(plan.repo_dir / "blobs" / file.blob, blob)
-            except OSError as exc:
-                return f"cannot link {file.path} into {target}: {exc.strerror}"
-            link = snapshot / file.path
-            link.parent.mkdir(parents=True, exist_ok=True)
-            if not link.is_symlink():
-                link.symlink_to(os.path.relpath(blob, link.parent))
-        _write_ref(repo_dir, plan.weights.branch, plan.commit)
+                link = snapshot / file.path
+                link.parent.mkdir(parents=True, exist_ok=True)
+                if not link.is_symlink():
+                    link.unlink(missing_ok=True)  # a file left there by hand
+                    link.symlink_to(os.path.relpath(blob, link.parent))
+            _write_ref(repo_dir, plan.weights.branch, plan.commit)
+        except OSError as exc:
+            if exc.errno == errno.EXDEV:
+                return f"cannot link the files into {target}: it is on another filesystem"
+            return f"cannot write {exc.filename or target}: {exc.strerror}"
         return None
 
     @staticmethod
@@ -177,15 +195,39 @@ class Hub:
         return [b.name for b in blobs.iterdir() if not b.name.endswith(".incomplete")] if blobs.is_dir() else []
 
 
+class _writing:  # lower case: it reads as a function where it is used
+    """An OSError writing the cache as a WeightsError that names the place."""
+
+    def __init__(self, weights: Weights) -> None:
+        self.weights = weights
+
+    def __enter__(self) -> None:
+        return None
+
+    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, traceback: Any) -> None:
+        if isinstance(exc, OSError):
+            raise _unwritable(self.weights, exc) from None
+
+
+def _unwritable(weights: Weights, exc: OSError) -> WeightsError:
+    return WeightsError(
+        503,
+        "weights_unwritable",
+        f"cannot write {exc.filename or weights.host_cache}: {exc.strerror}; the weights of {weights.repo} go "
+        "there: run waker pull as a user who may write it (the engines' containers, running as root, may "
+        "have made it root's)",
+    )
+
+
 def _write_ref(repo_dir: Path, branch: str, commit: str) -> None:
     """The branch's commit, written whole (a reader sees the old ref or the new one)."""
     if branch == commit:
         return
-    refs = repo_dir / "refs"
-    refs.mkdir(parents=True, exist_ok=True)
-    partial = refs / f".{branch}.{os.getpid()}.tmp"
+    ref = repo_dir / "refs" / branch  # a branch may hold slashes: refs/pr/3, release/v1
+    ref.parent.mkdir(parents=True, exist_ok=True)
+    partial = ref.with_name(f".{ref.name}.{os.getpid()}.tmp")
     partial.write_text(commit)
-    os.replace(partial, refs / branch)
+    os.replace(partial, ref)
 
 
 def _quiet() -> None:
@@ -257,6 +299,8 @@ class _hub_errors:  # lower case: it reads as a function where it is used
             ) from None
         from httpx2 import HTTPError  # huggingface_hub's HTTP client: a refused connect, a timeout
 
+        if isinstance(exc, OSError) and exc.errno is not None:  # the cache's disk, not the network
+            raise _unwritable(self.weights, exc) from None
         if isinstance(exc, (HfHubHTTPError, LocalEntryNotFoundError, HTTPError, OSError)):
             raise WeightsError(
                 503, "weights_unavailable", f"cannot fetch {repo} from the hub: {exc}; check the network"
