@@ -2,10 +2,12 @@
 from a hub on loopback (tests/local_hub.py, serving the tiny Llama the real vLLM image carries, under
 a repository id) into the cache the model's container mounts, and the REAL vLLM then starts from it
 offline (its image sets HF_HUB_OFFLINE=1) and answers through the gateway. A second pull fetches
-nothing; a gated repository and a disk too small say so before any byte."""
+nothing; a pull killed half-way resumes with every file right; a gated repository and a disk too
+small say so before any byte."""
 
 from __future__ import annotations
 
+import hashlib
 import os
 import subprocess
 import sys
@@ -15,6 +17,7 @@ import openai
 import pytest
 
 from tests.e2e.stack import REAL_IMAGE, REPO, docker, real_model
+from tests.eventually import eventually
 from tests.local_hub import HubRepo, LocalHub
 
 pytestmark = pytest.mark.e2e
@@ -109,3 +112,41 @@ def test_a_gated_repository_and_a_small_disk_are_refused_saying_what_to_do(hub, 
         assert not any(small.rglob("*.incomplete")) and not list((small / "hub").rglob("blobs/*"))
     finally:
         subprocess.run(["umount", str(small)], check=False)
+
+
+def test_a_pull_killed_mid_download_resumes_with_every_file_right(hub, tmp_path):
+    cache = tmp_path / "hf"
+    config = tmp_path / "models.toml"
+    config.write_text(
+        f'[[model]]\nid = "tiny"\nimage = "{REAL_IMAGE}"\nentrypoint = ["vllm", "serve"]\n'
+        f'command = ["{REPO_ID}"]\nvolumes = ["{cache}:/root/.cache/huggingface"]\n'
+    )
+    repo = hub.repos[REPO_ID]
+    held = max(repo.files, key=lambda path: len(repo.files[path]))  # the weights: held half-way
+    hub.stall.add(held)
+    env = {**os.environ, "HF_ENDPOINT": hub.url, "HF_HUB_DISABLE_PROGRESS_BARS": "1"}
+    pulling = subprocess.Popen(
+        [sys.executable, "-m", "waker.cli.main", "pull", "tiny", "--config", str(config)],
+        cwd=REPO,
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
+    snapshot = cache / "hub" / "models--test-org--tiny-llama" / "snapshots" / repo.commit
+    others = [path for path in repo.files if path != held]
+    try:
+        eventually(lambda: all((snapshot / path).exists() for path in others), 60, "the other files fetched")
+        eventually(lambda: list(snapshot.parent.parent.glob("blobs/*.incomplete")), 30, "the weights half-way")
+    finally:
+        pulling.kill()  # kill -9: no chance to clean up
+        pulling.wait()
+    assert not (snapshot / held).exists() and not (snapshot.parent.parent / "refs" / "main").exists()
+    hub.stall.clear()
+    hub.release()
+
+    resumed = pull(config, hub, "tiny")
+    assert resumed.returncode == 0, resumed.stderr
+    for path, data in repo.files.items():
+        assert hashlib.sha256((snapshot / path).read_bytes()).digest() == hashlib.sha256(data).digest(), path
+    assert all(hub.gets(path) == 1 for path in others)  # what was whole was not fetched again
+    assert hub.gets(held) == 2

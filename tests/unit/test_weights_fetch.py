@@ -7,6 +7,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import time
 from collections import namedtuple
 
 import pytest
@@ -181,3 +182,15 @@ def test_the_first_failed_file_ends_the_fetch_at_once(hub, tmp_path):
     with pytest.raises(WeightsError, match="cannot fetch org/model from the hub"):
         source.fetch(plan)  # it returns while the stalled file is still held: it did not wait for it
     hub.release()
+
+
+def test_partial_files_a_killed_fetch_left_are_removed_and_a_live_ones_kept(hub, tmp_path):
+    blobs = tmp_path / "hub" / "models--org--model" / "blobs"
+    blobs.mkdir(parents=True)
+    left, live = blobs / "abc.1a2b3c4d.incomplete", blobs / "def.5e6f7a8b.incomplete"
+    left.write_bytes(b"x" * MIB)
+    live.write_bytes(b"y" * 10)
+    an_hour_ago = time.time() - 3600
+    os.utime(left, (an_hour_ago, an_hour_ago))  # untouched since a kill -9 an hour ago
+    plan = Hub(hub.url).plan(weights(tmp_path))
+    assert plan.reclaimed == MIB and not left.exists() and live.exists()

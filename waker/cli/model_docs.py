@@ -140,8 +140,9 @@ for its weights when it runs online: the pull lays the same files out there too,
 second copy; on another filesystem it says so). It prints the size before it starts and checks the
 disk can hold it (plus 1 GiB), shows a progress bar, fetches only the files the engine loads (the
 safetensors its index names, not a repository's `.bin` copies or `original/` checkpoint; llama.cpp's
-one GGUF of the `:quant` tag), and fetches nothing a second time: a pull cut short starts again from
-the files that are not whole. Run it on the host (in a compose deployment too: the waker's container
+one GGUF of the `:quant` tag), and fetches nothing a second time: a pull cut short (even by `kill
+-9`) starts again from the files that are not whole, and removes the partial ones left untouched for
+10 minutes. Run it on the host (in a compose deployment too: the waker's container
 does not mount `data/`), as a user who may write the cache. A gated repository needs a token (accept
 its licence on the hub first): `[waker] hf_token` or `hf_token_file`, else `HF_TOKEN`; `HF_ENDPOINT`
 names a mirror. Whether a model's weights are fetched ahead and from which repository is its

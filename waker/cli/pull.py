@@ -61,6 +61,8 @@ def _pull(model: ModelConfig, token: str | None) -> None:
         return
     hub = Hub(os.environ.get("HF_ENDPOINT"), token)  # the endpoint read now, not at huggingface_hub's import
     plan = hub.plan(weights)
+    if plan.reclaimed:
+        print(f"{model.id}: removed {gib(plan.reclaimed)} of partial files an earlier pull left")
     print(
         f"{model.id}: {weights.repo} at {weights.branch} ({plan.commit[:12]}): {len(plan.files)} file(s), "
         f"{gib(plan.bytes_total)}; {gib(plan.bytes_to_fetch)} to fetch into {weights.host_cache}"

@@ -4,7 +4,8 @@
 
 Blocking: run it in a thread. Each file goes to `blobs/<id>.<random>.incomplete` and is renamed when
 whole; a file is only ever complete or absent, so a fetch cut short (a crash, a `kill -9`) starts
-again from the files that are missing. The branch's ref is written last: until every file is there,
+again from the files that are missing, and the next plan removes the partial files it left. The
+branch's ref is written last: until every file is there,
 an offline engine does not take the snapshot for a complete one.
 
 `huggingface_hub` is imported on the first fetch only: the waker does not carry it while idle.
@@ -17,6 +18,7 @@ import json
 import os
 import shutil
 import threading
+import time
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor, as_completed
 from dataclasses import dataclass
@@ -30,6 +32,7 @@ from waker.errors import WeightsError
 
 DISK_MARGIN = 1024**3  # left free beyond what the fetch writes: the box needs its disk too
 WORKERS = 8  # files fetched at once, as `hf download` does
+ABANDONED = 600.0  # seconds a partial download may go untouched before it is taken for abandoned
 
 
 @dataclass(frozen=True, slots=True)
@@ -41,6 +44,7 @@ class Plan:
     commit: str
     files: tuple[RepoFile, ...]
     to_fetch: tuple[RepoFile, ...]
+    reclaimed: int = 0  # bytes of partial files an earlier fetch left, removed
 
     @property
     def bytes_total(self) -> int:
@@ -92,7 +96,7 @@ class Hub:
                 f"{', '.join(f.path for f in listing[:20]) or 'none'}",
             )
         blobs = self._blobs(weights)
-        return Plan(weights, commit, files, missing(files, blobs))
+        return Plan(weights, commit, files, missing(files, blobs), self._reclaim(weights))
 
     def fetch(self, plan: Plan, on_bytes: Callable[[int], None] = lambda n: None) -> Path:
         """Fetches what the cache lacks, after checking the disk can hold it; returns the snapshot."""
@@ -186,6 +190,21 @@ class Hub:
                     tqdm_class=_counting(on_bytes) if on_bytes is not None else None,
                 )
             )
+
+    @staticmethod
+    def _reclaim(weights: Weights) -> int:
+        """Removes the partial files a fetch cut short left (a crash, a `kill -9`): huggingface_hub
+        names each download's anew and never resumes them. One untouched for ABANDONED seconds is
+        no download's any more (a live one writes every few seconds). Returns the bytes freed."""
+        blobs = Path(weights.host_cache) / ("models--" + weights.repo.replace("/", "--")) / "blobs"
+        freed = 0
+        for partial in blobs.glob("*.incomplete") if blobs.is_dir() else ():
+            with _writing(weights):
+                stat = partial.stat()
+                if time.time() - stat.st_mtime > ABANDONED:
+                    partial.unlink(missing_ok=True)
+                    freed += stat.st_size
+        return freed
 
     @staticmethod
     def _blobs(weights: Weights) -> list[str]:
