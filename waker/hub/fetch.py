@@ -19,8 +19,9 @@ import os
 import shutil
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from concurrent.futures import ThreadPoolExecutor, as_completed
+from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -214,18 +215,13 @@ class Hub:
         return [b.name for b in blobs.iterdir() if not b.name.endswith(".incomplete")] if blobs.is_dir() else []
 
 
-class _writing:  # lower case: it reads as a function where it is used
+@contextmanager
+def _writing(weights: Weights) -> Iterator[None]:
     """An OSError writing the cache as a WeightsError that names the place."""
-
-    def __init__(self, weights: Weights) -> None:
-        self.weights = weights
-
-    def __enter__(self) -> None:
-        return None
-
-    def __exit__(self, kind: type[BaseException] | None, exc: BaseException | None, traceback: Any) -> None:
-        if isinstance(exc, OSError):
-            raise _unwritable(self.weights, exc) from None
+    try:
+        yield
+    except OSError as exc:
+        raise _unwritable(weights, exc) from None
 
 
 def _unwritable(weights: Weights, exc: OSError) -> WeightsError:
