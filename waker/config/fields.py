@@ -69,6 +69,17 @@ def served_names_index(command: tuple[str, ...]) -> int | None:
 PICKS = ("chat", "reasoning", "coding", "opencode", "vision", "ocr", "european", "utility")
 
 
+def option(command: tuple[str, ...], *names: str) -> str | None:
+    """The value of the first of `names` in `command`, as `--name value` or `--name=value`."""
+    for i, arg in enumerate(command):
+        for name in names:
+            if arg == name and i + 1 < len(command):
+                return command[i + 1]
+            if arg.startswith(name + "="):
+                return arg.partition("=")[2]
+    return None
+
+
 def string(value: Any) -> str:
     if not isinstance(value, str):
         raise ValueError(f"expected a string, got {type_name(value)}")

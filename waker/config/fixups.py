@@ -34,15 +34,8 @@ def fixups(value: Any) -> tuple[Fixup, ...]:
 def max_model_len(command: tuple[str, ...]) -> int | None:
     """The context vLLM enforces: `--max-model-len N` or `--max-model-len=N` in its command, when N is
     a plain number of tokens."""
-    for i, arg in enumerate(command):
-        if arg.startswith("--max-model-len="):
-            text = arg.partition("=")[2]
-        elif arg == "--max-model-len" and i + 1 < len(command):
-            text = command[i + 1]
-        else:
-            continue
-        return int(text) if text.isdigit() and int(text) > 0 else None
-    return None
+    text = fields.option(command, "--max-model-len")
+    return int(text) if text is not None and text.isdigit() and int(text) > 0 else None
 
 
 class FixupSubject(Protocol):

@@ -79,17 +79,6 @@ def on_host(path: str, volumes: tuple[str, ...]) -> str:
     return f"{source.rstrip('/')}/{rest}" if rest else source
 
 
-def option(command: tuple[str, ...], *names: str) -> str | None:
-    """The value of the first of `names` in `command`, as `--name value` or `--name=value`."""
-    for i, arg in enumerate(command):
-        for name in names:
-            if arg == name and i + 1 < len(command):
-                return command[i + 1]
-            if arg.startswith(name + "="):
-                return arg.partition("=")[2]
-    return None
-
-
 def engine_of(entrypoint: tuple[str, ...] | None, command: tuple[str, ...]) -> Engine:
     words = " ".join((*(entrypoint or ()), *command[:1]))
     if "sglang" in words:
@@ -109,12 +98,12 @@ def derived(entrypoint: tuple[str, ...] | None, command: tuple[str, ...]) -> Wei
     if engine is Engine.VLLM:
         serve = argv.index("serve") if "serve" in argv else -1
         positional = argv[serve + 1] if 0 <= serve < len(argv) - 1 else ""
-        repo = positional if positional and not positional.startswith("-") else option(argv, "--model")
-        revision = option(argv, "--revision")
+        repo = positional if positional and not positional.startswith("-") else fields.option(argv, "--model")
+        revision = fields.option(argv, "--revision")
     elif engine is Engine.SGLANG:
-        repo, revision = option(argv, "--model-path", "--model"), option(argv, "--revision")
+        repo, revision = fields.option(argv, "--model-path", "--model"), fields.option(argv, "--revision")
     elif engine is Engine.LLAMA_CPP:
-        tagged = option(argv, "-hf", "--hf-repo", "-hfr")
+        tagged = fields.option(argv, "-hf", "--hf-repo", "-hfr")
         repo, _, quant = (tagged or "").partition(":")
         revision = None
     else:
@@ -132,7 +121,7 @@ def located(
     if weights is None:
         return None
     cache = cache_in_container(weights.engine, env)
-    download_dir = option(argv, "--download-dir") if weights.engine is Engine.VLLM else None
+    download_dir = fields.option(argv, "--download-dir") if weights.engine is Engine.VLLM else None
     also = on_host(download_dir.rstrip("/"), volumes) if download_dir else ""
     return replace(weights, cache=cache, host_cache=on_host(cache, volumes), download_dir_host=also)
 
